@@ -1,0 +1,172 @@
+//! Model architectures: how a Hugging Face checkpoint's tensors and config map onto llama.cpp's
+//! GGUF names, layouts and metadata keys (as `convert_hf_to_gguf.py` writes them), and back.
+//!
+//! A [`ConversionPlan`] is the whole mapping, computed from the config and the tensor list before
+//! any data is touched, so every error about shapes or names comes before an output file exists.
+
+pub mod gpt2;
+pub mod llama;
+
+use crate::gguf::Metadata;
+use crate::source::HfCheckpoint;
+use anyhow::{bail, Result};
+use serde_json::Value;
+
+/// How a source tensor's data becomes the GGUF tensor's data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transform {
+    /// Same element order.
+    Copy,
+    /// LLaMA's Q/K row permutation (Hugging Face's rotate-half RoPE to ggml's interleaved pairs),
+    /// with this many heads.
+    PermuteQk { n_head: usize },
+    /// The inverse of `PermuteQk`, for writing Hugging Face checkpoints from GGUF.
+    UnpermuteQk { n_head: usize },
+    /// Swap the two dimensions of a matrix (GPT-2's Conv1D stores weights as [in, out]).
+    Transpose,
+}
+
+/// One output tensor.
+#[derive(Clone, Debug)]
+pub struct PlannedTensor {
+    /// Name in the output.
+    pub name: String,
+    /// Name in the source.
+    pub source: String,
+    /// Row-major output shape, outermost first (GGUF `ne` is this reversed).
+    pub shape: Vec<usize>,
+    pub transform: Transform,
+}
+
+impl PlannedTensor {
+    pub fn n_elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The GGUF `ne` order: row length first.
+    pub fn ne(&self) -> Vec<u64> {
+        self.shape.iter().rev().map(|&d| d as u64).collect()
+    }
+}
+
+/// Everything needed to write a GGUF from a Hugging Face checkpoint, before any data is read.
+pub struct ConversionPlan {
+    /// `general.architecture`.
+    pub arch: &'static str,
+    /// Architecture keys (`llama.block_count` …), in the converter's order.
+    pub hparams: Metadata,
+    pub tensors: Vec<PlannedTensor>,
+    pub vocab_size: usize,
+}
+
+/// Pick the architecture from `config.json` and plan the conversion.
+pub fn plan_hf(ckpt: &HfCheckpoint) -> Result<ConversionPlan> {
+    let arch = ckpt.architecture_name()?;
+    match arch.as_str() {
+        "LlamaForCausalLM" => llama::plan(ckpt),
+        "GPT2LMHeadModel" | "GPT2Model" => gpt2::plan(ckpt),
+        other => bail!(
+            "{}: unsupported architecture {other:?} (microscale supports LlamaForCausalLM and GPT2LMHeadModel)",
+            ckpt.dir.join("config.json").display()
+        ),
+    }
+}
+
+/// Apply a [`Transform`] to a tensor's f32 data, given its source shape.
+pub fn apply_transform(t: Transform, data: Vec<f32>, src_shape: &[usize]) -> Result<Vec<f32>> {
+    match t {
+        Transform::Copy => Ok(data),
+        Transform::PermuteQk { n_head } => permute_qk(&data, src_shape, n_head, false),
+        Transform::UnpermuteQk { n_head } => permute_qk(&data, src_shape, n_head, true),
+        Transform::Transpose => {
+            let [rows, cols] = src_shape else { bail!("cannot transpose a tensor of shape {src_shape:?}") };
+            let (rows, cols) = (*rows, *cols);
+            let mut out = vec![0f32; data.len()];
+            // Blocked transpose: keeps both sides cache-friendly on large matrices.
+            const B: usize = 64;
+            for r0 in (0..rows).step_by(B) {
+                for c0 in (0..cols).step_by(B) {
+                    for r in r0..(r0 + B).min(rows) {
+                        for c in c0..(c0 + B).min(cols) {
+                            out[c * rows + r] = data[r * cols + c];
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// `convert_hf_to_gguf.py`'s `permute`: within each head, rows `[0, d/2)` and `[d/2, d)` are
+/// interleaved, so output row `2j + t` is input row `t*d/2 + j`. `inverse` undoes it.
+fn permute_qk(data: &[f32], shape: &[usize], n_head: usize, inverse: bool) -> Result<Vec<f32>> {
+    let rows = shape[0];
+    let cols: usize = shape[1..].iter().product();
+    if n_head == 0 || !rows.is_multiple_of(2 * n_head) {
+        bail!("cannot split {rows} rows into {n_head} heads of even size");
+    }
+    let head_dim = rows / n_head;
+    let half = head_dim / 2;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..n_head {
+        for j in 0..half {
+            for t in 0..2 {
+                let permuted = h * head_dim + 2 * j + t;
+                let original = h * head_dim + t * half + j;
+                let (dst, src) = if inverse { (original, permuted) } else { (permuted, original) };
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A required integer from config.json, trying each of `keys` in turn.
+pub fn config_usize(config: &Value, keys: &[&str], ckpt: &HfCheckpoint) -> Result<usize> {
+    for k in keys {
+        if let Some(v) = config.get(*k).and_then(Value::as_u64) {
+            return Ok(v as usize);
+        }
+    }
+    bail!("{}: config.json has no {}", ckpt.dir.join("config.json").display(), keys.join(" or "))
+}
+
+pub fn config_f64(config: &Value, key: &str) -> Option<f64> {
+    config.get(key).and_then(Value::as_f64)
+}
+
+/// Check a source tensor exists with the expected shape.
+pub fn expect_shape(ckpt: &HfCheckpoint, name: &str, shape: &[usize]) -> Result<()> {
+    use crate::source::TensorSource;
+    match ckpt.tensor(name) {
+        None => bail!("{}: missing tensor {name:?}", ckpt.dir.display()),
+        Some(t) if t.shape != shape => {
+            bail!("{}: tensor {name:?} has shape {:?}, config.json implies {shape:?}", ckpt.location(name), t.shape)
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permute_then_unpermute_is_identity() {
+        let shape = [12usize, 3];
+        let data: Vec<f32> = (0..36).map(|x| x as f32).collect();
+        let p = permute_qk(&data, &shape, 3, false).unwrap();
+        assert_ne!(p, data);
+        // head 0, d=4: output rows are input rows 0,2,1,3.
+        assert_eq!(&p[3..6], &data[6..9]);
+        assert_eq!(permute_qk(&p, &shape, 3, true).unwrap(), data);
+    }
+
+    #[test]
+    fn transpose_moves_elements() {
+        let data: Vec<f32> = (0..6).map(|x| x as f32).collect();
+        let t = apply_transform(Transform::Transpose, data, &[2, 3]).unwrap();
+        assert_eq!(t, vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+    }
+}

@@ -1,0 +1,174 @@
+//! `microscale import`: a GGUF file back to a Hugging Face directory.
+//!
+//! Quantized tensors are dequantized exactly (the f32 values are precisely what llama.cpp computes
+//! with), LLaMA's Q/K permutation is undone and GPT-2's Conv1D layout restored, so `convert` on the
+//! result gives back the model llama.cpp ran, with the same tokenizer metadata.
+
+use super::safetensors_writer::SafetensorsWriter;
+use super::OutType;
+use crate::arch::{apply_transform, gpt2, llama, Transform};
+use crate::gguf::{GgmlType, GgufFile};
+use crate::source::gguf::GgufSource;
+use crate::source::TensorSource;
+use crate::tokenizer::{export, Vocab};
+use crate::util::atomic::{write_file, TempDir};
+use crate::util::progress::Progress;
+use anyhow::{anyhow, bail, Result};
+use serde_json::{json, Map, Value};
+use std::path::Path;
+
+/// One tensor to write: GGUF name, Hugging Face name, HF shape and the transform from GGUF layout.
+struct Item {
+    gguf: String,
+    hf: String,
+    shape: Vec<usize>,
+    transform: Transform,
+}
+
+pub fn import(gguf_path: &Path, out_dir: &Path, dtype: OutType, quiet: bool) -> Result<()> {
+    let file = GgufFile::open(gguf_path)?;
+    let arch = file.architecture()?.to_string();
+    let vocab = Vocab::from_metadata(&file.metadata).map_err(|e| anyhow!("{}: {e:#}", gguf_path.display()))?;
+    let (items, mut config) = match arch.as_str() {
+        "llama" => plan_llama(&file)?,
+        "gpt2" => plan_gpt2(&file)?,
+        other => bail!("{}: cannot import architecture {other:?} (supported: llama, gpt2)", gguf_path.display()),
+    };
+    let staging = TempDir::create(out_dir)?;
+    let dir = staging.path();
+    let source = GgufSource::new(file);
+
+    let st_type = dtype.weight_type();
+    let headers: Vec<(String, Vec<usize>, GgmlType)> =
+        items.iter().map(|i| (i.hf.clone(), i.shape.clone(), st_type)).collect();
+    let mut writer = SafetensorsWriter::create(&dir.join("model.safetensors"), &headers)?;
+    let total: u64 = items.iter().map(|i| i.shape.iter().product::<usize>() as u64).sum();
+    let progress = Progress::new(total, "importing", quiet);
+    for item in &items {
+        progress.set_message(&item.hf);
+        let data = source.read_f32(&item.gguf)?;
+        let gguf_shape = source.tensor(&item.gguf).expect("planned from this file").shape.clone();
+        let data = apply_transform(item.transform, data, &gguf_shape)?;
+        let row = *item.shape.last().unwrap_or(&1);
+        writer.write_tensor(&item.hf, &crate::quant::quantize(st_type, &data, row)?)?;
+        source.release(&item.gguf);
+        progress.inc(data.len() as u64);
+    }
+    progress.finish();
+    writer.finish()?;
+
+    let specials = export::write_hf_tokenizer(&vocab, dir)?;
+    for (kind, id) in specials {
+        config.insert(format!("{kind}_token_id"), json!(id));
+    }
+    config.insert(
+        "torch_dtype".into(),
+        json!(match dtype {
+            OutType::F32 => "float32",
+            OutType::F16 => "float16",
+            OutType::Bf16 => "bfloat16",
+        }),
+    );
+    write_file(&dir.join("config.json"), serde_json::to_string_pretty(&Value::Object(config))?.as_bytes())?;
+    staging.commit()
+}
+
+fn need_u64(file: &GgufFile, key: &str) -> Result<u64> {
+    file.get_u64(key).ok_or_else(|| anyhow!("{}: missing {key}", file.path.display()))
+}
+
+/// A float as its shortest f32 spelling, so config.json reads naturally and converts back exactly.
+fn f32_json(x: f64) -> Value {
+    let short: f64 = (x as f32).to_string().parse().unwrap_or(x);
+    json!(short)
+}
+
+fn plan_llama(file: &GgufFile) -> Result<(Vec<Item>, Map<String, Value>)> {
+    let n_head = need_u64(file, "llama.attention.head_count")? as usize;
+    let n_head_kv = file.get_u64("llama.attention.head_count_kv").map_or(n_head, |v| v as usize);
+    let n_embd = need_u64(file, "llama.embedding_length")? as usize;
+    let tied = file.tensor("output.weight").is_none();
+    let vocab_size = file
+        .tensor("token_embd.weight")
+        .map(|t| t.ne[1] as usize)
+        .ok_or_else(|| anyhow!("{}: no token_embd.weight", file.path.display()))?;
+    if let Some(rot) = file.get_u64("llama.rope.dimension_count") {
+        if rot as usize != n_embd / n_head {
+            bail!(
+                "{}: partial rotary embeddings (rope.dimension_count {rot}) cannot be expressed as LlamaForCausalLM",
+                file.path.display()
+            );
+        }
+    }
+    let mut items = Vec::new();
+    for t in &file.tensors {
+        let hf = llama::hf_name(&t.name)
+            .ok_or_else(|| anyhow!("{}: tensor {:?} has no Hugging Face LLaMA name", file.path.display(), t.name))?;
+        let transform = if t.name.contains(".attn_q.") {
+            Transform::UnpermuteQk { n_head }
+        } else if t.name.contains(".attn_k.") {
+            Transform::UnpermuteQk { n_head: n_head_kv }
+        } else {
+            Transform::Copy
+        };
+        items.push(Item { gguf: t.name.clone(), hf, shape: t.shape(), transform });
+    }
+    items.sort_by(|a, b| a.hf.cmp(&b.hf));
+    let mut c = Map::new();
+    c.insert("architectures".into(), json!(["LlamaForCausalLM"]));
+    c.insert("model_type".into(), json!("llama"));
+    c.insert("hidden_act".into(), json!("silu"));
+    c.insert("hidden_size".into(), json!(n_embd));
+    c.insert("intermediate_size".into(), json!(need_u64(file, "llama.feed_forward_length")?));
+    c.insert("num_hidden_layers".into(), json!(need_u64(file, "llama.block_count")?));
+    c.insert("num_attention_heads".into(), json!(n_head));
+    c.insert("num_key_value_heads".into(), json!(n_head_kv));
+    c.insert("max_position_embeddings".into(), json!(need_u64(file, "llama.context_length")?));
+    c.insert("rms_norm_eps".into(), f32_json(file.get_f64("llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5)));
+    c.insert("rope_theta".into(), f32_json(file.get_f64("llama.rope.freq_base").unwrap_or(10000.0)));
+    c.insert("tie_word_embeddings".into(), json!(tied));
+    c.insert("vocab_size".into(), json!(vocab_size));
+    if let Some(name) = file.get_str("general.name") {
+        c.insert("_name_or_path".into(), json!(name));
+    }
+    Ok((items, c))
+}
+
+fn plan_gpt2(file: &GgufFile) -> Result<(Vec<Item>, Map<String, Value>)> {
+    let n_embd = need_u64(file, "gpt2.embedding_length")? as usize;
+    let vocab_size = file
+        .tensor("token_embd.weight")
+        .map(|t| t.ne[1] as usize)
+        .ok_or_else(|| anyhow!("{}: no token_embd.weight", file.path.display()))?;
+    let mut items = Vec::new();
+    for t in &file.tensors {
+        if t.name == "output.weight" {
+            continue; // tied to wte in GPT2LMHeadModel
+        }
+        let (hf, transpose) = gpt2::hf_name(&t.name)
+            .ok_or_else(|| anyhow!("{}: tensor {:?} has no Hugging Face GPT-2 name", file.path.display(), t.name))?;
+        let mut shape = t.shape();
+        let transform = if transpose {
+            shape.reverse();
+            Transform::Transpose
+        } else {
+            Transform::Copy
+        };
+        items.push(Item { gguf: t.name.clone(), hf, shape, transform });
+    }
+    items.sort_by(|a, b| a.hf.cmp(&b.hf));
+    let n_ctx = need_u64(file, "gpt2.context_length")?;
+    let mut c = Map::new();
+    c.insert("architectures".into(), json!(["GPT2LMHeadModel"]));
+    c.insert("model_type".into(), json!("gpt2"));
+    c.insert("activation_function".into(), json!("gelu_new"));
+    c.insert("n_embd".into(), json!(n_embd));
+    c.insert("n_head".into(), json!(need_u64(file, "gpt2.attention.head_count")?));
+    c.insert("n_layer".into(), json!(need_u64(file, "gpt2.block_count")?));
+    c.insert("n_ctx".into(), json!(n_ctx));
+    c.insert("n_positions".into(), json!(n_ctx));
+    c.insert("n_inner".into(), json!(need_u64(file, "gpt2.feed_forward_length")?));
+    c.insert("layer_norm_epsilon".into(), f32_json(file.get_f64("gpt2.attention.layer_norm_epsilon").unwrap_or(1e-5)));
+    c.insert("vocab_size".into(), json!(vocab_size));
+    Ok((items, c))
+}

@@ -1,0 +1,200 @@
+//! The conversion pipeline: a Hugging Face directory or a GGUF file in, a GGUF file out.
+//!
+//! Streaming: tensors are planned up front (names, shapes, types: the whole header), then
+//! produced one at a time: read from the memory map, decoded to f32, transformed, encoded, appended
+//! to the output and released. Within a tensor the work runs in parallel (rayon); across tensors it
+//! is sequential, so memory holds one tensor's working set however large the model is.
+
+pub mod import;
+pub mod safetensors_writer;
+
+use crate::arch::{self, apply_transform, PlannedTensor, Transform};
+use crate::gguf::{file_type, meta_set, GgmlType, GgufFile, GgufValue, GgufWriter, Metadata, TensorHeader};
+use crate::source::gguf::GgufSource;
+use crate::source::{HfCheckpoint, TensorSource};
+use crate::tokenizer;
+use crate::util::atomic::refuse_overwrite;
+use crate::util::progress::Progress;
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::Path;
+
+/// `--outtype`: the type of the 2-D weights (1-D tensors such as norms and biases stay F32, as
+/// llama.cpp's converter keeps them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutType {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl OutType {
+    pub fn weight_type(self) -> GgmlType {
+        match self {
+            OutType::F32 => GgmlType::F32,
+            OutType::F16 => GgmlType::F16,
+            OutType::Bf16 => GgmlType::BF16,
+        }
+    }
+
+    pub fn file_type(self) -> u32 {
+        match self {
+            OutType::F32 => file_type::ALL_F32,
+            OutType::F16 => file_type::MOSTLY_F16,
+            OutType::Bf16 => file_type::MOSTLY_BF16,
+        }
+    }
+
+    /// The type of one tensor under this outtype.
+    pub fn tensor_type(self, shape: &[usize]) -> GgmlType {
+        if shape.len() <= 1 {
+            GgmlType::F32
+        } else {
+            self.weight_type()
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ConvertOptions {
+    pub outtype: OutType,
+    pub quiet: bool,
+}
+
+/// What a conversion wrote.
+#[derive(Clone, Debug)]
+pub struct ConvertReport {
+    pub arch: String,
+    pub n_tensors: usize,
+    pub n_params: u64,
+    pub bytes: u64,
+}
+
+/// A model source as found on disk.
+pub enum Source {
+    Hf(HfCheckpoint),
+    Gguf(GgufSource),
+}
+
+impl Source {
+    pub fn open(path: &Path) -> Result<Source> {
+        if path.is_dir() {
+            return Ok(Source::Hf(HfCheckpoint::open(path)?));
+        }
+        if !path.exists() {
+            bail!("{}: no such file or directory", path.display());
+        }
+        let mut magic = [0u8; 4];
+        let n = std::io::Read::read(&mut std::fs::File::open(path)?, &mut magic).unwrap_or(0);
+        if n == 4 && &magic == b"GGUF" {
+            return Ok(Source::Gguf(GgufSource::new(GgufFile::open(path)?)));
+        }
+        bail!("{}: neither a Hugging Face model directory nor a GGUF file (bad magic)", path.display())
+    }
+}
+
+/// One output tensor: where its data comes from and how it is encoded.
+struct Job {
+    planned: PlannedTensor,
+    ty: GgmlType,
+}
+
+pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
+    refuse_overwrite(input, output)?;
+    let source = Source::open(input)?;
+    let (metadata, jobs, arch): (Metadata, Vec<Job>, String) = match &source {
+        Source::Hf(ckpt) => plan_from_hf(ckpt, opts)?,
+        Source::Gguf(g) => plan_from_gguf(g, opts)?,
+    };
+    let tensors: &dyn TensorSource = match &source {
+        Source::Hf(c) => c,
+        Source::Gguf(g) => g,
+    };
+    write_gguf(tensors, output, &metadata, &jobs, opts.quiet).map(|bytes| ConvertReport {
+        arch,
+        n_tensors: jobs.len(),
+        n_params: jobs.iter().map(|j| j.planned.n_elements() as u64).sum(),
+        bytes,
+    })
+}
+
+fn plan_from_hf(ckpt: &HfCheckpoint, opts: &ConvertOptions) -> Result<(Metadata, Vec<Job>, String)> {
+    let plan = arch::plan_hf(ckpt)?;
+    let vocab = tokenizer::hf::load(ckpt, plan.vocab_size, plan.arch)?;
+    let mut meta: Metadata = vec![
+        ("general.architecture".into(), GgufValue::String(plan.arch.into())),
+        ("general.type".into(), GgufValue::String("model".into())),
+        ("general.name".into(), GgufValue::String(model_name(ckpt))),
+    ];
+    meta.extend(plan.hparams.iter().cloned());
+    meta.push(("general.file_type".into(), GgufValue::U32(opts.outtype.file_type())));
+    meta.extend(vocab.to_metadata());
+    meta.push(("general.quantization_version".into(), GgufValue::U32(2)));
+    let jobs =
+        plan.tensors.into_iter().map(|planned| Job { ty: opts.outtype.tensor_type(&planned.shape), planned }).collect();
+    Ok((meta, jobs, plan.arch.to_string()))
+}
+
+/// The model's name as the converter derives it: the directory's name.
+fn model_name(ckpt: &HfCheckpoint) -> String {
+    let dir = std::fs::canonicalize(&ckpt.dir).unwrap_or(ckpt.dir.clone());
+    dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+}
+
+fn plan_from_gguf(g: &GgufSource, opts: &ConvertOptions) -> Result<(Metadata, Vec<Job>, String)> {
+    let arch = g.file.architecture()?.to_string();
+    let mut meta = g.file.metadata.clone();
+    meta.retain(|(k, _)| k != "general.alignment");
+    meta_set(&mut meta, "general.file_type", GgufValue::U32(opts.outtype.file_type()));
+    meta_set(&mut meta, "general.quantization_version", GgufValue::U32(2));
+    let jobs = g
+        .tensors()
+        .iter()
+        .map(|t| Job {
+            ty: opts.outtype.tensor_type(&t.shape),
+            planned: PlannedTensor {
+                name: t.name.clone(),
+                source: t.name.clone(),
+                shape: t.shape.clone(),
+                transform: Transform::Copy,
+            },
+        })
+        .collect();
+    Ok((meta, jobs, arch))
+}
+
+/// Stream every job's tensor into a new GGUF file; returns the file's size.
+fn write_gguf(src: &dyn TensorSource, output: &Path, meta: &Metadata, jobs: &[Job], quiet: bool) -> Result<u64> {
+    let headers = jobs
+        .iter()
+        .map(|j| TensorHeader { name: j.planned.name.clone(), ne: j.planned.ne(), ggml_type: j.ty })
+        .collect();
+    let mut writer = GgufWriter::create(output, meta, headers)?;
+    let total: u64 = jobs.iter().map(|j| j.planned.n_elements() as u64).sum();
+    let progress = Progress::new(total, "converting", quiet);
+    for job in jobs {
+        progress.set_message(&job.planned.name);
+        let bytes = produce_tensor(src, job)?;
+        writer.write_tensor(&job.planned.name, &bytes)?;
+        src.release(&job.planned.source);
+        progress.inc(job.planned.n_elements() as u64);
+    }
+    progress.finish();
+    writer.finish().with_context(|| format!("writing {}", output.display()))
+}
+
+/// Read, check, transform and encode one tensor.
+fn produce_tensor(src: &dyn TensorSource, job: &Job) -> Result<Vec<u8>> {
+    let p = &job.planned;
+    let info = src.tensor(&p.source).ok_or_else(|| anyhow!("missing tensor {:?}", p.source))?;
+    // A tensor already in the output type with nothing to do is copied as is (bit-exact pass-through).
+    if info.dtype == job.ty && p.transform == Transform::Copy {
+        return Ok(src.raw(&p.source)?.to_vec());
+    }
+    let data = src.read_f32(&p.source)?;
+    if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+        bail!("{}: tensor {:?} has a non-finite value ({}) at index {i}", src.location(&p.source), p.source, data[i]);
+    }
+    let data = apply_transform(p.transform, data, &info.shape)?;
+    let row_len = *p.shape.last().unwrap_or(&1);
+    crate::quant::quantize(job.ty, &data, row_len).with_context(|| format!("tensor {:?}", p.name))
+}

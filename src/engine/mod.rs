@@ -1,0 +1,147 @@
+//! The llama.cpp engine, through `llama-cpp-2`: loading GGUF models, tokenizing, and evaluating
+//! token sequences to logits. Everything that runs a model goes through here.
+//!
+//! llama.cpp logs to stderr by default; [`init`] silences it unless asked to be verbose, so that
+//! microscale's own output stays readable.
+
+use anyhow::{anyhow, bail, Context, Result};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+static VERBOSE: OnceLock<bool> = OnceLock::new();
+
+/// Initialise llama.cpp once per process. `verbose` keeps llama.cpp's own log on stderr.
+pub fn init(verbose: bool) -> &'static LlamaBackend {
+    let verbose = *VERBOSE.get_or_init(|| verbose);
+    BACKEND.get_or_init(|| {
+        let mut backend = LlamaBackend::init().expect("llama.cpp backend initialised once");
+        if !verbose {
+            backend.void_logs();
+        }
+        backend
+    })
+}
+
+/// The pinned engine crate (Cargo.toml pins it exactly; a test keeps the two in step).
+pub const LLAMA_CPP_SYS_VERSION: &str = "0.1.161";
+
+/// The engine's version for result rows.
+pub fn llama_cpp_version() -> String {
+    format!("llama-cpp-sys-2 {LLAMA_CPP_SYS_VERSION}")
+}
+
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// A model loaded by llama.cpp.
+pub struct Model {
+    pub path: PathBuf,
+    pub inner: LlamaModel,
+}
+
+impl Model {
+    pub fn load(path: &Path) -> Result<Model> {
+        if !path.is_file() {
+            bail!("{}: no such model file", path.display());
+        }
+        let backend = init(false);
+        let params = LlamaModelParams::default();
+        let inner = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
+            anyhow!("{}: llama.cpp could not load the model ({e}); run with -v for its log", path.display())
+        })?;
+        Ok(Model { path: path.to_path_buf(), inner })
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        self.inner.n_vocab() as usize
+    }
+
+    /// Does the vocabulary ask for a BOS token at the start of a sequence?
+    pub fn add_bos(&self) -> bool {
+        self.inner.vocab().should_add_bos()
+    }
+
+    pub fn bos(&self) -> i32 {
+        self.inner.vocab().bos().0
+    }
+
+    /// Tokenize as llama.cpp's tools do (`common_tokenize(ctx, text, add_special, parse_special=false)`).
+    pub fn tokenize(&self, text: &str, add_special: bool) -> Vec<i32> {
+        self.inner.vocab().tokenize(text.as_bytes(), add_special, false).into_iter().map(|t| t.0).collect()
+    }
+
+    pub fn meta(&self, key: &str) -> Option<String> {
+        self.inner.meta_val_str(key).ok()
+    }
+
+    /// A context of `n_ctx` tokens, `n_batch` tokens per decode, on `threads` threads.
+    pub fn session(&self, n_ctx: usize, n_batch: usize, threads: usize) -> Result<Session<'_>> {
+        let backend = init(false);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx as u32))
+            .with_n_batch(n_batch as u32)
+            .with_n_ubatch(n_batch.min(512) as u32)
+            .with_n_seq_max(1)
+            .with_n_threads(threads as i32)
+            .with_n_threads_batch(threads as i32);
+        let ctx = self.inner.new_context(backend, params).map_err(|e| {
+            anyhow!("{}: cannot create a llama.cpp context of {n_ctx} tokens: {e}", self.path.display())
+        })?;
+        Ok(Session { ctx, n_batch, n_vocab: self.n_vocab() })
+    }
+}
+
+/// One llama.cpp context: a KV cache and the logits of the last decode.
+pub struct Session<'m> {
+    pub ctx: LlamaContext<'m>,
+    n_batch: usize,
+    n_vocab: usize,
+}
+
+impl Session<'_> {
+    pub fn n_vocab(&self) -> usize {
+        self.n_vocab
+    }
+
+    /// Evaluate `tokens` as one fresh sequence (positions 0..n) and return the logits of the
+    /// positions `from..n`, row after row (`(n - from) * n_vocab` values).
+    pub fn logits(&mut self, tokens: &[i32], from: usize) -> Result<Vec<f32>> {
+        self.ctx.clear_kv_cache();
+        let mut out = Vec::with_capacity(tokens.len().saturating_sub(from) * self.n_vocab);
+        let mut batch = LlamaBatch::new(self.n_batch, 1);
+        for (chunk_idx, chunk) in tokens.chunks(self.n_batch).enumerate() {
+            batch.clear();
+            let base = chunk_idx * self.n_batch;
+            for (i, &tok) in chunk.iter().enumerate() {
+                let pos = base + i;
+                batch.add(LlamaToken(tok), pos as i32, &[0], pos >= from)?;
+            }
+            self.ctx.decode(&mut batch).context("llama.cpp decode failed")?;
+            for (i, _) in chunk.iter().enumerate() {
+                if base + i >= from {
+                    out.extend_from_slice(self.ctx.get_logits_ith(i as i32));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn version_constant_matches_the_pin() {
+        let manifest = include_str!("../../Cargo.toml");
+        assert!(manifest.contains(&format!("llama-cpp-sys-2 = {{ version = \"={}\"", super::LLAMA_CPP_SYS_VERSION)));
+    }
+}

@@ -1,0 +1,3 @@
+//! Evaluation through the llama.cpp engine.
+
+pub mod perplexity;

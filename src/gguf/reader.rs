@@ -1,0 +1,231 @@
+//! A memory-mapped GGUF reader (v2 and v3).
+//!
+//! Why not `gguf-rs`: its metadata comes back as untyped JSON (a `u32` and an `i32` look alike), which
+//! breaks byte-faithful round trips of metadata, and it has no bounds checks that name the broken part
+//! of a corrupt file. This reader keeps every value's on-disk type, validates every count, length and
+//! offset against the file size before use, and hands out tensor data as slices of the map.
+
+use super::types::{meta_get, value_type, GgmlType, GgufValue, Metadata};
+use anyhow::{anyhow, bail, Context, Result};
+use memmap2::Mmap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+pub const GGUF_MAGIC: &[u8; 4] = b"GGUF";
+pub const DEFAULT_ALIGNMENT: u64 = 32;
+
+/// One tensor's entry in the GGUF header.
+#[derive(Clone, Debug)]
+pub struct GgufTensorInfo {
+    pub name: String,
+    /// ggml order: `ne[0]` is the row length (innermost dimension).
+    pub ne: Vec<u64>,
+    pub ggml_type: GgmlType,
+    /// Absolute byte offset in the file.
+    pub offset: u64,
+    pub n_bytes: u64,
+}
+
+impl GgufTensorInfo {
+    pub fn n_elements(&self) -> u64 {
+        self.ne.iter().product()
+    }
+
+    /// Row-major shape, outermost first (PyTorch order).
+    pub fn shape(&self) -> Vec<usize> {
+        self.ne.iter().rev().map(|&d| d as usize).collect()
+    }
+}
+
+pub struct GgufFile {
+    pub path: PathBuf,
+    map: Mmap,
+    pub version: u32,
+    pub metadata: Metadata,
+    pub tensors: Vec<GgufTensorInfo>,
+    pub alignment: u64,
+    pub data_offset: u64,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<GgufFile> {
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        // SAFETY: the map is read-only; a file truncated under us is the usual mmap caveat.
+        let map = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+        Self::parse(path, map).map_err(|e| anyhow!("{}: {e:#}", path.display()))
+    }
+
+    fn parse(path: &Path, map: Mmap) -> Result<GgufFile> {
+        let mut cur = Cursor { buf: &map, pos: 0 };
+        let magic = cur.take(4).context("not a GGUF file (too short for the magic)")?;
+        if magic != GGUF_MAGIC {
+            bail!("not a GGUF file (bad magic {:?})", String::from_utf8_lossy(magic));
+        }
+        let version = cur.u32()?;
+        if !(2..=3).contains(&version) {
+            bail!("unsupported GGUF version {version} (microscale reads v2 and v3)");
+        }
+        let n_tensors = cur.u64()?;
+        let n_kv = cur.u64()?;
+        // Every tensor info and every key takes at least 8 bytes: reject counts the file cannot hold.
+        let remaining = cur.remaining() as u64;
+        if n_tensors > remaining / 8 || n_kv > remaining / 8 {
+            bail!("truncated or corrupt header: {n_tensors} tensors and {n_kv} keys cannot fit in {} bytes", map.len());
+        }
+        let mut metadata = Vec::with_capacity(n_kv as usize);
+        for i in 0..n_kv {
+            let key = cur.string().with_context(|| format!("metadata key #{i}"))?;
+            let tag = cur.u32()?;
+            let value = cur.value(tag, 0).with_context(|| format!("metadata value of {key:?}"))?;
+            metadata.push((key, value));
+        }
+        let alignment = match meta_get(&metadata, "general.alignment") {
+            Some(v) => v.as_u64().filter(|a| a.is_power_of_two()).ok_or_else(|| anyhow!("bad general.alignment"))?,
+            None => DEFAULT_ALIGNMENT,
+        };
+        let mut tensors = Vec::with_capacity(n_tensors as usize);
+        for i in 0..n_tensors {
+            let name = cur.string().with_context(|| format!("tensor info #{i}"))?;
+            let n_dims = cur.u32()?;
+            if n_dims == 0 || n_dims > 4 {
+                bail!("tensor {name:?} has {n_dims} dimensions (ggml allows 1 to 4)");
+            }
+            let ne = (0..n_dims).map(|_| cur.u64()).collect::<Result<Vec<_>>>()?;
+            let type_id = cur.u32()?;
+            let ggml_type = GgmlType::from_id(type_id)
+                .ok_or_else(|| anyhow!("tensor {name:?} has ggml type {type_id}, which microscale does not support"))?;
+            let offset = cur.u64()?;
+            let n_elements = ne.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
+            let n_elements = n_elements.ok_or_else(|| anyhow!("tensor {name:?} has an impossible shape {ne:?}"))?;
+            let row_bytes = ggml_type.row_bytes(ne[0] as usize).with_context(|| format!("tensor {name:?}"))? as u64;
+            let n_bytes = row_bytes * (n_elements / ne[0].max(1));
+            tensors.push(GgufTensorInfo { name, ne, ggml_type, offset, n_bytes });
+        }
+        let data_offset = cur.pos.next_multiple_of(alignment as usize) as u64;
+        let file_len = map.len() as u64;
+        for t in &mut tensors {
+            if t.offset % alignment != 0 {
+                bail!("tensor {:?} is not aligned to {alignment} bytes", t.name);
+            }
+            t.offset += data_offset;
+            let end = t.offset.checked_add(t.n_bytes).ok_or_else(|| anyhow!("tensor {:?}: offset overflow", t.name))?;
+            if end > file_len {
+                bail!(
+                    "truncated file: tensor {:?} needs bytes {}..{} but the file has {file_len}",
+                    t.name,
+                    t.offset,
+                    end
+                );
+            }
+        }
+        Ok(GgufFile { path: path.to_path_buf(), map, version, metadata, tensors, alignment, data_offset })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&GgufValue> {
+        meta_get(&self.metadata, key)
+    }
+
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(|v| v.as_str())
+    }
+
+    pub fn get_u64(&self, key: &str) -> Option<u64> {
+        self.get(key).and_then(|v| v.as_u64())
+    }
+
+    pub fn get_f64(&self, key: &str) -> Option<f64> {
+        self.get(key).and_then(|v| v.as_f64())
+    }
+
+    pub fn architecture(&self) -> Result<&str> {
+        self.get_str("general.architecture")
+            .ok_or_else(|| anyhow!("{}: no general.architecture key", self.path.display()))
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&GgufTensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// The raw bytes of a tensor, borrowed from the map.
+    pub fn tensor_data(&self, info: &GgufTensorInfo) -> &[u8] {
+        &self.map[info.offset as usize..(info.offset + info.n_bytes) as usize]
+    }
+
+    /// Tell the kernel we are done with a tensor's pages, so that streaming through a large file does
+    /// not leave it all resident (mapped file pages count toward the process's RSS).
+    pub fn release(&self, info: &GgufTensorInfo) {
+        crate::source::release_pages(&self.map, info.offset as usize, info.n_bytes as usize);
+    }
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if n > self.remaining() {
+            bail!("truncated header: needed {n} bytes at offset {}, file has {}", self.pos, self.buf.len());
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        Ok(self.take(N)?.try_into().expect("length checked"))
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn string(&mut self) -> Result<String> {
+        let len = self.u64()?;
+        if len > self.remaining() as u64 {
+            bail!("truncated header: a string of {len} bytes at offset {} runs past the end", self.pos);
+        }
+        let bytes = self.take(len as usize)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| anyhow!("a string at offset {} is not UTF-8", self.pos))
+    }
+
+    fn value(&mut self, tag: u32, depth: u32) -> Result<GgufValue> {
+        use value_type::*;
+        Ok(match tag {
+            UINT8 => GgufValue::U8(self.array::<1>()?[0]),
+            INT8 => GgufValue::I8(self.array::<1>()?[0] as i8),
+            UINT16 => GgufValue::U16(u16::from_le_bytes(self.array()?)),
+            INT16 => GgufValue::I16(i16::from_le_bytes(self.array()?)),
+            UINT32 => GgufValue::U32(self.u32()?),
+            INT32 => GgufValue::I32(i32::from_le_bytes(self.array()?)),
+            FLOAT32 => GgufValue::F32(f32::from_le_bytes(self.array()?)),
+            BOOL => GgufValue::Bool(self.array::<1>()?[0] != 0),
+            STRING => GgufValue::String(self.string()?),
+            UINT64 => GgufValue::U64(self.u64()?),
+            INT64 => GgufValue::I64(i64::from_le_bytes(self.array()?)),
+            FLOAT64 => GgufValue::F64(f64::from_le_bytes(self.array()?)),
+            ARRAY => {
+                if depth > 0 {
+                    bail!("nested arrays are not supported");
+                }
+                let elem = self.u32()?;
+                let n = self.u64()?;
+                if n > self.remaining() as u64 {
+                    bail!("truncated header: an array of {n} items runs past the end");
+                }
+                let items = (0..n).map(|_| self.value(elem, depth + 1)).collect::<Result<Vec<_>>>()?;
+                GgufValue::Array(elem, items)
+            }
+            other => bail!("unknown metadata value type {other}"),
+        })
+    }
+}

@@ -1,0 +1,81 @@
+//! Tensor data formats: conversion of f32 rows to and from every ggml type microscale handles.
+//!
+//! `float` holds f16/bf16, `legacy` the 32-element block formats. Each function names the ggml
+//! function it mirrors so the two can be read side by side.
+
+pub mod float;
+pub mod legacy;
+
+use crate::gguf::GgmlType;
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+
+/// Rows handed to one rayon task: large enough to amortise scheduling, small enough to balance.
+const PAR_CHUNK_ELEMS: usize = 1 << 16;
+
+/// Decode `data` (a whole number of blocks of `ty`) into f32, in parallel.
+pub fn dequantize(ty: GgmlType, data: &[u8]) -> Result<Vec<f32>> {
+    let n_blocks = data.len() / ty.type_size();
+    if n_blocks * ty.type_size() != data.len() {
+        bail!("{} bytes are not a whole number of {ty} blocks", data.len());
+    }
+    let mut out = vec![0f32; n_blocks * ty.block_size()];
+    dequantize_into(ty, data, &mut out)?;
+    Ok(out)
+}
+
+/// Decode into a caller-provided buffer of exactly the right length.
+pub fn dequantize_into(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()> {
+    let (bs, ts) = (ty.block_size(), ty.type_size());
+    if data.len() / ts * bs != out.len() || !data.len().is_multiple_of(ts) {
+        bail!("{ty}: {} bytes do not decode to {} values", data.len(), out.len());
+    }
+    let block_fn: fn(&[u8], &mut [f32]) = match ty {
+        GgmlType::F32 => |b, y| y[0] = f32::from_le_bytes(b.try_into().unwrap()),
+        GgmlType::F16 => |b, y| y[0] = float::f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]])),
+        GgmlType::BF16 => |b, y| y[0] = float::bf16_bits_to_f32(u16::from_le_bytes([b[0], b[1]])),
+        GgmlType::Q4_0 => legacy::dequantize_q4_0,
+        GgmlType::Q4_1 => legacy::dequantize_q4_1,
+        GgmlType::Q5_0 => legacy::dequantize_q5_0,
+        GgmlType::Q5_1 => legacy::dequantize_q5_1,
+        GgmlType::Q8_0 => legacy::dequantize_q8_0,
+        other => bail!("dequantizing {other} is not supported yet"),
+    };
+    let chunk_blocks = (PAR_CHUNK_ELEMS / bs).max(1);
+    out.par_chunks_mut(chunk_blocks * bs).zip(data.par_chunks(chunk_blocks * ts)).for_each(|(y, x)| {
+        for (yb, xb) in y.chunks_exact_mut(bs).zip(x.chunks_exact(ts)) {
+            block_fn(xb, yb);
+        }
+    });
+    Ok(())
+}
+
+/// Encode f32 values as `ty`, in parallel. `row_len` is the tensor's row length (`ne[0]`): block
+/// formats never straddle rows.
+pub fn quantize(ty: GgmlType, values: &[f32], row_len: usize) -> Result<Vec<u8>> {
+    if row_len == 0 || !values.len().is_multiple_of(row_len) {
+        bail!("{} values are not whole rows of {row_len}", values.len());
+    }
+    let row_bytes = ty.row_bytes(row_len)?;
+    let n_rows = values.len() / row_len;
+    let mut out = vec![0u8; n_rows * row_bytes];
+    match ty {
+        GgmlType::F32 => {
+            out.par_chunks_mut(4 * PAR_CHUNK_ELEMS).zip(values.par_chunks(PAR_CHUNK_ELEMS)).for_each(|(o, v)| {
+                for (ob, x) in o.chunks_exact_mut(4).zip(v) {
+                    ob.copy_from_slice(&x.to_le_bytes());
+                }
+            })
+        }
+        GgmlType::F16 | GgmlType::BF16 => {
+            let conv = if ty == GgmlType::F16 { float::f32_to_f16_bits } else { float::f32_to_bf16_bits };
+            out.par_chunks_mut(2 * PAR_CHUNK_ELEMS).zip(values.par_chunks(PAR_CHUNK_ELEMS)).for_each(|(o, v)| {
+                for (ob, &x) in o.chunks_exact_mut(2).zip(v) {
+                    ob.copy_from_slice(&conv(x).to_le_bytes());
+                }
+            })
+        }
+        other => bail!("quantizing to {other} is not supported yet"),
+    }
+    Ok(out)
+}

@@ -1,0 +1,5 @@
+//! Shared test support: synthetic HF checkpoints and a reference forward pass.
+#![allow(dead_code)]
+
+pub mod reference;
+pub mod synth;

@@ -1,0 +1,134 @@
+//! Synthetic GPT-2 and LLaMA checkpoints, written as Hugging Face directories, converted to GGUF and
+//! run in llama.cpp; the logits must match an independent forward pass in Hugging Face semantics.
+//! This is what proves transposes, Q/K permutations, biases, GQA and tied embeddings right.
+
+mod common;
+
+use common::reference::{gpt2_forward, llama_forward};
+use common::synth::{self, SynthDtype, SynthSpec};
+use microscale::convert::{convert, ConvertOptions, OutType};
+use microscale::engine::Model;
+use std::path::Path;
+
+/// A prompt over the tiny vocabulary: byte tokens, merged tokens and the special token.
+const PROMPT: [i32; 24] =
+    [265, 71, 220, 80, 256, 257, 66, 220, 90, 91, 270, 84, 72, 220, 260, 261, 69, 296, 65, 220, 75, 280, 77, 83];
+
+fn llama_cpp_logits(gguf: &Path, tokens: &[i32]) -> Vec<f32> {
+    let model = Model::load(gguf).unwrap();
+    let mut session = model.session(128, 128, 2).unwrap();
+    session.logits(tokens, 0).unwrap()
+}
+
+/// Max |llama.cpp - reference| relative to the reference logits' largest magnitude.
+fn relative_error(got: &[f32], want: &[Vec<f32>]) -> f64 {
+    let flat: Vec<f32> = want.iter().flatten().copied().collect();
+    assert_eq!(got.len(), flat.len(), "logit count");
+    let scale = flat.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+    assert!(scale > 0.5, "reference logits are degenerate (scale {scale})");
+    let max_diff = got.iter().zip(&flat).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) as f64;
+    max_diff / scale
+}
+
+fn convert_to(dir: &Path, out: &Path, outtype: OutType) {
+    convert(dir, out, &ConvertOptions { outtype, quiet: true }).unwrap();
+}
+
+fn check_llama(spec: &SynthSpec, shards: usize, outtype: OutType, tolerance: f64) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("llama");
+    std::fs::create_dir(&dir).unwrap();
+    if shards > 1 {
+        synth::write_sharded_llama_checkpoint(&dir, spec, shards).unwrap();
+    } else {
+        synth::write_llama_checkpoint(&dir, spec).unwrap();
+    }
+    let gguf = tmp.path().join("llama.gguf");
+    convert_to(&dir, &gguf, outtype);
+    let tokens: Vec<u32> = PROMPT.iter().map(|&t| t as u32).collect();
+    let want = llama_forward(&dir, &tokens).unwrap();
+    let got = llama_cpp_logits(&gguf, &PROMPT);
+    let err = relative_error(&got, &want);
+    assert!(err < tolerance, "{spec:?} {outtype:?}: relative logit error {err:e} >= {tolerance:e}");
+}
+
+fn check_gpt2(spec: &SynthSpec, outtype: OutType, tolerance: f64) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("gpt2");
+    std::fs::create_dir(&dir).unwrap();
+    synth::write_gpt2_checkpoint(&dir, spec).unwrap();
+    let gguf = tmp.path().join("gpt2.gguf");
+    convert_to(&dir, &gguf, outtype);
+    let tokens: Vec<u32> = PROMPT.iter().map(|&t| t as u32).collect();
+    let want = gpt2_forward(&dir, &tokens).unwrap();
+    let got = llama_cpp_logits(&gguf, &PROMPT);
+    let err = relative_error(&got, &want);
+    assert!(err < tolerance, "{spec:?} {outtype:?}: relative logit error {err:e} >= {tolerance:e}");
+}
+
+#[test]
+fn llama_untied_gqa_f32_matches_reference() {
+    check_llama(&SynthSpec::tiny_llama(), 1, OutType::F32, 1e-3);
+}
+
+#[test]
+fn llama_tied_sharded_f16_source_matches_reference() {
+    let spec = SynthSpec { tied_embeddings: true, dtype: SynthDtype::F16, seed: 3, ..SynthSpec::tiny_llama() };
+    check_llama(&spec, 3, OutType::F32, 1e-3);
+}
+
+#[test]
+fn llama_bf16_source_without_gqa_matches_reference() {
+    let spec = SynthSpec { n_head_kv: 4, dtype: SynthDtype::BF16, seed: 11, ..SynthSpec::tiny_llama() };
+    check_llama(&spec, 1, OutType::F32, 1e-3);
+}
+
+#[test]
+fn llama_f16_output_is_close_to_reference() {
+    // F16 weights round each value to 11 significant bits: a looser bound, still far below a wrong layout.
+    check_llama(&SynthSpec::tiny_llama(), 1, OutType::F16, 2e-2);
+}
+
+#[test]
+fn gpt2_f32_matches_reference() {
+    check_gpt2(&SynthSpec::tiny_gpt2(), OutType::F32, 1e-3);
+}
+
+#[test]
+fn gpt2_bf16_source_matches_reference() {
+    let spec = SynthSpec { dtype: SynthDtype::BF16, seed: 5, ..SynthSpec::tiny_gpt2() };
+    check_gpt2(&spec, OutType::F32, 1e-3);
+}
+
+#[test]
+fn gpt2_bf16_output_is_close_to_reference() {
+    check_gpt2(&SynthSpec::tiny_gpt2(), OutType::Bf16, 5e-2);
+}
+
+/// llama.cpp's tokenizer on the converted vocabulary must agree with Hugging Face's on the source.
+#[test]
+fn synthetic_vocabularies_tokenize_like_hugging_face() {
+    let text = " the cat sat on the mat, then 42 rats ran there.\nThe end<|endoftext|>";
+    for arch in ["llama", "gpt2"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(arch);
+        std::fs::create_dir(&dir).unwrap();
+        let hf = if arch == "llama" {
+            synth::write_llama_checkpoint(&dir, &SynthSpec::tiny_llama()).unwrap();
+            tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap()
+        } else {
+            synth::write_gpt2_checkpoint(&dir, &SynthSpec::tiny_gpt2()).unwrap();
+            let json = synth::tokenizer_json();
+            tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&json).unwrap()).unwrap()
+        };
+        let gguf = tmp.path().join("m.gguf");
+        convert_to(&dir, &gguf, OutType::F32);
+        let model = Model::load(&gguf).unwrap();
+        // Plain text only: llama.cpp (parse_special=false) and HF treat special-token text differently.
+        let plain = &text[..text.find('<').unwrap()];
+        let want: Vec<i32> = hf.encode(plain, false).unwrap().get_ids().iter().map(|&i| i as i32).collect();
+        assert_eq!(model.tokenize(plain, false), want, "{arch}");
+        assert!(want.iter().any(|&t| t >= 256), "{arch}: the text should exercise merges");
+        assert_eq!(model.meta("tokenizer.ggml.eos_token_id").as_deref(), Some("296"), "{arch}");
+    }
+}
