@@ -32,6 +32,15 @@ pub mod default_model {
     pub const HF_DIR: &str = "models/smollm2-135m";
     pub const FETCH_SCRIPT: &str = "scripts/fetch-default-model.sh";
 
+    /// A hint for a missing path that looks like the default model's.
+    pub fn hint_for(path: &std::path::Path) -> &'static str {
+        if path.starts_with("models") {
+            " (the default model is fetched by scripts/fetch-default-model.sh)"
+        } else {
+            ""
+        }
+    }
+
     /// The path if present, else an error that says how to get it.
     pub fn require(path: &str) -> anyhow::Result<std::path::PathBuf> {
         let p = std::path::PathBuf::from(path);

@@ -69,6 +69,10 @@ pub fn import(gguf_path: &Path, out_dir: &Path, dtype: OutType, quiet: bool) -> 
             OutType::Bf16 => "bfloat16",
         }),
     );
+    let gen = super::general::generation_config(&source.file.metadata);
+    if !gen.is_empty() {
+        write_file(&dir.join("generation_config.json"), serde_json::to_string_pretty(&Value::Object(gen))?.as_bytes())?;
+    }
     write_file(&dir.join("config.json"), serde_json::to_string_pretty(&Value::Object(config))?.as_bytes())?;
     staging.commit()
 }

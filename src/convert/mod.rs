@@ -5,6 +5,7 @@
 //! to the output and released. Within a tensor the work runs in parallel (rayon); across tensors it
 //! is sequential, so memory holds one tensor's working set however large the model is.
 
+pub mod general;
 pub mod import;
 pub mod safetensors_writer;
 
@@ -81,7 +82,7 @@ impl Source {
             return Ok(Source::Hf(HfCheckpoint::open(path)?));
         }
         if !path.exists() {
-            bail!("{}: no such file or directory", path.display());
+            bail!("{}: no such file or directory{}", path.display(), crate::default_model::hint_for(path));
         }
         let mut magic = [0u8; 4];
         let n = std::io::Read::read(&mut std::fs::File::open(path)?, &mut magic).unwrap_or(0);
@@ -120,11 +121,7 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
 fn plan_from_hf(ckpt: &HfCheckpoint, opts: &ConvertOptions) -> Result<(Metadata, Vec<Job>, String)> {
     let plan = arch::plan_hf(ckpt)?;
     let vocab = tokenizer::hf::load(ckpt, plan.vocab_size, plan.arch)?;
-    let mut meta: Metadata = vec![
-        ("general.architecture".into(), GgufValue::String(plan.arch.into())),
-        ("general.type".into(), GgufValue::String("model".into())),
-        ("general.name".into(), GgufValue::String(model_name(ckpt))),
-    ];
+    let mut meta = general::general_metadata(ckpt, plan.arch)?;
     meta.extend(plan.hparams.iter().cloned());
     meta.push(("general.file_type".into(), GgufValue::U32(opts.outtype.file_type())));
     meta.extend(vocab.to_metadata());
@@ -132,12 +129,6 @@ fn plan_from_hf(ckpt: &HfCheckpoint, opts: &ConvertOptions) -> Result<(Metadata,
     let jobs =
         plan.tensors.into_iter().map(|planned| Job { ty: opts.outtype.tensor_type(&planned.shape), planned }).collect();
     Ok((meta, jobs, plan.arch.to_string()))
-}
-
-/// The model's name as the converter derives it: the directory's name.
-fn model_name(ckpt: &HfCheckpoint) -> String {
-    let dir = std::fs::canonicalize(&ckpt.dir).unwrap_or(ckpt.dir.clone());
-    dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
 }
 
 fn plan_from_gguf(g: &GgufSource, opts: &ConvertOptions) -> Result<(Metadata, Vec<Job>, String)> {
@@ -173,8 +164,9 @@ fn write_gguf(src: &dyn TensorSource, output: &Path, meta: &Metadata, jobs: &[Jo
     let progress = Progress::new(total, "converting", quiet);
     for job in jobs {
         progress.set_message(&job.planned.name);
-        let bytes = produce_tensor(src, job)?;
-        writer.write_tensor(&job.planned.name, &bytes)?;
+        writer.begin_tensor(&job.planned.name)?;
+        stream_tensor(src, job, &mut |bytes| writer.write_data(bytes))?;
+        writer.end_tensor()?;
         src.release(&job.planned.source);
         progress.inc(job.planned.n_elements() as u64);
     }
@@ -182,19 +174,49 @@ fn write_gguf(src: &dyn TensorSource, output: &Path, meta: &Metadata, jobs: &[Jo
     writer.finish().with_context(|| format!("writing {}", output.display()))
 }
 
-/// Read, check, transform and encode one tensor.
-fn produce_tensor(src: &dyn TensorSource, job: &Job) -> Result<Vec<u8>> {
+/// Values decoded per piece when a tensor streams row block by row block (16 MiB of f32).
+const STREAM_ELEMS: usize = 1 << 22;
+
+/// Read, check, transform and encode one tensor, handing its bytes to `sink` in order.
+///
+/// Tensors whose layout does not change stream in blocks of whole rows, so even a vocabulary-sized
+/// embedding never sits in memory as f32; a tensor already in the output type is copied straight
+/// from the map. Only re-laid-out tensors (Q/K permutation, transposition) are decoded whole.
+fn stream_tensor(src: &dyn TensorSource, job: &Job, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
     let p = &job.planned;
     let info = src.tensor(&p.source).ok_or_else(|| anyhow!("missing tensor {:?}", p.source))?;
-    // A tensor already in the output type with nothing to do is copied as is (bit-exact pass-through).
-    if info.dtype == job.ty && p.transform == Transform::Copy {
-        return Ok(src.raw(&p.source)?.to_vec());
+    let raw = src.raw(&p.source)?;
+    let row_len = *p.shape.last().unwrap_or(&1);
+    let check = |data: &[f32], offset: usize| -> Result<()> {
+        match data.iter().position(|x| !x.is_finite()) {
+            Some(i) => bail!(
+                "{}: tensor {:?} has a non-finite value ({}) at index {}",
+                src.location(&p.source),
+                p.source,
+                data[i],
+                offset + i
+            ),
+            None => Ok(()),
+        }
+    };
+    if p.transform == Transform::Copy {
+        let src_row_bytes = info.dtype.row_bytes(row_len)?;
+        let rows_per_piece = (STREAM_ELEMS / row_len).max(1);
+        for (i, piece) in raw.chunks(rows_per_piece * src_row_bytes).enumerate() {
+            let mut data = vec![0f32; piece.len() / src_row_bytes * row_len];
+            crate::quant::dequantize_into(info.dtype, piece, &mut data)?;
+            check(&data, i * rows_per_piece * row_len)?;
+            if info.dtype == job.ty {
+                sink(piece)?; // bit-exact pass-through, after the finiteness check
+            } else {
+                sink(&crate::quant::quantize(job.ty, &data, row_len).with_context(|| format!("tensor {:?}", p.name))?)?;
+            }
+            src.release_part(&p.source, piece);
+        }
+        return Ok(());
     }
     let data = src.read_f32(&p.source)?;
-    if let Some(i) = data.iter().position(|x| !x.is_finite()) {
-        bail!("{}: tensor {:?} has a non-finite value ({}) at index {i}", src.location(&p.source), p.source, data[i]);
-    }
+    check(&data, 0)?;
     let data = apply_transform(p.transform, data, &info.shape)?;
-    let row_len = *p.shape.last().unwrap_or(&1);
-    crate::quant::quantize(job.ty, &data, row_len).with_context(|| format!("tensor {:?}", p.name))
+    sink(&crate::quant::quantize(job.ty, &data, row_len).with_context(|| format!("tensor {:?}", p.name))?)
 }

@@ -52,7 +52,7 @@ pub struct Model {
 impl Model {
     pub fn load(path: &Path) -> Result<Model> {
         if !path.is_file() {
-            bail!("{}: no such model file", path.display());
+            bail!("{}: no such model file{}", path.display(), crate::default_model::hint_for(path));
         }
         let backend = init(false);
         let params = LlamaModelParams::default();

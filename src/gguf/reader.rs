@@ -156,6 +156,11 @@ impl GgufFile {
     pub fn release(&self, info: &GgufTensorInfo) {
         crate::source::release_pages(&self.map, info.offset as usize, info.n_bytes as usize);
     }
+
+    /// Like [`Self::release`], for part of a tensor's data.
+    pub fn release_slice(&self, part: &[u8]) {
+        crate::source::release_slice(&self.map, part);
+    }
 }
 
 struct Cursor<'a> {

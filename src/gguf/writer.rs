@@ -38,6 +38,8 @@ pub struct GgufWriter {
     tensors: Vec<TensorHeader>,
     next: usize,
     written: u64,
+    /// The tensor being written: (size from the header, bytes so far).
+    open: Option<(u64, u64)>,
 }
 
 impl GgufWriter {
@@ -46,25 +48,48 @@ impl GgufWriter {
         let mut out = TempOutput::create(path)?;
         let header = encode_header(metadata, &tensors)?;
         out.writer().write_all(&header).with_context(|| format!("writing {}", path.display()))?;
-        Ok(GgufWriter { out, tensors, next: 0, written: header.len() as u64 })
+        Ok(GgufWriter { out, tensors, next: 0, written: header.len() as u64, open: None })
     }
 
     /// Append the next tensor's data; tensors must come in header order with exactly their size.
     pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> Result<()> {
+        self.begin_tensor(name)?;
+        self.write_data(data)?;
+        self.end_tensor()
+    }
+
+    /// Start the next tensor, whose bytes then come in pieces through [`Self::write_data`].
+    pub fn begin_tensor(&mut self, name: &str) -> Result<()> {
+        if self.open.is_some() {
+            bail!("tensor {name:?} started before the previous one ended");
+        }
         let Some(expected) = self.tensors.get(self.next) else {
             bail!("tensor {name:?} written after the last tensor in the header");
         };
         if expected.name != name {
             bail!("tensor {name:?} written where the header expects {:?}", expected.name);
         }
-        let size = expected.n_bytes()?;
-        if data.len() as u64 != size {
-            bail!("tensor {name:?} has {} bytes, its header says {size}", data.len());
+        self.open = Some((expected.n_bytes()?, 0));
+        Ok(())
+    }
+
+    pub fn write_data(&mut self, data: &[u8]) -> Result<()> {
+        let Some((size, done)) = self.open.as_mut() else { bail!("data written outside a tensor") };
+        *done += data.len() as u64;
+        if *done > *size {
+            bail!("tensor {:?} is larger than its header says ({size} bytes)", self.tensors[self.next].name);
         }
-        let w = self.out.writer();
-        w.write_all(data)?;
-        let padded = (data.len() as u64).next_multiple_of(DEFAULT_ALIGNMENT);
-        w.write_all(&vec![0u8; (padded - data.len() as u64) as usize])?;
+        self.out.writer().write_all(data)?;
+        Ok(())
+    }
+
+    pub fn end_tensor(&mut self) -> Result<()> {
+        let Some((size, done)) = self.open.take() else { bail!("no tensor to end") };
+        if done != size {
+            bail!("tensor {:?} has {done} bytes, its header says {size}", self.tensors[self.next].name);
+        }
+        let padded = size.next_multiple_of(DEFAULT_ALIGNMENT);
+        self.out.writer().write_all(&vec![0u8; (padded - size) as usize])?;
         self.written += padded;
         self.next += 1;
         Ok(())

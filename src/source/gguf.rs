@@ -36,6 +36,10 @@ impl TensorSource for GgufSource {
         }
     }
 
+    fn release_part(&self, _name: &str, part: &[u8]) {
+        self.file.release_slice(part);
+    }
+
     fn location(&self, _name: &str) -> String {
         self.file.path.display().to_string()
     }

@@ -133,6 +133,12 @@ impl TensorSource for HfCheckpoint {
         }
     }
 
+    fn release_part(&self, name: &str, part: &[u8]) {
+        if let Some(loc) = self.index.get(name) {
+            super::release_slice(&self.shards[loc.shard].map, part);
+        }
+    }
+
     fn location(&self, name: &str) -> String {
         match self.index.get(name) {
             Some(loc) => self.shards[loc.shard].path.display().to_string(),

@@ -34,6 +34,8 @@ pub trait TensorSource: Sync {
     fn raw(&self, name: &str) -> Result<&[u8]>;
     /// Drop the tensor's pages from this process's resident set.
     fn release(&self, name: &str);
+    /// Drop the pages of part of a tensor's bytes (a sub-slice of [`Self::raw`]).
+    fn release_part(&self, name: &str, part: &[u8]);
     /// Where the tensor lives, for error messages.
     fn location(&self, name: &str) -> String;
 
@@ -46,6 +48,15 @@ pub trait TensorSource: Sync {
         let info = self.tensor(name).ok_or_else(|| anyhow::anyhow!("no tensor {name:?} in {}", self.location(name)))?;
         crate::quant::dequantize(info.dtype, self.raw(name)?)
             .map_err(|e| anyhow::anyhow!("{}: tensor {name:?}: {e:#}", self.location(name)))
+    }
+}
+
+/// [`release_pages`] for a slice that lies inside `map` (anything else is ignored).
+pub fn release_slice(map: &Mmap, part: &[u8]) {
+    let base = map.as_ptr() as usize;
+    let start = part.as_ptr() as usize;
+    if start >= base && start + part.len() <= base + map.len() {
+        release_pages(map, start - base, part.len());
     }
 }
 
