@@ -14,12 +14,14 @@
 //! - [`util`]: atomic outputs, progress bars.
 
 pub mod arch;
+pub mod bench;
 pub mod convert;
 pub mod engine;
 pub mod eval;
 pub mod gguf;
 pub mod inspect;
 pub mod quant;
+pub mod report;
 pub mod source;
 pub mod tokenizer;
 pub mod util;

@@ -4,7 +4,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use microscale::convert::{self, import, OutType};
 use microscale::engine;
-use microscale::eval::perplexity::{self, PerplexityOptions};
+use microscale::quant::imatrix::Imatrix;
+use microscale::quant::mix::{Scheme, TensorTypeOverride};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,22 +36,93 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Convert a Hugging Face directory or a GGUF file to GGUF.
+    /// Convert a Hugging Face directory or a GGUF file to GGUF, quantizing in the same pass.
     ///
-    /// The conversion streams: one tensor is in memory at a time, each tensor is converted in
-    /// parallel, and the output appears only when complete (a temporary file is renamed into place).
-    /// 1-D tensors (norms, biases) stay F32, as llama.cpp's converter keeps them.
+    /// The conversion streams: one tensor is in memory at a time, rows are converted in parallel,
+    /// and the output appears only when complete (a temporary file is renamed into place).
     ///
-    /// Example: microscale convert models/smollm2-135m -o smollm2-f16.gguf --outtype f16
+    /// Float types keep 1-D tensors (norms, biases) in F32, as llama.cpp's converter does.
+    /// Quantized types are llama.cpp's mixes, chosen per tensor exactly as llama-quantize chooses
+    /// them (q4_k_m gives some attn_v and ffn_down tensors Q6_K; rows that are not a multiple of
+    /// 256 fall back to Q5_0/Q5_1/Q8_0); the quantizers are microscale's own, bit-exact with ggml.
+    ///
+    /// Examples:
+    ///   microscale convert models/smollm2-135m -o smollm2-f16.gguf --outtype f16
+    ///   microscale convert models/smollm2-135m -o smollm2-q4_k_m.gguf --outtype q4_k_m --imatrix imatrix.gguf
+    ///   microscale convert models/smollm2-135m -o mixed.gguf --outtype q4_k_s --tensor-type 'attn_v=q8_0'
+    #[command(verbatim_doc_comment)]
     Convert {
         /// A Hugging Face model directory (config.json + safetensors) or a .gguf file.
         src: PathBuf,
         /// The GGUF file to write.
         #[arg(short, long)]
         output: PathBuf,
-        /// Type of the 2-D weights, spelled as llama.cpp spells it.
+        /// Output type, spelled as llama.cpp spells it.
         #[arg(long, value_enum, default_value = "f16")]
-        outtype: OutType,
+        outtype: Scheme,
+        /// Quantize tensors whose name matches the regex PATTERN to TYPE (e.g. 'ffn_down=q6_k');
+        /// repeatable, first match wins, as llama-quantize's --tensor-type.
+        #[arg(long = "tensor-type", value_name = "PATTERN=TYPE")]
+        tensor_types: Vec<TensorTypeOverride>,
+        /// Importance matrix (llama.cpp imatrix GGUF or legacy .dat) for the quantizers.
+        #[arg(long)]
+        imatrix: Option<PathBuf>,
+    },
+    /// Quantizer throughput: microscale's quantizers against ggml's C functions.
+    ///
+    /// Both run on the same data and thread count, alternately, in one process; the ratio column
+    /// (microscale / ggml, above 1 = faster) is what to read on a noisy machine. Also checks the
+    /// outputs are byte-identical.
+    ///
+    /// Example: microscale bench-quant --threads 2 > bench-results/quantizers.md
+    #[command(verbatim_doc_comment)]
+    BenchQuant {
+        /// Rows per run.
+        #[arg(long, default_value_t = 1024)]
+        rows: usize,
+        /// Row length (a multiple of 256).
+        #[arg(long, default_value_t = 4096)]
+        row_len: usize,
+        /// Threads for both sides (default: all cores).
+        #[arg(short, long)]
+        threads: Option<usize>,
+        /// Repetitions (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Only these types (default: all).
+        #[arg(long = "type", value_name = "TYPE")]
+        types: Vec<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Quantize a GGUF with llama.cpp's own quantizer (llama_model_quantize, as llama-quantize).
+    ///
+    /// For comparisons: stock llama.cpp quants made from the same input as microscale's variants.
+    /// TYPE is llama.cpp's name (q8_0, q4_k_m, ...). The output appears only when complete.
+    ///
+    /// Example: microscale stock-quantize smollm2-f32.gguf smollm2-stock-q4_k_m.gguf q4_k_m
+    #[command(verbatim_doc_comment)]
+    StockQuantize {
+        /// The GGUF to quantize (usually F32 or F16).
+        input: PathBuf,
+        /// The GGUF to write.
+        output: PathBuf,
+        /// Target type.
+        #[arg(value_enum)]
+        scheme: Scheme,
+        /// Importance matrix (llama.cpp imatrix GGUF or legacy .dat).
+        #[arg(long)]
+        imatrix: Option<PathBuf>,
+        /// Quantize tensors matching PATTERN to TYPE (repeatable).
+        #[arg(long = "tensor-type", value_name = "PATTERN=TYPE")]
+        tensor_types: Vec<TensorTypeOverride>,
+        /// Allow re-quantizing tensors that are already quantized (loses quality).
+        #[arg(long)]
+        allow_requantize: bool,
+        /// Threads (default: all cores).
+        #[arg(short, long)]
+        threads: Option<usize>,
     },
     /// Write a Hugging Face directory (config.json, model.safetensors, tokenizer files) from a GGUF.
     ///
@@ -59,6 +131,7 @@ enum Command {
     /// the same GGUF. This is how a model that exists only as GGUF enters the safetensors pipeline.
     ///
     /// Example: microscale import models/SmolLM2-135M-Instruct.Q4_1.gguf -o models/smollm2-135m
+    #[command(verbatim_doc_comment)]
     Import {
         /// The GGUF file to read.
         gguf: PathBuf,
@@ -79,30 +152,63 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Evaluate a GGUF model through llama.cpp: perplexity, as llama-perplexity computes it.
+    /// Evaluate a GGUF model through llama.cpp: perplexity, KL divergence, SST-2, multiple choice.
     ///
-    /// Example: microscale eval smollm2-f16.gguf --chunks 8
+    /// Perplexity and KL divergence follow llama-perplexity exactly (512-token windows, second half
+    /// scored, BOS as the vocabulary asks; the same ± and KLD statistics). Tasks score each choice's
+    /// log-likelihood after a prompt, all choices of an item in one llama.cpp batch sharing the
+    /// context: acc = highest sum, acc_norm = highest per character (lm-evaluation-harness).
+    ///
+    /// With no --ppl, --kld-base or --task, perplexity on WikiText-2 test is computed.
+    ///
+    /// Examples:
+    ///   microscale eval model.gguf --chunks 40
+    ///   microscale eval model-q4_k_m.gguf --kld-base model-f32.gguf --chunks 40
+    ///   microscale eval model.gguf --task sst2 --task arc-easy --task arc-challenge --csv results.csv
+    ///   microscale eval model.gguf --task mc:my-questions.jsonl --limit 200 --json
+    #[command(verbatim_doc_comment)]
     Eval {
         /// The GGUF model.
         model: PathBuf,
-        /// Text file for perplexity.
-        #[arg(long, default_value = "../shared/data/wikitext-2/wiki.test.raw")]
-        ppl: PathBuf,
-        /// Tokens per window.
+        /// Perplexity on this text (bare flag: WikiText-2 test).
+        #[arg(long, num_args = 0..=1, default_missing_value = microscale::eval::run::DEFAULT_PPL_FILE)]
+        ppl: Option<PathBuf>,
+        /// KL divergence against this base model (same vocabulary), on the perplexity text.
+        #[arg(long, value_name = "BASE.gguf")]
+        kld_base: Option<PathBuf>,
+        /// sst2, arc-easy, arc-challenge, or mc:FILE.jsonl ({"context", "choices", "label"}); repeatable.
+        #[arg(long = "task", value_name = "TASK")]
+        tasks: Vec<microscale::eval::data::Task>,
+        /// SST-2 demonstrations (k-shot), drawn with --seed and excluded from the evaluated items.
+        #[arg(long, default_value_t = 0)]
+        shots: usize,
+        /// Tokens per perplexity window.
         #[arg(short = 'c', long, default_value_t = 512)]
         ctx_size: usize,
-        /// Tokens per llama.cpp decode call.
-        #[arg(short = 'b', long, default_value_t = 512)]
+        /// Tokens per llama.cpp decode (perplexity runs batch/ctx windows at once).
+        #[arg(short = 'b', long, default_value_t = 2048)]
         batch_size: usize,
-        /// Score at most this many windows (default: all).
+        /// Score at most this many perplexity windows (default: all).
         #[arg(long)]
         chunks: Option<usize>,
+        /// Evaluate at most this many items per task (a seeded sample).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Seed for SST-2 demonstrations and --limit samples.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
         /// Threads (default: all cores).
         #[arg(short, long)]
         threads: Option<usize>,
-        /// Print JSON instead of text.
+        /// Where sst2/ and arc/ live.
+        #[arg(long, default_value = microscale::eval::run::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Append one row per metric to this CSV file.
+        #[arg(long, value_name = "FILE")]
+        csv: Option<PathBuf>,
     },
 }
 
@@ -133,19 +239,54 @@ fn one_line(e: &anyhow::Error) -> String {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Convert { src, output, outtype } => {
-            let opts = convert::ConvertOptions { outtype, quiet: cli.quiet };
+        Command::Convert { src, output, outtype, tensor_types, imatrix } => {
+            let imatrix = imatrix.map(|p| Imatrix::load(&p)).transpose()?;
+            let opts = convert::ConvertOptions { scheme: outtype, tensor_types, imatrix, quiet: cli.quiet };
             let report = convert::convert(&src, &output, &opts)?;
             if !cli.quiet {
                 eprintln!(
                     "wrote {} ({} {}, {} tensors, {:.1}M params, {:.1} MiB)",
                     output.display(),
                     report.arch,
-                    outtype.weight_type(),
+                    outtype.name(),
                     report.n_tensors,
                     report.n_params as f64 / 1e6,
                     report.bytes as f64 / (1 << 20) as f64
                 );
+            }
+            Ok(())
+        }
+        Command::BenchQuant { rows, row_len, threads, reps, types, json } => {
+            use microscale::bench::quant::{bench_type, table, BENCH_TYPES};
+            let threads = threads.unwrap_or_else(engine::default_threads);
+            let types: Vec<_> = if types.is_empty() {
+                BENCH_TYPES.to_vec()
+            } else {
+                types.iter().map(|t| microscale::quant::mix::parse_ggml_type(t)).collect::<Result<_>>()?
+            };
+            let mut out = Vec::new();
+            for ty in types {
+                for imatrix in [false, true] {
+                    out.push(bench_type(ty, rows, row_len, threads, reps, imatrix)?);
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                print!("{}", table(&out));
+            }
+            Ok(())
+        }
+        Command::StockQuantize { input, output, scheme, imatrix, tensor_types, allow_requantize, threads } => {
+            let imatrix = imatrix.map(|p| Imatrix::load(&p)).transpose()?;
+            let opts = microscale::engine::quantize::StockOptions {
+                threads: threads.unwrap_or_else(engine::default_threads),
+                allow_requantize,
+                tensor_types,
+            };
+            microscale::engine::quantize::stock_quantize(&input, &output, scheme, imatrix.as_ref(), &opts)?;
+            if !cli.quiet {
+                eprintln!("wrote {} (llama.cpp {})", output.display(), scheme.name());
             }
             Ok(())
         }
@@ -165,28 +306,48 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Eval { model, ppl, ctx_size, batch_size, chunks, threads, json } => {
-            let text =
-                std::fs::read_to_string(&ppl).map_err(|e| anyhow::anyhow!("{}: cannot read ({e})", ppl.display()))?;
-            let m = engine::Model::load(&model)?;
-            let opts = PerplexityOptions {
-                n_ctx: ctx_size,
-                n_batch: batch_size,
-                threads: threads.unwrap_or_else(engine::default_threads),
-                chunks,
-            };
-            let start = std::time::Instant::now();
-            let r = perplexity::perplexity(&m, &text, &opts)?;
-            let secs = start.elapsed().as_secs_f64();
-            if json {
-                let v = serde_json::json!({
-                    "model": model, "file": ppl, "ctx_size": ctx_size, "chunks": r.chunks,
-                    "ppl": r.ppl, "ppl_stderr": r.ppl_stderr, "scored_tokens": r.scored_tokens, "seconds": secs,
-                });
-                println!("{}", serde_json::to_string_pretty(&v)?);
+        Command::Eval {
+            model,
+            ppl,
+            kld_base,
+            tasks,
+            shots,
+            ctx_size,
+            batch_size,
+            chunks,
+            limit,
+            seed,
+            threads,
+            data_dir,
+            json,
+            csv,
+        } => {
+            use microscale::eval::run::{run, EvalSpec, DEFAULT_PPL_FILE};
+            use microscale::report::rows::{append_csv, ModelId};
+            let mut spec = EvalSpec::new(threads.unwrap_or_else(engine::default_threads));
+            spec.ppl = if ppl.is_none() && kld_base.is_none() && tasks.is_empty() {
+                Some(DEFAULT_PPL_FILE.into())
             } else {
-                println!("{} chunks of {ctx_size} tokens, {} tokens scored, {secs:.1} s", r.chunks, r.scored_tokens);
-                println!("Final estimate: PPL = {:.4} +/- {:.5}", r.ppl, r.ppl_stderr);
+                ppl
+            };
+            spec.kld_base = kld_base;
+            spec.tasks = tasks;
+            spec.shots = shots;
+            spec.n_ctx = ctx_size;
+            spec.n_batch = batch_size;
+            spec.chunks = chunks;
+            spec.limit = limit;
+            spec.seed = seed;
+            spec.data_dir = data_dir;
+            let out = run(&model, &spec, cli.quiet)?;
+            let id = ModelId::of(&model)?;
+            if let Some(path) = &csv {
+                append_csv(path, &id, &out.rows)?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"model": id, "results": out}))?);
+            } else {
+                print!("{}", microscale::eval::report_text(&id, &out));
             }
             Ok(())
         }

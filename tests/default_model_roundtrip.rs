@@ -8,6 +8,7 @@ use microscale::convert::{convert, import::import, ConvertOptions, OutType};
 use microscale::engine::Model;
 use microscale::eval::perplexity::{perplexity_of_tokens, PerplexityOptions};
 use microscale::gguf::{GgufFile, GgufValue};
+use microscale::quant::mix::Scheme;
 use microscale::source::gguf::GgufSource;
 use microscale::source::TensorSource;
 use std::collections::BTreeMap;
@@ -28,7 +29,7 @@ fn converted() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
         let hf = tmp.path().join("smollm2-135m");
         import(&source_gguf(), &hf, OutType::F32, true).unwrap();
         let f32_gguf = tmp.path().join("smollm2-f32.gguf");
-        convert(&hf, &f32_gguf, &ConvertOptions { outtype: OutType::F32, quiet: true }).unwrap();
+        convert(&hf, &f32_gguf, &ConvertOptions::new(Scheme::F32)).unwrap();
         (tmp, hf, f32_gguf)
     })
 }
@@ -74,7 +75,7 @@ fn weights_are_the_exact_dequantized_source() {
 fn gguf_to_gguf_conversion_dequantizes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("direct-f32.gguf");
-    convert(&source_gguf(), &out, &ConvertOptions { outtype: OutType::F32, quiet: true }).unwrap();
+    convert(&source_gguf(), &out, &ConvertOptions::new(Scheme::F32)).unwrap();
     let (_, _, via_hf) = converted();
     let a = GgufSource::new(GgufFile::open(&out).unwrap());
     let b = GgufSource::new(GgufFile::open(via_hf).unwrap());
@@ -94,10 +95,9 @@ fn llama_cpp_tokenizes_and_scores_both_files_alike() {
     assert!(src_tokens.len() > 200_000, "wiki.test.raw should be ~300k tokens");
     assert!(src_tokens == our_tokens, "token ids differ");
 
-    let opts =
-        PerplexityOptions { n_ctx: 512, n_batch: 512, threads: microscale::engine::default_threads(), chunks: Some(8) };
-    let a = perplexity_of_tokens(&source, &src_tokens, &opts).unwrap();
-    let b = perplexity_of_tokens(&ours, &our_tokens, &opts).unwrap();
+    let opts = PerplexityOptions::new(microscale::engine::default_threads(), Some(8));
+    let a = perplexity_of_tokens(&source, &src_tokens, &opts, true).unwrap();
+    let b = perplexity_of_tokens(&ours, &our_tokens, &opts, true).unwrap();
     assert_eq!((a.chunks, b.chunks), (8, 8));
     let rel = (a.ppl - b.ppl).abs() / a.ppl;
     eprintln!("PPL source Q4_1 {:.4}, F32 round trip {:.4} ({:.3}%)", a.ppl, b.ppl, rel * 100.0);

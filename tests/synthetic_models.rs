@@ -6,8 +6,9 @@ mod common;
 
 use common::reference::{gpt2_forward, llama_forward};
 use common::synth::{self, SynthDtype, SynthSpec};
-use microscale::convert::{convert, ConvertOptions, OutType};
+use microscale::convert::{convert, ConvertOptions};
 use microscale::engine::Model;
+use microscale::quant::mix::Scheme;
 use std::path::Path;
 
 /// A prompt over the tiny vocabulary: byte tokens, merged tokens and the special token.
@@ -30,11 +31,11 @@ fn relative_error(got: &[f32], want: &[Vec<f32>]) -> f64 {
     max_diff / scale
 }
 
-fn convert_to(dir: &Path, out: &Path, outtype: OutType) {
-    convert(dir, out, &ConvertOptions { outtype, quiet: true }).unwrap();
+fn convert_to(dir: &Path, out: &Path, outtype: Scheme) {
+    convert(dir, out, &ConvertOptions::new(outtype)).unwrap();
 }
 
-fn check_llama(spec: &SynthSpec, shards: usize, outtype: OutType, tolerance: f64) {
+fn check_llama(spec: &SynthSpec, shards: usize, outtype: Scheme, tolerance: f64) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("llama");
     std::fs::create_dir(&dir).unwrap();
@@ -52,7 +53,7 @@ fn check_llama(spec: &SynthSpec, shards: usize, outtype: OutType, tolerance: f64
     assert!(err < tolerance, "{spec:?} {outtype:?}: relative logit error {err:e} >= {tolerance:e}");
 }
 
-fn check_gpt2(spec: &SynthSpec, outtype: OutType, tolerance: f64) {
+fn check_gpt2(spec: &SynthSpec, outtype: Scheme, tolerance: f64) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("gpt2");
     std::fs::create_dir(&dir).unwrap();
@@ -68,41 +69,41 @@ fn check_gpt2(spec: &SynthSpec, outtype: OutType, tolerance: f64) {
 
 #[test]
 fn llama_untied_gqa_f32_matches_reference() {
-    check_llama(&SynthSpec::tiny_llama(), 1, OutType::F32, 1e-3);
+    check_llama(&SynthSpec::tiny_llama(), 1, Scheme::F32, 1e-3);
 }
 
 #[test]
 fn llama_tied_sharded_f16_source_matches_reference() {
     let spec = SynthSpec { tied_embeddings: true, dtype: SynthDtype::F16, seed: 3, ..SynthSpec::tiny_llama() };
-    check_llama(&spec, 3, OutType::F32, 1e-3);
+    check_llama(&spec, 3, Scheme::F32, 1e-3);
 }
 
 #[test]
 fn llama_bf16_source_without_gqa_matches_reference() {
     let spec = SynthSpec { n_head_kv: 4, dtype: SynthDtype::BF16, seed: 11, ..SynthSpec::tiny_llama() };
-    check_llama(&spec, 1, OutType::F32, 1e-3);
+    check_llama(&spec, 1, Scheme::F32, 1e-3);
 }
 
 #[test]
 fn llama_f16_output_is_close_to_reference() {
     // F16 weights round each value to 11 significant bits: a looser bound, still far below a wrong layout.
-    check_llama(&SynthSpec::tiny_llama(), 1, OutType::F16, 2e-2);
+    check_llama(&SynthSpec::tiny_llama(), 1, Scheme::F16, 2e-2);
 }
 
 #[test]
 fn gpt2_f32_matches_reference() {
-    check_gpt2(&SynthSpec::tiny_gpt2(), OutType::F32, 1e-3);
+    check_gpt2(&SynthSpec::tiny_gpt2(), Scheme::F32, 1e-3);
 }
 
 #[test]
 fn gpt2_bf16_source_matches_reference() {
     let spec = SynthSpec { dtype: SynthDtype::BF16, seed: 5, ..SynthSpec::tiny_gpt2() };
-    check_gpt2(&spec, OutType::F32, 1e-3);
+    check_gpt2(&spec, Scheme::F32, 1e-3);
 }
 
 #[test]
 fn gpt2_bf16_output_is_close_to_reference() {
-    check_gpt2(&SynthSpec::tiny_gpt2(), OutType::Bf16, 5e-2);
+    check_gpt2(&SynthSpec::tiny_gpt2(), Scheme::Bf16, 5e-2);
 }
 
 /// llama.cpp's tokenizer on the converted vocabulary must agree with Hugging Face's on the source.
@@ -122,7 +123,7 @@ fn synthetic_vocabularies_tokenize_like_hugging_face() {
             tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&json).unwrap()).unwrap()
         };
         let gguf = tmp.path().join("m.gguf");
-        convert_to(&dir, &gguf, OutType::F32);
+        convert_to(&dir, &gguf, Scheme::F32);
         let model = Model::load(&gguf).unwrap();
         // Plain text only: llama.cpp (parse_special=false) and HF treat special-token text differently.
         let plain = &text[..text.find('<').unwrap()];

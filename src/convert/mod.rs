@@ -10,7 +10,9 @@ pub mod import;
 pub mod safetensors_writer;
 
 use crate::arch::{self, apply_transform, PlannedTensor, Transform};
-use crate::gguf::{file_type, meta_set, GgmlType, GgufFile, GgufValue, GgufWriter, Metadata, TensorHeader};
+use crate::gguf::{meta_set, GgmlType, GgufFile, GgufValue, GgufWriter, Metadata, TensorHeader};
+use crate::quant::imatrix::Imatrix;
+use crate::quant::mix::{assign_types, MixContext, Scheme, TensorTypeOverride};
 use crate::source::gguf::GgufSource;
 use crate::source::{HfCheckpoint, TensorSource};
 use crate::tokenizer;
@@ -19,8 +21,7 @@ use crate::util::progress::Progress;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::Path;
 
-/// `--outtype`: the type of the 2-D weights (1-D tensors such as norms and biases stay F32, as
-/// llama.cpp's converter keeps them).
+/// A float type for `import --dtype` (safetensors holds F32, F16 and BF16).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutType {
     F32,
@@ -36,29 +37,23 @@ impl OutType {
             OutType::Bf16 => GgmlType::BF16,
         }
     }
-
-    pub fn file_type(self) -> u32 {
-        match self {
-            OutType::F32 => file_type::ALL_F32,
-            OutType::F16 => file_type::MOSTLY_F16,
-            OutType::Bf16 => file_type::MOSTLY_BF16,
-        }
-    }
-
-    /// The type of one tensor under this outtype.
-    pub fn tensor_type(self, shape: &[usize]) -> GgmlType {
-        if shape.len() <= 1 {
-            GgmlType::F32
-        } else {
-            self.weight_type()
-        }
-    }
 }
 
 #[derive(Clone, Debug)]
 pub struct ConvertOptions {
-    pub outtype: OutType,
+    /// The file's scheme (`--outtype`): a float type or a llama.cpp quantization mix.
+    pub scheme: Scheme,
+    /// `--tensor-type PATTERN=TYPE` overrides (quantized schemes only, as in llama-quantize).
+    pub tensor_types: Vec<TensorTypeOverride>,
+    /// Importance weights for the quantizers (`--imatrix`).
+    pub imatrix: Option<Imatrix>,
     pub quiet: bool,
+}
+
+impl ConvertOptions {
+    pub fn new(scheme: Scheme) -> ConvertOptions {
+        ConvertOptions { scheme, tensor_types: vec![], imatrix: None, quiet: true }
+    }
 }
 
 /// What a conversion wrote.
@@ -97,6 +92,8 @@ impl Source {
 struct Job {
     planned: PlannedTensor,
     ty: GgmlType,
+    /// Importance weights for this tensor's columns, from the imatrix.
+    weights: Option<Vec<f32>>,
 }
 
 pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
@@ -123,11 +120,10 @@ fn plan_from_hf(ckpt: &HfCheckpoint, opts: &ConvertOptions) -> Result<(Metadata,
     let vocab = tokenizer::hf::load(ckpt, plan.vocab_size, plan.arch)?;
     let mut meta = general::general_metadata(ckpt, plan.arch)?;
     meta.extend(plan.hparams.iter().cloned());
-    meta.push(("general.file_type".into(), GgufValue::U32(opts.outtype.file_type())));
+    meta.push(("general.file_type".into(), GgufValue::U32(opts.scheme.file_type())));
     meta.extend(vocab.to_metadata());
     meta.push(("general.quantization_version".into(), GgufValue::U32(2)));
-    let jobs =
-        plan.tensors.into_iter().map(|planned| Job { ty: opts.outtype.tensor_type(&planned.shape), planned }).collect();
+    let jobs = typed_jobs(plan.tensors, &meta, plan.arch, opts);
     Ok((meta, jobs, plan.arch.to_string()))
 }
 
@@ -135,22 +131,45 @@ fn plan_from_gguf(g: &GgufSource, opts: &ConvertOptions) -> Result<(Metadata, Ve
     let arch = g.file.architecture()?.to_string();
     let mut meta = g.file.metadata.clone();
     meta.retain(|(k, _)| k != "general.alignment");
-    meta_set(&mut meta, "general.file_type", GgufValue::U32(opts.outtype.file_type()));
+    meta_set(&mut meta, "general.file_type", GgufValue::U32(opts.scheme.file_type()));
     meta_set(&mut meta, "general.quantization_version", GgufValue::U32(2));
-    let jobs = g
+    let planned = g
         .tensors()
         .iter()
-        .map(|t| Job {
-            ty: opts.outtype.tensor_type(&t.shape),
-            planned: PlannedTensor {
-                name: t.name.clone(),
-                source: t.name.clone(),
-                shape: t.shape.clone(),
-                transform: Transform::Copy,
-            },
+        .map(|t| PlannedTensor {
+            name: t.name.clone(),
+            source: t.name.clone(),
+            shape: t.shape.clone(),
+            transform: Transform::Copy,
         })
         .collect();
+    let jobs = typed_jobs(planned, &meta, &arch, opts);
     Ok((meta, jobs, arch))
+}
+
+/// Give every planned tensor its type under the scheme, as llama-quantize would choose it.
+fn typed_jobs(planned: Vec<PlannedTensor>, meta: &Metadata, arch: &str, opts: &ConvertOptions) -> Vec<Job> {
+    let n_layer =
+        crate::gguf::meta_get(meta, &format!("{arch}.block_count")).and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+    let ctx = MixContext {
+        n_layer,
+        is_70b: arch == "llama" && n_layer == 80,
+        has_imatrix: opts.imatrix.is_some(),
+        overrides: opts.tensor_types.clone(),
+    };
+    let list: Vec<(String, Vec<u64>)> = planned.iter().map(|p| (p.name.clone(), p.ne())).collect();
+    let types = assign_types(&list, opts.scheme, &ctx);
+    planned
+        .into_iter()
+        .zip(types)
+        .map(|(planned, ty)| {
+            let weights = opts
+                .imatrix
+                .as_ref()
+                .and_then(|m| m.weights(&planned.name, planned.shape.last().copied().unwrap_or(1)));
+            Job { planned, ty, weights }
+        })
+        .collect()
 }
 
 /// Stream every job's tensor into a new GGUF file; returns the file's size.
@@ -209,7 +228,7 @@ fn stream_tensor(src: &dyn TensorSource, job: &Job, sink: &mut dyn FnMut(&[u8]) 
             if info.dtype == job.ty {
                 sink(piece)?; // bit-exact pass-through, after the finiteness check
             } else {
-                sink(&crate::quant::quantize(job.ty, &data, row_len).with_context(|| format!("tensor {:?}", p.name))?)?;
+                sink(&encode(job, &data, row_len)?)?;
             }
             src.release_part(&p.source, piece);
         }
@@ -218,5 +237,10 @@ fn stream_tensor(src: &dyn TensorSource, job: &Job, sink: &mut dyn FnMut(&[u8]) 
     let data = src.read_f32(&p.source)?;
     check(&data, 0)?;
     let data = apply_transform(p.transform, data, &info.shape)?;
-    sink(&crate::quant::quantize(job.ty, &data, row_len).with_context(|| format!("tensor {:?}", p.name))?)
+    sink(&encode(job, &data, row_len)?)
+}
+
+fn encode(job: &Job, data: &[f32], row_len: usize) -> Result<Vec<u8>> {
+    crate::quant::quantize_weighted(job.ty, data, row_len, job.weights.as_deref())
+        .with_context(|| format!("tensor {:?} to {}", job.planned.name, job.ty))
 }

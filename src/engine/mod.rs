@@ -4,6 +4,8 @@
 //! llama.cpp logs to stderr by default; [`init`] silences it unless asked to be verbose, so that
 //! microscale's own output stays readable.
 
+pub mod quantize;
+
 use anyhow::{anyhow, bail, Context, Result};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
@@ -86,12 +88,20 @@ impl Model {
 
     /// A context of `n_ctx` tokens, `n_batch` tokens per decode, on `threads` threads.
     pub fn session(&self, n_ctx: usize, n_batch: usize, threads: usize) -> Result<Session<'_>> {
+        self.session_with(&SessionOptions { n_ctx, n_batch, threads, n_seq: 1, unified_kv: false })
+    }
+
+    /// A context for several sequences at once (`n_seq`); `unified_kv` lets sequences share cells,
+    /// which a prefix shared by several sequences (multiple-choice scoring) needs.
+    pub fn session_with(&self, o: &SessionOptions) -> Result<Session<'_>> {
         let backend = init(false);
+        let (n_ctx, n_batch, threads) = (o.n_ctx, o.n_batch, o.threads);
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx as u32))
             .with_n_batch(n_batch as u32)
             .with_n_ubatch(n_batch.min(512) as u32)
-            .with_n_seq_max(1)
+            .with_n_seq_max(o.n_seq as u32)
+            .with_kv_unified(o.unified_kv)
             .with_n_threads(threads as i32)
             .with_n_threads_batch(threads as i32);
         let ctx = self.inner.new_context(backend, params).map_err(|e| {
@@ -99,6 +109,26 @@ impl Model {
         })?;
         Ok(Session { ctx, n_batch, n_vocab: self.n_vocab() })
     }
+}
+
+/// How to build a [`Session`].
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    pub n_ctx: usize,
+    pub n_batch: usize,
+    pub threads: usize,
+    pub n_seq: usize,
+    pub unified_kv: bool,
+}
+
+/// One token of a hand-built batch: its position, the sequences it belongs to, and whether its
+/// logits are wanted.
+#[derive(Clone, Debug)]
+pub struct BatchToken {
+    pub token: i32,
+    pub pos: usize,
+    pub seqs: Vec<i32>,
+    pub logits: bool,
 }
 
 /// One llama.cpp context: a KV cache and the logits of the last decode.
@@ -111,6 +141,33 @@ pub struct Session<'m> {
 impl Session<'_> {
     pub fn n_vocab(&self) -> usize {
         self.n_vocab
+    }
+
+    /// Forget everything in the KV cache.
+    pub fn clear(&mut self) {
+        self.ctx.clear_kv_cache();
+    }
+
+    /// Decode hand-built tokens (in `n_batch` pieces) and return the logits of the flagged ones,
+    /// in order, `n_vocab` values each.
+    pub fn decode(&mut self, tokens: &[BatchToken]) -> Result<Vec<f32>> {
+        let n_out = tokens.iter().filter(|t| t.logits).count();
+        let mut out = Vec::with_capacity(n_out * self.n_vocab);
+        let max_seqs = tokens.iter().map(|t| t.seqs.len()).max().unwrap_or(1);
+        let mut batch = LlamaBatch::new(self.n_batch, max_seqs as i32);
+        for piece in tokens.chunks(self.n_batch) {
+            batch.clear();
+            for t in piece {
+                batch.add(LlamaToken(t.token), t.pos as i32, &t.seqs, t.logits)?;
+            }
+            self.ctx.decode(&mut batch).context("llama.cpp decode failed")?;
+            for (i, t) in piece.iter().enumerate() {
+                if t.logits {
+                    out.extend_from_slice(self.ctx.get_logits_ith(i as i32));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Evaluate `tokens` as one fresh sequence (positions 0..n) and return the logits of the

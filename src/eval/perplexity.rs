@@ -1,9 +1,12 @@
-//! Perplexity with the semantics of llama.cpp's `llama-perplexity`: the text is tokenized once,
-//! cut into windows of `n_ctx` tokens, the first token of each window replaced by BOS when the
-//! vocabulary asks for one, and only the second half of each window scored (every scored token
-//! sees at least `n_ctx/2` tokens of context).
+//! Perplexity with the semantics of llama.cpp's `llama-perplexity`: the text is tokenized once
+//! (with BOS when the vocabulary asks for one), cut into windows of `n_ctx` tokens, the first token
+//! of each window replaced by BOS when the vocabulary asks for one, and only the second half of each
+//! window scored, so every scored token sees at least `n_ctx/2` tokens of context. Like the tool,
+//! `n_batch / n_ctx` windows go through llama.cpp in one decode as separate sequences, and the
+//! standard error is the tool's (`Final estimate: PPL = … +/- …`).
 
-use crate::engine::Model;
+use crate::engine::{BatchToken, Model, SessionOptions};
+use crate::util::progress::Progress;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
@@ -16,7 +19,14 @@ pub struct PerplexityOptions {
     pub chunks: Option<usize>,
 }
 
-#[derive(Clone, Debug)]
+impl PerplexityOptions {
+    /// llama-perplexity's defaults: 512-token windows, 2048-token batches (4 windows per decode).
+    pub fn new(threads: usize, chunks: Option<usize>) -> PerplexityOptions {
+        PerplexityOptions { n_ctx: 512, n_batch: 2048, threads, chunks }
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct PerplexityResult {
     pub ppl: f64,
     /// Standard error of the perplexity, as llama-perplexity prints after `+/-`.
@@ -27,51 +37,123 @@ pub struct PerplexityResult {
     pub running: Vec<f64>,
 }
 
-/// llama.cpp's `log_softmax` for one token: `logit[tok] - max - log(sum(exp(logit - max)))`.
+/// llama.cpp's `log_softmax` for one token: `logit[tok] - max - log(sum(expf(logit - max)))`,
+/// with the exponentials in f32 and their sum in f64, as the tool computes it.
 pub fn token_logprob(logits: &[f32], tok: usize) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum_exp: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let sum_exp: f64 = logits.iter().map(|&l| (l - max).exp() as f64).sum();
     (logits[tok] - max) as f64 - sum_exp.ln()
 }
 
-pub fn perplexity(model: &Model, text: &str, opts: &PerplexityOptions) -> Result<PerplexityResult> {
+pub fn perplexity(model: &Model, text: &str, opts: &PerplexityOptions, quiet: bool) -> Result<PerplexityResult> {
     let tokens = model.tokenize(text, true);
-    perplexity_of_tokens(model, &tokens, opts)
+    perplexity_of_tokens(model, &tokens, opts, quiet)
 }
 
-pub fn perplexity_of_tokens(model: &Model, tokens: &[i32], opts: &PerplexityOptions) -> Result<PerplexityResult> {
-    let n_ctx = opts.n_ctx;
+/// Windows of `n_ctx` tokens, in order; the first token of each becomes BOS when the model adds one.
+pub fn windows(model: &Model, tokens: &[i32], n_ctx: usize, chunks: Option<usize>) -> Result<Vec<Vec<i32>>> {
+    if tokens.len() < 2 * n_ctx {
+        bail!(
+            "the text has {} tokens; perplexity with a context of {n_ctx} needs at least {}",
+            tokens.len(),
+            2 * n_ctx
+        );
+    }
     let available = tokens.len() / n_ctx;
-    if available == 0 {
-        bail!("the text has {} tokens; perplexity needs at least {} (2 * ctx-size / 2)", tokens.len(), n_ctx);
+    let n = chunks.map_or(available, |c| c.min(available));
+    Ok((0..n)
+        .map(|i| {
+            let mut w = tokens[i * n_ctx..(i + 1) * n_ctx].to_vec();
+            if model.add_bos() {
+                w[0] = model.bos();
+            }
+            w
+        })
+        .collect())
+}
+
+/// Logits of positions `n_ctx/2 ..` of each window, windows decoded `n_batch / n_ctx` at a time.
+pub struct WindowLogits<'m> {
+    session: crate::engine::Session<'m>,
+    n_ctx: usize,
+    n_seq: usize,
+}
+
+impl<'m> WindowLogits<'m> {
+    pub fn new(model: &'m Model, n_ctx: usize, n_batch: usize, threads: usize) -> Result<WindowLogits<'m>> {
+        if n_batch >= n_ctx && !n_batch.is_multiple_of(n_ctx) {
+            bail!("--batch-size {n_batch} must be below --ctx-size {n_ctx} or a multiple of it");
+        }
+        let n_seq = (n_batch / n_ctx).max(1);
+        let session = model.session_with(&SessionOptions {
+            n_ctx: n_seq * n_ctx,
+            n_batch: n_batch.min(n_seq * n_ctx),
+            threads,
+            n_seq,
+            unified_kv: false,
+        })?;
+        Ok(WindowLogits { session, n_ctx, n_seq })
     }
-    let n_chunks = opts.chunks.map_or(available, |c| c.min(available));
-    let mut session = model.session(n_ctx, opts.n_batch.min(n_ctx), opts.threads)?;
-    let n_vocab = session.n_vocab();
-    let first = n_ctx / 2;
+
+    pub fn windows_per_decode(&self) -> usize {
+        self.n_seq
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        self.session.n_vocab()
+    }
+
+    /// For each window of the group (at most `windows_per_decode`), the logits of its second half.
+    pub fn eval(&mut self, group: &[Vec<i32>]) -> Result<Vec<Vec<f32>>> {
+        let first = self.n_ctx / 2;
+        self.session.clear();
+        let mut batch = Vec::with_capacity(group.len() * self.n_ctx);
+        // llama-perplexity lays the windows out position-major within each n_batch piece; one piece
+        // holds whole windows here, so sequence-major order is the same batch.
+        for (seq, w) in group.iter().enumerate() {
+            for (pos, &token) in w.iter().enumerate() {
+                batch.push(BatchToken { token, pos, seqs: vec![seq as i32], logits: pos >= first });
+            }
+        }
+        let logits = self.session.decode(&batch)?;
+        let per_window = (self.n_ctx - first) * self.n_vocab();
+        Ok(logits.chunks(per_window).map(|c| c.to_vec()).collect())
+    }
+}
+
+pub fn perplexity_of_tokens(
+    model: &Model,
+    tokens: &[i32],
+    opts: &PerplexityOptions,
+    quiet: bool,
+) -> Result<PerplexityResult> {
+    let windows = windows(model, tokens, opts.n_ctx, opts.chunks)?;
+    let mut engine = WindowLogits::new(model, opts.n_ctx, opts.n_batch, opts.threads)?;
+    let n_vocab = engine.n_vocab();
+    let first = opts.n_ctx / 2;
+    let progress = Progress::new(windows.len() as u64, "perplexity", quiet);
     let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
-    let mut running = Vec::with_capacity(n_chunks);
-    for chunk in 0..n_chunks {
-        let mut window = tokens[chunk * n_ctx..(chunk + 1) * n_ctx].to_vec();
-        if model.add_bos() {
-            window[0] = model.bos();
+    let mut running = Vec::with_capacity(windows.len());
+    for group in windows.chunks(engine.windows_per_decode()) {
+        let logits = engine.eval(group)?;
+        for (w, l) in group.iter().zip(&logits) {
+            // Position first+j predicts w[first+j+1]; the window's last position predicts nothing.
+            let v: Vec<f64> = (0..opts.n_ctx - 1 - first)
+                .into_par_iter()
+                .map(|j| -token_logprob(&l[j * n_vocab..(j + 1) * n_vocab], w[first + j + 1] as usize))
+                .collect();
+            nll += v.iter().sum::<f64>();
+            nll2 += v.iter().map(|x| x * x).sum::<f64>();
+            count += v.len();
+            running.push((nll / count as f64).exp());
+            progress.set_message(&format!("PPL {:.4}", running.last().unwrap()));
+            progress.inc(1);
         }
-        let logits = session.logits(&window, first)?;
-        // Position first+j predicts window[first+j+1]; the last position predicts nothing.
-        let lps: Vec<f64> = (0..n_ctx - 1 - first)
-            .into_par_iter()
-            .map(|j| -token_logprob(&logits[j * n_vocab..(j + 1) * n_vocab], window[first + j + 1] as usize))
-            .collect();
-        for v in lps {
-            nll += v;
-            nll2 += v * v;
-            count += 1;
-        }
-        running.push((nll / count as f64).exp());
     }
+    progress.finish();
     let mean = nll / count as f64;
     let var = nll2 / count as f64 - mean * mean;
     let ppl = mean.exp();
-    let ppl_stderr = if var > 0.0 && count > 1 { (var / (count - 1) as f64).sqrt() * ppl } else { 0.0 };
-    Ok(PerplexityResult { ppl, ppl_stderr, chunks: n_chunks, scored_tokens: count, running })
+    let ppl_stderr = if var > 0.0 { (var / (count - 1) as f64).sqrt() * ppl } else { 0.0 };
+    Ok(PerplexityResult { ppl, ppl_stderr, chunks: windows.len(), scored_tokens: count, running })
 }

@@ -4,7 +4,9 @@
 //! function it mirrors so the two can be read side by side.
 
 pub mod float;
+pub mod imatrix;
 pub mod legacy;
+pub mod mix;
 
 use crate::gguf::GgmlType;
 use anyhow::{bail, Result};
@@ -78,4 +80,15 @@ pub fn quantize(ty: GgmlType, values: &[f32], row_len: usize) -> Result<Vec<u8>>
         other => bail!("quantizing to {other} is not supported yet"),
     }
     Ok(out)
+}
+
+/// TEMPORARY until the block quantizers land: importance weights are not used yet.
+pub fn quantize_weighted(
+    ty: GgmlType,
+    values: &[f32],
+    row_len: usize,
+    quant_weights: Option<&[f32]>,
+) -> Result<Vec<u8>> {
+    let _ = quant_weights;
+    quantize(ty, values, row_len)
 }

@@ -14,6 +14,7 @@ pub struct TempOutput {
     target: PathBuf,
     temp: PathBuf,
     file: Option<BufWriter<File>>,
+    committed: bool,
 }
 
 impl TempOutput {
@@ -32,7 +33,26 @@ impl TempOutput {
             .into_owned();
         let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
         let file = File::create(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
-        Ok(TempOutput { target: target.to_path_buf(), temp, file: Some(BufWriter::with_capacity(1 << 20, file)) })
+        Ok(TempOutput {
+            target: target.to_path_buf(),
+            temp,
+            file: Some(BufWriter::with_capacity(1 << 20, file)),
+            committed: false,
+        })
+    }
+
+    /// The temporary file's path, for writers that open the file themselves.
+    pub fn path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// Rename a temporary file that another writer filled (through [`Self::path`]) over the target.
+    pub fn commit_written(mut self) -> Result<()> {
+        drop(self.file.take());
+        fs::rename(&self.temp, &self.target)
+            .with_context(|| format!("cannot rename {} to {}", self.temp.display(), self.target.display()))?;
+        self.committed = true;
+        Ok(())
     }
 
     pub fn writer(&mut self) -> &mut BufWriter<File> {
@@ -47,13 +67,14 @@ impl TempOutput {
         drop(file);
         fs::rename(&self.temp, &self.target)
             .with_context(|| format!("cannot rename {} to {}", self.temp.display(), self.target.display()))?;
+        self.committed = true;
         Ok(())
     }
 }
 
 impl Drop for TempOutput {
     fn drop(&mut self) {
-        if self.file.take().is_some() {
+        if !self.committed {
             let _ = fs::remove_file(&self.temp);
         }
     }

@@ -1,0 +1,261 @@
+//! KL divergence of a model against a base model on the same tokens, with the statistics llama.cpp's
+//! `llama-perplexity --kl-divergence` prints. Both models run in this process, window by window:
+//! no multi-gigabyte logits file. As in the tool, the base model's log-probabilities are first
+//! stored as 16-bit fixed point over the top 16 nats (`log_softmax` with `uint16_t * log_prob`), so
+//! our numbers are the tool's numbers.
+
+use super::perplexity::{windows, PerplexityOptions, WindowLogits};
+use crate::engine::Model;
+use crate::util::progress::Progress;
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct KldResult {
+    pub chunks: usize,
+    pub tokens: usize,
+    pub ppl: f64,
+    pub ppl_stderr: f64,
+    pub ppl_base: f64,
+    pub ppl_base_stderr: f64,
+    pub ln_ppl_ratio: f64,
+    pub ln_ppl_ratio_stderr: f64,
+    /// PPL(Q)/PPL(base).
+    pub ppl_ratio: f64,
+    pub ppl_ratio_stderr: f64,
+    pub kld_mean: f64,
+    pub kld_stderr: f64,
+    pub kld_median: f64,
+    pub kld_p99: f64,
+    pub kld_p999: f64,
+    pub kld_max: f64,
+    /// Fraction of tokens whose most likely next token is the same in both models.
+    pub same_top: f64,
+    pub same_top_stderr: f64,
+    pub rms_dp: f64,
+    pub rms_dp_stderr: f64,
+}
+
+/// Running sums, as llama.cpp's `kl_divergence_result`.
+#[derive(Default, Clone, Copy)]
+struct Sums {
+    nll: f64,
+    nll2: f64,
+    nll_base: f64,
+    nll_base2: f64,
+    nll_nll_base: f64,
+    kld: f64,
+    kld2: f64,
+    p_diff: f64,
+    p_diff2: f64,
+    p_diff4: f64,
+    same_top: usize,
+    count: usize,
+}
+
+/// ggml's `nearest_int` (round half to even through a float add).
+fn nearest_int(f: f32) -> i32 {
+    let val = f + 12_582_912.0;
+    (val.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}
+
+/// The base model's log-probabilities, 16-bit fixed point: (scale, min_log_prob, values).
+struct BaseLogProbs {
+    scale: f32,
+    min_log_prob: f32,
+    q: Vec<u16>,
+}
+
+/// llama-perplexity's `log_softmax(n_vocab, logits, uint16_t * log_prob, tok)`.
+fn quantize_base(logits: &[f32]) -> BaseLogProbs {
+    let max_logit = logits.iter().copied().fold(logits[0], f32::max);
+    let min_logit = logits.iter().copied().fold(logits[0], f32::min).max(max_logit - 16.0);
+    let sum_exp: f64 = logits.iter().map(|&l| (l - max_logit).exp() as f64).sum();
+    let log_sum_exp = sum_exp.ln() as f32;
+    let min_log_prob = min_logit - max_logit - log_sum_exp;
+    let scale = (max_logit - min_logit) / 65535.0;
+    let q = if scale != 0.0 {
+        let inv = 1.0 / scale;
+        logits.iter().map(|&l| if l > min_logit { nearest_int(inv * (l - min_logit)) as u16 } else { 0 }).collect()
+    } else {
+        vec![0; logits.len()]
+    };
+    BaseLogProbs { scale, min_log_prob, q }
+}
+
+/// One token's contribution (llama-perplexity's `log_softmax(..., base_log_prob, tok, kld)`);
+/// returns the sums and the token's KL divergence.
+fn token_stats(logits: &[f32], base: &BaseLogProbs, tok: usize) -> (Sums, f32) {
+    let mut s = Sums::default();
+    let (mut max_logit, mut imax) = (logits[0], 0);
+    for (i, &l) in logits.iter().enumerate().skip(1) {
+        if l > max_logit {
+            max_logit = l;
+            imax = i;
+        }
+    }
+    let sum_exp: f64 = logits.iter().map(|&l| (l - max_logit).exp() as f64).sum();
+    let log_sum_exp = sum_exp.ln() as f32;
+    let nll = max_logit + log_sum_exp - logits[tok];
+    s.nll += nll as f64;
+    s.nll2 += (nll * nll) as f64;
+    let nll_base = -(base.scale * base.q[tok] as f32 + base.min_log_prob);
+    s.nll_base += nll_base as f64;
+    s.nll_base2 += (nll_base * nll_base) as f64;
+    s.nll_nll_base += (nll * nll_base) as f64;
+    let max_plus = max_logit + log_sum_exp;
+    let mut sum = 0f64;
+    let (mut imax_base, mut p_log_base_max) = (0usize, 0f32);
+    for (i, &l) in logits.iter().enumerate() {
+        let p_log_base = base.scale * base.q[i] as f32 + base.min_log_prob;
+        if i == 0 || p_log_base > p_log_base_max {
+            p_log_base_max = p_log_base;
+            imax_base = i;
+        }
+        if p_log_base > -16.0 {
+            let p_base = p_log_base.exp();
+            sum += (p_base * (p_log_base - l + max_plus)) as f64;
+        }
+    }
+    s.kld += sum;
+    s.kld2 += sum * sum;
+    s.count = 1;
+    s.same_top = usize::from(imax == imax_base);
+    let p_diff = (-nll).exp() - (-nll_base).exp();
+    s.p_diff += p_diff as f64;
+    let p_diff2 = (p_diff * p_diff) as f64;
+    s.p_diff2 += p_diff2;
+    s.p_diff4 += p_diff2 * p_diff2;
+    (s, sum as f32)
+}
+
+impl Sums {
+    fn add(&mut self, o: &Sums) {
+        self.nll += o.nll;
+        self.nll2 += o.nll2;
+        self.nll_base += o.nll_base;
+        self.nll_base2 += o.nll_base2;
+        self.nll_nll_base += o.nll_nll_base;
+        self.kld += o.kld;
+        self.kld2 += o.kld2;
+        self.p_diff += o.p_diff;
+        self.p_diff2 += o.p_diff2;
+        self.p_diff4 += o.p_diff4;
+        self.same_top += o.same_top;
+        self.count += o.count;
+    }
+}
+
+fn mean_and_uncertainty(sum: f64, sum2: f64, count: usize) -> (f64, f64) {
+    if count < 1 {
+        return (0.0, 0.0);
+    }
+    let f = sum / count as f64;
+    let df = sum2 / count as f64 - f * f;
+    (f, if df > 0.0 && count > 10 { (df / (count - 1) as f64).sqrt() } else { 0.0 })
+}
+
+fn covariance(a: f64, b: f64, ab: f64, count: usize) -> f64 {
+    if count < 10 {
+        return 0.0;
+    }
+    let n = count as f64;
+    (ab / n - (a / n) * (b / n)) / (n - 1.0)
+}
+
+/// llama-perplexity's percentile (linear interpolation over the sorted values).
+fn percentile(sorted: &[f32], fraction: f32) -> f64 {
+    let p = fraction * (sorted.len() - 1) as f32;
+    let ip = p as usize;
+    let frac = p - ip as f32;
+    ((1.0 - frac) * sorted[ip] + frac * sorted[(ip + 1).min(sorted.len() - 1)]) as f64
+}
+
+/// KL divergence of `model` against `base` over the windows of `tokens` (tokenized by the base).
+pub fn kl_divergence(
+    model: &Model,
+    base: &Model,
+    tokens: &[i32],
+    opts: &PerplexityOptions,
+    quiet: bool,
+) -> Result<KldResult> {
+    if model.n_vocab() != base.n_vocab() {
+        bail!(
+            "{} and {} have different vocabularies ({} and {} tokens)",
+            model.path.display(),
+            base.path.display(),
+            model.n_vocab(),
+            base.n_vocab()
+        );
+    }
+    let wins = windows(base, tokens, opts.n_ctx, opts.chunks)?;
+    // One window per decode, as the tool runs --kl-divergence.
+    let mut base_eval = WindowLogits::new(base, opts.n_ctx, opts.n_ctx, opts.threads)?;
+    let mut test_eval = WindowLogits::new(model, opts.n_ctx, opts.n_ctx, opts.threads)?;
+    let n_vocab = model.n_vocab();
+    let first = opts.n_ctx / 2;
+    let mut sums = Sums::default();
+    let mut klds = Vec::new();
+    let progress = Progress::new(wins.len() as u64, "kl-divergence", quiet);
+    for w in &wins {
+        let base_logits = base_eval.eval(std::slice::from_ref(w))?.remove(0);
+        let test_logits = test_eval.eval(std::slice::from_ref(w))?.remove(0);
+        let stats: Vec<(Sums, f32)> = (0..opts.n_ctx - 1 - first)
+            .into_par_iter()
+            .map(|j| {
+                let row = j * n_vocab..(j + 1) * n_vocab;
+                let b = quantize_base(&base_logits[row.clone()]);
+                token_stats(&test_logits[row], &b, w[first + j + 1] as usize)
+            })
+            .collect();
+        for (s, k) in stats {
+            sums.add(&s);
+            klds.push(k);
+        }
+        progress.set_message(&format!("KLD {:.5}", sums.kld / sums.count as f64));
+        progress.inc(1);
+    }
+    progress.finish();
+    Ok(finish(sums, klds, wins.len()))
+}
+
+fn finish(s: Sums, mut klds: Vec<f32>, chunks: usize) -> KldResult {
+    klds.sort_by(|a, b| a.total_cmp(b));
+    let n = s.count;
+    let log_ppl = mean_and_uncertainty(s.nll, s.nll2, n);
+    let log_ppl_base = mean_and_uncertainty(s.nll_base, s.nll_base2, n);
+    let cov = covariance(s.nll, s.nll_base, s.nll_nll_base, n);
+    let ln_ratio = log_ppl.0 - log_ppl_base.0;
+    let ln_ratio_unc = (log_ppl.1 * log_ppl.1 + log_ppl_base.1 * log_ppl_base.1 - 2.0 * cov).max(0.0).sqrt();
+    let kld = mean_and_uncertainty(s.kld, s.kld2, n);
+    let mse = mean_and_uncertainty(s.p_diff2, s.p_diff4, n);
+    let rms = mse.0.sqrt();
+    let same_top = s.same_top as f64 / n as f64;
+    let median = if klds.len().is_multiple_of(2) {
+        0.5 * (klds[klds.len() / 2] + klds[klds.len() / 2 - 1]) as f64
+    } else {
+        klds[klds.len() / 2] as f64
+    };
+    KldResult {
+        chunks,
+        tokens: n,
+        ppl: log_ppl.0.exp(),
+        ppl_stderr: log_ppl.0.exp() * log_ppl.1,
+        ppl_base: log_ppl_base.0.exp(),
+        ppl_base_stderr: log_ppl_base.0.exp() * log_ppl_base.1,
+        ln_ppl_ratio: ln_ratio,
+        ln_ppl_ratio_stderr: ln_ratio_unc,
+        ppl_ratio: ln_ratio.exp(),
+        ppl_ratio_stderr: ln_ratio.exp() * ln_ratio_unc,
+        kld_mean: kld.0,
+        kld_stderr: kld.1,
+        kld_median: median,
+        kld_p99: percentile(&klds, 0.990),
+        kld_p999: percentile(&klds, 0.999),
+        kld_max: *klds.last().unwrap_or(&0.0) as f64,
+        same_top,
+        same_top_stderr: if n > 1 { (same_top * (1.0 - same_top) / (n - 1) as f64).sqrt() } else { 0.0 },
+        rms_dp: rms,
+        rms_dp_stderr: if rms > 0.0 { 0.5 / rms * mse.1 } else { 0.0 },
+    }
+}

@@ -1,0 +1,156 @@
+//! The `eval` command as a library call: perplexity, KL divergence and tasks for one model,
+//! returned as [`MetricRow`]s (what `--csv` appends and `sweep` records).
+
+use super::choice::{score_items, ChoiceOptions, ChoiceResult};
+use super::data::{self, McItem, Task};
+use super::kld::{kl_divergence, KldResult};
+use super::perplexity::{perplexity_of_tokens, PerplexityOptions, PerplexityResult};
+use crate::engine::Model;
+use crate::report::rows::MetricRow;
+use anyhow::{anyhow, bail, Result};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub const DEFAULT_DATA_DIR: &str = "../shared/data";
+pub const DEFAULT_PPL_FILE: &str = "../shared/data/wikitext-2/wiki.test.raw";
+
+#[derive(Clone, Debug)]
+pub struct EvalSpec {
+    /// Text for perplexity (None: no perplexity).
+    pub ppl: Option<PathBuf>,
+    /// Base model for KL divergence, evaluated on the perplexity text (or the default one).
+    pub kld_base: Option<PathBuf>,
+    pub tasks: Vec<Task>,
+    /// Demonstrations for SST-2 (k-shot), drawn with `seed` and never evaluated.
+    pub shots: usize,
+    pub n_ctx: usize,
+    pub n_batch: usize,
+    pub chunks: Option<usize>,
+    pub threads: usize,
+    /// At most this many items per task (a seeded sample).
+    pub limit: Option<usize>,
+    pub seed: u64,
+    pub data_dir: PathBuf,
+}
+
+impl EvalSpec {
+    pub fn new(threads: usize) -> EvalSpec {
+        EvalSpec {
+            ppl: None,
+            kld_base: None,
+            tasks: vec![],
+            shots: 0,
+            n_ctx: 512,
+            n_batch: 2048,
+            chunks: None,
+            threads,
+            limit: None,
+            seed: 42,
+            data_dir: DEFAULT_DATA_DIR.into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct EvalOutput {
+    pub rows: Vec<MetricRow>,
+    pub perplexity: Option<PerplexityResult>,
+    pub kld: Option<KldResult>,
+    pub tasks: Vec<(String, ChoiceResult)>,
+}
+
+fn row(metric: &str, value: f64, stderr: f64, items: usize, wall_s: f64) -> MetricRow {
+    MetricRow { metric: metric.to_string(), value, stderr, items, wall_s }
+}
+
+pub fn run(model_path: &Path, spec: &EvalSpec, quiet: bool) -> Result<EvalOutput> {
+    let model = Model::load(model_path)?;
+    let mut out = EvalOutput::default();
+    let ppl_opts =
+        PerplexityOptions { n_ctx: spec.n_ctx, n_batch: spec.n_batch, threads: spec.threads, chunks: spec.chunks };
+    let text_path = spec.ppl.clone().or_else(|| spec.kld_base.as_ref().map(|_| DEFAULT_PPL_FILE.into()));
+    if let Some(text_path) = &text_path {
+        let text =
+            std::fs::read_to_string(text_path).map_err(|e| anyhow!("{}: cannot read ({e})", text_path.display()))?;
+        if let Some(base_path) = &spec.kld_base {
+            let base = Model::load(base_path)?;
+            let tokens = base.tokenize(&text, true);
+            let t = Instant::now();
+            let k = kl_divergence(&model, &base, &tokens, &ppl_opts, quiet)?;
+            let s = t.elapsed().as_secs_f64();
+            out.rows.push(row("kld", k.kld_mean, k.kld_stderr, k.tokens, s));
+            out.rows.push(row("kld_p99", k.kld_p99, 0.0, k.tokens, s));
+            out.rows.push(row("kld_p999", k.kld_p999, 0.0, k.tokens, s));
+            out.rows.push(row("same_top", k.same_top, k.same_top_stderr, k.tokens, s));
+            out.rows.push(row("ppl_ratio", k.ppl_ratio, k.ppl_ratio_stderr, k.tokens, s));
+            out.kld = Some(k);
+        }
+        if spec.ppl.is_some() {
+            let tokens = model.tokenize(&text, true);
+            let t = Instant::now();
+            let p = perplexity_of_tokens(&model, &tokens, &ppl_opts, quiet)?;
+            out.rows.push(row("ppl", p.ppl, p.ppl_stderr, p.scored_tokens, t.elapsed().as_secs_f64()));
+            out.perplexity = Some(p);
+        }
+    }
+    for task in &spec.tasks {
+        let items = load_task(task, spec)?;
+        let t = Instant::now();
+        let name = task_metric_name(task, spec.shots);
+        let r = score_items(&model, &items, &ChoiceOptions::new(spec.threads), &name, quiet)?;
+        let s = t.elapsed().as_secs_f64();
+        out.rows.push(row(&format!("{name}_acc"), r.acc, r.acc_stderr, r.items, s));
+        if !matches!(task, Task::Sst2) {
+            out.rows.push(row(&format!("{name}_acc_norm"), r.acc_norm, r.acc_norm_stderr, r.items, s));
+        }
+        out.tasks.push((name, r));
+    }
+    Ok(out)
+}
+
+pub fn task_metric_name(task: &Task, shots: usize) -> String {
+    match task {
+        Task::Sst2 if shots > 0 => format!("sst2_{shots}shot"),
+        other => other.name(),
+    }
+}
+
+/// A task's items: the file as shipped, minus SST-2's demonstrations, sampled down to `--limit`.
+pub fn load_task(task: &Task, spec: &EvalSpec) -> Result<Vec<McItem>> {
+    let path = task.path(&spec.data_dir);
+    let mut items = match task {
+        Task::Sst2 => {
+            let mut rows = data::load_sst2(&path)?;
+            if spec.shots >= rows.len() {
+                bail!("{}: {} shots leave nothing to evaluate", path.display(), spec.shots);
+            }
+            shuffle(&mut rows, spec.seed);
+            let demos: Vec<_> = rows.drain(..spec.shots).collect();
+            let mut items = data::sst2_items(&rows, &demos);
+            if spec.limit.is_none() {
+                return Ok(items);
+            }
+            shuffle(&mut items, spec.seed ^ 1);
+            items
+        }
+        Task::ArcEasy | Task::ArcChallenge => data::load_arc(&path)?,
+        Task::Mc(_) => data::load_generic(&path)?,
+    };
+    if let Some(n) = spec.limit {
+        shuffle(&mut items, spec.seed);
+        items.truncate(n);
+    }
+    Ok(items)
+}
+
+/// Deterministic Fisher-Yates shuffle (xorshift64*), the same on every platform.
+pub fn shuffle<T>(v: &mut [T], seed: u64) {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for i in (1..v.len()).rev() {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        v.swap(i, (r % (i as u64 + 1)) as usize);
+    }
+}

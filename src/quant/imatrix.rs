@@ -1,0 +1,182 @@
+//! Importance matrices: per-input-channel activation statistics that steer quantization, in
+//! llama.cpp's imatrix GGUF format (what `llama-imatrix` writes and `llama-quantize --imatrix`
+//! reads) and its legacy `.dat` format. Both `stock-quantize` and our own quantizers read the same
+//! file, through the same arithmetic (`sums / count`, as llama-quantize's `load_imatrix` does).
+
+use crate::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter, Metadata, TensorHeader};
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// One weight matrix's statistics: `sums[j*ne0 + i]` is the sum over calibration tokens of the
+/// squared activation of input channel `i` (matrix `j` for stacked experts), `counts[j]` the
+/// number of tokens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImatrixEntry {
+    pub sums: Vec<f32>,
+    pub counts: Vec<f32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Imatrix {
+    /// Keyed by the GGUF weight name (`blk.0.attn_q.weight`).
+    pub entries: BTreeMap<String, ImatrixEntry>,
+    pub datasets: Vec<String>,
+    pub chunk_count: u32,
+    pub chunk_size: u32,
+}
+
+impl Imatrix {
+    /// The importance weights of a tensor whose rows have `ne0` columns, as llama-quantize
+    /// computes them: mean squared activation per column (1 where no token was seen).
+    pub fn weights(&self, tensor: &str, ne0: usize) -> Option<Vec<f32>> {
+        let e = self.entries.get(tensor)?;
+        if e.sums.len() != ne0 * e.counts.len().max(1) || e.counts.len() != 1 {
+            return None;
+        }
+        let count = e.counts[0].round();
+        Some(if count > 0.0 { e.sums.iter().map(|s| s / count).collect() } else { vec![1.0; ne0] })
+    }
+
+    pub fn load(path: &Path) -> Result<Imatrix> {
+        let mut magic = [0u8; 4];
+        let n = std::io::Read::read(
+            &mut std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?,
+            &mut magic,
+        )?;
+        let m = if n == 4 && &magic == b"GGUF" { load_gguf(path) } else { load_legacy(path) };
+        m.map_err(|e| anyhow!("{}: not a usable imatrix: {e:#}", path.display()))
+    }
+
+    /// Write in llama.cpp's imatrix GGUF format.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let meta: Metadata = vec![
+            ("general.type".into(), GgufValue::String("imatrix".into())),
+            ("imatrix.datasets".into(), GgufValue::strings(self.datasets.iter().cloned())),
+            ("imatrix.chunk_count".into(), GgufValue::U32(self.chunk_count)),
+            ("imatrix.chunk_size".into(), GgufValue::U32(self.chunk_size)),
+        ];
+        let mut headers = Vec::new();
+        for (name, e) in &self.entries {
+            let n_mat = e.counts.len() as u64;
+            let ne0 = e.sums.len() as u64 / n_mat.max(1);
+            headers.push(TensorHeader {
+                name: format!("{name}.in_sum2"),
+                ne: vec![ne0, n_mat],
+                ggml_type: GgmlType::F32,
+            });
+            headers.push(TensorHeader { name: format!("{name}.counts"), ne: vec![1, n_mat], ggml_type: GgmlType::F32 });
+        }
+        let mut w = GgufWriter::create(path, &meta, headers)?;
+        for (name, e) in &self.entries {
+            w.write_tensor(&format!("{name}.in_sum2"), &f32_bytes(&e.sums))?;
+            w.write_tensor(&format!("{name}.counts"), &f32_bytes(&e.counts))?;
+        }
+        w.finish().map(|_| ())
+    }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn load_gguf(path: &Path) -> Result<Imatrix> {
+    let f = GgufFile::open(path)?;
+    let mut m = Imatrix {
+        datasets: f
+            .get("imatrix.datasets")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .unwrap_or_default(),
+        chunk_count: f.get_u64("imatrix.chunk_count").unwrap_or(0) as u32,
+        chunk_size: f.get_u64("imatrix.chunk_size").unwrap_or(0) as u32,
+        ..Default::default()
+    };
+    if f.get("imatrix.datasets").is_none()
+        || f.get("imatrix.chunk_count").is_none()
+        || f.get("imatrix.chunk_size").is_none()
+    {
+        bail!("missing imatrix metadata (imatrix.datasets, imatrix.chunk_count, imatrix.chunk_size)");
+    }
+    let read = |name: &str| -> Result<Vec<f32>> {
+        let t = f.tensor(name).ok_or_else(|| anyhow!("no tensor {name}"))?;
+        if t.ggml_type != GgmlType::F32 {
+            bail!("{name} must be F32");
+        }
+        crate::quant::dequantize(GgmlType::F32, f.tensor_data(t))
+    };
+    for t in &f.tensors {
+        if let Some(base) = t.name.strip_suffix(".in_sum2") {
+            let sums = read(&t.name)?;
+            let counts = read(&format!("{base}.counts"))?;
+            if counts.is_empty() || sums.len() % counts.len() != 0 {
+                bail!("mismatched sums and counts for {base}");
+            }
+            m.entries.insert(base.to_string(), ImatrixEntry { sums, counts });
+        }
+    }
+    if m.entries.is_empty() {
+        bail!("no entries");
+    }
+    Ok(m)
+}
+
+/// The legacy format: i32 count, then per entry (i32 name length, name, i32 ncall, i32 nval,
+/// nval f32 sums), then optional i32 chunk count and dataset name.
+fn load_legacy(path: &Path) -> Result<Imatrix> {
+    let bytes = std::fs::read(path)?;
+    let mut pos = 0usize;
+    let i32_at = |pos: &mut usize| -> Result<i32> {
+        let b = bytes.get(*pos..*pos + 4).ok_or_else(|| anyhow!("truncated"))?;
+        *pos += 4;
+        Ok(i32::from_le_bytes(b.try_into().unwrap()))
+    };
+    let n_entries = i32_at(&mut pos)?;
+    if n_entries < 1 || n_entries as usize > bytes.len() / 12 {
+        bail!("neither an imatrix GGUF nor a legacy imatrix (bad entry count {n_entries})");
+    }
+    let mut m = Imatrix::default();
+    for _ in 0..n_entries {
+        let len = i32_at(&mut pos)? as usize;
+        let name = bytes.get(pos..pos + len).ok_or_else(|| anyhow!("truncated"))?;
+        let name = String::from_utf8(name.to_vec()).map_err(|_| anyhow!("entry name is not UTF-8"))?;
+        pos += len;
+        let ncall = i32_at(&mut pos)?;
+        let nval = i32_at(&mut pos)?;
+        if nval < 1 {
+            bail!("entry {name} has {nval} values");
+        }
+        let data = bytes.get(pos..pos + 4 * nval as usize).ok_or_else(|| anyhow!("truncated"))?;
+        pos += 4 * nval as usize;
+        let sums = data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        m.entries.insert(name, ImatrixEntry { sums, counts: vec![ncall as f32] });
+    }
+    if pos + 4 <= bytes.len() {
+        m.chunk_count = i32_at(&mut pos)?.max(0) as u32;
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gguf_round_trip_and_weights() {
+        let mut m = Imatrix {
+            datasets: vec!["wiki.valid.tokens".into()],
+            chunk_count: 3,
+            chunk_size: 512,
+            ..Default::default()
+        };
+        m.entries
+            .insert("blk.0.attn_q.weight".into(), ImatrixEntry { sums: vec![3.0, 6.0, 0.0, 9.0], counts: vec![3.0] });
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("imatrix.gguf");
+        m.save(&p).unwrap();
+        let back = Imatrix::load(&p).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.weights("blk.0.attn_q.weight", 4).unwrap(), vec![1.0, 2.0, 0.0, 3.0]);
+        assert!(back.weights("blk.0.attn_q.weight", 8).is_none());
+    }
+}

@@ -1,0 +1,200 @@
+//! Evaluation through llama.cpp on the default model: perplexity against an independent NLL
+//! computation, KL divergence, multiple-choice scoring, and data errors.
+
+use microscale::convert::{convert, ConvertOptions};
+use microscale::engine::quantize::{stock_quantize, StockOptions};
+use microscale::engine::Model;
+use microscale::eval::choice::{score_items, ChoiceOptions};
+use microscale::eval::data::{load_arc, load_generic, load_sst2, McItem};
+use microscale::eval::kld::kl_divergence;
+use microscale::eval::perplexity::{perplexity_of_tokens, PerplexityOptions};
+use microscale::quant::mix::Scheme;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+const WIKI_TEST: &str = "../shared/data/wikitext-2/wiki.test.raw";
+
+/// The default model as F32 GGUF (and a stock Q8_0 of it), made once for this file's tests.
+fn models() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
+    static CELL: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
+    CELL.get_or_init(|| {
+        let hf = microscale::default_model::require(microscale::default_model::HF_DIR).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let f32_gguf = tmp.path().join("f32.gguf");
+        convert(&hf, &f32_gguf, &ConvertOptions::new(Scheme::F32)).unwrap();
+        let q8 = tmp.path().join("q8_0.gguf");
+        stock_quantize(&f32_gguf, &q8, Scheme::Q8_0, None, &StockOptions { threads: 2, ..Default::default() }).unwrap();
+        (tmp, f32_gguf, q8)
+    })
+}
+
+fn threads() -> usize {
+    microscale::engine::default_threads()
+}
+
+/// Independent reference: log-softmax in f64 from scratch.
+fn nll(logits: &[f32], tok: usize) -> f64 {
+    let max = logits.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+    let lse = max + logits.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+    lse - logits[tok] as f64
+}
+
+#[test]
+fn perplexity_equals_an_independent_nll_computation() {
+    let (_, f32_gguf, _) = models();
+    let model = Model::load(f32_gguf).unwrap();
+    let text = std::fs::read_to_string(WIKI_TEST).unwrap();
+    let tokens = model.tokenize(&text, true);
+    let n_ctx = 512;
+    let ours = perplexity_of_tokens(&model, &tokens, &PerplexityOptions::new(threads(), Some(4)), true).unwrap();
+
+    // One window at a time, every position's logits, scored by hand.
+    let mut session = model.session(n_ctx, n_ctx, threads()).unwrap();
+    let n_vocab = model.n_vocab();
+    let (mut sum, mut sum2, mut count) = (0f64, 0f64, 0usize);
+    for w in 0..4 {
+        let mut window = tokens[w * n_ctx..(w + 1) * n_ctx].to_vec();
+        if model.add_bos() {
+            window[0] = model.bos();
+        }
+        let logits = session.logits(&window, 0).unwrap();
+        for pos in n_ctx / 2..n_ctx - 1 {
+            let v = nll(&logits[pos * n_vocab..(pos + 1) * n_vocab], window[pos + 1] as usize);
+            sum += v;
+            sum2 += v * v;
+            count += 1;
+        }
+    }
+    let mean = sum / count as f64;
+    let ppl = mean.exp();
+    let se = ((sum2 / count as f64 - mean * mean) / (count - 1) as f64).sqrt() * ppl;
+    assert_eq!(ours.scored_tokens, count);
+    assert!((ours.ppl - ppl).abs() / ppl < 1e-6, "ours {} reference {ppl}", ours.ppl);
+    assert!((ours.ppl_stderr - se).abs() / se < 1e-4, "stderr ours {} reference {se}", ours.ppl_stderr);
+}
+
+#[test]
+fn kld_of_a_model_against_itself_is_zero() {
+    let (_, f32_gguf, _) = models();
+    let model = Model::load(f32_gguf).unwrap();
+    let base = Model::load(f32_gguf).unwrap();
+    let text = std::fs::read_to_string(WIKI_TEST).unwrap();
+    let tokens = base.tokenize(&text, true);
+    let k = kl_divergence(&model, &base, &tokens, &PerplexityOptions::new(threads(), Some(2)), true).unwrap();
+    // The base log-probabilities are stored as 16-bit fixed point (as llama-perplexity does), so
+    // "zero" is zero up to that rounding.
+    assert!(k.kld_mean.abs() < 1e-5, "KLD {}", k.kld_mean);
+    assert_eq!(k.same_top, 1.0);
+    // PPL(Q) is the model's own perplexity on the same windows. (PPL(base) is not: like the tool,
+    // base log-probabilities below 16 nats under the top are clipped, which biases it down a little.)
+    let p = perplexity_of_tokens(&model, &tokens, &PerplexityOptions::new(threads(), Some(2)), true).unwrap();
+    assert!((k.ppl - p.ppl).abs() / p.ppl < 1e-5, "KLD's PPL(Q) {} vs perplexity {}", k.ppl, p.ppl);
+}
+
+#[test]
+fn kld_of_q8_0_against_f32_is_small_and_positive() {
+    let (_, f32_gguf, q8) = models();
+    let model = Model::load(q8).unwrap();
+    let base = Model::load(f32_gguf).unwrap();
+    let text = std::fs::read_to_string(WIKI_TEST).unwrap();
+    let tokens = base.tokenize(&text, true);
+    let k = kl_divergence(&model, &base, &tokens, &PerplexityOptions::new(threads(), Some(2)), true).unwrap();
+    assert!(k.kld_mean > 1e-5 && k.kld_mean < 0.05, "KLD {}", k.kld_mean);
+    assert!(k.kld_p99 >= k.kld_median && k.kld_p999 >= k.kld_p99);
+    assert!(k.same_top > 0.8 && k.same_top < 1.0, "same top {}", k.same_top);
+}
+
+fn mc(context: &str, choices: &[&str], label: usize) -> McItem {
+    McItem { context: context.into(), choices: choices.iter().map(|c| c.to_string()).collect(), label }
+}
+
+#[test]
+fn multiple_choice_scores_copying_and_length() {
+    let (_, f32_gguf, _) = models();
+    let model = Model::load(f32_gguf).unwrap();
+    let verbatim = "The committee approved the new harbour bridge on Tuesday after a long debate.";
+    let items = vec![
+        // The right answer repeats the context verbatim: an induction-capable model copies.
+        mc(
+            &format!("{verbatim}\nRepeat the sentence exactly:\n"),
+            &[verbatim, "Purple elephants quietly juggle seventeen frozen violins.", "Tuesday debate bridge."],
+            0,
+        ),
+        // Length matters: the long answer loses on summed log-probability but wins per character.
+        mc("Say yes many times: yes", &[" yes", " yes yes yes yes yes yes yes yes yes yes yes yes"], 1),
+    ];
+    let r = score_items(&model, &items, &ChoiceOptions::new(threads()), "test", true).unwrap();
+    assert_eq!(r.scores[0].pred, 0, "{:?}", r.scores[0]);
+    assert_eq!(r.scores[0].pred_norm, 0);
+    let s = &r.scores[1];
+    assert_ne!(s.pred, s.pred_norm, "acc and acc_norm should disagree: {s:?}");
+    assert_eq!(s.pred, 0);
+    assert_eq!(s.pred_norm, 1);
+}
+
+#[test]
+fn batched_scoring_equals_one_item_at_a_time() {
+    // Packing several items (and a shared prefix) into one decode must not change any score.
+    let (_, f32_gguf, _) = models();
+    let model = Model::load(f32_gguf).unwrap();
+    let items = load_arc(&PathBuf::from("../shared/data/arc/ARC-Easy-Dev.jsonl")).unwrap()[..6].to_vec();
+    let packed = score_items(&model, &items, &ChoiceOptions::new(threads()), "packed", true).unwrap();
+    for (i, item) in items.iter().enumerate() {
+        let alone =
+            score_items(&model, std::slice::from_ref(item), &ChoiceOptions::new(threads()), "alone", true).unwrap();
+        for (a, b) in packed.scores[i].loglik.iter().zip(&alone.scores[0].loglik) {
+            // Batch composition changes llama.cpp's kernels and float summation order, nothing more
+            // (a wrong logit row would be off by whole nats).
+            assert!((a - b).abs() < 1e-3 * a.abs().max(1.0), "item {i}: packed {a} alone {b}");
+        }
+    }
+}
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn data_errors_name_the_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: Vec<(PathBuf, fn(&std::path::Path) -> anyhow::Result<()>, &str)> = vec![
+        (
+            write(tmp.path(), "bad-json.jsonl", "{\"context\": \"a\", \"choices\": [\"b\"], \"label\": 0}\n{oops\n"),
+            |p| load_generic(p).map(|_| ()),
+            ":2: malformed JSON",
+        ),
+        (
+            write(tmp.path(), "range.jsonl", "{\"context\": \"a\", \"choices\": [\"b\", \"c\"], \"label\": 2}\n"),
+            |p| load_generic(p).map(|_| ()),
+            ":1: label 2 out of range",
+        ),
+        (
+            write(tmp.path(), "empty.jsonl", "{\"context\": \"a\", \"choices\": [], \"label\": 0}\n"),
+            |p| load_generic(p).map(|_| ()),
+            ":1: empty choices",
+        ),
+        (
+            write(tmp.path(), "arc.jsonl", "{\"question\": {\"stem\": \"q\", \"choices\": [{\"text\": \"x\", \"label\": \"A\"}]}, \"answerKey\": \"B\"}\n"),
+            |p| load_arc(p).map(|_| ()),
+            ":1: answerKey \"B\" matches no choice label",
+        ),
+        (write(tmp.path(), "sst2.tsv", "sentence\tlabel\ngood film\t1\nno label here\n"), |p| load_sst2(p).map(|_| ()), ":3: expected"),
+    ];
+    for (path, load, needle) in cases {
+        let err = format!("{:#}", load(&path).unwrap_err());
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains(needle), "{err} lacks {needle:?}");
+    }
+}
+
+#[test]
+fn shipped_data_sets_load() {
+    let data = PathBuf::from("../shared/data");
+    assert_eq!(load_sst2(&data.join("sst2/dev.tsv")).unwrap().len(), 872);
+    assert_eq!(load_arc(&data.join("arc/ARC-Easy-Dev.jsonl")).unwrap().len(), 570);
+    let challenge = load_arc(&data.join("arc/ARC-Challenge-Dev.jsonl")).unwrap();
+    assert_eq!(challenge.len(), 299);
+    assert!(challenge.iter().all(|i| i.label < i.choices.len()));
+}
