@@ -159,7 +159,8 @@ fn write(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
 #[test]
 fn data_errors_name_the_file_and_line() {
     let tmp = tempfile::tempdir().unwrap();
-    let cases: Vec<(PathBuf, fn(&std::path::Path) -> anyhow::Result<()>, &str)> = vec![
+    type Loader = fn(&std::path::Path) -> anyhow::Result<()>;
+    let cases: Vec<(PathBuf, Loader, &str)> = vec![
         (
             write(tmp.path(), "bad-json.jsonl", "{\"context\": \"a\", \"choices\": [\"b\"], \"label\": 0}\n{oops\n"),
             |p| load_generic(p).map(|_| ()),
