@@ -68,6 +68,79 @@ enum Command {
         #[arg(long)]
         imatrix: Option<PathBuf>,
     },
+    /// Benchmark models under the caps of an edge device: threads, memory, CPU quota.
+    ///
+    /// Each model runs in a child process (microscale itself) pinned to the profile's thread
+    /// count and capped in memory by a cgroup (v2 memory.max or v1 memory.limit_in_bytes; else
+    /// RLIMIT_AS) and optionally in CPU bandwidth; the output names the mechanism used. Tests are
+    /// llama-bench's: pp (prompt processing, --pp tokens in one batch) and tg (generation, --tg
+    /// tokens one by one), each after a warm-up, mean ± sd over --reps. A model the cap kills or
+    /// that cannot load is a row "does not fit", and the run goes on.
+    ///
+    /// The model is read into RAM (no mmap) so that the memory cap measures whether it fits; pass
+    /// --mmap for llama.cpp's default. On a host with fewer cores than the profile, the threads
+    /// share the cores and the output says so.
+    ///
+    /// Examples:
+    ///   microscale bench --list-profiles
+    ///   microscale bench model-q4_k_m.gguf model-q8_0.gguf --profile pi4-4gb --reps 3
+    ///   microscale bench model.gguf --profile host --mem-limit 300MiB --csv bench.csv
+    #[command(verbatim_doc_comment)]
+    Bench {
+        /// GGUF models.
+        models: Vec<PathBuf>,
+        /// Device profile(s): pi4-4gb, pi5-8gb, jetson-orin-nano-8gb, phone-6gb, host (repeatable).
+        #[arg(long = "profile", value_name = "NAME")]
+        profiles: Vec<String>,
+        /// List the profiles and exit.
+        #[arg(long)]
+        list_profiles: bool,
+        /// Override the profile's thread count.
+        #[arg(short, long)]
+        threads: Option<usize>,
+        /// Override the profile's memory cap (e.g. 3GiB, 512MiB, none).
+        #[arg(long)]
+        mem_limit: Option<String>,
+        /// CPU bandwidth in CPUs (0.5 = half a core), through the cpu cgroup.
+        #[arg(long)]
+        cpu_quota: Option<f64>,
+        /// Repetitions of each test.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Prompt tokens for the pp test (0: skip).
+        #[arg(long, default_value_t = 512)]
+        pp: usize,
+        /// Generated tokens for the tg test (0: skip).
+        #[arg(long, default_value_t = 128)]
+        tg: usize,
+        /// Memory-map the model instead of reading it into RAM.
+        #[arg(long)]
+        mmap: bool,
+        /// Give up on a child after this many seconds.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Append one row per metric to this CSV file.
+        #[arg(long, value_name = "FILE")]
+        csv: Option<PathBuf>,
+    },
+    /// (internal) The measuring child of `bench`.
+    #[command(name = "__bench-child", hide = true)]
+    BenchChild {
+        model: PathBuf,
+        #[arg(long)]
+        threads: usize,
+        #[arg(long)]
+        pp: usize,
+        #[arg(long)]
+        tg: usize,
+        #[arg(long)]
+        reps: usize,
+        #[arg(long)]
+        mmap: bool,
+    },
     /// Quantizer throughput: microscale's quantizers against ggml's C functions.
     ///
     /// Both run on the same data and thread count, alternately, in one process; the ratio column
@@ -254,6 +327,100 @@ fn run(cli: Cli) -> Result<()> {
                     report.bytes as f64 / (1 << 20) as f64
                 );
             }
+            Ok(())
+        }
+        Command::Bench {
+            models,
+            profiles,
+            list_profiles,
+            threads,
+            mem_limit,
+            cpu_quota,
+            reps,
+            pp,
+            tg,
+            mmap,
+            timeout,
+            json,
+            csv,
+        } => {
+            use microscale::bench::profiles::{self, parse_memory};
+            use microscale::bench::run::{bench_model, table, BenchOptions};
+            if list_profiles {
+                for p in profiles::profiles()?.values() {
+                    println!(
+                        "{:<22} threads {:<3} memory {:<9} {}",
+                        p.name,
+                        if p.threads == 0 { "all".to_string() } else { p.threads.to_string() },
+                        p.memory.map(profiles::format_bytes).unwrap_or_else(|| "none".into()),
+                        p.note
+                    );
+                }
+                return Ok(());
+            }
+            if models.is_empty() {
+                anyhow::bail!("no model given (usage: microscale bench MODEL.gguf... --profile NAME)");
+            }
+            microscale::bench::caps::remove_stale_cgroups();
+            let names = if profiles.is_empty() { vec!["host".to_string()] } else { profiles };
+            let mut selected = Vec::new();
+            for n in &names {
+                let mut p = profiles::profile(n)?;
+                if let Some(t) = threads {
+                    p.threads = t;
+                }
+                if let Some(m) = &mem_limit {
+                    p.memory = parse_memory(m)?;
+                }
+                if cpu_quota.is_some() {
+                    p.cpu_quota = cpu_quota;
+                }
+                selected.push(p);
+            }
+            let opts = BenchOptions {
+                n_prompt: pp,
+                n_gen: tg,
+                reps,
+                mmap,
+                timeout: std::time::Duration::from_secs(timeout),
+                child_exe: None,
+            };
+            let mut rows = Vec::new();
+            for m in &models {
+                for p in &selected {
+                    if !cli.quiet {
+                        eprintln!("benchmarking {} under {} ...", m.display(), p.name);
+                    }
+                    let row = bench_model(m, p, &opts)?;
+                    if let Some(path) = &csv {
+                        microscale::report::rows::append_csv(
+                            path,
+                            &microscale::report::rows::ModelId::of(m)?,
+                            &microscale::bench::run::metric_rows(&row),
+                        )?;
+                    }
+                    rows.push(row);
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", table(&rows));
+                let mut notes: Vec<String> = rows.iter().flat_map(|r| r.warnings.clone()).collect();
+                notes.dedup();
+                for r in rows.iter().take(1) {
+                    notes.push(format!("memory cap: {}; CPU quota: {}; affinity: {}", r.enforcement.memory, r.enforcement.cpu_quota, r.enforcement.affinity));
+                }
+                for n in notes {
+                    println!("note: {n}");
+                }
+            }
+            Ok(())
+        }
+        Command::BenchChild { model, threads, pp, tg, reps, mmap } => {
+            use microscale::bench::child::{run_child, ChildArgs};
+            let report = run_child(&model, &ChildArgs { threads, n_prompt: pp, n_gen: tg, reps, mmap })?;
+            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         Command::BenchQuant { rows, row_len, threads, reps, types, json } => {

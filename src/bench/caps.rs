@@ -1,0 +1,356 @@
+//! Caps that make this machine behave like a smaller one, enforced on a child process:
+//! CPU affinity and a thread count, a memory limit through a memory cgroup (v2 `memory.max`, else
+//! v1 `memory.limit_in_bytes`, else `RLIMIT_AS`), and an optional CPU quota through the cpu cgroup
+//! (`cpu.max` or `cpu.cfs_quota_us`). The child joins its cgroup before `exec` (in `pre_exec`), so
+//! it is capped from its first instruction; the cgroup is removed when the child is gone, also when
+//! it was killed.
+
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// What to enforce.
+#[derive(Clone, Debug, Default)]
+pub struct Caps {
+    /// CPUs the child may run on.
+    pub cpus: Vec<usize>,
+    pub memory: Option<u64>,
+    pub cpu_quota: Option<f64>,
+}
+
+/// How each cap was enforced, for the output.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Enforcement {
+    pub memory: String,
+    pub cpu_quota: String,
+    pub affinity: String,
+}
+
+/// How the child ended.
+#[derive(Debug)]
+pub struct Outcome {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Peak resident set of the child (getrusage `ru_maxrss`), bytes.
+    pub max_rss: u64,
+    pub oom_killed: bool,
+    pub timed_out: bool,
+    pub enforcement: Enforcement,
+}
+
+const PREFIX: &str = "microscale-";
+static SERIAL: AtomicU64 = AtomicU64::new(0);
+
+/// A cgroup (one directory per controller hierarchy) that is removed on drop.
+pub struct Cgroup {
+    dirs: Vec<PathBuf>,
+    memory_dir: Option<(PathBuf, u8)>,
+}
+
+impl Cgroup {
+    fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// Did the kernel's OOM killer act inside this cgroup?
+    pub fn oom_killed(&self) -> bool {
+        let Some((dir, version)) = &self.memory_dir else { return false };
+        let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let count = |text: &str, key: &str| -> u64 {
+            text.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+        };
+        if *version == 2 {
+            count(&read("memory.events"), "oom_kill ") > 0
+        } else {
+            count(&read("memory.oom_control"), "oom_kill ") > 0 || read("memory.failcnt").trim().parse::<u64>().unwrap_or(0) > 0
+        }
+    }
+
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            // The child is reaped before this runs; give the kernel a moment to release the cgroup.
+            for _ in 0..50 {
+                if fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// This process's cgroup path in a hierarchy (`/proc/self/cgroup`), e.g. for controller "memory".
+fn own_path(controller: Option<&str>) -> String {
+    let text = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+        match controller {
+            None if ctrls.is_empty() => return path.to_string(),
+            Some(c) if ctrls.split(',').any(|x| x == c) => return path.to_string(),
+            _ => {}
+        }
+    }
+    "/".into()
+}
+
+fn join(base: &str, own: &str) -> PathBuf {
+    PathBuf::from(base).join(own.trim_start_matches('/'))
+}
+
+/// Where new cgroups for a controller can go: (parent directory, cgroup version).
+fn parent_for(controller: &str) -> Option<(PathBuf, u8)> {
+    // cgroup v2 with the controller available here.
+    for base in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        let ctl = Path::new(base).join("cgroup.controllers");
+        if let Ok(c) = fs::read_to_string(&ctl) {
+            if c.split_whitespace().any(|x| x == controller) {
+                let dir = join(base, &own_path(None));
+                let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+                if enabled.split_whitespace().any(|x| x == controller)
+                    || fs::write(dir.join("cgroup.subtree_control"), format!("+{controller}")).is_ok()
+                {
+                    return Some((dir, 2));
+                }
+            }
+        }
+    }
+    // cgroup v1 hierarchy for the controller.
+    let base = format!("/sys/fs/cgroup/{controller}");
+    if Path::new(&base).join("cgroup.procs").exists() {
+        let own = join(&base, &own_path(Some(controller)));
+        return Some((if own.exists() { own } else { PathBuf::from(base) }, 1));
+    }
+    None
+}
+
+fn new_dir(parent: &Path) -> Result<PathBuf> {
+    let name = format!("{PREFIX}{}-{}", std::process::id(), SERIAL.fetch_add(1, Ordering::Relaxed));
+    let dir = parent.join(name);
+    fs::create_dir(&dir).with_context(|| format!("cannot create cgroup {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Remove empty cgroups left by earlier runs that were killed themselves.
+pub fn remove_stale_cgroups() {
+    for controller in ["memory", "cpu"] {
+        if let Some((parent, _)) = parent_for(controller) {
+            if let Ok(entries) = fs::read_dir(&parent) {
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let pid_alive = name
+                        .strip_prefix(PREFIX)
+                        .and_then(|r| r.split('-').next())
+                        .and_then(|p| p.parse::<i32>().ok())
+                        .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
+                    if name.starts_with(PREFIX) && !pid_alive {
+                        let _ = fs::remove_dir(e.path());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Set up cgroups for the caps; report what enforces what (RLIMIT_AS is applied at spawn).
+fn make_cgroup(caps: &Caps, enf: &mut Enforcement) -> Result<(Option<Cgroup>, bool)> {
+    let mut cg = Cgroup { dirs: vec![], memory_dir: None };
+    let mut use_rlimit = false;
+    if let Some(limit) = caps.memory {
+        match parent_for("memory") {
+            Some((parent, 2)) => {
+                let dir = new_dir(&parent)?;
+                fs::write(dir.join("memory.max"), limit.to_string())?;
+                let _ = fs::write(dir.join("memory.swap.max"), "0");
+                enf.memory = format!("cgroup v2 memory.max = {limit}");
+                cg.memory_dir = Some((dir.clone(), 2));
+                cg.dirs.push(dir);
+            }
+            Some((parent, _)) => {
+                let dir = new_dir(&parent)?;
+                fs::write(dir.join("memory.limit_in_bytes"), limit.to_string())
+                    .with_context(|| format!("cannot set {}", dir.join("memory.limit_in_bytes").display()))?;
+                let _ = fs::write(dir.join("memory.memsw.limit_in_bytes"), limit.to_string());
+                let _ = fs::write(dir.join("memory.swappiness"), "0");
+                enf.memory = format!("cgroup v1 memory.limit_in_bytes = {limit}");
+                cg.memory_dir = Some((dir.clone(), 1));
+                cg.dirs.push(dir);
+            }
+            None => {
+                use_rlimit = true;
+                enf.memory = format!("RLIMIT_AS = {limit} (no writable memory cgroup; caps address space, not RSS)");
+            }
+        }
+    } else {
+        enf.memory = "none".into();
+    }
+    if let Some(q) = caps.cpu_quota {
+        let period = 100_000u64;
+        let quota = ((q * period as f64) as u64).max(1000);
+        match parent_for("cpu") {
+            Some((parent, 2)) => {
+                let dir = if let Some((d, 2)) = &cg.memory_dir { d.clone() } else { new_dir(&parent)? };
+                fs::write(dir.join("cpu.max"), format!("{quota} {period}"))?;
+                enf.cpu_quota = format!("cgroup v2 cpu.max = {quota} {period}");
+                if !cg.dirs.contains(&dir) {
+                    cg.dirs.push(dir);
+                }
+            }
+            Some((parent, _)) => {
+                let dir = new_dir(&parent)?;
+                fs::write(dir.join("cpu.cfs_period_us"), period.to_string())?;
+                fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string())?;
+                enf.cpu_quota = format!("cgroup v1 cpu.cfs_quota_us = {quota} / {period}");
+                cg.dirs.push(dir);
+            }
+            None => bail!("--cpu-quota needs a writable cpu cgroup, and this host has none"),
+        }
+    } else {
+        enf.cpu_quota = "none".into();
+    }
+    Ok((if cg.dirs.is_empty() { None } else { Some(cg) }, use_rlimit))
+}
+
+/// Run `cmd` under `caps`, killing it after `timeout`; collect its output and resource use.
+pub fn run_capped(mut cmd: Command, caps: &Caps, timeout: Duration) -> Result<Outcome> {
+    let mut enf = Enforcement::default();
+    let (cgroup, use_rlimit) = make_cgroup(caps, &mut enf)?;
+    let procs: Vec<std::ffi::CString> = cgroup
+        .as_ref()
+        .map(|c| c.procs_files().iter().map(|p| std::ffi::CString::new(p.to_string_lossy().as_bytes()).unwrap()).collect())
+        .unwrap_or_default();
+    let cpus = caps.cpus.clone();
+    enf.affinity = if cpus.is_empty() { "none".into() } else { format!("sched_setaffinity {cpus:?}") };
+    let rlimit = if use_rlimit { caps.memory } else { None };
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe calls (open/write/close, sched_setaffinity, setrlimit) between
+    // fork and exec, on memory prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let pid = libc::getpid();
+            let mut digits = [0u8; 20];
+            let mut n = pid as u64;
+            let mut i = digits.len();
+            loop {
+                i -= 1;
+                digits[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            for path in &procs {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, digits[i..].as_ptr() as *const _, digits.len() - i) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+            }
+            if !cpus.is_empty() {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                for &c in &cpus {
+                    libc::CPU_SET(c, &mut set);
+                }
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(limit) = rlimit {
+                let r = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+                if libc::setrlimit(libc::RLIMIT_AS, &r) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("cannot start the benchmark child")?;
+    let pid = child.id() as i32;
+    let mut out_pipe = child.stdout.take().expect("piped");
+    let mut err_pipe = child.stderr.take().expect("piped");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out_pipe.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err_pipe.read_to_string(&mut s);
+        s
+    });
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (done, timed_out) = (done.clone(), timed_out.clone());
+        std::thread::spawn(move || {
+            let step = Duration::from_millis(100);
+            let mut waited = Duration::ZERO;
+            while !done.load(Ordering::SeqCst) {
+                if waited >= timeout {
+                    timed_out.store(true, Ordering::SeqCst);
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    break;
+                }
+                std::thread::sleep(step);
+                waited += step;
+            }
+        });
+    }
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    done.store(true, Ordering::SeqCst);
+    if rc < 0 {
+        bail!("waiting for the benchmark child failed: {}", std::io::Error::last_os_error());
+    }
+    let exit = std::process::ExitStatus::from_raw(status);
+    let oom_killed = cgroup.as_ref().is_some_and(|c| c.oom_killed()) && exit.signal() == Some(libc::SIGKILL);
+    drop(cgroup); // the child is reaped: remove its cgroups now
+    Ok(Outcome {
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+        exit_code: exit.code(),
+        signal: exit.signal(),
+        max_rss: usage.ru_maxrss as u64 * 1024,
+        oom_killed,
+        timed_out: timed_out.load(Ordering::SeqCst),
+        enforcement: enf,
+    })
+}
+
+/// Every cgroup directory this process created that still exists (for tests and diagnostics).
+pub fn live_cgroups() -> Vec<PathBuf> {
+    let mine = format!("{PREFIX}{}-", std::process::id());
+    let mut out = Vec::new();
+    for controller in ["memory", "cpu"] {
+        if let Some((parent, _)) = parent_for(controller) {
+            if let Ok(entries) = fs::read_dir(&parent) {
+                out.extend(entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&mine)).map(|e| e.path()));
+            }
+        }
+    }
+    out
+}
+
+/// The CPUs this process may run on.
+pub fn available_cpus() -> Vec<usize> {
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } == 0;
+    if !ok {
+        return (0..crate::engine::default_threads()).collect();
+    }
+    (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
+}

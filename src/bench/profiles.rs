@@ -1,0 +1,127 @@
+//! Device profiles: the thread count and memory a process gets on a Raspberry Pi, a Jetson or a
+//! phone, shipped in `profiles.toml` (embedded in the binary) and listable with `--list-profiles`.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+pub const PROFILES_TOML: &str = include_str!("profiles.toml");
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Profile {
+    pub name: String,
+    /// llama.cpp threads (0: all cores of the host).
+    pub threads: usize,
+    /// Bytes one process may use (None: no cap).
+    pub memory: Option<u64>,
+    /// CPU bandwidth in CPUs (None: no quota).
+    pub cpu_quota: Option<f64>,
+    pub note: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    threads: usize,
+    memory: String,
+    cpu_quota: Option<f64>,
+    note: String,
+}
+
+/// Every profile in the shipped file, by name.
+pub fn profiles() -> Result<BTreeMap<String, Profile>> {
+    parse_profiles(PROFILES_TOML)
+}
+
+pub fn parse_profiles(text: &str) -> Result<BTreeMap<String, Profile>> {
+    let raw: BTreeMap<String, RawProfile> = toml::from_str(text).context("profiles file")?;
+    raw.into_iter()
+        .map(|(name, r)| {
+            let memory = parse_memory(&r.memory).with_context(|| format!("profile {name}"))?;
+            if let Some(q) = r.cpu_quota {
+                if q <= 0.0 {
+                    bail!("profile {name}: cpu_quota must be positive");
+                }
+            }
+            if r.note.trim().is_empty() {
+                bail!("profile {name}: empty note");
+            }
+            Ok((name.clone(), Profile { name, threads: r.threads, memory, cpu_quota: r.cpu_quota, note: r.note }))
+        })
+        .collect()
+}
+
+pub fn profile(name: &str) -> Result<Profile> {
+    let all = profiles()?;
+    all.get(name).cloned().ok_or_else(|| {
+        anyhow!("unknown profile {name:?} (known: {})", all.keys().cloned().collect::<Vec<_>>().join(", "))
+    })
+}
+
+/// "3GiB", "512MiB", "2.5GB", "none".
+pub fn parse_memory(s: &str) -> Result<Option<u64>> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| anyhow!("bad memory size {s:?}"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        other => bail!("bad memory unit {other:?} in {s:?} (use KiB, MiB, GiB, KB, MB, GB)"),
+    };
+    if n <= 0.0 {
+        bail!("memory size must be positive: {s:?}");
+    }
+    Ok(Some((n * mult) as u64))
+}
+
+pub fn format_bytes(b: u64) -> String {
+    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+    if b as f64 >= GIB {
+        format!("{:.1} GiB", b as f64 / GIB)
+    } else {
+        format!("{:.0} MiB", b as f64 / (1024.0 * 1024.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_profiles_are_complete() {
+        let all = profiles().unwrap();
+        for name in ["pi4-4gb", "pi5-8gb", "jetson-orin-nano-8gb", "phone-6gb", "host"] {
+            let p = &all[name];
+            assert!(!p.note.is_empty());
+            if name != "host" {
+                assert!(p.threads > 0 && p.memory.unwrap() > (1 << 30), "{p:?}");
+            }
+        }
+        assert_eq!(all["pi4-4gb"].memory, Some(3 << 30));
+    }
+
+    #[test]
+    fn unknown_profile_lists_names() {
+        let e = profile("pi3").unwrap_err().to_string();
+        assert!(e.contains("pi3") && e.contains("pi4-4gb") && e.contains("phone-6gb"), "{e}");
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("512MiB").unwrap(), Some(512 << 20));
+        assert_eq!(parse_memory("2.5GiB").unwrap(), Some((2.5 * (1u64 << 30) as f64) as u64));
+        assert_eq!(parse_memory("none").unwrap(), None);
+        assert!(parse_memory("3 parsecs").is_err());
+        assert!(parse_profiles("[x]\nthreads = 1\nmemory = \"1GiB\"\nnote = \"\"\n").is_err());
+        assert!(parse_profiles("[x]\nthreads = 1\nnote = \"n\"\n").is_err());
+    }
+}

@@ -1,0 +1,238 @@
+//! `microscale bench`: each model under each device profile, measured in a capped child process.
+//! A child killed by the memory cap, or a model that cannot load, is a result ("does not fit"),
+//! and the run goes on.
+
+use super::caps::{available_cpus, run_capped, Caps, Enforcement};
+use super::child::ChildReport;
+use super::profiles::{format_bytes, Profile};
+use crate::inspect::inspect;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub n_prompt: usize,
+    pub n_gen: usize,
+    pub reps: usize,
+    /// Memory-map the model (llama.cpp's default) instead of reading it into RAM. Off by default:
+    /// with mmap a memory cap reclaims weight pages and the model thrashes instead of failing,
+    /// which hides whether it really fits.
+    pub mmap: bool,
+    pub timeout: Duration,
+    /// The microscale binary to run as the child (default: this executable).
+    pub child_exe: Option<PathBuf>,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions { n_prompt: 512, n_gen: 128, reps: 3, mmap: false, timeout: Duration::from_secs(900), child_exe: None }
+    }
+}
+
+/// Mean and sample standard deviation, as llama-bench reports t/s.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct MeanSd {
+    pub mean: f64,
+    pub sd: f64,
+}
+
+impl MeanSd {
+    pub fn of(v: &[f64]) -> MeanSd {
+        if v.is_empty() {
+            return MeanSd::default();
+        }
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let sd = if v.len() > 1 { (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt() } else { 0.0 };
+        MeanSd { mean, sd }
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchRow {
+    pub model: String,
+    pub arch: String,
+    pub size_bytes: u64,
+    pub n_params: u64,
+    pub bits_per_weight: f64,
+    pub profile: String,
+    pub threads: usize,
+    pub host_cpus: usize,
+    pub memory_cap: Option<u64>,
+    pub cpu_quota: Option<f64>,
+    pub enforcement: Enforcement,
+    pub fits: bool,
+    /// Why it does not fit or failed.
+    pub reason: Option<String>,
+    pub load_s: Option<f64>,
+    pub ttft_s: Option<f64>,
+    pub pp: Option<MeanSd>,
+    pub tg: Option<MeanSd>,
+    pub n_prompt: usize,
+    pub n_gen: usize,
+    /// Peak resident set of the child, bytes.
+    pub peak_rss: u64,
+    pub child_threads: Option<usize>,
+    pub child_os_threads: Option<usize>,
+    pub child_affinity: Option<Vec<usize>>,
+    pub warnings: Vec<String>,
+}
+
+/// The caps for a profile on this host, and warnings about what cannot be honoured.
+pub fn caps_for(profile: &Profile) -> (usize, Caps, Vec<String>) {
+    let cpus = available_cpus();
+    let threads = if profile.threads == 0 { cpus.len() } else { profile.threads };
+    let mut warnings = Vec::new();
+    if threads > cpus.len() {
+        warnings.push(format!(
+            "{} asks for {threads} threads but this host has {} CPUs: the threads share them, so t/s is a lower bound",
+            profile.name,
+            cpus.len()
+        ));
+    }
+    let pinned: Vec<usize> = cpus.iter().copied().take(threads.max(1)).collect();
+    (threads, Caps { cpus: pinned, memory: profile.memory, cpu_quota: profile.cpu_quota }, warnings)
+}
+
+pub fn bench_model(model: &Path, profile: &Profile, opts: &BenchOptions) -> Result<BenchRow> {
+    let summary = inspect(model)?;
+    let (threads, caps, warnings) = caps_for(profile);
+    let exe = match &opts.child_exe {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("cannot find the microscale executable")?,
+    };
+    let mut cmd = Command::new(exe);
+    cmd.arg("__bench-child")
+        .arg(model)
+        .args(["--threads", &threads.to_string()])
+        .args(["--pp", &opts.n_prompt.to_string()])
+        .args(["--tg", &opts.n_gen.to_string()])
+        .args(["--reps", &opts.reps.to_string()]);
+    if opts.mmap {
+        cmd.arg("--mmap");
+    }
+    let outcome = run_capped(cmd, &caps, opts.timeout)?;
+    let mut row = BenchRow {
+        model: model.display().to_string(),
+        arch: summary.architecture.clone(),
+        size_bytes: std::fs::metadata(model)?.len(),
+        n_params: summary.n_params(),
+        bits_per_weight: summary.bits_per_weight(),
+        profile: profile.name.clone(),
+        threads,
+        host_cpus: available_cpus().len(),
+        memory_cap: profile.memory,
+        cpu_quota: profile.cpu_quota,
+        enforcement: outcome.enforcement.clone(),
+        fits: false,
+        reason: None,
+        load_s: None,
+        ttft_s: None,
+        pp: None,
+        tg: None,
+        n_prompt: opts.n_prompt,
+        n_gen: opts.n_gen,
+        peak_rss: outcome.max_rss,
+        child_threads: None,
+        child_os_threads: None,
+        child_affinity: None,
+        warnings,
+    };
+    let cap = profile.memory.map(format_bytes).unwrap_or_else(|| "RAM".into());
+    let report: Option<ChildReport> = outcome.stdout.lines().last().and_then(|l| serde_json::from_str(l).ok());
+    match (outcome.exit_code, report) {
+        (Some(0), Some(r)) => {
+            row.fits = true;
+            row.load_s = Some(r.load_s);
+            row.ttft_s = Some(r.ttft_s);
+            row.pp = (!r.pp_tps.is_empty()).then(|| MeanSd::of(&r.pp_tps));
+            row.tg = (!r.tg_tps.is_empty()).then(|| MeanSd::of(&r.tg_tps));
+            row.child_threads = Some(r.n_threads);
+            row.child_os_threads = Some(r.os_threads);
+            row.child_affinity = Some(r.affinity);
+        }
+        _ if outcome.oom_killed => {
+            row.reason = Some(format!("does not fit in {cap}: killed by the memory cap (out of memory)"));
+        }
+        _ if outcome.timed_out => {
+            row.reason = Some(format!("timed out after {} s", opts.timeout.as_secs()));
+        }
+        (_, _) if outcome.signal.is_some() => {
+            let sig = outcome.signal.unwrap_or(0);
+            let why = if sig == libc::SIGKILL && profile.memory.is_some() { " (most likely the memory cap)" } else { "" };
+            row.reason = Some(format!("does not fit in {cap}: killed by signal {sig}{why}"));
+        }
+        _ => {
+            let msg = outcome.stderr.lines().rev().find(|l| l.starts_with("error:")).unwrap_or("the child failed").to_string();
+            let msg = msg.trim_start_matches("error: ");
+            row.reason = Some(if profile.memory.is_some() {
+                format!("does not fit in {cap}: {msg}")
+            } else {
+                msg.to_string()
+            });
+        }
+    }
+    Ok(row)
+}
+
+/// A table in the shape of llama-bench's, with microscale's extra columns.
+pub fn table(rows: &[BenchRow]) -> String {
+    let mut s = String::from(
+        "| model | size | params | profile | threads | mem cap | test | t/s | load s | TTFT s | peak RSS | fits |\n",
+    );
+    s += "| --- | ---: | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |\n";
+    for r in rows {
+        let name = Path::new(&r.model).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let common = format!(
+            "| {name} | {} | {:.2} M | {} | {} | {} |",
+            format_bytes(r.size_bytes),
+            r.n_params as f64 / 1e6,
+            r.profile,
+            r.threads,
+            r.memory_cap.map(format_bytes).unwrap_or_else(|| "none".into())
+        );
+        let tail = |load: Option<f64>, ttft: Option<f64>| {
+            format!(
+                " {} | {} | {} | {} |",
+                load.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into()),
+                ttft.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into()),
+                format_bytes(r.peak_rss),
+                if r.fits { "yes".to_string() } else { format!("no: {}", r.reason.clone().unwrap_or_default()) }
+            )
+        };
+        if !r.fits {
+            s += &format!("{common} - | - |{}\n", tail(None, None));
+            continue;
+        }
+        if let Some(pp) = r.pp {
+            s += &format!("{common} pp{} | {:.2} ± {:.2} |{}\n", r.n_prompt, pp.mean, pp.sd, tail(r.load_s, r.ttft_s));
+        }
+        if let Some(tg) = r.tg {
+            s += &format!("{common} tg{} | {:.2} ± {:.2} |{}\n", r.n_gen, tg.mean, tg.sd, tail(r.load_s, r.ttft_s));
+        }
+    }
+    s
+}
+
+/// CSV rows for a bench result (metric names carry the profile: `pi4-4gb:tg128_tps`).
+pub fn metric_rows(r: &BenchRow) -> Vec<crate::report::rows::MetricRow> {
+    use crate::report::rows::MetricRow;
+    let m = |name: String, value: f64, stderr: f64| MetricRow { metric: name, value, stderr, items: 0, wall_s: 0.0 };
+    let p = &r.profile;
+    let mut rows = vec![m(format!("{p}:fits"), f64::from(u8::from(r.fits)), 0.0)];
+    rows.push(m(format!("{p}:peak_rss_mib"), r.peak_rss as f64 / (1 << 20) as f64, 0.0));
+    if let Some(pp) = r.pp {
+        rows.push(MetricRow { items: r.n_prompt, ..m(format!("{p}:pp{}_tps", r.n_prompt), pp.mean, pp.sd) });
+    }
+    if let Some(tg) = r.tg {
+        rows.push(MetricRow { items: r.n_gen, ..m(format!("{p}:tg{}_tps", r.n_gen), tg.mean, tg.sd) });
+    }
+    if let Some(x) = r.load_s {
+        rows.push(m(format!("{p}:load_s"), x, 0.0));
+    }
+    if let Some(x) = r.ttft_s {
+        rows.push(m(format!("{p}:ttft_s"), x, 0.0));
+    }
+    rows
+}
