@@ -1,10 +1,14 @@
 //! Tensor data formats: conversion of f32 rows to and from every ggml type microscale handles.
 //!
-//! `float` holds f16/bf16, `legacy` the 32-element block formats. Each function names the ggml
-//! function it mirrors so the two can be read side by side.
+//! `float` holds f16/bf16, `legacy` the 32-element block formats, `kquants` the 256-element
+//! super-block formats and `common` the quantization helpers they share. Each function names the
+//! ggml function it mirrors so the two can be read side by side; quantized bytes are identical to
+//! what `ggml_quantize_chunk` writes, with and without importance weights.
 
+pub mod common;
 pub mod float;
 pub mod imatrix;
+pub mod kquants;
 pub mod legacy;
 pub mod mix;
 
@@ -41,6 +45,11 @@ pub fn dequantize_into(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()>
         GgmlType::Q5_0 => legacy::dequantize_q5_0,
         GgmlType::Q5_1 => legacy::dequantize_q5_1,
         GgmlType::Q8_0 => legacy::dequantize_q8_0,
+        GgmlType::Q2K => kquants::dequantize_q2_k,
+        GgmlType::Q3K => kquants::dequantize_q3_k,
+        GgmlType::Q4K => kquants::dequantize_q4_k,
+        GgmlType::Q5K => kquants::dequantize_q5_k,
+        GgmlType::Q6K => kquants::dequantize_q6_k,
         other => bail!("dequantizing {other} is not supported yet"),
     };
     let chunk_blocks = (PAR_CHUNK_ELEMS / bs).max(1);
@@ -52,11 +61,50 @@ pub fn dequantize_into(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()>
     Ok(())
 }
 
+/// A row quantizer: `x` is one row, `y` its encoded bytes, `quant_weights` the per-column
+/// importance (`x.len()` entries) or `None`.
+pub type RowQuantizer = fn(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>);
+
+/// The row quantizer of a block format, as ggml's `ggml_quantize_chunk` dispatches it.
+pub fn row_quantizer(ty: GgmlType) -> Option<RowQuantizer> {
+    Some(match ty {
+        GgmlType::Q4_0 => legacy::quantize_row_q4_0,
+        GgmlType::Q4_1 => legacy::quantize_row_q4_1,
+        GgmlType::Q5_0 => legacy::quantize_row_q5_0,
+        GgmlType::Q5_1 => legacy::quantize_row_q5_1,
+        GgmlType::Q8_0 => legacy::quantize_row_q8_0,
+        GgmlType::Q2K => kquants::quantize_row_q2_k,
+        GgmlType::Q3K => kquants::quantize_row_q3_k,
+        GgmlType::Q4K => kquants::quantize_row_q4_k,
+        GgmlType::Q5K => kquants::quantize_row_q5_k,
+        GgmlType::Q6K => kquants::quantize_row_q6_k,
+        _ => return None,
+    })
+}
+
 /// Encode f32 values as `ty`, in parallel. `row_len` is the tensor's row length (`ne[0]`): block
-/// formats never straddle rows.
+/// formats never straddle rows. Same as [`quantize_weighted`] without importance weights.
 pub fn quantize(ty: GgmlType, values: &[f32], row_len: usize) -> Result<Vec<u8>> {
+    quantize_weighted(ty, values, row_len, None)
+}
+
+/// Encode f32 values as `ty`, in parallel over rows, byte-identical to ggml's
+/// `ggml_quantize_chunk(ty, values, .., nrows, row_len, quant_weights)`. `quant_weights` (an
+/// importance matrix's diagonal: `row_len` entries, the same for every row) steers the block
+/// formats that use it; the float formats and Q8_0 ignore it, as ggml does.
+pub fn quantize_weighted(
+    ty: GgmlType,
+    values: &[f32],
+    row_len: usize,
+    quant_weights: Option<&[f32]>,
+) -> Result<Vec<u8>> {
     if row_len == 0 || !values.len().is_multiple_of(row_len) {
         bail!("{} values are not whole rows of {row_len}", values.len());
+    }
+    if let Some(qw) = quant_weights {
+        if qw.len() != row_len {
+            bail!("{} importance weights for rows of {row_len}", qw.len());
+        }
     }
     let row_bytes = ty.row_bytes(row_len)?;
     let n_rows = values.len() / row_len;
@@ -77,18 +125,19 @@ pub fn quantize(ty: GgmlType, values: &[f32], row_len: usize) -> Result<Vec<u8>>
                 }
             })
         }
-        other => bail!("quantizing to {other} is not supported yet"),
+        other => {
+            let Some(row_fn) = row_quantizer(other) else { bail!("quantizing to {other} is not supported yet") };
+            // Whole rows per task: the weighted formats need the whole row (Q4_0..Q5_1 scale their
+            // weights by the row's mean square).
+            let rows_per_task = (PAR_CHUNK_ELEMS / row_len).max(1);
+            out.par_chunks_mut(rows_per_task * row_bytes).zip(values.par_chunks(rows_per_task * row_len)).for_each(
+                |(o, v)| {
+                    for (y, x) in o.chunks_exact_mut(row_bytes).zip(v.chunks_exact(row_len)) {
+                        row_fn(x, y, quant_weights);
+                    }
+                },
+            );
+        }
     }
     Ok(out)
-}
-
-/// TEMPORARY until the block quantizers land: importance weights are not used yet.
-pub fn quantize_weighted(
-    ty: GgmlType,
-    values: &[f32],
-    row_len: usize,
-    quant_weights: Option<&[f32]>,
-) -> Result<Vec<u8>> {
-    let _ = quant_weights;
-    quantize(ty, values, row_len)
 }

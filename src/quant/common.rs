@@ -1,0 +1,584 @@
+//! Helpers shared by ggml's quantizers (`ggml-quants.c`), ported so that every output bit matches.
+//!
+//! ggml's `ggml-quants.c` is built for baseline x86-64 without fast-math, so every `a*b + c` is
+//! rounded twice (no FMA contraction) and every sum is accumulated left to right in the type the C
+//! declares. The ports below keep the C expression shapes and evaluation order for that reason:
+//! `w*x[i]*l` is `(w*x[i])*l`, a `float` accumulator stays `f32`, and `MIN`/`MAX` are the C macros
+//! (which differ from `f32::min`/`f32::max` for NaN and signed zeros).
+
+// Index loops are kept where ggml has them, so the port reads side by side with the C.
+#![allow(clippy::needless_range_loop)]
+
+use super::float::{f16_bits_to_f32, f32_to_f16_bits};
+
+/// The largest group the search helpers see (a legacy block; K-quant sub-blocks are 16 or 32).
+pub const MAX_GROUP: usize = 32;
+
+/// ggml: `GROUP_MAX_EPS`, below which a group's absolute maximum counts as zero.
+pub const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// ggml: `nearest_int`: round to nearest, ties to even, by adding 1.5·2^23 and reading the
+/// mantissa. Valid for |x| <= 4194303; outside that (ggml only asserts it in debug builds) the
+/// result is whatever the bits say, which is what we reproduce.
+#[inline(always)]
+pub fn nearest_int(fval: f32) -> i32 {
+    let val = fval + 12_582_912.0;
+    (val.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
+}
+
+/// C's `(int)f` as x86-64 compiles it (`cvttss2si`/`cvttps2dq`): truncation toward zero, and the
+/// "integer indefinite" `INT_MIN` for NaN and out-of-range values. Rust's `as` saturates and maps
+/// NaN to 0 instead, which would differ on degenerate blocks (e.g. a subnormal scale whose
+/// reciprocal is infinite). Narrower C casts (`(int8_t)f`, `(uint8_t)f`) are this conversion
+/// followed by keeping the low byte, which is what the vectorised and scalar code both do.
+#[inline(always)]
+pub fn c_float_to_int(f: f32) -> i32 {
+    if (-2_147_483_648.0..2_147_483_648.0).contains(&f) {
+        f as i32
+    } else {
+        i32::MIN
+    }
+}
+
+/// C's `MIN(a, b)` macro on floats: `a < b ? a : b`.
+#[inline(always)]
+pub fn c_min(a: f32, b: f32) -> f32 {
+    if a < b {
+        a
+    } else {
+        b
+    }
+}
+
+/// C's `MAX(a, b)` macro on floats: `a > b ? a : b`.
+#[inline(always)]
+pub fn c_max(a: f32, b: f32) -> f32 {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// ggml: `GGML_FP32_TO_FP16`.
+#[inline(always)]
+pub fn fp16(f: f32) -> u16 {
+    f32_to_f16_bits(f)
+}
+
+/// ggml: `GGML_FP16_TO_FP32`.
+#[inline(always)]
+pub fn fp32(h: u16) -> f32 {
+    f16_bits_to_f32(h)
+}
+
+/// The per-element weight of `make_qx_quants` when no importance weights are given.
+#[inline(always)]
+fn qx_weight(rmse_type: i32, x: f32) -> f32 {
+    match rmse_type {
+        1 => x * x,
+        2 => 1.0,
+        3 => x.abs(),
+        _ => x.abs().sqrt(),
+    }
+}
+
+/// ggml: `make_qx_quants`: symmetric quantization of `x` to `L[i] in 0..2*nmax` (stored with the
+/// `nmax` offset), returning the scale. With `rmse_type != 0` it searches 18 scales around
+/// `-nmax/max` for the weighted least-squares optimum; `qw` replaces the default weights.
+pub fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8], mut rmse_type: i32, qw: Option<&[f32]>) -> f32 {
+    let n = x.len();
+    assert!(n <= MAX_GROUP && l_out.len() >= n);
+    let mut max = 0f32;
+    let mut amax = 0f32;
+    for &xi in x {
+        let ax = xi.abs();
+        if ax > amax {
+            amax = ax;
+            max = xi;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l_out[..n].fill(0);
+        return 0.0;
+    }
+    let mut iscale = -(nmax as f32) / max;
+    if rmse_type == 0 {
+        for i in 0..n {
+            let l = nearest_int(iscale * x[i]);
+            l_out[i] = (nmax + (-nmax).max(l.min(nmax - 1))) as i8;
+        }
+        return 1.0 / iscale;
+    }
+    let mut return_early = false;
+    if rmse_type < 0 {
+        rmse_type = -rmse_type;
+        return_early = true;
+    }
+    // The weights once, on the stack (ggml recomputes them per candidate; the values are equal).
+    let mut weights = [0f32; MAX_GROUP];
+    let w = &mut weights[..n];
+    match qw {
+        Some(qw) => w.copy_from_slice(&qw[..n]),
+        None => w.iter_mut().zip(x).for_each(|(w, &xi)| *w = qx_weight(rmse_type, xi)),
+    }
+    let w = &weights[..n];
+    let mut sumlx = 0f32;
+    let mut suml2 = 0f32;
+    for i in 0..n {
+        let l = (-nmax).max(nearest_int(iscale * x[i]).min(nmax - 1));
+        l_out[i] = (l + nmax) as i8;
+        sumlx += w[i] * x[i] * l as f32;
+        suml2 += w[i] * l as f32 * l as f32;
+    }
+    // C: `suml2 ? a : b` is true for NaN as well, like `!= 0.0`.
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    if return_early {
+        return if suml2 > 0.0 { 0.5 * (scale + 1.0 / iscale) } else { 1.0 / iscale };
+    }
+    let mut best = scale * sumlx;
+    for is in -9..=9 {
+        if is == 0 {
+            continue;
+        }
+        iscale = -(nmax as f32 + 0.1 * is as f32) / max;
+        sumlx = 0.0;
+        suml2 = 0.0;
+        for (&wi, &xi) in w.iter().zip(x) {
+            let l = (-nmax).max(nearest_int(iscale * xi).min(nmax - 1)) as f32;
+            sumlx += wi * xi * l;
+            suml2 += wi * l * l;
+        }
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            for i in 0..n {
+                let l = nearest_int(iscale * x[i]);
+                l_out[i] = (nmax + (-nmax).max(l.min(nmax - 1))) as i8;
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// ggml: `make_q3_quants` (used by `quantize_row_q3_K_ref`): like `make_qx_quants` with x² weights,
+/// but refined by coordinate descent on each `L[i]` when `do_rmse`.
+pub fn make_q3_quants(nmax: i32, x: &[f32], l_out: &mut [i8], do_rmse: bool) -> f32 {
+    let n = x.len();
+    let mut max = 0f32;
+    let mut amax = 0f32;
+    for &xi in x {
+        let ax = xi.abs();
+        if ax > amax {
+            amax = ax;
+            max = xi;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l_out[..n].fill(0);
+        return 0.0;
+    }
+    let iscale = -(nmax as f32) / max;
+    if do_rmse {
+        let mut sumlx = 0f32;
+        let mut suml2 = 0f32;
+        for i in 0..n {
+            let l = (-nmax).max(nearest_int(iscale * x[i]).min(nmax - 1));
+            l_out[i] = l as i8;
+            let w = x[i] * x[i];
+            sumlx += w * x[i] * l as f32;
+            suml2 += w * l as f32 * l as f32;
+        }
+        for _ in 0..5 {
+            let mut n_changed = 0;
+            for i in 0..n {
+                let w = x[i] * x[i];
+                let li = l_out[i] as f32;
+                let mut slx = sumlx - w * x[i] * li;
+                if slx > 0.0 {
+                    let mut sl2 = suml2 - w * li * li;
+                    let new_l = (-nmax).max(nearest_int(x[i] * sl2 / slx).min(nmax - 1));
+                    if new_l != l_out[i] as i32 {
+                        slx += w * x[i] * new_l as f32;
+                        sl2 += w * new_l as f32 * new_l as f32;
+                        if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
+                            l_out[i] = new_l as i8;
+                            sumlx = slx;
+                            suml2 = sl2;
+                            n_changed += 1;
+                        }
+                    }
+                }
+            }
+            if n_changed == 0 {
+                break;
+            }
+        }
+        for l in &mut l_out[..n] {
+            *l = l.wrapping_add(nmax as i8);
+        }
+        return if suml2 > 0.0 { sumlx / suml2 } else { 0.0 };
+    }
+    for i in 0..n {
+        let l = (-nmax).max(nearest_int(iscale * x[i]).min(nmax - 1));
+        l_out[i] = (l + nmax) as i8;
+    }
+    1.0 / iscale
+}
+
+/// ggml: `make_qkx2_quants`: asymmetric quantization `x ≈ scale*L + min` with `L in 0..=nmax`,
+/// searching `nstep+1` scales for the weighted least-squares (or least-absolute, `use_mad`) fit.
+/// Returns the scale and stores `-min` in `the_min`. `laux` is scratch of `x.len()` entries.
+#[allow(clippy::too_many_arguments)]
+pub fn make_qkx2_quants(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    l_out: &mut [u8],
+    the_min: &mut f32,
+    laux: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> f32 {
+    let n = x.len();
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        l_out[..n].fill(0);
+        *the_min = -min;
+        return 0.0;
+    }
+    let mut iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_error = 0f32;
+    for i in 0..n {
+        let l = nearest_int(iscale * (x[i] - min));
+        l_out[i] = 0.max(nmax.min(l)) as u8;
+        let mut diff = scale * l_out[i] as f32 + min - x[i];
+        diff = if use_mad { diff.abs() } else { diff * diff };
+        best_error += weights[i] * diff;
+    }
+    if nstep < 1 {
+        *the_min = -min;
+        return scale;
+    }
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+        for i in 0..n {
+            let l = 0.max(nmax.min(nearest_int(iscale * (x[i] - min))));
+            laux[i] = l as u8;
+            let w = weights[i];
+            let lf = l as f32;
+            sum_l += w * lf;
+            sum_l2 += w * lf * lf;
+            sum_xl += w * lf * x[i];
+        }
+        let d = sum_w * sum_l2 - sum_l * sum_l;
+        if d > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut cur_error = 0f32;
+            for i in 0..n {
+                let mut diff = this_scale * laux[i] as f32 + this_min - x[i];
+                diff = if use_mad { diff.abs() } else { diff * diff };
+                cur_error += weights[i] * diff;
+            }
+            if cur_error < best_error {
+                l_out[..n].copy_from_slice(&laux[..n]);
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    *the_min = -min;
+    scale
+}
+
+/// ggml: `make_qkx3_quants`: `make_qkx2_quants` as used with importance weights (x² when `None`),
+/// with a guard for candidate scales that push `iscale*(x - min)` out of range.
+#[allow(clippy::too_many_arguments)]
+pub fn make_qkx3_quants(
+    nmax: i32,
+    x: &[f32],
+    weights: Option<&[f32]>,
+    l_out: &mut [u8],
+    the_min: &mut f32,
+    laux: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> f32 {
+    let n = x.len();
+    let weight = |i: usize| match weights {
+        Some(w) => w[i],
+        None => x[i] * x[i],
+    };
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weight(0);
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weight(i);
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max <= min {
+        l_out[..n].fill(0);
+        *the_min = -min;
+        return 0.0;
+    }
+    let mut iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_mad = 0f32;
+    for i in 0..n {
+        let l = nearest_int(iscale * (x[i] - min));
+        l_out[i] = 0.max(nmax.min(l)) as u8;
+        let mut diff = scale * l_out[i] as f32 + min - x[i];
+        diff = if use_mad { diff.abs() } else { diff * diff };
+        best_mad += weight(i) * diff;
+    }
+    if nstep < 1 {
+        *the_min = -min;
+        return scale;
+    }
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+        for i in 0..n {
+            // `min` is the best fit so far and can sit at or near `max`, so `v` can be inf, NaN or
+            // beyond `nearest_int`'s range: ggml clamps before rounding and maps NaN to 0.
+            let v = iscale * (x[i] - min);
+            let l = if v > 0.0 { nearest_int(c_min(v, nmax as f32)) } else { 0 };
+            laux[i] = l as u8;
+            let w = weight(i);
+            let lf = l as f32;
+            sum_l += w * lf;
+            sum_l2 += w * lf * lf;
+            sum_xl += w * lf * x[i];
+        }
+        let d = sum_w * sum_l2 - sum_l * sum_l;
+        if d > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut mad = 0f32;
+            for i in 0..n {
+                let mut diff = this_scale * laux[i] as f32 + this_min - x[i];
+                diff = if use_mad { diff.abs() } else { diff * diff };
+                mad += weight(i) * diff;
+            }
+            if mad < best_mad {
+                l_out[..n].copy_from_slice(&laux[..n]);
+                best_mad = mad;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    *the_min = -min;
+    scale
+}
+
+/// ggml: `make_qp_quants`: quantization of non-negative values (the sub-block scales and mins of
+/// the K-quants) to `L in 0..=nmax` with a single positive scale, weighted by `quant_weights`:
+/// a 9-point scale search followed by coordinate descent.
+///
+/// `L` is `uint8_t` in C while the candidates are `int`: a negative candidate (possible only for
+/// negative inputs) wraps when stored, and the wrapped value is what later iterations read. The
+/// `as u8` stores below keep that.
+pub fn make_qp_quants(nmax: i32, x: &[f32], l_out: &mut [u8], quant_weights: &[f32]) -> f32 {
+    let n = x.len();
+    let mut max = 0f32;
+    for &xi in x {
+        max = c_max(max, xi);
+    }
+    if max < GROUP_MAX_EPS {
+        l_out[..n].fill(0);
+        return 0.0;
+    }
+    let mut iscale = nmax as f32 / max;
+    for i in 0..n {
+        l_out[i] = nearest_int(iscale * x[i]) as u8;
+    }
+    let scale = 1.0 / iscale;
+    let mut best_mse = 0f32;
+    for i in 0..n {
+        let diff = x[i] - scale * l_out[i] as f32;
+        best_mse += quant_weights[i] * diff * diff;
+    }
+    for is in -4..=4 {
+        if is == 0 {
+            continue;
+        }
+        let iscale_is = (0.1 * is as f32 + nmax as f32) / max;
+        let scale_is = 1.0 / iscale_is;
+        let mut mse = 0f32;
+        for i in 0..n {
+            let l = nmax.min(nearest_int(iscale_is * x[i]));
+            let diff = x[i] - scale_is * l as f32;
+            mse += quant_weights[i] * diff * diff;
+        }
+        if mse < best_mse {
+            best_mse = mse;
+            iscale = iscale_is;
+        }
+    }
+    let mut sumlx = 0f32;
+    let mut suml2 = 0f32;
+    for i in 0..n {
+        let l = nmax.min(nearest_int(iscale * x[i]));
+        l_out[i] = l as u8;
+        let w = quant_weights[i];
+        sumlx += w * x[i] * l as f32;
+        suml2 += w * l as f32 * l as f32;
+    }
+    for _ in 0..5 {
+        let mut n_changed = 0;
+        for i in 0..n {
+            let w = quant_weights[i];
+            let li = l_out[i] as f32;
+            let mut slx = sumlx - w * x[i] * li;
+            let mut sl2 = suml2 - w * li * li;
+            if slx > 0.0 && sl2 > 0.0 {
+                let new_l = nmax.min(nearest_int(x[i] * sl2 / slx));
+                if new_l != l_out[i] as i32 {
+                    slx += w * x[i] * new_l as f32;
+                    sl2 += w * new_l as f32 * new_l as f32;
+                    if slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        l_out[i] = new_l as u8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        n_changed += 1;
+                    }
+                }
+            }
+        }
+        if n_changed == 0 {
+            break;
+        }
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+/// ggml: `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` from the 12-byte packed
+/// `scales` of a Q4_K/Q5_K block.
+#[inline(always)]
+pub fn get_scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}
+
+/// Sequential little-endian reader of a block's bytes, for `read_from` of the block structs.
+pub(crate) struct ByteReader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> ByteReader<'a> {
+    pub(crate) fn new(b: &'a [u8]) -> Self {
+        ByteReader { b, at: 0 }
+    }
+
+    pub(crate) fn u16(&mut self) -> u16 {
+        let v = u16::from_le_bytes([self.b[self.at], self.b[self.at + 1]]);
+        self.at += 2;
+        v
+    }
+
+    pub(crate) fn bytes<const N: usize>(&mut self) -> [u8; N] {
+        let v: [u8; N] = self.b[self.at..self.at + N].try_into().unwrap();
+        self.at += N;
+        v
+    }
+}
+
+/// Sequential little-endian writer of a block's bytes, for `write_to` of the block structs.
+pub(crate) struct ByteWriter<'a> {
+    b: &'a mut [u8],
+    at: usize,
+}
+
+impl<'a> ByteWriter<'a> {
+    pub(crate) fn new(b: &'a mut [u8]) -> Self {
+        ByteWriter { b, at: 0 }
+    }
+
+    pub(crate) fn u16(&mut self, v: u16) {
+        self.b[self.at..self.at + 2].copy_from_slice(&v.to_le_bytes());
+        self.at += 2;
+    }
+
+    pub(crate) fn bytes(&mut self, v: &[u8]) {
+        self.b[self.at..self.at + v.len()].copy_from_slice(v);
+        self.at += v.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_int_rounds_half_to_even() {
+        assert_eq!(nearest_int(0.5), 0);
+        assert_eq!(nearest_int(1.5), 2);
+        assert_eq!(nearest_int(2.5), 2);
+        assert_eq!(nearest_int(-0.5), 0);
+        assert_eq!(nearest_int(-1.5), -2);
+        assert_eq!(nearest_int(-3.7), -4);
+        assert_eq!(nearest_int(4_194_303.0), 4_194_303);
+    }
+
+    #[test]
+    fn c_float_to_int_is_x86_truncation() {
+        assert_eq!(c_float_to_int(-7.9), -7);
+        assert_eq!(c_float_to_int(f32::NAN), i32::MIN);
+        assert_eq!(c_float_to_int(f32::INFINITY), i32::MIN);
+        assert_eq!(c_float_to_int(-2_147_483_648.0), i32::MIN);
+        assert_eq!(c_float_to_int(3e9), i32::MIN);
+    }
+}
