@@ -29,6 +29,8 @@ pub struct Enforcement {
     pub memory: String,
     pub cpu_quota: String,
     pub affinity: String,
+    /// The cgroup directories made for the child (removed once it is gone).
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// How the child ended.
@@ -228,6 +230,7 @@ fn make_cgroup(caps: &Caps, enf: &mut Enforcement) -> Result<(Option<Cgroup>, bo
 pub fn run_capped(mut cmd: Command, caps: &Caps, timeout: Duration) -> Result<Outcome> {
     let mut enf = Enforcement::default();
     let (cgroup, use_rlimit) = make_cgroup(caps, &mut enf)?;
+    enf.cgroups = cgroup.as_ref().map(|c| c.paths().to_vec()).unwrap_or_default();
     let procs: Vec<std::ffi::CString> = cgroup
         .as_ref()
         .map(|c| c.procs_files().iter().map(|p| std::ffi::CString::new(p.to_string_lossy().as_bytes()).unwrap()).collect())
