@@ -20,6 +20,7 @@ pub mod engine;
 pub mod eval;
 pub mod gguf;
 pub mod inspect;
+pub mod prune;
 pub mod quant;
 pub mod report;
 pub mod source;

@@ -34,6 +34,77 @@ struct Cli {
     command: Command,
 }
 
+/// Pruning flags (shared by `convert` and `prune-plan`).
+#[derive(clap::Args, Clone, Debug)]
+struct PruneArgs {
+    /// Unstructured: fraction of each linear weight row to zero (0 < R < 1; 0 = no-op).
+    #[arg(long, value_name = "R", help_heading = "Pruning")]
+    sparsity: Option<f64>,
+    /// magnitude: |W|; wanda: |W|·‖X‖ (needs calibration).
+    #[arg(long, value_enum, default_value = "magnitude", help_heading = "Pruning")]
+    sparsity_method: microscale::prune::unstructured::SparsityMethod,
+    /// Semi-structured N:M: keep N of every M consecutive weights (e.g. 2:4).
+    #[arg(long, value_name = "N:M", help_heading = "Pruning")]
+    nm: Option<microscale::prune::unstructured::NM>,
+    /// Also sparsify token_embd and output (magnitude).
+    #[arg(long, help_heading = "Pruning")]
+    sparsity_all: bool,
+    /// Depth: remove this many blocks (or this fraction, e.g. 0.25), lowest Block Influence first.
+    #[arg(long, value_name = "N|R", help_heading = "Pruning")]
+    drop_layers: Option<microscale::prune::DropLayers>,
+    /// Depth: remove exactly these blocks (comma-separated indices).
+    #[arg(long, value_name = "I,J,...", value_delimiter = ',', help_heading = "Pruning")]
+    drop_layers_list: Option<Vec<usize>>,
+    /// Width: fraction of FFN channels to remove (activation-aware).
+    #[arg(long, value_name = "R", help_heading = "Pruning")]
+    prune_ffn: Option<f64>,
+    /// Width: fraction of attention heads to remove (LLaMA only; llama.cpp's GPT-2 graph cannot
+    /// run with fewer heads, so GPT-2 refuses this).
+    #[arg(long, value_name = "R", help_heading = "Pruning")]
+    prune_heads: Option<f64>,
+    /// With GQA: remove query heads evenly from every KV group, or whole KV groups.
+    #[arg(long, value_enum, default_value = "per-group", help_heading = "Pruning")]
+    heads_mode: microscale::prune::HeadsMode,
+    /// uniform: same width in every layer (keeps llama/gpt2); global: by score across layers,
+    /// written as llama.cpp's `deci` architecture when widths differ.
+    #[arg(long, value_enum, default_value = "uniform", help_heading = "Pruning")]
+    width_allocation: microscale::prune::Allocation,
+    /// Round kept widths to multiples of N (256 lets K-quants apply).
+    #[arg(long, default_value_t = 1, value_name = "N", help_heading = "Pruning")]
+    align: usize,
+    /// Calibration file (llama.cpp imatrix GGUF + block influences): reused when it exists,
+    /// written when it does not.
+    #[arg(long, value_name = "FILE", help_heading = "Pruning")]
+    calib: Option<PathBuf>,
+    /// Calibration text.
+    #[arg(long, value_name = "FILE", default_value = microscale::prune::calib::DEFAULT_CALIB_TEXT, help_heading = "Pruning")]
+    calib_text: PathBuf,
+    /// Calibration chunks of 512 tokens.
+    #[arg(long, default_value_t = 16, value_name = "N", help_heading = "Pruning")]
+    calib_chunks: usize,
+}
+
+impl PruneArgs {
+    fn spec(&self) -> microscale::prune::PruneSpec {
+        microscale::prune::PruneSpec {
+            sparsity: self.sparsity,
+            method: self.sparsity_method,
+            nm: self.nm,
+            sparsity_all: self.sparsity_all,
+            drop_layers: self.drop_layers.clone(),
+            drop_layers_list: self.drop_layers_list.clone(),
+            prune_ffn: self.prune_ffn,
+            prune_heads: self.prune_heads,
+            heads_mode: self.heads_mode,
+            allocation: self.width_allocation,
+            align: self.align,
+            calib: self.calib.clone(),
+            calib_text: self.calib_text.clone(),
+            calib_chunks: self.calib_chunks,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Convert a Hugging Face directory or a GGUF file to GGUF, quantizing in the same pass.
@@ -67,6 +138,30 @@ enum Command {
         /// Importance matrix (llama.cpp imatrix GGUF or legacy .dat) for the quantizers.
         #[arg(long)]
         imatrix: Option<PathBuf>,
+        #[command(flatten)]
+        prune: PruneArgs,
+        /// Print a JSON report (pruning statistics included) on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what pruning would remove, and the resulting shapes and size, without writing.
+    ///
+    /// Takes the same pruning flags as `convert`, and runs calibration when the request needs it
+    /// (save it with --calib FILE to reuse it in the conversion).
+    ///
+    /// Example: microscale prune-plan models/smollm2-135m --prune-ffn 0.5 --drop-layers 4 --outtype q4_k_m
+    #[command(verbatim_doc_comment)]
+    PrunePlan {
+        /// A Hugging Face model directory or a .gguf file.
+        src: PathBuf,
+        /// Output type (for the size estimate).
+        #[arg(long, value_enum, default_value = "f16")]
+        outtype: Scheme,
+        #[command(flatten)]
+        prune: PruneArgs,
+        /// Print JSON (kept blocks, channels and heads; every tensor's shape and type).
+        #[arg(long)]
+        json: bool,
     },
     /// Benchmark models under the caps of an edge device: threads, memory, CPU quota.
     ///
@@ -312,10 +407,32 @@ fn one_line(e: &anyhow::Error) -> String {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Convert { src, output, outtype, tensor_types, imatrix } => {
+        Command::Convert { src, output, outtype, tensor_types, imatrix, prune, json } => {
             let imatrix = imatrix.map(|p| Imatrix::load(&p)).transpose()?;
-            let opts = convert::ConvertOptions { scheme: outtype, tensor_types, imatrix, quiet: cli.quiet };
+            let opts = convert::ConvertOptions {
+                scheme: outtype,
+                tensor_types,
+                imatrix,
+                prune: prune.spec(),
+                threads: engine::default_threads(),
+                quiet: cli.quiet,
+            };
             let report = convert::convert(&src, &output, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if !report.sparsity.is_empty() && !cli.quiet {
+                println!("| tensor | type | requested | zeroed | zeros after quantization |\n| --- | --- | ---: | ---: | ---: |");
+                for s in &report.sparsity {
+                    println!(
+                        "| {} | {} | {:.2}% | {:.2}% | {:.2}% |",
+                        s.tensor,
+                        s.ggml_type,
+                        100.0 * s.requested,
+                        100.0 * s.achieved,
+                        100.0 * s.after_quantization
+                    );
+                }
+            }
             if !cli.quiet {
                 eprintln!(
                     "wrote {} ({} {}, {} tensors, {:.1}M params, {:.1} MiB)",
@@ -409,7 +526,10 @@ fn run(cli: Cli) -> Result<()> {
                 let mut notes: Vec<String> = rows.iter().flat_map(|r| r.warnings.clone()).collect();
                 notes.dedup();
                 for r in rows.iter().take(1) {
-                    notes.push(format!("memory cap: {}; CPU quota: {}; affinity: {}", r.enforcement.memory, r.enforcement.cpu_quota, r.enforcement.affinity));
+                    notes.push(format!(
+                        "memory cap: {}; CPU quota: {}; affinity: {}",
+                        r.enforcement.memory, r.enforcement.cpu_quota, r.enforcement.affinity
+                    ));
                 }
                 for n in notes {
                     println!("note: {n}");
@@ -442,6 +562,20 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", table(&out));
             }
+            Ok(())
+        }
+        Command::PrunePlan { src, outtype, prune, json } => {
+            let opts = convert::ConvertOptions {
+                prune: prune.spec(),
+                quiet: cli.quiet,
+                ..convert::ConvertOptions::new(outtype)
+            };
+            let before = convert::plan_only(&src, &convert::ConvertOptions::new(outtype))?;
+            let (meta, jobs, structure) = convert::plan_only(&src, &opts)?;
+            print!(
+                "{}",
+                microscale::prune::report::plan_text(&before.1, &meta, &jobs, structure.as_ref(), &opts.prune, json)?
+            );
             Ok(())
         }
         Command::StockQuantize { input, output, scheme, imatrix, tensor_types, allow_requantize, threads } => {

@@ -85,10 +85,14 @@ fn the_thread_count_reaches_the_child() {
 
 #[test]
 fn an_unknown_profile_is_a_clear_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_microscale")).args(["bench", "x.gguf", "--profile", "pi3"]).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_microscale")).args(["bench", "x.gguf", "--profile", "pi3"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown profile \"pi3\"") && err.contains("pi4-4gb") && err.contains("jetson-orin-nano-8gb"), "{err}");
+    assert!(
+        err.contains("unknown profile \"pi3\"") && err.contains("pi4-4gb") && err.contains("jetson-orin-nano-8gb"),
+        "{err}"
+    );
     let list = Command::new(env!("CARGO_BIN_EXE_microscale")).args(["bench", "--list-profiles"]).output().unwrap();
     let text = String::from_utf8_lossy(&list.stdout);
     for name in ["pi4-4gb", "pi5-8gb", "jetson-orin-nano-8gb", "phone-6gb", "host"] {

@@ -140,7 +140,7 @@ pub fn plan(ckpt: &HfCheckpoint) -> Result<ConversionPlan> {
         } else {
             (info.shape.clone(), Transform::Copy)
         };
-        tensors.push(PlannedTensor { name, source: src.to_string(), shape, transform });
+        tensors.push(PlannedTensor::new(name, src.to_string(), shape, transform));
     }
     Ok(ConversionPlan { arch: "gpt2", hparams: p.metadata(), tensors, vocab_size: p.vocab_size })
 }

@@ -155,7 +155,7 @@ pub fn plan(ckpt: &HfCheckpoint) -> Result<ConversionPlan> {
         } else {
             Transform::Copy
         };
-        tensors.push(PlannedTensor { name, source: src.to_string(), shape: info.shape.clone(), transform });
+        tensors.push(PlannedTensor::new(name, src.to_string(), info.shape.clone(), transform));
     }
     Ok(ConversionPlan { arch: "llama", hparams: p.metadata(), tensors, vocab_size: p.vocab_size })
 }

@@ -26,6 +26,37 @@ pub enum Transform {
     Transpose,
 }
 
+/// Rows and columns kept from a tensor (structured pruning), after its transform.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Selection {
+    /// Rows (2-D) or elements (1-D) kept, ascending; None = all.
+    pub rows: Option<Vec<usize>>,
+    /// Columns kept (2-D), ascending; None = all.
+    pub cols: Option<Vec<usize>>,
+    /// The shape selected from (row-major).
+    pub from_shape: Vec<usize>,
+}
+
+impl Selection {
+    pub fn apply(&self, data: &[f32]) -> Result<Vec<f32>> {
+        let ncols = if self.from_shape.len() == 2 { self.from_shape[1] } else { 1 };
+        let nrows = data.len() / ncols;
+        let rows: Vec<usize> = self.rows.clone().unwrap_or_else(|| (0..nrows).collect());
+        let mut out = Vec::with_capacity(rows.len() * self.cols.as_ref().map_or(ncols, |c| c.len()));
+        for &r in &rows {
+            if r >= nrows {
+                bail!("row {r} selected from a tensor of {nrows} rows");
+            }
+            let row = &data[r * ncols..(r + 1) * ncols];
+            match &self.cols {
+                Some(cols) => out.extend(cols.iter().map(|&c| row[c])),
+                None => out.extend_from_slice(row),
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// One output tensor.
 #[derive(Clone, Debug)]
 pub struct PlannedTensor {
@@ -36,9 +67,17 @@ pub struct PlannedTensor {
     /// Row-major output shape, outermost first (GGUF `ne` is this reversed).
     pub shape: Vec<usize>,
     pub transform: Transform,
+    /// Structured pruning's selection (None: the whole tensor).
+    pub select: Option<Selection>,
+    /// The tensor's GGUF name in the unpruned model (calibration and imatrix statistics are keyed by it).
+    pub stats_name: String,
 }
 
 impl PlannedTensor {
+    pub fn new(name: String, source: String, shape: Vec<usize>, transform: Transform) -> PlannedTensor {
+        PlannedTensor { stats_name: name.clone(), name, source, shape, transform, select: None }
+    }
+
     pub fn n_elements(&self) -> usize {
         self.shape.iter().product()
     }

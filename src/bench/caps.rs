@@ -71,7 +71,8 @@ impl Cgroup {
         if *version == 2 {
             count(&read("memory.events"), "oom_kill ") > 0
         } else {
-            count(&read("memory.oom_control"), "oom_kill ") > 0 || read("memory.failcnt").trim().parse::<u64>().unwrap_or(0) > 0
+            count(&read("memory.oom_control"), "oom_kill ") > 0
+                || read("memory.failcnt").trim().parse::<u64>().unwrap_or(0) > 0
         }
     }
 
@@ -233,7 +234,9 @@ pub fn run_capped(mut cmd: Command, caps: &Caps, timeout: Duration) -> Result<Ou
     enf.cgroups = cgroup.as_ref().map(|c| c.paths().to_vec()).unwrap_or_default();
     let procs: Vec<std::ffi::CString> = cgroup
         .as_ref()
-        .map(|c| c.procs_files().iter().map(|p| std::ffi::CString::new(p.to_string_lossy().as_bytes()).unwrap()).collect())
+        .map(|c| {
+            c.procs_files().iter().map(|p| std::ffi::CString::new(p.to_string_lossy().as_bytes()).unwrap()).collect()
+        })
         .unwrap_or_default();
     let cpus = caps.cpus.clone();
     enf.affinity = if cpus.is_empty() { "none".into() } else { format!("sched_setaffinity {cpus:?}") };
@@ -341,7 +344,9 @@ pub fn live_cgroups() -> Vec<PathBuf> {
     for controller in ["memory", "cpu"] {
         if let Some((parent, _)) = parent_for(controller) {
             if let Ok(entries) = fs::read_dir(&parent) {
-                out.extend(entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&mine)).map(|e| e.path()));
+                out.extend(
+                    entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&mine)).map(|e| e.path()),
+                );
             }
         }
     }

@@ -67,6 +67,7 @@ pub fn run_child(model_path: &Path, a: &ChildArgs) -> Result<ChildReport> {
         threads: a.threads,
         n_seq: 1,
         unified_kv: false,
+        f32_kv: false,
     })?;
     let n_vocab = wrapped.n_vocab() as i32;
     let bos = wrapped.add_bos().then(|| LlamaToken(wrapped.bos()));

@@ -27,7 +27,14 @@ pub struct BenchOptions {
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        BenchOptions { n_prompt: 512, n_gen: 128, reps: 3, mmap: false, timeout: Duration::from_secs(900), child_exe: None }
+        BenchOptions {
+            n_prompt: 512,
+            n_gen: 128,
+            reps: 3,
+            mmap: false,
+            timeout: Duration::from_secs(900),
+            child_exe: None,
+        }
     }
 }
 
@@ -44,7 +51,11 @@ impl MeanSd {
             return MeanSd::default();
         }
         let mean = v.iter().sum::<f64>() / v.len() as f64;
-        let sd = if v.len() > 1 { (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt() } else { 0.0 };
+        let sd = if v.len() > 1 {
+            (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
         MeanSd { mean, sd }
     }
 }
@@ -160,17 +171,21 @@ pub fn bench_model(model: &Path, profile: &Profile, opts: &BenchOptions) -> Resu
         }
         (_, _) if outcome.signal.is_some() => {
             let sig = outcome.signal.unwrap_or(0);
-            let why = if sig == libc::SIGKILL && profile.memory.is_some() { " (most likely the memory cap)" } else { "" };
+            let why =
+                if sig == libc::SIGKILL && profile.memory.is_some() { " (most likely the memory cap)" } else { "" };
             row.reason = Some(format!("does not fit in {cap}: killed by signal {sig}{why}"));
         }
         _ => {
-            let msg = outcome.stderr.lines().rev().find(|l| l.starts_with("error:")).unwrap_or("the child failed").to_string();
+            let msg = outcome
+                .stderr
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("error:"))
+                .unwrap_or("the child failed")
+                .to_string();
             let msg = msg.trim_start_matches("error: ");
-            row.reason = Some(if profile.memory.is_some() {
-                format!("does not fit in {cap}: {msg}")
-            } else {
-                msg.to_string()
-            });
+            row.reason =
+                Some(if profile.memory.is_some() { format!("does not fit in {cap}: {msg}") } else { msg.to_string() });
         }
     }
     Ok(row)

@@ -1,16 +1,20 @@
-//! The conversion pipeline: a Hugging Face directory or a GGUF file in, a GGUF file out.
+//! The conversion pipeline: a Hugging Face directory or a GGUF file in, a GGUF file out, pruned
+//! and quantized in the same pass.
 //!
 //! Streaming: tensors are planned up front (names, shapes, types: the whole header), then
-//! produced one at a time: read from the memory map, decoded to f32, transformed, encoded, appended
-//! to the output and released. Within a tensor the work runs in parallel (rayon); across tensors it
-//! is sequential, so memory holds one tensor's working set however large the model is.
+//! produced one at a time: read from the memory map, decoded to f32, transformed, pruned, encoded,
+//! appended to the output and released. Within a tensor the work runs in parallel (rayon); across
+//! tensors it is sequential, so memory holds one tensor's working set however large the model is.
 
 pub mod general;
 pub mod import;
+pub mod pruning;
 pub mod safetensors_writer;
 
 use crate::arch::{self, apply_transform, PlannedTensor, Transform};
 use crate::gguf::{meta_set, GgmlType, GgufFile, GgufValue, GgufWriter, Metadata, TensorHeader};
+use crate::prune::unstructured::prune_row;
+use crate::prune::PruneSpec;
 use crate::quant::imatrix::Imatrix;
 use crate::quant::mix::{assign_types, MixContext, Scheme, TensorTypeOverride};
 use crate::source::gguf::GgufSource;
@@ -19,6 +23,7 @@ use crate::tokenizer;
 use crate::util::atomic::refuse_overwrite;
 use crate::util::progress::Progress;
 use anyhow::{anyhow, bail, Context, Result};
+use pruning::{RowSparsity, SparsityStat};
 use std::path::Path;
 
 /// A float type for `import --dtype` (safetensors holds F32, F16 and BF16).
@@ -47,22 +52,36 @@ pub struct ConvertOptions {
     pub tensor_types: Vec<TensorTypeOverride>,
     /// Importance weights for the quantizers (`--imatrix`).
     pub imatrix: Option<Imatrix>,
+    /// Pruning, applied in the same pass (default: none).
+    pub prune: PruneSpec,
+    pub threads: usize,
     pub quiet: bool,
 }
 
 impl ConvertOptions {
     pub fn new(scheme: Scheme) -> ConvertOptions {
-        ConvertOptions { scheme, tensor_types: vec![], imatrix: None, quiet: true }
+        ConvertOptions {
+            scheme,
+            tensor_types: vec![],
+            imatrix: None,
+            prune: PruneSpec::default(),
+            threads: crate::engine::default_threads(),
+            quiet: true,
+        }
     }
 }
 
 /// What a conversion wrote.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct ConvertReport {
     pub arch: String,
     pub n_tensors: usize,
     pub n_params: u64,
     pub bytes: u64,
+    /// Per pruned tensor: requested and achieved sparsity, before and after quantization.
+    pub sparsity: Vec<SparsityStat>,
+    /// The structured plan, when blocks, channels or heads were removed.
+    pub structure: Option<crate::prune::structured::StructuredPlan>,
 }
 
 /// A model source as found on disk.
@@ -89,17 +108,19 @@ impl Source {
 }
 
 /// One output tensor: where its data comes from and how it is encoded.
-struct Job {
-    planned: PlannedTensor,
-    ty: GgmlType,
+pub struct Job {
+    pub planned: PlannedTensor,
+    pub ty: GgmlType,
     /// Importance weights for this tensor's columns, from the imatrix.
-    weights: Option<Vec<f32>>,
+    pub weights: Option<Vec<f32>>,
+    /// Unstructured pruning of its rows.
+    pub sparsity: Option<RowSparsity>,
 }
 
 pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
     refuse_overwrite(input, output)?;
     let source = Source::open(input)?;
-    let (metadata, jobs, arch): (Metadata, Vec<Job>, String) = match &source {
+    let (mut metadata, planned, arch) = match &source {
         Source::Hf(ckpt) => plan_from_hf(ckpt, opts)?,
         Source::Gguf(g) => plan_from_gguf(g, opts)?,
     };
@@ -107,15 +128,45 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
         Source::Hf(c) => c,
         Source::Gguf(g) => g,
     };
-    write_gguf(tensors, output, &metadata, &jobs, opts.quiet).map(|bytes| ConvertReport {
-        arch,
+    // Pruning is planned (and checked) completely before the output file exists.
+    let pruned = pruning::plan(input, output, tensors, &mut metadata, planned, opts)?;
+    let jobs = typed_jobs(pruned.planned, &metadata, opts, pruned.sparsity);
+    let (bytes, sparsity) = write_gguf(tensors, output, &metadata, &jobs, opts.quiet)?;
+    Ok(ConvertReport {
+        arch: crate::gguf::meta_get(&metadata, "general.architecture")
+            .and_then(|v| v.as_str())
+            .unwrap_or(&arch)
+            .to_string(),
         n_tensors: jobs.len(),
         n_params: jobs.iter().map(|j| j.planned.n_elements() as u64).sum(),
         bytes,
+        sparsity,
+        structure: pruned.structure,
     })
 }
 
-fn plan_from_hf(ckpt: &HfCheckpoint, opts: &ConvertOptions) -> Result<(Metadata, Vec<Job>, String)> {
+/// Plan a conversion without writing: metadata and every tensor's name, shape and type (for
+/// `prune-plan` and dry runs).
+pub fn plan_only(
+    input: &Path,
+    opts: &ConvertOptions,
+) -> Result<(Metadata, Vec<Job>, Option<crate::prune::structured::StructuredPlan>)> {
+    let source = Source::open(input)?;
+    let (mut metadata, planned, _) = match &source {
+        Source::Hf(ckpt) => plan_from_hf(ckpt, opts)?,
+        Source::Gguf(g) => plan_from_gguf(g, opts)?,
+    };
+    let tensors: &dyn TensorSource = match &source {
+        Source::Hf(c) => c,
+        Source::Gguf(g) => g,
+    };
+    let scratch = std::env::temp_dir().join(format!("microscale-plan-{}.gguf", crate::util::atomic::unique_suffix()));
+    let pruned = pruning::plan(input, &scratch, tensors, &mut metadata, planned, opts)?;
+    let jobs = typed_jobs(pruned.planned, &metadata, opts, pruned.sparsity);
+    Ok((metadata, jobs, pruned.structure))
+}
+
+fn plan_from_hf(ckpt: &HfCheckpoint, opts: &ConvertOptions) -> Result<(Metadata, Vec<PlannedTensor>, String)> {
     let plan = arch::plan_hf(ckpt)?;
     let vocab = tokenizer::hf::load(ckpt, plan.vocab_size, plan.arch)?;
     let mut meta = general::general_metadata(ckpt, plan.arch)?;
@@ -123,11 +174,10 @@ fn plan_from_hf(ckpt: &HfCheckpoint, opts: &ConvertOptions) -> Result<(Metadata,
     meta.push(("general.file_type".into(), GgufValue::U32(opts.scheme.file_type())));
     meta.extend(vocab.to_metadata());
     meta.push(("general.quantization_version".into(), GgufValue::U32(2)));
-    let jobs = typed_jobs(plan.tensors, &meta, plan.arch, opts);
-    Ok((meta, jobs, plan.arch.to_string()))
+    Ok((meta, plan.tensors, plan.arch.to_string()))
 }
 
-fn plan_from_gguf(g: &GgufSource, opts: &ConvertOptions) -> Result<(Metadata, Vec<Job>, String)> {
+fn plan_from_gguf(g: &GgufSource, opts: &ConvertOptions) -> Result<(Metadata, Vec<PlannedTensor>, String)> {
     let arch = g.file.architecture()?.to_string();
     let mut meta = g.file.metadata.clone();
     meta.retain(|(k, _)| k != "general.alignment");
@@ -136,24 +186,24 @@ fn plan_from_gguf(g: &GgufSource, opts: &ConvertOptions) -> Result<(Metadata, Ve
     let planned = g
         .tensors()
         .iter()
-        .map(|t| PlannedTensor {
-            name: t.name.clone(),
-            source: t.name.clone(),
-            shape: t.shape.clone(),
-            transform: Transform::Copy,
-        })
+        .map(|t| PlannedTensor::new(t.name.clone(), t.name.clone(), t.shape.clone(), Transform::Copy))
         .collect();
-    let jobs = typed_jobs(planned, &meta, &arch, opts);
-    Ok((meta, jobs, arch))
+    Ok((meta, planned, arch))
 }
 
 /// Give every planned tensor its type under the scheme, as llama-quantize would choose it.
-fn typed_jobs(planned: Vec<PlannedTensor>, meta: &Metadata, arch: &str, opts: &ConvertOptions) -> Vec<Job> {
+fn typed_jobs(
+    planned: Vec<PlannedTensor>,
+    meta: &Metadata,
+    opts: &ConvertOptions,
+    mut sparsity: std::collections::HashMap<String, RowSparsity>,
+) -> Vec<Job> {
+    let arch = crate::gguf::meta_get(meta, "general.architecture").and_then(|v| v.as_str()).unwrap_or("").to_string();
     let n_layer =
         crate::gguf::meta_get(meta, &format!("{arch}.block_count")).and_then(|v| v.as_u64()).unwrap_or(0) as usize;
     let ctx = MixContext {
         n_layer,
-        is_70b: arch == "llama" && n_layer == 80,
+        is_70b: (arch == "llama" || arch == "deci") && n_layer == 80,
         has_imatrix: opts.imatrix.is_some(),
         overrides: opts.tensor_types.clone(),
     };
@@ -163,17 +213,21 @@ fn typed_jobs(planned: Vec<PlannedTensor>, meta: &Metadata, arch: &str, opts: &C
         .into_iter()
         .zip(types)
         .map(|(planned, ty)| {
-            let weights = opts
-                .imatrix
-                .as_ref()
-                .and_then(|m| m.weights(&planned.name, planned.shape.last().copied().unwrap_or(1)));
-            Job { planned, ty, weights }
+            let weights = opts.imatrix.as_ref().and_then(|m| pruning::imatrix_weights(m, &planned));
+            let sparsity = sparsity.remove(&planned.name);
+            Job { planned, ty, weights, sparsity }
         })
         .collect()
 }
 
 /// Stream every job's tensor into a new GGUF file; returns the file's size.
-fn write_gguf(src: &dyn TensorSource, output: &Path, meta: &Metadata, jobs: &[Job], quiet: bool) -> Result<u64> {
+fn write_gguf(
+    src: &dyn TensorSource,
+    output: &Path,
+    meta: &Metadata,
+    jobs: &[Job],
+    quiet: bool,
+) -> Result<(u64, Vec<SparsityStat>)> {
     let headers = jobs
         .iter()
         .map(|j| TensorHeader { name: j.planned.name.clone(), ne: j.planned.ne(), ggml_type: j.ty })
@@ -181,27 +235,53 @@ fn write_gguf(src: &dyn TensorSource, output: &Path, meta: &Metadata, jobs: &[Jo
     let mut writer = GgufWriter::create(output, meta, headers)?;
     let total: u64 = jobs.iter().map(|j| j.planned.n_elements() as u64).sum();
     let progress = Progress::new(total, "converting", quiet);
+    let mut stats = Vec::new();
     for job in jobs {
         progress.set_message(&job.planned.name);
         writer.begin_tensor(&job.planned.name)?;
-        stream_tensor(src, job, &mut |bytes| writer.write_data(bytes))?;
+        let mut zeros_after = 0usize;
+        let counting = job.sparsity.is_some();
+        let zeroed = stream_tensor(src, job, &mut |bytes| {
+            if counting {
+                zeros_after += count_zeros(job.ty, bytes)?;
+            }
+            writer.write_data(bytes)
+        })?;
         writer.end_tensor()?;
+        if let Some(s) = &job.sparsity {
+            let total = job.planned.n_elements();
+            stats.push(SparsityStat {
+                tensor: job.planned.name.clone(),
+                ggml_type: job.ty.name().to_string(),
+                requested: s.ratio,
+                achieved: zeroed as f64 / total as f64,
+                after_quantization: zeros_after as f64 / total as f64,
+            });
+        }
         src.release(&job.planned.source);
         progress.inc(job.planned.n_elements() as u64);
     }
     progress.finish();
-    writer.finish().with_context(|| format!("writing {}", output.display()))
+    let bytes = writer.finish().with_context(|| format!("writing {}", output.display()))?;
+    Ok((bytes, stats))
+}
+
+/// Exact zeros in encoded data (what llama.cpp will multiply by).
+fn count_zeros(ty: GgmlType, bytes: &[u8]) -> Result<usize> {
+    Ok(crate::quant::dequantize(ty, bytes)?.iter().filter(|x| **x == 0.0).count())
 }
 
 /// Values decoded per piece when a tensor streams row block by row block (16 MiB of f32).
 const STREAM_ELEMS: usize = 1 << 22;
 
-/// Read, check, transform and encode one tensor, handing its bytes to `sink` in order.
+/// Read, check, transform, prune and encode one tensor, handing its bytes to `sink` in order;
+/// returns how many weights unstructured pruning zeroed.
 ///
 /// Tensors whose layout does not change stream in blocks of whole rows, so even a vocabulary-sized
-/// embedding never sits in memory as f32; a tensor already in the output type is copied straight
-/// from the map. Only re-laid-out tensors (Q/K permutation, transposition) are decoded whole.
-fn stream_tensor(src: &dyn TensorSource, job: &Job, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+/// embedding never sits in memory as f32; a tensor already in the output type with nothing to do
+/// is copied straight from the map. Re-laid-out tensors (Q/K permutation, transposition, structured
+/// selection) are decoded whole.
+fn stream_tensor(src: &dyn TensorSource, job: &Job, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<usize> {
     let p = &job.planned;
     let info = src.tensor(&p.source).ok_or_else(|| anyhow!("missing tensor {:?}", p.source))?;
     let raw = src.raw(&p.source)?;
@@ -218,26 +298,41 @@ fn stream_tensor(src: &dyn TensorSource, job: &Job, sink: &mut dyn FnMut(&[u8]) 
             None => Ok(()),
         }
     };
-    if p.transform == Transform::Copy {
+    let mut zeroed = 0;
+    if p.transform == Transform::Copy && p.select.is_none() {
         let src_row_bytes = info.dtype.row_bytes(row_len)?;
         let rows_per_piece = (STREAM_ELEMS / row_len).max(1);
         for (i, piece) in raw.chunks(rows_per_piece * src_row_bytes).enumerate() {
             let mut data = vec![0f32; piece.len() / src_row_bytes * row_len];
             crate::quant::dequantize_into(info.dtype, piece, &mut data)?;
             check(&data, i * rows_per_piece * row_len)?;
-            if info.dtype == job.ty {
+            if info.dtype == job.ty && job.sparsity.is_none() {
                 sink(piece)?; // bit-exact pass-through, after the finiteness check
             } else {
+                zeroed += sparsify(job, &mut data, row_len);
                 sink(&encode(job, &data, row_len)?)?;
             }
             src.release_part(&p.source, piece);
         }
-        return Ok(());
+        return Ok(zeroed);
     }
     let data = src.read_f32(&p.source)?;
     check(&data, 0)?;
     let data = apply_transform(p.transform, data, &info.shape)?;
-    sink(&encode(job, &data, row_len)?)
+    let mut data = match &p.select {
+        Some(sel) => sel.apply(&data)?,
+        None => data,
+    };
+    zeroed += sparsify(job, &mut data, row_len);
+    sink(&encode(job, &data, row_len)?)?;
+    Ok(zeroed)
+}
+
+/// Unstructured pruning of every row, in parallel.
+fn sparsify(job: &Job, data: &mut [f32], row_len: usize) -> usize {
+    use rayon::prelude::*;
+    let Some(s) = &job.sparsity else { return 0 };
+    data.par_chunks_mut(row_len).map(|row| prune_row(row, s.ratio, s.nm, s.norms.as_deref())).sum()
 }
 
 fn encode(job: &Job, data: &[f32], row_len: usize) -> Result<Vec<u8>> {

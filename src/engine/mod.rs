@@ -5,6 +5,7 @@
 //! microscale's own output stays readable.
 
 pub mod quantize;
+pub mod raw;
 
 use anyhow::{anyhow, bail, Context, Result};
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -88,13 +89,28 @@ impl Model {
 
     /// A context of `n_ctx` tokens, `n_batch` tokens per decode, on `threads` threads.
     pub fn session(&self, n_ctx: usize, n_batch: usize, threads: usize) -> Result<Session<'_>> {
-        self.session_with(&SessionOptions { n_ctx, n_batch, threads, n_seq: 1, unified_kv: false })
+        self.session_with(&SessionOptions { n_ctx, n_batch, threads, n_seq: 1, unified_kv: false, f32_kv: false })
+    }
+
+    /// A single-sequence context at full precision (F32 KV cache, no flash attention), for
+    /// comparing logits with a reference implementation.
+    pub fn session_f32(&self, n_ctx: usize, threads: usize) -> Result<Session<'_>> {
+        self.session_with(&SessionOptions { n_ctx, n_batch: n_ctx, threads, n_seq: 1, unified_kv: false, f32_kv: true })
     }
 
     /// A context for several sequences at once (`n_seq`); `unified_kv` lets sequences share cells,
     /// which a prefix shared by several sequences (multiple-choice scoring) needs.
     pub fn session_with(&self, o: &SessionOptions) -> Result<Session<'_>> {
         let backend = init(false);
+        // Learned absolute positions (GPT-2) end at the training context: llama.cpp would abort.
+        let per_seq = if o.unified_kv { o.n_ctx } else { o.n_ctx / o.n_seq.max(1) };
+        if self.meta("general.architecture").as_deref() == Some("gpt2") && per_seq > self.inner.n_ctx_train() as usize {
+            bail!(
+                "{}: GPT-2 has learned positions for {} tokens; use a context of at most that (--ctx-size)",
+                self.path.display(),
+                self.inner.n_ctx_train()
+            );
+        }
         let (n_ctx, n_batch, threads) = (o.n_ctx, o.n_batch, o.threads);
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx as u32))
@@ -104,6 +120,15 @@ impl Model {
             .with_kv_unified(o.unified_kv)
             .with_n_threads(threads as i32)
             .with_n_threads_batch(threads as i32);
+        let params = if o.f32_kv {
+            // F32 cache, and no flash attention (its CPU kernel rounds Q·K through F16).
+            params
+                .with_type_k(llama_cpp_2::context::params::KvCacheType::F32)
+                .with_type_v(llama_cpp_2::context::params::KvCacheType::F32)
+                .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        } else {
+            params
+        };
         let ctx = self.inner.new_context(backend, params).map_err(|e| {
             anyhow!("{}: cannot create a llama.cpp context of {n_ctx} tokens: {e}", self.path.display())
         })?;
@@ -119,6 +144,8 @@ pub struct SessionOptions {
     pub threads: usize,
     pub n_seq: usize,
     pub unified_kv: bool,
+    /// Full precision: F32 keys and values in the KV cache, flash attention off.
+    pub f32_kv: bool,
 }
 
 /// One token of a hand-built batch: its position, the sequences it belongs to, and whether its

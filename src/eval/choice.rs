@@ -105,6 +105,7 @@ pub fn score_items(
         threads: opts.threads,
         n_seq: opts.max_seqs,
         unified_kv: true,
+        f32_kv: false,
     })?;
     let n_vocab = session.n_vocab();
     let progress = Progress::new(items.len() as u64, what, quiet);

@@ -91,6 +91,7 @@ impl<'m> WindowLogits<'m> {
             threads,
             n_seq,
             unified_kv: false,
+            f32_kv: false,
         })?;
         Ok(WindowLogits { session, n_ctx, n_seq })
     }

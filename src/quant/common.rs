@@ -40,6 +40,34 @@ pub fn c_float_to_int(f: f32) -> i32 {
     }
 }
 
+/// [`c_float_to_int`] on eight values at once: x86-64's packed `cvttps2dq` has exactly the C
+/// semantics (truncation, `INT_MIN` for NaN and out-of-range values).
+#[inline(always)]
+pub fn c_float_to_int_x8(v: &[f32; 8]) -> [i32; 8] {
+    let mut out = [0i32; 8];
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+    // SAFETY: AVX is enabled at compile time; loads and stores are unaligned and in bounds.
+    unsafe {
+        use std::arch::x86_64::*;
+        let r = _mm256_cvttps_epi32(_mm256_loadu_ps(v.as_ptr()));
+        _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, r);
+    }
+    #[cfg(all(target_arch = "x86_64", not(target_feature = "avx")))]
+    // SAFETY: SSE2 is part of x86-64; loads and stores are unaligned and in bounds.
+    unsafe {
+        use std::arch::x86_64::*;
+        for h in 0..2 {
+            let r = _mm_cvttps_epi32(_mm_loadu_ps(v.as_ptr().add(4 * h)));
+            _mm_storeu_si128(out.as_mut_ptr().add(4 * h) as *mut __m128i, r);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for k in 0..8 {
+        out[k] = c_float_to_int(v[k]);
+    }
+    out
+}
+
 /// C's `MIN(a, b)` macro on floats: `a < b ? a : b`.
 #[inline(always)]
 pub fn c_min(a: f32, b: f32) -> f32 {
@@ -123,42 +151,56 @@ pub fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8], mut rmse_type: i32
         None => w.iter_mut().zip(x).for_each(|(w, &xi)| *w = qx_weight(rmse_type, xi)),
     }
     let w = &weights[..n];
-    let mut sumlx = 0f32;
-    let mut suml2 = 0f32;
-    for i in 0..n {
-        let l = (-nmax).max(nearest_int(iscale * x[i]).min(nmax - 1));
-        l_out[i] = (l + nmax) as i8;
-        sumlx += w[i] * x[i] * l as f32;
-        suml2 += w[i] * l as f32 * l as f32;
+    // Every candidate scale (the first `iscale` and the 18 steps around it) depends only on `max`,
+    // so all 19 sums are accumulated side by side, one lane each: every lane adds its terms in the
+    // C order, so each sum is bit-identical to ggml's, and the choice below runs in ggml's order.
+    let mut iscales = [-(nmax as f32) / max; QX_LANES];
+    for (k, is) in (-9..=9).filter(|&is| is != 0).enumerate() {
+        iscales[k + 1] = -(nmax as f32 + 0.1 * is as f32) / max;
     }
+    let (sumlx, suml2) = qx_candidate_sums(nmax, x, w, &iscales);
     // C: `suml2 ? a : b` is true for NaN as well, like `!= 0.0`.
-    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut scale = if suml2[0] != 0.0 { sumlx[0] / suml2[0] } else { 0.0 };
+    let mut chosen = 0;
     if return_early {
-        return if suml2 > 0.0 { 0.5 * (scale + 1.0 / iscale) } else { 1.0 / iscale };
-    }
-    let mut best = scale * sumlx;
-    for is in -9..=9 {
-        if is == 0 {
-            continue;
-        }
-        iscale = -(nmax as f32 + 0.1 * is as f32) / max;
-        sumlx = 0.0;
-        suml2 = 0.0;
-        for (&wi, &xi) in w.iter().zip(x) {
-            let l = (-nmax).max(nearest_int(iscale * xi).min(nmax - 1)) as f32;
-            sumlx += wi * xi * l;
-            suml2 += wi * l * l;
-        }
-        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            for i in 0..n {
-                let l = nearest_int(iscale * x[i]);
-                l_out[i] = (nmax + (-nmax).max(l.min(nmax - 1))) as i8;
+        scale = if suml2[0] > 0.0 { 0.5 * (scale + 1.0 / iscale) } else { 1.0 / iscale };
+    } else {
+        let mut best = scale * sumlx[0];
+        for k in 1..QX_CANDIDATES {
+            if suml2[k] > 0.0 && sumlx[k] * sumlx[k] > best * suml2[k] {
+                scale = sumlx[k] / suml2[k];
+                best = scale * sumlx[k];
+                chosen = k;
             }
-            scale = sumlx / suml2;
-            best = scale * sumlx;
         }
+    }
+    iscale = iscales[chosen];
+    for i in 0..n {
+        let l = nearest_int(iscale * x[i]);
+        l_out[i] = (nmax + (-nmax).max(l.min(nmax - 1))) as i8;
     }
     scale
+}
+
+/// The first pass and the 18 scale steps of `make_qx_quants`.
+const QX_CANDIDATES: usize = 19;
+/// Lanes of the candidate sums: `QX_CANDIDATES` rounded up to whole vectors.
+const QX_LANES: usize = 24;
+
+/// `make_qx_quants`' sums `Σ w·x·l` and `Σ w·l·l` for every candidate `iscale`, each lane in C order.
+#[inline(always)]
+fn qx_candidate_sums(nmax: i32, x: &[f32], w: &[f32], iscales: &[f32; QX_LANES]) -> ([f32; QX_LANES], [f32; QX_LANES]) {
+    let mut sumlx = [0f32; QX_LANES];
+    let mut suml2 = [0f32; QX_LANES];
+    for (&xi, &wi) in x.iter().zip(w) {
+        let wx = wi * xi;
+        for k in 0..QX_LANES {
+            let l = (-nmax).max(nearest_int(iscales[k] * xi).min(nmax - 1)) as f32;
+            sumlx[k] += wx * l;
+            suml2[k] += wi * l * l;
+        }
+    }
+    (sumlx, suml2)
 }
 
 /// ggml: `make_q3_quants` (used by `quantize_row_q3_K_ref`): like `make_qx_quants` with x² weights,
@@ -266,8 +308,8 @@ pub fn make_qkx2_quants(
         *the_min = -min;
         return 0.0;
     }
-    let mut iscale = nmax as f32 / (max - min);
-    let mut scale = 1.0 / iscale;
+    let iscale = nmax as f32 / (max - min);
+    let scale = 1.0 / iscale;
     let mut best_error = 0f32;
     for i in 0..n {
         let l = nearest_int(iscale * (x[i] - min));
@@ -280,40 +322,30 @@ pub fn make_qkx2_quants(
         *the_min = -min;
         return scale;
     }
-    for is in 0..=nstep {
-        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
-        for i in 0..n {
-            let l = 0.max(nmax.min(nearest_int(iscale * (x[i] - min))));
-            laux[i] = l as u8;
-            let w = weights[i];
-            let lf = l as f32;
-            sum_l += w * lf;
-            sum_l2 += w * lf * lf;
-            sum_xl += w * lf * x[i];
-        }
-        let d = sum_w * sum_l2 - sum_l * sum_l;
-        if d > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
-            }
-            let mut cur_error = 0f32;
-            for i in 0..n {
-                let mut diff = this_scale * laux[i] as f32 + this_min - x[i];
-                diff = if use_mad { diff.abs() } else { diff * diff };
-                cur_error += weights[i] * diff;
-            }
-            if cur_error < best_error {
-                l_out[..n].copy_from_slice(&laux[..n]);
-                best_error = cur_error;
-                scale = this_scale;
-                min = this_min;
-            }
-        }
-    }
+    let _ = laux;
+    let (scale, min) = if use_mad {
+        qkx_search::<false, true>(
+            nmax,
+            &x[..n],
+            &weights[..n],
+            &mut l_out[..n],
+            QkxState { min, max, sum_w, sum_x, best_error, scale },
+            rmin,
+            rdelta,
+            nstep,
+        )
+    } else {
+        qkx_search::<false, false>(
+            nmax,
+            &x[..n],
+            &weights[..n],
+            &mut l_out[..n],
+            QkxState { min, max, sum_w, sum_x, best_error, scale },
+            rmin,
+            rdelta,
+            nstep,
+        )
+    };
     *the_min = -min;
     scale
 }
@@ -361,8 +393,8 @@ pub fn make_qkx3_quants(
         *the_min = -min;
         return 0.0;
     }
-    let mut iscale = nmax as f32 / (max - min);
-    let mut scale = 1.0 / iscale;
+    let iscale = nmax as f32 / (max - min);
+    let scale = 1.0 / iscale;
     let mut best_mad = 0f32;
     for i in 0..n {
         let l = nearest_int(iscale * (x[i] - min));
@@ -375,45 +407,145 @@ pub fn make_qkx3_quants(
         *the_min = -min;
         return scale;
     }
-    for is in 0..=nstep {
-        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
-        for i in 0..n {
-            // `min` is the best fit so far and can sit at or near `max`, so `v` can be inf, NaN or
-            // beyond `nearest_int`'s range: ggml clamps before rounding and maps NaN to 0.
-            let v = iscale * (x[i] - min);
-            let l = if v > 0.0 { nearest_int(c_min(v, nmax as f32)) } else { 0 };
-            laux[i] = l as u8;
-            let w = weight(i);
-            let lf = l as f32;
-            sum_l += w * lf;
-            sum_l2 += w * lf * lf;
-            sum_xl += w * lf * x[i];
-        }
-        let d = sum_w * sum_l2 - sum_l * sum_l;
-        if d > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
-            }
-            let mut mad = 0f32;
-            for i in 0..n {
-                let mut diff = this_scale * laux[i] as f32 + this_min - x[i];
-                diff = if use_mad { diff.abs() } else { diff * diff };
-                mad += weight(i) * diff;
-            }
-            if mad < best_mad {
-                l_out[..n].copy_from_slice(&laux[..n]);
-                best_mad = mad;
-                scale = this_scale;
-                min = this_min;
-            }
-        }
+    let _ = laux;
+    let mut w = [0f32; MAX_GROUP];
+    for i in 0..n {
+        w[i] = weight(i);
     }
+    let (scale, min) = if use_mad {
+        qkx_search::<true, true>(
+            nmax,
+            &x[..n],
+            &w[..n],
+            &mut l_out[..n],
+            QkxState { min, max, sum_w, sum_x, best_error: best_mad, scale },
+            rmin,
+            rdelta,
+            nstep,
+        )
+    } else {
+        qkx_search::<true, false>(
+            nmax,
+            &x[..n],
+            &w[..n],
+            &mut l_out[..n],
+            QkxState { min, max, sum_w, sum_x, best_error: best_mad, scale },
+            rmin,
+            rdelta,
+            nstep,
+        )
+    };
     *the_min = -min;
     scale
+}
+
+/// The state of `make_qkx2_quants`/`make_qkx3_quants` when their scale search starts.
+struct QkxState {
+    min: f32,
+    max: f32,
+    sum_w: f32,
+    sum_x: f32,
+    best_error: f32,
+    scale: f32,
+}
+
+/// Candidates evaluated side by side in [`qkx_search`].
+const QKX_LANES: usize = 16;
+
+/// The scale search of `make_qkx2_quants` (`X3 = false`) and `make_qkx3_quants` (`X3 = true`).
+///
+/// ggml tries `nstep + 1` scales in turn; a candidate that lowers the error replaces `min`, and
+/// the following candidates start from it. Here up to sixteen candidates are evaluated at once, one
+/// per lane, from the current `min` (each lane's sums in C order, so bit-identical to ggml's),
+/// then accepted or rejected in ggml's order; after an accepted candidate that changed `min` the
+/// later lanes are stale, and the search resumes right after it.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn qkx_search<const X3: bool, const MAD: bool>(
+    nmax: i32,
+    x: &[f32],
+    w: &[f32],
+    l_out: &mut [u8],
+    st: QkxState,
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> (f32, f32) {
+    let QkxState { mut min, max, sum_w, sum_x, best_error: mut best, mut scale } = st;
+    let n = x.len();
+    let w = &w[..n];
+    let nmaxf = nmax as f32;
+    let mut lbuf = [[0f32; QKX_LANES]; MAX_GROUP];
+    let mut next = 0;
+    while next <= nstep {
+        let mut iscales = [0f32; QKX_LANES];
+        for k in 0..QKX_LANES {
+            let is = next + k as i32;
+            iscales[k] = (rmin + rdelta * is as f32 + nmaxf) / (max - min);
+        }
+        let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; QKX_LANES], [0f32; QKX_LANES], [0f32; QKX_LANES]);
+        for i in 0..n {
+            let (xi, wi) = (x[i], w[i]);
+            let xm = xi - min;
+            let lb = &mut lbuf[i];
+            for k in 0..QKX_LANES {
+                let v = iscales[k] * xm;
+                let l = if X3 {
+                    // `min` is the best fit so far and can sit at or near `max`, so `v` can be inf,
+                    // NaN or beyond `nearest_int`'s range: ggml clamps before rounding, NaN to 0.
+                    // (Branch-free: the rounding of a NaN or negative `v` is computed, then masked.)
+                    nearest_int(c_min(v, nmaxf)) & -((v > 0.0) as i32)
+                } else {
+                    0.max(nmax.min(nearest_int(v)))
+                };
+                let lf = l as f32;
+                lb[k] = lf;
+                sum_l[k] += wi * lf;
+                sum_l2[k] += wi * lf * lf;
+                sum_xl[k] += wi * lf * xi;
+            }
+        }
+        let mut d = [0f32; QKX_LANES];
+        let mut this_scale = [0f32; QKX_LANES];
+        let mut this_min = [0f32; QKX_LANES];
+        for k in 0..QKX_LANES {
+            d[k] = sum_w * sum_l2[k] - sum_l[k] * sum_l[k];
+            let sc = (sum_w * sum_xl[k] - sum_x * sum_l[k]) / d[k];
+            let mn = (sum_l2[k] * sum_x - sum_l[k] * sum_xl[k]) / d[k];
+            let clamp = mn > 0.0;
+            this_min[k] = if clamp { 0.0 } else { mn };
+            this_scale[k] = if clamp { sum_xl[k] / sum_l2[k] } else { sc };
+        }
+        let mut err = [0f32; QKX_LANES];
+        for i in 0..n {
+            let (xi, wi) = (x[i], w[i]);
+            let lb = &lbuf[i];
+            for k in 0..QKX_LANES {
+                let diff = this_scale[k] * lb[k] + this_min[k] - xi;
+                let diff = if MAD { diff.abs() } else { diff * diff };
+                err[k] += wi * diff;
+            }
+        }
+        let lanes = ((nstep - next + 1) as usize).min(QKX_LANES);
+        let mut resume = next + lanes as i32;
+        for k in 0..lanes {
+            if d[k] > 0.0 && err[k] < best {
+                for i in 0..n {
+                    l_out[i] = lbuf[i][k] as u8;
+                }
+                best = err[k];
+                scale = this_scale[k];
+                let moved = this_min[k].to_bits() != min.to_bits();
+                min = this_min[k];
+                if moved {
+                    resume = next + k as i32 + 1;
+                    break;
+                }
+            }
+        }
+        next = resume;
+    }
+    (scale, min)
 }
 
 /// ggml: `make_qp_quants`: quantization of non-negative values (the sub-block scales and mins of

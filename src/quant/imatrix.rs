@@ -24,6 +24,8 @@ pub struct Imatrix {
     pub datasets: Vec<String>,
     pub chunk_count: u32,
     pub chunk_size: u32,
+    /// Keys beyond llama.cpp's (microscale keeps its calibration results here).
+    pub extra: Metadata,
 }
 
 impl Imatrix {
@@ -56,6 +58,8 @@ impl Imatrix {
             ("imatrix.chunk_count".into(), GgufValue::U32(self.chunk_count)),
             ("imatrix.chunk_size".into(), GgufValue::U32(self.chunk_size)),
         ];
+        let mut meta = meta;
+        meta.extend(self.extra.iter().cloned());
         let mut headers = Vec::new();
         for (name, e) in &self.entries {
             let n_mat = e.counts.len() as u64;
@@ -90,6 +94,7 @@ fn load_gguf(path: &Path) -> Result<Imatrix> {
             .unwrap_or_default(),
         chunk_count: f.get_u64("imatrix.chunk_count").unwrap_or(0) as u32,
         chunk_size: f.get_u64("imatrix.chunk_size").unwrap_or(0) as u32,
+        extra: f.metadata.iter().filter(|(k, _)| k.starts_with("microscale.")).cloned().collect(),
         ..Default::default()
     };
     if f.get("imatrix.datasets").is_none()

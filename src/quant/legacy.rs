@@ -8,7 +8,7 @@
 // Index loops are kept where ggml has them, so the port reads side by side with the C.
 #![allow(clippy::needless_range_loop)]
 
-use super::common::{c_float_to_int, c_max, fp16, make_qkx3_quants, make_qx_quants, ByteWriter};
+use super::common::{c_float_to_int, c_float_to_int_x8, c_max, fp16, make_qkx3_quants, make_qx_quants, ByteWriter};
 use super::float::f16_bits_to_f32;
 
 pub const QK: usize = 32;
@@ -173,42 +173,164 @@ pub fn dequantize_q8_0(block: &[u8], y: &mut [f32]) {
 // Quantization
 // ---------------------------------------------------------------------------------------------
 
-/// C's `(int8_t)f` as x86-64 compiles it (see [`c_float_to_int`]), widened back to `int` as the
-/// surrounding `MIN(15, ...)` sees it.
-#[inline(always)]
-fn c_float_to_i8(f: f32) -> i32 {
-    c_float_to_int(f) as i8 as i32
-}
-
 /// The signed value of largest magnitude (ggml keeps the first one on ties), for the symmetric
 /// formats whose scale is `max / -nmax`.
+///
+/// ggml scans `if (amax < fabsf(v)) { amax = fabsf(v); max = v; }`: NaNs never win, and the value
+/// kept is the first whose magnitude equals the final `amax` (or the initial 0.0 when no element
+/// beats 0). The magnitude is reduced in eight lanes (a maximum is order independent), then the
+/// first element reaching it is picked.
 #[inline(always)]
-fn signed_absmax(x: &[f32]) -> f32 {
-    let mut amax = 0f32;
-    let mut max = 0f32;
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
-        }
+fn signed_absmax(x: &[f32; QK]) -> f32 {
+    let amax = absmax_value(x);
+    if amax == 0.0 {
+        return 0.0;
     }
-    max
+    x[first_abs_equal(x, amax)]
+}
+
+/// `max(|x|)` as ggml's `amax < fabsf(v)` scan finds it (NaNs skipped, starting from 0).
+#[inline(always)]
+fn absmax_value(x: &[f32; QK]) -> f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+    // SAFETY: AVX is enabled at compile time; the loads are unaligned and in bounds.
+    unsafe {
+        use std::arch::x86_64::*;
+        let sign = _mm256_set1_ps(-0.0);
+        // `_mm256_max_ps(v, m)` is `v > m ? v : m`: a NaN `v` keeps `m`, as the C comparison does.
+        let mut m = _mm256_setzero_ps();
+        for k in 0..4 {
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x.as_ptr().add(8 * k))), m);
+        }
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+        _mm_cvtss_f32(m)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx")))]
+    x.iter().fold(0f32, |m, v| if m < v.abs() { v.abs() } else { m })
+}
+
+/// The index of the first element with `|x| == a` (one exists).
+#[inline(always)]
+fn first_abs_equal(x: &[f32; QK], a: f32) -> usize {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+    // SAFETY: AVX is enabled at compile time; the loads are unaligned and in bounds.
+    unsafe {
+        use std::arch::x86_64::*;
+        let sign = _mm256_set1_ps(-0.0);
+        let av = _mm256_set1_ps(a);
+        let mut mask = 0u32;
+        for k in 0..4 {
+            let v = _mm256_andnot_ps(sign, _mm256_loadu_ps(x.as_ptr().add(8 * k)));
+            mask |= (_mm256_movemask_ps(_mm256_cmp_ps(v, av, _CMP_EQ_OQ)) as u32) << (8 * k);
+        }
+        mask.trailing_zeros() as usize
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx")))]
+    x.iter().position(|v| v.abs() == a).unwrap()
 }
 
 /// The block's minimum and maximum, starting from `FLT_MAX`/`-FLT_MAX` as ggml does.
+///
+/// ggml's `if (v < min) min = v;` skips NaNs and keeps the first of equal values, which matters
+/// only for signed zeros: the extrema are reduced in lanes (order independent otherwise), and a
+/// zero result is replaced by the first zero of the block, as the sequential scan keeps.
 #[inline(always)]
-fn min_max(x: &[f32]) -> (f32, f32) {
-    let mut min = f32::MAX;
-    let mut max = -f32::MAX;
-    for &v in x {
-        if v < min {
-            min = v;
+fn min_max(x: &[f32; QK]) -> (f32, f32) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+    // SAFETY: AVX is enabled at compile time; the loads are unaligned and in bounds.
+    let (mut min, mut max) = unsafe {
+        use std::arch::x86_64::*;
+        // `_mm256_min_ps(v, m)` is `v < m ? v : m` (NaN `v` keeps `m`); likewise for max.
+        let mut mn = _mm256_set1_ps(f32::MAX);
+        let mut mx = _mm256_set1_ps(-f32::MAX);
+        for k in 0..4 {
+            let v = _mm256_loadu_ps(x.as_ptr().add(8 * k));
+            mn = _mm256_min_ps(v, mn);
+            mx = _mm256_max_ps(v, mx);
         }
-        if v > max {
-            max = v;
-        }
+        let mn = _mm_min_ps(_mm256_castps256_ps128(mn), _mm256_extractf128_ps(mn, 1));
+        let mn = _mm_min_ps(mn, _mm_movehl_ps(mn, mn));
+        let mn = _mm_min_ss(mn, _mm_shuffle_ps(mn, mn, 1));
+        let mx = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        let mx = _mm_max_ps(mx, _mm_movehl_ps(mx, mx));
+        let mx = _mm_max_ss(mx, _mm_shuffle_ps(mx, mx, 1));
+        (_mm_cvtss_f32(mn), _mm_cvtss_f32(mx))
+    };
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx")))]
+    let (mut min, mut max) =
+        x.iter().fold((f32::MAX, -f32::MAX), |(mn, mx), &v| (if v < mn { v } else { mn }, if v > mx { v } else { mx }));
+    if min == 0.0 {
+        min = *x.iter().find(|&&v| v == 0.0).unwrap();
+    }
+    if max == 0.0 {
+        max = *x.iter().find(|&&v| v == 0.0).unwrap();
     }
     (min, max)
+}
+
+/// `c_float_to_int` over a block, with packed conversions.
+#[inline(always)]
+fn c_float_to_int_block(v: &[f32; QK]) -> [i32; QK] {
+    let mut out = [0i32; QK];
+    for (o, c) in out.chunks_exact_mut(8).zip(v.chunks_exact(8)) {
+        o.copy_from_slice(&c_float_to_int_x8(c.try_into().unwrap()));
+    }
+    out
+}
+
+/// `MIN(hi, (int8_t)v)` over a block, as bytes.
+#[inline(always)]
+fn clamp_i8_block(v: &[i32; QK], hi: i8) -> [u8; QK] {
+    let mut out = [0u8; QK];
+    for j in 0..QK {
+        out[j] = hi.min(v[j] as i8) as u8;
+    }
+    out
+}
+
+/// `x*a + b` over a block (two roundings, as C without contraction).
+#[inline(always)]
+fn scale_block(x: &[f32; QK], sub: f32, a: f32, b: f32) -> [f32; QK] {
+    let mut out = [0f32; QK];
+    for j in 0..QK {
+        out[j] = (x[j] - sub) * a + b;
+    }
+    out
+}
+
+/// Packs 32 four-bit values, the first 16 in the low nibbles.
+#[inline(always)]
+fn pack_q4(q: &[u8; QK]) -> [u8; QK / 2] {
+    let mut qs = [0u8; QK / 2];
+    for j in 0..QK / 2 {
+        qs[j] = q[j] | (q[j + QK / 2] << 4);
+    }
+    qs
+}
+
+/// Packs 32 five-bit values into the low nibbles (`qs`) and the fifth bits (`qh`, little-endian).
+#[inline(always)]
+fn pack_q5_block(q: &[u8; QK]) -> ([u8; QK / 2], [u8; 4]) {
+    let mut qs = [0u8; QK / 2];
+    for j in 0..QK / 2 {
+        qs[j] = (q[j] & 0x0F) | ((q[j + QK / 2] & 0x0F) << 4);
+    }
+    let qh: u32;
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    // SAFETY: AVX2 is enabled at compile time; the load is unaligned and in bounds. Shifting the
+    // 16-bit lanes left by 3 moves bit 4 of every byte to its bit 7, which `movemask` collects.
+    unsafe {
+        use std::arch::x86_64::*;
+        let v = _mm256_loadu_si256(q.as_ptr() as *const __m256i);
+        qh = _mm256_movemask_epi8(_mm256_slli_epi16(v, 3)) as u32;
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    {
+        qh = (0..QK).fold(0u32, |h, j| h | (((q[j] as u32 & 0x10) >> 4) << j));
+    }
+    (qs, qh.to_le_bytes())
 }
 
 /// `d ? 1.0f/d : 0.0f` (NaN counts as true in C, and `!= 0.0` agrees).
@@ -241,20 +363,6 @@ fn block_weights(xb: &[f32], qw: &[f32], sigma2: f32) -> [f32; QK] {
     weight
 }
 
-/// Packs 32 five-bit values into the low nibbles (`qs`) and the fifth bits (`qh`, little-endian).
-#[inline(always)]
-fn pack_q5(l: impl Fn(usize) -> u8) -> ([u8; QK / 2], [u8; 4]) {
-    let mut qs = [0u8; QK / 2];
-    let mut qh = 0u32;
-    for j in 0..QK / 2 {
-        let (xi0, xi1) = (l(j), l(j + QK / 2));
-        qs[j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
-        qh |= ((xi0 as u32 & 0x10) >> 4) << j;
-        qh |= ((xi1 as u32 & 0x10) >> 4) << (j + QK / 2);
-    }
-    (qs, qh.to_le_bytes())
-}
-
 fn check_row(x: &[f32], y: &[u8], type_size: usize) -> usize {
     assert!(x.len().is_multiple_of(QK), "row of {} values is not a whole number of blocks", x.len());
     let nb = x.len() / QK;
@@ -267,16 +375,12 @@ pub fn quantize_row_q4_0_ref(x: &[f32], y: &mut [u8]) {
     const TS: usize = std::mem::size_of::<BlockQ4_0>();
     check_row(x, y, TS);
     for (xb, yb) in x.chunks_exact(QK).zip(y.chunks_exact_mut(TS)) {
+        let xb: &[f32; QK] = xb.try_into().unwrap();
         let d = signed_absmax(xb) / -8.0;
         let id = inverse_or_zero(d);
-        let mut block = BlockQ4_0 { d: fp16(d), qs: [0; QK / 2] };
-        for j in 0..QK / 2 {
-            // `(int8_t)(x*id + 8.5f)` truncates, so +8.5 rounds half up around the offset 8.
-            let xi0 = 15.min(c_float_to_i8(xb[j] * id + 8.5)) as u8;
-            let xi1 = 15.min(c_float_to_i8(xb[j + QK / 2] * id + 8.5)) as u8;
-            block.qs[j] = xi0 | (xi1 << 4);
-        }
-        block.write_to(yb);
+        // `(int8_t)(x*id + 8.5f)` truncates, so +8.5 rounds half up around the offset 8.
+        let q = clamp_i8_block(&c_float_to_int_block(&scale_block(xb, 0.0, id, 8.5)), 15);
+        BlockQ4_0 { d: fp16(d), qs: pack_q4(&q) }.write_to(yb);
     }
 }
 
@@ -311,16 +415,12 @@ pub fn quantize_row_q4_1_ref(x: &[f32], y: &mut [u8]) {
     const TS: usize = std::mem::size_of::<BlockQ4_1>();
     check_row(x, y, TS);
     for (xb, yb) in x.chunks_exact(QK).zip(y.chunks_exact_mut(TS)) {
+        let xb: &[f32; QK] = xb.try_into().unwrap();
         let (min, max) = min_max(xb);
         let d = (max - min) / 15.0;
         let id = inverse_or_zero(d);
-        let mut block = BlockQ4_1 { d: fp16(d), m: fp16(min), qs: [0; QK / 2] };
-        for j in 0..QK / 2 {
-            let xi0 = 15.min(c_float_to_i8((xb[j] - min) * id + 0.5)) as u8;
-            let xi1 = 15.min(c_float_to_i8((xb[j + QK / 2] - min) * id + 0.5)) as u8;
-            block.qs[j] = xi0 | (xi1 << 4);
-        }
-        block.write_to(yb);
+        let q = clamp_i8_block(&c_float_to_int_block(&scale_block(xb, min, id, 0.5)), 15);
+        BlockQ4_1 { d: fp16(d), m: fp16(min), qs: pack_q4(&q) }.write_to(yb);
     }
 }
 
@@ -355,9 +455,11 @@ pub fn quantize_row_q5_0_ref(x: &[f32], y: &mut [u8]) {
     const TS: usize = std::mem::size_of::<BlockQ5_0>();
     check_row(x, y, TS);
     for (xb, yb) in x.chunks_exact(QK).zip(y.chunks_exact_mut(TS)) {
+        let xb: &[f32; QK] = xb.try_into().unwrap();
         let d = signed_absmax(xb) / -16.0;
         let id = inverse_or_zero(d);
-        let (qs, qh) = pack_q5(|j| 31.min(c_float_to_i8(xb[j] * id + 16.5)) as u8);
+        let q = clamp_i8_block(&c_float_to_int_block(&scale_block(xb, 0.0, id, 16.5)), 31);
+        let (qs, qh) = pack_q5_block(&q);
         BlockQ5_0 { d: fp16(d), qh, qs }.write_to(yb);
     }
 }
@@ -371,7 +473,7 @@ pub fn quantize_row_q5_0_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
     for ((xb, yb), qw) in x.chunks_exact(QK).zip(y.chunks_exact_mut(TS)).zip(quant_weights.chunks_exact(QK)) {
         let weight = block_weights(xb, qw, sigma2);
         let d = make_qx_quants(16, xb, &mut l, 1, Some(&weight));
-        let (qs, qh) = pack_q5(|j| l[j] as u8);
+        let (qs, qh) = pack_q5_block(&l.map(|v| v as u8));
         BlockQ5_0 { d: fp16(d), qh, qs }.write_to(yb);
     }
 }
@@ -389,11 +491,17 @@ pub fn quantize_row_q5_1_ref(x: &[f32], y: &mut [u8]) {
     const TS: usize = std::mem::size_of::<BlockQ5_1>();
     check_row(x, y, TS);
     for (xb, yb) in x.chunks_exact(QK).zip(y.chunks_exact_mut(TS)) {
+        let xb: &[f32; QK] = xb.try_into().unwrap();
         let (min, max) = min_max(xb);
         let d = (max - min) / 31.0;
         let id = inverse_or_zero(d);
         // `(uint8_t)(x + 0.5f)`: no clamp to 31 here, unlike the other formats.
-        let (qs, qh) = pack_q5(|j| c_float_to_int((xb[j] - min) * id + 0.5) as u8);
+        let qi = c_float_to_int_block(&scale_block(xb, min, id, 0.5));
+        let mut q = [0u8; QK];
+        for j in 0..QK {
+            q[j] = qi[j] as u8;
+        }
+        let (qs, qh) = pack_q5_block(&q);
         BlockQ5_1 { d: fp16(d), m: fp16(min), qh, qs }.write_to(yb);
     }
 }
@@ -408,7 +516,7 @@ pub fn quantize_row_q5_1_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
         let weight = block_weights(xb, qw, sigma2);
         let mut min = 0f32;
         let d = make_qkx3_quants(31, xb, Some(&weight), &mut l, &mut min, &mut laux, -0.9, 0.05, 36, false);
-        let (qs, qh) = pack_q5(|j| l[j]);
+        let (qs, qh) = pack_q5_block(&l);
         BlockQ5_1 { d: fp16(d), m: fp16(-min), qh, qs }.write_to(yb);
     }
 }

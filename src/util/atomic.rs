@@ -9,6 +9,13 @@ use anyhow::{bail, Context, Result};
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A suffix no other temporary file of this process (any thread) or of another process shares.
+pub fn unique_suffix() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
 
 pub struct TempOutput {
     target: PathBuf,
@@ -31,7 +38,7 @@ impl TempOutput {
             .with_context(|| format!("{}: not a file name", target.display()))?
             .to_string_lossy()
             .into_owned();
-        let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let temp = dir.join(format!(".{name}.{}.tmp", unique_suffix()));
         let file = File::create(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
         Ok(TempOutput {
             target: target.to_path_buf(),
@@ -126,7 +133,7 @@ impl TempDir {
             _ => PathBuf::from("."),
         };
         fs::create_dir_all(&parent).with_context(|| format!("{}: cannot create", parent.display()))?;
-        let temp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
+        let temp = parent.join(format!(".{name}.{}.tmp", unique_suffix()));
         fs::create_dir(&temp).with_context(|| format!("{}: cannot create", temp.display()))?;
         Ok(TempDir { target: target.to_path_buf(), temp, committed: false })
     }

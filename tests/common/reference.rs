@@ -76,6 +76,11 @@ impl Weights {
         ensure!(t.shape == shape, "{name}: shape {:?}, expected {:?}", t.shape, shape);
         Ok(&t.data)
     }
+
+    /// The first dimension of a tensor (per-layer widths of pruned checkpoints come from shapes).
+    fn rows(&self, name: &str) -> Result<usize> {
+        Ok(self.0.get(name).with_context(|| format!("missing tensor {name}"))?.shape[0])
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -206,7 +211,6 @@ pub fn llama_forward(dir: &Path, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
     let cfg = load_config(dir)?;
     let w = Weights(load_tensors(dir)?);
     let e = cfg_usize(&cfg, "hidden_size")?;
-    let ff = cfg_usize(&cfg, "intermediate_size")?;
     let n_layer = cfg_usize(&cfg, "num_hidden_layers")?;
     let n_head = cfg_usize(&cfg, "num_attention_heads")?;
     let n_head_kv = cfg_usize(&cfg, "num_key_value_heads").unwrap_or(n_head);
@@ -233,6 +237,12 @@ pub fn llama_forward(dir: &Path, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
 
     for l in 0..n_layer {
         let p = format!("model.layers.{l}");
+        // Per-layer widths from the tensors themselves, so pruned checkpoints with unequal layers
+        // (DeciLM-style) run too; equal to the config's for an ordinary checkpoint.
+        let ff = w.rows(&format!("{p}.mlp.gate_proj.weight"))?;
+        let n_head = w.rows(&format!("{p}.self_attn.q_proj.weight"))? / hd;
+        let n_head_kv = w.rows(&format!("{p}.self_attn.k_proj.weight"))? / hd;
+        ensure!(n_head_kv > 0 && n_head.is_multiple_of(n_head_kv), "layer {l}: {n_head} heads, {n_head_kv} KV heads");
         let ln1 = w.get(&format!("{p}.input_layernorm.weight"), &[e])?;
         let wq = w.get(&format!("{p}.self_attn.q_proj.weight"), &[n_head * hd, e])?;
         let wk = w.get(&format!("{p}.self_attn.k_proj.weight"), &[n_head_kv * hd, e])?;

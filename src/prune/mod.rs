@@ -1,0 +1,175 @@
+//! Pruning, applied in the same streaming pass as conversion and quantization.
+//!
+//! - [`calib`]: calibration through llama.cpp (per-channel activation statistics, Block Influence).
+//! - [`unstructured`]: single weights (magnitude, Wanda, N:M), per output row.
+//! - [`structured`]: whole blocks (depth), FFN channels and attention heads (width); unequal
+//!   per-layer widths are written as llama.cpp's `deci` architecture.
+//!
+//! Every request is checked against the model before anything is written.
+
+pub mod calib;
+pub mod report;
+pub mod structured;
+pub mod unstructured;
+
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+use unstructured::{SparsityMethod, NM};
+
+/// `--drop-layers`: how many blocks to remove.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DropLayers {
+    Count(usize),
+    Ratio(f64),
+}
+
+impl std::str::FromStr for DropLayers {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<DropLayers> {
+        if let Ok(n) = s.parse::<usize>() {
+            return Ok(DropLayers::Count(n));
+        }
+        match s.parse::<f64>() {
+            Ok(r) => Ok(DropLayers::Ratio(r)),
+            Err(_) => bail!("--drop-layers takes a count (4) or a ratio (0.25), got {s:?}"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum HeadsMode {
+    /// The same number of query heads removed from every KV group (KV heads kept).
+    PerGroup,
+    /// Whole KV groups (a KV head with its query heads) removed.
+    KvGroups,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Allocation {
+    /// The same width in every layer (keeps the llama / gpt2 architecture).
+    Uniform,
+    /// Widths allocated across layers by score (unequal: written as `deci`).
+    Global,
+}
+
+/// Everything the pruning flags ask for.
+#[derive(Clone, Debug)]
+pub struct PruneSpec {
+    pub sparsity: Option<f64>,
+    pub method: SparsityMethod,
+    pub nm: Option<NM>,
+    /// Also prune token_embd and output (magnitude).
+    pub sparsity_all: bool,
+    pub drop_layers: Option<DropLayers>,
+    pub drop_layers_list: Option<Vec<usize>>,
+    pub prune_ffn: Option<f64>,
+    pub prune_heads: Option<f64>,
+    pub heads_mode: HeadsMode,
+    pub allocation: Allocation,
+    pub align: usize,
+    /// Calibration file to reuse (or to create when missing).
+    pub calib: Option<PathBuf>,
+    pub calib_text: PathBuf,
+    pub calib_chunks: usize,
+}
+
+impl Default for PruneSpec {
+    fn default() -> Self {
+        PruneSpec {
+            sparsity: None,
+            method: SparsityMethod::Magnitude,
+            nm: None,
+            sparsity_all: false,
+            drop_layers: None,
+            drop_layers_list: None,
+            prune_ffn: None,
+            prune_heads: None,
+            heads_mode: HeadsMode::PerGroup,
+            allocation: Allocation::Uniform,
+            align: 1,
+            calib: None,
+            calib_text: calib::DEFAULT_CALIB_TEXT.into(),
+            calib_chunks: 16,
+        }
+    }
+}
+
+fn check_ratio(name: &str, r: Option<f64>) -> Result<()> {
+    if let Some(r) = r {
+        // 0 is allowed and changes nothing (the output is byte-identical to no pruning).
+        if !(0.0..1.0).contains(&r) || r.is_nan() {
+            bail!("{name} {r} is impossible: it must be at least 0 and below 1");
+        }
+    }
+    Ok(())
+}
+
+impl PruneSpec {
+    /// Unstructured sparsity actually requested (N:M implies its own).
+    pub fn effective_sparsity(&self) -> f64 {
+        self.nm.map(|nm| nm.sparsity()).or(self.sparsity).unwrap_or(0.0)
+    }
+
+    pub fn wants_unstructured(&self) -> bool {
+        self.effective_sparsity() > 0.0
+    }
+
+    pub fn wants_depth(&self) -> bool {
+        match (&self.drop_layers, &self.drop_layers_list) {
+            (_, Some(l)) => !l.is_empty(),
+            (Some(DropLayers::Count(n)), _) => *n > 0,
+            (Some(DropLayers::Ratio(r)), _) => *r > 0.0,
+            _ => false,
+        }
+    }
+
+    pub fn wants_width(&self) -> bool {
+        self.prune_ffn.unwrap_or(0.0) > 0.0 || self.prune_heads.unwrap_or(0.0) > 0.0
+    }
+
+    pub fn wants_structured(&self) -> bool {
+        self.wants_depth() || self.wants_width()
+    }
+
+    pub fn is_noop(&self) -> bool {
+        !self.wants_unstructured() && !self.wants_structured()
+    }
+
+    /// Does the request need calibration statistics?
+    pub fn needs_calibration(&self) -> bool {
+        (self.wants_unstructured() && self.method == SparsityMethod::Wanda)
+            || (self.wants_depth() && self.drop_layers_list.is_none())
+            || self.wants_width()
+    }
+
+    /// Checks that need no model.
+    pub fn validate(&self) -> Result<()> {
+        check_ratio("--sparsity", self.sparsity)?;
+        check_ratio("--prune-ffn", self.prune_ffn)?;
+        check_ratio("--prune-heads", self.prune_heads)?;
+        if let Some(DropLayers::Ratio(r)) = self.drop_layers {
+            check_ratio("--drop-layers", Some(r))?;
+        }
+        if let (Some(nm), Some(s)) = (self.nm, self.sparsity) {
+            if (nm.sparsity() - s).abs() > 1e-9 {
+                bail!(
+                    "--nm {}:{} means {:.0}% sparsity, but --sparsity asks for {:.0}%",
+                    nm.keep,
+                    nm.group,
+                    100.0 * nm.sparsity(),
+                    100.0 * s
+                );
+            }
+        }
+        if self.drop_layers.is_some() && self.drop_layers_list.is_some() {
+            bail!("give --drop-layers or --drop-layers-list, not both");
+        }
+        if self.align == 0 {
+            bail!("--align must be at least 1");
+        }
+        if self.calib_chunks == 0 {
+            bail!("--calib-chunks must be at least 1");
+        }
+        Ok(())
+    }
+}

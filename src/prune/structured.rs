@@ -1,0 +1,409 @@
+//! Structured pruning: which blocks, FFN channels and attention heads stay, and what that does to
+//! every tensor and metadata key.
+//!
+//! Scores are activation-aware: an FFN channel c is worth E[h_c²]·‖W_down[:,c]‖² (its mean squared
+//! activation at the down projection's input times the energy it writes back), a head the same sum
+//! over its dimensions at attn_output; blocks are ranked by Block Influence. Equal widths in every
+//! layer keep the `llama` / `gpt2` architecture; unequal ones become `deci`, whose per-layer
+//! `head_count`, `head_count_kv` and `feed_forward_length` arrays stock llama.cpp reads.
+
+use super::calib::Calibration;
+use super::{Allocation, DropLayers, HeadsMode, PruneSpec};
+use crate::gguf::{meta_get, meta_set, GgufValue, Metadata};
+use anyhow::{anyhow, bail, Result};
+
+/// The shape of a model, from its metadata.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Dims {
+    pub arch: String,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub n_ff: usize,
+    pub head_dim: usize,
+    /// Context the model was trained for (GPT-2's learned positions stop there).
+    pub n_ctx_train: usize,
+}
+
+impl Dims {
+    pub fn from_metadata(meta: &Metadata) -> Result<Dims> {
+        let arch = meta_get(meta, "general.architecture").and_then(|v| v.as_str()).unwrap_or("").to_string();
+        if arch != "llama" && arch != "gpt2" {
+            bail!("pruning supports llama and gpt2 models, not {arch:?}");
+        }
+        let get = |k: &str| meta_get(meta, &format!("{arch}.{k}")).and_then(|v| v.as_u64()).map(|v| v as usize);
+        let need = |k: &str| get(k).ok_or_else(|| anyhow!("missing {arch}.{k}"));
+        let n_head = need("attention.head_count")?;
+        let n_embd = need("embedding_length")?;
+        Ok(Dims {
+            n_layer: need("block_count")?,
+            n_embd,
+            n_head,
+            n_head_kv: get("attention.head_count_kv").unwrap_or(n_head),
+            n_ff: need("feed_forward_length")?,
+            head_dim: get("attention.key_length").unwrap_or(n_embd / n_head),
+            n_ctx_train: get("context_length").unwrap_or(512),
+            arch,
+        })
+    }
+}
+
+/// One kept block.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LayerPlan {
+    /// Its index in the source model.
+    pub source: usize,
+    /// Kept FFN channels (ascending).
+    pub ffn: Vec<usize>,
+    /// Kept query heads (ascending).
+    pub heads: Vec<usize>,
+    /// Kept KV heads (ascending).
+    pub kv_heads: Vec<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct StructuredPlan {
+    pub dims: Dims,
+    pub layers: Vec<LayerPlan>,
+    pub dropped: Vec<usize>,
+    /// The architecture written: the source's, or `deci` for unequal LLaMA widths.
+    pub out_arch: String,
+    pub block_influence: Option<Vec<f64>>,
+}
+
+/// What happens to one tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorOp {
+    pub new_name: String,
+    /// Rows kept (2-D) or elements kept (1-D); None = all.
+    pub rows: Option<Vec<usize>>,
+    /// Columns kept (2-D); None = all.
+    pub cols: Option<Vec<usize>>,
+}
+
+impl TensorOp {
+    /// The shape after selection (row-major, outermost first).
+    pub fn new_shape(&self, shape: &[usize]) -> Vec<usize> {
+        let mut s = shape.to_vec();
+        if let Some(r) = &self.rows {
+            s[0] = r.len();
+        }
+        if let (Some(c), true) = (&self.cols, s.len() == 2) {
+            s[1] = c.len();
+        }
+        s
+    }
+}
+
+fn blocks(units: &[usize], size: usize) -> Vec<usize> {
+    units.iter().flat_map(|&u| u * size..(u + 1) * size).collect()
+}
+
+impl StructuredPlan {
+    pub fn identity(dims: &Dims) -> StructuredPlan {
+        StructuredPlan {
+            layers: (0..dims.n_layer)
+                .map(|i| LayerPlan {
+                    source: i,
+                    ffn: (0..dims.n_ff).collect(),
+                    heads: (0..dims.n_head).collect(),
+                    kv_heads: (0..dims.n_head_kv).collect(),
+                })
+                .collect(),
+            dims: dims.clone(),
+            dropped: vec![],
+            out_arch: dims.arch.clone(),
+            block_influence: None,
+        }
+    }
+
+    fn uniform(&self) -> bool {
+        let f = &self.layers[0];
+        self.layers.iter().all(|l| {
+            l.ffn.len() == f.ffn.len() && l.heads.len() == f.heads.len() && l.kv_heads.len() == f.kv_heads.len()
+        })
+    }
+
+    pub fn heads_changed(&self) -> bool {
+        self.layers.iter().any(|l| l.heads.len() != self.dims.n_head || l.kv_heads.len() != self.dims.n_head_kv)
+    }
+
+    /// The operation on tensor `name` (GGUF name and row-major shape), or None when it is dropped.
+    pub fn tensor_op(&self, name: &str) -> Option<TensorOp> {
+        let Some(rest) = name.strip_prefix("blk.") else {
+            return Some(TensorOp { new_name: name.to_string(), rows: None, cols: None });
+        };
+        let (layer, suffix) = rest.split_once('.')?;
+        let src: usize = layer.parse().ok()?;
+        let (new_index, l) = self.layers.iter().enumerate().find(|(_, l)| l.source == src)?;
+        let hd = self.dims.head_dim;
+        let full = |v: &Vec<usize>, n: usize| if v.len() == n { None } else { Some(v.clone()) };
+        let q = full(&blocks(&l.heads, hd), self.dims.n_head * hd);
+        let kv = full(&blocks(&l.kv_heads, hd), self.dims.n_head_kv * hd);
+        let ffn = full(&l.ffn, self.dims.n_ff);
+        let (rows, cols) = match suffix {
+            "attn_q.weight" | "attn_q.bias" => (q, None),
+            "attn_k.weight" | "attn_k.bias" | "attn_v.weight" | "attn_v.bias" => (kv, None),
+            "attn_output.weight" => (None, q),
+            "ffn_gate.weight" | "ffn_gate.bias" | "ffn_up.weight" | "ffn_up.bias" => (ffn, None),
+            "ffn_down.weight" => (None, ffn),
+            _ => (None, None),
+        };
+        Some(TensorOp { new_name: format!("blk.{new_index}.{suffix}"), rows, cols })
+    }
+
+    /// Rewrite the metadata for the kept blocks and widths.
+    pub fn rewrite_metadata(&self, meta: &mut Metadata) {
+        let src = self.dims.arch.clone();
+        let n = self.layers.len() as u32;
+        if self.out_arch != src {
+            for (k, _) in meta.iter_mut() {
+                if let Some(rest) = k.strip_prefix(&format!("{src}.")) {
+                    *k = format!("{}.{rest}", self.out_arch);
+                }
+            }
+            meta_set(meta, "general.architecture", GgufValue::String(self.out_arch.clone()));
+        }
+        let a = &self.out_arch;
+        meta_set(meta, &format!("{a}.block_count"), GgufValue::U32(n));
+        if self.uniform() {
+            let l = &self.layers[0];
+            meta_set(meta, &format!("{a}.feed_forward_length"), GgufValue::U32(l.ffn.len() as u32));
+            if src == "llama" {
+                meta_set(meta, &format!("{a}.attention.head_count"), GgufValue::U32(l.heads.len() as u32));
+                meta_set(meta, &format!("{a}.attention.head_count_kv"), GgufValue::U32(l.kv_heads.len() as u32));
+            }
+        } else {
+            let arr = |f: &dyn Fn(&LayerPlan) -> usize| GgufValue::i32s(self.layers.iter().map(|l| f(l) as i32));
+            meta_set(meta, &format!("{a}.feed_forward_length"), arr(&|l| l.ffn.len()));
+            meta_set(meta, &format!("{a}.attention.head_count"), arr(&|l| l.heads.len()));
+            meta_set(meta, &format!("{a}.attention.head_count_kv"), arr(&|l| l.kv_heads.len()));
+        }
+        if self.heads_changed() || self.out_arch == "deci" {
+            // head_dim no longer equals n_embd / n_head: say it explicitly.
+            meta_set(meta, &format!("{a}.attention.key_length"), GgufValue::U32(self.dims.head_dim as u32));
+            meta_set(meta, &format!("{a}.attention.value_length"), GgufValue::U32(self.dims.head_dim as u32));
+        }
+    }
+}
+
+/// Column energies ‖W[:,c]‖² of a row-major [rows, cols] matrix.
+pub fn column_energy(w: &[f32], cols: usize) -> Vec<f64> {
+    let mut e = vec![0f64; cols];
+    for row in w.chunks_exact(cols) {
+        for (acc, &x) in e.iter_mut().zip(row) {
+            *acc += x as f64 * x as f64;
+        }
+    }
+    e
+}
+
+/// Indices of the `k` highest scores, ascending.
+fn top_k(scores: &[f64], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let mut kept: Vec<usize> = idx.into_iter().take(k).collect();
+    kept.sort_unstable();
+    kept
+}
+
+/// Round a kept width to a multiple of `align` (at least `align`, at most `full`).
+fn align_width(w: usize, align: usize, full: usize) -> usize {
+    if align <= 1 {
+        return w.clamp(1, full);
+    }
+    let rounded = ((w as f64 / align as f64).round() as usize).max(1) * align;
+    rounded.min(full / align * align).max(align.min(full))
+}
+
+/// Reads a tensor (GGUF name) as f32 in GGUF row-major layout.
+pub type TensorReader<'a> = dyn Fn(&str) -> Result<Vec<f32>> + 'a;
+
+/// Plan depth and width pruning.
+pub fn plan(spec: &PruneSpec, dims: &Dims, calib: Option<&Calibration>, read: &TensorReader) -> Result<StructuredPlan> {
+    let mut p = StructuredPlan::identity(dims);
+    p.block_influence = calib.map(|c| c.block_influence.clone());
+    // Depth.
+    let drop: Vec<usize> = match (&spec.drop_layers_list, &spec.drop_layers) {
+        (Some(list), _) => {
+            let mut l = list.clone();
+            l.sort_unstable();
+            l.dedup();
+            if let Some(bad) = l.iter().find(|&&i| i >= dims.n_layer) {
+                bail!("--drop-layers-list: block {bad} does not exist (the model has {} blocks)", dims.n_layer);
+            }
+            l
+        }
+        (None, Some(d)) if spec.wants_depth() => {
+            let n = match d {
+                DropLayers::Count(n) => *n,
+                DropLayers::Ratio(r) => (r * dims.n_layer as f64).round() as usize,
+            };
+            let bi = calib.map(|c| &c.block_influence).ok_or_else(|| anyhow!("--drop-layers needs calibration"))?;
+            let neg: Vec<f64> = bi.iter().map(|b| -b).collect();
+            top_k(&neg, n)
+        }
+        _ => vec![],
+    };
+    if drop.len() >= dims.n_layer {
+        bail!("dropping {} of {} blocks leaves none", drop.len(), dims.n_layer);
+    }
+    p.layers.retain(|l| !drop.contains(&l.source));
+    p.dropped = drop;
+
+    if let Some(r) = spec.prune_ffn.filter(|r| *r > 0.0) {
+        let calib = calib.ok_or_else(|| anyhow!("--prune-ffn needs calibration"))?;
+        let scores: Vec<Vec<f64>> = p
+            .layers
+            .iter()
+            .map(|l| {
+                let name = format!("blk.{}.ffn_down.weight", l.source);
+                let ms = calib
+                    .input_mean_squares(&name)
+                    .ok_or_else(|| anyhow!("calibration has no statistics for {name}"))?;
+                let energy = column_energy(&read(&name)?, dims.n_ff);
+                Ok(ms.iter().zip(energy).map(|(&m, e)| m as f64 * e).collect())
+            })
+            .collect::<Result<_>>()?;
+        let widths = allocate(&scores, 1.0 - r, spec.allocation, spec.align, dims.n_ff)?;
+        for ((l, s), w) in p.layers.iter_mut().zip(&scores).zip(widths) {
+            l.ffn = top_k(s, w);
+        }
+    }
+
+    if let Some(r) = spec.prune_heads.filter(|r| *r > 0.0) {
+        if dims.arch == "gpt2" {
+            bail!("--prune-heads: llama.cpp's GPT-2 graph cannot run with fewer heads than n_embd / head_dim (its attention width is tied to n_embd); prune GPT-2 with --prune-ffn, --drop-layers or --sparsity");
+        }
+        let calib = calib.ok_or_else(|| anyhow!("--prune-heads needs calibration"))?;
+        plan_heads(&mut p, spec, r, calib, read)?;
+    }
+
+    if !p.uniform() {
+        if dims.arch == "gpt2" {
+            bail!("unequal per-layer widths cannot be expressed for GPT-2 (llama.cpp's gpt2 has one feed_forward_length); use --width-allocation uniform");
+        }
+        p.out_arch = "deci".into();
+    }
+    Ok(p)
+}
+
+/// Per-layer kept counts for a keep fraction, uniform or by global score ranking.
+fn allocate(scores: &[Vec<f64>], keep: f64, allocation: Allocation, align: usize, full: usize) -> Result<Vec<usize>> {
+    if align > full {
+        bail!("--align {align} is wider than the layer ({full})");
+    }
+    let widths: Vec<usize> = match allocation {
+        Allocation::Uniform => vec![(keep * full as f64).round() as usize; scores.len()],
+        Allocation::Global => {
+            // Every layer keeps its best unit; the rest go to the highest scores across layers.
+            let total: usize = scores.iter().map(Vec::len).sum();
+            let k = ((keep * total as f64).round() as usize).max(scores.len());
+            let mut w = vec![1usize; scores.len()];
+            let mut rest: Vec<(f64, usize)> = Vec::new();
+            for (l, s) in scores.iter().enumerate() {
+                let best = top_k(s, 1)[0];
+                rest.extend(s.iter().enumerate().filter(|(i, _)| *i != best).map(|(_, &x)| (x, l)));
+            }
+            rest.sort_by(|a, b| b.0.total_cmp(&a.0));
+            for &(_, l) in rest.iter().take(k - scores.len()) {
+                w[l] += 1;
+            }
+            w
+        }
+    };
+    if widths.contains(&0) {
+        bail!("the request would remove every channel of a layer");
+    }
+    Ok(widths.into_iter().map(|w| align_width(w, align, full)).collect())
+}
+
+fn plan_heads(
+    p: &mut StructuredPlan,
+    spec: &PruneSpec,
+    r: f64,
+    calib: &Calibration,
+    read: &TensorReader,
+) -> Result<()> {
+    let d = p.dims.clone();
+    let group = d.n_head / d.n_head_kv;
+    let mode = if group == 1 { HeadsMode::KvGroups } else { spec.heads_mode };
+    // Head scores per layer.
+    let scores: Vec<Vec<f64>> = p
+        .layers
+        .iter()
+        .map(|l| {
+            let name = format!("blk.{}.attn_output.weight", l.source);
+            let ms =
+                calib.input_mean_squares(&name).ok_or_else(|| anyhow!("calibration has no statistics for {name}"))?;
+            let energy = column_energy(&read(&name)?, d.n_head * d.head_dim);
+            Ok((0..d.n_head)
+                .map(|h| (h * d.head_dim..(h + 1) * d.head_dim).map(|c| ms[c] as f64 * energy[c]).sum())
+                .collect())
+        })
+        .collect::<Result<_>>()?;
+    // Units: KV groups (sum of their heads) or, per group, the heads themselves.
+    let unit_scores: Vec<Vec<f64>> = match mode {
+        HeadsMode::KvGroups => scores.iter().map(|s| s.chunks(group).map(|g| g.iter().sum()).collect()).collect(),
+        HeadsMode::PerGroup => scores.clone(),
+    };
+    let full_units = unit_scores[0].len();
+    let every_head = || {
+        anyhow!("--prune-heads {r} would remove every head of a layer ({} heads, {} KV heads)", d.n_head, d.n_head_kv)
+    };
+    let mut counts = match (mode, spec.allocation) {
+        (HeadsMode::KvGroups, _) => {
+            allocate(&unit_scores, 1.0 - r, spec.allocation, 1, full_units).map_err(|_| every_head())?
+        }
+        (HeadsMode::PerGroup, Allocation::Uniform) => {
+            // The same number of query heads kept in every KV group.
+            let per_group = ((1.0 - r) * group as f64).round() as usize;
+            vec![per_group * d.n_head_kv; scores.len()]
+        }
+        (HeadsMode::PerGroup, Allocation::Global) => allocate(&unit_scores, 1.0 - r, spec.allocation, 1, full_units)
+            .map_err(|_| every_head())?
+            .into_iter()
+            .map(|c| ((c as f64 / d.n_head_kv as f64).round() as usize) * d.n_head_kv)
+            .collect(),
+    };
+    if counts.contains(&0) {
+        return Err(every_head());
+    }
+    // Attention width (heads × head_dim) rounded down to a multiple of --align where possible.
+    let (step, heads_per_count) = match mode {
+        HeadsMode::KvGroups => (1, group),       // counts are KV groups
+        HeadsMode::PerGroup => (d.n_head_kv, 1), // counts are query heads, a multiple of n_head_kv
+    };
+    if spec.align > 1 {
+        for c in counts.iter_mut() {
+            while *c > 0 && !(*c * heads_per_count * d.head_dim).is_multiple_of(spec.align) {
+                *c -= step.min(*c);
+            }
+        }
+    }
+    for (l, (s, &c)) in p.layers.iter_mut().zip(scores.iter().zip(&counts)) {
+        if c == 0 {
+            bail!(
+                "--prune-heads {r} would remove every head of block {} (heads {}, KV heads {})",
+                l.source,
+                d.n_head,
+                d.n_head_kv
+            );
+        }
+        match mode {
+            HeadsMode::KvGroups => {
+                let gs: Vec<f64> = s.chunks(group).map(|g| g.iter().sum()).collect();
+                l.kv_heads = top_k(&gs, c);
+                l.heads = blocks(&l.kv_heads, group);
+            }
+            HeadsMode::PerGroup => {
+                let per = c / d.n_head_kv;
+                l.heads = (0..d.n_head_kv)
+                    .flat_map(|g| top_k(&s[g * group..(g + 1) * group], per).into_iter().map(move |h| g * group + h))
+                    .collect();
+            }
+        }
+    }
+    Ok(())
+}

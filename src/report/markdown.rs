@@ -1,0 +1,457 @@
+//! `report.md`: the results of a sweep as a readable report, with the sweet spot per device
+//! profile, the full table, failed variants, Pareto frontiers and plots.
+//!
+//! Every number in the report comes from results.csv (or from the options: the quality budget).
+
+use super::plots::{scatters, write_png, Scatter};
+use super::results::{read_results, Kind, Results, Variant};
+use super::sweet_spot::{sweet_spots, Criteria, Objective, SweetSpot};
+use anyhow::{Context, Result};
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// How to judge and what to say.
+#[derive(Clone, Debug)]
+pub struct ReportOptions {
+    /// Largest allowed relative perplexity increase over the baseline (0.05 = +5%).
+    pub max_ppl_increase: f64,
+    /// Largest allowed absolute drop of each accuracy metric (0.01 = 1 point).
+    pub max_acc_drop: f64,
+    pub objective: Objective,
+    /// Paragraphs printed under "Caveats".
+    pub caveats: Vec<String>,
+}
+
+impl Default for ReportOptions {
+    fn default() -> Self {
+        let c = Criteria::default();
+        ReportOptions {
+            max_ppl_increase: c.max_ppl_increase,
+            max_acc_drop: c.max_acc_drop,
+            objective: c.objective,
+            caveats: vec![],
+        }
+    }
+}
+
+impl ReportOptions {
+    pub fn criteria(&self) -> Criteria {
+        Criteria { max_ppl_increase: self.max_ppl_increase, max_acc_drop: self.max_acc_drop, objective: self.objective }
+    }
+}
+
+/// Read `dir/results.csv`; write `dir/report.md` and the plots under `dir/plots/`. Returns the
+/// report's path.
+pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<PathBuf> {
+    let results = read_results(&dir.join("results.csv"))?;
+    let plots_dir = dir.join("plots");
+    let plots = scatters(&results, &opts.criteria());
+    if !plots.is_empty() {
+        std::fs::create_dir_all(&plots_dir).with_context(|| format!("cannot create {}", plots_dir.display()))?;
+    }
+    for (file, s) in &plots {
+        write_png(&plots_dir.join(file), s)?;
+    }
+    let md = render_markdown(&results, opts, &plots);
+    let out = dir.join("report.md");
+    crate::util::atomic::write_file(&out, md.as_bytes())?;
+    Ok(out)
+}
+
+// Number formats, shared by the sweet-spot lines and the tables (and the tests that read them back).
+
+pub fn fmt_mib(v: &Variant) -> String {
+    v.size_mib().map_or("—".into(), |m| format!("{m:.2}"))
+}
+
+pub fn fmt_ppl(x: f64) -> String {
+    format!("{x:.3}")
+}
+
+pub fn fmt_pct(fraction: f64) -> String {
+    format!("{:.1}%", 100.0 * fraction)
+}
+
+pub fn fmt_tps(x: f64) -> String {
+    format!("{x:.2}")
+}
+
+/// Relative perplexity change vs the baseline, e.g. `+3.21%`.
+pub fn fmt_delta_ppl(ppl: f64, base: f64) -> String {
+    format!("{:+.2}%", 100.0 * (ppl / base - 1.0))
+}
+
+fn kind_label(k: Kind) -> &'static str {
+    match k {
+        Kind::Baseline => "baseline",
+        Kind::Microscale => "microscale",
+        Kind::Stock => "llama.cpp stock",
+    }
+}
+
+/// Make text safe inside a markdown table cell.
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
+    v.map_or("—".into(), f)
+}
+
+fn distinct<'a>(vals: impl Iterator<Item = Option<&'a String>>) -> Vec<String> {
+    vals.flatten().cloned().collect::<BTreeSet<_>>().into_iter().collect()
+}
+
+fn list_or(v: &[String], none: &str) -> String {
+    if v.is_empty() {
+        none.to_string()
+    } else {
+        v.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// The report's markdown. `plots` are the plots written under `plots/` (file name, content).
+pub fn render_markdown(r: &Results, opts: &ReportOptions, plots: &[(String, Scatter)]) -> String {
+    let mut md = String::new();
+    let c = opts.criteria();
+    let base = r.baseline();
+    let n = |k: Kind| r.variants.iter().filter(|v| v.kind == k).count();
+    let n_failed = r.failed().count();
+    let _ = writeln!(md, "# microscale report\n");
+    let _ = writeln!(
+        md,
+        "From `{}`: {} variants ({} baseline, {} microscale, {} llama.cpp stock; {} failed), {} device profile(s){}.\n",
+        r.path.file_name().map_or("results.csv".into(), |f| f.to_string_lossy().into_owned()),
+        r.variants.len(),
+        n(Kind::Baseline),
+        n(Kind::Microscale),
+        n(Kind::Stock),
+        n_failed,
+        r.profiles.len(),
+        if r.profiles.is_empty() { String::new() } else { format!(": {}", list_or(&r.profiles, "")) }
+    );
+
+    // Provenance.
+    let _ = writeln!(md, "## Provenance\n");
+    let vs = || r.variants.iter();
+    let dates = distinct(vs().map(|v| v.date.as_ref()));
+    let _ = writeln!(
+        md,
+        "- microscale version(s): {}",
+        list_or(&distinct(vs().map(|v| v.microscale.as_ref())), "not recorded")
+    );
+    let _ = writeln!(
+        md,
+        "- llama.cpp version(s): {}",
+        list_or(&distinct(vs().map(|v| v.llama_cpp.as_ref())), "not recorded")
+    );
+    let _ = match (dates.first(), dates.last()) {
+        (Some(a), Some(b)) if a == b => writeln!(md, "- date: {a}"),
+        (Some(a), Some(b)) => writeln!(md, "- dates: {a} to {b}"),
+        _ => writeln!(md, "- dates: not recorded"),
+    };
+    let _ = writeln!(
+        md,
+        "- evaluation settings: eval_chunks {}; eval_limit {}",
+        list_or(&distinct(vs().map(|v| v.eval_chunks.as_ref())), "not recorded"),
+        list_or(&distinct(vs().map(|v| v.eval_limit.as_ref())), "not recorded")
+    );
+    let _ = match base {
+        Some(b) => writeln!(
+            md,
+            "- baseline: `{}` (recipe `{}`, quant `{}`, {} MiB{})",
+            b.name,
+            cell(&b.recipe),
+            b.quant,
+            fmt_mib(b),
+            if b.failed() { ", FAILED" } else { "" }
+        ),
+        None => {
+            writeln!(md, "- baseline: none (no row of kind `baseline`; quality deltas and sweet spots are unavailable)")
+        }
+    };
+    md.push('\n');
+
+    // Caveats.
+    let dequant = base.filter(|b| b.recipe.to_ascii_lowercase().contains("dequant"));
+    if !opts.caveats.is_empty() || dequant.is_some() {
+        let _ = writeln!(md, "## Caveats\n");
+        if let Some(b) = dequant {
+            let _ = writeln!(
+                md,
+                "- The baseline's recipe (`{}`) says it is a dequantization of already-quantized weights: \
+                 re-quantizing to that same format is lossless by construction, so such variants can score \
+                 as well as the baseline without that saying anything about other source models.",
+                cell(&b.recipe)
+            );
+        }
+        for cav in &opts.caveats {
+            let _ = writeln!(md, "- {}", cav.replace('\n', " "));
+        }
+        md.push('\n');
+    }
+
+    // Sweet spots.
+    let _ = writeln!(md, "## Sweet spot per device profile\n");
+    let accs = r.primary_acc_metrics();
+    let base_ok = base.filter(|b| !b.failed());
+    let mut budget = Vec::new();
+    if let Some(bp) = base_ok.and_then(|b| b.ppl) {
+        budget.push(format!(
+            "perplexity at most {:+.1}% over the baseline's {} (≤ {})",
+            100.0 * c.max_ppl_increase,
+            fmt_ppl(bp.value),
+            fmt_ppl(bp.value * (1.0 + c.max_ppl_increase))
+        ));
+    }
+    for m in &accs {
+        if let Some(ba) = base_ok.and_then(|b| b.acc.get(*m)) {
+            budget.push(format!(
+                "{m} at most {:.1} point(s) below the baseline's {} (≥ {})",
+                100.0 * c.max_acc_drop,
+                fmt_pct(ba.value),
+                fmt_pct(ba.value - c.max_acc_drop)
+            ));
+        }
+    }
+    let _ = writeln!(
+        md,
+        "Among the variants that fit the profile (`fits` = 1) and stay within the quality budget ({}), \
+         the pick is the {}. Every kind competes — the baseline, microscale's variants and llama.cpp's stock quants — \
+         and the winner's kind is named.\n",
+        if budget.is_empty() { "no baseline metric to compare with".to_string() } else { budget.join("; ") },
+        c.objective.describe()
+    );
+    let spots = sweet_spots(r, &c);
+    if spots.is_empty() {
+        let _ = writeln!(md, "No device profile was benchmarked (no `P:tg_tps` column).");
+    }
+    for s in &spots {
+        let _ = writeln!(md, "{}", sweet_spot_line(r, s));
+    }
+    md.push('\n');
+
+    // Full table.
+    let _ = writeln!(md, "## Results\n");
+    let mut head = vec![
+        "variant",
+        "kind",
+        "recipe",
+        "method",
+        "prune",
+        "quant",
+        "size MiB",
+        "bpw",
+        "PPL ± se",
+        "ΔPPL",
+        "KLD ± se",
+        "same top",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect::<Vec<_>>();
+    head.extend(r.acc_metrics.iter().map(|m| format!("{m} ± se")));
+    head.extend(r.profiles.iter().map(|p| format!("{p} tg t/s")));
+    table_head(&mut md, &head);
+    let bppl = base_ok.and_then(|b| b.ppl).map(|m| m.value);
+    for v in &r.variants {
+        let mut row = vec![
+            format!("`{}`", cell(&v.name)),
+            kind_label(v.kind).to_string(),
+            cell(&v.recipe),
+            cell(&v.method),
+            opt(v.prune_ratio, |x| format!("{x}")),
+            cell(&v.quant),
+            fmt_mib(v),
+            opt(v.bpw, |x| format!("{x:.2}")),
+            opt(v.ppl, |m| match m.stderr {
+                Some(se) => format!("{} ± {}", fmt_ppl(m.value), fmt_ppl(se)),
+                None => fmt_ppl(m.value),
+            }),
+            match (v.ppl, bppl) {
+                (Some(m), Some(b)) => fmt_delta_ppl(m.value, b),
+                _ => "—".into(),
+            },
+            opt(v.kld, |m| match m.stderr {
+                Some(se) => format!("{:.4} ± {:.4}", m.value, se),
+                None => format!("{:.4}", m.value),
+            }),
+            opt(v.same_top, fmt_pct),
+        ];
+        for m in &r.acc_metrics {
+            row.push(opt(v.acc.get(m), |a| match a.stderr {
+                Some(se) => format!("{} ± {:.1}", fmt_pct(a.value), 100.0 * se),
+                None => fmt_pct(a.value),
+            }));
+        }
+        for p in &r.profiles {
+            row.push(match v.bench(p) {
+                None => "—".into(),
+                Some(b) if b.fits == Some(false) => "does not fit".into(),
+                Some(b) => opt(b.tg_tps, |t| match b.tg_tps_sd {
+                    Some(sd) => format!("{} ± {}", fmt_tps(t), fmt_tps(sd)),
+                    None => fmt_tps(t),
+                }),
+            });
+        }
+        if v.failed() {
+            row[0] = format!("{} (failed)", row[0]);
+        }
+        table_row(&mut md, &row);
+    }
+    md.push('\n');
+
+    for p in &r.profiles {
+        let _ = writeln!(md, "### {p}\n");
+        table_head(
+            &mut md,
+            &["variant", "fits", "peak RSS MiB", "mem cap MiB", "pp t/s", "tg t/s", "load s"].map(String::from),
+        );
+        for v in r.ok() {
+            let Some(b) = v.bench(p) else { continue };
+            table_row(
+                &mut md,
+                &[
+                    format!("`{}`", cell(&v.name)),
+                    match b.fits {
+                        Some(true) => "yes".into(),
+                        Some(false) => "no".into(),
+                        None => "—".into(),
+                    },
+                    opt(b.peak_rss_mib, |x| format!("{x:.1}")),
+                    opt(b.mem_cap_mib, |x| format!("{x:.0}")),
+                    opt(b.pp_tps, |t| match b.pp_tps_sd {
+                        Some(sd) => format!("{} ± {}", fmt_tps(t), fmt_tps(sd)),
+                        None => fmt_tps(t),
+                    }),
+                    opt(b.tg_tps, |t| match b.tg_tps_sd {
+                        Some(sd) => format!("{} ± {}", fmt_tps(t), fmt_tps(sd)),
+                        None => fmt_tps(t),
+                    }),
+                    opt(b.load_s, |x| format!("{x:.2}")),
+                ],
+            );
+        }
+        md.push('\n');
+    }
+
+    // Failures.
+    let _ = writeln!(md, "## Failed variants\n");
+    if n_failed == 0 {
+        let _ = writeln!(md, "None.\n");
+    } else {
+        table_head(&mut md, &["variant", "kind", "recipe", "line", "error"].map(String::from));
+        for v in r.failed() {
+            table_row(
+                &mut md,
+                &[
+                    format!("`{}`", cell(&v.name)),
+                    kind_label(v.kind).into(),
+                    cell(&v.recipe),
+                    v.line.to_string(),
+                    cell(v.error.as_deref().unwrap_or("")),
+                ],
+            );
+        }
+        md.push('\n');
+    }
+
+    // Pareto frontiers.
+    let _ = writeln!(md, "## Pareto frontiers\n");
+    let _ = writeln!(
+        md,
+        "Variants no other variant beats on both file size and the metric (all kinds compete; failed variants excluded), \
+         smallest first.\n"
+    );
+    if plots.is_empty() {
+        let _ = writeln!(md, "No variant has both a file size and a metric.\n");
+    }
+    for (_, s) in plots {
+        let f = s.frontier();
+        let items: Vec<String> = f
+            .iter()
+            .map(|&i| {
+                let p = &s.points[i];
+                let kind = if p.kind == Kind::Stock { ", llama.cpp stock" } else { "" };
+                format!("`{}` ({:.2} MiB, {}{kind})", p.name, p.size_mib, s.unit.format(p.y))
+            })
+            .collect();
+        let _ = writeln!(md, "- {}: {}", s.metric, items.join(" → "));
+    }
+    md.push('\n');
+
+    // Plots.
+    let _ = writeln!(md, "## Plots\n");
+    if plots.is_empty() {
+        let _ = writeln!(md, "No plot: no variant has both a file size and a metric.");
+    }
+    for (file, s) in plots {
+        let _ = writeln!(md, "### {}\n\n![{}](plots/{file})\n", s.title, s.title);
+    }
+    md
+}
+
+fn table_head(md: &mut String, head: &[String]) {
+    let _ = writeln!(md, "| {} |", head.join(" | "));
+    let _ = writeln!(md, "|{}", head.iter().map(|_| "---|").collect::<String>());
+}
+
+fn table_row(md: &mut String, row: &[String]) {
+    let _ = writeln!(md, "| {} |", row.join(" | "));
+}
+
+/// `- **P**: `name` (kind) — S MiB, B bpw, PPL x (+d% vs baseline y), acc..., tg t/s, peak RSS; k of n within budget`
+fn sweet_spot_line(r: &Results, s: &SweetSpot) -> String {
+    let i = match &s.pick {
+        Ok(i) => *i,
+        Err(reason) => return format!("- **{}**: none — {}", s.profile, reason.replace('\n', " ")),
+    };
+    let v = &r.variants[i];
+    let base = r.baseline();
+    let mut parts = vec![format!("{} MiB", fmt_mib(v))];
+    if let Some(b) = v.bpw {
+        parts.push(format!("{b:.2} bpw"));
+    }
+    if let Some(p) = v.ppl {
+        match base.and_then(|b| b.ppl) {
+            Some(bp) => parts.push(format!(
+                "PPL {} ({} vs baseline {})",
+                fmt_ppl(p.value),
+                fmt_delta_ppl(p.value, bp.value),
+                fmt_ppl(bp.value)
+            )),
+            None => parts.push(format!("PPL {}", fmt_ppl(p.value))),
+        }
+    }
+    for m in r.primary_acc_metrics() {
+        if let Some(a) = v.acc.get(m) {
+            match base.and_then(|b| b.acc.get(m)) {
+                Some(ba) => parts.push(format!("{m} {} (baseline {})", fmt_pct(a.value), fmt_pct(ba.value))),
+                None => parts.push(format!("{m} {}", fmt_pct(a.value))),
+            }
+        }
+    }
+    if let Some(b) = v.bench(&s.profile) {
+        if let Some(t) = b.tg_tps {
+            parts.push(format!("tg {} t/s", fmt_tps(t)));
+        }
+        if let Some(t) = b.pp_tps {
+            parts.push(format!("pp {} t/s", fmt_tps(t)));
+        }
+        match (b.peak_rss_mib, b.mem_cap_mib) {
+            (Some(rss), Some(cap)) => parts.push(format!("peak RSS {rss:.1} MiB of a {cap:.0} MiB cap")),
+            (Some(rss), None) => parts.push(format!("peak RSS {rss:.1} MiB")),
+            _ => {}
+        }
+    }
+    format!(
+        "- **{}**: `{}` ({}) — {}; {} of {} fitting variant(s) within the budget",
+        s.profile,
+        v.name,
+        kind_label(v.kind),
+        parts.join(", "),
+        s.qualifying.len(),
+        s.n_fit
+    )
+}

@@ -1,0 +1,459 @@
+//! PNG plots of a results table: quality and speed against file size, with the Pareto frontier.
+//!
+//! Text is drawn with DejaVu Sans embedded at compile time (plotters' `ab_glyph` backend), so
+//! plotting needs no system font library and no font files at run time.
+
+use super::pareto::{pareto_min_max, pareto_min_min};
+use super::results::{Kind, Results};
+use super::sweet_spot::Criteria;
+use anyhow::{anyhow, Context, Result};
+use plotters::coord::ranged1d::ValueFormatter;
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
+use plotters::drawing::DrawingAreaErrorKind;
+use plotters::prelude::*;
+use std::path::Path;
+
+const WIDTH: u32 = 1100;
+const HEIGHT: u32 = 700;
+/// Above this many points, points are not labelled with their recipe.
+const MAX_LABELS: usize = 40;
+
+const MICROSCALE: RGBColor = RGBColor(31, 119, 180);
+const STOCK: RGBColor = RGBColor(230, 110, 0);
+const BASELINE: RGBColor = RGBColor(0, 0, 0);
+const FRONTIER: RGBColor = RGBColor(44, 160, 44);
+const BUDGET: RGBColor = RGBColor(200, 40, 40);
+const GREY: RGBColor = RGBColor(120, 120, 120);
+
+/// One point of a scatter plot.
+#[derive(Clone, Debug)]
+pub struct Point {
+    pub size_mib: f64,
+    pub y: f64,
+    /// Half-height of an error bar (standard error or standard deviation).
+    pub err: Option<f64>,
+    /// Variant name (for the frontier list) and recipe (the label drawn).
+    pub name: String,
+    pub label: String,
+    pub kind: Kind,
+}
+
+/// One plot: points plus how to read them.
+#[derive(Clone, Debug)]
+pub struct Scatter {
+    /// What y is, for lists: `perplexity`, `sst2_acc`, `tg t/s on pi5-8gb`.
+    pub metric: String,
+    pub unit: Unit,
+    pub title: String,
+    pub y_desc: String,
+    pub points: Vec<Point>,
+    /// The frontier maximizes y (accuracy, speed) rather than minimizing it (perplexity).
+    pub maximize_y: bool,
+    /// A horizontal reference line (e.g. the quality budget) and its legend.
+    pub reference: Option<(f64, String)>,
+    /// Start the y axis at zero (rates).
+    pub y_from_zero: bool,
+}
+
+impl Scatter {
+    /// Indices of the points on the Pareto frontier (smaller size, better y), by size.
+    pub fn frontier(&self) -> Vec<usize> {
+        let xy: Vec<(f64, f64)> = self.points.iter().map(|p| (p.size_mib, p.y)).collect();
+        if self.maximize_y {
+            pareto_min_max(&xy)
+        } else {
+            pareto_min_min(&xy)
+        }
+    }
+}
+
+/// How y values are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    Perplexity,
+    /// Accuracy, as a percentage (y is already multiplied by 100).
+    Percent,
+    TokensPerSecond,
+}
+
+impl Unit {
+    pub fn format(self, y: f64) -> String {
+        match self {
+            Unit::Perplexity => format!("PPL {y:.3}"),
+            Unit::Percent => format!("{y:.1}%"),
+            Unit::TokensPerSecond => format!("{y:.2} t/s"),
+        }
+    }
+}
+
+/// The plots of a results table: perplexity, each accuracy metric, and tg tokens/s per profile
+/// against file size. Failed variants and variants without the metric are left out; plots without
+/// any point are not made.
+pub fn scatters(results: &Results, criteria: &Criteria) -> Vec<(String, Scatter)> {
+    let base = results.baseline().filter(|b| !b.failed());
+    let mut out = Vec::new();
+    let label = |v: &super::results::Variant| if v.recipe.is_empty() { v.name.clone() } else { v.recipe.clone() };
+    let ppl: Vec<Point> = results
+        .ok()
+        .filter_map(|v| {
+            let m = v.ppl?;
+            Some(Point {
+                size_mib: v.size_mib()?,
+                y: m.value,
+                err: m.stderr,
+                name: v.name.clone(),
+                label: label(v),
+                kind: v.kind,
+            })
+        })
+        .collect();
+    if !ppl.is_empty() {
+        let reference = base.and_then(|b| b.ppl).map(|m| {
+            let limit = m.value * (1.0 + criteria.max_ppl_increase);
+            (limit, format!("quality budget: baseline {:+.0}%", 100.0 * criteria.max_ppl_increase))
+        });
+        out.push((
+            "ppl_vs_size.png".to_string(),
+            Scatter {
+                metric: "perplexity".into(),
+                unit: Unit::Perplexity,
+                title: "Perplexity vs file size (lower left is better)".into(),
+                y_desc: "perplexity".into(),
+                points: ppl,
+                maximize_y: false,
+                reference,
+                y_from_zero: false,
+            },
+        ));
+    }
+    for metric in &results.acc_metrics {
+        let pts: Vec<Point> = results
+            .ok()
+            .filter_map(|v| {
+                let m = v.acc.get(metric)?;
+                Some(Point {
+                    size_mib: v.size_mib()?,
+                    y: 100.0 * m.value,
+                    err: m.stderr.map(|s| 100.0 * s),
+                    name: v.name.clone(),
+                    label: label(v),
+                    kind: v.kind,
+                })
+            })
+            .collect();
+        if pts.is_empty() {
+            continue;
+        }
+        let reference = match metric.ends_with("_acc") {
+            true => base.and_then(|b| b.acc.get(metric)).map(|m| {
+                let limit = 100.0 * (m.value - criteria.max_acc_drop);
+                (limit, format!("quality budget: baseline -{:.1} points", 100.0 * criteria.max_acc_drop))
+            }),
+            false => None,
+        };
+        out.push((
+            format!("{}_vs_size.png", file_stem(metric)),
+            Scatter {
+                metric: metric.clone(),
+                unit: Unit::Percent,
+                title: format!("{metric} vs file size (upper left is better)"),
+                y_desc: format!("{metric} (%)"),
+                points: pts,
+                maximize_y: true,
+                reference,
+                y_from_zero: false,
+            },
+        ));
+    }
+    for profile in &results.profiles {
+        let pts: Vec<Point> = results
+            .ok()
+            .filter_map(|v| {
+                let tg = v.tg_tps(profile)?;
+                let err = v.bench(profile).and_then(|b| b.tg_tps_sd);
+                Some(Point { size_mib: v.size_mib()?, y: tg, err, name: v.name.clone(), label: label(v), kind: v.kind })
+            })
+            .collect();
+        if pts.is_empty() {
+            continue;
+        }
+        out.push((
+            format!("tg_vs_size_{}.png", file_stem(profile)),
+            Scatter {
+                metric: format!("tg t/s on {profile}"),
+                unit: Unit::TokensPerSecond,
+                title: format!("Generation speed on {profile} vs file size (upper left is better)"),
+                y_desc: "generation tokens/s".into(),
+                points: pts,
+                maximize_y: true,
+                reference: None,
+                y_from_zero: true,
+            },
+        ));
+    }
+    out
+}
+
+/// A file-name-safe form of a metric or profile name.
+pub fn file_stem(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
+fn register_fonts() -> Result<()> {
+    static ONCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *ONCE.get_or_init(|| {
+        plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular()).is_ok()
+            && plotters::style::register_font("sans-serif", FontStyle::Bold, dejavu::sans::bold()).is_ok()
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(anyhow!("the embedded DejaVu Sans font could not be loaded"))
+    }
+}
+
+/// Render a scatter plot to PNG bytes.
+pub fn render_png(s: &Scatter) -> Result<Vec<u8>> {
+    register_fonts()?;
+    let mut buf = vec![255u8; (WIDTH * HEIGHT * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("plot: {e}"))?;
+        draw(&root, s).map_err(|e| anyhow!("plot `{}`: {e}", s.title))?;
+        root.present().map_err(|e| anyhow!("plot: {e}"))?;
+    }
+    let mut png_bytes = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut png_bytes, WIDTH, HEIGHT);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc.write_header().context("PNG header")?;
+        w.write_image_data(&buf).context("PNG data")?;
+    }
+    Ok(png_bytes)
+}
+
+/// Render and write (atomically) one plot.
+pub fn write_png(path: &Path, s: &Scatter) -> Result<()> {
+    let bytes = render_png(s)?;
+    crate::util::atomic::write_file(path, &bytes)
+}
+
+type DrawResult<T, DB> = std::result::Result<T, DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+
+fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, s: &Scatter) -> DrawResult<(), DB> {
+    let (mut xlo, mut xhi) = bounds(s.points.iter().map(|p| p.size_mib));
+    // Log x axis: pad by a ratio, and keep at least a factor 2 of span so ticks exist.
+    if xhi / xlo < 2.0 {
+        let mid = (xlo * xhi).sqrt();
+        (xlo, xhi) = (mid / 1.414, mid * 1.414);
+    }
+    let (xlo, xhi) = (xlo / 1.12, xhi * 1.25);
+    let ys = s.points.iter().flat_map(|p| {
+        let e = p.err.unwrap_or(0.0);
+        [p.y - e, p.y + e]
+    });
+    let (mut ylo, mut yhi) = bounds(ys.chain(s.reference.iter().map(|r| r.0)));
+    if s.y_from_zero {
+        ylo = 0.0;
+    }
+    if yhi - ylo < 1e-9 * yhi.abs().max(1.0) {
+        (ylo, yhi) = (ylo - 0.5 * ylo.abs().max(1.0) * 0.1, yhi + 0.5 * yhi.abs().max(1.0) * 0.1);
+    }
+    let pad = 0.08 * (yhi - ylo);
+    let ylo = if s.y_from_zero { 0.0 } else { ylo - pad };
+    let yhi = yhi + pad;
+    // Perplexities that span more than a decade read better on a log axis.
+    if !s.maximize_y && ylo > 0.0 && yhi / ylo > 10.0 {
+        let y: LogCoord<f64> = (ylo..yhi).log_scale().into();
+        draw_in(root, s, (xlo, xhi), y)
+    } else {
+        let y: RangedCoordf64 = (ylo..yhi).into();
+        draw_in(root, s, (xlo, xhi), y)
+    }
+}
+
+/// Tick positions for a log axis: 1-2-5 per decade, or every 1..9 (and 1.5) per decade when that
+/// gives fewer than four ticks in the range.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let gen = |mantissas: &[f64]| -> Vec<f64> {
+        let (d0, d1) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+        let mut v: Vec<f64> = (d0..=d1)
+            .flat_map(|d| mantissas.iter().map(move |m| m * 10f64.powi(d)))
+            .filter(|t| *t >= lo && *t <= hi)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let coarse = gen(&[1.0, 2.0, 5.0]);
+    if coarse.len() >= 4 {
+        return coarse;
+    }
+    let fine = gen(&[1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]);
+    if fine.len() <= 12 {
+        fine
+    } else {
+        gen(&[1.0, 2.0, 3.0, 5.0, 7.0])
+    }
+}
+
+fn bounds(v: impl Iterator<Item = f64>) -> (f64, f64) {
+    v.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(x), hi.max(x)))
+}
+
+/// Tick labels without trailing zeros: 50, 100, 12.5.
+fn tick(v: f64) -> String {
+    let s = if v.abs() >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") };
+    let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s };
+    if s == "-0" {
+        "0".into()
+    } else {
+        s
+    }
+}
+
+fn draw_in<DB: DrawingBackend, Y>(
+    root: &DrawingArea<DB, Shift>,
+    s: &Scatter,
+    (xlo, xhi): (f64, f64),
+    y: Y,
+) -> DrawResult<(), DB>
+where
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let x = LogCoord::<f64>::from((xlo..xhi).log_scale()).with_key_points(log_ticks(xlo, xhi));
+    let mut chart = ChartBuilder::on(root)
+        .caption(&s.title, ("sans-serif", 24).into_font().style(FontStyle::Bold))
+        .margin(18)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x, y)?;
+    chart
+        .configure_mesh()
+        .x_desc("file size (MiB, log scale)")
+        .y_desc(&s.y_desc)
+        .x_label_formatter(&|v| tick(*v))
+        .y_label_formatter(&|v| tick(*v))
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 17))
+        .y_max_light_lines(1)
+        .light_line_style(RGBColor(240, 240, 240))
+        .bold_line_style(RGBColor(215, 215, 215))
+        .draw()?;
+
+    if let Some((yref, legend)) = &s.reference {
+        chart
+            .draw_series(DashedLineSeries::new([(xlo, *yref), (xhi, *yref)], 8, 6, BUDGET.stroke_width(1)))?
+            .label(legend.as_str())
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BUDGET.stroke_width(1)));
+    }
+
+    let frontier = s.frontier();
+    let fpts: Vec<(f64, f64)> = frontier.iter().map(|&i| (s.points[i].size_mib, s.points[i].y)).collect();
+    if !fpts.is_empty() {
+        chart.draw_series(LineSeries::new(fpts.clone(), FRONTIER.stroke_width(2)))?.label("Pareto frontier").legend(
+            |(x, y)| {
+                EmptyElement::at((x, y))
+                    + PathElement::new(vec![(-10, 0), (10, 0)], FRONTIER.stroke_width(2))
+                    + Circle::new((0, 0), 7, FRONTIER.stroke_width(2))
+            },
+        );
+        // A ring around each frontier point, so that a one-point frontier shows too.
+        chart.draw_series(fpts.iter().map(|&p| Circle::new(p, 9, FRONTIER.stroke_width(2))))?;
+    }
+
+    // Error bars under the markers.
+    for p in &s.points {
+        if let Some(e) = p.err.filter(|e| *e > 0.0) {
+            let c = colour(p.kind).mix(0.55);
+            let (lo, hi) = (p.y - e, p.y + e);
+            chart.draw_series(std::iter::once(PathElement::new(vec![(p.size_mib, lo), (p.size_mib, hi)], c)))?;
+        }
+    }
+
+    for kind in [Kind::Microscale, Kind::Stock, Kind::Baseline] {
+        let pts: Vec<&Point> = s.points.iter().filter(|p| p.kind == kind).collect();
+        if pts.is_empty() {
+            continue;
+        }
+        // One macro per marker so that the series and its legend entry draw the same shape.
+        macro_rules! mark {
+            ($at:expr) => {
+                match kind {
+                    Kind::Microscale => EmptyElement::at($at) + Circle::new((0, 0), 5, MICROSCALE.filled()).into_dyn(),
+                    Kind::Stock => {
+                        // Hollow, so that a microscale point under it stays visible.
+                        EmptyElement::at($at)
+                            + PathElement::new(vec![(0, -8), (7, 5), (-7, 5), (0, -8)], STOCK.stroke_width(2))
+                                .into_dyn()
+                    }
+                    Kind::Baseline => {
+                        EmptyElement::at($at) + Cross::new((0, 0), 7, BASELINE.stroke_width(3)).into_dyn()
+                    }
+                }
+            };
+        }
+        let legend = match kind {
+            Kind::Microscale => "microscale",
+            Kind::Stock => "llama.cpp stock",
+            Kind::Baseline => "baseline",
+        };
+        chart.draw_series(pts.iter().map(|p| mark!((p.size_mib, p.y))))?.label(legend).legend(move |c| mark!(c));
+    }
+
+    // Recipe labels: frontier points first, each placed right or left of its point where it does
+    // not overlap a label already placed, else left out.
+    if s.points.len() <= MAX_LABELS {
+        let font = ("sans-serif", 13).into_font().color(&RGBColor(60, 60, 60));
+        let (px, py) = chart.plotting_area().get_pixel_range();
+        let mut order: Vec<usize> = frontier.clone();
+        order.extend((0..s.points.len()).filter(|i| !frontier.contains(i)));
+        let mut placed: Vec<(i32, i32, i32, i32)> = Vec::new();
+        // The markers themselves are obstacles too.
+        let marks: Vec<(i32, i32)> = s.points.iter().map(|p| chart.backend_coord(&(p.size_mib, p.y))).collect();
+        for i in order {
+            let p = &s.points[i];
+            let (cx, cy) = marks[i];
+            let (w, h) = root.estimate_text_size(&p.label, &font)?;
+            let (w, h) = (w as i32, h as i32);
+            let candidates =
+                [(cx + 11, cy - h - 1), (cx - 11 - w, cy - h - 1), (cx + 11, cy + 4), (cx - 11 - w, cy + 4)];
+            let spot = candidates.into_iter().find(|&(x, y)| {
+                let r = (x, y, x + w, y + h);
+                x >= px.start
+                    && x + w <= px.end
+                    && y >= py.start
+                    && y + h <= py.end
+                    && !placed.iter().any(|q| overlap(r, *q))
+                    && !marks.iter().any(|&(mx, my)| overlap(r, (mx - 4, my - 4, mx + 4, my + 4)))
+            });
+            if let Some((x, y)) = spot {
+                root.draw(&Text::new(p.label.clone(), (x, y), font.clone()))?;
+                placed.push((x, y, x + w, y + h));
+            }
+        }
+    }
+
+    chart
+        .configure_series_labels()
+        .position(if s.maximize_y { SeriesLabelPosition::LowerRight } else { SeriesLabelPosition::UpperRight })
+        .label_font(("sans-serif", 15))
+        .background_style(WHITE.mix(0.9))
+        .border_style(GREY)
+        .margin(10)
+        .draw()?;
+    Ok(())
+}
+
+fn overlap(a: (i32, i32, i32, i32), b: (i32, i32, i32, i32)) -> bool {
+    a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3
+}
+
+fn colour(kind: Kind) -> RGBColor {
+    match kind {
+        Kind::Microscale => MICROSCALE,
+        Kind::Stock => STOCK,
+        Kind::Baseline => BASELINE,
+    }
+}

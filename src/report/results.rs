@@ -1,0 +1,421 @@
+//! `results.csv` (one row per model variant, written by `microscale sweep`) read into typed rows.
+//!
+//! Empty fields are "not measured" (`None`). Device profiles are discovered from the header (every
+//! column named `P:tg_tps` makes `P` a profile) and accuracy metrics likewise (every column ending
+//! in `_acc` or `_acc_norm`). Malformed input is an error naming the file and the line.
+
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// What a row is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The uncompressed model (exactly one row, or none).
+    Baseline,
+    /// One of microscale's variants.
+    Microscale,
+    /// A llama.cpp quantization made by `llama-quantize` from the same input.
+    Stock,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Baseline => "baseline",
+            Kind::Microscale => "microscale",
+            Kind::Stock => "stock",
+        }
+    }
+}
+
+/// A measured value with its standard error (when the metric has one).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Measure {
+    pub value: f64,
+    pub stderr: Option<f64>,
+}
+
+/// One device profile's benchmark of one variant.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Bench {
+    /// `Some(true)`: loaded and ran within the profile's caps; `Some(false)`: did not fit; `None`: not benchmarked.
+    pub fits: Option<bool>,
+    pub peak_rss_mib: Option<f64>,
+    pub pp_tps: Option<f64>,
+    pub pp_tps_sd: Option<f64>,
+    pub tg_tps: Option<f64>,
+    pub tg_tps_sd: Option<f64>,
+    pub load_s: Option<f64>,
+    pub mem_cap_mib: Option<f64>,
+}
+
+/// One row of results.csv.
+#[derive(Clone, Debug)]
+pub struct Variant {
+    /// 1-based line of the file where the row starts.
+    pub line: usize,
+    pub name: String,
+    pub kind: Kind,
+    pub recipe: String,
+    pub method: String,
+    pub prune_ratio: Option<f64>,
+    pub quant: String,
+    pub size_bytes: Option<u64>,
+    pub n_params: Option<u64>,
+    pub bpw: Option<f64>,
+    pub ppl: Option<Measure>,
+    pub kld: Option<Measure>,
+    pub same_top: Option<f64>,
+    /// Accuracy metrics (fractions in 0..1) by column name, e.g. `arc_easy_acc`.
+    pub acc: BTreeMap<String, Measure>,
+    /// Benchmarks by profile name.
+    pub bench: BTreeMap<String, Bench>,
+    /// Why the variant failed (non-empty `error` field).
+    pub error: Option<String>,
+    pub eval_chunks: Option<String>,
+    pub eval_limit: Option<String>,
+    pub microscale: Option<String>,
+    pub llama_cpp: Option<String>,
+    pub date: Option<String>,
+}
+
+impl Variant {
+    pub fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
+    pub fn is_stock(&self) -> bool {
+        self.kind == Kind::Stock
+    }
+
+    pub fn size_mib(&self) -> Option<f64> {
+        self.size_bytes.map(|b| b as f64 / (1u64 << 20) as f64)
+    }
+
+    /// The benchmark on `profile`, if the row has one.
+    pub fn bench(&self, profile: &str) -> Option<&Bench> {
+        self.bench.get(profile)
+    }
+
+    /// Generation tokens/s on `profile`, only when the variant fit.
+    pub fn tg_tps(&self, profile: &str) -> Option<f64> {
+        self.bench(profile).filter(|b| b.fits == Some(true)).and_then(|b| b.tg_tps)
+    }
+}
+
+/// The whole file.
+#[derive(Clone, Debug)]
+pub struct Results {
+    pub path: PathBuf,
+    /// Profiles in header order.
+    pub profiles: Vec<String>,
+    /// Accuracy metric columns in header order (`*_acc`, `*_acc_norm`).
+    pub acc_metrics: Vec<String>,
+    pub variants: Vec<Variant>,
+}
+
+impl Results {
+    pub fn baseline(&self) -> Option<&Variant> {
+        self.variants.iter().find(|v| v.kind == Kind::Baseline)
+    }
+
+    /// Variants that did not fail, in file order.
+    pub fn ok(&self) -> impl Iterator<Item = &Variant> {
+        self.variants.iter().filter(|v| !v.failed())
+    }
+
+    pub fn failed(&self) -> impl Iterator<Item = &Variant> {
+        self.variants.iter().filter(|v| v.failed())
+    }
+
+    /// The primary accuracy metrics (`*_acc`, not `*_acc_norm`): the ones the quality budget checks.
+    pub fn primary_acc_metrics(&self) -> Vec<&str> {
+        self.acc_metrics.iter().filter(|m| m.ends_with("_acc")).map(String::as_str).collect()
+    }
+}
+
+/// Columns every results.csv has.
+pub const REQUIRED_COLUMNS: &[&str] = &[
+    "variant",
+    "kind",
+    "recipe",
+    "method",
+    "prune_ratio",
+    "quant",
+    "file_size_bytes",
+    "n_params",
+    "bits_per_weight",
+    "ppl",
+    "ppl_stderr",
+    "kld",
+    "kld_stderr",
+    "same_top",
+    "error",
+    "eval_chunks",
+    "eval_limit",
+    "microscale",
+    "llama_cpp",
+    "date",
+];
+
+const BENCH_SUFFIXES: &[&str] =
+    &["fits", "peak_rss_mib", "pp_tps", "pp_tps_sd", "tg_tps", "tg_tps_sd", "load_s", "mem_cap_mib"];
+
+/// Read and parse `path`.
+pub fn read_results(path: &Path) -> Result<Results> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    parse_results(&text, path)
+}
+
+/// Split CSV text into records (RFC 4180: quoted fields may hold commas, doubled quotes and line
+/// breaks), each with the 1-based line it starts on. Blank lines are skipped.
+pub fn parse_csv(text: &str, path: &Path) -> Result<Vec<(usize, Vec<String>)>> {
+    let mut records = Vec::new();
+    let mut fields: Vec<String> = Vec::new();
+    let mut field = String::new();
+    let mut line = 1usize;
+    let mut start = 1usize;
+    let mut in_quotes = false;
+    // Whether the current field was quoted (then only a separator or line end may follow).
+    let mut quoted = false;
+    let mut chars = text.chars().peekable();
+    let mut record_empty = true;
+    while let Some(c) = chars.next() {
+        if in_quotes {
+            match c {
+                '"' if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                '"' => in_quotes = false,
+                '\n' => {
+                    line += 1;
+                    field.push(c);
+                }
+                _ => field.push(c),
+            }
+            continue;
+        }
+        match c {
+            '"' if field.is_empty() && !quoted => {
+                in_quotes = true;
+                quoted = true;
+                record_empty = false;
+            }
+            '"' => bail!("{}:{line}: stray double quote inside a field", path.display()),
+            ',' => {
+                fields.push(std::mem::take(&mut field));
+                quoted = false;
+                record_empty = false;
+            }
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\n' => {
+                if !record_empty || !field.is_empty() {
+                    fields.push(std::mem::take(&mut field));
+                    records.push((start, std::mem::take(&mut fields)));
+                }
+                quoted = false;
+                record_empty = true;
+                line += 1;
+                start = line;
+            }
+            _ if quoted => bail!("{}:{line}: text after a closing double quote", path.display()),
+            _ => {
+                field.push(c);
+                record_empty = false;
+            }
+        }
+    }
+    if in_quotes {
+        bail!("{}:{start}: quoted field not closed before the end of the file", path.display());
+    }
+    if !record_empty || !field.is_empty() {
+        fields.push(field);
+        records.push((start, fields));
+    }
+    Ok(records)
+}
+
+/// Parse results.csv text; `path` only names the file in errors.
+pub fn parse_results(text: &str, path: &Path) -> Result<Results> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let records = parse_csv(text, path)?;
+    let Some(((_, header), rows)) = records.split_first() else {
+        bail!("{}: empty file (expected a results.csv header line)", path.display());
+    };
+    let header: Vec<String> = header.iter().map(|h| h.trim().to_string()).collect();
+    let mut col = BTreeMap::new();
+    for (i, h) in header.iter().enumerate() {
+        if col.insert(h.as_str(), i).is_some() {
+            bail!("{}:1: column `{h}` appears twice in the header", path.display());
+        }
+    }
+    for c in REQUIRED_COLUMNS {
+        if !col.contains_key(c) {
+            bail!("{}:1: the header has no `{c}` column (is this a `microscale sweep` results.csv?)", path.display());
+        }
+    }
+    let profiles: Vec<String> = header.iter().filter_map(|h| h.strip_suffix(":tg_tps")).map(str::to_string).collect();
+    for p in &profiles {
+        for s in BENCH_SUFFIXES {
+            if !col.contains_key(format!("{p}:{s}").as_str()) {
+                bail!("{}:1: profile `{p}` has no `{p}:{s}` column", path.display());
+            }
+        }
+    }
+    let acc_metrics: Vec<String> = header
+        .iter()
+        .filter(|h| !h.contains(':') && (h.ends_with("_acc") || h.ends_with("_acc_norm")))
+        .cloned()
+        .collect();
+
+    let mut variants = Vec::new();
+    let mut baseline_line: Option<usize> = None;
+    for (line, rec) in rows {
+        let line = *line;
+        if rec.len() != header.len() {
+            bail!("{}:{line}: {} fields, but the header has {} columns", path.display(), rec.len(), header.len());
+        }
+        let row = Row { path, line, rec, col: &col };
+        if row.text("variant").is_empty() {
+            bail!("{}:{line}: empty `variant` name", path.display());
+        }
+        let kind = match row.text("kind") {
+            "baseline" => Kind::Baseline,
+            "microscale" => Kind::Microscale,
+            "stock" => Kind::Stock,
+            other => {
+                bail!("{}:{line}: column `kind`: `{other}` is not one of baseline, microscale, stock", path.display())
+            }
+        };
+        if kind == Kind::Baseline {
+            if let Some(first) = baseline_line {
+                bail!("{}:{line}: a second baseline row (the first is on line {first})", path.display());
+            }
+            baseline_line = Some(line);
+        }
+        let mut acc = BTreeMap::new();
+        for m in &acc_metrics {
+            if let Some(value) = row.num(m)? {
+                let stderr = match col.contains_key(format!("{m}_stderr").as_str()) {
+                    true => row.num(&format!("{m}_stderr"))?,
+                    false => None,
+                };
+                acc.insert(m.clone(), Measure { value, stderr });
+            }
+        }
+        let mut bench = BTreeMap::new();
+        for p in &profiles {
+            let c = |s: &str| format!("{p}:{s}");
+            let fits = match row.text(&c("fits")) {
+                "" => None,
+                "1" => Some(true),
+                "0" => Some(false),
+                other => bail!("{}:{line}: column `{}`: `{other}` is not 1 or 0", path.display(), c("fits")),
+            };
+            let b = Bench {
+                fits,
+                peak_rss_mib: row.num(&c("peak_rss_mib"))?,
+                pp_tps: row.num(&c("pp_tps"))?,
+                pp_tps_sd: row.num(&c("pp_tps_sd"))?,
+                tg_tps: row.num(&c("tg_tps"))?,
+                tg_tps_sd: row.num(&c("tg_tps_sd"))?,
+                load_s: row.num(&c("load_s"))?,
+                mem_cap_mib: row.num(&c("mem_cap_mib"))?,
+            };
+            if b != Bench::default() {
+                bench.insert(p.clone(), b);
+            }
+        }
+        let measure = |v: &str, se: &str| -> Result<Option<Measure>> {
+            Ok(row.num(v)?.map(|value| Measure { value, stderr: row.num(se).ok().flatten() }))
+        };
+        // Check the stderr columns' syntax too (the closure above tolerates them).
+        row.num("ppl_stderr")?;
+        row.num("kld_stderr")?;
+        variants.push(Variant {
+            line,
+            name: row.text("variant").to_string(),
+            kind,
+            recipe: row.text("recipe").to_string(),
+            method: row.text("method").to_string(),
+            prune_ratio: row.num("prune_ratio")?,
+            quant: row.text("quant").to_string(),
+            size_bytes: row.int("file_size_bytes")?,
+            n_params: row.int("n_params")?,
+            bpw: row.num("bits_per_weight")?,
+            ppl: measure("ppl", "ppl_stderr")?,
+            kld: measure("kld", "kld_stderr")?,
+            same_top: row.num("same_top")?,
+            acc,
+            bench,
+            error: row.opt("error"),
+            eval_chunks: row.opt("eval_chunks"),
+            eval_limit: row.opt("eval_limit"),
+            microscale: row.opt("microscale"),
+            llama_cpp: row.opt("llama_cpp"),
+            date: row.opt("date"),
+        });
+    }
+    Ok(Results { path: path.to_path_buf(), profiles, acc_metrics, variants })
+}
+
+struct Row<'a> {
+    path: &'a Path,
+    line: usize,
+    rec: &'a [String],
+    col: &'a BTreeMap<&'a str, usize>,
+}
+
+impl Row<'_> {
+    fn text(&self, name: &str) -> &str {
+        self.rec[self.col[name]].trim()
+    }
+
+    fn opt(&self, name: &str) -> Option<String> {
+        Some(self.text(name)).filter(|s| !s.is_empty()).map(str::to_string)
+    }
+
+    fn num(&self, name: &str) -> Result<Option<f64>> {
+        let s = self.text(name);
+        if s.is_empty() {
+            return Ok(None);
+        }
+        match s.parse::<f64>() {
+            Ok(v) if v.is_finite() => Ok(Some(v)),
+            Ok(_) => bail!("{}:{}: column `{name}`: `{s}` is not a finite number", self.path.display(), self.line),
+            Err(_) => bail!("{}:{}: column `{name}`: `{s}` is not a number", self.path.display(), self.line),
+        }
+    }
+
+    fn int(&self, name: &str) -> Result<Option<u64>> {
+        let s = self.text(name);
+        if s.is_empty() {
+            return Ok(None);
+        }
+        match s.parse::<u64>() {
+            Ok(v) => Ok(Some(v)),
+            Err(_) => {
+                bail!("{}:{}: column `{name}`: `{s}` is not a non-negative integer", self.path.display(), self.line)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_and_line_breaks() {
+        let p = Path::new("x.csv");
+        let r = parse_csv("a,b\r\n\"x,1\",\"say \"\"hi\"\"\nthere\"\n\nc,\n", p).unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0], (1, vec!["a".to_string(), "b".to_string()]));
+        assert_eq!(r[1], (2, vec!["x,1".to_string(), "say \"hi\"\nthere".to_string()]));
+        assert_eq!(r[2], (5, vec!["c".to_string(), String::new()]));
+        assert!(parse_csv("a,\"b\n", p).unwrap_err().to_string().contains("x.csv:1"));
+        assert!(parse_csv("a,b\nc,d\"e\n", p).unwrap_err().to_string().contains("x.csv:2"));
+    }
+}

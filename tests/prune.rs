@@ -1,0 +1,397 @@
+//! Pruning: structured variants match an independent reference forward pass run on the same
+//! pruned weights (sliced here, in Hugging Face layout, from the plan's kept indices); unstructured
+//! sparsity is exact per row; 0% is byte-identical; impossible requests write nothing.
+
+mod common;
+
+use common::reference::{gpt2_forward, llama_forward, load_tensors};
+use common::synth::{self, SynthSpec};
+use microscale::convert::{convert, plan_only, ConvertOptions};
+use microscale::engine::Model;
+use microscale::gguf::GgufFile;
+use microscale::prune::structured::{LayerPlan, StructuredPlan};
+use microscale::prune::unstructured::SparsityMethod;
+use microscale::prune::{Allocation, DropLayers, HeadsMode, PruneSpec};
+use microscale::quant::mix::Scheme;
+use microscale::source::gguf::GgufSource;
+use microscale::source::TensorSource;
+use safetensors::tensor::TensorView;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+const PROMPT: [i32; 20] = [265, 71, 220, 80, 256, 257, 66, 220, 90, 91, 270, 84, 72, 220, 260, 261, 69, 65, 220, 75];
+
+fn spec(f: impl FnOnce(&mut PruneSpec)) -> PruneSpec {
+    let mut s = PruneSpec { calib_chunks: 2, ..Default::default() };
+    f(&mut s);
+    s
+}
+
+fn opts(scheme: Scheme, prune: PruneSpec) -> ConvertOptions {
+    ConvertOptions { prune, ..ConvertOptions::new(scheme) }
+}
+
+fn rows_of(t: &common::reference::RefTensor) -> (usize, usize) {
+    (t.shape[0], t.shape.get(1).copied().unwrap_or(1))
+}
+
+fn pick_rows(t: &common::reference::RefTensor, rows: &[usize]) -> (Vec<usize>, Vec<f32>) {
+    let (_, c) = rows_of(t);
+    let mut shape = t.shape.clone();
+    shape[0] = rows.len();
+    (shape, rows.iter().flat_map(|&r| t.data[r * c..(r + 1) * c].iter().copied()).collect())
+}
+
+fn pick_cols(t: &common::reference::RefTensor, cols: &[usize]) -> (Vec<usize>, Vec<f32>) {
+    let (r, c) = rows_of(t);
+    (vec![r, cols.len()], (0..r).flat_map(|i| cols.iter().map(move |&j| t.data[i * c + j])).collect())
+}
+
+fn blocks(units: &[usize], size: usize) -> Vec<usize> {
+    units.iter().flat_map(|&u| u * size..(u + 1) * size).collect()
+}
+
+/// Write the pruned checkpoint the plan describes, sliced from the original in HF layout.
+fn write_pruned_hf(src: &Path, dst: &Path, plan: &StructuredPlan) {
+    std::fs::create_dir_all(dst).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"] {
+        if src.join(f).exists() {
+            std::fs::copy(src.join(f), dst.join(f)).unwrap();
+        }
+    }
+    let t = load_tensors(src).unwrap();
+    let mut out: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let hd = plan.dims.head_dim;
+    let gpt2 = plan.dims.arch == "gpt2";
+    for (name, tensor) in &t {
+        let layer_of = |prefix: &str| {
+            name.strip_prefix(prefix).and_then(|r| r.split('.').next()).and_then(|l| l.parse::<usize>().ok())
+        };
+        let prefix = if gpt2 { "transformer.h." } else { "model.layers." };
+        let Some(src_layer) = layer_of(prefix) else {
+            out.push((name.clone(), tensor.shape.clone(), tensor.data.clone()));
+            continue;
+        };
+        let Some((j, l)) = plan.layers.iter().enumerate().find(|(_, l)| l.source == src_layer) else { continue };
+        let l: &LayerPlan = l;
+        let new_name = name.replacen(&format!("{prefix}{src_layer}."), &format!("{prefix}{j}."), 1);
+        let (shape, data) = match name.rsplit('.').nth(1).unwrap_or("") {
+            _ if name.ends_with(".attn.bias") || name.ends_with("masked_bias") => continue,
+            "q_proj" => pick_rows(tensor, &blocks(&l.heads, hd)),
+            "k_proj" | "v_proj" => pick_rows(tensor, &blocks(&l.kv_heads, hd)),
+            "o_proj" => pick_cols(tensor, &blocks(&l.heads, hd)),
+            "gate_proj" | "up_proj" => pick_rows(tensor, &l.ffn),
+            "down_proj" => pick_cols(tensor, &l.ffn),
+            "c_fc" if name.ends_with("weight") => pick_cols(tensor, &l.ffn),
+            "c_fc" => pick_rows(tensor, &l.ffn),
+            "c_proj" if name.contains(".mlp.") && name.ends_with("weight") => pick_rows(tensor, &l.ffn),
+            _ => (tensor.shape.clone(), tensor.data.clone()),
+        };
+        out.push((new_name, shape, data));
+    }
+    let l0 = &plan.layers[0];
+    if gpt2 {
+        cfg["n_layer"] = plan.layers.len().into();
+        cfg["n_inner"] = l0.ffn.len().into();
+    } else {
+        cfg["num_hidden_layers"] = plan.layers.len().into();
+        cfg["intermediate_size"] = l0.ffn.len().into();
+        cfg["num_attention_heads"] = l0.heads.len().into();
+        cfg["num_key_value_heads"] = l0.kv_heads.len().into();
+        cfg["head_dim"] = hd.into();
+    }
+    std::fs::write(dst.join("config.json"), serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+        out.into_iter().map(|(n, s, d)| (n, s, d.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
+    let views: HashMap<String, TensorView> = bytes
+        .iter()
+        .map(|(n, s, b)| (n.clone(), TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &dst.join("model.safetensors")).unwrap();
+}
+
+fn llama_cpp_logits(gguf: &Path) -> Vec<f32> {
+    let model = Model::load(gguf).unwrap();
+    let mut s = model.session_f32(64, 2).unwrap();
+    s.logits(&PROMPT, 0).unwrap()
+}
+
+fn max_rel_err(got: &[f32], want: &[Vec<f32>]) -> f64 {
+    let flat: Vec<f32> = want.iter().flatten().copied().collect();
+    assert_eq!(got.len(), flat.len());
+    let scale = flat.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+    got.iter().zip(&flat).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max) / scale
+}
+
+/// Convert with `prune`, then check llama.cpp against the reference on independently sliced weights.
+fn check_structured(dir: &Path, gpt2: bool, prune: PruneSpec, work: &Path, tag: &str) -> StructuredPlan {
+    let o = opts(Scheme::F32, prune);
+    let (_, _, plan) = plan_only(dir, &o).unwrap();
+    let plan = plan.expect("a structured plan");
+    let gguf = work.join(format!("{tag}.gguf"));
+    let report = convert(dir, &gguf, &o).unwrap();
+    assert_eq!(report.structure.as_ref(), Some(&plan), "{tag}: the written plan is the planned one");
+    let sliced = work.join(format!("{tag}-hf"));
+    write_pruned_hf(dir, &sliced, &plan);
+    let tokens: Vec<u32> = PROMPT.iter().map(|&t| t as u32).collect();
+    let want = if gpt2 { gpt2_forward(&sliced, &tokens) } else { llama_forward(&sliced, &tokens) }.unwrap();
+    let err = max_rel_err(&llama_cpp_logits(&gguf), &want);
+    // At full precision llama.cpp's LLaMA agrees to float rounding; its GELU is a 16-bit table.
+    let tolerance = if gpt2 { 1e-3 } else { 1e-5 };
+    assert!(err < tolerance, "{tag}: relative logit error {err:e}");
+    plan
+}
+
+fn tiny_llama(work: &Path) -> PathBuf {
+    let dir = work.join("llama");
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = SynthSpec { n_layer: 4, n_head: 4, n_head_kv: 2, n_ff: 128, seed: 9, ..SynthSpec::tiny_llama() };
+    synth::write_llama_checkpoint(&dir, &spec).unwrap();
+    dir
+}
+
+#[test]
+fn structured_llama_variants_match_the_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_llama(tmp.path());
+    let calib = tmp.path().join("calib.gguf");
+    let base = |f: &dyn Fn(&mut PruneSpec)| {
+        spec(|s| {
+            s.calib = Some(calib.clone());
+            f(s)
+        })
+    };
+    let p = check_structured(&dir, false, base(&|s| s.drop_layers_list = Some(vec![1, 2])), tmp.path(), "drop-list");
+    assert_eq!(p.layers.iter().map(|l| l.source).collect::<Vec<_>>(), vec![0, 3]);
+    let p = check_structured(&dir, false, base(&|s| s.drop_layers = Some(DropLayers::Count(1))), tmp.path(), "drop-bi");
+    assert_eq!(p.layers.len(), 3);
+    let p = check_structured(&dir, false, base(&|s| s.prune_ffn = Some(0.5)), tmp.path(), "ffn");
+    assert!(p.layers.iter().all(|l| l.ffn.len() == 64) && p.out_arch == "llama");
+    let p = check_structured(&dir, false, base(&|s| s.prune_heads = Some(0.5)), tmp.path(), "heads-per-group");
+    assert!(p.layers.iter().all(|l| l.heads.len() == 2 && l.kv_heads.len() == 2));
+    let p = check_structured(
+        &dir,
+        false,
+        base(&|s| {
+            s.prune_heads = Some(0.5);
+            s.heads_mode = HeadsMode::KvGroups;
+        }),
+        tmp.path(),
+        "heads-kv-groups",
+    );
+    assert!(p.layers.iter().all(|l| l.heads.len() == 2 && l.kv_heads.len() == 1));
+    let p = check_structured(
+        &dir,
+        false,
+        base(&|s| {
+            s.prune_ffn = Some(0.25);
+            s.drop_layers_list = Some(vec![3]);
+            s.align = 32;
+        }),
+        tmp.path(),
+        "ffn-align",
+    );
+    assert!(p.layers.iter().all(|l| l.ffn.len() % 32 == 0));
+}
+
+#[test]
+fn deci_with_unequal_widths_and_head_counts_matches_the_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_llama(tmp.path());
+    let prune = spec(|s| {
+        s.prune_ffn = Some(0.5);
+        s.prune_heads = Some(0.25);
+        s.heads_mode = HeadsMode::KvGroups;
+        s.allocation = Allocation::Global;
+    });
+    let p = check_structured(&dir, false, prune, tmp.path(), "deci");
+    assert_eq!(p.out_arch, "deci");
+    let ffn: Vec<usize> = p.layers.iter().map(|l| l.ffn.len()).collect();
+    let heads: Vec<usize> = p.layers.iter().map(|l| l.heads.len()).collect();
+    assert!(ffn.iter().any(|&w| w != ffn[0]), "FFN widths should differ: {ffn:?}");
+    assert!(heads.iter().any(|&h| h != heads[0]), "head counts should differ: {heads:?}");
+    let f = GgufFile::open(&tmp.path().join("deci.gguf")).unwrap();
+    assert_eq!(f.get_str("general.architecture"), Some("deci"));
+    let arr = f.get("deci.feed_forward_length").and_then(|v| v.as_array()).unwrap();
+    assert_eq!(arr.iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>(), ffn);
+}
+
+#[test]
+fn structured_gpt2_variants_match_the_reference_and_heads_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("gpt2");
+    std::fs::create_dir_all(&dir).unwrap();
+    synth::write_gpt2_checkpoint(&dir, &SynthSpec { n_layer: 3, ..SynthSpec::tiny_gpt2() }).unwrap();
+    check_structured(&dir, true, spec(|s| s.prune_ffn = Some(0.5)), tmp.path(), "gpt2-ffn");
+    check_structured(&dir, true, spec(|s| s.drop_layers = Some(DropLayers::Count(1))), tmp.path(), "gpt2-drop");
+    let out = tmp.path().join("heads.gguf");
+    let err = convert(&dir, &out, &opts(Scheme::F32, spec(|s| s.prune_heads = Some(0.5)))).unwrap_err();
+    assert!(format!("{err:#}").contains("GPT-2"), "{err:#}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn zero_pruning_is_byte_identical_and_sparsity_is_exact_per_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_llama(tmp.path());
+    let plain = tmp.path().join("plain.gguf");
+    convert(&dir, &plain, &opts(Scheme::Q8_0, PruneSpec::default())).unwrap();
+    let zero = tmp.path().join("zero.gguf");
+    convert(
+        &dir,
+        &zero,
+        &opts(
+            Scheme::Q8_0,
+            spec(|s| {
+                s.sparsity = Some(0.0);
+                s.prune_ffn = Some(0.0);
+            }),
+        ),
+    )
+    .unwrap();
+    assert!(std::fs::read(&plain).unwrap() == std::fs::read(&zero).unwrap());
+
+    for (tag, prune) in [
+        ("magnitude", spec(|s| s.sparsity = Some(0.3))),
+        (
+            "wanda",
+            spec(|s| {
+                s.sparsity = Some(0.5);
+                s.method = SparsityMethod::Wanda;
+            }),
+        ),
+        ("nm", spec(|s| s.nm = Some("2:4".parse().unwrap()))),
+    ] {
+        let out = tmp.path().join(format!("{tag}.gguf"));
+        let report = convert(&dir, &out, &opts(Scheme::F32, prune.clone())).unwrap();
+        assert!(!report.sparsity.is_empty());
+        let src = GgufSource::new(GgufFile::open(&out).unwrap());
+        for stat in &report.sparsity {
+            let info = src.tensor(&stat.tensor).unwrap();
+            let data = src.read_f32(&stat.tensor).unwrap();
+            let n = *info.shape.last().unwrap();
+            let k = (prune.effective_sparsity() * n as f64).round() as usize;
+            for row in data.chunks(n) {
+                let zeros = row.iter().filter(|x| **x == 0.0).count();
+                // Synthetic gaussian weights have no zeros of their own.
+                assert!(
+                    (zeros as f64 - prune.effective_sparsity() * n as f64).abs() <= 1.0,
+                    "{tag} {}: {zeros} of {n}",
+                    stat.tensor
+                );
+                assert_eq!(zeros, k);
+                if let Some(nm) = prune.nm {
+                    for g in row.chunks(nm.group) {
+                        assert_eq!(
+                            g.iter().filter(|x| **x != 0.0).count(),
+                            nm.keep,
+                            "{tag}: N:M broken in {}",
+                            stat.tensor
+                        );
+                    }
+                }
+            }
+            assert!((stat.achieved - stat.requested).abs() < 1.0 / n as f64 + 1e-9);
+            assert_eq!(stat.after_quantization, stat.achieved, "F32 keeps zeros");
+        }
+        Model::load(&out).unwrap();
+    }
+}
+
+#[test]
+fn impossible_requests_are_errors_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_llama(tmp.path());
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    synth::write_llama_checkpoint(&other, &SynthSpec { n_layer: 2, ..SynthSpec::tiny_llama() }).unwrap();
+    let calib_other = tmp.path().join("other-calib.gguf");
+    convert(
+        &other,
+        &tmp.path().join("o.gguf"),
+        &opts(
+            Scheme::F32,
+            spec(|s| {
+                s.prune_ffn = Some(0.5);
+                s.calib = Some(calib_other.clone());
+            }),
+        ),
+    )
+    .unwrap();
+    let cases: Vec<(PruneSpec, &str)> = vec![
+        (spec(|s| s.sparsity = Some(1.0)), "impossible"),
+        (spec(|s| s.sparsity = Some(-0.1)), "impossible"),
+        (spec(|s| s.prune_ffn = Some(1.5)), "impossible"),
+        (spec(|s| s.prune_heads = Some(0.9)), "every head"),
+        (spec(|s| s.drop_layers = Some(DropLayers::Count(4))), "leaves none"),
+        (spec(|s| s.drop_layers_list = Some(vec![7])), "does not exist"),
+        (
+            spec(|s| {
+                s.prune_ffn = Some(0.5);
+                s.calib = Some(calib_other.clone());
+            }),
+            "another model",
+        ),
+        (spec(|s| s.nm = Some("3:7".parse().unwrap())), "not a multiple"),
+    ];
+    for (prune, needle) in cases {
+        let out = tmp.path().join("never.gguf");
+        let err = convert(&dir, &out, &opts(Scheme::F32, prune)).unwrap_err();
+        assert!(format!("{err:#}").contains(needle), "{err:#} lacks {needle:?}");
+        assert!(!out.exists());
+        let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
+}
+
+/// The default model: every kind of variant loads and runs; Wanda beats magnitude at 50%.
+#[test]
+fn default_model_variants_run_and_wanda_beats_magnitude() {
+    use microscale::eval::perplexity::{perplexity, PerplexityOptions};
+    let hf = microscale::default_model::require(microscale::default_model::HF_DIR).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = tmp.path().join("calib.gguf");
+    let text = std::fs::read_to_string("../shared/data/wikitext-2/wiki.test.raw").unwrap();
+    let ppl = |path: &Path| {
+        let m = Model::load(path).unwrap();
+        perplexity(&m, &text[..200_000], &PerplexityOptions::new(2, Some(3)), true).unwrap().ppl
+    };
+    let variants: Vec<(&str, PruneSpec)> = vec![
+        ("magnitude50", spec(|s| s.sparsity = Some(0.5))),
+        (
+            "wanda50",
+            spec(|s| {
+                s.sparsity = Some(0.5);
+                s.method = SparsityMethod::Wanda;
+            }),
+        ),
+        ("nm24", spec(|s| s.nm = Some("2:4".parse().unwrap()))),
+        ("drop4", spec(|s| s.drop_layers = Some(DropLayers::Count(4)))),
+        ("ffn25", spec(|s| s.prune_ffn = Some(0.25))),
+        ("heads33", spec(|s| s.prune_heads = Some(0.34))),
+        (
+            "global-ffn",
+            spec(|s| {
+                s.prune_ffn = Some(0.25);
+                s.allocation = Allocation::Global;
+            }),
+        ),
+    ];
+    let mut results = HashMap::new();
+    for (tag, mut prune) in variants {
+        prune.calib = Some(calib.clone());
+        let out = tmp.path().join(format!("{tag}.gguf"));
+        convert(&hf, &out, &opts(Scheme::Q8_0, prune)).unwrap();
+        let p = ppl(&out);
+        assert!(p.is_finite() && p > 1.0, "{tag}: ppl {p}");
+        results.insert(tag, p);
+        std::fs::remove_file(&out).unwrap();
+    }
+    assert!(results["wanda50"] < results["magnitude50"], "{results:?}");
+}
