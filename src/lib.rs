@@ -24,6 +24,7 @@ pub mod prune;
 pub mod quant;
 pub mod report;
 pub mod source;
+pub mod sweep;
 pub mod tokenizer;
 pub mod util;
 

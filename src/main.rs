@@ -34,6 +34,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ObjectiveArg {
+    Size,
+    Speed,
+}
+
 /// Pruning flags (shared by `convert` and `prune-plan`).
 #[derive(clap::Args, Clone, Debug)]
 struct PruneArgs {
@@ -162,6 +168,58 @@ enum Command {
         /// Print JSON (kept blocks, channels and heads; every tensor's shape and type).
         #[arg(long)]
         json: bool,
+    },
+    /// Build, evaluate and benchmark every variant of a grid; one row per variant in results.csv.
+    ///
+    /// Resumable: variants already in OUT/results.csv are skipped, each row is flushed as soon
+    /// as its variant is measured, a failing variant becomes a row with its error. Variant GGUFs
+    /// are deleted once measured unless --keep. Then `microscale report OUT` writes the report.
+    ///
+    /// Example: microscale sweep --model models/smollm2-135m --grid grids/seed.toml --out bench-results/smollm2-135m
+    #[command(verbatim_doc_comment)]
+    Sweep {
+        /// The source model (Hugging Face directory or GGUF).
+        #[arg(long)]
+        model: PathBuf,
+        /// The grid (TOML): grids/seed.toml, grids/quick.toml or your own.
+        #[arg(long)]
+        grid: PathBuf,
+        /// Output directory (results.csv, variants/, calib.imatrix.gguf).
+        #[arg(long)]
+        out: PathBuf,
+        /// Keep every variant's GGUF.
+        #[arg(long)]
+        keep: bool,
+        /// Threads (default: all cores).
+        #[arg(short, long)]
+        threads: Option<usize>,
+        /// Where sst2/ and arc/ live.
+        #[arg(long, default_value = microscale::eval::run::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+    /// Write report.md and plots from a sweep's results.csv.
+    ///
+    /// Perplexity, accuracy and generation speed against size, the Pareto frontier, stock
+    /// llama.cpp quants drawn apart, and the sweet spot per device profile: the smallest (or
+    /// fastest) variant that fits the profile and stays within the quality budget.
+    ///
+    /// Example: microscale report bench-results/smollm2-135m --max-ppl-increase 0.05 --max-acc-drop 0.01
+    #[command(verbatim_doc_comment)]
+    Report {
+        /// The sweep's output directory.
+        dir: PathBuf,
+        /// Largest perplexity increase over the baseline (0.05 = +5%).
+        #[arg(long, default_value_t = 0.05)]
+        max_ppl_increase: f64,
+        /// Largest drop of each accuracy (0.01 = 1 point).
+        #[arg(long, default_value_t = 0.01)]
+        max_acc_drop: f64,
+        /// Sweet spot: the smallest file, or the fastest generation on the profile.
+        #[arg(long, value_enum, default_value = "size")]
+        objective: ObjectiveArg,
+        /// A paragraph for the report's caveats (repeatable).
+        #[arg(long)]
+        caveat: Vec<String>,
     },
     /// Benchmark models under the caps of an edge device: threads, memory, CPU quota.
     ///
@@ -443,6 +501,42 @@ fn run(cli: Cli) -> Result<()> {
                     report.n_params as f64 / 1e6,
                     report.bytes as f64 / (1 << 20) as f64
                 );
+            }
+            Ok(())
+        }
+        Command::Sweep { model, grid, out, keep, threads, data_dir } => {
+            let g = microscale::sweep::grid::load_grid(&grid)?;
+            let opts = microscale::sweep::SweepOptions {
+                src: model,
+                out,
+                keep,
+                threads: threads.unwrap_or_else(engine::default_threads),
+                quiet: cli.quiet,
+                data_dir,
+                child_exe: None,
+            };
+            microscale::bench::caps::remove_stale_cgroups();
+            let results = microscale::sweep::run_sweep(&g, &opts)?;
+            if !cli.quiet {
+                eprintln!("wrote {} ({} variants); next: microscale report {}", results.display(), g.variants.len(), opts.out.display());
+            }
+            Ok(())
+        }
+        Command::Report { dir, max_ppl_increase, max_acc_drop, objective, caveat } => {
+            use microscale::report::markdown::{write_report, ReportOptions};
+            use microscale::report::sweet_spot::Objective;
+            let opts = ReportOptions {
+                max_ppl_increase,
+                max_acc_drop,
+                objective: match objective {
+                    ObjectiveArg::Size => Objective::Size,
+                    ObjectiveArg::Speed => Objective::Speed,
+                },
+                caveats: caveat,
+            };
+            let path = write_report(&dir, &opts)?;
+            if !cli.quiet {
+                eprintln!("wrote {}", path.display());
             }
             Ok(())
         }

@@ -1,0 +1,257 @@
+//! Sweep grids: TOML files listing the variants to build and how to measure them.
+//!
+//! ```toml
+//! [eval]                      # how every variant is evaluated
+//! ppl_chunks = 20             # perplexity windows of 512 tokens (WikiText-2 test)
+//! kld_chunks = 10             # KL-divergence windows against the baseline
+//! tasks = ["sst2", "arc-easy", "arc-challenge"]
+//! limit = 200                 # items per task (a seeded sample); omit for all
+//! [bench]
+//! profiles = ["pi4-4gb", "host"]
+//! reps = 2
+//! pp = 128
+//! tg = 32
+//! [calib]
+//! chunks = 16
+//!
+//! [[variant]]                 # one variant
+//! name = "q8_0"
+//! quant = "q8_0"
+//!
+//! [[matrix]]                  # every method × ratio × quant
+//! methods = ["magnitude", "wanda", "layers", "ffn", "heads"]
+//! ratios = [0.1, 0.5, 0.9]
+//! quants = ["q8_0", "q4_k_m"]
+//!
+//! [stock]                     # llama.cpp's own quants of the baseline, as their own rows
+//! quants = ["q8_0", "q4_k_m", "q4_k_s"]
+//! ```
+//! The baseline (the uncompressed model at F32) is always the first variant.
+
+use crate::prune::unstructured::SparsityMethod;
+use crate::prune::{DropLayers, PruneSpec};
+use crate::quant::mix::Scheme;
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    #[serde(default = "default_ppl_chunks")]
+    pub ppl_chunks: usize,
+    #[serde(default = "default_kld_chunks")]
+    pub kld_chunks: usize,
+    #[serde(default)]
+    pub tasks: Vec<String>,
+    pub limit: Option<usize>,
+    #[serde(default)]
+    pub shots: usize,
+}
+
+fn default_ppl_chunks() -> usize {
+    20
+}
+fn default_kld_chunks() -> usize {
+    10
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BenchConfig {
+    #[serde(default)]
+    pub profiles: Vec<String>,
+    #[serde(default = "default_reps")]
+    pub reps: usize,
+    #[serde(default = "default_pp")]
+    pub pp: usize,
+    #[serde(default = "default_tg")]
+    pub tg: usize,
+}
+
+fn default_reps() -> usize {
+    2
+}
+fn default_pp() -> usize {
+    128
+}
+fn default_tg() -> usize {
+    32
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibConfig {
+    #[serde(default = "default_calib_chunks")]
+    pub chunks: usize,
+}
+
+fn default_calib_chunks() -> usize {
+    16
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVariant {
+    name: Option<String>,
+    quant: String,
+    #[serde(default = "none")]
+    method: String,
+    #[serde(default)]
+    ratio: f64,
+}
+
+fn none() -> String {
+    "none".into()
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatrix {
+    methods: Vec<String>,
+    ratios: Vec<f64>,
+    quants: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStock {
+    quants: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrid {
+    eval: EvalConfig,
+    bench: BenchConfig,
+    calib: Option<CalibConfig>,
+    #[serde(default)]
+    variant: Vec<RawVariant>,
+    #[serde(default)]
+    matrix: Vec<RawMatrix>,
+    stock: Option<RawStock>,
+}
+
+/// Who made a variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Baseline,
+    Microscale,
+    Stock,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Baseline => "baseline",
+            Kind::Microscale => "microscale",
+            Kind::Stock => "stock",
+        }
+    }
+}
+
+/// One model variant of the grid.
+#[derive(Clone, Debug)]
+pub struct Variant {
+    pub name: String,
+    pub kind: Kind,
+    pub quant: Scheme,
+    /// none | magnitude | wanda | layers | ffn | heads
+    pub method: String,
+    pub ratio: f64,
+}
+
+impl Variant {
+    /// A readable description of how it is made.
+    pub fn recipe(&self) -> String {
+        match (self.kind, self.method.as_str()) {
+            (Kind::Baseline, _) => "f32 (uncompressed baseline)".into(),
+            (Kind::Stock, _) => format!("llama-quantize {}", self.quant.name()),
+            (_, "none") => self.quant.name().into(),
+            (_, m) => format!("{m} {:.0}% + {}", 100.0 * self.ratio, self.quant.name()),
+        }
+    }
+
+    /// The pruning request for this variant.
+    pub fn prune_spec(&self, calib_chunks: usize) -> Result<PruneSpec> {
+        let mut s = PruneSpec { calib_chunks, ..Default::default() };
+        let r = self.ratio;
+        match self.method.as_str() {
+            "none" => {}
+            "magnitude" => s.sparsity = Some(r),
+            "wanda" => {
+                s.sparsity = Some(r);
+                s.method = SparsityMethod::Wanda;
+            }
+            "layers" => s.drop_layers = Some(DropLayers::Ratio(r)),
+            "ffn" => s.prune_ffn = Some(r),
+            "heads" => s.prune_heads = Some(r),
+            other => bail!("unknown method {other:?} (none, magnitude, wanda, layers, ffn, heads)"),
+        }
+        Ok(s)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Grid {
+    pub eval: EvalConfig,
+    pub bench: BenchConfig,
+    pub calib_chunks: usize,
+    pub variants: Vec<Variant>,
+}
+
+fn variant_name(method: &str, ratio: f64, quant: Scheme) -> String {
+    if method == "none" {
+        quant.name().to_string()
+    } else {
+        format!("{method}{:.0}-{}", 100.0 * ratio, quant.name())
+    }
+}
+
+pub fn load_grid(path: &Path) -> Result<Grid> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    parse_grid(&text).with_context(|| format!("{}", path.display()))
+}
+
+pub fn parse_grid(text: &str) -> Result<Grid> {
+    let raw: RawGrid = toml::from_str(text)?;
+    let mut variants =
+        vec![Variant { name: "baseline-f32".into(), kind: Kind::Baseline, quant: Scheme::F32, method: "none".into(), ratio: 0.0 }];
+    let mut push = |v: Variant| -> Result<()> {
+        if variants.iter().any(|x| x.name == v.name) {
+            bail!("variant {:?} appears twice", v.name);
+        }
+        v.prune_spec(1)?; // reject unknown methods now
+        variants.push(v);
+        Ok(())
+    };
+    for v in raw.variant {
+        let quant = Scheme::parse(&v.quant)?;
+        let name = v.name.unwrap_or_else(|| variant_name(&v.method, v.ratio, quant));
+        push(Variant { name, kind: Kind::Microscale, quant, method: v.method, ratio: v.ratio })?;
+    }
+    for m in raw.matrix {
+        for method in &m.methods {
+            for &ratio in &m.ratios {
+                for q in &m.quants {
+                    let quant = Scheme::parse(q)?;
+                    let name = variant_name(method, ratio, quant);
+                    push(Variant { name, kind: Kind::Microscale, quant, method: method.clone(), ratio })?;
+                }
+            }
+        }
+    }
+    if let Some(s) = raw.stock {
+        for q in s.quants {
+            let quant = Scheme::parse(&q)?;
+            push(Variant { name: format!("stock-{}", quant.name()), kind: Kind::Stock, quant, method: "none".into(), ratio: 0.0 })?;
+        }
+    }
+    for t in &raw.eval.tasks {
+        t.parse::<crate::eval::data::Task>()?;
+    }
+    for p in &raw.bench.profiles {
+        crate::bench::profiles::profile(p)?;
+    }
+    Ok(Grid { eval: raw.eval, bench: raw.bench, calib_chunks: raw.calib.map_or(16, |c| c.chunks), variants })
+}
