@@ -518,7 +518,12 @@ fn run(cli: Cli) -> Result<()> {
             microscale::bench::caps::remove_stale_cgroups();
             let results = microscale::sweep::run_sweep(&g, &opts)?;
             if !cli.quiet {
-                eprintln!("wrote {} ({} variants); next: microscale report {}", results.display(), g.variants.len(), opts.out.display());
+                eprintln!(
+                    "wrote {} ({} variants); next: microscale report {}",
+                    results.display(),
+                    g.variants.len(),
+                    opts.out.display()
+                );
             }
             Ok(())
         }

@@ -315,18 +315,6 @@ fn pareto_by_hand() {
     assert_eq!(pareto_min_min(&[(1.0, 1.0)]), [0]);
 }
 
-/// `REPORT_OUT=/some/dir cargo test --release --test report -- --ignored`: render the fixture's
-/// report there, to look at the plots.
-#[test]
-#[ignore]
-fn render_fixture_to_dir() {
-    let out = PathBuf::from(std::env::var("REPORT_OUT").expect("set REPORT_OUT to a directory"));
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::copy(FIXTURE, out.join("results.csv")).unwrap();
-    let opts = ReportOptions { caveats: vec!["Evaluated on small samples.".into()], ..Default::default() };
-    write_report(&out, &opts).unwrap();
-}
-
 #[test]
 fn minimal_results_render() {
     // One baseline row, no device profile, no accuracy columns: still a report and one plot.

@@ -89,5 +89,8 @@ fn grids_parse_and_expand() {
     assert_eq!(seed.variants.len(), 1 + 3 + 30 + 3);
     assert_eq!(seed.variants[0].name, "baseline-f32");
     assert!(seed.variants.iter().any(|v| v.name == "wanda50-q4_k_m"));
-    assert!(microscale::sweep::grid::parse_grid("[eval]\n[bench]\n[[matrix]]\nmethods=[\"prune-it\"]\nratios=[0.5]\nquants=[\"q8_0\"]\n").is_err());
+    assert!(microscale::sweep::grid::parse_grid(
+        "[eval]\n[bench]\n[[matrix]]\nmethods=[\"prune-it\"]\nratios=[0.5]\nquants=[\"q8_0\"]\n"
+    )
+    .is_err());
 }

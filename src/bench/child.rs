@@ -4,10 +4,8 @@
 //! repeated `reps` times. Prints one JSON line on stdout.
 
 use crate::engine::{init, SessionOptions};
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use std::path::Path;
 use std::time::Instant;
@@ -53,13 +51,10 @@ impl Tokens {
 }
 
 pub fn run_child(model_path: &Path, a: &ChildArgs) -> Result<ChildReport> {
-    let backend = init(false);
+    init(false);
     let t = Instant::now();
-    let params = LlamaModelParams::default().with_use_mmap(a.mmap);
-    let model = LlamaModel::load_from_file(backend, model_path, &params)
-        .map_err(|e| anyhow!("llama.cpp could not load the model: {e}"))?;
+    let wrapped = crate::engine::Model::load_with(model_path, a.mmap)?;
     let load_s = t.elapsed().as_secs_f64();
-    let wrapped = crate::engine::Model { path: model_path.to_path_buf(), inner: model };
     let n_ctx = a.n_prompt + a.n_gen + 1;
     let mut session = wrapped.session_with(&SessionOptions {
         n_ctx,

@@ -105,6 +105,21 @@ impl Source {
         }
         bail!("{}: neither a Hugging Face model directory nor a GGUF file (bad magic)", path.display())
     }
+
+    pub fn tensors(&self) -> &dyn TensorSource {
+        match self {
+            Source::Hf(c) => c,
+            Source::Gguf(g) => g,
+        }
+    }
+
+    /// Metadata and the planned tensors of an unpruned conversion, and the architecture.
+    fn plan(&self, opts: &ConvertOptions) -> Result<(Metadata, Vec<PlannedTensor>, String)> {
+        match self {
+            Source::Hf(ckpt) => plan_from_hf(ckpt, opts),
+            Source::Gguf(g) => plan_from_gguf(g, opts),
+        }
+    }
 }
 
 /// One output tensor: where its data comes from and how it is encoded.
@@ -120,14 +135,8 @@ pub struct Job {
 pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
     refuse_overwrite(input, output)?;
     let source = Source::open(input)?;
-    let (mut metadata, planned, arch) = match &source {
-        Source::Hf(ckpt) => plan_from_hf(ckpt, opts)?,
-        Source::Gguf(g) => plan_from_gguf(g, opts)?,
-    };
-    let tensors: &dyn TensorSource = match &source {
-        Source::Hf(c) => c,
-        Source::Gguf(g) => g,
-    };
+    let (mut metadata, planned, arch) = source.plan(opts)?;
+    let tensors = source.tensors();
     // Pruning is planned (and checked) completely before the output file exists.
     let pruned = pruning::plan(input, output, tensors, &mut metadata, planned, opts)?;
     let jobs = typed_jobs(pruned.planned, &metadata, opts, pruned.sparsity);
@@ -152,14 +161,8 @@ pub fn plan_only(
     opts: &ConvertOptions,
 ) -> Result<(Metadata, Vec<Job>, Option<crate::prune::structured::StructuredPlan>)> {
     let source = Source::open(input)?;
-    let (mut metadata, planned, _) = match &source {
-        Source::Hf(ckpt) => plan_from_hf(ckpt, opts)?,
-        Source::Gguf(g) => plan_from_gguf(g, opts)?,
-    };
-    let tensors: &dyn TensorSource = match &source {
-        Source::Hf(c) => c,
-        Source::Gguf(g) => g,
-    };
+    let (mut metadata, planned, _) = source.plan(opts)?;
+    let tensors = source.tensors();
     let scratch = std::env::temp_dir().join(format!("microscale-plan-{}.gguf", crate::util::atomic::unique_suffix()));
     let pruned = pruning::plan(input, &scratch, tensors, &mut metadata, planned, opts)?;
     let jobs = typed_jobs(pruned.planned, &metadata, opts, pruned.sparsity);

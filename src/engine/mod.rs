@@ -54,11 +54,16 @@ pub struct Model {
 
 impl Model {
     pub fn load(path: &Path) -> Result<Model> {
+        Model::load_with(path, true)
+    }
+
+    /// Load memory-mapped (llama.cpp's default) or read into RAM (`mmap = false`).
+    pub fn load_with(path: &Path, mmap: bool) -> Result<Model> {
         if !path.is_file() {
             bail!("{}: no such model file{}", path.display(), crate::default_model::hint_for(path));
         }
         let backend = init(false);
-        let params = LlamaModelParams::default();
+        let params = LlamaModelParams::default().with_use_mmap(mmap);
         let inner = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
             anyhow!("{}: llama.cpp could not load the model ({e}); run with -v for its log", path.display())
         })?;

@@ -132,23 +132,7 @@ struct RawGrid {
     stock: Option<RawStock>,
 }
 
-/// Who made a variant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Baseline,
-    Microscale,
-    Stock,
-}
-
-impl Kind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Baseline => "baseline",
-            Kind::Microscale => "microscale",
-            Kind::Stock => "stock",
-        }
-    }
-}
+pub use crate::report::results::Kind;
 
 /// One model variant of the grid.
 #[derive(Clone, Debug)]
@@ -215,8 +199,13 @@ pub fn load_grid(path: &Path) -> Result<Grid> {
 
 pub fn parse_grid(text: &str) -> Result<Grid> {
     let raw: RawGrid = toml::from_str(text)?;
-    let mut variants =
-        vec![Variant { name: "baseline-f32".into(), kind: Kind::Baseline, quant: Scheme::F32, method: "none".into(), ratio: 0.0 }];
+    let mut variants = vec![Variant {
+        name: "baseline-f32".into(),
+        kind: Kind::Baseline,
+        quant: Scheme::F32,
+        method: "none".into(),
+        ratio: 0.0,
+    }];
     let mut push = |v: Variant| -> Result<()> {
         if variants.iter().any(|x| x.name == v.name) {
             bail!("variant {:?} appears twice", v.name);
@@ -244,7 +233,13 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
     if let Some(s) = raw.stock {
         for q in s.quants {
             let quant = Scheme::parse(&q)?;
-            push(Variant { name: format!("stock-{}", quant.name()), kind: Kind::Stock, quant, method: "none".into(), ratio: 0.0 })?;
+            push(Variant {
+                name: format!("stock-{}", quant.name()),
+                kind: Kind::Stock,
+                quant,
+                method: "none".into(),
+                ratio: 0.0,
+            })?;
         }
     }
     for t in &raw.eval.tasks {

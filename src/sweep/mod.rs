@@ -60,7 +60,8 @@ const HEAD: [&str; 24] = [
     "arc_challenge_acc_norm",
     "arc_challenge_acc_norm_stderr",
 ];
-const PROFILE_COLUMNS: [&str; 8] = ["fits", "peak_rss_mib", "pp_tps", "pp_tps_sd", "tg_tps", "tg_tps_sd", "load_s", "mem_cap_mib"];
+const PROFILE_COLUMNS: [&str; 8] =
+    ["fits", "peak_rss_mib", "pp_tps", "pp_tps_sd", "tg_tps", "tg_tps_sd", "load_s", "mem_cap_mib"];
 const TAIL: [&str; 6] = ["error", "eval_chunks", "eval_limit", "microscale", "llama_cpp", "date"];
 
 /// The results.csv header for a grid (profile columns in the grid's order).
@@ -85,7 +86,7 @@ fn done_variants(path: &Path, header: &[String]) -> Result<Vec<String>> {
         Some(_) => bail!("{}: written by a grid with other columns (profiles); use another --out", path.display()),
         None => return Ok(vec![]),
     }
-    Ok(lines.filter(|l| !l.trim().is_empty()).map(|l| first_field(l)).collect())
+    Ok(lines.filter(|l| !l.trim().is_empty()).map(first_field).collect())
 }
 
 fn first_field(line: &str) -> String {
@@ -98,7 +99,11 @@ fn first_field(line: &str) -> String {
 
 fn append_row(path: &Path, header: &[String], row: &BTreeMap<String, String>) -> Result<()> {
     let new = !path.exists() || std::fs::metadata(path)?.len() == 0;
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("{}: cannot open", path.display()))?;
     if new {
         writeln!(f, "{}", header.join(","))?;
     }
@@ -159,7 +164,7 @@ pub fn run_sweep(grid: &Grid, opts: &SweepOptions) -> Result<PathBuf> {
 fn identity(v: &Variant) -> BTreeMap<String, String> {
     let mut row = BTreeMap::new();
     row.insert("variant".into(), v.name.clone());
-    row.insert("kind".into(), v.kind.name().into());
+    row.insert("kind".into(), v.kind.as_str().into());
     row.insert("recipe".into(), v.recipe());
     row.insert("method".into(), v.method.clone());
     row.insert("prune_ratio".into(), format!("{}", v.ratio));
@@ -183,9 +188,13 @@ fn build(v: &Variant, opts: &SweepOptions, grid: &Grid, dir: &Path, baseline: &P
         return Ok(path); // kept from an earlier run
     }
     match v.kind {
-        Kind::Stock => {
-            stock_quantize(baseline, &path, v.quant, None, &StockOptions { threads: opts.threads, ..Default::default() })?
-        }
+        Kind::Stock => stock_quantize(
+            baseline,
+            &path,
+            v.quant,
+            None,
+            &StockOptions { threads: opts.threads, ..Default::default() },
+        )?,
         _ => {
             let mut prune = v.prune_spec(grid.calib_chunks)?;
             prune.calib = Some(calib.to_path_buf());
@@ -196,7 +205,14 @@ fn build(v: &Variant, opts: &SweepOptions, grid: &Grid, dir: &Path, baseline: &P
     Ok(path)
 }
 
-fn measure(v: &Variant, grid: &Grid, opts: &SweepOptions, dir: &Path, baseline: &Path, calib: &Path) -> Result<BTreeMap<String, String>> {
+fn measure(
+    v: &Variant,
+    grid: &Grid,
+    opts: &SweepOptions,
+    dir: &Path,
+    baseline: &Path,
+    calib: &Path,
+) -> Result<BTreeMap<String, String>> {
     let mut row = identity(v);
     let path = build(v, opts, grid, dir, baseline, calib)?;
     let result = measure_file(v, grid, opts, &path, baseline, &mut row);
@@ -207,7 +223,14 @@ fn measure(v: &Variant, grid: &Grid, opts: &SweepOptions, dir: &Path, baseline: 
     Ok(row)
 }
 
-fn measure_file(v: &Variant, grid: &Grid, opts: &SweepOptions, path: &Path, baseline: &Path, row: &mut BTreeMap<String, String>) -> Result<()> {
+fn measure_file(
+    v: &Variant,
+    grid: &Grid,
+    opts: &SweepOptions,
+    path: &Path,
+    baseline: &Path,
+    row: &mut BTreeMap<String, String>,
+) -> Result<()> {
     let id = ModelId::of(path)?;
     row.insert("file_size_bytes".into(), id.size_bytes.to_string());
     row.insert("n_params".into(), id.n_params.to_string());
@@ -259,7 +282,10 @@ fn measure_file(v: &Variant, grid: &Grid, opts: &SweepOptions, path: &Path, base
         let c = |k: &str| format!("{name}:{k}");
         row.insert(c("fits"), u8::from(b.fits).to_string());
         row.insert(c("peak_rss_mib"), format!("{:.1}", b.peak_rss as f64 / (1 << 20) as f64));
-        row.insert(c("mem_cap_mib"), p.memory.map(|m| format!("{:.0}", m as f64 / (1 << 20) as f64)).unwrap_or_default());
+        row.insert(
+            c("mem_cap_mib"),
+            p.memory.map(|m| format!("{:.0}", m as f64 / (1 << 20) as f64)).unwrap_or_default(),
+        );
         if let Some(pp) = b.pp {
             row.insert(c("pp_tps"), format!("{:.2}", pp.mean));
             row.insert(c("pp_tps_sd"), format!("{:.2}", pp.sd));
