@@ -264,9 +264,14 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, s: &Scatter) -> DrawR
     let pad = 0.08 * (yhi - ylo);
     let ylo = if s.y_from_zero { 0.0 } else { ylo - pad };
     let yhi = yhi + pad;
-    // Perplexities that span more than a decade read better on a log axis.
-    if !s.maximize_y && ylo > 0.0 && yhi / ylo > 10.0 {
-        let y: LogCoord<f64> = (ylo..yhi).log_scale().into();
+    // Perplexities that span more than a decade read better on a log axis (padded by ratios, and
+    // error bars clipped at half the value so the axis stays positive).
+    let positive = s.points.iter().all(|p| p.y > 0.0);
+    let (pmin, pmax) = bounds(s.points.iter().map(|p| p.y));
+    if !s.maximize_y && positive && pmax / pmin > 10.0 {
+        let lo = s.points.iter().map(|p| (p.y - p.err.unwrap_or(0.0)).max(p.y / 2.0)).fold(f64::INFINITY, f64::min);
+        let hi = s.points.iter().map(|p| p.y + p.err.unwrap_or(0.0)).chain(s.reference.iter().map(|r| r.0)).fold(0.0, f64::max);
+        let y: LogCoord<f64> = (lo / 1.3..hi * 1.3).log_scale().into();
         draw_in(root, s, (xlo, xhi), y)
     } else {
         let y: RangedCoordf64 = (ylo..yhi).into();
