@@ -270,7 +270,12 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, s: &Scatter) -> DrawR
     let (pmin, pmax) = bounds(s.points.iter().map(|p| p.y));
     if !s.maximize_y && positive && pmax / pmin > 10.0 {
         let lo = s.points.iter().map(|p| (p.y - p.err.unwrap_or(0.0)).max(p.y / 2.0)).fold(f64::INFINITY, f64::min);
-        let hi = s.points.iter().map(|p| p.y + p.err.unwrap_or(0.0)).chain(s.reference.iter().map(|r| r.0)).fold(0.0, f64::max);
+        let hi = s
+            .points
+            .iter()
+            .map(|p| p.y + p.err.unwrap_or(0.0))
+            .chain(s.reference.iter().map(|r| r.0))
+            .fold(0.0, f64::max);
         let y: LogCoord<f64> = (lo / 1.3..hi * 1.3).log_scale().into();
         draw_in(root, s, (xlo, xhi), y)
     } else {
