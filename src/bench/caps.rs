@@ -337,22 +337,6 @@ pub fn run_capped(mut cmd: Command, caps: &Caps, timeout: Duration) -> Result<Ou
     })
 }
 
-/// Every cgroup directory this process created that still exists (for tests and diagnostics).
-pub fn live_cgroups() -> Vec<PathBuf> {
-    let mine = format!("{PREFIX}{}-", std::process::id());
-    let mut out = Vec::new();
-    for controller in ["memory", "cpu"] {
-        if let Some((parent, _)) = parent_for(controller) {
-            if let Ok(entries) = fs::read_dir(&parent) {
-                out.extend(
-                    entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&mine)).map(|e| e.path()),
-                );
-            }
-        }
-    }
-    out
-}
-
 /// The CPUs this process may run on.
 pub fn available_cpus() -> Vec<usize> {
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
