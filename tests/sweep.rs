@@ -94,3 +94,13 @@ fn grids_parse_and_expand() {
     )
     .is_err());
 }
+
+#[test]
+fn the_committed_results_match_the_seed_grid_header() {
+    // The committed sweep must be resumable by the current code: same columns, same order.
+    let grid = load_grid(Path::new("grids/seed.toml")).unwrap();
+    let text = std::fs::read_to_string("bench-results/smollm2-135m/results.csv").unwrap();
+    assert_eq!(text.lines().next().unwrap(), microscale::sweep::header(&grid).join(","));
+    let parsed = read_results(Path::new("bench-results/smollm2-135m/results.csv")).unwrap();
+    assert_eq!(parsed.variants.len(), grid.variants.len());
+}

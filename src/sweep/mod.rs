@@ -13,6 +13,7 @@ use crate::bench::run::{bench_model, BenchOptions};
 use crate::convert::{convert, ConvertOptions};
 use crate::engine::quantize::{stock_quantize, StockOptions};
 use crate::eval::run::{run as run_eval, EvalSpec, DEFAULT_PPL_FILE};
+use crate::report::results::REQUIRED_COLUMNS;
 use crate::report::rows::{csv_field, utc_now, ModelId};
 use crate::util::progress::Progress;
 use anyhow::{anyhow, bail, Context, Result};
@@ -34,21 +35,8 @@ pub struct SweepOptions {
     pub child_exe: Option<PathBuf>,
 }
 
-const HEAD: [&str; 24] = [
-    "variant",
-    "kind",
-    "recipe",
-    "method",
-    "prune_ratio",
-    "quant",
-    "file_size_bytes",
-    "n_params",
-    "bits_per_weight",
-    "ppl",
-    "ppl_stderr",
-    "kld",
-    "kld_stderr",
-    "same_top",
+/// The task columns (each with `_stderr`), between the identity/perplexity columns and the profiles.
+const TASK_COLUMNS: [&str; 10] = [
     "sst2_acc",
     "sst2_acc_stderr",
     "arc_easy_acc",
@@ -62,15 +50,18 @@ const HEAD: [&str; 24] = [
 ];
 const PROFILE_COLUMNS: [&str; 8] =
     ["fits", "peak_rss_mib", "pp_tps", "pp_tps_sd", "tg_tps", "tg_tps_sd", "load_s", "mem_cap_mib"];
-const TAIL: [&str; 6] = ["error", "eval_chunks", "eval_limit", "microscale", "llama_cpp", "date"];
 
 /// The results.csv header for a grid (profile columns in the grid's order).
+///
+/// The columns `report` requires come from its reader ([`REQUIRED_COLUMNS`]: identity and perplexity
+/// first, provenance last); the task and profile columns go between them.
 pub fn header(grid: &Grid) -> Vec<String> {
-    let mut h: Vec<String> = HEAD.iter().map(|s| s.to_string()).collect();
+    let (head, tail) = REQUIRED_COLUMNS.split_at(REQUIRED_COLUMNS.iter().position(|c| *c == "error").unwrap());
+    let mut h: Vec<String> = head.iter().chain(TASK_COLUMNS.iter()).map(|s| s.to_string()).collect();
     for p in &grid.bench.profiles {
         h.extend(PROFILE_COLUMNS.iter().map(|c| format!("{p}:{c}")));
     }
-    h.extend(TAIL.iter().map(|s| s.to_string()));
+    h.extend(tail.iter().map(|s| s.to_string()));
     h
 }
 
@@ -253,7 +244,7 @@ fn measure_file(
     let out = run_eval(path, &spec, true)?;
     for r in &out.rows {
         let col = r.metric.replace('-', "_");
-        if col == "ppl" || HEAD.contains(&col.as_str()) {
+        if col == "ppl" || TASK_COLUMNS.contains(&col.as_str()) {
             row.insert(col.clone(), fmt(r.value));
             row.insert(format!("{col}_stderr"), fmt(r.stderr));
         }
