@@ -71,6 +71,8 @@ fn quick_grid_runs_resumes_after_a_kill_and_reports() {
     for v in &parsed.variants {
         assert!(v.error.is_none(), "{}: {:?}", v.name, v.error);
         assert!(v.ppl.is_some() && v.size_bytes.unwrap_or(0) > 0, "{}", v.name);
+        // Every variant but the baseline is compared with it.
+        assert_eq!(v.kld.is_some(), v.name != "baseline-f32", "{}", v.name);
     }
     let left: Vec<_> = std::fs::read_dir(out.join("variants")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(left, vec![std::ffi::OsString::from("baseline-f32.gguf")]);

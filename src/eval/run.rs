@@ -26,6 +26,8 @@ pub struct EvalSpec {
     pub n_ctx: usize,
     pub n_batch: usize,
     pub chunks: Option<usize>,
+    /// Windows for KL divergence (None: as `chunks`).
+    pub kld_chunks: Option<usize>,
     pub threads: usize,
     /// At most this many items per task (a seeded sample).
     pub limit: Option<usize>,
@@ -43,6 +45,7 @@ impl EvalSpec {
             n_ctx: 512,
             n_batch: 2048,
             chunks: None,
+            kld_chunks: None,
             threads,
             limit: None,
             seed: 42,
@@ -76,7 +79,8 @@ pub fn run(model_path: &Path, spec: &EvalSpec, quiet: bool) -> Result<EvalOutput
             let base = Model::load(base_path)?;
             let tokens = base.tokenize(&text, true);
             let t = Instant::now();
-            let k = kl_divergence(&model, &base, &tokens, &ppl_opts, quiet)?;
+            let kld_opts = PerplexityOptions { chunks: spec.kld_chunks.or(spec.chunks), ..ppl_opts.clone() };
+            let k = kl_divergence(&model, &base, &tokens, &kld_opts, quiet)?;
             let s = t.elapsed().as_secs_f64();
             out.rows.push(row("kld", k.kld_mean, k.kld_stderr, k.tokens, s));
             out.rows.push(row("kld_p99", k.kld_p99, 0.0, k.tokens, s));

@@ -16,7 +16,7 @@ use crate::eval::run::{run as run_eval, EvalSpec, DEFAULT_PPL_FILE};
 use crate::report::results::REQUIRED_COLUMNS;
 use crate::report::rows::{csv_field, utc_now, ModelId};
 use crate::util::progress::Progress;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use grid::{Grid, Kind, Variant};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -229,18 +229,18 @@ fn measure_file(
     row.insert("eval_chunks".into(), grid.eval.ppl_chunks.to_string());
     row.insert("eval_limit".into(), grid.eval.limit.map(|l| l.to_string()).unwrap_or_default());
 
-    let base_spec = || {
-        let mut s = EvalSpec::new(opts.threads);
-        s.data_dir = opts.data_dir.clone();
-        s.limit = grid.eval.limit;
-        s.shots = grid.eval.shots;
-        s
-    };
-    // Perplexity and tasks.
-    let mut spec = base_spec();
+    // Perplexity, KL divergence against the baseline and tasks, in one pass over one loaded model.
+    let mut spec = EvalSpec::new(opts.threads);
+    spec.data_dir = opts.data_dir.clone();
+    spec.limit = grid.eval.limit;
+    spec.shots = grid.eval.shots;
     spec.ppl = Some(DEFAULT_PPL_FILE.into());
     spec.chunks = Some(grid.eval.ppl_chunks);
     spec.tasks = grid.eval.tasks.iter().map(|t| t.parse()).collect::<Result<_>>()?;
+    if v.kind != Kind::Baseline && grid.eval.kld_chunks > 0 {
+        spec.kld_base = Some(baseline.to_path_buf());
+        spec.kld_chunks = Some(grid.eval.kld_chunks);
+    }
     let out = run_eval(path, &spec, true)?;
     for r in &out.rows {
         let col = r.metric.replace('-', "_");
@@ -249,12 +249,7 @@ fn measure_file(
             row.insert(format!("{col}_stderr"), fmt(r.stderr));
         }
     }
-    // KL divergence against the baseline.
-    if v.kind != Kind::Baseline && grid.eval.kld_chunks > 0 {
-        let mut spec = base_spec();
-        spec.kld_base = Some(baseline.to_path_buf());
-        spec.chunks = Some(grid.eval.kld_chunks);
-        let k = run_eval(path, &spec, true)?.kld.ok_or_else(|| anyhow!("no KL divergence computed"))?;
+    if let Some(k) = &out.kld {
         row.insert("kld".into(), fmt(k.kld_mean));
         row.insert("kld_stderr".into(), fmt(k.kld_stderr));
         row.insert("same_top".into(), fmt(k.same_top));
