@@ -11,7 +11,7 @@ mkdir -p "$WORK"
 command -v /usr/bin/time >/dev/null || { echo "needs GNU time (apt-get install time)" >&2; exit 1; }
 cargo build --release --quiet --bins --examples
 scripts/fetch-default-model.sh
-M=target/release/microscale
+M=${CARGO_TARGET_DIR:-target}/release/microscale
 
 [ -f "$WORK/llama-1b/config.json" ] || target/release/examples/synth_checkpoint --shape 1b --dtype bf16 -o "$WORK/llama-1b"
 

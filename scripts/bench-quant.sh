@@ -11,7 +11,7 @@ WORK=${1:-/tmp/microscale-bench}
 mkdir -p "$WORK" bench-results
 cargo build --release --quiet --bins --examples
 scripts/fetch-default-model.sh
-M=target/release/microscale
+M=${CARGO_TARGET_DIR:-target}/release/microscale
 
 $M bench-quant --threads "$(nproc)" --reps 7 --rows 512 | tee bench-results/quantizers.md
 

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 GGUF=models/SmolLM2-135M-Instruct.Q4_1.gguf
 HF_DIR=models/smollm2-135m
 SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
-MICROSCALE=${MICROSCALE:-target/release/microscale}
+MICROSCALE=${MICROSCALE:-${CARGO_TARGET_DIR:-target}/release/microscale}
 
 mkdir -p models
 if [ ! -f "$GGUF" ]; then

@@ -17,7 +17,7 @@ OUT=${OUT:-bench-results/smollm2-135m}
 
 cargo build --release --quiet
 scripts/fetch-default-model.sh
-M=target/release/microscale
+M=${CARGO_TARGET_DIR:-target}/release/microscale
 
 $M inspect models/smollm2-135m | head -16
 $M sweep --model models/smollm2-135m --grid "$GRID" --out "$OUT"
