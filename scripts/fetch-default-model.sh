@@ -9,6 +9,7 @@
 # Idempotent: does nothing for the parts already in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/setup.sh
 
 GGUF=models/SmolLM2-135M-Instruct.Q4_1.gguf
 HF_DIR=models/smollm2-135m

@@ -15,6 +15,7 @@ cd "$(dirname "$0")/.."
 GRID=${GRID:-grids/seed.toml}
 OUT=${OUT:-bench-results/smollm2-135m}
 
+scripts/setup.sh
 cargo build --release --quiet
 scripts/fetch-default-model.sh
 M=${CARGO_TARGET_DIR:-target}/release/microscale

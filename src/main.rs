@@ -36,6 +36,11 @@ struct Cli {
     command: Command,
 }
 
+/// Counts that must be at least `MIN` (threads, repetitions, windows, items, seconds).
+fn at_least<const MIN: u64>() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(MIN..)
+}
+
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum ObjectiveArg {
     Size,
@@ -78,17 +83,20 @@ struct PruneArgs {
     #[arg(long, value_enum, default_value = "uniform", help_heading = "Pruning")]
     width_allocation: microscale::prune::Allocation,
     /// Round kept widths to multiples of N (256 lets K-quants apply).
-    #[arg(long, default_value_t = 1, value_name = "N", help_heading = "Pruning")]
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = at_least::<1>(), help_heading = "Pruning")]
     align: usize,
     /// Calibration file (llama.cpp imatrix GGUF + block influences): reused when it exists,
     /// written when it does not.
     #[arg(long, value_name = "FILE", help_heading = "Pruning")]
     calib: Option<PathBuf>,
-    /// Calibration text.
-    #[arg(long, value_name = "FILE", default_value = microscale::prune::calib::DEFAULT_CALIB_TEXT, help_heading = "Pruning")]
-    calib_text: PathBuf,
+    /// Calibration text [default: the data folder's wikitext-2/wiki.valid.tokens].
+    #[arg(long, value_name = "FILE", help_heading = "Pruning")]
+    calib_text: Option<PathBuf>,
+    /// The data folder (default: $MICROSCALE_DATA, else the one shipped with microscale).
+    #[arg(long, value_name = "DIR", help_heading = "Pruning")]
+    data_dir: Option<PathBuf>,
     /// Calibration chunks of 512 tokens.
-    #[arg(long, default_value_t = 16, value_name = "N", help_heading = "Pruning")]
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = at_least::<1>(), help_heading = "Pruning")]
     calib_chunks: usize,
 }
 
@@ -109,12 +117,22 @@ impl PruneArgs {
             calib: self.calib.clone(),
             calib_text: self.calib_text.clone(),
             calib_chunks: self.calib_chunks,
+            data: microscale::util::data::DataDir::resolve(self.data_dir.as_deref()),
         }
     }
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// What this microscale runs on: versions, the CPU features compiled into llama.cpp, devices.
+    ///
+    /// llama.cpp is built for this machine (GGML_NATIVE) but without ggml's AMX backend, which
+    /// crashes on Intel Sapphire Rapids (llama.cpp issue 20824); this shows both.
+    Info {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Convert a Hugging Face directory or a GGUF file to GGUF, quantizing in the same pass.
     ///
     /// The conversion streams: one tensor is in memory at a time, rows are converted in parallel,
@@ -146,6 +164,10 @@ enum Command {
         /// Importance matrix (llama.cpp imatrix GGUF or legacy .dat) for the quantizers.
         #[arg(long)]
         imatrix: Option<PathBuf>,
+        /// Re-quantize tensors of a GGUF that are already quantized (refused by default, as by
+        /// llama-quantize: the rounding errors compound). Dequantizing to f32/f16/bf16 is always allowed.
+        #[arg(long)]
+        allow_requantize: bool,
         #[command(flatten)]
         prune: PruneArgs,
         /// Print a JSON report (pruning statistics included) on stdout.
@@ -186,18 +208,32 @@ enum Command {
         /// The grid (TOML): grids/seed.toml, grids/quick.toml or your own.
         #[arg(long)]
         grid: PathBuf,
-        /// Output directory (results.csv, variants/, calib.imatrix.gguf).
+        /// Output directory (results.csv, variants/, rows/, logs/, calib.imatrix.gguf).
         #[arg(long)]
         out: PathBuf,
         /// Keep every variant's GGUF.
         #[arg(long)]
         keep: bool,
+        /// Run again the variants whose recorded row failed (status error, crash or timeout).
+        #[arg(long)]
+        retry_failed: bool,
+        /// Measure only this variant (name or 0-based index), in this process: writes
+        /// OUT/rows/NAME.json, not results.csv. What each variant's child runs.
+        #[arg(long, value_name = "NAME|I")]
+        variant: Option<String>,
+        /// Kill a variant's child after this many seconds (its row says timeout).
+        #[arg(long, value_name = "SECS", default_value_t = 12 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
+        variant_timeout: u64,
+        /// The microscale binary the children run (default: this one).
+        #[arg(long, hide = true)]
+        child_exe: Option<PathBuf>,
         /// Threads (default: all cores).
-        #[arg(short, long)]
+        #[arg(short, long, value_parser = at_least::<1>())]
         threads: Option<usize>,
-        /// Where sst2/ and arc/ live.
-        #[arg(long, default_value = microscale::eval::run::DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
+        /// The data folder holding wikitext-2/, sst2/ and arc/ (default: $MICROSCALE_DATA, else
+        /// the one shipped with microscale).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// Write report.md and plots from a sweep's results.csv.
     ///
@@ -251,7 +287,7 @@ enum Command {
         #[arg(long)]
         list_profiles: bool,
         /// Override the profile's thread count.
-        #[arg(short, long)]
+        #[arg(short, long, value_parser = at_least::<1>())]
         threads: Option<usize>,
         /// Override the profile's memory cap (e.g. 3GiB, 512MiB, none).
         #[arg(long)]
@@ -260,7 +296,7 @@ enum Command {
         #[arg(long)]
         cpu_quota: Option<f64>,
         /// Repetitions of each test.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_least::<1>())]
         reps: usize,
         /// Prompt tokens for the pp test (0: skip).
         #[arg(long, default_value_t = 512)]
@@ -272,7 +308,7 @@ enum Command {
         #[arg(long)]
         mmap: bool,
         /// Give up on a child after this many seconds.
-        #[arg(long, default_value_t = 900)]
+        #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
         timeout: u64,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -306,16 +342,16 @@ enum Command {
     #[command(verbatim_doc_comment)]
     BenchQuant {
         /// Rows per run.
-        #[arg(long, default_value_t = 1024)]
+        #[arg(long, default_value_t = 1024, value_parser = at_least::<1>())]
         rows: usize,
         /// Row length (a multiple of 256).
-        #[arg(long, default_value_t = 4096)]
+        #[arg(long, default_value_t = 4096, value_parser = at_least::<256>())]
         row_len: usize,
         /// Threads for both sides (default: all cores).
-        #[arg(short, long)]
+        #[arg(short, long, value_parser = at_least::<1>())]
         threads: Option<usize>,
         /// Repetitions (the median is reported).
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = at_least::<1>())]
         reps: usize,
         /// Only these types (default: all).
         #[arg(long = "type", value_name = "TYPE")]
@@ -349,7 +385,7 @@ enum Command {
         #[arg(long)]
         allow_requantize: bool,
         /// Threads (default: all cores).
-        #[arg(short, long)]
+        #[arg(short, long, value_parser = at_least::<1>())]
         threads: Option<usize>,
     },
     /// Write a Hugging Face directory (config.json, model.safetensors, tokenizer files) from a GGUF.
@@ -398,9 +434,9 @@ enum Command {
     Eval {
         /// The GGUF model.
         model: PathBuf,
-        /// Perplexity on this text (bare flag: WikiText-2 test).
-        #[arg(long, num_args = 0..=1, default_missing_value = microscale::eval::run::DEFAULT_PPL_FILE)]
-        ppl: Option<PathBuf>,
+        /// Perplexity on this text (bare flag: the data folder's WikiText-2 test split).
+        #[arg(long, value_name = "FILE", num_args = 0..=1)]
+        ppl: Option<Option<PathBuf>>,
         /// KL divergence against this base model (same vocabulary), on the perplexity text.
         #[arg(long, value_name = "BASE.gguf")]
         kld_base: Option<PathBuf>,
@@ -411,26 +447,27 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         shots: usize,
         /// Tokens per perplexity window.
-        #[arg(short = 'c', long, default_value_t = 512)]
+        #[arg(short = 'c', long, default_value_t = 512, value_parser = at_least::<4>())]
         ctx_size: usize,
         /// Tokens per llama.cpp decode (perplexity runs batch/ctx windows at once).
-        #[arg(short = 'b', long, default_value_t = 2048)]
+        #[arg(short = 'b', long, default_value_t = 2048, value_parser = at_least::<1>())]
         batch_size: usize,
         /// Score at most this many perplexity windows (default: all).
-        #[arg(long)]
+        #[arg(long, value_parser = at_least::<1>())]
         chunks: Option<usize>,
         /// Evaluate at most this many items per task (a seeded sample).
-        #[arg(long)]
+        #[arg(long, value_parser = at_least::<1>())]
         limit: Option<usize>,
         /// Seed for SST-2 demonstrations and --limit samples.
         #[arg(long, default_value_t = 42)]
         seed: u64,
         /// Threads (default: all cores).
-        #[arg(short, long)]
+        #[arg(short, long, value_parser = at_least::<1>())]
         threads: Option<usize>,
-        /// Where sst2/ and arc/ live.
-        #[arg(long, default_value = microscale::eval::run::DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
+        /// The data folder holding wikitext-2/, sst2/ and arc/ (default: $MICROSCALE_DATA, else
+        /// the one shipped with microscale).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -441,13 +478,29 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // One line, as for every other error (clap's own hint to try --help follows the usage
+            // errors of cargo and llama.cpp's tools; `microscale help COMMAND` says the same).
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{}", if first.starts_with("error:") { first.to_string() } else { format!("error: {first}") });
+            return ExitCode::from(2);
+        }
+    };
     engine::init(cli.verbose);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
-            ExitCode::FAILURE
+            // A measuring parent tells "ran out of memory" from "failed" by this code.
+            if e.chain().any(|c| c.is::<engine::OutOfMemory>()) {
+                ExitCode::from(microscale::bench::status::EXIT_OUT_OF_MEMORY as u8)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -467,13 +520,23 @@ fn one_line(e: &anyhow::Error) -> String {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Convert { src, output, outtype, tensor_types, imatrix, prune, json } => {
+        Command::Info { json } => {
+            let info = engine::info::engine_info();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                print!("{}", info.to_text());
+            }
+            Ok(())
+        }
+        Command::Convert { src, output, outtype, tensor_types, imatrix, allow_requantize, prune, json } => {
             let imatrix = imatrix.map(|p| Imatrix::load(&p)).transpose()?;
             let opts = convert::ConvertOptions {
                 scheme: outtype,
                 tensor_types,
                 imatrix,
                 prune: prune.spec(),
+                allow_requantize,
                 threads: engine::default_threads(),
                 quiet: cli.quiet,
             };
@@ -506,17 +569,39 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Sweep { model, grid, out, keep, threads, data_dir } => {
+        Command::Sweep {
+            model,
+            grid,
+            out,
+            keep,
+            retry_failed,
+            variant,
+            variant_timeout,
+            child_exe,
+            threads,
+            data_dir,
+        } => {
             let g = microscale::sweep::grid::load_grid(&grid)?;
             let opts = microscale::sweep::SweepOptions {
-                src: model,
-                out,
                 keep,
                 threads: threads.unwrap_or_else(engine::default_threads),
                 quiet: cli.quiet,
-                data_dir,
-                child_exe: None,
+                data: microscale::util::data::DataDir::resolve(data_dir.as_deref()),
+                child_exe,
+                retry_failed,
+                variant_timeout: std::time::Duration::from_secs(variant_timeout),
+                ..microscale::sweep::SweepOptions::new(&model, &grid, &out)
             };
+            if let Some(name) = variant {
+                // A variant's child: llama.cpp's log goes to stderr (OUT/logs/NAME.log), so that a
+                // crash can be traced to what llama.cpp was doing.
+                engine::log::set_mode(engine::log::LogMode::Child);
+                let row = microscale::sweep::run_one_variant(&g, &name, &opts)?;
+                if row.get("status").map(String::as_str) != Some(microscale::sweep::STATUS_OK) {
+                    anyhow::bail!("{}", row.get("error").cloned().unwrap_or_default());
+                }
+                return Ok(());
+            }
             microscale::bench::caps::remove_stale_cgroups();
             let results = microscale::sweep::run_sweep(&g, &opts)?;
             if !cli.quiet {
@@ -724,13 +809,16 @@ fn run(cli: Cli) -> Result<()> {
             json,
             csv,
         } => {
-            use microscale::eval::run::{run, EvalSpec, DEFAULT_PPL_FILE};
+            use microscale::eval::run::{run, EvalSpec};
             use microscale::report::rows::{append_csv, ModelId};
+            use microscale::util::data::{DataDir, WIKITEXT_TEST};
+            let data = DataDir::resolve(data_dir.as_deref());
             let mut spec = EvalSpec::new(threads.unwrap_or_else(engine::default_threads));
-            spec.ppl = if ppl.is_none() && kld_base.is_none() && tasks.is_empty() {
-                Some(DEFAULT_PPL_FILE.into())
-            } else {
-                ppl
+            spec.ppl = match ppl {
+                Some(Some(file)) => Some(file),
+                Some(None) => Some(data.file(WIKITEXT_TEST)?),
+                None if kld_base.is_none() && tasks.is_empty() => Some(data.file(WIKITEXT_TEST)?),
+                None => None,
             };
             spec.kld_base = kld_base;
             spec.tasks = tasks;
@@ -740,7 +828,7 @@ fn run(cli: Cli) -> Result<()> {
             spec.chunks = chunks;
             spec.limit = limit;
             spec.seed = seed;
-            spec.data_dir = data_dir;
+            spec.data = data;
             let out = run(&model, &spec, cli.quiet)?;
             let id = ModelId::of(&model)?;
             if let Some(path) = &csv {

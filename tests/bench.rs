@@ -2,6 +2,7 @@
 
 use microscale::bench::profiles::{profile, Profile};
 use microscale::bench::run::{bench_model, BenchOptions};
+use microscale::bench::status::Status;
 use microscale::convert::{convert, ConvertOptions};
 use microscale::quant::mix::Scheme;
 use std::path::PathBuf;
@@ -35,13 +36,19 @@ fn host_with(memory: Option<u64>, threads: usize) -> Profile {
 }
 
 #[test]
-fn a_memory_cap_below_the_model_is_a_does_not_fit_row_and_leaves_no_cgroup() {
+fn a_memory_cap_below_the_model_is_an_oom_row_and_leaves_no_cgroup() {
     let (_, q8) = model();
     let size = std::fs::metadata(q8).unwrap().len();
     let row = bench_model(q8, &host_with(Some(size / 3), 1), &quick()).unwrap();
-    assert!(!row.fits, "{row:?}");
+    assert_eq!(row.status, Status::Oom, "{row:?}");
     let reason = row.reason.clone().unwrap();
     assert!(reason.starts_with("does not fit in"), "{reason}");
+    // The kernel's own count says the cap killed it (a cgroup here), or the child's allocation
+    // failed under RLIMIT_AS and it said so.
+    assert!(
+        reason.contains("killed by the memory cap") || reason.contains("RLIMIT") || reason.contains("alloc"),
+        "{reason}"
+    );
     assert!(row.pp.is_none() && row.tg.is_none());
     assert!(!row.enforcement.memory.is_empty() && row.enforcement.memory != "none");
     // The killed child's cgroup is gone (other tests may be running their own right now).
@@ -56,7 +63,8 @@ fn a_memory_cap_above_the_model_fits_and_holds_the_peak() {
     let (_, q8) = model();
     let cap = 768u64 << 20;
     let row = bench_model(q8, &host_with(Some(cap), 1), &quick()).unwrap();
-    assert!(row.fits, "{row:?}");
+    assert_eq!(row.status, Status::Fits, "{row:?}");
+    assert!(row.reason.is_none());
     assert!(row.peak_rss > std::fs::metadata(q8).unwrap().len() / 2, "peak {} looks unmeasured", row.peak_rss);
     assert!(row.peak_rss <= cap, "peak {} above the cap {cap}", row.peak_rss);
     assert!(row.pp.unwrap().mean > 0.0 && row.tg.unwrap().mean > 0.0);
@@ -98,4 +106,108 @@ fn an_unknown_profile_is_a_clear_error() {
     for name in ["pi4-4gb", "pi5-8gb", "jetson-orin-nano-8gb", "phone-6gb", "host"] {
         assert!(text.contains(name), "{text}");
     }
+}
+
+/// A copy of `src` with the u32 value of metadata key `key` replaced (the key's string is found in
+/// the header and its value follows its type tag).
+fn with_u32_key(src: &std::path::Path, key: &str, value: u32, dst: &std::path::Path) {
+    let mut bytes = std::fs::read(src).unwrap();
+    let mut needle = (key.len() as u64).to_le_bytes().to_vec();
+    needle.extend(key.as_bytes());
+    let at = bytes.windows(needle.len()).position(|w| w == needle).unwrap() + needle.len();
+    assert_eq!(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()), 4, "{key} is a UINT32");
+    bytes[at + 4..at + 8].copy_from_slice(&value.to_le_bytes());
+    std::fs::write(dst, bytes).unwrap();
+}
+
+#[test]
+fn a_model_llama_cpp_cannot_load_is_an_error_row_not_does_not_fit() {
+    let (dir, q8) = model();
+    // One block more than the file holds: microscale's reader accepts the header, llama.cpp's
+    // loader refuses the model (a missing tensor), long before memory matters.
+    let lying = dir.path().join("one-block-too-many.gguf");
+    with_u32_key(q8, "llama.block_count", 31, &lying);
+    for cap in [None, Some(4u64 << 30)] {
+        let row = bench_model(&lying, &host_with(cap, 1), &quick()).unwrap();
+        assert_eq!(row.status, Status::Error, "{row:?}");
+        let reason = row.reason.clone().unwrap();
+        assert!(!reason.contains("does not fit"), "{reason}");
+        assert!(
+            reason.contains("could not load the model") && reason.contains("blk.30"),
+            "llama.cpp's own reason: {reason}"
+        );
+        assert!(row.peak_rss < 100 << 20, "it never got to the weights: {}", row.peak_rss);
+    }
+}
+
+/// `microscale bench … --json` with an environment, as a user runs it.
+fn bench_cli(models: &[&std::path::Path], env: &[(&str, &str)]) -> Vec<serde_json::Value> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_microscale"));
+    cmd.args(["bench", "-q", "--profile", "host", "--threads", "1", "--pp", "8", "--tg", "2", "--reps", "1", "--json"]);
+    cmd.args(models);
+    cmd.envs(env.iter().copied());
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_crashing_child_is_a_crash_row_with_llama_cpps_last_words_and_the_run_goes_on() {
+    let (dir, q8) = model();
+    // The child segfaults right after loading the model (the test-only fault trigger).
+    let rows = bench_cli(&[q8.as_path(), q8.as_path()], &[("MICROSCALE_FAULT", "bench-child=segv")]);
+    assert_eq!(rows.len(), 2, "both models measured: the run went on");
+    for r in &rows {
+        assert_eq!(r["status"], "crash", "{r}");
+        let reason = r["reason"].as_str().unwrap();
+        assert!(reason.contains("SIGSEGV") && !reason.contains("does not fit"), "{reason}");
+        assert!(reason.contains("llama.cpp's last log line"), "{reason}");
+    }
+    // A failed GGML_ASSERT aborts: also a crash.
+    let rows = bench_cli(&[q8.as_path()], &[("MICROSCALE_FAULT", "bench-child=abort")]);
+    assert_eq!(rows[0]["status"], "crash");
+    assert!(rows[0]["reason"].as_str().unwrap().contains("SIGABRT"), "{}", rows[0]);
+    // A bad model and a good one in one run: an error row, then a measured one.
+    let lying = dir.path().join("lying-cli.gguf");
+    with_u32_key(q8, "llama.block_count", 31, &lying);
+    let rows = bench_cli(&[lying.as_path(), q8.as_path()], &[]);
+    assert_eq!((rows[0]["status"].as_str(), rows[1]["status"].as_str()), (Some("error"), Some("fits")), "{rows:?}");
+    assert!(rows[1]["tg"]["mean"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn csv_rows_carry_the_status() {
+    let (dir, q8) = model();
+    let csv = dir.path().join("bench.csv");
+    let out = Command::new(env!("CARGO_BIN_EXE_microscale"))
+        .args([
+            "bench",
+            "-q",
+            "--profile",
+            "host",
+            "--threads",
+            "1",
+            "--pp",
+            "8",
+            "--tg",
+            "2",
+            "--reps",
+            "1",
+            "--mem-limit",
+            "20MiB",
+            "--csv",
+        ])
+        .arg(&csv)
+        .arg(q8)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut rdr = text.lines();
+    let header: Vec<&str> = rdr.next().unwrap().split(',').collect();
+    let status = header.iter().position(|h| *h == "status").unwrap();
+    let metric = header.iter().position(|h| *h == "metric").unwrap();
+    let rows: Vec<Vec<&str>> = rdr.map(|l| l.split(',').collect()).collect();
+    assert!(rows.iter().any(|r| r[metric] == "host:fits"));
+    assert!(rows.iter().all(|r| r[status] == "oom"), "{text}");
 }

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-const WIKI_TEST: &str = "../shared/data/wikitext-2/wiki.test.raw";
+const WIKI_TEST: &str = "data/wikitext-2/wiki.test.raw";
 
 fn source_gguf() -> PathBuf {
     microscale::default_model::require(microscale::default_model::GGUF).unwrap()

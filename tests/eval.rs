@@ -9,10 +9,11 @@ use microscale::eval::data::{load_arc, load_generic, load_sst2, McItem};
 use microscale::eval::kld::kl_divergence;
 use microscale::eval::perplexity::{perplexity_of_tokens, PerplexityOptions};
 use microscale::quant::mix::Scheme;
+use sha2::Digest;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-const WIKI_TEST: &str = "../shared/data/wikitext-2/wiki.test.raw";
+const WIKI_TEST: &str = "data/wikitext-2/wiki.test.raw";
 
 /// The default model as F32 GGUF (and a stock Q8_0 of it), made once for this file's tests.
 fn models() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
@@ -137,7 +138,7 @@ fn batched_scoring_equals_one_item_at_a_time() {
     // Packing several items (and a shared prefix) into one decode must not change any score.
     let (_, f32_gguf, _) = models();
     let model = Model::load(f32_gguf).unwrap();
-    let items = load_arc(&PathBuf::from("../shared/data/arc/ARC-Easy-Dev.jsonl")).unwrap()[..6].to_vec();
+    let items = load_arc(&PathBuf::from("data/arc/ARC-Easy-Dev.jsonl")).unwrap()[..6].to_vec();
     let packed = score_items(&model, &items, &ChoiceOptions::new(threads()), "packed", true).unwrap();
     for (i, item) in items.iter().enumerate() {
         let alone =
@@ -191,8 +192,20 @@ fn data_errors_name_the_file_and_line() {
 }
 
 #[test]
-fn shipped_data_sets_load() {
-    let data = PathBuf::from("../shared/data");
+fn shipped_data_sets_load_and_match_their_checksums() {
+    let data = microscale::util::data::DataDir::resolve(None).root;
+    assert!(data.ends_with("data"), "{}", data.display());
+    // Every file is listed in SHA256SUMS and in the README with the same digest.
+    let sums = std::fs::read_to_string(data.join("SHA256SUMS")).unwrap();
+    let readme = std::fs::read_to_string(data.join("README.md")).unwrap();
+    for line in sums.lines() {
+        let (digest, file) = line.split_once("  ").unwrap();
+        let bytes = std::fs::read(data.join(file)).unwrap();
+        let got: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(got, digest, "{file}");
+        assert!(readme.contains(digest), "data/README.md lacks the sha256 of {file}");
+    }
+    assert_eq!(sums.lines().count(), 7);
     assert_eq!(load_sst2(&data.join("sst2/dev.tsv")).unwrap().len(), 872);
     assert_eq!(load_arc(&data.join("arc/ARC-Easy-Dev.jsonl")).unwrap().len(), 570);
     let challenge = load_arc(&data.join("arc/ARC-Challenge-Dev.jsonl")).unwrap();

@@ -357,7 +357,7 @@ fn default_model_variants_run_and_wanda_beats_magnitude() {
     let hf = microscale::default_model::require(microscale::default_model::HF_DIR).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let calib = tmp.path().join("calib.gguf");
-    let text = std::fs::read_to_string("../shared/data/wikitext-2/wiki.test.raw").unwrap();
+    let text = std::fs::read_to_string("data/wikitext-2/wiki.test.raw").unwrap();
     let ppl = |path: &Path| {
         let m = Model::load(path).unwrap();
         perplexity(&m, &text[..200_000], &PerplexityOptions::new(2, Some(3)), true).unwrap().ppl

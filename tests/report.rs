@@ -120,7 +120,7 @@ fn report_renders_with_plots_and_correct_numbers() {
         assert_eq!(row[col("arc_easy_acc ± se")], format!("{:.1}% ± {:.1}", 100.0 * acc, 100.0 * acc_se), "{name}");
         for p in ["pi4-4gb", "pi5-8gb"] {
             let cellv = &row[col(&format!("{p} tg t/s"))];
-            if r[&format!("{p}:fits")] == "0" {
+            if r[&format!("{p}:status")] == "oom" {
                 assert_eq!(cellv, "does not fit", "{name} {p}");
             } else {
                 let tg: f64 = r[&format!("{p}:tg_tps")].parse().unwrap();
@@ -239,7 +239,8 @@ fn typed_rows() {
     assert_eq!(r.primary_acc_metrics(), ["sst2_acc", "arc_easy_acc", "arc_challenge_acc"]);
     let b = r.baseline().unwrap();
     assert_eq!((b.line, b.kind, b.quant.as_str()), (2, Kind::Baseline, "f32"));
-    assert_eq!(b.bench("pi4-4gb").unwrap().fits, Some(false));
+    assert_eq!(b.bench("pi4-4gb").unwrap().status, Some(microscale::report::results::Status::Oom));
+    assert!(!b.bench("pi4-4gb").unwrap().fits());
     assert_eq!(b.tg_tps("pi4-4gb"), None);
     assert_eq!(b.tg_tps("pi5-8gb"), Some(9.81));
     let failed: Vec<_> = r.failed().map(|v| v.name.as_str()).collect();
@@ -275,10 +276,14 @@ fn malformed_csv_errors_name_file_and_line() {
     let bad = lines[2].replace(",20.431,", ",twenty,");
     let e = err_of(&with(2, &bad));
     assert!(e.contains("dir/results.csv:3:") && e.contains("`ppl`") && e.contains("`twenty` is not a number"), "{e}");
-    // fits must be 0 or 1.
-    let bad = lines[2].replacen(",1,171.4,", ",yes,171.4,", 1);
+    // A profile's status must be one of fits, oom, crash, error, timeout.
+    let bad = lines[2].replacen(",fits,171.4,", ",yes,171.4,", 1);
     let e = err_of(&with(2, &bad));
-    assert!(e.contains("dir/results.csv:3:") && e.contains("pi4-4gb:fits"), "{e}");
+    assert!(e.contains("dir/results.csv:3:") && e.contains("pi4-4gb:status") && e.contains("`yes`"), "{e}");
+    // So must a variant's.
+    let bad = lines[2].replacen(",ok,,", ",fine,,", 1);
+    let e = err_of(&with(2, &bad));
+    assert!(e.contains("dir/results.csv:3:") && e.contains("column `status`") && e.contains("`fine`"), "{e}");
     // Unknown kind.
     let bad = lines[3].replacen(",microscale,", ",mystery,", 1);
     let e = err_of(&with(3, &bad));
@@ -321,8 +326,8 @@ fn minimal_results_render() {
     let dir = tempfile::tempdir().unwrap();
     let header =
         "variant,kind,recipe,method,prune_ratio,quant,file_size_bytes,n_params,bits_per_weight,ppl,ppl_stderr,\
-                  kld,kld_stderr,same_top,error,eval_chunks,eval_limit,microscale,llama_cpp,date";
-    let row = "base,baseline,f16,none,0,f16,1048576,1000,16,12.5,,,,,,,,,,";
+                  kld,kld_stderr,same_top,status,error,eval_chunks,eval_limit,microscale,llama_cpp,date";
+    let row = "base,baseline,f16,none,0,f16,1048576,1000,16,12.5,,,,,ok,,,,,,";
     std::fs::write(dir.path().join("results.csv"), format!("{header}\n{row}\n")).unwrap();
     let md = std::fs::read_to_string(write_report(dir.path(), &ReportOptions::default()).unwrap()).unwrap();
     assert!(md.contains("No device profile was benchmarked"), "{md}");

@@ -2,7 +2,7 @@
 //! and a report rendered from what it wrote.
 
 use microscale::report::markdown::{write_report, ReportOptions};
-use microscale::report::results::read_results;
+use microscale::report::results::{read_results, Status};
 use microscale::sweep::grid::load_grid;
 use microscale::sweep::{run_sweep, SweepOptions};
 use std::path::Path;
@@ -46,13 +46,9 @@ fn quick_grid_runs_resumes_after_a_kill_and_reports() {
 
     // ... restarted, completes the grid with each variant exactly once.
     let opts = SweepOptions {
-        src: hf.clone(),
-        out: out.clone(),
-        keep: false,
         threads: 2,
-        quiet: true,
-        data_dir: "../shared/data".into(),
         child_exe: Some(env!("CARGO_BIN_EXE_microscale").into()),
+        ..SweepOptions::new(&hf, Path::new("grids/quick.toml"), &out)
     };
     run_sweep(&grid, &opts).unwrap();
     let mut after = rows(&results);
@@ -69,7 +65,7 @@ fn quick_grid_runs_resumes_after_a_kill_and_reports() {
     // Every row measured, none failed; variant files deleted (only the baseline stays).
     let parsed = read_results(&results).unwrap();
     for v in &parsed.variants {
-        assert!(v.error.is_none(), "{}: {:?}", v.name, v.error);
+        assert!(v.error.is_none() && v.status == "ok", "{}: {} {:?}", v.name, v.status, v.error);
         assert!(v.ppl.is_some() && v.size_bytes.unwrap_or(0) > 0, "{}", v.name);
         // Every variant but the baseline is compared with it.
         assert_eq!(v.kld.is_some(), v.name != "baseline-f32", "{}", v.name);
@@ -105,4 +101,97 @@ fn the_committed_results_match_the_seed_grid_header() {
     assert_eq!(text.lines().next().unwrap(), microscale::sweep::header(&grid).join(","));
     let parsed = read_results(Path::new("bench-results/smollm2-135m/results.csv")).unwrap();
     assert_eq!(parsed.variants.len(), grid.variants.len());
+}
+
+/// A grid that exercises every way a variant can end: measured, crashed (through the test-only
+/// fault trigger), refused as impossible, and too big for a device profile of the grid's own.
+const FAILURE_GRID: &str = r#"
+[eval]
+ppl_chunks = 1
+kld_chunks = 1
+
+[bench]
+profiles = ["tiny", "host"]
+reps = 1
+pp = 8
+tg = 2
+
+[calib]
+chunks = 1
+
+[profiles.tiny]
+threads = 1
+memory = "40MiB"
+note = "a device too small for the model"
+
+[[variant]]
+quant = "q8_0"
+
+[[variant]]
+quant = "q4_0"
+
+[[variant]]
+quant = "q8_0"
+method = "heads"
+ratio = 0.9
+"#;
+
+fn sweep_cli(hf: &Path, grid: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) {
+    let st = Command::new(env!("CARGO_BIN_EXE_microscale"))
+        .args(["sweep", "-q", "--threads", "2", "--model"])
+        .arg(hf)
+        .arg("--grid")
+        .arg(grid)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+}
+
+#[test]
+fn a_crashed_variant_is_a_crash_row_and_the_sweep_goes_on_and_retries_on_request() {
+    let hf = microscale::default_model::require(microscale::default_model::HF_DIR).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = tmp.path().join("failures.toml");
+    std::fs::write(&grid, FAILURE_GRID).unwrap();
+    let out = tmp.path().join("out");
+    let results = out.join("results.csv");
+    let by_name = || -> std::collections::BTreeMap<String, microscale::report::results::Variant> {
+        read_results(&results).unwrap().variants.into_iter().map(|v| (v.name.clone(), v)).collect()
+    };
+    let names = ["baseline-f32", "q8_0", "q4_0", "heads90-q8_0"];
+
+    sweep_cli(&hf, &grid, &out, &[], &[("MICROSCALE_FAULT", "variant:q8_0=segv")]);
+    assert_eq!(rows(&results), names, "every variant once, in grid order");
+    let v = by_name();
+    assert_eq!(v["q8_0"].status, "crash");
+    let why = v["q8_0"].error.as_deref().unwrap();
+    assert!(why.contains("SIGSEGV") && !why.contains("does not fit"), "{why}");
+    assert!(out.join("logs/q8_0.log").exists());
+    // The sweep went on: the next variant was measured, and is too big for the tiny device only.
+    let q4 = &v["q4_0"];
+    assert_eq!(q4.status, "ok", "{:?}", q4.error);
+    assert!(q4.ppl.is_some() && q4.kld.is_some());
+    assert_eq!(q4.bench["tiny"].status, Some(Status::Oom), "a real cap kill is oom");
+    assert_eq!(q4.bench["host"].status, Some(Status::Fits));
+    assert!(q4.bench["host"].tg_tps.unwrap() > 0.0);
+    // An impossible request is an error row, named for what it is.
+    assert_eq!(v["heads90-q8_0"].status, "error");
+    assert!(v["heads90-q8_0"].error.as_deref().unwrap().contains("every head"), "{:?}", v["heads90-q8_0"].error);
+
+    // Resuming does not retry what is recorded ...
+    sweep_cli(&hf, &grid, &out, &[], &[]);
+    assert_eq!(rows(&results), names);
+    assert_eq!(by_name()["q8_0"].status, "crash");
+    // ... unless asked: the crashed variant now runs (no fault), the impossible one fails again.
+    sweep_cli(&hf, &grid, &out, &["--retry-failed"], &[]);
+    assert_eq!(rows(&results), names, "still every variant once, in grid order");
+    let v = by_name();
+    assert_eq!(v["q8_0"].status, "ok", "{:?}", v["q8_0"].error);
+    assert_eq!(v["q8_0"].bench["tiny"].status, Some(Status::Oom));
+    assert_eq!(v["heads90-q8_0"].status, "error");
+    assert_eq!(v["q4_0"].date, by_name()["q4_0"].date, "a good row is not measured again");
 }

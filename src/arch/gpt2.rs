@@ -6,7 +6,9 @@
 //! One deliberate difference: `gpt2.feed_forward_length` is the checkpoint's `n_inner` when set (the
 //! converter always writes 4·n_embd), so checkpoints with narrower FFNs, pruned ones included, load.
 
-use super::{config_f64, config_usize, expect_shape, ConversionPlan, PlannedTensor, Transform};
+use super::{
+    config_opt_usize, config_positive_f64, config_usize, expect_shape, ConversionPlan, PlannedTensor, Transform,
+};
 use crate::gguf::{GgufValue, Metadata};
 use crate::source::{HfCheckpoint, TensorSource};
 use anyhow::{bail, Result};
@@ -26,20 +28,17 @@ impl Gpt2Params {
     pub fn from_config(ckpt: &HfCheckpoint) -> Result<Gpt2Params> {
         let c = &ckpt.config;
         let n_embd = config_usize(c, &["n_embd", "hidden_size"], ckpt)?;
-        let n_ff = match c.get("n_inner").and_then(|v| v.as_u64()) {
-            Some(n) => n as usize,
-            None => 4 * n_embd,
-        };
         let p = Gpt2Params {
             n_layer: config_usize(c, &["n_layer", "num_hidden_layers"], ckpt)?,
             n_embd,
-            n_ff,
+            // GPT-2's config has "n_inner": null, meaning 4 * n_embd.
+            n_ff: config_opt_usize(c, "n_inner", ckpt)?.unwrap_or(4 * n_embd),
             n_head: config_usize(c, &["n_head", "num_attention_heads"], ckpt)?,
             n_ctx: config_usize(c, &["n_ctx", "n_positions"], ckpt)?,
             vocab_size: config_usize(c, &["vocab_size"], ckpt)?,
-            norm_eps: config_f64(c, "layer_norm_epsilon").unwrap_or(1e-5),
+            norm_eps: config_positive_f64(c, "layer_norm_epsilon", 1e-5, ckpt)?,
         };
-        if p.n_head == 0 || !p.n_embd.is_multiple_of(p.n_head) {
+        if !p.n_embd.is_multiple_of(p.n_head) {
             bail!(
                 "{}: n_embd {} is not divisible by n_head {}",
                 ckpt.dir.join("config.json").display(),

@@ -1,6 +1,9 @@
 //! LLaMA family (`LlamaForCausalLM`): GQA, tied or untied embeddings, RoPE theta, RMS norm eps.
 
-use super::{config_f64, config_usize, expect_shape, ConversionPlan, PlannedTensor, Transform};
+use super::{
+    config_bool, config_opt_usize, config_positive_f64, config_usize, expect_shape, ConversionPlan, PlannedTensor,
+    Transform,
+};
 use crate::gguf::{GgufValue, Metadata};
 use crate::source::{HfCheckpoint, TensorSource};
 use anyhow::{bail, Result};
@@ -29,23 +32,22 @@ impl LlamaParams {
             n_embd: config_usize(c, &["hidden_size"], ckpt)?,
             n_ff: config_usize(c, &["intermediate_size"], ckpt)?,
             n_head,
-            n_head_kv: config_usize(c, &["num_key_value_heads"], ckpt).unwrap_or(n_head),
+            n_head_kv: config_opt_usize(c, "num_key_value_heads", ckpt)?.unwrap_or(n_head),
             n_ctx: config_usize(c, &["max_position_embeddings"], ckpt)?,
             vocab_size: config_usize(c, &["vocab_size"], ckpt)?,
-            rms_eps: config_f64(c, "rms_norm_eps").unwrap_or(1e-6),
-            rope_theta: config_f64(c, "rope_theta").unwrap_or(10000.0),
-            tied: match c.get("tie_word_embeddings").and_then(|v| v.as_bool()) {
+            rms_eps: config_positive_f64(c, "rms_norm_eps", 1e-6, ckpt)?,
+            rope_theta: config_positive_f64(c, "rope_theta", 10000.0, ckpt)?,
+            tied: match config_bool(c, "tie_word_embeddings", ckpt)? {
                 Some(t) => t,
                 None => ckpt.tensor("lm_head.weight").is_none(),
             },
         };
-        if p.n_head == 0
-            || !p.n_embd.is_multiple_of(p.n_head)
-            || p.n_head_kv == 0
+        if !p.n_embd.is_multiple_of(p.n_head)
             || !p.n_head.is_multiple_of(p.n_head_kv)
+            || !(p.n_embd / p.n_head).is_multiple_of(2)
         {
             bail!(
-                "{}: inconsistent heads: hidden_size {} with {} query and {} key/value heads",
+                "{}: inconsistent heads: hidden_size {} with {} query and {} key/value heads (each head's width must be even for RoPE)",
                 ckpt.dir.join("config.json").display(),
                 p.n_embd,
                 p.n_head,

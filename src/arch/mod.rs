@@ -4,6 +4,7 @@
 //! A [`ConversionPlan`] is the whole mapping, computed from the config and the tensor list before
 //! any data is touched, so every error about shapes or names comes before an output file exists.
 
+pub mod check;
 pub mod gpt2;
 pub mod llama;
 
@@ -98,17 +99,36 @@ pub struct ConversionPlan {
     pub vocab_size: usize,
 }
 
-/// Pick the architecture from `config.json` and plan the conversion.
+/// Pick the architecture from `config.json` and plan the conversion. Every planned tensor is
+/// checked against the hyper-parameters (as llama.cpp will check the output) before anything is
+/// read or written.
 pub fn plan_hf(ckpt: &HfCheckpoint) -> Result<ConversionPlan> {
     let arch = ckpt.architecture_name()?;
-    match arch.as_str() {
-        "LlamaForCausalLM" => llama::plan(ckpt),
-        "GPT2LMHeadModel" | "GPT2Model" => gpt2::plan(ckpt),
+    let plan = match arch.as_str() {
+        "LlamaForCausalLM" => llama::plan(ckpt)?,
+        "GPT2LMHeadModel" | "GPT2Model" => gpt2::plan(ckpt)?,
         other => bail!(
             "{}: unsupported architecture {other:?} (microscale supports LlamaForCausalLM and GPT2LMHeadModel)",
             ckpt.dir.join("config.json").display()
         ),
-    }
+    };
+    let mut meta: Metadata = vec![("general.architecture".into(), crate::gguf::GgufValue::String(plan.arch.into()))];
+    meta.extend(plan.hparams.iter().cloned());
+    let shapes: Vec<(String, Vec<u64>)> = plan.tensors.iter().map(|t| (t.name.clone(), t.ne())).collect();
+    check::check_tensors(&meta, Some(plan.vocab_size as u64), &shapes).map_err(|e| {
+        // Name the checkpoint's own tensor beside llama.cpp's name for it.
+        let text = e.to_string();
+        let source = plan.tensors.iter().find(|t| text.contains(&format!("{:?}", t.name)));
+        match source {
+            Some(t) => anyhow::anyhow!(
+                "{}: {text} (the checkpoint's {:?}; config.json disagrees with the weights)",
+                crate::source::TensorSource::location(ckpt, &t.source),
+                t.source
+            ),
+            None => anyhow::anyhow!("{}: {text}", ckpt.dir.join("config.json").display()),
+        }
+    })?;
+    Ok(plan)
 }
 
 /// Apply a [`Transform`] to a tensor's f32 data, given its source shape.
@@ -161,18 +181,55 @@ fn permute_qk(data: &[f32], shape: &[usize], n_head: usize, inverse: bool) -> Re
     Ok(out)
 }
 
-/// A required integer from config.json, trying each of `keys` in turn.
+/// A required count from config.json, trying each of `keys` in turn: a positive integer that
+/// fits the GGUF field (u32). A present key of another type or value is an error naming it.
 pub fn config_usize(config: &Value, keys: &[&str], ckpt: &HfCheckpoint) -> Result<usize> {
     for k in keys {
-        if let Some(v) = config.get(*k).and_then(Value::as_u64) {
-            return Ok(v as usize);
+        if let Some(v) = config.get(*k).filter(|v| !v.is_null()) {
+            return config_count(v, k, ckpt);
         }
     }
     bail!("{}: config.json has no {}", ckpt.dir.join("config.json").display(), keys.join(" or "))
 }
 
-pub fn config_f64(config: &Value, key: &str) -> Option<f64> {
-    config.get(key).and_then(Value::as_f64)
+/// An optional count from config.json (absent or null: None).
+pub fn config_opt_usize(config: &Value, key: &str, ckpt: &HfCheckpoint) -> Result<Option<usize>> {
+    match config.get(key).filter(|v| !v.is_null()) {
+        None => Ok(None),
+        Some(v) => config_count(v, key, ckpt).map(Some),
+    }
+}
+
+fn config_count(v: &Value, key: &str, ckpt: &HfCheckpoint) -> Result<usize> {
+    match v.as_u64() {
+        Some(n) if n >= 1 && n <= i32::MAX as u64 => Ok(n as usize),
+        _ => {
+            bail!("{}: {key} = {v} is impossible (expected a positive integer)", ckpt.dir.join("config.json").display())
+        }
+    }
+}
+
+/// An optional positive, finite number from config.json (absent or null: `default`).
+pub fn config_positive_f64(config: &Value, key: &str, default: f64, ckpt: &HfCheckpoint) -> Result<f64> {
+    match config.get(key).filter(|v| !v.is_null()) {
+        None => Ok(default),
+        Some(v) => match v.as_f64() {
+            Some(x) if x > 0.0 && x.is_finite() => Ok(x),
+            _ => bail!(
+                "{}: {key} = {v} is impossible (expected a positive number)",
+                ckpt.dir.join("config.json").display()
+            ),
+        },
+    }
+}
+
+/// An optional boolean from config.json.
+pub fn config_bool(config: &Value, key: &str, ckpt: &HfCheckpoint) -> Result<Option<bool>> {
+    match config.get(key).filter(|v| !v.is_null()) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => bail!("{}: {key} = {v} is not true or false", ckpt.dir.join("config.json").display()),
+    }
 }
 
 /// Check a source tensor exists with the expected shape.

@@ -40,8 +40,11 @@ pub struct Outcome {
     pub stderr: String,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
-    /// Peak resident set of the child (getrusage `ru_maxrss`), bytes.
+    /// Peak resident set of the child after it exec'd (its VmHWM, sampled every 50 ms; 0 if it
+    /// died before the first sample), bytes. Not `ru_maxrss`: that counts the parent's image the
+    /// child inherited at fork. A child that reports its own VmHWM is more exact.
     pub max_rss: u64,
+    /// The memory cgroup's OOM killer killed the child.
     pub oom_killed: bool,
     pub timed_out: bool,
     pub enforcement: Enforcement,
@@ -61,19 +64,14 @@ impl Cgroup {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
     }
 
-    /// Did the kernel's OOM killer act inside this cgroup?
+    /// Did the kernel's OOM killer kill a process of this cgroup? The kernel counts its kills:
+    /// v2 `memory.events` and v1 `memory.oom_control` both have an `oom_kill` line. (v1's
+    /// `memory.failcnt` only counts allocations that hit the limit and were reclaimed: not a kill.)
     pub fn oom_killed(&self) -> bool {
         let Some((dir, version)) = &self.memory_dir else { return false };
-        let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap_or_default();
-        let count = |text: &str, key: &str| -> u64 {
-            text.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
-        };
-        if *version == 2 {
-            count(&read("memory.events"), "oom_kill ") > 0
-        } else {
-            count(&read("memory.oom_control"), "oom_kill ") > 0
-                || read("memory.failcnt").trim().parse::<u64>().unwrap_or(0) > 0
-        }
+        let file = if *version == 2 { "memory.events" } else { "memory.oom_control" };
+        let text = fs::read_to_string(dir.join(file)).unwrap_or_default();
+        oom_kill_count(&text) > 0
     }
 
     pub fn paths(&self) -> &[PathBuf] {
@@ -93,6 +91,11 @@ impl Drop for Cgroup {
             }
         }
     }
+}
+
+/// The `oom_kill N` counter of a `memory.events` / `memory.oom_control` file.
+pub fn oom_kill_count(text: &str) -> u64 {
+    text.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok())).unwrap_or(0)
 }
 
 /// This process's cgroup path in a hierarchy (`/proc/self/cgroup`), e.g. for controller "memory".
@@ -242,10 +245,19 @@ pub fn run_capped(mut cmd: Command, caps: &Caps, timeout: Duration) -> Result<Ou
     enf.affinity = if cpus.is_empty() { "none".into() } else { format!("sched_setaffinity {cpus:?}") };
     let rlimit = if use_rlimit { caps.memory } else { None };
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    // SAFETY: only async-signal-safe calls (open/write/close, sched_setaffinity, setrlimit) between
-    // fork and exec, on memory prepared before the fork.
+    // A failed GGML_ASSERT would otherwise attach gdb to print a backtrace: slow, and noise in the
+    // stderr the parent reads for the child's last words.
+    cmd.env("GGML_NO_BACKTRACE", "1");
+    // SAFETY: only async-signal-safe calls (prctl, getppid, open/write/close, sched_setaffinity,
+    // setrlimit) between fork and exec, on memory prepared before the fork.
+    let parent = std::process::id() as i32;
     unsafe {
         cmd.pre_exec(move || {
+            // The child dies with its parent: a killed sweep or bench leaves no orphan measuring
+            // (or writing) on its own.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent {
+                return Err(std::io::Error::last_os_error());
+            }
             let pid = libc::getpid();
             let mut digits = [0u8; 20];
             let mut n = pid as u64;
@@ -283,7 +295,7 @@ pub fn run_capped(mut cmd: Command, caps: &Caps, timeout: Duration) -> Result<Ou
             Ok(())
         });
     }
-    let mut child = cmd.spawn().context("cannot start the benchmark child")?;
+    let mut child = cmd.spawn().context("cannot start the measuring child")?;
     let pid = child.id() as i32;
     let mut out_pipe = child.stdout.take().expect("piped");
     let mut err_pipe = child.stderr.take().expect("piped");
@@ -299,10 +311,12 @@ pub fn run_capped(mut cmd: Command, caps: &Caps, timeout: Duration) -> Result<Ou
     });
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let peak = std::sync::Arc::new(AtomicU64::new(0));
     {
-        let (done, timed_out) = (done.clone(), timed_out.clone());
+        let (done, timed_out, peak) = (done.clone(), timed_out.clone(), peak.clone());
+        let own_cmdline = fs::read("/proc/self/cmdline").unwrap_or_default();
         std::thread::spawn(move || {
-            let step = Duration::from_millis(100);
+            let step = Duration::from_millis(50);
             let mut waited = Duration::ZERO;
             while !done.load(Ordering::SeqCst) {
                 if waited >= timeout {
@@ -310,17 +324,19 @@ pub fn run_capped(mut cmd: Command, caps: &Caps, timeout: Duration) -> Result<Ou
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                     break;
                 }
+                if let Some(hwm) = hwm_after_exec(pid, &own_cmdline) {
+                    peak.fetch_max(hwm, Ordering::SeqCst);
+                }
                 std::thread::sleep(step);
                 waited += step;
             }
         });
     }
     let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
     done.store(true, Ordering::SeqCst);
     if rc < 0 {
-        bail!("waiting for the benchmark child failed: {}", std::io::Error::last_os_error());
+        bail!("waiting for the measuring child failed: {}", std::io::Error::last_os_error());
     }
     let exit = std::process::ExitStatus::from_raw(status);
     let oom_killed = cgroup.as_ref().is_some_and(|c| c.oom_killed()) && exit.signal() == Some(libc::SIGKILL);
@@ -330,11 +346,23 @@ pub fn run_capped(mut cmd: Command, caps: &Caps, timeout: Duration) -> Result<Ou
         stderr: err_reader.join().unwrap_or_default(),
         exit_code: exit.code(),
         signal: exit.signal(),
-        max_rss: usage.ru_maxrss as u64 * 1024,
+        max_rss: peak.load(Ordering::SeqCst),
         oom_killed,
         timed_out: timed_out.load(Ordering::SeqCst),
         enforcement: enf,
     })
+}
+
+/// A child's VmHWM once it runs its own program (its command line is no longer ours).
+fn hwm_after_exec(pid: i32, parent_cmdline: &[u8]) -> Option<u64> {
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    if cmdline.is_empty() || cmdline == parent_cmdline {
+        return None;
+    }
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// The CPUs this process may run on.

@@ -51,10 +51,14 @@ impl Tokens {
 }
 
 pub fn run_child(model_path: &Path, a: &ChildArgs) -> Result<ChildReport> {
+    // llama.cpp's log goes to stderr line by line: if this process crashes, the parent quotes
+    // its last line.
+    crate::engine::log::set_mode(crate::engine::log::LogMode::Child);
     init(false);
     let t = Instant::now();
     let wrapped = crate::engine::Model::load_with(model_path, a.mmap)?;
     let load_s = t.elapsed().as_secs_f64();
+    crate::util::fault::at("bench-child");
     let n_ctx = a.n_prompt + a.n_gen + 1;
     let mut session = wrapped.session_with(&SessionOptions {
         n_ctx,

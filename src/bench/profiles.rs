@@ -19,13 +19,35 @@ pub struct Profile {
     pub note: String,
 }
 
-#[derive(Deserialize)]
+/// A profile as written in TOML (the shipped file, or a grid's `[profiles.NAME]` table).
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawProfile {
+pub struct RawProfile {
     threads: usize,
     memory: String,
     cpu_quota: Option<f64>,
     note: String,
+}
+
+impl RawProfile {
+    pub fn into_profile(self, name: &str) -> Result<Profile> {
+        let memory = parse_memory(&self.memory).with_context(|| format!("profile {name}"))?;
+        if let Some(q) = self.cpu_quota {
+            if !(q > 0.0 && q.is_finite()) {
+                bail!("profile {name}: cpu_quota must be positive");
+            }
+        }
+        if self.note.trim().is_empty() {
+            bail!("profile {name}: empty note");
+        }
+        Ok(Profile {
+            name: name.to_string(),
+            threads: self.threads,
+            memory,
+            cpu_quota: self.cpu_quota,
+            note: self.note,
+        })
+    }
 }
 
 /// Every profile in the shipped file, by name.
@@ -35,20 +57,7 @@ pub fn profiles() -> Result<BTreeMap<String, Profile>> {
 
 pub fn parse_profiles(text: &str) -> Result<BTreeMap<String, Profile>> {
     let raw: BTreeMap<String, RawProfile> = toml::from_str(text).context("profiles file")?;
-    raw.into_iter()
-        .map(|(name, r)| {
-            let memory = parse_memory(&r.memory).with_context(|| format!("profile {name}"))?;
-            if let Some(q) = r.cpu_quota {
-                if q <= 0.0 {
-                    bail!("profile {name}: cpu_quota must be positive");
-                }
-            }
-            if r.note.trim().is_empty() {
-                bail!("profile {name}: empty note");
-            }
-            Ok((name.clone(), Profile { name, threads: r.threads, memory, cpu_quota: r.cpu_quota, note: r.note }))
-        })
-        .collect()
+    raw.into_iter().map(|(name, r)| Ok((name.clone(), r.into_profile(&name)?))).collect()
 }
 
 pub fn profile(name: &str) -> Result<Profile> {

@@ -1,10 +1,12 @@
 //! `microscale bench`: each model under each device profile, measured in a capped child process.
-//! A child killed by the memory cap, or a model that cannot load, is a result ("does not fit"),
-//! and the run goes on.
+//! However the child ends is a result named for what it was (see [`super::status`]): only a child
+//! the memory cap killed, or whose allocations failed under the cap, "does not fit"; a crash, a
+//! model llama.cpp cannot load or a timeout are rows of their own, and the run goes on.
 
 use super::caps::{available_cpus, run_capped, Caps, Enforcement};
 use super::child::ChildReport;
 use super::profiles::{format_bytes, Profile};
+use super::status::{classify, Status};
 use crate::inspect::inspect;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -73,8 +75,9 @@ pub struct BenchRow {
     pub memory_cap: Option<u64>,
     pub cpu_quota: Option<f64>,
     pub enforcement: Enforcement,
-    pub fits: bool,
-    /// Why it does not fit or failed.
+    /// How the run ended: `fits` when it ran within the caps.
+    pub status: Status,
+    /// Why it did not run (None when it fits).
     pub reason: Option<String>,
     pub load_s: Option<f64>,
     pub ttft_s: Option<f64>,
@@ -106,9 +109,48 @@ pub fn caps_for(profile: &Profile) -> (usize, Caps, Vec<String>) {
     (threads, Caps { cpus: pinned, memory: profile.memory, cpu_quota: profile.cpu_quota }, warnings)
 }
 
+/// Benchmark one model under one profile. Whatever happens to the model (it cannot be read, it
+/// does not fit, it crashes) is a row; only a failure to run the benchmark at all is an error.
 pub fn bench_model(model: &Path, profile: &Profile, opts: &BenchOptions) -> Result<BenchRow> {
-    let summary = inspect(model)?;
     let (threads, caps, warnings) = caps_for(profile);
+    let mut row = BenchRow {
+        model: model.display().to_string(),
+        arch: String::new(),
+        size_bytes: 0,
+        n_params: 0,
+        bits_per_weight: 0.0,
+        profile: profile.name.clone(),
+        threads,
+        host_cpus: available_cpus().len(),
+        memory_cap: profile.memory,
+        cpu_quota: profile.cpu_quota,
+        enforcement: Enforcement::default(),
+        status: Status::Error,
+        reason: None,
+        load_s: None,
+        ttft_s: None,
+        pp: None,
+        tg: None,
+        n_prompt: opts.n_prompt,
+        n_gen: opts.n_gen,
+        peak_rss: 0,
+        child_threads: None,
+        child_os_threads: None,
+        child_affinity: None,
+        warnings,
+    };
+    match inspect(model) {
+        Ok(summary) => {
+            row.arch = summary.architecture.clone();
+            row.n_params = summary.n_params();
+            row.bits_per_weight = summary.bits_per_weight();
+            row.size_bytes = std::fs::metadata(model).map(|m| m.len()).unwrap_or(0);
+        }
+        Err(e) => {
+            row.reason = Some(format!("{e:#}").replace('\n', " "));
+            return Ok(row);
+        }
+    }
     let exe = match &opts.child_exe {
         Some(p) => p.clone(),
         None => std::env::current_exe().context("cannot find the microscale executable")?,
@@ -124,37 +166,15 @@ pub fn bench_model(model: &Path, profile: &Profile, opts: &BenchOptions) -> Resu
         cmd.arg("--mmap");
     }
     let outcome = run_capped(cmd, &caps, opts.timeout)?;
-    let mut row = BenchRow {
-        model: model.display().to_string(),
-        arch: summary.architecture.clone(),
-        size_bytes: std::fs::metadata(model)?.len(),
-        n_params: summary.n_params(),
-        bits_per_weight: summary.bits_per_weight(),
-        profile: profile.name.clone(),
-        threads,
-        host_cpus: available_cpus().len(),
-        memory_cap: profile.memory,
-        cpu_quota: profile.cpu_quota,
-        enforcement: outcome.enforcement.clone(),
-        fits: false,
-        reason: None,
-        load_s: None,
-        ttft_s: None,
-        pp: None,
-        tg: None,
-        n_prompt: opts.n_prompt,
-        n_gen: opts.n_gen,
-        peak_rss: outcome.max_rss,
-        child_threads: None,
-        child_os_threads: None,
-        child_affinity: None,
-        warnings,
-    };
-    let cap = profile.memory.map(format_bytes).unwrap_or_else(|| "RAM".into());
+    row.enforcement = outcome.enforcement.clone();
+    row.peak_rss = outcome.max_rss;
     let report: Option<ChildReport> = outcome.stdout.lines().last().and_then(|l| serde_json::from_str(l).ok());
-    match (outcome.exit_code, report) {
-        (Some(0), Some(r)) => {
-            row.fits = true;
+    match report {
+        Some(r) if outcome.exit_code == Some(0) => {
+            row.status = Status::Fits;
+            // The child's own high-water mark: exact, and its own (the parent's sampling may miss
+            // the last 50 ms).
+            row.peak_rss = row.peak_rss.max(r.vm_hwm);
             row.load_s = Some(r.load_s);
             row.ttft_s = Some(r.ttft_s);
             row.pp = (!r.pp_tps.is_empty()).then(|| MeanSd::of(&r.pp_tps));
@@ -163,29 +183,11 @@ pub fn bench_model(model: &Path, profile: &Profile, opts: &BenchOptions) -> Resu
             row.child_os_threads = Some(r.os_threads);
             row.child_affinity = Some(r.affinity);
         }
-        _ if outcome.oom_killed => {
-            row.reason = Some(format!("does not fit in {cap}: killed by the memory cap (out of memory)"));
-        }
-        _ if outcome.timed_out => {
-            row.reason = Some(format!("timed out after {} s", opts.timeout.as_secs()));
-        }
-        (_, _) if outcome.signal.is_some() => {
-            let sig = outcome.signal.unwrap_or(0);
-            let why =
-                if sig == libc::SIGKILL && profile.memory.is_some() { " (most likely the memory cap)" } else { "" };
-            row.reason = Some(format!("does not fit in {cap}: killed by signal {sig}{why}"));
-        }
         _ => {
-            let msg = outcome
-                .stderr
-                .lines()
-                .rev()
-                .find(|l| l.starts_with("error:"))
-                .unwrap_or("the child failed")
-                .to_string();
-            let msg = msg.trim_start_matches("error: ");
-            row.reason =
-                Some(if profile.memory.is_some() { format!("does not fit in {cap}: {msg}") } else { msg.to_string() });
+            let cap = profile.memory.map(format_bytes);
+            let failure = classify(&outcome, cap.as_deref(), opts.timeout);
+            row.status = failure.status;
+            row.reason = Some(failure.reason);
         }
     }
     Ok(row)
@@ -194,7 +196,7 @@ pub fn bench_model(model: &Path, profile: &Profile, opts: &BenchOptions) -> Resu
 /// A table in the shape of llama-bench's, with microscale's extra columns.
 pub fn table(rows: &[BenchRow]) -> String {
     let mut s = String::from(
-        "| model | size | params | profile | threads | mem cap | test | t/s | load s | TTFT s | peak RSS | fits |\n",
+        "| model | size | params | profile | threads | mem cap | test | t/s | load s | TTFT s | peak RSS | status |\n",
     );
     s += "| --- | ---: | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |\n";
     for r in rows {
@@ -213,10 +215,13 @@ pub fn table(rows: &[BenchRow]) -> String {
                 load.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into()),
                 ttft.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into()),
                 format_bytes(r.peak_rss),
-                if r.fits { "yes".to_string() } else { format!("no: {}", r.reason.clone().unwrap_or_default()) }
+                match &r.reason {
+                    None => r.status.to_string(),
+                    Some(why) => format!("{}: {why}", r.status),
+                }
             )
         };
-        if !r.fits {
+        if r.status != Status::Fits {
             s += &format!("{common} - | - |{}\n", tail(None, None));
             continue;
         }
@@ -233,9 +238,17 @@ pub fn table(rows: &[BenchRow]) -> String {
 /// CSV rows for a bench result (metric names carry the profile: `pi4-4gb:tg128_tps`).
 pub fn metric_rows(r: &BenchRow) -> Vec<crate::report::rows::MetricRow> {
     use crate::report::rows::MetricRow;
-    let m = |name: String, value: f64, stderr: f64| MetricRow { metric: name, value, stderr, items: 0, wall_s: 0.0 };
+    let status = r.status.as_str().to_string();
+    let m = |name: String, value: f64, stderr: f64| MetricRow {
+        metric: name,
+        value,
+        stderr,
+        items: 0,
+        wall_s: 0.0,
+        status: status.clone(),
+    };
     let p = &r.profile;
-    let mut rows = vec![m(format!("{p}:fits"), f64::from(u8::from(r.fits)), 0.0)];
+    let mut rows = vec![m(format!("{p}:fits"), f64::from(u8::from(r.status == Status::Fits)), 0.0)];
     rows.push(m(format!("{p}:peak_rss_mib"), r.peak_rss as f64 / (1 << 20) as f64, 0.0));
     if let Some(pp) = r.pp {
         rows.push(MetricRow { items: r.n_prompt, ..m(format!("{p}:pp{}_tps", r.n_prompt), pp.mean, pp.sd) });

@@ -28,6 +28,9 @@ struct Item {
 pub fn import(gguf_path: &Path, out_dir: &Path, dtype: OutType, quiet: bool) -> Result<()> {
     let file = GgufFile::open(gguf_path)?;
     let arch = file.architecture()?.to_string();
+    let shapes: Vec<(String, Vec<u64>)> = file.tensors.iter().map(|t| (t.name.clone(), t.ne.clone())).collect();
+    crate::arch::check::check_gguf_tensors(&file.metadata, &shapes)
+        .map_err(|e| anyhow!("{}: {e:#}", gguf_path.display()))?;
     let vocab = Vocab::from_metadata(&file.metadata).map_err(|e| anyhow!("{}: {e:#}", gguf_path.display()))?;
     let (items, mut config) = match arch.as_str() {
         "llama" => plan_llama(&file)?,

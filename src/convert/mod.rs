@@ -54,6 +54,9 @@ pub struct ConvertOptions {
     pub imatrix: Option<Imatrix>,
     /// Pruning, applied in the same pass (default: none).
     pub prune: PruneSpec,
+    /// Re-encode tensors that are already quantized into another quantized type (llama-quantize's
+    /// `--allow-requantize`); refused by default, since the errors compound.
+    pub allow_requantize: bool,
     pub threads: usize,
     pub quiet: bool,
 }
@@ -65,6 +68,7 @@ impl ConvertOptions {
             tensor_types: vec![],
             imatrix: None,
             prune: PruneSpec::default(),
+            allow_requantize: false,
             threads: crate::engine::default_threads(),
             quiet: true,
         }
@@ -139,7 +143,10 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
     let tensors = source.tensors();
     // Pruning is planned (and checked) completely before the output file exists.
     let pruned = pruning::plan(input, output, tensors, &mut metadata, planned, opts)?;
-    let jobs = typed_jobs(pruned.planned, &metadata, opts, pruned.sparsity);
+    let jobs = typed_jobs(pruned.planned, &metadata, opts, pruned.sparsity)?;
+    if !opts.allow_requantize {
+        refuse_requantize(input, tensors, &jobs)?;
+    }
     let (bytes, sparsity) = write_gguf(tensors, output, &metadata, &jobs, opts.quiet)?;
     Ok(ConvertReport {
         arch: crate::gguf::meta_get(&metadata, "general.architecture")
@@ -165,7 +172,7 @@ pub fn plan_only(
     let tensors = source.tensors();
     let scratch = std::env::temp_dir().join(format!("microscale-plan-{}.gguf", crate::util::atomic::unique_suffix()));
     let pruned = pruning::plan(input, &scratch, tensors, &mut metadata, planned, opts)?;
-    let jobs = typed_jobs(pruned.planned, &metadata, opts, pruned.sparsity);
+    let jobs = typed_jobs(pruned.planned, &metadata, opts, pruned.sparsity)?;
     Ok((metadata, jobs, pruned.structure))
 }
 
@@ -182,6 +189,9 @@ fn plan_from_hf(ckpt: &HfCheckpoint, opts: &ConvertOptions) -> Result<(Metadata,
 
 fn plan_from_gguf(g: &GgufSource, opts: &ConvertOptions) -> Result<(Metadata, Vec<PlannedTensor>, String)> {
     let arch = g.file.architecture()?.to_string();
+    let shapes: Vec<(String, Vec<u64>)> = g.file.tensors.iter().map(|t| (t.name.clone(), t.ne.clone())).collect();
+    arch::check::check_gguf_tensors(&g.file.metadata, &shapes)
+        .map_err(|e| anyhow!("{}: {e:#}", g.file.path.display()))?;
     let mut meta = g.file.metadata.clone();
     meta.retain(|(k, _)| k != "general.alignment");
     meta_set(&mut meta, "general.file_type", GgufValue::U32(opts.scheme.file_type()));
@@ -194,13 +204,33 @@ fn plan_from_gguf(g: &GgufSource, opts: &ConvertOptions) -> Result<(Metadata, Ve
     Ok((meta, planned, arch))
 }
 
+/// llama-quantize refuses to re-quantize a tensor that is already quantized (without
+/// `--allow-requantize`): the second rounding adds its error to the first. Copying a tensor in its
+/// own type, or dequantizing it to a float type, is exact and allowed.
+fn refuse_requantize(input: &Path, src: &dyn TensorSource, jobs: &[Job]) -> Result<()> {
+    for j in jobs {
+        let Some(t) = src.tensor(&j.planned.source) else { continue };
+        let copied = t.dtype == j.ty && j.planned.select.is_none() && j.sparsity.is_none();
+        if t.dtype.is_quantized() && j.ty.is_quantized() && !copied {
+            bail!(
+                "{}: tensor {:?} is already {}; re-quantizing it to {} compounds the rounding error (llama-quantize refuses this too). Convert from the F32/F16/BF16 original, or pass --allow-requantize",
+                input.display(),
+                j.planned.source,
+                t.dtype,
+                j.ty
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Give every planned tensor its type under the scheme, as llama-quantize would choose it.
 fn typed_jobs(
     planned: Vec<PlannedTensor>,
     meta: &Metadata,
     opts: &ConvertOptions,
     mut sparsity: std::collections::HashMap<String, RowSparsity>,
-) -> Vec<Job> {
+) -> Result<Vec<Job>> {
     let arch = crate::gguf::meta_get(meta, "general.architecture").and_then(|v| v.as_str()).unwrap_or("").to_string();
     let n_layer =
         crate::gguf::meta_get(meta, &format!("{arch}.block_count")).and_then(|v| v.as_u64()).unwrap_or(0) as usize;
@@ -216,9 +246,12 @@ fn typed_jobs(
         .into_iter()
         .zip(types)
         .map(|(planned, ty)| {
-            let weights = opts.imatrix.as_ref().and_then(|m| pruning::imatrix_weights(m, &planned));
+            let weights = match (&opts.imatrix, ty.is_quantized()) {
+                (Some(m), true) => pruning::imatrix_weights(m, &planned)?,
+                _ => None,
+            };
             let sparsity = sparsity.remove(&planned.name);
-            Job { planned, ty, weights, sparsity }
+            Ok(Job { planned, ty, weights, sparsity })
         })
         .collect()
 }

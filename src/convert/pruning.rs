@@ -145,10 +145,12 @@ fn select_cols(v: Vec<f32>, p: &PlannedTensor) -> Vec<f32> {
     }
 }
 
-/// The imatrix weights of a planned tensor (by its unpruned name, restricted to kept columns).
-pub fn imatrix_weights(m: &Imatrix, p: &PlannedTensor) -> Option<Vec<f32>> {
-    let full_cols = p.select.as_ref().map_or(*p.shape.last()?, |s| *s.from_shape.last().unwrap_or(&1));
-    m.weights(&p.stats_name, full_cols).map(|w| select_cols(w, p))
+/// The imatrix weights of a planned tensor (by its unpruned name, restricted to kept columns); an
+/// entry of the wrong size is an error.
+pub fn imatrix_weights(m: &Imatrix, p: &PlannedTensor) -> Result<Option<Vec<f32>>> {
+    let Some(&cols) = p.shape.last() else { return Ok(None) };
+    let full_cols = p.select.as_ref().map_or(cols, |s| *s.from_shape.last().unwrap_or(&1));
+    Ok(m.weights_checked(&p.stats_name, full_cols)?.map(|w| select_cols(w, p)))
 }
 
 /// Load the calibration file when it exists (checking it is this model's), else calibrate and
@@ -168,7 +170,7 @@ fn calibration(
     }
     // Windows of 512 tokens, or the model's whole context if shorter (GPT-2's positions end there).
     let copts = CalibOptions {
-        text: spec.calib_text.clone(),
+        text: spec.calib_text_path()?,
         chunks: spec.calib_chunks,
         n_ctx: dims.n_ctx_train.min(512),
         threads: opts.threads,
@@ -181,7 +183,8 @@ fn calibration(
         // llama.cpp runs GGUF: calibrate on an exact F32 conversion, removed afterwards.
         let dir = output.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let stem = output.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = dir.join(format!(".{stem}.calib-source.{}.gguf", crate::util::atomic::unique_suffix()));
+        // Named like every temporary output (`.NAME….tmp`), so that a sweep cleans it up after a kill.
+        let tmp = dir.join(format!(".{stem}.calib-source.{}.tmp", crate::util::atomic::unique_suffix()));
         super::convert(input, &tmp, &ConvertOptions { quiet: true, ..ConvertOptions::new(Scheme::F32) })?;
         _temp = TempFile(tmp.clone());
         tmp

@@ -1,9 +1,12 @@
 //! The llama.cpp engine, through `llama-cpp-2`: loading GGUF models, tokenizing, and evaluating
 //! token sequences to logits. Everything that runs a model goes through here.
 //!
-//! llama.cpp logs to stderr by default; [`init`] silences it unless asked to be verbose, so that
-//! microscale's own output stays readable.
+//! llama.cpp logs to stderr by default; [`init`] takes its log over ([`log`]): kept quiet unless
+//! asked to be verbose, so that microscale's own output stays readable, and remembered, so that a
+//! failure quotes llama.cpp's own reason.
 
+pub mod info;
+pub mod log;
 pub mod quantize;
 pub mod raw;
 
@@ -26,16 +29,43 @@ static VERBOSE: OnceLock<bool> = OnceLock::new();
 pub fn init(verbose: bool) -> &'static LlamaBackend {
     let verbose = *VERBOSE.get_or_init(|| verbose);
     BACKEND.get_or_init(|| {
-        let mut backend = LlamaBackend::init().expect("llama.cpp backend initialised once");
-        if !verbose {
-            backend.void_logs();
+        if verbose {
+            log::set_mode(log::LogMode::Verbose);
         }
-        backend
+        log::install();
+        LlamaBackend::init().expect("llama.cpp backend initialised once")
     })
+}
+
+/// llama.cpp ran out of memory (an allocation failed, or the address space cap was reached): the
+/// model does not fit, which is not the same as a bad file.
+#[derive(Debug)]
+pub struct OutOfMemory(pub String);
+
+impl std::fmt::Display for OutOfMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "out of memory: {}", self.0)
+    }
+}
+
+impl std::error::Error for OutOfMemory {}
+
+/// The error for a failed llama.cpp call on `path`, quoting llama.cpp's own last error line, and
+/// typed [`OutOfMemory`] when that line says memory ran out.
+pub fn engine_error(path: &Path, what: &str) -> anyhow::Error {
+    match log::last_error() {
+        Some(line) if log::says_out_of_memory(&line) => {
+            anyhow::Error::new(OutOfMemory(format!("{}: {what}: {line}", path.display())))
+        }
+        Some(line) => anyhow!("{}: {what}: {line}", path.display()),
+        None => anyhow!("{}: {what} (run with -v for llama.cpp's log)", path.display()),
+    }
 }
 
 /// The pinned engine crate (Cargo.toml pins it exactly; a test keeps the two in step).
 pub const LLAMA_CPP_SYS_VERSION: &str = "0.1.161";
+/// The pinned safe wrapper crate.
+pub const LLAMA_CPP_2_VERSION: &str = "0.1.160";
 
 /// The engine's version for result rows.
 pub fn llama_cpp_version() -> String {
@@ -64,9 +94,9 @@ impl Model {
         }
         let backend = init(false);
         let params = LlamaModelParams::default().with_use_mmap(mmap);
-        let inner = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
-            anyhow!("{}: llama.cpp could not load the model ({e}); run with -v for its log", path.display())
-        })?;
+        log::clear();
+        let inner = LlamaModel::load_from_file(backend, path, &params)
+            .map_err(|_| engine_error(path, "llama.cpp could not load the model"))?;
         Ok(Model { path: path.to_path_buf(), inner })
     }
 
@@ -134,9 +164,11 @@ impl Model {
         } else {
             params
         };
-        let ctx = self.inner.new_context(backend, params).map_err(|e| {
-            anyhow!("{}: cannot create a llama.cpp context of {n_ctx} tokens: {e}", self.path.display())
-        })?;
+        log::clear();
+        let ctx = self
+            .inner
+            .new_context(backend, params)
+            .map_err(|_| engine_error(&self.path, &format!("cannot create a llama.cpp context of {n_ctx} tokens")))?;
         Ok(Session { ctx, n_batch, n_vocab: self.n_vocab() })
     }
 }
@@ -232,5 +264,6 @@ mod tests {
     fn version_constant_matches_the_pin() {
         let manifest = include_str!("../../Cargo.toml");
         assert!(manifest.contains(&format!("llama-cpp-sys-2 = {{ version = \"={}\"", super::LLAMA_CPP_SYS_VERSION)));
+        assert!(manifest.contains(&format!("llama-cpp-2 = {{ version = \"={}\"", super::LLAMA_CPP_2_VERSION)));
     }
 }

@@ -2,7 +2,7 @@
 //! evaluation callback (`cb_eval`), which lets calibration read every intermediate tensor (matrix
 //! multiplication inputs, each block's output) as llama.cpp computes it.
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use llama_cpp_sys_2 as sys;
 use std::ffi::{c_void, CStr, CString};
 use std::path::Path;
@@ -66,9 +66,10 @@ impl ObservedContext {
     ) -> Result<ObservedContext> {
         super::init(false);
         let c_path = CString::new(path.to_string_lossy().as_bytes())?;
+        super::log::clear();
         let model = unsafe { sys::llama_model_load_from_file(c_path.as_ptr(), sys::llama_model_default_params()) };
         if model.is_null() {
-            bail!("{}: llama.cpp could not load the model", path.display());
+            return Err(super::engine_error(path, "llama.cpp could not load the model"));
         }
         let observer = Box::into_raw(Box::new(observer));
         let mut p = unsafe { sys::llama_context_default_params() };
@@ -85,7 +86,7 @@ impl ObservedContext {
                 drop(Box::from_raw(observer));
                 sys::llama_model_free(model);
             }
-            bail!("{}: llama.cpp could not create a context", path.display());
+            return Err(super::engine_error(path, "llama.cpp could not create a context"));
         }
         let vocab = unsafe { sys::llama_model_get_vocab(model) };
         Ok(ObservedContext {

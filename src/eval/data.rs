@@ -50,13 +50,14 @@ impl Task {
         }
     }
 
-    /// The default file under the shared data directory.
-    pub fn path(&self, data_dir: &Path) -> std::path::PathBuf {
+    /// The task's file: one of the data folder's, or the JSONL given.
+    pub fn path(&self, data: &crate::util::data::DataDir) -> Result<std::path::PathBuf> {
+        use crate::util::data::{ARC_CHALLENGE_DEV, ARC_EASY_DEV, SST2_DEV};
         match self {
-            Task::Sst2 => data_dir.join("sst2/dev.tsv"),
-            Task::ArcEasy => data_dir.join("arc/ARC-Easy-Dev.jsonl"),
-            Task::ArcChallenge => data_dir.join("arc/ARC-Challenge-Dev.jsonl"),
-            Task::Mc(p) => p.clone(),
+            Task::Sst2 => data.file(SST2_DEV),
+            Task::ArcEasy => data.file(ARC_EASY_DEV),
+            Task::ArcChallenge => data.file(ARC_CHALLENGE_DEV),
+            Task::Mc(p) => Ok(p.clone()),
         }
     }
 }

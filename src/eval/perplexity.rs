@@ -81,6 +81,9 @@ pub struct WindowLogits<'m> {
 
 impl<'m> WindowLogits<'m> {
     pub fn new(model: &'m Model, n_ctx: usize, n_batch: usize, threads: usize) -> Result<WindowLogits<'m>> {
+        if n_ctx < 4 || n_batch == 0 || threads == 0 {
+            bail!("a window of {n_ctx} tokens, a batch of {n_batch} and {threads} threads: each must be positive (windows of at least 4)");
+        }
         if n_batch >= n_ctx && !n_batch.is_multiple_of(n_ctx) {
             bail!("--batch-size {n_batch} must be below --ctx-size {n_ctx} or a multiple of it");
         }

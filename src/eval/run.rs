@@ -7,12 +7,10 @@ use super::kld::{kl_divergence, KldResult};
 use super::perplexity::{perplexity_of_tokens, PerplexityOptions, PerplexityResult};
 use crate::engine::Model;
 use crate::report::rows::MetricRow;
+use crate::util::data::{DataDir, WIKITEXT_TEST};
 use anyhow::{anyhow, bail, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-pub const DEFAULT_DATA_DIR: &str = "../shared/data";
-pub const DEFAULT_PPL_FILE: &str = "../shared/data/wikitext-2/wiki.test.raw";
 
 #[derive(Clone, Debug)]
 pub struct EvalSpec {
@@ -32,7 +30,8 @@ pub struct EvalSpec {
     /// At most this many items per task (a seeded sample).
     pub limit: Option<usize>,
     pub seed: u64,
-    pub data_dir: PathBuf,
+    /// Where the tasks' files (and the default perplexity text) are.
+    pub data: DataDir,
 }
 
 impl EvalSpec {
@@ -49,8 +48,24 @@ impl EvalSpec {
             threads,
             limit: None,
             seed: 42,
-            data_dir: DEFAULT_DATA_DIR.into(),
+            data: DataDir::resolve(None),
         }
+    }
+}
+
+impl EvalSpec {
+    /// Refuse settings that make no sense before any model is loaded.
+    pub fn validate(&self) -> Result<()> {
+        if self.n_ctx < 4 {
+            bail!("a perplexity window of {} tokens is too short (--ctx-size must be at least 4)", self.n_ctx);
+        }
+        if self.n_batch == 0 || self.threads == 0 {
+            bail!("--batch-size and --threads must be at least 1");
+        }
+        if self.chunks == Some(0) || self.kld_chunks == Some(0) || self.limit == Some(0) {
+            bail!("--chunks and --limit must be at least 1 (omit them for all)");
+        }
+        Ok(())
     }
 }
 
@@ -63,15 +78,20 @@ pub struct EvalOutput {
 }
 
 fn row(metric: &str, value: f64, stderr: f64, items: usize, wall_s: f64) -> MetricRow {
-    MetricRow { metric: metric.to_string(), value, stderr, items, wall_s }
+    MetricRow { metric: metric.to_string(), value, stderr, items, wall_s, status: "ok".into() }
 }
 
 pub fn run(model_path: &Path, spec: &EvalSpec, quiet: bool) -> Result<EvalOutput> {
+    spec.validate()?;
     let model = Model::load(model_path)?;
     let mut out = EvalOutput::default();
     let ppl_opts =
         PerplexityOptions { n_ctx: spec.n_ctx, n_batch: spec.n_batch, threads: spec.threads, chunks: spec.chunks };
-    let text_path = spec.ppl.clone().or_else(|| spec.kld_base.as_ref().map(|_| DEFAULT_PPL_FILE.into()));
+    let text_path = match (&spec.ppl, &spec.kld_base) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(_)) => Some(spec.data.file(WIKITEXT_TEST)?),
+        (None, None) => None,
+    };
     if let Some(text_path) = &text_path {
         let text =
             std::fs::read_to_string(text_path).map_err(|e| anyhow!("{}: cannot read ({e})", text_path.display()))?;
@@ -121,7 +141,7 @@ pub fn task_metric_name(task: &Task, shots: usize) -> String {
 
 /// A task's items: the file as shipped, minus SST-2's demonstrations, sampled down to `--limit`.
 pub fn load_task(task: &Task, spec: &EvalSpec) -> Result<Vec<McItem>> {
-    let path = task.path(&spec.data_dir);
+    let path = task.path(&spec.data)?;
     let mut items = match task {
         Task::Sst2 => {
             let mut rows = data::load_sst2(&path)?;

@@ -13,6 +13,40 @@ use std::path::{Path, PathBuf};
 
 pub const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 pub const DEFAULT_ALIGNMENT: u64 = 32;
+/// ggml's `GGML_MAX_NAME`: a tensor name is shorter than this.
+pub const GGML_MAX_NAME: usize = 64;
+/// ggml's limits on a metadata string and an array (`GGUF_MAX_STRING_LENGTH`, `GGUF_MAX_ARRAY_ELEMENTS`).
+const MAX_STRING_LENGTH: u64 = 1 << 30;
+const MAX_ARRAY_ELEMENTS: u64 = 1 << 30;
+
+/// One tensor info: name (already read), dimensions, type and relative offset, with the byte size
+/// computed and checked.
+fn read_tensor_info(cur: &mut Cursor, name: String) -> Result<GgufTensorInfo> {
+    let n_dims = cur.u32()?;
+    if n_dims == 0 || n_dims > 4 {
+        bail!("tensor {name:?} has {n_dims} dimensions (ggml allows 1 to 4)");
+    }
+    let ne = (0..n_dims).map(|_| cur.u64()).collect::<Result<Vec<_>>>()?;
+    // ggml keeps dimensions and the element count in int64_t.
+    if let Some(d) = ne.iter().find(|&&d| d == 0 || d > i64::MAX as u64) {
+        bail!("tensor {name:?} has an impossible dimension {d} in shape {ne:?}");
+    }
+    let n_elements = ne
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= i64::MAX as u64)
+        .ok_or_else(|| anyhow!("tensor {name:?} has shape {ne:?}, whose element count overflows"))?;
+    let type_id = cur.u32()?;
+    let ggml_type = GgmlType::from_id(type_id)
+        .ok_or_else(|| anyhow!("tensor {name:?} has ggml type {type_id}, which microscale does not support"))?;
+    let offset = cur.u64()?;
+    let row_bytes = ggml_type.row_bytes(ne[0] as usize).with_context(|| format!("tensor {name:?}"))? as u64;
+    let n_bytes = row_bytes
+        .checked_mul(n_elements / ne[0])
+        .filter(|&b| b <= isize::MAX as u64)
+        .ok_or_else(|| anyhow!("tensor {name:?} with shape {ne:?} has a byte size that overflows"))?;
+    Ok(GgufTensorInfo { name, ne, ggml_type, offset, n_bytes })
+}
 
 /// One tensor's entry in the GGUF header.
 #[derive(Clone, Debug)]
@@ -55,6 +89,11 @@ impl GgufFile {
         Self::parse(path, map).map_err(|e| anyhow!("{}: {e:#}", path.display()))
     }
 
+    /// Parse and validate the header the way ggml's `gguf_init_from_file` does (same limits, same
+    /// refusals: duplicate keys and tensor names, bad alignment, shapes that overflow, rows that are
+    /// not whole blocks, tensors not stored in order), before anything is handed out. Every size
+    /// and offset is computed with checked arithmetic, and no allocation exceeds what the file's
+    /// remaining bytes could hold.
     fn parse(path: &Path, map: Mmap) -> Result<GgufFile> {
         let mut cur = Cursor { buf: &map, pos: 0 };
         let magic = cur.take(4).context("not a GGUF file (too short for the magic)")?;
@@ -67,48 +106,67 @@ impl GgufFile {
         }
         let n_tensors = cur.u64()?;
         let n_kv = cur.u64()?;
-        // Every tensor info and every key takes at least 8 bytes: reject counts the file cannot hold.
+        // Reject counts the file cannot hold: a key-value pair takes at least 13 bytes (key length,
+        // one key byte, type tag, one value byte), a tensor info at least 32.
         let remaining = cur.remaining() as u64;
-        if n_tensors > remaining / 8 || n_kv > remaining / 8 {
+        if n_kv > remaining / 13 || n_tensors > remaining / 32 {
             bail!("truncated or corrupt header: {n_tensors} tensors and {n_kv} keys cannot fit in {} bytes", map.len());
         }
-        let mut metadata = Vec::with_capacity(n_kv as usize);
+        let mut metadata: Metadata = Vec::with_capacity(n_kv as usize);
+        let mut seen_keys = std::collections::HashSet::new();
         for i in 0..n_kv {
             let key = cur.string().with_context(|| format!("metadata key #{i}"))?;
+            if key.is_empty() {
+                bail!("metadata key #{i} is empty");
+            }
+            if !seen_keys.insert(key.clone()) {
+                bail!("duplicate metadata key {key:?}");
+            }
             let tag = cur.u32()?;
             let value = cur.value(tag, 0).with_context(|| format!("metadata value of {key:?}"))?;
             metadata.push((key, value));
         }
         let alignment = match meta_get(&metadata, "general.alignment") {
-            Some(v) => v.as_u64().filter(|a| a.is_power_of_two()).ok_or_else(|| anyhow!("bad general.alignment"))?,
+            Some(GgufValue::U32(a)) if *a > 0 && a.is_power_of_two() => u64::from(*a),
+            Some(GgufValue::U32(a)) => bail!("general.alignment {a} is not a power of 2"),
+            Some(other) => bail!("general.alignment must be a UINT32, not {other:?}"),
             None => DEFAULT_ALIGNMENT,
         };
         let mut tensors = Vec::with_capacity(n_tensors as usize);
+        let mut seen_names = std::collections::HashSet::new();
         for i in 0..n_tensors {
             let name = cur.string().with_context(|| format!("tensor info #{i}"))?;
-            let n_dims = cur.u32()?;
-            if n_dims == 0 || n_dims > 4 {
-                bail!("tensor {name:?} has {n_dims} dimensions (ggml allows 1 to 4)");
+            if name.len() >= GGML_MAX_NAME {
+                bail!("tensor name #{i} is {} bytes long (ggml allows at most {})", name.len(), GGML_MAX_NAME - 1);
             }
-            let ne = (0..n_dims).map(|_| cur.u64()).collect::<Result<Vec<_>>>()?;
-            let type_id = cur.u32()?;
-            let ggml_type = GgmlType::from_id(type_id)
-                .ok_or_else(|| anyhow!("tensor {name:?} has ggml type {type_id}, which microscale does not support"))?;
-            let offset = cur.u64()?;
-            let n_elements = ne.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
-            let n_elements = n_elements.ok_or_else(|| anyhow!("tensor {name:?} has an impossible shape {ne:?}"))?;
-            let row_bytes = ggml_type.row_bytes(ne[0] as usize).with_context(|| format!("tensor {name:?}"))? as u64;
-            let n_bytes = row_bytes * (n_elements / ne[0].max(1));
-            tensors.push(GgufTensorInfo { name, ne, ggml_type, offset, n_bytes });
+            if !seen_names.insert(name.clone()) {
+                bail!("duplicate tensor name {name:?}");
+            }
+            tensors.push(read_tensor_info(&mut cur, name)?);
         }
-        let data_offset = cur.pos.next_multiple_of(alignment as usize) as u64;
+        let data_offset = (cur.pos as u64)
+            .checked_next_multiple_of(alignment)
+            .ok_or_else(|| anyhow!("data section offset overflows"))?;
         let file_len = map.len() as u64;
+        // ggml stores tensors back to back in header order, each padded to the alignment.
+        let mut expected = 0u64;
         for t in &mut tensors {
-            if t.offset % alignment != 0 {
-                bail!("tensor {:?} is not aligned to {alignment} bytes", t.name);
+            if t.offset != expected {
+                bail!(
+                    "tensor {:?} has data offset {}, expected {expected} (tensors must be stored in order, each padded to {alignment} bytes)",
+                    t.name,
+                    t.offset
+                );
             }
-            t.offset += data_offset;
-            let end = t.offset.checked_add(t.n_bytes).ok_or_else(|| anyhow!("tensor {:?}: offset overflow", t.name))?;
+            let padded = t
+                .n_bytes
+                .checked_next_multiple_of(alignment)
+                .ok_or_else(|| anyhow!("tensor {:?}: size overflows", t.name))?;
+            expected = expected.checked_add(padded).ok_or_else(|| anyhow!("tensor {:?}: offset overflows", t.name))?;
+            t.offset =
+                t.offset.checked_add(data_offset).ok_or_else(|| anyhow!("tensor {:?}: offset overflows", t.name))?;
+            let end =
+                t.offset.checked_add(t.n_bytes).ok_or_else(|| anyhow!("tensor {:?}: offset overflows", t.name))?;
             if end > file_len {
                 bail!(
                     "truncated file: tensor {:?} needs bytes {}..{} but the file has {file_len}",
@@ -163,6 +221,18 @@ impl GgufFile {
     }
 }
 
+/// The smallest encoding of one value of a type (None for unknown types and nested arrays).
+fn value_size(tag: u32) -> Option<u64> {
+    use value_type::*;
+    Some(match tag {
+        UINT8 | INT8 | BOOL => 1,
+        UINT16 | INT16 => 2,
+        UINT32 | INT32 | FLOAT32 => 4,
+        UINT64 | INT64 | FLOAT64 | STRING => 8,
+        _ => return None,
+    })
+}
+
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -196,6 +266,9 @@ impl<'a> Cursor<'a> {
 
     fn string(&mut self) -> Result<String> {
         let len = self.u64()?;
+        if len > MAX_STRING_LENGTH {
+            bail!("a string of {len} bytes at offset {} exceeds ggml's limit of {MAX_STRING_LENGTH}", self.pos);
+        }
         if len > self.remaining() as u64 {
             bail!("truncated header: a string of {len} bytes at offset {} runs past the end", self.pos);
         }
@@ -224,7 +297,12 @@ impl<'a> Cursor<'a> {
                 }
                 let elem = self.u32()?;
                 let n = self.u64()?;
-                if n > self.remaining() as u64 {
+                if n > MAX_ARRAY_ELEMENTS {
+                    bail!("an array of {n} items exceeds ggml's limit of {MAX_ARRAY_ELEMENTS}");
+                }
+                // Each element takes at least its fixed size (a string at least its 8-byte length).
+                let min_size = value_size(elem).ok_or_else(|| anyhow!("array of unknown value type {elem}"))?;
+                if n.saturating_mul(min_size) > self.remaining() as u64 {
                     bail!("truncated header: an array of {n} items runs past the end");
                 }
                 let items = (0..n).map(|_| self.value(elem, depth + 1)).collect::<Result<Vec<_>>>()?;

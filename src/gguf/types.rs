@@ -112,7 +112,9 @@ impl GgmlType {
         if !n.is_multiple_of(self.block_size()) {
             bail!("a row of {n} elements is not a whole number of {self} blocks of {}", self.block_size());
         }
-        Ok(n / self.block_size() * self.type_size())
+        (n / self.block_size())
+            .checked_mul(self.type_size())
+            .ok_or_else(|| anyhow::anyhow!("a row of {n} {self} elements overflows the byte count"))
     }
 
     /// The name ggml prints (`ggml_type_name`): lower case, `q4_K` style.
@@ -137,6 +139,11 @@ impl GgmlType {
             GgmlType::I32 => "i32",
             GgmlType::BF16 => "bf16",
         }
+    }
+
+    /// A block format (not a float or integer type).
+    pub fn is_quantized(self) -> bool {
+        self.block_size() > 1
     }
 
     /// Bits per weight of the format (block bytes * 8 / block elements).

@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 
 pub const KEY_BLOCK_INFLUENCE: &str = "microscale.block_influence";
 pub const KEY_FINGERPRINT: &str = "microscale.fingerprint";
-pub const DEFAULT_CALIB_TEXT: &str = "../shared/data/wikitext-2/wiki.valid.tokens";
 
 #[derive(Clone, Debug)]
 pub struct CalibOptions {
@@ -206,8 +205,9 @@ pub fn calibrate(
     opts: &CalibOptions,
     quiet: bool,
 ) -> Result<Calibration> {
-    let text =
-        std::fs::read_to_string(&opts.text).map_err(|e| anyhow!("{}: cannot read ({e})", opts.text.display()))?;
+    let text = std::fs::read_to_string(&opts.text).map_err(|e| {
+        anyhow!("{}: cannot read calibration text ({e}); choose it with --calib-text", opts.text.display())
+    })?;
     let mut ctx = ObservedContext::new(gguf, opts.n_ctx, opts.threads, Box::<Collector>::default())?;
     let tokens = ctx.tokenize(&text);
     let available = tokens.len() / opts.n_ctx;

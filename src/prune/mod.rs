@@ -69,8 +69,11 @@ pub struct PruneSpec {
     pub align: usize,
     /// Calibration file to reuse (or to create when missing).
     pub calib: Option<PathBuf>,
-    pub calib_text: PathBuf,
+    /// Calibration text (None: the data folder's WikiText-2 validation split).
+    pub calib_text: Option<PathBuf>,
     pub calib_chunks: usize,
+    /// The data folder, for the default calibration text.
+    pub data: crate::util::data::DataDir,
 }
 
 impl Default for PruneSpec {
@@ -88,8 +91,9 @@ impl Default for PruneSpec {
             allocation: Allocation::Uniform,
             align: 1,
             calib: None,
-            calib_text: calib::DEFAULT_CALIB_TEXT.into(),
+            calib_text: None,
             calib_chunks: 16,
+            data: crate::util::data::DataDir::resolve(None),
         }
     }
 }
@@ -129,6 +133,14 @@ impl PruneSpec {
 
     pub fn wants_structured(&self) -> bool {
         self.wants_depth() || self.wants_width()
+    }
+
+    /// The calibration text: `--calib-text`, else the data folder's WikiText-2 validation split.
+    pub fn calib_text_path(&self) -> Result<PathBuf> {
+        match &self.calib_text {
+            Some(p) => Ok(p.clone()),
+            None => self.data.file(crate::util::data::CALIB_TEXT),
+        }
     }
 
     pub fn is_noop(&self) -> bool {

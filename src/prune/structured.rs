@@ -36,6 +36,9 @@ impl Dims {
         let need = |k: &str| get(k).ok_or_else(|| anyhow!("missing {arch}.{k}"));
         let n_head = need("attention.head_count")?;
         let n_embd = need("embedding_length")?;
+        if n_head == 0 || n_embd == 0 || !n_embd.is_multiple_of(n_head) {
+            bail!("{arch}.embedding_length {n_embd} cannot be split into {n_head} heads");
+        }
         Ok(Dims {
             n_layer: need("block_count")?,
             n_embd,

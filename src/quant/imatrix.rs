@@ -26,6 +26,8 @@ pub struct Imatrix {
     pub chunk_size: u32,
     /// Keys beyond llama.cpp's (microscale keeps its calibration results here).
     pub extra: Metadata,
+    /// The file it was read from (for error messages).
+    pub path: Option<std::path::PathBuf>,
 }
 
 impl Imatrix {
@@ -40,6 +42,27 @@ impl Imatrix {
         Some(if count > 0.0 { e.sums.iter().map(|s| s / count).collect() } else { vec![1.0; ne0] })
     }
 
+    /// [`Self::weights`], but an entry whose size disagrees with the tensor is an error naming
+    /// both, as llama-quantize refuses it (a missing entry is not: the tensor is quantized
+    /// without importance weights).
+    pub fn weights_checked(&self, tensor: &str, ne0: usize) -> Result<Option<Vec<f32>>> {
+        let Some(e) = self.entries.get(tensor) else { return Ok(None) };
+        let file = self.path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default();
+        if e.counts.len() != 1 {
+            bail!(
+                "{file}imatrix entry {tensor} holds {} matrices (experts); microscale quantizes dense models",
+                e.counts.len()
+            );
+        }
+        if e.sums.len() != ne0 {
+            bail!(
+                "{file}imatrix entry {tensor} has {} values, but the tensor's rows have {ne0} (an imatrix of another model?)",
+                e.sums.len()
+            );
+        }
+        Ok(self.weights(tensor, ne0))
+    }
+
     pub fn load(path: &Path) -> Result<Imatrix> {
         let mut magic = [0u8; 4];
         let n = std::io::Read::read(
@@ -47,7 +70,9 @@ impl Imatrix {
             &mut magic,
         )?;
         let m = if n == 4 && &magic == b"GGUF" { load_gguf(path) } else { load_legacy(path) };
-        m.map_err(|e| anyhow!("{}: not a usable imatrix: {e:#}", path.display()))
+        let mut m = m.map_err(|e| anyhow!("{}: not a usable imatrix: {e:#}", path.display()))?;
+        m.path = Some(path.to_path_buf());
+        Ok(m)
     }
 
     /// Write in llama.cpp's imatrix GGUF format.
@@ -132,9 +157,21 @@ fn load_legacy(path: &Path) -> Result<Imatrix> {
     let bytes = std::fs::read(path)?;
     let mut pos = 0usize;
     let i32_at = |pos: &mut usize| -> Result<i32> {
-        let b = bytes.get(*pos..*pos + 4).ok_or_else(|| anyhow!("truncated"))?;
+        let b = bytes.get(*pos..*pos + 4).ok_or_else(|| anyhow!("truncated at byte {}", *pos))?;
         *pos += 4;
         Ok(i32::from_le_bytes(b.try_into().unwrap()))
+    };
+    // A length or count read from the file, which must be positive and fit in what is left.
+    let take = |pos: &mut usize, n: i32, unit: usize, what: &str| -> Result<std::ops::Range<usize>> {
+        let len = usize::try_from(n).ok().and_then(|n| n.checked_mul(unit));
+        match len {
+            Some(len) if len <= bytes.len() - *pos => {
+                let r = *pos..*pos + len;
+                *pos += len;
+                Ok(r)
+            }
+            _ => bail!("{what} {n} at byte {} does not fit in the file", *pos - 4),
+        }
     };
     let n_entries = i32_at(&mut pos)?;
     if n_entries < 1 || n_entries as usize > bytes.len() / 12 {
@@ -142,19 +179,22 @@ fn load_legacy(path: &Path) -> Result<Imatrix> {
     }
     let mut m = Imatrix::default();
     for _ in 0..n_entries {
-        let len = i32_at(&mut pos)? as usize;
-        let name = bytes.get(pos..pos + len).ok_or_else(|| anyhow!("truncated"))?;
+        let len = i32_at(&mut pos)?;
+        let name = &bytes[take(&mut pos, len, 1, "entry name length")?];
         let name = String::from_utf8(name.to_vec()).map_err(|_| anyhow!("entry name is not UTF-8"))?;
-        pos += len;
         let ncall = i32_at(&mut pos)?;
         let nval = i32_at(&mut pos)?;
         if nval < 1 {
             bail!("entry {name} has {nval} values");
         }
-        let data = bytes.get(pos..pos + 4 * nval as usize).ok_or_else(|| anyhow!("truncated"))?;
-        pos += 4 * nval as usize;
+        if ncall < 0 {
+            bail!("entry {name} has a negative call count {ncall}");
+        }
+        let data = &bytes[take(&mut pos, nval, 4, "value count")?];
         let sums = data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-        m.entries.insert(name, ImatrixEntry { sums, counts: vec![ncall as f32] });
+        if m.entries.insert(name.clone(), ImatrixEntry { sums, counts: vec![ncall as f32] }).is_some() {
+            bail!("entry {name} appears twice");
+        }
     }
     if pos + 4 <= bytes.len() {
         m.chunk_count = i32_at(&mut pos)?.max(0) as u32;
@@ -179,9 +219,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("imatrix.gguf");
         m.save(&p).unwrap();
-        let back = Imatrix::load(&p).unwrap();
+        let mut back = Imatrix::load(&p).unwrap();
+        assert_eq!(back.path.take(), Some(p.clone()));
         assert_eq!(back, m);
         assert_eq!(back.weights("blk.0.attn_q.weight", 4).unwrap(), vec![1.0, 2.0, 0.0, 3.0]);
         assert!(back.weights("blk.0.attn_q.weight", 8).is_none());
+        back.path = Some(p.clone());
+        let e = back.weights_checked("blk.0.attn_q.weight", 8).unwrap_err().to_string();
+        assert!(e.contains("imatrix.gguf") && e.contains("blk.0.attn_q.weight") && e.contains("4 values"), "{e}");
+        assert_eq!(back.weights_checked("blk.9.attn_q.weight", 8).unwrap(), None);
     }
 }

@@ -217,7 +217,7 @@ pub fn render_markdown(r: &Results, opts: &ReportOptions, plots: &[(String, Scat
     }
     let _ = writeln!(
         md,
-        "Among the variants that fit the profile (`fits` = 1) and stay within the quality budget ({}), \
+        "Among the variants that fit the profile (status `fits`) and stay within the quality budget ({}), \
          the pick is the {}. Every kind competes — the baseline, microscale's variants and llama.cpp's stock quants — \
          and the winner's kind is named.\n",
         if budget.is_empty() { "no baseline metric to compare with".to_string() } else { budget.join("; ") },
@@ -288,7 +288,8 @@ pub fn render_markdown(r: &Results, opts: &ReportOptions, plots: &[(String, Scat
         for p in &r.profiles {
             row.push(match v.bench(p) {
                 None => "—".into(),
-                Some(b) if b.fits == Some(false) => "does not fit".into(),
+                Some(b) if b.status == Some(crate::report::results::Status::Oom) => "does not fit".into(),
+                Some(b) if !b.fits() && b.status.is_some() => b.status.map(|s| s.to_string()).unwrap_or_default(),
                 Some(b) => opt(b.tg_tps, |t| match b.tg_tps_sd {
                     Some(sd) => format!("{} ± {}", fmt_tps(t), fmt_tps(sd)),
                     None => fmt_tps(t),
@@ -306,7 +307,7 @@ pub fn render_markdown(r: &Results, opts: &ReportOptions, plots: &[(String, Scat
         let _ = writeln!(md, "### {p}\n");
         table_head(
             &mut md,
-            &["variant", "fits", "peak RSS MiB", "mem cap MiB", "pp t/s", "tg t/s", "load s"].map(String::from),
+            &["variant", "status", "peak RSS MiB", "mem cap MiB", "pp t/s", "tg t/s", "load s"].map(String::from),
         );
         for v in r.ok() {
             let Some(b) = v.bench(p) else { continue };
@@ -314,9 +315,9 @@ pub fn render_markdown(r: &Results, opts: &ReportOptions, plots: &[(String, Scat
                 &mut md,
                 &[
                     format!("`{}`", cell(&v.name)),
-                    match b.fits {
-                        Some(true) => "yes".into(),
-                        Some(false) => "no".into(),
+                    match b.status {
+                        Some(crate::report::results::Status::Oom) => "oom (does not fit)".into(),
+                        Some(status) => status.to_string(),
                         None => "—".into(),
                     },
                     opt(b.peak_rss_mib, |x| format!("{x:.1}")),
@@ -341,7 +342,7 @@ pub fn render_markdown(r: &Results, opts: &ReportOptions, plots: &[(String, Scat
     if n_failed == 0 {
         let _ = writeln!(md, "None.\n");
     } else {
-        table_head(&mut md, &["variant", "kind", "recipe", "line", "error"].map(String::from));
+        table_head(&mut md, &["variant", "kind", "recipe", "line", "status", "error"].map(String::from));
         for v in r.failed() {
             table_row(
                 &mut md,
@@ -350,6 +351,7 @@ pub fn render_markdown(r: &Results, opts: &ReportOptions, plots: &[(String, Scat
                     kind_label(v.kind).into(),
                     cell(&v.recipe),
                     v.line.to_string(),
+                    cell(&v.status),
                     cell(v.error.as_deref().unwrap_or("")),
                 ],
             );

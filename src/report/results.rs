@@ -4,6 +4,7 @@
 //! column named `P:tg_tps` makes `P` a profile) and accuracy metrics likewise (every column ending
 //! in `_acc` or `_acc_norm`). Malformed input is an error naming the file and the line.
 
+pub use crate::bench::status::Status;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,8 +40,9 @@ pub struct Measure {
 /// One device profile's benchmark of one variant.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Bench {
-    /// `Some(true)`: loaded and ran within the profile's caps; `Some(false)`: did not fit; `None`: not benchmarked.
-    pub fits: Option<bool>,
+    /// How the run ended (`fits`: ran within the profile's caps; `oom`: did not fit; `crash`,
+    /// `error`, `timeout`: failed otherwise); `None`: not benchmarked.
+    pub status: Option<Status>,
     pub peak_rss_mib: Option<f64>,
     pub pp_tps: Option<f64>,
     pub pp_tps_sd: Option<f64>,
@@ -48,6 +50,13 @@ pub struct Bench {
     pub tg_tps_sd: Option<f64>,
     pub load_s: Option<f64>,
     pub mem_cap_mib: Option<f64>,
+}
+
+impl Bench {
+    /// Ran within the profile's caps.
+    pub fn fits(&self) -> bool {
+        self.status == Some(Status::Fits)
+    }
 }
 
 /// One row of results.csv.
@@ -71,6 +80,8 @@ pub struct Variant {
     pub acc: BTreeMap<String, Measure>,
     /// Benchmarks by profile name.
     pub bench: BTreeMap<String, Bench>,
+    /// `ok`, or how the variant's child failed (`error`, `crash`, `timeout`).
+    pub status: String,
     /// Why the variant failed (non-empty `error` field).
     pub error: Option<String>,
     pub eval_chunks: Option<String>,
@@ -82,7 +93,7 @@ pub struct Variant {
 
 impl Variant {
     pub fn failed(&self) -> bool {
-        self.error.is_some()
+        self.status != "ok" || self.error.is_some()
     }
 
     pub fn is_stock(&self) -> bool {
@@ -100,7 +111,7 @@ impl Variant {
 
     /// Generation tokens/s on `profile`, only when the variant fit.
     pub fn tg_tps(&self, profile: &str) -> Option<f64> {
-        self.bench(profile).filter(|b| b.fits == Some(true)).and_then(|b| b.tg_tps)
+        self.bench(profile).filter(|b| b.fits()).and_then(|b| b.tg_tps)
     }
 }
 
@@ -151,6 +162,7 @@ pub const REQUIRED_COLUMNS: &[&str] = &[
     "kld",
     "kld_stderr",
     "same_top",
+    "status",
     "error",
     "eval_chunks",
     "eval_limit",
@@ -160,7 +172,7 @@ pub const REQUIRED_COLUMNS: &[&str] = &[
 ];
 
 const BENCH_SUFFIXES: &[&str] =
-    &["fits", "peak_rss_mib", "pp_tps", "pp_tps_sd", "tg_tps", "tg_tps_sd", "load_s", "mem_cap_mib"];
+    &["status", "peak_rss_mib", "pp_tps", "pp_tps_sd", "tg_tps", "tg_tps_sd", "load_s", "mem_cap_mib"];
 
 /// Read and parse `path`.
 pub fn read_results(path: &Path) -> Result<Results> {
@@ -308,14 +320,18 @@ pub fn parse_results(text: &str, path: &Path) -> Result<Results> {
         let mut bench = BTreeMap::new();
         for p in &profiles {
             let c = |s: &str| format!("{p}:{s}");
-            let fits = match row.text(&c("fits")) {
+            let status = match row.text(&c("status")) {
                 "" => None,
-                "1" => Some(true),
-                "0" => Some(false),
-                other => bail!("{}:{line}: column `{}`: `{other}` is not 1 or 0", path.display(), c("fits")),
+                text => Some(Status::parse(text).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{}:{line}: column `{}`: `{text}` is not one of fits, oom, crash, error, timeout",
+                        path.display(),
+                        c("status")
+                    )
+                })?),
             };
             let b = Bench {
-                fits,
+                status,
                 peak_rss_mib: row.num(&c("peak_rss_mib"))?,
                 pp_tps: row.num(&c("pp_tps"))?,
                 pp_tps_sd: row.num(&c("pp_tps_sd"))?,
@@ -350,6 +366,13 @@ pub fn parse_results(text: &str, path: &Path) -> Result<Results> {
             same_top: row.num("same_top")?,
             acc,
             bench,
+            status: match row.text("status") {
+                s @ ("ok" | "error" | "crash" | "timeout") => s.to_string(),
+                other => bail!(
+                    "{}:{line}: column `status`: `{other}` is not one of ok, error, crash, timeout",
+                    path.display()
+                ),
+            },
             error: row.opt("error"),
             eval_chunks: row.opt("eval_chunks"),
             eval_limit: row.opt("eval_limit"),

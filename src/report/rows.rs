@@ -56,10 +56,13 @@ pub struct MetricRow {
     /// Items (tokens for perplexity, questions for tasks) behind the number.
     pub items: usize,
     pub wall_s: f64,
+    /// How the measurement ended: `ok` for evaluations; a benchmark run's status (`fits`, `oom`,
+    /// `crash`, `error`, `timeout`) for its rows.
+    pub status: String,
 }
 
 pub const CSV_HEADER: &str =
-    "model,sha256,size_bytes,n_params,bits_per_weight,metric,value,stderr,items,wall_s,microscale,llama_cpp,date";
+    "model,sha256,size_bytes,n_params,bits_per_weight,metric,value,stderr,items,wall_s,status,microscale,llama_cpp,date";
 
 /// Append rows for one model to `path` (header written when the file is new), flushed per row.
 pub fn append_csv(path: &Path, model: &ModelId, rows: &[MetricRow]) -> Result<()> {
@@ -76,7 +79,7 @@ pub fn append_csv(path: &Path, model: &ModelId, rows: &[MetricRow]) -> Result<()
     for r in rows {
         writeln!(
             f,
-            "{},{},{},{},{:.4},{},{},{},{},{:.2},{},{},{}",
+            "{},{},{},{},{:.4},{},{},{},{},{:.2},{},{},{},{}",
             csv_field(&model.file),
             model.sha256,
             model.size_bytes,
@@ -87,6 +90,7 @@ pub fn append_csv(path: &Path, model: &ModelId, rows: &[MetricRow]) -> Result<()
             r.stderr,
             r.items,
             r.wall_s,
+            csv_field(&r.status),
             env!("CARGO_PKG_VERSION"),
             crate::engine::LLAMA_CPP_SYS_VERSION,
             date

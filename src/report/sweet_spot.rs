@@ -107,11 +107,11 @@ pub fn sweet_spot(results: &Results, profile: &str, c: &Criteria) -> SweetSpot {
     let fit: Vec<usize> = (0..results.variants.len())
         .filter(|&i| {
             let v = &results.variants[i];
-            !v.failed() && v.bench(profile).is_some_and(|b| b.fits == Some(true))
+            !v.failed() && v.bench(profile).is_some_and(|b| b.fits())
         })
         .collect();
     if fit.is_empty() {
-        let measured = results.ok().filter(|v| v.bench(profile).is_some_and(|b| b.fits.is_some())).count();
+        let measured = results.ok().filter(|v| v.bench(profile).is_some_and(|b| b.status.is_some())).count();
         return none(
             match measured {
                 0 => format!("no variant was benchmarked on {profile}"),

@@ -76,9 +76,9 @@ impl HfCheckpoint {
                     }
                 };
                 let shape = info.shape.clone();
-                let n: usize = shape.iter().product();
+                let n_bytes = shape.iter().try_fold(dtype.type_size(), |acc, &d| acc.checked_mul(d));
                 let (s, e) = info.data_offsets;
-                if e - s != n * dtype.type_size() {
+                if e < s || Some(e - s) != n_bytes || shape.contains(&0) {
                     bail!("{}: tensor {tname:?} has {} bytes for shape {shape:?}", path.display(), e - s);
                 }
                 if index.contains_key(&tname) {

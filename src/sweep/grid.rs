@@ -25,9 +25,15 @@
 //!
 //! [stock]                     # llama.cpp's own quants of the baseline, as their own rows
 //! quants = ["q8_0", "q4_k_m", "q4_k_s"]
+//!
+//! [profiles.my-board]         # a device of your own, as in the shipped profiles.toml
+//! threads = 4
+//! memory = "1GiB"
+//! note = "what it is"
 //! ```
 //! The baseline (the uncompressed model at F32) is always the first variant.
 
+use crate::bench::profiles::Profile;
 use crate::prune::unstructured::SparsityMethod;
 use crate::prune::{DropLayers, PruneSpec};
 use crate::quant::mix::Scheme;
@@ -130,6 +136,8 @@ struct RawGrid {
     #[serde(default)]
     matrix: Vec<RawMatrix>,
     stock: Option<RawStock>,
+    #[serde(default)]
+    profiles: std::collections::BTreeMap<String, crate::bench::profiles::RawProfile>,
 }
 
 pub use crate::report::results::Kind;
@@ -182,6 +190,33 @@ pub struct Grid {
     pub bench: BenchConfig,
     pub calib_chunks: usize,
     pub variants: Vec<Variant>,
+    /// Device profiles the grid defines itself (`[profiles.NAME]`), beside the shipped ones.
+    pub profiles: std::collections::BTreeMap<String, Profile>,
+}
+
+impl Grid {
+    /// A profile by name: the grid's own first, then the shipped ones.
+    pub fn profile(&self, name: &str) -> Result<Profile> {
+        match self.profiles.get(name) {
+            Some(p) => Ok(p.clone()),
+            None => crate::bench::profiles::profile(name),
+        }
+    }
+
+    /// A variant by name, or by its 0-based index in the grid.
+    pub fn variant(&self, name_or_index: &str) -> Result<&Variant> {
+        if let Some(v) = self.variants.iter().find(|v| v.name == name_or_index) {
+            return Ok(v);
+        }
+        match name_or_index.parse::<usize>() {
+            Ok(i) if i < self.variants.len() => Ok(&self.variants[i]),
+            _ => bail!(
+                "no variant {name_or_index:?} in the grid ({} variants: {}, …)",
+                self.variants.len(),
+                self.variants.iter().take(4).map(|v| v.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
 }
 
 fn variant_name(method: &str, ratio: f64, quant: Scheme) -> String {
@@ -245,8 +280,14 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
     for t in &raw.eval.tasks {
         t.parse::<crate::eval::data::Task>()?;
     }
-    for p in &raw.bench.profiles {
-        crate::bench::profiles::profile(p)?;
+    let mut profiles = std::collections::BTreeMap::new();
+    for (name, p) in raw.profiles {
+        profiles.insert(name.clone(), p.into_profile(&name)?);
     }
-    Ok(Grid { eval: raw.eval, bench: raw.bench, calib_chunks: raw.calib.map_or(16, |c| c.chunks), variants })
+    let grid =
+        Grid { eval: raw.eval, bench: raw.bench, calib_chunks: raw.calib.map_or(16, |c| c.chunks), variants, profiles };
+    for p in &grid.bench.profiles {
+        grid.profile(p)?;
+    }
+    Ok(grid)
 }

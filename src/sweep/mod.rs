@@ -1,39 +1,82 @@
 //! `microscale sweep`: build every variant of a grid, evaluate and benchmark it, and append one
 //! row per variant to `results.csv`.
 //!
-//! Resumable and safe: variants already in results.csv are skipped; each row is appended and
-//! flushed as soon as its variant is measured, so an interrupted sweep loses only the variant in
-//! progress; a variant that fails becomes a row with its error and the sweep goes on; variant GGUFs
-//! are deleted once measured unless `keep` (the baseline is kept: every KL divergence needs it).
+//! Crash-isolated: each variant is built, calibrated, evaluated and benchmarked in a child process
+//! (`microscale sweep … --variant NAME`, the same binary), which writes its row to
+//! `rows/NAME.json` and its log to `logs/NAME.log`. A child that crashes (a segfault, a failed
+//! `GGML_ASSERT`) or runs out of time becomes a row with that status and the sweep goes on.
+//!
+//! Resumable and safe: variants already in results.csv are skipped (failed ones too, unless
+//! `retry_failed`); each row is appended and flushed as soon as its variant is measured, so an
+//! interrupted sweep loses only the variant in progress; variant GGUFs are deleted once measured
+//! unless `keep` (the baseline is kept: every KL divergence needs it).
 
 pub mod grid;
 
-use crate::bench::profiles::profile;
+use crate::bench::caps::{run_capped, Caps};
 use crate::bench::run::{bench_model, BenchOptions};
+use crate::bench::status::{classify, Status};
 use crate::convert::{convert, ConvertOptions};
 use crate::engine::quantize::{stock_quantize, StockOptions};
-use crate::eval::run::{run as run_eval, EvalSpec, DEFAULT_PPL_FILE};
+use crate::eval::run::{run as run_eval, EvalSpec};
 use crate::report::results::REQUIRED_COLUMNS;
 use crate::report::rows::{csv_field, utc_now, ModelId};
+use crate::util::atomic::write_file;
 use crate::util::progress::Progress;
 use anyhow::{bail, Context, Result};
 use grid::{Grid, Kind, Variant};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
 
 #[derive(Clone, Debug)]
 pub struct SweepOptions {
     /// The source model (Hugging Face directory or GGUF).
     pub src: PathBuf,
+    /// The grid file (each variant's child reads it again).
+    pub grid_path: PathBuf,
     pub out: PathBuf,
     pub keep: bool,
     pub threads: usize,
     pub quiet: bool,
-    pub data_dir: PathBuf,
-    /// The microscale binary for benchmark children (default: this executable).
+    /// The data folder (evaluation sets and calibration text).
+    pub data: crate::util::data::DataDir,
+    /// The microscale binary for the variant and benchmark children (default: this executable).
     pub child_exe: Option<PathBuf>,
+    /// Run again the variants whose recorded row is not `ok`.
+    pub retry_failed: bool,
+    /// A variant's child is killed after this long (its row says `timeout`).
+    pub variant_timeout: Duration,
 }
+
+impl SweepOptions {
+    pub fn new(src: &Path, grid_path: &Path, out: &Path) -> SweepOptions {
+        SweepOptions {
+            src: src.to_path_buf(),
+            grid_path: grid_path.to_path_buf(),
+            out: out.to_path_buf(),
+            keep: false,
+            threads: crate::engine::default_threads(),
+            quiet: true,
+            data: crate::util::data::DataDir::resolve(None),
+            child_exe: None,
+            retry_failed: false,
+            variant_timeout: Duration::from_secs(12 * 3600),
+        }
+    }
+
+    fn exe(&self) -> Result<PathBuf> {
+        match &self.child_exe {
+            Some(p) => Ok(p.clone()),
+            None => std::env::current_exe().context("cannot find the microscale executable"),
+        }
+    }
+}
+
+/// The status of a variant's row: `ok`, or how its child failed (`error`, `crash`, `timeout`).
+pub const STATUS_OK: &str = "ok";
 
 /// The task columns (each with `_stderr`), between the identity/perplexity columns and the profiles.
 const TASK_COLUMNS: [&str; 10] = [
@@ -49,14 +92,14 @@ const TASK_COLUMNS: [&str; 10] = [
     "arc_challenge_acc_norm_stderr",
 ];
 const PROFILE_COLUMNS: [&str; 8] =
-    ["fits", "peak_rss_mib", "pp_tps", "pp_tps_sd", "tg_tps", "tg_tps_sd", "load_s", "mem_cap_mib"];
+    ["status", "peak_rss_mib", "pp_tps", "pp_tps_sd", "tg_tps", "tg_tps_sd", "load_s", "mem_cap_mib"];
 
 /// The results.csv header for a grid (profile columns in the grid's order).
 ///
 /// The columns `report` requires come from its reader ([`REQUIRED_COLUMNS`]: identity and perplexity
 /// first, provenance last); the task and profile columns go between them.
 pub fn header(grid: &Grid) -> Vec<String> {
-    let (head, tail) = REQUIRED_COLUMNS.split_at(REQUIRED_COLUMNS.iter().position(|c| *c == "error").unwrap());
+    let (head, tail) = REQUIRED_COLUMNS.split_at(REQUIRED_COLUMNS.iter().position(|c| *c == "status").unwrap());
     let mut h: Vec<String> = head.iter().chain(TASK_COLUMNS.iter()).map(|s| s.to_string()).collect();
     for p in &grid.bench.profiles {
         h.extend(PROFILE_COLUMNS.iter().map(|c| format!("{p}:{c}")));
@@ -65,27 +108,23 @@ pub fn header(grid: &Grid) -> Vec<String> {
     h
 }
 
-/// Names of the variants already recorded in a results.csv (checking its header matches).
-fn done_variants(path: &Path, header: &[String]) -> Result<Vec<String>> {
+/// The rows already recorded in a results.csv (checking its header matches), in file order.
+fn recorded_rows(path: &Path, header: &[String]) -> Result<Vec<BTreeMap<String, String>>> {
     if !path.exists() {
         return Ok(vec![]);
     }
-    let text = std::fs::read_to_string(path)?;
-    let mut lines = text.lines();
-    match lines.next() {
-        Some(h) if h == header.join(",") => {}
-        Some(_) => bail!("{}: written by a grid with other columns (profiles); use another --out", path.display()),
-        None => return Ok(vec![]),
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let records = crate::report::results::parse_csv(&text, path)?;
+    let Some(((_, h), rows)) = records.split_first() else { return Ok(vec![]) };
+    if h != header {
+        bail!("{}: written by a grid with other columns (profiles); use another --out", path.display());
     }
-    Ok(lines.filter(|l| !l.trim().is_empty()).map(first_field).collect())
+    Ok(rows.iter().map(|(_, r)| header.iter().cloned().zip(r.iter().cloned()).collect()).collect())
 }
 
-fn first_field(line: &str) -> String {
-    if let Some(rest) = line.strip_prefix('"') {
-        rest.split("\",").next().unwrap_or("").replace("\"\"", "\"")
-    } else {
-        line.split(',').next().unwrap_or("").to_string()
-    }
+fn csv_line(header: &[String], row: &BTreeMap<String, String>) -> String {
+    let fields: Vec<String> = header.iter().map(|c| csv_field(row.get(c).map(String::as_str).unwrap_or(""))).collect();
+    fields.join(",")
 }
 
 fn append_row(path: &Path, header: &[String], row: &BTreeMap<String, String>) -> Result<()> {
@@ -98,11 +137,20 @@ fn append_row(path: &Path, header: &[String], row: &BTreeMap<String, String>) ->
     if new {
         writeln!(f, "{}", header.join(","))?;
     }
-    let fields: Vec<String> = header.iter().map(|c| csv_field(row.get(c).map(String::as_str).unwrap_or(""))).collect();
-    writeln!(f, "{}", fields.join(","))?;
+    writeln!(f, "{}", csv_line(header, row))?;
     f.flush()?;
     f.sync_data()?;
     Ok(())
+}
+
+/// Rewrite results.csv with only `rows` (atomically), for `--retry-failed`.
+fn rewrite_results(path: &Path, header: &[String], rows: &[BTreeMap<String, String>]) -> Result<()> {
+    let mut text = header.join(",") + "\n";
+    for r in rows {
+        text += &csv_line(header, r);
+        text.push('\n');
+    }
+    write_file(path, text.as_bytes())
 }
 
 fn fmt(x: f64) -> String {
@@ -121,35 +169,133 @@ fn clean_partial(dir: &Path) {
     }
 }
 
+/// The sweep's working folders under OUT.
+struct Dirs {
+    variants: PathBuf,
+    rows: PathBuf,
+    logs: PathBuf,
+}
+
+impl Dirs {
+    /// The folders, made if missing. `clean` removes what an interrupted run left half-written
+    /// (only the sweep's own process does: a variant's child must not touch its siblings' files).
+    fn create(out: &Path, clean: bool) -> Result<Dirs> {
+        let d = Dirs { variants: out.join("variants"), rows: out.join("rows"), logs: out.join("logs") };
+        for dir in [&d.variants, &d.rows, &d.logs] {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            if clean {
+                clean_partial(dir);
+            }
+        }
+        Ok(d)
+    }
+
+    fn row_file(&self, v: &Variant) -> PathBuf {
+        self.rows.join(format!("{}.json", v.name))
+    }
+}
+
+/// Run every variant not yet recorded, each in its own child process; returns results.csv's path.
 pub fn run_sweep(grid: &Grid, opts: &SweepOptions) -> Result<PathBuf> {
-    let variants_dir = opts.out.join("variants");
-    std::fs::create_dir_all(&variants_dir).with_context(|| format!("cannot create {}", variants_dir.display()))?;
-    clean_partial(&variants_dir);
+    let dirs = Dirs::create(&opts.out, true)?;
     let results = opts.out.join("results.csv");
     let header = header(grid);
-    let done = done_variants(&results, &header)?;
-    let calib = opts.out.join("calib.imatrix.gguf");
-    let baseline = variants_dir.join("baseline-f32.gguf");
+    let mut recorded = recorded_rows(&results, &header)?;
+    if opts.retry_failed {
+        let before = recorded.len();
+        recorded.retain(|r| r.get("status").map(String::as_str) == Some(STATUS_OK));
+        if recorded.len() != before {
+            rewrite_results(&results, &header, &recorded)?;
+        }
+    }
+    let done: Vec<String> = recorded.iter().filter_map(|r| r.get("variant").cloned()).collect();
     let progress = Progress::new(grid.variants.len() as u64, "sweep", opts.quiet);
     for v in &grid.variants {
         progress.set_message(&v.name);
-        if done.contains(&v.name) {
-            progress.inc(1);
-            continue;
+        if !done.contains(&v.name) {
+            let row = run_variant_child(v, opts, &dirs)?;
+            append_row(&results, &header, &row)?;
         }
-        let row = match measure(v, grid, opts, &variants_dir, &baseline, &calib) {
-            Ok(row) => row,
-            Err(e) => {
-                let mut row = identity(v);
-                row.insert("error".into(), format!("{e:#}").replace('\n', " "));
-                row
-            }
-        };
-        append_row(&results, &header, &row)?;
         progress.inc(1);
     }
     progress.finish();
+    put_in_grid_order(&results, &header, grid)?;
     Ok(results)
+}
+
+/// Rewrite results.csv in the grid's order when retries appended rows out of it (rows of variants
+/// the grid no longer has go last).
+fn put_in_grid_order(results: &Path, header: &[String], grid: &Grid) -> Result<()> {
+    let rows = recorded_rows(results, header)?;
+    let rank = |r: &BTreeMap<String, String>| {
+        let name = r.get("variant").map(String::as_str).unwrap_or("");
+        grid.variants.iter().position(|v| v.name == name).unwrap_or(usize::MAX)
+    };
+    let mut sorted = rows.clone();
+    sorted.sort_by_key(rank);
+    if sorted != rows {
+        rewrite_results(results, header, &sorted)?;
+    }
+    Ok(())
+}
+
+/// One variant in a child process: its row as the child wrote it, or, when the child died
+/// without writing one, a row saying how it died.
+fn run_variant_child(v: &Variant, opts: &SweepOptions, dirs: &Dirs) -> Result<BTreeMap<String, String>> {
+    let row_file = dirs.row_file(v);
+    let _ = std::fs::remove_file(&row_file);
+    let mut cmd = Command::new(opts.exe()?);
+    cmd.arg("sweep")
+        .arg("-q")
+        .arg("--model")
+        .arg(&opts.src)
+        .arg("--grid")
+        .arg(&opts.grid_path)
+        .arg("--out")
+        .arg(&opts.out)
+        .arg("--data-dir")
+        .arg(&opts.data.root)
+        .args(["--threads", &opts.threads.to_string(), "--variant", &v.name]);
+    if opts.keep {
+        cmd.arg("--keep");
+    }
+    if let Some(exe) = &opts.child_exe {
+        cmd.arg("--child-exe").arg(exe);
+    }
+    let outcome = run_capped(cmd, &Caps::default(), opts.variant_timeout)?;
+    let log = dirs.logs.join(format!("{}.log", v.name));
+    write_file(&log, outcome.stderr.as_bytes())?;
+    if let Ok(text) = std::fs::read_to_string(&row_file) {
+        if let Ok(row) = serde_json::from_str::<BTreeMap<String, String>>(&text) {
+            return Ok(row);
+        }
+    }
+    let failure = classify(&outcome, None, opts.variant_timeout);
+    let mut row = identity(v);
+    row.insert("status".into(), failure.status.as_str().into());
+    row.insert("error".into(), failure.reason);
+    Ok(row)
+}
+
+/// `sweep --variant NAME`: measure one variant in this process and write its row file. Returns
+/// the row (its `status` says whether it succeeded).
+pub fn run_one_variant(grid: &Grid, name: &str, opts: &SweepOptions) -> Result<BTreeMap<String, String>> {
+    let v = grid.variant(name)?;
+    crate::util::fault::at(&format!("variant:{}", v.name));
+    let dirs = Dirs::create(&opts.out, false)?;
+    let baseline = dirs.variants.join("baseline-f32.gguf");
+    let calib = opts.out.join("calib.imatrix.gguf");
+    let row = match measure(v, grid, opts, &dirs.variants, &baseline, &calib) {
+        Ok(row) => row,
+        Err(e) => {
+            let mut row = identity(v);
+            row.insert("status".into(), Status::Error.as_str().into());
+            row.insert("error".into(), format!("{e:#}").replace('\n', " "));
+            row
+        }
+    };
+    write_file(&dirs.row_file(v), serde_json::to_string_pretty(&row)?.as_bytes())?;
+    Ok(row)
 }
 
 fn identity(v: &Variant) -> BTreeMap<String, String> {
@@ -160,6 +306,7 @@ fn identity(v: &Variant) -> BTreeMap<String, String> {
     row.insert("method".into(), v.method.clone());
     row.insert("prune_ratio".into(), format!("{}", v.ratio));
     row.insert("quant".into(), v.quant.name().into());
+    row.insert("status".into(), STATUS_OK.into());
     row.insert("microscale".into(), env!("CARGO_PKG_VERSION").into());
     row.insert("llama_cpp".into(), crate::engine::LLAMA_CPP_SYS_VERSION.into());
     row.insert("date".into(), utc_now());
@@ -189,6 +336,7 @@ fn build(v: &Variant, opts: &SweepOptions, grid: &Grid, dir: &Path, baseline: &P
         _ => {
             let mut prune = v.prune_spec(grid.calib_chunks)?;
             prune.calib = Some(calib.to_path_buf());
+            prune.data = opts.data.clone();
             let copts = ConvertOptions { prune, threads: opts.threads, ..ConvertOptions::new(v.quant) };
             convert(&opts.src, &path, &copts)?;
         }
@@ -231,10 +379,10 @@ fn measure_file(
 
     // Perplexity, KL divergence against the baseline and tasks, in one pass over one loaded model.
     let mut spec = EvalSpec::new(opts.threads);
-    spec.data_dir = opts.data_dir.clone();
+    spec.data = opts.data.clone();
     spec.limit = grid.eval.limit;
     spec.shots = grid.eval.shots;
-    spec.ppl = Some(DEFAULT_PPL_FILE.into());
+    spec.ppl = Some(opts.data.file(crate::util::data::WIKITEXT_TEST)?);
     spec.chunks = Some(grid.eval.ppl_chunks);
     spec.tasks = grid.eval.tasks.iter().map(|t| t.parse()).collect::<Result<_>>()?;
     if v.kind != Kind::Baseline && grid.eval.kld_chunks > 0 {
@@ -263,10 +411,10 @@ fn measure_file(
         ..Default::default()
     };
     for name in &grid.bench.profiles {
-        let p = profile(name)?;
+        let p = grid.profile(name)?;
         let b = bench_model(path, &p, &bopts)?;
         let c = |k: &str| format!("{name}:{k}");
-        row.insert(c("fits"), u8::from(b.fits).to_string());
+        row.insert(c("status"), b.status.as_str().to_string());
         row.insert(c("peak_rss_mib"), format!("{:.1}", b.peak_rss as f64 / (1 << 20) as f64));
         row.insert(
             c("mem_cap_mib"),

@@ -113,6 +113,9 @@ impl Vocab {
         for (k, v) in meta {
             if let Some((kind, _)) = SPECIAL_KINDS.iter().find(|(_, key)| key == k) {
                 if let Some(id) = v.as_u64() {
+                    if id >= tokens.len() as u64 {
+                        bail!("{k} = {id} is out of range for a vocabulary of {} tokens", tokens.len());
+                    }
                     special.push((kind.to_string(), id as u32));
                 }
             } else if let Some(kind) = k.strip_prefix("tokenizer.ggml.add_").and_then(|r| r.strip_suffix("_token")) {
