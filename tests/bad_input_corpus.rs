@@ -8,7 +8,7 @@
 mod common;
 
 use common::synth::{self, SynthSpec};
-use microscale::quant::imatrix::{Imatrix, ImatrixEntry};
+use microscale::gguf::imatrix::{Imatrix, ImatrixEntry};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,15 +26,7 @@ struct Case {
     bytes: Vec<u8>,
 }
 
-/// A deterministic stream of numbers (no external RNG needed for a fixed corpus).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        self.0 >> 11
-    }
-}
+use microscale::util::rng::XorShift64;
 
 // ---------------------------------------------------------------------------------------------
 // An independent walk over a GGUF header: where each count, length, tag, dimension and offset is.
@@ -176,12 +168,12 @@ fn gguf_cases(class: &'static str, file: &'static str, bytes: &[u8], seed: u64) 
             }
         }
     }
-    let mut rng = Lcg(seed);
+    let mut rng = XorShift64::new(seed);
     // Byte flips: in the header (where the structure is) and in the data.
     for i in 0..160 {
-        let at = if i % 4 == 3 { rng.next() as usize % bytes.len() } else { rng.next() as usize % header_end };
+        let at = if i % 4 == 3 { rng.next_u64() as usize % bytes.len() } else { rng.next_u64() as usize % header_end };
         let mut m = bytes.to_vec();
-        m[at] ^= 1 << (rng.next() % 8);
+        m[at] ^= 1 << (rng.next_u64() % 8);
         cases.push(Case { class, what: format!("byte {at} flipped"), file, bytes: m });
     }
     // Truncations: at every field boundary and in the data.
@@ -246,11 +238,11 @@ fn safetensors_cases(bytes: &[u8]) -> Vec<Case> {
         h.as_object_mut().unwrap().remove(name);
         cases.push(Case { class, what: format!("{name}: removed"), file, bytes: with_header(&h) });
     }
-    let mut rng = Lcg(7);
+    let mut rng = XorShift64::new(7);
     for _ in 0..60 {
-        let at = rng.next() as usize % (8 + n);
+        let at = rng.next_u64() as usize % (8 + n);
         let mut m = bytes.to_vec();
-        m[at] ^= 1 << (rng.next() % 8);
+        m[at] ^= 1 << (rng.next_u64() % 8);
         cases.push(Case { class, what: format!("byte {at} flipped"), file, bytes: m });
     }
     for at in [0, 4, 8, 9, 8 + n / 2, 8 + n, 8 + n + 1, bytes.len() / 2, bytes.len() - 1] {

@@ -1,10 +1,12 @@
 //! Edge benchmarking: caps are enforced on a real child process running the real engine.
 
+mod common;
+
 use microscale::bench::profiles::{profile, Profile};
 use microscale::bench::run::{bench_model, BenchOptions};
-use microscale::bench::status::Status;
 use microscale::convert::{convert, ConvertOptions};
 use microscale::quant::mix::Scheme;
+use microscale::record::status::Status;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -13,7 +15,7 @@ use std::sync::OnceLock;
 fn model() -> &'static (tempfile::TempDir, PathBuf) {
     static CELL: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     CELL.get_or_init(|| {
-        let hf = microscale::default_model::require(microscale::default_model::HF_DIR).unwrap();
+        let hf = common::default_model::hf_dir();
         let tmp = tempfile::tempdir().unwrap();
         let q8 = tmp.path().join("q8_0.gguf");
         convert(&hf, &q8, &ConvertOptions::new(Scheme::Q8_0)).unwrap();
@@ -208,6 +210,7 @@ fn csv_rows_carry_the_status() {
     let status = header.iter().position(|h| *h == "status").unwrap();
     let metric = header.iter().position(|h| *h == "metric").unwrap();
     let rows: Vec<Vec<&str>> = rdr.map(|l| l.split(',').collect()).collect();
-    assert!(rows.iter().any(|r| r[metric] == "host:fits"));
+    assert!(rows.iter().any(|r| r[metric] == "host:peak_rss_mib"), "{text}");
+    assert!(!rows.iter().any(|r| r[metric].ends_with("_tps")), "an oom run has no speeds: {text}");
     assert!(rows.iter().all(|r| r[status] == "oom"), "{text}");
 }

@@ -4,6 +4,8 @@
 //! Needs the model fetched by `scripts/fetch-default-model.sh` (the README's test command runs it);
 //! without it these tests fail, never skip.
 
+mod common;
+
 use microscale::convert::{convert, import::import, ConvertOptions, OutType};
 use microscale::engine::Model;
 use microscale::eval::perplexity::{perplexity_of_tokens, PerplexityOptions};
@@ -18,7 +20,7 @@ use std::sync::OnceLock;
 const WIKI_TEST: &str = "data/wikitext-2/wiki.test.raw";
 
 fn source_gguf() -> PathBuf {
-    microscale::default_model::require(microscale::default_model::GGUF).unwrap()
+    common::default_model::gguf()
 }
 
 /// One import + one F32 conversion shared by the tests of this file.

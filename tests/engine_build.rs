@@ -2,6 +2,8 @@
 //! multiplication segfaults on Intel Sapphire Rapids, llama.cpp issue 20824), and eval runs from
 //! anywhere, not only inside the checkout.
 
+mod common;
+
 use llama_cpp_sys_2 as sys;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -72,10 +74,8 @@ fn the_build_flags_keep_amx_off_even_on_a_sapphire_rapids_host() {
 
 #[test]
 fn eval_runs_from_a_directory_outside_the_checkout() {
-    let hf =
-        std::fs::canonicalize(microscale::default_model::require(microscale::default_model::HF_DIR).unwrap()).unwrap();
-    let source =
-        std::fs::canonicalize(microscale::default_model::require(microscale::default_model::GGUF).unwrap()).unwrap();
+    let hf = std::fs::canonicalize(common::default_model::hf_dir()).unwrap();
+    let source = std::fs::canonicalize(common::default_model::gguf()).unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
     let q8 = elsewhere.path().join("q8_0.gguf");
     let run = |args: &[&str]| {

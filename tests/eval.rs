@@ -1,6 +1,8 @@
 //! Evaluation through llama.cpp on the default model: perplexity against an independent NLL
 //! computation, KL divergence, multiple-choice scoring, and data errors.
 
+mod common;
+
 use microscale::convert::{convert, ConvertOptions};
 use microscale::engine::quantize::{stock_quantize, StockOptions};
 use microscale::engine::Model;
@@ -19,7 +21,7 @@ const WIKI_TEST: &str = "data/wikitext-2/wiki.test.raw";
 fn models() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
     static CELL: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
     CELL.get_or_init(|| {
-        let hf = microscale::default_model::require(microscale::default_model::HF_DIR).unwrap();
+        let hf = common::default_model::hf_dir();
         let tmp = tempfile::tempdir().unwrap();
         let f32_gguf = tmp.path().join("f32.gguf");
         convert(&hf, &f32_gguf, &ConvertOptions::new(Scheme::F32)).unwrap();

@@ -2,7 +2,7 @@
 //! f16/bf16 rounding and block dequantization must agree bit for bit.
 
 use llama_cpp_sys_2 as sys;
-use microscale::gguf::GgmlType;
+use microscale::quant::GgmlType;
 use microscale::quant::{dequantize, quantize};
 
 fn traits(t: GgmlType) -> &'static sys::ggml_type_traits {
@@ -11,13 +11,8 @@ fn traits(t: GgmlType) -> &'static sys::ggml_type_traits {
 
 /// Deterministic test rows from several distributions, including edge cases.
 fn rows(n: usize) -> Vec<Vec<f32>> {
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    let mut uniform = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x >> 40) as f32 / (1u64 << 24) as f32
-    };
+    let mut rng = microscale::util::rng::XorShift64::new(0x2545_F491_4F6C_DD1D);
+    let mut uniform = move || rng.next_f32();
     let gaussian: Vec<f32> = (0..n).map(|_| (uniform() + uniform() + uniform() - 1.5) * 2.0).collect();
     let heavy: Vec<f32> = (0..n).map(|_| (uniform() - 0.5) / (uniform() + 1e-3)).collect();
     let mut outlier = gaussian.clone();
@@ -35,7 +30,7 @@ fn rows(n: usize) -> Vec<Vec<f32>> {
 
 #[test]
 fn type_table_matches_ggml() {
-    for t in GgmlType::ALL {
+    for &t in GgmlType::ALL {
         let tr = traits(t);
         assert_eq!(tr.blck_size as usize, t.block_size(), "{t} block size");
         assert_eq!(tr.type_size, t.type_size(), "{t} type size");

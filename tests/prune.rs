@@ -128,7 +128,7 @@ fn max_rel_err(got: &[f32], want: &[Vec<f32>]) -> f64 {
 /// Convert with `prune`, then check llama.cpp against the reference on independently sliced weights.
 fn check_structured(dir: &Path, gpt2: bool, prune: PruneSpec, work: &Path, tag: &str) -> StructuredPlan {
     let o = opts(Scheme::F32, prune);
-    let (_, _, plan) = plan_only(dir, &o).unwrap();
+    let plan = plan_only(dir, &o).unwrap().structure;
     let plan = plan.expect("a structured plan");
     let gguf = work.join(format!("{tag}.gguf"));
     let report = convert(dir, &gguf, &o).unwrap();
@@ -354,7 +354,7 @@ fn impossible_requests_are_errors_before_anything_is_written() {
 #[test]
 fn default_model_variants_run_and_wanda_beats_magnitude() {
     use microscale::eval::perplexity::{perplexity, PerplexityOptions};
-    let hf = microscale::default_model::require(microscale::default_model::HF_DIR).unwrap();
+    let hf = common::default_model::hf_dir();
     let tmp = tempfile::tempdir().unwrap();
     let calib = tmp.path().join("calib.gguf");
     let text = std::fs::read_to_string("data/wikitext-2/wiki.test.raw").unwrap();
@@ -394,4 +394,53 @@ fn default_model_variants_run_and_wanda_beats_magnitude() {
         std::fs::remove_file(&out).unwrap();
     }
     assert!(results["wanda50"] < results["magnitude50"], "{results:?}");
+}
+
+#[test]
+fn a_checkpoint_is_calibrated_in_memory_exactly_as_its_f32_gguf() {
+    use microscale::gguf::imatrix::Imatrix;
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, gpt2) in [("llama", false), ("gpt2", true)] {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        if gpt2 {
+            synth::write_gpt2_checkpoint(&dir, &SynthSpec::tiny_gpt2()).unwrap();
+        } else {
+            synth::write_llama_checkpoint(&dir, &SynthSpec::tiny_llama()).unwrap();
+        }
+        let out = tmp.path().join(format!("{name}-out"));
+        std::fs::create_dir(&out).unwrap();
+        let f32_gguf = out.join("f32.gguf");
+        convert(&dir, &f32_gguf, &opts(Scheme::F32, PruneSpec::default())).unwrap();
+        // The checkpoint: llama.cpp builds the model from the plan, and no copy appears anywhere.
+        let from_hf = out.join("from-hf.calib.gguf");
+        let before: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name()).collect();
+        let wanda = |calib: &Path| {
+            spec(|s| {
+                s.sparsity = Some(0.5);
+                s.method = SparsityMethod::Wanda;
+                s.calib = Some(calib.to_path_buf());
+            })
+        };
+        convert(&dir, &out.join("hf-wanda.gguf"), &opts(Scheme::F32, wanda(&from_hf))).unwrap();
+        let mut after: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name()).collect();
+        after.retain(|f| !before.contains(f));
+        after.sort();
+        assert_eq!(
+            after,
+            ["from-hf.calib.gguf", "hf-wanda.gguf"].map(std::ffi::OsString::from),
+            "{name}: only the outputs"
+        );
+        // The same statistics as calibrating the F32 GGUF file itself, to the bit.
+        let from_file = out.join("from-file.calib.gguf");
+        convert(&f32_gguf, &out.join("file-wanda.gguf"), &opts(Scheme::F32, wanda(&from_file))).unwrap();
+        let (a, b) = (Imatrix::load(&from_hf).unwrap(), Imatrix::load(&from_file).unwrap());
+        assert!(!a.entries.is_empty());
+        assert_eq!(a.entries, b.entries, "{name}: imatrix");
+        assert_eq!(a.extra, b.extra, "{name}: block influences and fingerprint");
+        assert_eq!(
+            std::fs::read(out.join("hf-wanda.gguf")).unwrap(),
+            std::fs::read(out.join("file-wanda.gguf")).unwrap()
+        );
+    }
 }

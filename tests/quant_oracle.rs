@@ -4,10 +4,13 @@
 //! our dequantization must equal ggml's `to_float` bit for bit; and the round trip must stay
 //! within a per-format error bound.
 
+mod common;
+
 use llama_cpp_sys_2 as sys;
-use microscale::gguf::GgmlType;
+use microscale::quant::GgmlType;
 use microscale::quant::{dequantize, quantize, quantize_weighted};
 use microscale::source::{HfCheckpoint, TensorSource};
+use microscale::util::rng::XorShift64;
 
 const LEGACY: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0];
 const KQUANTS: [GgmlType; 5] = [GgmlType::Q2K, GgmlType::Q3K, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K];
@@ -41,15 +44,17 @@ fn ggml_dequantize(t: GgmlType, data: &[u8]) -> Vec<f32> {
     out
 }
 
-/// Deterministic xorshift source with the few distributions the tests need.
-struct Rng(u64);
+/// The project's seeded generator with the few distributions the tests need.
+struct Rng(XorShift64);
+
+/// Uniform in (0, 1): the top 24 bits, centred in their interval (never 0, for `ln`).
+fn open_unit(r: &mut XorShift64) -> f32 {
+    ((r.next_u64() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+}
 
 impl Rng {
     fn uniform(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+        open_unit(&mut self.0)
     }
 
     fn gaussian(&mut self) -> f32 {
@@ -71,7 +76,7 @@ type Row = (&'static str, Vec<f32>);
 /// magnitudes up to near `f32::MAX` (sums of squares overflow to inf, f16 scales to inf), exact
 /// rounding ties, and single-signed rows (the min/offset formats).
 fn synthetic_rows(n: usize, seed: u64) -> Vec<Row> {
-    let mut r = Rng(seed);
+    let mut r = Rng(XorShift64::new(seed));
     let gaussian: Vec<f32> = (0..n).map(|_| r.gaussian()).collect();
     let mut outlier = gaussian.clone();
     outlier[n / 3] = 250.0;
@@ -119,7 +124,7 @@ fn synthetic_rows(n: usize, seed: u64) -> Vec<Row> {
 /// `make_qkx3_quants` to negative scales, the path where `make_qp_quants` wraps a negative
 /// quant into its `uint8_t` array).
 fn importances(n: usize) -> Vec<(&'static str, Option<Vec<f32>>)> {
-    let mut r = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut r = Rng(XorShift64::new(0x9E37_79B9_7F4A_7C15));
     let varying: Vec<f32> = (0..n).map(|_| (3.0 * r.gaussian()).exp()).collect();
     let sparse: Vec<f32> = (0..n)
         .map(|_| match r.uniform() {
@@ -219,13 +224,8 @@ fn k_quants_match_ggml_on_synthetic_rows() {
 /// found these iterations (a few in 10^4); the generator is replayed to rebuild them.
 fn wrapped_scale_blocks() -> (Vec<f32>, Vec<f32>) {
     const HITS: [usize; 4] = [5786, 6068, 11440, 56921];
-    let mut s = 12345u64;
-    let mut u = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        ((s >> 40) as f32 + 0.5) / (1u64 << 24) as f32
-    };
+    let mut s = XorShift64::new(12345);
+    let mut u = move || open_unit(&mut s);
     let (mut xs, mut qws) = (Vec::new(), Vec::new());
     for it in 0..=HITS[HITS.len() - 1] {
         let mut x = [0f32; 256];
@@ -262,7 +262,7 @@ fn negative_sub_block_scales_wrap_as_in_ggml() {
 }
 
 fn model_rows(name: &str, n_rows: usize) -> (Vec<Row>, usize) {
-    let dir = microscale::default_model::require(microscale::default_model::HF_DIR).unwrap();
+    let dir = common::default_model::hf_dir();
     let ckpt = HfCheckpoint::open(&dir).unwrap();
     let shape = ckpt.tensor(name).unwrap().shape.clone();
     let row_len = *shape.last().unwrap();
@@ -317,7 +317,7 @@ fn relative_rmse(x: &[f32], y: &[f32]) -> f64 {
 
 #[test]
 fn round_trip_error_is_within_format_bounds() {
-    let mut r = Rng(7);
+    let mut r = Rng(XorShift64::new(7));
     let gaussian: Vec<f32> = (0..1536 * 8).map(|_| r.gaussian()).collect();
     let (model, row_len) = model_rows("model.layers.0.mlp.down_proj.weight", 16);
     let model: Vec<f32> = model.into_iter().flat_map(|(_, r)| r).collect();

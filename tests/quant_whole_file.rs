@@ -7,8 +7,8 @@ mod common;
 use common::synth::{self, SynthSpec};
 use microscale::convert::{convert, ConvertOptions};
 use microscale::engine::quantize::{stock_quantize, StockOptions};
+use microscale::gguf::imatrix::{Imatrix, ImatrixEntry};
 use microscale::gguf::GgufFile;
-use microscale::quant::imatrix::{Imatrix, ImatrixEntry};
 use microscale::quant::mix::Scheme;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -78,7 +78,7 @@ fn synthetic_llama_with_k_quant_friendly_shapes() {
 
 #[test]
 fn default_model_matches_stock_quants() {
-    let hf = microscale::default_model::require(microscale::default_model::HF_DIR).unwrap();
+    let hf = common::default_model::hf_dir();
     let tmp = tempfile::tempdir().unwrap();
     for scheme in [Scheme::Q8_0, Scheme::Q4KM, Scheme::Q4KS] {
         assert_same_as_stock(&hf, scheme, None, tmp.path());

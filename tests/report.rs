@@ -1,10 +1,10 @@
 //! The `report` stage: results.csv in, report.md and PNG plots out, with every stated number read
 //! back from the markdown and checked against the CSV.
 
+use microscale::record::results::{parse_csv, parse_results, read_results, Kind};
 use microscale::report::markdown::{render_markdown, write_report, ReportOptions};
 use microscale::report::pareto::{pareto_min_max, pareto_min_min};
 use microscale::report::plots::scatters;
-use microscale::report::results::{parse_csv, parse_results, read_results, Kind};
 use microscale::report::sweet_spot::{sweet_spot, Criteria, Objective};
 use regex::Regex;
 use std::collections::HashMap;
@@ -239,7 +239,7 @@ fn typed_rows() {
     assert_eq!(r.primary_acc_metrics(), ["sst2_acc", "arc_easy_acc", "arc_challenge_acc"]);
     let b = r.baseline().unwrap();
     assert_eq!((b.line, b.kind, b.quant.as_str()), (2, Kind::Baseline, "f32"));
-    assert_eq!(b.bench("pi4-4gb").unwrap().status, Some(microscale::report::results::Status::Oom));
+    assert_eq!(b.bench("pi4-4gb").unwrap().status, Some(microscale::record::results::Status::Oom));
     assert!(!b.bench("pi4-4gb").unwrap().fits());
     assert_eq!(b.tg_tps("pi4-4gb"), None);
     assert_eq!(b.tg_tps("pi5-8gb"), Some(9.81));

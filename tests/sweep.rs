@@ -1,8 +1,10 @@
 //! The sweep end to end on the quick grid: every variant exactly once, resumable after a kill,
 //! and a report rendered from what it wrote.
 
+mod common;
+
+use microscale::record::results::{read_results, Status};
 use microscale::report::markdown::{write_report, ReportOptions};
-use microscale::report::results::{read_results, Status};
 use microscale::sweep::grid::load_grid;
 use microscale::sweep::{run_sweep, SweepOptions};
 use std::path::Path;
@@ -20,7 +22,7 @@ fn rows(results: &Path) -> Vec<String> {
 
 #[test]
 fn quick_grid_runs_resumes_after_a_kill_and_reports() {
-    let hf = microscale::default_model::require(microscale::default_model::HF_DIR).unwrap();
+    let hf = common::default_model::hf_dir();
     let grid = load_grid(Path::new("grids/quick.toml")).unwrap();
     let names: Vec<String> = grid.variants.iter().map(|v| v.name.clone()).collect();
     let tmp = tempfile::tempdir().unwrap();
@@ -153,13 +155,13 @@ fn sweep_cli(hf: &Path, grid: &Path, out: &Path, extra: &[&str], env: &[(&str, &
 
 #[test]
 fn a_crashed_variant_is_a_crash_row_and_the_sweep_goes_on_and_retries_on_request() {
-    let hf = microscale::default_model::require(microscale::default_model::HF_DIR).unwrap();
+    let hf = common::default_model::hf_dir();
     let tmp = tempfile::tempdir().unwrap();
     let grid = tmp.path().join("failures.toml");
     std::fs::write(&grid, FAILURE_GRID).unwrap();
     let out = tmp.path().join("out");
     let results = out.join("results.csv");
-    let by_name = || -> std::collections::BTreeMap<String, microscale::report::results::Variant> {
+    let by_name = || -> std::collections::BTreeMap<String, microscale::record::results::Variant> {
         read_results(&results).unwrap().variants.into_iter().map(|v| (v.name.clone(), v)).collect()
     };
     let names = ["baseline-f32", "q8_0", "q4_0", "heads90-q8_0"];

@@ -3,6 +3,9 @@
 //!
 //! A [`ConversionPlan`] is the whole mapping, computed from the config and the tensor list before
 //! any data is touched, so every error about shapes or names comes before an output file exists.
+//! [`check`] holds the shape checks llama.cpp's loader makes, for GGUF sources and plans alike.
+//!
+//! Uses `source` (the checkpoint), `gguf` (metadata values).
 
 pub mod check;
 pub mod gpt2;

@@ -6,12 +6,14 @@
 //! it was killed.
 
 use anyhow::{bail, Context, Result};
+use std::ffi::CString;
 use std::fs;
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What to enforce.
@@ -235,32 +237,73 @@ pub fn run_capped(mut cmd: Command, caps: &Caps, timeout: Duration) -> Result<Ou
     let mut enf = Enforcement::default();
     let (cgroup, use_rlimit) = make_cgroup(caps, &mut enf)?;
     enf.cgroups = cgroup.as_ref().map(|c| c.paths().to_vec()).unwrap_or_default();
-    let procs: Vec<std::ffi::CString> = cgroup
-        .as_ref()
-        .map(|c| {
-            c.procs_files().iter().map(|p| std::ffi::CString::new(p.to_string_lossy().as_bytes()).unwrap()).collect()
-        })
-        .unwrap_or_default();
-    let cpus = caps.cpus.clone();
-    enf.affinity = if cpus.is_empty() { "none".into() } else { format!("sched_setaffinity {cpus:?}") };
-    let rlimit = if use_rlimit { caps.memory } else { None };
+    enf.affinity = if caps.cpus.is_empty() { "none".into() } else { format!("sched_setaffinity {:?}", caps.cpus) };
+    let setup = ChildSetup {
+        procs: cgroup
+            .as_ref()
+            .map(|c| c.procs_files().iter().map(|p| CString::new(p.to_string_lossy().as_bytes()).unwrap()).collect())
+            .unwrap_or_default(),
+        cpus: caps.cpus.clone(),
+        rlimit: if use_rlimit { caps.memory } else { None },
+        parent: std::process::id() as i32,
+    };
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     // A failed GGML_ASSERT would otherwise attach gdb to print a backtrace: slow, and noise in the
     // stderr the parent reads for the child's last words.
     cmd.env("GGML_NO_BACKTRACE", "1");
-    // SAFETY: only async-signal-safe calls (prctl, getppid, open/write/close, sched_setaffinity,
-    // setrlimit) between fork and exec, on memory prepared before the fork.
-    let parent = std::process::id() as i32;
+    // SAFETY: `apply` makes only async-signal-safe calls, on memory prepared before the fork.
     unsafe {
-        cmd.pre_exec(move || {
+        cmd.pre_exec(move || setup.apply());
+    }
+    let mut child = cmd.spawn().context("cannot start the measuring child")?;
+    let pid = child.id() as i32;
+    let out_reader = read_all(child.stdout.take().expect("piped"));
+    let err_reader = read_all(child.stderr.take().expect("piped"));
+    let watch = Watch::start(pid, timeout);
+    let mut status = 0;
+    let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+    watch.done.store(true, Ordering::SeqCst);
+    if rc < 0 {
+        bail!("waiting for the measuring child failed: {}", std::io::Error::last_os_error());
+    }
+    let exit = std::process::ExitStatus::from_raw(status);
+    let oom_killed = cgroup.as_ref().is_some_and(|c| c.oom_killed()) && exit.signal() == Some(libc::SIGKILL);
+    drop(cgroup); // the child is reaped: remove its cgroups now
+    Ok(Outcome {
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+        exit_code: exit.code(),
+        signal: exit.signal(),
+        max_rss: watch.peak.load(Ordering::SeqCst),
+        oom_killed,
+        timed_out: watch.timed_out.load(Ordering::SeqCst),
+        enforcement: enf,
+    })
+}
+
+/// What the child does to itself between fork and exec: die with its parent, join its cgroups,
+/// pin its CPUs, cap its address space.
+struct ChildSetup {
+    /// The cgroups' `cgroup.procs` files.
+    procs: Vec<CString>,
+    cpus: Vec<usize>,
+    rlimit: Option<u64>,
+    parent: i32,
+}
+
+impl ChildSetup {
+    /// Runs in the forked child: only async-signal-safe calls (prctl, getppid, open/write/close,
+    /// sched_setaffinity, setrlimit), no allocation.
+    fn apply(&self) -> std::io::Result<()> {
+        let fail = || Err(std::io::Error::last_os_error());
+        unsafe {
             // The child dies with its parent: a killed sweep or bench leaves no orphan measuring
             // (or writing) on its own.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent {
-                return Err(std::io::Error::last_os_error());
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != self.parent {
+                return fail();
             }
-            let pid = libc::getpid();
             let mut digits = [0u8; 20];
-            let mut n = pid as u64;
+            let mut n = libc::getpid() as u64;
             let mut i = digits.len();
             loop {
                 i -= 1;
@@ -270,50 +313,57 @@ pub fn run_capped(mut cmd: Command, caps: &Caps, timeout: Duration) -> Result<Ou
                     break;
                 }
             }
-            for path in &procs {
+            for path in &self.procs {
                 let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
                 if fd < 0 || libc::write(fd, digits[i..].as_ptr() as *const _, digits.len() - i) < 0 {
-                    return Err(std::io::Error::last_os_error());
+                    return fail();
                 }
                 libc::close(fd);
             }
-            if !cpus.is_empty() {
+            if !self.cpus.is_empty() {
                 let mut set: libc::cpu_set_t = std::mem::zeroed();
-                for &c in &cpus {
+                for &c in &self.cpus {
                     libc::CPU_SET(c, &mut set);
                 }
                 if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-                    return Err(std::io::Error::last_os_error());
+                    return fail();
                 }
             }
-            if let Some(limit) = rlimit {
+            if let Some(limit) = self.rlimit {
                 let r = libc::rlimit { rlim_cur: limit, rlim_max: limit };
                 if libc::setrlimit(libc::RLIMIT_AS, &r) != 0 {
-                    return Err(std::io::Error::last_os_error());
+                    return fail();
                 }
             }
-            Ok(())
-        });
+        }
+        Ok(())
     }
-    let mut child = cmd.spawn().context("cannot start the measuring child")?;
-    let pid = child.id() as i32;
-    let mut out_pipe = child.stdout.take().expect("piped");
-    let mut err_pipe = child.stderr.take().expect("piped");
-    let out_reader = std::thread::spawn(move || {
+}
+
+/// A pipe read to the end on its own thread (so that a chatty child never blocks on a full pipe).
+fn read_all(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
         let mut s = String::new();
-        let _ = out_pipe.read_to_string(&mut s);
+        let _ = pipe.read_to_string(&mut s);
         s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err_pipe.read_to_string(&mut s);
-        s
-    });
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let peak = std::sync::Arc::new(AtomicU64::new(0));
-    {
-        let (done, timed_out, peak) = (done.clone(), timed_out.clone(), peak.clone());
+    })
+}
+
+/// A thread that watches a running child: kills it at the timeout, and samples its peak RSS.
+struct Watch {
+    done: Arc<AtomicBool>,
+    timed_out: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+}
+
+impl Watch {
+    fn start(pid: i32, timeout: Duration) -> Watch {
+        let w = Watch {
+            done: Arc::new(AtomicBool::new(false)),
+            timed_out: Arc::new(AtomicBool::new(false)),
+            peak: Arc::new(AtomicU64::new(0)),
+        };
+        let (done, timed_out, peak) = (w.done.clone(), w.timed_out.clone(), w.peak.clone());
         let own_cmdline = fs::read("/proc/self/cmdline").unwrap_or_default();
         std::thread::spawn(move || {
             let step = Duration::from_millis(50);
@@ -331,26 +381,8 @@ pub fn run_capped(mut cmd: Command, caps: &Caps, timeout: Duration) -> Result<Ou
                 waited += step;
             }
         });
+        w
     }
-    let mut status = 0;
-    let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
-    done.store(true, Ordering::SeqCst);
-    if rc < 0 {
-        bail!("waiting for the measuring child failed: {}", std::io::Error::last_os_error());
-    }
-    let exit = std::process::ExitStatus::from_raw(status);
-    let oom_killed = cgroup.as_ref().is_some_and(|c| c.oom_killed()) && exit.signal() == Some(libc::SIGKILL);
-    drop(cgroup); // the child is reaped: remove its cgroups now
-    Ok(Outcome {
-        stdout: out_reader.join().unwrap_or_default(),
-        stderr: err_reader.join().unwrap_or_default(),
-        exit_code: exit.code(),
-        signal: exit.signal(),
-        max_rss: peak.load(Ordering::SeqCst),
-        oom_killed,
-        timed_out: timed_out.load(Ordering::SeqCst),
-        enforcement: enf,
-    })
 }
 
 /// A child's VmHWM once it runs its own program (its command line is no longer ours).

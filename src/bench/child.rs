@@ -39,14 +39,11 @@ pub struct ChildArgs {
 }
 
 /// llama-bench draws its tokens with `std::rand() % n_vocab`; any fixed pseudo-random stream does.
-struct Tokens(u64);
+struct Tokens(crate::util::rng::XorShift64);
 
 impl Tokens {
     fn next(&mut self, n_vocab: i32) -> LlamaToken {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        LlamaToken((self.0 % n_vocab as u64) as i32)
+        LlamaToken(self.0.below(n_vocab as u64) as i32)
     }
 }
 
@@ -70,7 +67,7 @@ pub fn run_child(model_path: &Path, a: &ChildArgs) -> Result<ChildReport> {
     })?;
     let n_vocab = wrapped.n_vocab() as i32;
     let bos = wrapped.add_bos().then(|| LlamaToken(wrapped.bos()));
-    let mut rng = Tokens(0x2545_F491_4F6C_DD1D);
+    let mut rng = Tokens(crate::util::rng::XorShift64::new(0x2545_F491_4F6C_DD1D));
 
     let prompt = |session: &mut crate::engine::Session, n: usize, rng: &mut Tokens| -> Result<()> {
         let mut batch = LlamaBatch::new(n, 1);

@@ -1,10 +1,12 @@
 //! Benchmarks that are features of the tool: edge-device benchmarking under caps (`bench`), and
-//! quantizer throughput against ggml's own (`bench-quant`). A measuring child's end is named by
-//! [`status`].
+//! quantizer throughput against ggml's own (`bench-quant`). How a measuring child ended is named
+//! by [`failure`] with `record`'s statuses.
+//!
+//! Uses `engine`, `record`, `source` (a model's summary), `quant`, `util`.
 
 pub mod caps;
 pub mod child;
+pub mod failure;
 pub mod profiles;
 pub mod quant;
 pub mod run;
-pub mod status;

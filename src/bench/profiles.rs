@@ -19,6 +19,31 @@ pub struct Profile {
     pub note: String,
 }
 
+/// Flags that override a profile's fields (`--threads`, `--mem-limit`, `--cpu-quota`).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub threads: Option<usize>,
+    /// `Some(None)`: no cap (`--mem-limit none`).
+    pub memory: Option<Option<u64>>,
+    pub cpu_quota: Option<f64>,
+}
+
+impl Profile {
+    /// The profile with the given fields replaced.
+    pub fn with(mut self, o: &Overrides) -> Profile {
+        if let Some(t) = o.threads {
+            self.threads = t;
+        }
+        if let Some(m) = o.memory {
+            self.memory = m;
+        }
+        if o.cpu_quota.is_some() {
+            self.cpu_quota = o.cpu_quota;
+        }
+        self
+    }
+}
+
 /// A profile as written in TOML (the shipped file, or a grid's `[profiles.NAME]` table).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

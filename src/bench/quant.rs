@@ -3,8 +3,8 @@
 //! alternately in one process so that a noisy machine affects both sides alike; the ratio is the
 //! figure to read.
 
-use crate::gguf::GgmlType;
 use crate::quant::quantize_weighted;
+use crate::quant::GgmlType;
 use anyhow::Result;
 use llama_cpp_sys_2 as sys;
 use serde::Serialize;
@@ -38,19 +38,8 @@ pub const BENCH_TYPES: [GgmlType; 8] = [
 
 /// Gaussian-like test data (sum of uniforms), deterministic.
 pub fn bench_data(n: usize) -> Vec<f32> {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    (0..n)
-        .map(|_| {
-            let mut s = 0f32;
-            for _ in 0..3 {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                s += (x >> 40) as f32 / (1u64 << 24) as f32;
-            }
-            (s - 1.5) * 0.05
-        })
-        .collect()
+    let mut rng = crate::util::rng::XorShift64::new(0x9E37_79B9_7F4A_7C15);
+    (0..n).map(|_| ((0..3).map(|_| rng.next_f32()).sum::<f32>() - 1.5) * 0.05).collect()
 }
 
 /// ggml's quantizer over `threads` threads, rows split evenly (as llama-quantize splits chunks).
@@ -119,27 +108,4 @@ pub fn bench_type(
         speed_ratio: ours / ggml,
         identical,
     })
-}
-
-/// A markdown table of the rows.
-pub fn table(rows: &[QuantBenchRow]) -> String {
-    let mut s = String::from(
-        "| type | imatrix | rows × cols | threads | microscale rows/s | ggml rows/s | ratio | identical |\n",
-    );
-    s += "| --- | --- | --- | --- | ---: | ---: | ---: | --- |\n";
-    for r in rows {
-        s += &format!(
-            "| {} | {} | {} × {} | {} | {:.0} | {:.0} | {:.2} | {} |\n",
-            r.ggml_type,
-            if r.imatrix { "yes" } else { "no" },
-            r.rows,
-            r.row_len,
-            r.threads,
-            r.ours_rows_per_s,
-            r.ggml_rows_per_s,
-            r.speed_ratio,
-            if r.identical { "yes" } else { "NO" }
-        );
-    }
-    s
 }

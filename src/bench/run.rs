@@ -5,9 +5,10 @@
 
 use super::caps::{available_cpus, run_capped, Caps, Enforcement};
 use super::child::ChildReport;
+use super::failure::classify;
 use super::profiles::{format_bytes, Profile};
-use super::status::{classify, Status};
-use crate::inspect::inspect;
+use crate::record::status::Status;
+use crate::source::inspect::inspect;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -193,74 +194,34 @@ pub fn bench_model(model: &Path, profile: &Profile, opts: &BenchOptions) -> Resu
     Ok(row)
 }
 
-/// A table in the shape of llama-bench's, with microscale's extra columns.
-pub fn table(rows: &[BenchRow]) -> String {
-    let mut s = String::from(
-        "| model | size | params | profile | threads | mem cap | test | t/s | load s | TTFT s | peak RSS | status |\n",
-    );
-    s += "| --- | ---: | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |\n";
-    for r in rows {
-        let name = Path::new(&r.model).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-        let common = format!(
-            "| {name} | {} | {:.2} M | {} | {} | {} |",
-            format_bytes(r.size_bytes),
-            r.n_params as f64 / 1e6,
-            r.profile,
-            r.threads,
-            r.memory_cap.map(format_bytes).unwrap_or_else(|| "none".into())
-        );
-        let tail = |load: Option<f64>, ttft: Option<f64>| {
-            format!(
-                " {} | {} | {} | {} |",
-                load.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into()),
-                ttft.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into()),
-                format_bytes(r.peak_rss),
-                match &r.reason {
-                    None => r.status.to_string(),
-                    Some(why) => format!("{}: {why}", r.status),
-                }
-            )
-        };
-        if r.status != Status::Fits {
-            s += &format!("{common} - | - |{}\n", tail(None, None));
-            continue;
-        }
-        if let Some(pp) = r.pp {
-            s += &format!("{common} pp{} | {:.2} ± {:.2} |{}\n", r.n_prompt, pp.mean, pp.sd, tail(r.load_s, r.ttft_s));
-        }
-        if let Some(tg) = r.tg {
-            s += &format!("{common} tg{} | {:.2} ± {:.2} |{}\n", r.n_gen, tg.mean, tg.sd, tail(r.load_s, r.ttft_s));
-        }
-    }
-    s
-}
-
-/// CSV rows for a bench result (metric names carry the profile: `pi4-4gb:tg128_tps`).
-pub fn metric_rows(r: &BenchRow) -> Vec<crate::report::rows::MetricRow> {
-    use crate::report::rows::MetricRow;
+/// CSV rows for a bench result: the measurements of results.csv's profile columns, named alike
+/// (`pi4-4gb:tg_tps`; the sd in `stderr`, the tokens per test in `items`), each carrying the run's
+/// status.
+pub fn metric_rows(r: &BenchRow) -> Vec<crate::record::rows::MetricRow> {
+    use crate::record::columns::profile_column;
+    use crate::record::rows::MetricRow;
     let status = r.status.as_str().to_string();
-    let m = |name: String, value: f64, stderr: f64| MetricRow {
-        metric: name,
+    let p = &r.profile;
+    let m = |name: &str, value: f64, stderr: f64, items: usize| MetricRow {
+        metric: profile_column(p, name),
         value,
         stderr,
-        items: 0,
+        items,
         wall_s: 0.0,
         status: status.clone(),
     };
-    let p = &r.profile;
-    let mut rows = vec![m(format!("{p}:fits"), f64::from(u8::from(r.status == Status::Fits)), 0.0)];
-    rows.push(m(format!("{p}:peak_rss_mib"), r.peak_rss as f64 / (1 << 20) as f64, 0.0));
+    let mut rows = vec![m("peak_rss_mib", r.peak_rss as f64 / (1 << 20) as f64, 0.0, 0)];
     if let Some(pp) = r.pp {
-        rows.push(MetricRow { items: r.n_prompt, ..m(format!("{p}:pp{}_tps", r.n_prompt), pp.mean, pp.sd) });
+        rows.push(m("pp_tps", pp.mean, pp.sd, r.n_prompt));
     }
     if let Some(tg) = r.tg {
-        rows.push(MetricRow { items: r.n_gen, ..m(format!("{p}:tg{}_tps", r.n_gen), tg.mean, tg.sd) });
+        rows.push(m("tg_tps", tg.mean, tg.sd, r.n_gen));
     }
     if let Some(x) = r.load_s {
-        rows.push(m(format!("{p}:load_s"), x, 0.0));
+        rows.push(m("load_s", x, 0.0, 0));
     }
     if let Some(x) = r.ttft_s {
-        rows.push(m(format!("{p}:ttft_s"), x, 0.0));
+        rows.push(m("ttft_s", x, 0.0, 0));
     }
     rows
 }

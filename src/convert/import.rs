@@ -7,7 +7,8 @@
 use super::safetensors_writer::SafetensorsWriter;
 use super::OutType;
 use crate::arch::{apply_transform, gpt2, llama, Transform};
-use crate::gguf::{GgmlType, GgufFile};
+use crate::gguf::GgufFile;
+use crate::quant::GgmlType;
 use crate::source::gguf::GgufSource;
 use crate::source::TensorSource;
 use crate::tokenizer::{export, Vocab};

@@ -5,6 +5,10 @@
 //! produced one at a time: read from the memory map, decoded to f32, transformed, pruned, encoded,
 //! appended to the output and released. Within a tensor the work runs in parallel (rayon); across
 //! tensors it is sequential, so memory holds one tensor's working set however large the model is.
+//!
+//! [`pruning`] plans the pruning inside the pass (calibrating when needed), [`general`] writes the
+//! `general.*` keys, [`import`] goes back from GGUF to a Hugging Face directory. Uses every stage
+//! below it: `source`, `tokenizer`, `arch`, `calib`, `prune`, `quant`, `gguf`, `util`.
 
 pub mod general;
 pub mod import;
@@ -12,13 +16,13 @@ pub mod pruning;
 pub mod safetensors_writer;
 
 use crate::arch::{self, apply_transform, PlannedTensor, Transform};
-use crate::gguf::{meta_set, GgmlType, GgufFile, GgufValue, GgufWriter, Metadata, TensorHeader};
+use crate::gguf::imatrix::Imatrix;
+use crate::gguf::{meta_set, GgufValue, GgufWriter, Metadata, TensorInfo};
 use crate::prune::unstructured::prune_row;
 use crate::prune::PruneSpec;
-use crate::quant::imatrix::Imatrix;
 use crate::quant::mix::{assign_types, MixContext, Scheme, TensorTypeOverride};
-use crate::source::gguf::GgufSource;
-use crate::source::{HfCheckpoint, TensorSource};
+use crate::quant::GgmlType;
+use crate::source::{GgufSource, HfCheckpoint, Source, TensorSource};
 use crate::tokenizer;
 use crate::util::atomic::refuse_overwrite;
 use crate::util::progress::Progress;
@@ -88,41 +92,11 @@ pub struct ConvertReport {
     pub structure: Option<crate::prune::structured::StructuredPlan>,
 }
 
-/// A model source as found on disk.
-pub enum Source {
-    Hf(HfCheckpoint),
-    Gguf(GgufSource),
-}
-
-impl Source {
-    pub fn open(path: &Path) -> Result<Source> {
-        if path.is_dir() {
-            return Ok(Source::Hf(HfCheckpoint::open(path)?));
-        }
-        if !path.exists() {
-            bail!("{}: no such file or directory{}", path.display(), crate::default_model::hint_for(path));
-        }
-        let mut magic = [0u8; 4];
-        let n = std::io::Read::read(&mut std::fs::File::open(path)?, &mut magic).unwrap_or(0);
-        if n == 4 && &magic == b"GGUF" {
-            return Ok(Source::Gguf(GgufSource::new(GgufFile::open(path)?)));
-        }
-        bail!("{}: neither a Hugging Face model directory nor a GGUF file (bad magic)", path.display())
-    }
-
-    pub fn tensors(&self) -> &dyn TensorSource {
-        match self {
-            Source::Hf(c) => c,
-            Source::Gguf(g) => g,
-        }
-    }
-
-    /// Metadata and the planned tensors of an unpruned conversion, and the architecture.
-    fn plan(&self, opts: &ConvertOptions) -> Result<(Metadata, Vec<PlannedTensor>, String)> {
-        match self {
-            Source::Hf(ckpt) => plan_from_hf(ckpt, opts),
-            Source::Gguf(g) => plan_from_gguf(g, opts),
-        }
+/// Metadata and the planned tensors of an unpruned conversion, and the architecture.
+fn plan_source(source: &Source, opts: &ConvertOptions) -> Result<(Metadata, Vec<PlannedTensor>, String)> {
+    match source {
+        Source::Hf(ckpt) => plan_from_hf(ckpt, opts),
+        Source::Gguf(g) => plan_from_gguf(g, opts),
     }
 }
 
@@ -136,13 +110,22 @@ pub struct Job {
     pub sparsity: Option<RowSparsity>,
 }
 
+impl Job {
+    /// Bytes the tensor takes in the output.
+    pub fn n_bytes(&self) -> u64 {
+        let row = *self.planned.shape.last().unwrap_or(&1);
+        let rows = self.planned.n_elements() / row.max(1);
+        self.ty.row_bytes(row).map(|b| (b * rows) as u64).unwrap_or(0)
+    }
+}
+
 pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
     refuse_overwrite(input, output)?;
     let source = Source::open(input)?;
-    let (mut metadata, planned, arch) = source.plan(opts)?;
+    let (mut metadata, planned, arch) = plan_source(&source, opts)?;
     let tensors = source.tensors();
     // Pruning is planned (and checked) completely before the output file exists.
-    let pruned = pruning::plan(input, output, tensors, &mut metadata, planned, opts)?;
+    let pruned = pruning::plan(input, tensors, &mut metadata, planned, opts)?;
     let jobs = typed_jobs(pruned.planned, &metadata, opts, pruned.sparsity)?;
     if !opts.allow_requantize {
         refuse_requantize(input, tensors, &jobs)?;
@@ -161,19 +144,23 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
     })
 }
 
+/// A conversion planned but not run: the output's metadata, every tensor's job, and what
+/// structured pruning removes.
+pub struct Plan {
+    pub metadata: Metadata,
+    pub jobs: Vec<Job>,
+    pub structure: Option<crate::prune::structured::StructuredPlan>,
+}
+
 /// Plan a conversion without writing: metadata and every tensor's name, shape and type (for
 /// `prune-plan` and dry runs).
-pub fn plan_only(
-    input: &Path,
-    opts: &ConvertOptions,
-) -> Result<(Metadata, Vec<Job>, Option<crate::prune::structured::StructuredPlan>)> {
+pub fn plan_only(input: &Path, opts: &ConvertOptions) -> Result<Plan> {
     let source = Source::open(input)?;
-    let (mut metadata, planned, _) = source.plan(opts)?;
+    let (mut metadata, planned, _) = plan_source(&source, opts)?;
     let tensors = source.tensors();
-    let scratch = std::env::temp_dir().join(format!("microscale-plan-{}.gguf", crate::util::atomic::unique_suffix()));
-    let pruned = pruning::plan(input, &scratch, tensors, &mut metadata, planned, opts)?;
+    let pruned = pruning::plan(input, tensors, &mut metadata, planned, opts)?;
     let jobs = typed_jobs(pruned.planned, &metadata, opts, pruned.sparsity)?;
-    Ok((metadata, jobs, pruned.structure))
+    Ok(Plan { metadata, jobs, structure: pruned.structure })
 }
 
 fn plan_from_hf(ckpt: &HfCheckpoint, opts: &ConvertOptions) -> Result<(Metadata, Vec<PlannedTensor>, String)> {
@@ -264,10 +251,8 @@ fn write_gguf(
     jobs: &[Job],
     quiet: bool,
 ) -> Result<(u64, Vec<SparsityStat>)> {
-    let headers = jobs
-        .iter()
-        .map(|j| TensorHeader { name: j.planned.name.clone(), ne: j.planned.ne(), ggml_type: j.ty })
-        .collect();
+    let headers =
+        jobs.iter().map(|j| TensorInfo::new(&j.planned.name, j.planned.ne(), j.ty)).collect::<Result<Vec<_>>>()?;
     let mut writer = GgufWriter::create(output, meta, headers)?;
     let total: u64 = jobs.iter().map(|j| j.planned.n_elements() as u64).sum();
     let progress = Progress::new(total, "converting", quiet);

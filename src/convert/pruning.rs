@@ -4,16 +4,17 @@
 
 use super::ConvertOptions;
 use crate::arch::{apply_transform, PlannedTensor, Selection};
-use crate::gguf::Metadata;
-use crate::prune::calib::{calibrate, fingerprint, CalibOptions, Calibration};
+use crate::calib::{calibrate, fingerprint, CalibModel, CalibOptions, Calibration};
+use crate::gguf::imatrix::Imatrix;
+use crate::gguf::{meta_set, GgufValue, Metadata, TensorInfo};
 use crate::prune::structured::{self, Dims, StructuredPlan};
 use crate::prune::unstructured::{SparsityMethod, NM};
-use crate::quant::imatrix::Imatrix;
 use crate::quant::mix::Scheme;
+use crate::quant::GgmlType;
 use crate::source::TensorSource;
 use anyhow::{anyhow, bail, Result};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Unstructured pruning of one tensor's rows.
 #[derive(Clone, Debug)]
@@ -55,18 +56,8 @@ fn sparsity_applies(name: &str, all: bool) -> bool {
         && LINEAR.iter().any(|l| name.contains(&format!(".{l}.weight")))
 }
 
-/// Deletes a temporary file when dropped.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 pub fn plan(
     input: &Path,
-    output: &Path,
     src: &dyn TensorSource,
     meta: &mut Metadata,
     planned: Vec<PlannedTensor>,
@@ -92,7 +83,8 @@ pub fn plan(
             );
         }
     }
-    let calib = if spec.needs_calibration() { Some(calibration(input, output, &dims, &planned, opts)?) } else { None };
+    let calib =
+        if spec.needs_calibration() { Some(calibration(input, src, meta, &dims, &planned, opts)?) } else { None };
 
     let (planned, structure) = if spec.wants_structured() {
         let read = |name: &str| -> Result<Vec<f32>> {
@@ -157,7 +149,8 @@ pub fn imatrix_weights(m: &Imatrix, p: &PlannedTensor) -> Result<Option<Vec<f32>
 /// save it when a path was given.
 fn calibration(
     input: &Path,
-    output: &Path,
+    src: &dyn TensorSource,
+    meta: &Metadata,
     dims: &Dims,
     planned: &[PlannedTensor],
     opts: &ConvertOptions,
@@ -175,23 +168,70 @@ fn calibration(
         n_ctx: dims.n_ctx_train.min(512),
         threads: opts.threads,
     };
-    let is_gguf = input.is_file();
-    let _temp;
-    let gguf = if is_gguf {
-        input.to_path_buf()
+    let c = if input.is_file() {
+        calibrate(CalibModel::File(input), &fp, dims.n_layer, &copts, opts.quiet)?
     } else {
-        // llama.cpp runs GGUF: calibrate on an exact F32 conversion, removed afterwards.
-        let dir = output.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let stem = output.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-        // Named like every temporary output (`.NAME….tmp`), so that a sweep cleans it up after a kill.
-        let tmp = dir.join(format!(".{stem}.calib-source.{}.tmp", crate::util::atomic::unique_suffix()));
-        super::convert(input, &tmp, &ConvertOptions { quiet: true, ..ConvertOptions::new(Scheme::F32) })?;
-        _temp = TempFile(tmp.clone());
-        tmp
+        // llama.cpp builds the model from the plan and asks for each tensor: no copy on disk.
+        let mut meta = meta.clone();
+        meta_set(&mut meta, "general.file_type", GgufValue::U32(Scheme::F32.file_type()));
+        let tensors = calibration_tensors(src, planned)?;
+        let mut filler = |name: &str, ty: GgmlType, ne: &[u64], out: &mut [u8]| fill(src, planned, name, ty, ne, out);
+        let model = CalibModel::Parts { metadata: &meta, tensors: &tensors, filler: &mut filler };
+        calibrate(model, &fp, dims.n_layer, &copts, opts.quiet)?
     };
-    let c = calibrate(&gguf, &fp, dims.n_layer, &copts, opts.quiet)?;
     if let Some(path) = &spec.calib {
         c.save(path)?;
     }
     Ok(c)
+}
+
+/// The tensors of the model calibration runs, in F32 (exactly the values a conversion writes) —
+/// unless F32 would not fit in the memory available, when 16-bit sources keep their own type
+/// (also exact: every F16/BF16 value converts to F32 and back unchanged).
+fn calibration_tensors(src: &dyn TensorSource, planned: &[PlannedTensor]) -> Result<Vec<TensorInfo>> {
+    let f32_bytes: u64 = planned.iter().map(|p| 4 * p.n_elements() as u64).sum();
+    let fits = crate::util::mem::available_bytes().is_none_or(|avail| f32_bytes < avail / 10 * 7);
+    planned
+        .iter()
+        .map(|p| {
+            let dtype = src.tensor(&p.source).map(|t| t.dtype).unwrap_or(GgmlType::F32);
+            let keep = !fits && matches!(dtype, GgmlType::F16 | GgmlType::BF16) && p.shape.len() > 1;
+            TensorInfo::new(&p.name, p.ne(), if keep { dtype } else { GgmlType::F32 })
+        })
+        .collect()
+}
+
+/// One tensor llama.cpp asks for while building the calibration model: a planned tensor as the
+/// conversion would write it; a tied `output.weight`, which is the token embedding; an absent bias
+/// (zeros, already in `out`); absent rope frequency factors or per-tensor output scales (ones).
+/// Each neutral value leaves the computation exactly as without the tensor.
+fn fill(
+    src: &dyn TensorSource,
+    planned: &[PlannedTensor],
+    name: &str,
+    ty: GgmlType,
+    ne: &[u64],
+    out: &mut [u8],
+) -> Result<()> {
+    let find = |n: &str| planned.iter().find(|p| p.name == n);
+    let p = match (find(name), name) {
+        (Some(p), _) => p,
+        (None, "output.weight") => find("token_embd.weight").ok_or_else(|| anyhow!("no token_embd.weight"))?,
+        (None, n) if n.ends_with(".bias") => return Ok(()),
+        (None, n) if n == "rope_freqs.weight" || n.ends_with("scale") => {
+            let ones = vec![1.0f32; ne.iter().product::<u64>() as usize];
+            out.copy_from_slice(&crate::quant::quantize(ty, &ones, ones.len())?);
+            return Ok(());
+        }
+        (None, n) => bail!("llama.cpp asks for tensor {n:?}, which the checkpoint does not have"),
+    };
+    if p.ne() != ne {
+        bail!("llama.cpp expects tensor {name:?} as {ne:?}, the plan has {:?}", p.ne());
+    }
+    let info = src.tensor(&p.source).ok_or_else(|| anyhow!("no tensor {:?}", p.source))?;
+    let data = apply_transform(p.transform, src.read_f32(&p.source)?, &info.shape)?;
+    let row = *p.shape.last().unwrap_or(&1);
+    out.copy_from_slice(&crate::quant::quantize(ty, &data, row)?);
+    src.release(&p.source);
+    Ok(())
 }

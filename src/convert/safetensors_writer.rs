@@ -1,7 +1,7 @@
 //! A streaming safetensors writer: the header (names, dtypes, shapes, offsets) is written first,
 //! then each tensor's bytes in order, so writing a checkpoint holds one tensor in memory.
 
-use crate::gguf::GgmlType;
+use crate::quant::GgmlType;
 use crate::util::atomic::TempOutput;
 use anyhow::{bail, Result};
 use serde_json::{json, Map, Value};

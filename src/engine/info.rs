@@ -103,25 +103,3 @@ pub fn engine_info() -> EngineInfo {
         system_info: c_str(unsafe { sys::llama_print_system_info() }).trim().to_string(),
     }
 }
-
-impl EngineInfo {
-    /// The `microscale info` text.
-    pub fn to_text(&self) -> String {
-        let amx = match (self.amx_compiled, self.host_has_amx) {
-            (false, true) => "not compiled in (this CPU has AMX; ggml's AMX backend crashes on it, llama.cpp issue 20824)",
-            (false, false) => "not compiled in (ggml's AMX backend crashes on Sapphire Rapids, llama.cpp issue 20824)",
-            (true, _) => "COMPILED IN: rebuild with the project's .cargo/config.toml (ggml's AMX backend crashes, llama.cpp issue 20824)",
-        };
-        format!(
-            "microscale {}\nengine: llama.cpp via llama-cpp-2 {} / llama-cpp-sys-2 {} (pinned)\n\
-             CPU features compiled in: {}\nAMX: {amx}\nGPU offload: {}\ndevices: {}\nllama.cpp system info: {}\n",
-            self.microscale,
-            self.llama_cpp_2,
-            self.llama_cpp_sys_2,
-            self.cpu_features.join(" "),
-            if self.gpu_offload { "available" } else { "no (CPU build)" },
-            self.devices.join("; "),
-            self.system_info
-        )
-    }
-}

@@ -3,12 +3,17 @@
 //!
 //! llama.cpp logs to stderr by default; [`init`] takes its log over ([`log`]): kept quiet unless
 //! asked to be verbose, so that microscale's own output stays readable, and remembered, so that a
-//! failure quotes llama.cpp's own reason.
+//! failure quotes llama.cpp's own reason. [`info`] reports what llama.cpp was built with,
+//! [`quantize`] runs llama.cpp's own quantizer, [`raw`] observes graph evaluation (calibration),
+//! [`user_model`] builds a model from metadata and tensor data without a file.
+//!
+//! Uses `gguf`, `quant`, `util`.
 
 pub mod info;
 pub mod log;
 pub mod quantize;
 pub mod raw;
+pub mod user_model;
 
 use anyhow::{anyhow, bail, Context, Result};
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -90,7 +95,7 @@ impl Model {
     /// Load memory-mapped (llama.cpp's default) or read into RAM (`mmap = false`).
     pub fn load_with(path: &Path, mmap: bool) -> Result<Model> {
         if !path.is_file() {
-            bail!("{}: no such model file{}", path.display(), crate::default_model::hint_for(path));
+            bail!("{}: no such model file", path.display());
         }
         let backend = init(false);
         let params = LlamaModelParams::default().with_use_mmap(mmap);

@@ -1,7 +1,7 @@
 //! `stock-quantize`: llama.cpp's own quantizer (`llama_model_quantize`, what `llama-quantize` runs),
 //! so that every comparison can include stock llama.cpp quants made from the same input.
 
-use crate::quant::imatrix::Imatrix;
+use crate::gguf::imatrix::Imatrix;
 use crate::quant::mix::{Scheme, TensorTypeOverride};
 use crate::util::atomic::{refuse_overwrite, TempOutput};
 use anyhow::{anyhow, bail, Result};
@@ -25,7 +25,7 @@ pub fn stock_quantize(
     opts: &StockOptions,
 ) -> Result<()> {
     if !input.is_file() {
-        bail!("{}: no such file{}", input.display(), crate::default_model::hint_for(input));
+        bail!("{}: no such file", input.display());
     }
     refuse_overwrite(input, output)?;
     super::init(false);

@@ -58,6 +58,7 @@ pub struct ObservedContext {
 }
 
 impl ObservedContext {
+    /// A model loaded from a GGUF file, observed.
     pub fn new(
         path: &Path,
         n_ctx: usize,
@@ -71,6 +72,20 @@ impl ObservedContext {
         if model.is_null() {
             return Err(super::engine_error(path, "llama.cpp could not load the model"));
         }
+        // SAFETY: a model just loaded, owned by nobody else.
+        unsafe { Self::from_model(model, n_ctx, threads, observer) }.map_err(|e| anyhow!("{}: {e:#}", path.display()))
+    }
+
+    /// Observe a model already made (by [`super::user_model::model_from_parts`]); takes ownership.
+    ///
+    /// # Safety
+    /// `model` must be a valid llama.cpp model that nothing else frees.
+    pub unsafe fn from_model(
+        model: *mut sys::llama_model,
+        n_ctx: usize,
+        threads: usize,
+        observer: Box<dyn TensorObserver>,
+    ) -> Result<ObservedContext> {
         let observer = Box::into_raw(Box::new(observer));
         let mut p = unsafe { sys::llama_context_default_params() };
         p.n_ctx = n_ctx as u32;
@@ -86,7 +101,10 @@ impl ObservedContext {
                 drop(Box::from_raw(observer));
                 sys::llama_model_free(model);
             }
-            return Err(super::engine_error(path, "llama.cpp could not create a context"));
+            return Err(anyhow!(
+                "llama.cpp could not create a context: {}",
+                super::log::last_error().unwrap_or_else(|| "no reason given (run with -v)".into())
+            ));
         }
         let vocab = unsafe { sys::llama_model_get_vocab(model) };
         Ok(ObservedContext {

@@ -6,7 +6,7 @@ use super::data::{self, McItem, Task};
 use super::kld::{kl_divergence, KldResult};
 use super::perplexity::{perplexity_of_tokens, PerplexityOptions, PerplexityResult};
 use crate::engine::Model;
-use crate::report::rows::MetricRow;
+use crate::record::rows::MetricRow;
 use crate::util::data::{DataDir, WIKITEXT_TEST};
 use anyhow::{anyhow, bail, Result};
 use std::path::{Path, PathBuf};
@@ -167,14 +167,4 @@ pub fn load_task(task: &Task, spec: &EvalSpec) -> Result<Vec<McItem>> {
     Ok(items)
 }
 
-/// Deterministic Fisher-Yates shuffle (xorshift64*), the same on every platform.
-pub fn shuffle<T>(v: &mut [T], seed: u64) {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for i in (1..v.len()).rev() {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        v.swap(i, (r % (i as u64 + 1)) as usize);
-    }
-}
+pub use crate::util::rng::shuffle;

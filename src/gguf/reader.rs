@@ -5,7 +5,9 @@
 //! of a corrupt file. This reader keeps every value's on-disk type, validates every count, length and
 //! offset against the file size before use, and hands out tensor data as slices of the map.
 
-use super::types::{meta_get, value_type, GgmlType, GgufValue, Metadata};
+use super::tensor::TensorInfo;
+use super::value::{meta_get, value_type, GgufValue, Metadata};
+use crate::quant::GgmlType;
 use anyhow::{anyhow, bail, Context, Result};
 use memmap2::Mmap;
 use std::fs::File;
@@ -21,54 +23,17 @@ const MAX_ARRAY_ELEMENTS: u64 = 1 << 30;
 
 /// One tensor info: name (already read), dimensions, type and relative offset, with the byte size
 /// computed and checked.
-fn read_tensor_info(cur: &mut Cursor, name: String) -> Result<GgufTensorInfo> {
+fn read_tensor_info(cur: &mut Cursor, name: String) -> Result<TensorInfo> {
     let n_dims = cur.u32()?;
     if n_dims == 0 || n_dims > 4 {
         bail!("tensor {name:?} has {n_dims} dimensions (ggml allows 1 to 4)");
     }
     let ne = (0..n_dims).map(|_| cur.u64()).collect::<Result<Vec<_>>>()?;
-    // ggml keeps dimensions and the element count in int64_t.
-    if let Some(d) = ne.iter().find(|&&d| d == 0 || d > i64::MAX as u64) {
-        bail!("tensor {name:?} has an impossible dimension {d} in shape {ne:?}");
-    }
-    let n_elements = ne
-        .iter()
-        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-        .filter(|&n| n <= i64::MAX as u64)
-        .ok_or_else(|| anyhow!("tensor {name:?} has shape {ne:?}, whose element count overflows"))?;
     let type_id = cur.u32()?;
     let ggml_type = GgmlType::from_id(type_id)
         .ok_or_else(|| anyhow!("tensor {name:?} has ggml type {type_id}, which microscale does not support"))?;
     let offset = cur.u64()?;
-    let row_bytes = ggml_type.row_bytes(ne[0] as usize).with_context(|| format!("tensor {name:?}"))? as u64;
-    let n_bytes = row_bytes
-        .checked_mul(n_elements / ne[0])
-        .filter(|&b| b <= isize::MAX as u64)
-        .ok_or_else(|| anyhow!("tensor {name:?} with shape {ne:?} has a byte size that overflows"))?;
-    Ok(GgufTensorInfo { name, ne, ggml_type, offset, n_bytes })
-}
-
-/// One tensor's entry in the GGUF header.
-#[derive(Clone, Debug)]
-pub struct GgufTensorInfo {
-    pub name: String,
-    /// ggml order: `ne[0]` is the row length (innermost dimension).
-    pub ne: Vec<u64>,
-    pub ggml_type: GgmlType,
-    /// Absolute byte offset in the file.
-    pub offset: u64,
-    pub n_bytes: u64,
-}
-
-impl GgufTensorInfo {
-    pub fn n_elements(&self) -> u64 {
-        self.ne.iter().product()
-    }
-
-    /// Row-major shape, outermost first (PyTorch order).
-    pub fn shape(&self) -> Vec<usize> {
-        self.ne.iter().rev().map(|&d| d as usize).collect()
-    }
+    Ok(TensorInfo { offset, ..TensorInfo::new(&name, ne, ggml_type)? })
 }
 
 pub struct GgufFile {
@@ -76,7 +41,7 @@ pub struct GgufFile {
     map: Mmap,
     pub version: u32,
     pub metadata: Metadata,
-    pub tensors: Vec<GgufTensorInfo>,
+    pub tensors: Vec<TensorInfo>,
     pub alignment: u64,
     pub data_offset: u64,
 }
@@ -200,24 +165,24 @@ impl GgufFile {
             .ok_or_else(|| anyhow!("{}: no general.architecture key", self.path.display()))
     }
 
-    pub fn tensor(&self, name: &str) -> Option<&GgufTensorInfo> {
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
     }
 
     /// The raw bytes of a tensor, borrowed from the map.
-    pub fn tensor_data(&self, info: &GgufTensorInfo) -> &[u8] {
+    pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
         &self.map[info.offset as usize..(info.offset + info.n_bytes) as usize]
     }
 
     /// Tell the kernel we are done with a tensor's pages, so that streaming through a large file does
     /// not leave it all resident (mapped file pages count toward the process's RSS).
-    pub fn release(&self, info: &GgufTensorInfo) {
-        crate::source::release_pages(&self.map, info.offset as usize, info.n_bytes as usize);
+    pub fn release(&self, info: &TensorInfo) {
+        crate::util::mmap::release_pages(&self.map, info.offset as usize, info.n_bytes as usize);
     }
 
     /// Like [`Self::release`], for part of a tensor's data.
     pub fn release_slice(&self, part: &[u8]) {
-        crate::source::release_slice(&self.map, part);
+        crate::util::mmap::release_slice(&self.map, part);
     }
 }
 

@@ -10,32 +10,16 @@
 //! interrupted conversion never leaves a half-written model behind.
 
 use super::reader::DEFAULT_ALIGNMENT;
-use super::types::{GgmlType, GgufValue, Metadata};
+use super::tensor::TensorInfo;
+use super::value::{GgufValue, Metadata};
 use crate::util::atomic::TempOutput;
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::Path;
 
-/// What the header says about one tensor.
-#[derive(Clone, Debug)]
-pub struct TensorHeader {
-    pub name: String,
-    /// ggml order: `ne[0]` is the row length.
-    pub ne: Vec<u64>,
-    pub ggml_type: GgmlType,
-}
-
-impl TensorHeader {
-    pub fn n_bytes(&self) -> Result<u64> {
-        let rows: u64 = self.ne[1..].iter().product();
-        let row = self.ggml_type.row_bytes(self.ne[0] as usize).with_context(|| format!("tensor {:?}", self.name))?;
-        Ok(row as u64 * rows)
-    }
-}
-
 pub struct GgufWriter {
     out: TempOutput,
-    tensors: Vec<TensorHeader>,
+    tensors: Vec<TensorInfo>,
     next: usize,
     written: u64,
     /// The tensor being written: (size from the header, bytes so far).
@@ -44,7 +28,10 @@ pub struct GgufWriter {
 
 impl GgufWriter {
     /// Write the header for `tensors` (in the order their data will follow) and get ready for data.
-    pub fn create(path: &Path, metadata: &Metadata, tensors: Vec<TensorHeader>) -> Result<GgufWriter> {
+    pub fn create(path: &Path, metadata: &Metadata, tensors: Vec<TensorInfo>) -> Result<GgufWriter> {
+        // Sizes are recomputed from name, shape and type: the header never trusts a caller's.
+        let tensors =
+            tensors.into_iter().map(|t| TensorInfo::new(&t.name, t.ne, t.ggml_type)).collect::<Result<Vec<_>>>()?;
         let mut out = TempOutput::create(path)?;
         let header = encode_header(metadata, &tensors)?;
         out.writer().write_all(&header).with_context(|| format!("writing {}", path.display()))?;
@@ -69,7 +56,7 @@ impl GgufWriter {
         if expected.name != name {
             bail!("tensor {name:?} written where the header expects {:?}", expected.name);
         }
-        self.open = Some((expected.n_bytes()?, 0));
+        self.open = Some((expected.n_bytes, 0));
         Ok(())
     }
 
@@ -106,7 +93,7 @@ impl GgufWriter {
 }
 
 /// The bytes of a GGUF v3 header: magic, counts, metadata, tensor infos, padding to the data section.
-pub fn encode_header(metadata: &Metadata, tensors: &[TensorHeader]) -> Result<Vec<u8>> {
+pub fn encode_header(metadata: &Metadata, tensors: &[TensorInfo]) -> Result<Vec<u8>> {
     let mut b = Vec::new();
     b.extend_from_slice(b"GGUF");
     b.extend_from_slice(&3u32.to_le_bytes());
@@ -126,7 +113,7 @@ pub fn encode_header(metadata: &Metadata, tensors: &[TensorHeader]) -> Result<Ve
         }
         b.extend_from_slice(&t.ggml_type.id().to_le_bytes());
         b.extend_from_slice(&offset.to_le_bytes());
-        offset += t.n_bytes()?.next_multiple_of(DEFAULT_ALIGNMENT);
+        offset += TensorInfo::new(&t.name, t.ne.clone(), t.ggml_type)?.n_bytes.next_multiple_of(DEFAULT_ALIGNMENT);
     }
     b.resize(b.len().next_multiple_of(DEFAULT_ALIGNMENT as usize), 0);
     Ok(b)

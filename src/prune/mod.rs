@@ -1,14 +1,12 @@
 //! Pruning, applied in the same streaming pass as conversion and quantization.
 //!
-//! - [`calib`]: calibration through llama.cpp (per-channel activation statistics, Block Influence).
 //! - [`unstructured`]: single weights (magnitude, Wanda, N:M), per output row.
 //! - [`structured`]: whole blocks (depth), FFN channels and attention heads (width); unequal
 //!   per-layer widths are written as llama.cpp's `deci` architecture.
 //!
-//! Every request is checked against the model before anything is written.
+//! Every request is checked against the model before anything is written. Uses `calib` (the
+//! statistics that steer it), `gguf` metadata and `util`.
 
-pub mod calib;
-pub mod report;
 pub mod structured;
 pub mod unstructured;
 

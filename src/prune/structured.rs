@@ -7,8 +7,8 @@
 //! layer keep the `llama` / `gpt2` architecture; unequal ones become `deci`, whose per-layer
 //! `head_count`, `head_count_kv` and `feed_forward_length` arrays stock llama.cpp reads.
 
-use super::calib::Calibration;
 use super::{Allocation, DropLayers, HeadsMode, PruneSpec};
+use crate::calib::Calibration;
 use crate::gguf::{meta_get, meta_set, GgufValue, Metadata};
 use anyhow::{anyhow, bail, Result};
 

@@ -40,6 +40,37 @@ pub fn bf16_bits_to_f32(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
+/// The float types as ggml codecs (block size 1): rows converted element by element.
+pub fn quantize_row_f32(x: &[f32], y: &mut [u8], _quant_weights: Option<&[f32]>) {
+    for (out, v) in y.chunks_exact_mut(4).zip(x) {
+        out.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+pub fn quantize_row_f16(x: &[f32], y: &mut [u8], _quant_weights: Option<&[f32]>) {
+    for (out, &v) in y.chunks_exact_mut(2).zip(x) {
+        out.copy_from_slice(&f32_to_f16_bits(v).to_le_bytes());
+    }
+}
+
+pub fn quantize_row_bf16(x: &[f32], y: &mut [u8], _quant_weights: Option<&[f32]>) {
+    for (out, &v) in y.chunks_exact_mut(2).zip(x) {
+        out.copy_from_slice(&f32_to_bf16_bits(v).to_le_bytes());
+    }
+}
+
+pub fn dequantize_f32(b: &[u8], y: &mut [f32]) {
+    y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+}
+
+pub fn dequantize_f16(b: &[u8], y: &mut [f32]) {
+    y[0] = f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]));
+}
+
+pub fn dequantize_bf16(b: &[u8], y: &mut [f32]) {
+    y[0] = bf16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

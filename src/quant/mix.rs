@@ -2,132 +2,100 @@
 //! `llama_tensor_get_type` (src/llama-quant.cpp) for the schemes microscale writes, so that our
 //! one-pass conversion and `llama-quantize` choose the same type for every tensor.
 
-use crate::gguf::{file_type, GgmlType};
+use super::GgmlType;
 use anyhow::{anyhow, bail, Result};
 use regex::Regex;
 
-/// A whole-file scheme, spelled as llama.cpp spells it (`q4_k_m`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
-pub enum Scheme {
-    F32,
-    F16,
-    Bf16,
-    #[value(name = "q8_0")]
-    Q8_0,
-    #[value(name = "q4_0")]
-    Q4_0,
-    #[value(name = "q4_1")]
-    Q4_1,
-    #[value(name = "q5_0")]
-    Q5_0,
-    #[value(name = "q5_1")]
-    Q5_1,
-    #[value(name = "q4_k_s")]
-    Q4KS,
-    #[value(name = "q4_k_m")]
-    Q4KM,
-    #[value(name = "q5_k_s")]
-    Q5KS,
-    #[value(name = "q5_k_m")]
-    Q5KM,
-    #[value(name = "q6_k")]
-    Q6K,
+macro_rules! schemes {
+    ($($variant:ident = $name:literal, ftype $ftype:literal $label:literal, default $default:ident;)*) => {
+        /// A whole-file scheme, spelled as llama.cpp spells it (`q4_k_m`): one row of the table
+        /// below gives its name, its `general.file_type` (`enum llama_ftype`) with the name
+        /// `llama_model_ftype_name` prints, and its default tensor type
+        /// (`llama_ftype_get_default_type`).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Scheme {
+            $($variant),*
+        }
+
+        impl Scheme {
+            pub const ALL: &'static [Scheme] = &[$(Scheme::$variant),*];
+
+            /// The lower-case name llama.cpp's tools accept (`q4_k_m`).
+            pub fn name(self) -> &'static str {
+                match self { $(Scheme::$variant => $name),* }
+            }
+
+            /// `general.file_type` (`enum llama_ftype`).
+            pub fn file_type(self) -> u32 {
+                match self { $(Scheme::$variant => $ftype),* }
+            }
+
+            /// llama.cpp's name for the file type (`llama_model_ftype_name`).
+            pub fn file_type_label(self) -> &'static str {
+                match self { $(Scheme::$variant => $label),* }
+            }
+
+            /// `llama_ftype_get_default_type`.
+            pub fn default_type(self) -> GgmlType {
+                match self { $(Scheme::$variant => GgmlType::$default),* }
+            }
+        }
+    };
+}
+
+schemes! {
+    F32  = "f32",    ftype 0  "all F32",       default F32;
+    F16  = "f16",    ftype 1  "F16",           default F16;
+    Bf16 = "bf16",   ftype 32 "BF16",          default BF16;
+    Q8_0 = "q8_0",   ftype 7  "Q8_0",          default Q8_0;
+    Q4_0 = "q4_0",   ftype 2  "Q4_0",          default Q4_0;
+    Q4_1 = "q4_1",   ftype 3  "Q4_1",          default Q4_1;
+    Q5_0 = "q5_0",   ftype 8  "Q5_0",          default Q5_0;
+    Q5_1 = "q5_1",   ftype 9  "Q5_1",          default Q5_1;
+    Q4KS = "q4_k_s", ftype 14 "Q4_K - Small",  default Q4K;
+    Q4KM = "q4_k_m", ftype 15 "Q4_K - Medium", default Q4K;
+    Q5KS = "q5_k_s", ftype 16 "Q5_K - Small",  default Q5K;
+    Q5KM = "q5_k_m", ftype 17 "Q5_K - Medium", default Q5K;
+    Q6K  = "q6_k",   ftype 18 "Q6_K",          default Q6K;
 }
 
 impl Scheme {
-    pub const ALL: [Scheme; 13] = [
-        Scheme::F32,
-        Scheme::F16,
-        Scheme::Bf16,
-        Scheme::Q8_0,
-        Scheme::Q4_0,
-        Scheme::Q4_1,
-        Scheme::Q5_0,
-        Scheme::Q5_1,
-        Scheme::Q4KS,
-        Scheme::Q4KM,
-        Scheme::Q5KS,
-        Scheme::Q5KM,
-        Scheme::Q6K,
-    ];
-
-    /// The lower-case name llama.cpp's tools accept (`q4_k_m`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Scheme::F32 => "f32",
-            Scheme::F16 => "f16",
-            Scheme::Bf16 => "bf16",
-            Scheme::Q8_0 => "q8_0",
-            Scheme::Q4_0 => "q4_0",
-            Scheme::Q4_1 => "q4_1",
-            Scheme::Q5_0 => "q5_0",
-            Scheme::Q5_1 => "q5_1",
-            Scheme::Q4KS => "q4_k_s",
-            Scheme::Q4KM => "q4_k_m",
-            Scheme::Q5KS => "q5_k_s",
-            Scheme::Q5KM => "q5_k_m",
-            Scheme::Q6K => "q6_k",
-        }
-    }
-
     pub fn parse(s: &str) -> Result<Scheme> {
-        let lower = s.to_ascii_lowercase();
-        Scheme::ALL.iter().copied().find(|x| x.name() == lower).ok_or_else(|| {
+        Scheme::ALL.iter().copied().find(|x| x.name().eq_ignore_ascii_case(s)).ok_or_else(|| {
             let names: Vec<&str> = Scheme::ALL.iter().map(|x| x.name()).collect();
             anyhow!("unknown type {s:?} (expected one of {})", names.join(", "))
         })
     }
 
-    /// `general.file_type` (`enum llama_ftype`).
-    pub fn file_type(self) -> u32 {
-        use file_type::*;
-        match self {
-            Scheme::F32 => ALL_F32,
-            Scheme::F16 => MOSTLY_F16,
-            Scheme::Bf16 => MOSTLY_BF16,
-            Scheme::Q8_0 => MOSTLY_Q8_0,
-            Scheme::Q4_0 => MOSTLY_Q4_0,
-            Scheme::Q4_1 => MOSTLY_Q4_1,
-            Scheme::Q5_0 => MOSTLY_Q5_0,
-            Scheme::Q5_1 => MOSTLY_Q5_1,
-            Scheme::Q4KS => MOSTLY_Q4_K_S,
-            Scheme::Q4KM => MOSTLY_Q4_K_M,
-            Scheme::Q5KS => MOSTLY_Q5_K_S,
-            Scheme::Q5KM => MOSTLY_Q5_K_M,
-            Scheme::Q6K => MOSTLY_Q6_K,
-        }
-    }
-
-    /// `llama_ftype_get_default_type`.
-    pub fn default_type(self) -> GgmlType {
-        match self {
-            Scheme::F32 => GgmlType::F32,
-            Scheme::F16 => GgmlType::F16,
-            Scheme::Bf16 => GgmlType::BF16,
-            Scheme::Q8_0 => GgmlType::Q8_0,
-            Scheme::Q4_0 => GgmlType::Q4_0,
-            Scheme::Q4_1 => GgmlType::Q4_1,
-            Scheme::Q5_0 => GgmlType::Q5_0,
-            Scheme::Q5_1 => GgmlType::Q5_1,
-            Scheme::Q4KS | Scheme::Q4KM => GgmlType::Q4K,
-            Scheme::Q5KS | Scheme::Q5KM => GgmlType::Q5K,
-            Scheme::Q6K => GgmlType::Q6K,
-        }
-    }
-
     pub fn is_float(self) -> bool {
-        matches!(self, Scheme::F32 | Scheme::F16 | Scheme::Bf16)
+        !self.default_type().is_quantized()
+    }
+
+    /// llama.cpp's name for a `general.file_type` value, for any value a file may hold.
+    pub fn label_of_file_type(ftype: u32) -> String {
+        match Scheme::ALL.iter().find(|s| s.file_type() == ftype) {
+            Some(s) => s.file_type_label().to_string(),
+            None => format!("file type {ftype}"),
+        }
     }
 }
 
-/// Parse a ggml type name as llama-quantize's `--tensor-type` does (case-insensitive).
-pub fn parse_ggml_type(s: &str) -> Result<GgmlType> {
-    let lower = s.to_ascii_lowercase();
-    GgmlType::ALL
-        .iter()
-        .copied()
-        .find(|t| t.name().to_ascii_lowercase() == lower)
-        .ok_or_else(|| anyhow!("unknown ggml type {s:?}"))
+impl std::str::FromStr for Scheme {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Scheme> {
+        Scheme::parse(s)
+    }
+}
+
+/// The names on the command line are the table's (`--outtype q4_k_m`).
+impl clap::ValueEnum for Scheme {
+    fn value_variants<'a>() -> &'a [Self] {
+        Scheme::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
+    }
 }
 
 /// `--tensor-type PATTERN=TYPE`: the first pattern found in a tensor's name decides its type.
@@ -142,7 +110,7 @@ impl std::str::FromStr for TensorTypeOverride {
     fn from_str(s: &str) -> Result<Self> {
         let Some((pattern, ty)) = s.rsplit_once('=') else { bail!("expected PATTERN=TYPE, got {s:?}") };
         let pattern = Regex::new(pattern).map_err(|e| anyhow!("bad pattern {pattern:?}: {e}"))?;
-        Ok(TensorTypeOverride { pattern, ty: parse_ggml_type(ty)? })
+        Ok(TensorTypeOverride { pattern, ty: GgmlType::parse(ty)? })
     }
 }
 
@@ -316,19 +284,14 @@ fn tensor_type_impl(
     ty
 }
 
-/// `tensor_type_fallback`: K-quants need rows that are a multiple of 256.
+/// `tensor_type_fallback`: a type whose blocks do not divide the rows falls back to the type the
+/// type table names, and to F16 when that does not divide them either.
 fn fallback(ty: GgmlType, ncols: u64) -> GgmlType {
     let ncols = ncols as usize;
     if ncols.is_multiple_of(ty.block_size()) {
         return ty;
     }
-    let next = match ty {
-        GgmlType::Q2K | GgmlType::Q3K => GgmlType::Q4_0,
-        GgmlType::Q4K => GgmlType::Q5_0,
-        GgmlType::Q5K => GgmlType::Q5_1,
-        GgmlType::Q6K => GgmlType::Q8_0,
-        other => other,
-    };
+    let next = ty.info().fallback.unwrap_or(ty);
     if !ncols.is_multiple_of(next.block_size()) {
         GgmlType::F16
     } else {

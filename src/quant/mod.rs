@@ -1,20 +1,25 @@
-//! Tensor data formats: conversion of f32 rows to and from every ggml type microscale handles.
+//! Tensor data formats: conversion of f32 rows to and from every ggml type microscale handles,
+//! and llama.cpp's rules for which type each tensor of a model gets.
 //!
-//! `float` holds f16/bf16, `legacy` the 32-element block formats, `kquants` the 256-element
-//! super-block formats and `common` the quantization helpers they share. Each function names the
-//! ggml function it mirrors so the two can be read side by side; quantized bytes are identical to
-//! what `ggml_quantize_chunk` writes, with and without importance weights.
+//! [`types`] is the one table of ggml types (id, name, geometry, codec, fallback). `float` holds
+//! f32/f16/bf16, `legacy` the 32-element block formats, `kquants` the 256-element super-block
+//! formats and `common` the quantization helpers they share. Each function names the ggml function
+//! it mirrors so the two can be read side by side; quantized bytes are identical to what
+//! `ggml_quantize_chunk` writes, with and without importance weights. [`mix`] holds the schemes
+//! (`--outtype`) and llama.cpp's per-tensor choice of type.
+//!
+//! The lowest stage but `util`: it uses nothing else of microscale.
 
 pub mod common;
 pub mod float;
-pub mod imatrix;
 pub mod kquants;
 pub mod legacy;
 pub mod mix;
+pub mod types;
 
-use crate::gguf::GgmlType;
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use rayon::prelude::*;
+pub use types::{BlockDequantizer, GgmlType, RowQuantizer, TypeInfo};
 
 /// Rows handed to one rayon task: large enough to amortise scheduling, small enough to balance.
 const PAR_CHUNK_ELEMS: usize = 1 << 16;
@@ -36,22 +41,7 @@ pub fn dequantize_into(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()>
     if data.len() / ts * bs != out.len() || !data.len().is_multiple_of(ts) {
         bail!("{ty}: {} bytes do not decode to {} values", data.len(), out.len());
     }
-    let block_fn: fn(&[u8], &mut [f32]) = match ty {
-        GgmlType::F32 => |b, y| y[0] = f32::from_le_bytes(b.try_into().unwrap()),
-        GgmlType::F16 => |b, y| y[0] = float::f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]])),
-        GgmlType::BF16 => |b, y| y[0] = float::bf16_bits_to_f32(u16::from_le_bytes([b[0], b[1]])),
-        GgmlType::Q4_0 => legacy::dequantize_q4_0,
-        GgmlType::Q4_1 => legacy::dequantize_q4_1,
-        GgmlType::Q5_0 => legacy::dequantize_q5_0,
-        GgmlType::Q5_1 => legacy::dequantize_q5_1,
-        GgmlType::Q8_0 => legacy::dequantize_q8_0,
-        GgmlType::Q2K => kquants::dequantize_q2_k,
-        GgmlType::Q3K => kquants::dequantize_q3_k,
-        GgmlType::Q4K => kquants::dequantize_q4_k,
-        GgmlType::Q5K => kquants::dequantize_q5_k,
-        GgmlType::Q6K => kquants::dequantize_q6_k,
-        other => bail!("dequantizing {other} is not supported yet"),
-    };
+    let block_fn = ty.info().dequantize_block.ok_or_else(|| anyhow!("dequantizing {ty} is not supported yet"))?;
     let chunk_blocks = (PAR_CHUNK_ELEMS / bs).max(1);
     out.par_chunks_mut(chunk_blocks * bs).zip(data.par_chunks(chunk_blocks * ts)).for_each(|(y, x)| {
         for (yb, xb) in y.chunks_exact_mut(bs).zip(x.chunks_exact(ts)) {
@@ -59,27 +49,6 @@ pub fn dequantize_into(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()>
         }
     });
     Ok(())
-}
-
-/// A row quantizer: `x` is one row, `y` its encoded bytes, `quant_weights` the per-column
-/// importance (`x.len()` entries) or `None`.
-pub type RowQuantizer = fn(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>);
-
-/// The row quantizer of a block format, as ggml's `ggml_quantize_chunk` dispatches it.
-pub fn row_quantizer(ty: GgmlType) -> Option<RowQuantizer> {
-    Some(match ty {
-        GgmlType::Q4_0 => legacy::quantize_row_q4_0,
-        GgmlType::Q4_1 => legacy::quantize_row_q4_1,
-        GgmlType::Q5_0 => legacy::quantize_row_q5_0,
-        GgmlType::Q5_1 => legacy::quantize_row_q5_1,
-        GgmlType::Q8_0 => legacy::quantize_row_q8_0,
-        GgmlType::Q2K => kquants::quantize_row_q2_k,
-        GgmlType::Q3K => kquants::quantize_row_q3_k,
-        GgmlType::Q4K => kquants::quantize_row_q4_k,
-        GgmlType::Q5K => kquants::quantize_row_q5_k,
-        GgmlType::Q6K => kquants::quantize_row_q6_k,
-        _ => return None,
-    })
 }
 
 /// Encode f32 values as `ty`, in parallel. `row_len` is the tensor's row length (`ne[0]`): block
@@ -109,35 +78,14 @@ pub fn quantize_weighted(
     let row_bytes = ty.row_bytes(row_len)?;
     let n_rows = values.len() / row_len;
     let mut out = vec![0u8; n_rows * row_bytes];
-    match ty {
-        GgmlType::F32 => {
-            out.par_chunks_mut(4 * PAR_CHUNK_ELEMS).zip(values.par_chunks(PAR_CHUNK_ELEMS)).for_each(|(o, v)| {
-                for (ob, x) in o.chunks_exact_mut(4).zip(v) {
-                    ob.copy_from_slice(&x.to_le_bytes());
-                }
-            })
+    let row_fn = ty.info().quantize_row.ok_or_else(|| anyhow!("quantizing to {ty} is not supported yet"))?;
+    // Whole rows per task: the weighted formats need the whole row (Q4_0..Q5_1 scale their weights
+    // by the row's mean square).
+    let rows_per_task = (PAR_CHUNK_ELEMS / row_len).max(1);
+    out.par_chunks_mut(rows_per_task * row_bytes).zip(values.par_chunks(rows_per_task * row_len)).for_each(|(o, v)| {
+        for (y, x) in o.chunks_exact_mut(row_bytes).zip(v.chunks_exact(row_len)) {
+            row_fn(x, y, quant_weights);
         }
-        GgmlType::F16 | GgmlType::BF16 => {
-            let conv = if ty == GgmlType::F16 { float::f32_to_f16_bits } else { float::f32_to_bf16_bits };
-            out.par_chunks_mut(2 * PAR_CHUNK_ELEMS).zip(values.par_chunks(PAR_CHUNK_ELEMS)).for_each(|(o, v)| {
-                for (ob, &x) in o.chunks_exact_mut(2).zip(v) {
-                    ob.copy_from_slice(&conv(x).to_le_bytes());
-                }
-            })
-        }
-        other => {
-            let Some(row_fn) = row_quantizer(other) else { bail!("quantizing to {other} is not supported yet") };
-            // Whole rows per task: the weighted formats need the whole row (Q4_0..Q5_1 scale their
-            // weights by the row's mean square).
-            let rows_per_task = (PAR_CHUNK_ELEMS / row_len).max(1);
-            out.par_chunks_mut(rows_per_task * row_bytes).zip(values.par_chunks(rows_per_task * row_len)).for_each(
-                |(o, v)| {
-                    for (y, x) in o.chunks_exact_mut(row_bytes).zip(v.chunks_exact(row_len)) {
-                        row_fn(x, y, quant_weights);
-                    }
-                },
-            );
-        }
-    }
+    });
     Ok(out)
 }

@@ -4,8 +4,8 @@
 //! Every number in the report comes from results.csv (or from the options: the quality budget).
 
 use super::plots::{scatters, write_png, Scatter};
-use super::results::{read_results, Kind, Results, Variant};
 use super::sweet_spot::{sweet_spots, Criteria, Objective, SweetSpot};
+use crate::record::results::{read_results, Kind, Results, Variant};
 use anyhow::{Context, Result};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -114,10 +114,27 @@ fn list_or(v: &[String], none: &str) -> String {
 /// The report's markdown. `plots` are the plots written under `plots/` (file name, content).
 pub fn render_markdown(r: &Results, opts: &ReportOptions, plots: &[(String, Scatter)]) -> String {
     let mut md = String::new();
-    let c = opts.criteria();
-    let base = r.baseline();
+    summary(&mut md, r);
+    provenance(&mut md, r);
+    caveats(&mut md, r, opts);
+    sweet_spot_section(&mut md, r, opts);
+    results_table(&mut md, r);
+    for p in &r.profiles {
+        profile_table(&mut md, r, p);
+    }
+    failures(&mut md, r);
+    frontiers(&mut md, plots);
+    plot_list(&mut md, plots);
+    md
+}
+
+/// The baseline, when it exists and did not fail: what quality is measured against.
+fn usable_baseline(r: &Results) -> Option<&Variant> {
+    r.baseline().filter(|b| !b.failed())
+}
+
+fn summary(md: &mut String, r: &Results) {
     let n = |k: Kind| r.variants.iter().filter(|v| v.kind == k).count();
-    let n_failed = r.failed().count();
     let _ = writeln!(md, "# microscale report\n");
     let _ = writeln!(
         md,
@@ -127,12 +144,13 @@ pub fn render_markdown(r: &Results, opts: &ReportOptions, plots: &[(String, Scat
         n(Kind::Baseline),
         n(Kind::Microscale),
         n(Kind::Stock),
-        n_failed,
+        r.failed().count(),
         r.profiles.len(),
         if r.profiles.is_empty() { String::new() } else { format!(": {}", list_or(&r.profiles, "")) }
     );
+}
 
-    // Provenance.
+fn provenance(md: &mut String, r: &Results) {
     let _ = writeln!(md, "## Provenance\n");
     let vs = || r.variants.iter();
     let dates = distinct(vs().map(|v| v.date.as_ref()));
@@ -157,7 +175,7 @@ pub fn render_markdown(r: &Results, opts: &ReportOptions, plots: &[(String, Scat
         list_or(&distinct(vs().map(|v| v.eval_chunks.as_ref())), "not recorded"),
         list_or(&distinct(vs().map(|v| v.eval_limit.as_ref())), "not recorded")
     );
-    let _ = match base {
+    let _ = match r.baseline() {
         Some(b) => writeln!(
             md,
             "- baseline: `{}` (recipe `{}`, quant `{}`, {} MiB{})",
@@ -172,30 +190,32 @@ pub fn render_markdown(r: &Results, opts: &ReportOptions, plots: &[(String, Scat
         }
     };
     md.push('\n');
+}
 
-    // Caveats.
-    let dequant = base.filter(|b| b.recipe.to_ascii_lowercase().contains("dequant"));
-    if !opts.caveats.is_empty() || dequant.is_some() {
-        let _ = writeln!(md, "## Caveats\n");
-        if let Some(b) = dequant {
-            let _ = writeln!(
-                md,
-                "- The baseline's recipe (`{}`) says it is a dequantization of already-quantized weights: \
-                 re-quantizing to that same format is lossless by construction, so such variants can score \
-                 as well as the baseline without that saying anything about other source models.",
-                cell(&b.recipe)
-            );
-        }
-        for cav in &opts.caveats {
-            let _ = writeln!(md, "- {}", cav.replace('\n', " "));
-        }
-        md.push('\n');
+fn caveats(md: &mut String, r: &Results, opts: &ReportOptions) {
+    let dequant = r.baseline().filter(|b| b.recipe.to_ascii_lowercase().contains("dequant"));
+    if opts.caveats.is_empty() && dequant.is_none() {
+        return;
     }
+    let _ = writeln!(md, "## Caveats\n");
+    if let Some(b) = dequant {
+        let _ = writeln!(
+            md,
+            "- The baseline's recipe (`{}`) says it is a dequantization of already-quantized weights: \
+             re-quantizing to that same format is lossless by construction, so such variants can score \
+             as well as the baseline without that saying anything about other source models.",
+            cell(&b.recipe)
+        );
+    }
+    for cav in &opts.caveats {
+        let _ = writeln!(md, "- {}", cav.replace('\n', " "));
+    }
+    md.push('\n');
+}
 
-    // Sweet spots.
-    let _ = writeln!(md, "## Sweet spot per device profile\n");
-    let accs = r.primary_acc_metrics();
-    let base_ok = base.filter(|b| !b.failed());
+/// The quality budget in words, from the baseline's numbers.
+fn budget_text(r: &Results, c: &Criteria) -> String {
+    let base_ok = usable_baseline(r);
     let mut budget = Vec::new();
     if let Some(bp) = base_ok.and_then(|b| b.ppl) {
         budget.push(format!(
@@ -205,7 +225,7 @@ pub fn render_markdown(r: &Results, opts: &ReportOptions, plots: &[(String, Scat
             fmt_ppl(bp.value * (1.0 + c.max_ppl_increase))
         ));
     }
-    for m in &accs {
+    for m in &r.primary_acc_metrics() {
         if let Some(ba) = base_ok.and_then(|b| b.acc.get(*m)) {
             budget.push(format!(
                 "{m} at most {:.1} point(s) below the baseline's {} (≥ {})",
@@ -215,12 +235,22 @@ pub fn render_markdown(r: &Results, opts: &ReportOptions, plots: &[(String, Scat
             ));
         }
     }
+    if budget.is_empty() {
+        "no baseline metric to compare with".to_string()
+    } else {
+        budget.join("; ")
+    }
+}
+
+fn sweet_spot_section(md: &mut String, r: &Results, opts: &ReportOptions) {
+    let c = opts.criteria();
+    let _ = writeln!(md, "## Sweet spot per device profile\n");
     let _ = writeln!(
         md,
         "Among the variants that fit the profile (status `fits`) and stay within the quality budget ({}), \
          the pick is the {}. Every kind competes — the baseline, microscale's variants and llama.cpp's stock quants — \
          and the winner's kind is named.\n",
-        if budget.is_empty() { "no baseline metric to compare with".to_string() } else { budget.join("; ") },
+        budget_text(r, &c),
         c.objective.describe()
     );
     let spots = sweet_spots(r, &c);
@@ -231,10 +261,58 @@ pub fn render_markdown(r: &Results, opts: &ReportOptions, plots: &[(String, Scat
         let _ = writeln!(md, "{}", sweet_spot_line(r, s));
     }
     md.push('\n');
+}
 
-    // Full table.
+/// A value with its standard error or sd, as `value ± se`.
+fn with_spread(value: String, spread: Option<String>) -> String {
+    match spread {
+        Some(se) => format!("{value} ± {se}"),
+        None => value,
+    }
+}
+
+/// A profile's generation speed as the results table shows it.
+fn tg_cell(b: &crate::record::results::Bench) -> String {
+    match b.status {
+        Some(crate::record::results::Status::Oom) => "does not fit".into(),
+        Some(status) if !b.fits() => status.to_string(),
+        _ => opt(b.tg_tps, |t| with_spread(fmt_tps(t), b.tg_tps_sd.map(fmt_tps))),
+    }
+}
+
+fn results_row(r: &Results, v: &Variant, bppl: Option<f64>) -> Vec<String> {
+    let mut row = vec![
+        format!("`{}`", cell(&v.name)),
+        kind_label(v.kind).to_string(),
+        cell(&v.recipe),
+        cell(&v.method),
+        opt(v.prune_ratio, |x| format!("{x}")),
+        cell(&v.quant),
+        fmt_mib(v),
+        opt(v.bpw, |x| format!("{x:.2}")),
+        opt(v.ppl, |m| with_spread(fmt_ppl(m.value), m.stderr.map(fmt_ppl))),
+        match (v.ppl, bppl) {
+            (Some(m), Some(b)) => fmt_delta_ppl(m.value, b),
+            _ => "—".into(),
+        },
+        opt(v.kld, |m| with_spread(format!("{:.4}", m.value), m.stderr.map(|se| format!("{se:.4}")))),
+        opt(v.same_top, fmt_pct),
+    ];
+    for m in &r.acc_metrics {
+        row.push(opt(v.acc.get(m), |a| with_spread(fmt_pct(a.value), a.stderr.map(|se| format!("{:.1}", 100.0 * se)))));
+    }
+    for p in &r.profiles {
+        row.push(v.bench(p).map_or_else(|| "—".into(), tg_cell));
+    }
+    if v.failed() {
+        row[0] = format!("{} (failed)", row[0]);
+    }
+    row
+}
+
+fn results_table(md: &mut String, r: &Results) {
     let _ = writeln!(md, "## Results\n");
-    let mut head = vec![
+    let mut head: Vec<String> = [
         "variant",
         "kind",
         "recipe",
@@ -250,116 +328,70 @@ pub fn render_markdown(r: &Results, opts: &ReportOptions, plots: &[(String, Scat
     ]
     .into_iter()
     .map(String::from)
-    .collect::<Vec<_>>();
+    .collect();
     head.extend(r.acc_metrics.iter().map(|m| format!("{m} ± se")));
     head.extend(r.profiles.iter().map(|p| format!("{p} tg t/s")));
-    table_head(&mut md, &head);
-    let bppl = base_ok.and_then(|b| b.ppl).map(|m| m.value);
+    table_head(md, &head);
+    let bppl = usable_baseline(r).and_then(|b| b.ppl).map(|m| m.value);
     for v in &r.variants {
-        let mut row = vec![
-            format!("`{}`", cell(&v.name)),
-            kind_label(v.kind).to_string(),
-            cell(&v.recipe),
-            cell(&v.method),
-            opt(v.prune_ratio, |x| format!("{x}")),
-            cell(&v.quant),
-            fmt_mib(v),
-            opt(v.bpw, |x| format!("{x:.2}")),
-            opt(v.ppl, |m| match m.stderr {
-                Some(se) => format!("{} ± {}", fmt_ppl(m.value), fmt_ppl(se)),
-                None => fmt_ppl(m.value),
-            }),
-            match (v.ppl, bppl) {
-                (Some(m), Some(b)) => fmt_delta_ppl(m.value, b),
-                _ => "—".into(),
-            },
-            opt(v.kld, |m| match m.stderr {
-                Some(se) => format!("{:.4} ± {:.4}", m.value, se),
-                None => format!("{:.4}", m.value),
-            }),
-            opt(v.same_top, fmt_pct),
-        ];
-        for m in &r.acc_metrics {
-            row.push(opt(v.acc.get(m), |a| match a.stderr {
-                Some(se) => format!("{} ± {:.1}", fmt_pct(a.value), 100.0 * se),
-                None => fmt_pct(a.value),
-            }));
-        }
-        for p in &r.profiles {
-            row.push(match v.bench(p) {
-                None => "—".into(),
-                Some(b) if b.status == Some(crate::report::results::Status::Oom) => "does not fit".into(),
-                Some(b) if !b.fits() && b.status.is_some() => b.status.map(|s| s.to_string()).unwrap_or_default(),
-                Some(b) => opt(b.tg_tps, |t| match b.tg_tps_sd {
-                    Some(sd) => format!("{} ± {}", fmt_tps(t), fmt_tps(sd)),
-                    None => fmt_tps(t),
-                }),
-            });
-        }
-        if v.failed() {
-            row[0] = format!("{} (failed)", row[0]);
-        }
-        table_row(&mut md, &row);
+        table_row(md, &results_row(r, v, bppl));
     }
     md.push('\n');
+}
 
-    for p in &r.profiles {
-        let _ = writeln!(md, "### {p}\n");
-        table_head(
-            &mut md,
-            &["variant", "status", "peak RSS MiB", "mem cap MiB", "pp t/s", "tg t/s", "load s"].map(String::from),
+fn profile_table(md: &mut String, r: &Results, p: &str) {
+    let _ = writeln!(md, "### {p}\n");
+    table_head(
+        md,
+        &["variant", "status", "peak RSS MiB", "mem cap MiB", "pp t/s", "tg t/s", "load s"].map(String::from),
+    );
+    for v in r.ok() {
+        let Some(b) = v.bench(p) else { continue };
+        let status = match b.status {
+            Some(crate::record::results::Status::Oom) => "oom (does not fit)".into(),
+            Some(status) => status.to_string(),
+            None => "—".into(),
+        };
+        table_row(
+            md,
+            &[
+                format!("`{}`", cell(&v.name)),
+                status,
+                opt(b.peak_rss_mib, |x| format!("{x:.1}")),
+                opt(b.mem_cap_mib, |x| format!("{x:.0}")),
+                opt(b.pp_tps, |t| with_spread(fmt_tps(t), b.pp_tps_sd.map(fmt_tps))),
+                opt(b.tg_tps, |t| with_spread(fmt_tps(t), b.tg_tps_sd.map(fmt_tps))),
+                opt(b.load_s, |x| format!("{x:.2}")),
+            ],
         );
-        for v in r.ok() {
-            let Some(b) = v.bench(p) else { continue };
-            table_row(
-                &mut md,
-                &[
-                    format!("`{}`", cell(&v.name)),
-                    match b.status {
-                        Some(crate::report::results::Status::Oom) => "oom (does not fit)".into(),
-                        Some(status) => status.to_string(),
-                        None => "—".into(),
-                    },
-                    opt(b.peak_rss_mib, |x| format!("{x:.1}")),
-                    opt(b.mem_cap_mib, |x| format!("{x:.0}")),
-                    opt(b.pp_tps, |t| match b.pp_tps_sd {
-                        Some(sd) => format!("{} ± {}", fmt_tps(t), fmt_tps(sd)),
-                        None => fmt_tps(t),
-                    }),
-                    opt(b.tg_tps, |t| match b.tg_tps_sd {
-                        Some(sd) => format!("{} ± {}", fmt_tps(t), fmt_tps(sd)),
-                        None => fmt_tps(t),
-                    }),
-                    opt(b.load_s, |x| format!("{x:.2}")),
-                ],
-            );
-        }
-        md.push('\n');
     }
+    md.push('\n');
+}
 
-    // Failures.
+fn failures(md: &mut String, r: &Results) {
     let _ = writeln!(md, "## Failed variants\n");
-    if n_failed == 0 {
+    if r.failed().count() == 0 {
         let _ = writeln!(md, "None.\n");
-    } else {
-        table_head(&mut md, &["variant", "kind", "recipe", "line", "status", "error"].map(String::from));
-        for v in r.failed() {
-            table_row(
-                &mut md,
-                &[
-                    format!("`{}`", cell(&v.name)),
-                    kind_label(v.kind).into(),
-                    cell(&v.recipe),
-                    v.line.to_string(),
-                    cell(&v.status),
-                    cell(v.error.as_deref().unwrap_or("")),
-                ],
-            );
-        }
-        md.push('\n');
+        return;
     }
+    table_head(md, &["variant", "kind", "recipe", "line", "status", "error"].map(String::from));
+    for v in r.failed() {
+        table_row(
+            md,
+            &[
+                format!("`{}`", cell(&v.name)),
+                kind_label(v.kind).into(),
+                cell(&v.recipe),
+                v.line.to_string(),
+                cell(&v.status),
+                cell(v.error.as_deref().unwrap_or("")),
+            ],
+        );
+    }
+    md.push('\n');
+}
 
-    // Pareto frontiers.
+fn frontiers(md: &mut String, plots: &[(String, Scatter)]) {
     let _ = writeln!(md, "## Pareto frontiers\n");
     let _ = writeln!(
         md,
@@ -370,8 +402,8 @@ pub fn render_markdown(r: &Results, opts: &ReportOptions, plots: &[(String, Scat
         let _ = writeln!(md, "No variant has both a file size and a metric.\n");
     }
     for (_, s) in plots {
-        let f = s.frontier();
-        let items: Vec<String> = f
+        let items: Vec<String> = s
+            .frontier()
             .iter()
             .map(|&i| {
                 let p = &s.points[i];
@@ -382,8 +414,9 @@ pub fn render_markdown(r: &Results, opts: &ReportOptions, plots: &[(String, Scat
         let _ = writeln!(md, "- {}: {}", s.metric, items.join(" → "));
     }
     md.push('\n');
+}
 
-    // Plots.
+fn plot_list(md: &mut String, plots: &[(String, Scatter)]) {
     let _ = writeln!(md, "## Plots\n");
     if plots.is_empty() {
         let _ = writeln!(md, "No plot: no variant has both a file size and a metric.");
@@ -391,7 +424,6 @@ pub fn render_markdown(r: &Results, opts: &ReportOptions, plots: &[(String, Scat
     for (file, s) in plots {
         let _ = writeln!(md, "### {}\n\n![{}](plots/{file})\n", s.title, s.title);
     }
-    md
 }
 
 fn table_head(md: &mut String, head: &[String]) {

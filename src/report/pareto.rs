@@ -112,13 +112,8 @@ mod tests {
     #[test]
     fn matches_brute_force() {
         // A small deterministic pseudo-random sweep, with many ties from a coarse grid.
-        let mut s = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s % 6) as f64
-        };
+        let mut rng = crate::util::rng::XorShift64::new(0x2545_f491_4f6c_dd1d);
+        let mut next = || rng.below(6) as f64;
         for n in 0..40 {
             let p: Vec<(f64, f64)> = (0..n % 13).map(|_| (next(), next())).collect();
             assert_eq!(pareto_min_min(&p), brute(&p, false), "{p:?}");

@@ -4,8 +4,8 @@
 //! plotting needs no system font library and no font files at run time.
 
 use super::pareto::{pareto_min_max, pareto_min_min};
-use super::results::{Kind, Results};
 use super::sweet_spot::Criteria;
+use crate::record::results::{Kind, Results, Variant};
 use anyhow::{anyhow, Context, Result};
 use plotters::coord::ranged1d::ValueFormatter;
 use plotters::coord::types::RangedCoordf64;
@@ -91,108 +91,94 @@ impl Unit {
 /// against file size. Failed variants and variants without the metric are left out; plots without
 /// any point are not made.
 pub fn scatters(results: &Results, criteria: &Criteria) -> Vec<(String, Scatter)> {
-    let base = results.baseline().filter(|b| !b.failed());
-    let mut out = Vec::new();
-    let label = |v: &super::results::Variant| if v.recipe.is_empty() { v.name.clone() } else { v.recipe.clone() };
-    let ppl: Vec<Point> = results
+    let mut out: Vec<(String, Scatter)> = Vec::new();
+    out.extend(ppl_scatter(results, criteria));
+    out.extend(results.acc_metrics.iter().filter_map(|m| acc_scatter(results, criteria, m)));
+    out.extend(results.profiles.iter().filter_map(|p| tg_scatter(results, p)));
+    out
+}
+
+/// The points of the variants that did not fail and have a size and a `y`.
+fn points(results: &Results, y: impl Fn(&Variant) -> Option<(f64, Option<f64>)>) -> Vec<Point> {
+    results
         .ok()
         .filter_map(|v| {
-            let m = v.ppl?;
+            let (value, err) = y(v)?;
             Some(Point {
                 size_mib: v.size_mib()?,
-                y: m.value,
-                err: m.stderr,
+                y: value,
+                err,
                 name: v.name.clone(),
-                label: label(v),
+                label: if v.recipe.is_empty() { v.name.clone() } else { v.recipe.clone() },
                 kind: v.kind,
             })
         })
-        .collect();
-    if !ppl.is_empty() {
-        let reference = base.and_then(|b| b.ppl).map(|m| {
-            let limit = m.value * (1.0 + criteria.max_ppl_increase);
-            (limit, format!("quality budget: baseline {:+.0}%", 100.0 * criteria.max_ppl_increase))
-        });
-        out.push((
-            "ppl_vs_size.png".to_string(),
-            Scatter {
-                metric: "perplexity".into(),
-                unit: Unit::Perplexity,
-                title: "Perplexity vs file size (lower left is better)".into(),
-                y_desc: "perplexity".into(),
-                points: ppl,
-                maximize_y: false,
-                reference,
-                y_from_zero: false,
-            },
-        ));
+        .collect()
+}
+
+fn ppl_scatter(results: &Results, criteria: &Criteria) -> Option<(String, Scatter)> {
+    let pts = points(results, |v| v.ppl.map(|m| (m.value, m.stderr)));
+    if pts.is_empty() {
+        return None;
     }
-    for metric in &results.acc_metrics {
-        let pts: Vec<Point> = results
-            .ok()
-            .filter_map(|v| {
-                let m = v.acc.get(metric)?;
-                Some(Point {
-                    size_mib: v.size_mib()?,
-                    y: 100.0 * m.value,
-                    err: m.stderr.map(|s| 100.0 * s),
-                    name: v.name.clone(),
-                    label: label(v),
-                    kind: v.kind,
-                })
-            })
-            .collect();
-        if pts.is_empty() {
-            continue;
-        }
-        let reference = match metric.ends_with("_acc") {
-            true => base.and_then(|b| b.acc.get(metric)).map(|m| {
-                let limit = 100.0 * (m.value - criteria.max_acc_drop);
-                (limit, format!("quality budget: baseline -{:.1} points", 100.0 * criteria.max_acc_drop))
-            }),
-            false => None,
-        };
-        out.push((
-            format!("{}_vs_size.png", file_stem(metric)),
-            Scatter {
-                metric: metric.clone(),
-                unit: Unit::Percent,
-                title: format!("{metric} vs file size (upper left is better)"),
-                y_desc: format!("{metric} (%)"),
-                points: pts,
-                maximize_y: true,
-                reference,
-                y_from_zero: false,
-            },
-        ));
+    let base = results.baseline().filter(|b| !b.failed());
+    let reference = base.and_then(|b| b.ppl).map(|m| {
+        let limit = m.value * (1.0 + criteria.max_ppl_increase);
+        (limit, format!("quality budget: baseline {:+.0}%", 100.0 * criteria.max_ppl_increase))
+    });
+    let scatter = Scatter {
+        metric: "perplexity".into(),
+        unit: Unit::Perplexity,
+        title: "Perplexity vs file size (lower left is better)".into(),
+        y_desc: "perplexity".into(),
+        points: pts,
+        maximize_y: false,
+        reference,
+        y_from_zero: false,
+    };
+    Some(("ppl_vs_size.png".to_string(), scatter))
+}
+
+fn acc_scatter(results: &Results, criteria: &Criteria, metric: &str) -> Option<(String, Scatter)> {
+    let pts = points(results, |v| v.acc.get(metric).map(|m| (100.0 * m.value, m.stderr.map(|s| 100.0 * s))));
+    if pts.is_empty() {
+        return None;
     }
-    for profile in &results.profiles {
-        let pts: Vec<Point> = results
-            .ok()
-            .filter_map(|v| {
-                let tg = v.tg_tps(profile)?;
-                let err = v.bench(profile).and_then(|b| b.tg_tps_sd);
-                Some(Point { size_mib: v.size_mib()?, y: tg, err, name: v.name.clone(), label: label(v), kind: v.kind })
-            })
-            .collect();
-        if pts.is_empty() {
-            continue;
-        }
-        out.push((
-            format!("tg_vs_size_{}.png", file_stem(profile)),
-            Scatter {
-                metric: format!("tg t/s on {profile}"),
-                unit: Unit::TokensPerSecond,
-                title: format!("Generation speed on {profile} vs file size (upper left is better)"),
-                y_desc: "generation tokens/s".into(),
-                points: pts,
-                maximize_y: true,
-                reference: None,
-                y_from_zero: true,
-            },
-        ));
+    let base = results.baseline().filter(|b| !b.failed());
+    // Only the primary accuracies (`_acc`) carry a budget.
+    let reference = base.filter(|_| metric.ends_with("_acc")).and_then(|b| b.acc.get(metric)).map(|m| {
+        let limit = 100.0 * (m.value - criteria.max_acc_drop);
+        (limit, format!("quality budget: baseline -{:.1} points", 100.0 * criteria.max_acc_drop))
+    });
+    let scatter = Scatter {
+        metric: metric.to_string(),
+        unit: Unit::Percent,
+        title: format!("{metric} vs file size (upper left is better)"),
+        y_desc: format!("{metric} (%)"),
+        points: pts,
+        maximize_y: true,
+        reference,
+        y_from_zero: false,
+    };
+    Some((format!("{}_vs_size.png", file_stem(metric)), scatter))
+}
+
+fn tg_scatter(results: &Results, profile: &str) -> Option<(String, Scatter)> {
+    let pts = points(results, |v| Some((v.tg_tps(profile)?, v.bench(profile).and_then(|b| b.tg_tps_sd))));
+    if pts.is_empty() {
+        return None;
     }
-    out
+    let scatter = Scatter {
+        metric: format!("tg t/s on {profile}"),
+        unit: Unit::TokensPerSecond,
+        title: format!("Generation speed on {profile} vs file size (upper left is better)"),
+        y_desc: "generation tokens/s".into(),
+        points: pts,
+        maximize_y: true,
+        reference: None,
+        y_from_zero: true,
+    };
+    Some((format!("tg_vs_size_{}.png", file_stem(profile)), scatter))
 }
 
 /// A file-name-safe form of a metric or profile name.
@@ -415,34 +401,9 @@ where
     // Recipe labels: frontier points first, each placed right or left of its point where it does
     // not overlap a label already placed, else left out.
     if s.points.len() <= MAX_LABELS {
-        let font = ("sans-serif", 13).into_font().color(&RGBColor(60, 60, 60));
-        let (px, py) = chart.plotting_area().get_pixel_range();
-        let mut order: Vec<usize> = frontier.clone();
-        order.extend((0..s.points.len()).filter(|i| !frontier.contains(i)));
-        let mut placed: Vec<(i32, i32, i32, i32)> = Vec::new();
-        // The markers themselves are obstacles too.
         let marks: Vec<(i32, i32)> = s.points.iter().map(|p| chart.backend_coord(&(p.size_mib, p.y))).collect();
-        for i in order {
-            let p = &s.points[i];
-            let (cx, cy) = marks[i];
-            let (w, h) = root.estimate_text_size(&p.label, &font)?;
-            let (w, h) = (w as i32, h as i32);
-            let candidates =
-                [(cx + 11, cy - h - 1), (cx - 11 - w, cy - h - 1), (cx + 11, cy + 4), (cx - 11 - w, cy + 4)];
-            let spot = candidates.into_iter().find(|&(x, y)| {
-                let r = (x, y, x + w, y + h);
-                x >= px.start
-                    && x + w <= px.end
-                    && y >= py.start
-                    && y + h <= py.end
-                    && !placed.iter().any(|q| overlap(r, *q))
-                    && !marks.iter().any(|&(mx, my)| overlap(r, (mx - 4, my - 4, mx + 4, my + 4)))
-            });
-            if let Some((x, y)) = spot {
-                root.draw(&Text::new(p.label.clone(), (x, y), font.clone()))?;
-                placed.push((x, y, x + w, y + h));
-            }
-        }
+        let (px, py) = chart.plotting_area().get_pixel_range();
+        draw_labels(root, s, &frontier, &marks, (px, py))?;
     }
 
     chart
@@ -453,6 +414,42 @@ where
         .border_style(GREY)
         .margin(10)
         .draw()?;
+    Ok(())
+}
+
+/// Each point's label where it overlaps no label already placed, no marker and no edge of the
+/// plotting area (`area`, in pixels), frontier points first; a label with no such spot is left out.
+fn draw_labels<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    s: &Scatter,
+    frontier: &[usize],
+    marks: &[(i32, i32)],
+    (px, py): (std::ops::Range<i32>, std::ops::Range<i32>),
+) -> DrawResult<(), DB> {
+    let font = ("sans-serif", 13).into_font().color(&RGBColor(60, 60, 60));
+    let mut order: Vec<usize> = frontier.to_vec();
+    order.extend((0..s.points.len()).filter(|i| !frontier.contains(i)));
+    let mut placed: Vec<(i32, i32, i32, i32)> = Vec::new();
+    for i in order {
+        let p = &s.points[i];
+        let (cx, cy) = marks[i];
+        let (w, h) = root.estimate_text_size(&p.label, &font)?;
+        let (w, h) = (w as i32, h as i32);
+        let candidates = [(cx + 11, cy - h - 1), (cx - 11 - w, cy - h - 1), (cx + 11, cy + 4), (cx - 11 - w, cy + 4)];
+        let spot = candidates.into_iter().find(|&(x, y)| {
+            let r = (x, y, x + w, y + h);
+            x >= px.start
+                && x + w <= px.end
+                && y >= py.start
+                && y + h <= py.end
+                && !placed.iter().any(|q| overlap(r, *q))
+                && !marks.iter().any(|&(mx, my)| overlap(r, (mx - 4, my - 4, mx + 4, my + 4)))
+        });
+        if let Some((x, y)) = spot {
+            root.draw(&Text::new(p.label.clone(), (x, y), font.clone()))?;
+            placed.push((x, y, x + w, y + h));
+        }
+    }
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Every kind competes: the baseline itself, microscale's variants and llama.cpp's stock quants.
 
-use super::results::{Results, Variant};
+use crate::record::results::{Results, Variant};
 
 /// What "best" means among the variants within the budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -1,12 +1,12 @@
 //! A GGUF file as a tensor source (tensor names are already llama.cpp's).
 
-use super::{SourceTensor, TensorSource};
+use super::{TensorDesc, TensorSource};
 use crate::gguf::GgufFile;
 use anyhow::{anyhow, Result};
 
 pub struct GgufSource {
     pub file: GgufFile,
-    tensors: Vec<SourceTensor>,
+    tensors: Vec<TensorDesc>,
 }
 
 impl GgufSource {
@@ -14,14 +14,14 @@ impl GgufSource {
         let tensors = file
             .tensors
             .iter()
-            .map(|t| SourceTensor { name: t.name.clone(), shape: t.shape(), dtype: t.ggml_type })
+            .map(|t| TensorDesc { name: t.name.clone(), shape: t.shape(), dtype: t.ggml_type })
             .collect();
         GgufSource { file, tensors }
     }
 }
 
 impl TensorSource for GgufSource {
-    fn tensors(&self) -> &[SourceTensor] {
+    fn tensors(&self) -> &[TensorDesc] {
         &self.tensors
     }
 

@@ -1,8 +1,9 @@
 //! A Hugging Face model directory: `config.json` plus `model.safetensors`, or shards listed by
 //! `model.safetensors.index.json`. Every shard is memory-mapped; nothing is read whole.
 
-use super::{release_pages, SourceTensor, TensorSource};
-use crate::gguf::GgmlType;
+use super::{TensorDesc, TensorSource};
+use crate::quant::GgmlType;
+use crate::util::mmap::release_pages;
 use anyhow::{anyhow, bail, Context, Result};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
@@ -27,7 +28,7 @@ pub struct HfCheckpoint {
     /// `config.json`, parsed.
     pub config: Value,
     shards: Vec<Shard>,
-    tensors: Vec<SourceTensor>,
+    tensors: Vec<TensorDesc>,
     index: HashMap<String, Location>,
 }
 
@@ -88,7 +89,7 @@ impl HfCheckpoint {
                     tname.clone(),
                     Location { shard: shards.len(), start: data_start + s, end: data_start + e },
                 );
-                tensors.push(SourceTensor { name: tname, shape, dtype });
+                tensors.push(TensorDesc { name: tname, shape, dtype });
             }
             shards.push(Shard { path, map });
         }
@@ -118,7 +119,7 @@ impl HfCheckpoint {
 }
 
 impl TensorSource for HfCheckpoint {
-    fn tensors(&self) -> &[SourceTensor] {
+    fn tensors(&self) -> &[TensorDesc] {
         &self.tensors
     }
 
@@ -135,7 +136,7 @@ impl TensorSource for HfCheckpoint {
 
     fn release_part(&self, name: &str, part: &[u8]) {
         if let Some(loc) = self.index.get(name) {
-            super::release_slice(&self.shards[loc.shard].map, part);
+            crate::util::mmap::release_slice(&self.shards[loc.shard].map, part);
         }
     }
 

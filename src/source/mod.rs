@@ -1,35 +1,46 @@
-//! Reading model sources: Hugging Face safetensors directories and GGUF files.
+//! Reading model sources: Hugging Face safetensors directories and GGUF files, and what a source
+//! holds ([`inspect`]).
 //!
 //! Both are memory-mapped and read one tensor at a time; [`TensorSource::release`] hands a
 //! tensor's pages back to the kernel once it has been converted, so streaming a checkpoint larger
 //! than RAM keeps only one tensor's working set resident.
+//!
+//! Uses `gguf`, `quant` (to decode tensor data) and `util`.
 
 pub mod gguf;
 pub mod hf;
+pub mod inspect;
 
-use crate::gguf::GgmlType;
-use anyhow::Result;
-use memmap2::{Mmap, UncheckedAdvice};
+use crate::gguf::GgufFile;
+use crate::quant::GgmlType;
+use anyhow::{bail, Result};
+use std::path::Path;
 
+pub use gguf::GgufSource;
 pub use hf::HfCheckpoint;
 
-/// A tensor as the source stores it: its name there, row-major shape (outermost first) and type.
-#[derive(Clone, Debug)]
-pub struct SourceTensor {
+/// A tensor as a source stores it: its name there, row-major shape (outermost first) and type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorDesc {
     pub name: String,
     pub shape: Vec<usize>,
     pub dtype: GgmlType,
 }
 
-impl SourceTensor {
+impl TensorDesc {
     pub fn n_elements(&self) -> usize {
         self.shape.iter().product()
+    }
+
+    /// Bytes of the data as stored.
+    pub fn n_bytes(&self) -> u64 {
+        (self.n_elements() / self.dtype.block_size() * self.dtype.type_size()) as u64
     }
 }
 
 /// Anything that can hand out tensors by name.
 pub trait TensorSource: Sync {
-    fn tensors(&self) -> &[SourceTensor];
+    fn tensors(&self) -> &[TensorDesc];
     /// The tensor's bytes as stored (a slice of the memory map).
     fn raw(&self, name: &str) -> Result<&[u8]>;
     /// Drop the tensor's pages from this process's resident set.
@@ -39,7 +50,7 @@ pub trait TensorSource: Sync {
     /// Where the tensor lives, for error messages.
     fn location(&self, name: &str) -> String;
 
-    fn tensor(&self, name: &str) -> Option<&SourceTensor> {
+    fn tensor(&self, name: &str) -> Option<&TensorDesc> {
         self.tensors().iter().find(|t| t.name == name)
     }
 
@@ -51,28 +62,33 @@ pub trait TensorSource: Sync {
     }
 }
 
-/// [`release_pages`] for a slice that lies inside `map` (anything else is ignored).
-pub fn release_slice(map: &Mmap, part: &[u8]) {
-    let base = map.as_ptr() as usize;
-    let start = part.as_ptr() as usize;
-    if start >= base && start + part.len() <= base + map.len() {
-        release_pages(map, start - base, part.len());
-    }
+/// A model source as found on disk.
+pub enum Source {
+    Hf(HfCheckpoint),
+    Gguf(GgufSource),
 }
 
-/// `madvise(MADV_DONTNEED)` over the pages of `[offset, offset+len)`.
-///
-/// The map is read-only and file-backed, so dropped pages are simply re-read from the file if touched
-/// again; this only trims the resident set.
-pub fn release_pages(map: &Mmap, offset: usize, len: usize) {
-    const PAGE: usize = 4096;
-    let start = offset / PAGE * PAGE;
-    let end = (offset + len).next_multiple_of(PAGE).min(map.len());
-    if end > start {
-        // SAFETY: read-only private file mapping; no Rust reference into these pages outlives this call
-        // in a way that could observe a change (the contents are re-read identically from the file).
-        unsafe {
-            let _ = map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start);
+impl Source {
+    /// A Hugging Face directory or a GGUF file (told apart by what the path is, then the magic).
+    pub fn open(path: &Path) -> Result<Source> {
+        if path.is_dir() {
+            return Ok(Source::Hf(HfCheckpoint::open(path)?));
+        }
+        if !path.exists() {
+            bail!("{}: no such file or directory", path.display());
+        }
+        let mut magic = [0u8; 4];
+        let n = std::io::Read::read(&mut std::fs::File::open(path)?, &mut magic).unwrap_or(0);
+        if n == 4 && &magic == b"GGUF" {
+            return Ok(Source::Gguf(GgufSource::new(GgufFile::open(path)?)));
+        }
+        bail!("{}: neither a Hugging Face model directory nor a GGUF file (bad magic)", path.display())
+    }
+
+    pub fn tensors(&self) -> &dyn TensorSource {
+        match self {
+            Source::Hf(c) => c,
+            Source::Gguf(g) => g,
         }
     }
 }

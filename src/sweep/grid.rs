@@ -140,7 +140,7 @@ struct RawGrid {
     profiles: std::collections::BTreeMap<String, crate::bench::profiles::RawProfile>,
 }
 
-pub use crate::report::results::Kind;
+pub use crate::record::results::Kind;
 
 /// One model variant of the grid.
 #[derive(Clone, Debug)]

@@ -10,23 +10,26 @@
 //! `retry_failed`); each row is appended and flushed as soon as its variant is measured, so an
 //! interrupted sweep loses only the variant in progress; variant GGUFs are deleted once measured
 //! unless `keep` (the baseline is kept: every KL divergence needs it).
+//!
+//! [`grid`] reads the grid files. Uses `convert`, `engine` (stock quants), `eval`, `bench`,
+//! `record`, `util`.
 
 pub mod grid;
 
 use crate::bench::caps::{run_capped, Caps};
+use crate::bench::failure::classify;
 use crate::bench::run::{bench_model, BenchOptions};
-use crate::bench::status::{classify, Status};
 use crate::convert::{convert, ConvertOptions};
 use crate::engine::quantize::{stock_quantize, StockOptions};
 use crate::eval::run::{run as run_eval, EvalSpec};
-use crate::report::results::REQUIRED_COLUMNS;
-use crate::report::rows::{csv_field, utc_now, ModelId};
+use crate::record::columns::{self, profile_column};
+use crate::record::rows::{utc_now, CsvAppender, ModelId};
+use crate::record::status::Status;
 use crate::util::atomic::write_file;
 use crate::util::progress::Progress;
 use anyhow::{bail, Context, Result};
 use grid::{Grid, Kind, Variant};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -78,34 +81,10 @@ impl SweepOptions {
 /// The status of a variant's row: `ok`, or how its child failed (`error`, `crash`, `timeout`).
 pub const STATUS_OK: &str = "ok";
 
-/// The task columns (each with `_stderr`), between the identity/perplexity columns and the profiles.
-const TASK_COLUMNS: [&str; 10] = [
-    "sst2_acc",
-    "sst2_acc_stderr",
-    "arc_easy_acc",
-    "arc_easy_acc_stderr",
-    "arc_easy_acc_norm",
-    "arc_easy_acc_norm_stderr",
-    "arc_challenge_acc",
-    "arc_challenge_acc_stderr",
-    "arc_challenge_acc_norm",
-    "arc_challenge_acc_norm_stderr",
-];
-const PROFILE_COLUMNS: [&str; 8] =
-    ["status", "peak_rss_mib", "pp_tps", "pp_tps_sd", "tg_tps", "tg_tps_sd", "load_s", "mem_cap_mib"];
-
-/// The results.csv header for a grid (profile columns in the grid's order).
-///
-/// The columns `report` requires come from its reader ([`REQUIRED_COLUMNS`]: identity and perplexity
-/// first, provenance last); the task and profile columns go between them.
+/// The results.csv header for a grid (profile columns in the grid's order; the columns
+/// themselves are [`columns`]'s, which `report` reads).
 pub fn header(grid: &Grid) -> Vec<String> {
-    let (head, tail) = REQUIRED_COLUMNS.split_at(REQUIRED_COLUMNS.iter().position(|c| *c == "status").unwrap());
-    let mut h: Vec<String> = head.iter().chain(TASK_COLUMNS.iter()).map(|s| s.to_string()).collect();
-    for p in &grid.bench.profiles {
-        h.extend(PROFILE_COLUMNS.iter().map(|c| format!("{p}:{c}")));
-    }
-    h.extend(tail.iter().map(|s| s.to_string()));
-    h
+    columns::results_header(&grid.bench.profiles)
 }
 
 /// The rows already recorded in a results.csv (checking its header matches), in file order.
@@ -114,7 +93,7 @@ fn recorded_rows(path: &Path, header: &[String]) -> Result<Vec<BTreeMap<String, 
         return Ok(vec![]);
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let records = crate::report::results::parse_csv(&text, path)?;
+    let records = crate::record::results::parse_csv(&text, path)?;
     let Some(((_, h), rows)) = records.split_first() else { return Ok(vec![]) };
     if h != header {
         bail!("{}: written by a grid with other columns (profiles); use another --out", path.display());
@@ -122,35 +101,26 @@ fn recorded_rows(path: &Path, header: &[String]) -> Result<Vec<BTreeMap<String, 
     Ok(rows.iter().map(|(_, r)| header.iter().cloned().zip(r.iter().cloned()).collect()).collect())
 }
 
-fn csv_line(header: &[String], row: &BTreeMap<String, String>) -> String {
-    let fields: Vec<String> = header.iter().map(|c| csv_field(row.get(c).map(String::as_str).unwrap_or(""))).collect();
-    fields.join(",")
+/// A row's fields in the header's order (empty where the row has no value).
+fn fields<'a>(header: &'a [String], row: &'a BTreeMap<String, String>) -> impl Iterator<Item = &'a str> {
+    header.iter().map(|c| row.get(c).map(String::as_str).unwrap_or(""))
 }
 
 fn append_row(path: &Path, header: &[String], row: &BTreeMap<String, String>) -> Result<()> {
-    let new = !path.exists() || std::fs::metadata(path)?.len() == 0;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("{}: cannot open", path.display()))?;
-    if new {
-        writeln!(f, "{}", header.join(","))?;
-    }
-    writeln!(f, "{}", csv_line(header, row))?;
-    f.flush()?;
-    f.sync_data()?;
-    Ok(())
+    let mut out = CsvAppender::open(path, header)?;
+    out.append(fields(header, row))?;
+    out.finish()
 }
 
 /// Rewrite results.csv with only `rows` (atomically), for `--retry-failed`.
 fn rewrite_results(path: &Path, header: &[String], rows: &[BTreeMap<String, String>]) -> Result<()> {
-    let mut text = header.join(",") + "\n";
+    let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
+    w.write_record(header)?;
     for r in rows {
-        text += &csv_line(header, r);
-        text.push('\n');
+        w.write_record(fields(header, r))?;
     }
-    write_file(path, text.as_bytes())
+    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.error()))?;
+    write_file(path, &bytes)
 }
 
 fn fmt(x: f64) -> String {
@@ -392,7 +362,7 @@ fn measure_file(
     let out = run_eval(path, &spec, true)?;
     for r in &out.rows {
         let col = r.metric.replace('-', "_");
-        if col == "ppl" || TASK_COLUMNS.contains(&col.as_str()) {
+        if col == "ppl" || columns::TASKS.contains(&col.as_str()) {
             row.insert(col.clone(), fmt(r.value));
             row.insert(format!("{col}_stderr"), fmt(r.stderr));
         }
@@ -413,7 +383,7 @@ fn measure_file(
     for name in &grid.bench.profiles {
         let p = grid.profile(name)?;
         let b = bench_model(path, &p, &bopts)?;
-        let c = |k: &str| format!("{name}:{k}");
+        let c = |k: &str| profile_column(name, k);
         row.insert(c("status"), b.status.as_str().to_string());
         row.insert(c("peak_rss_mib"), format!("{:.1}", b.peak_rss as f64 / (1 << 20) as f64));
         row.insert(
@@ -430,6 +400,9 @@ fn measure_file(
         }
         if let Some(l) = b.load_s {
             row.insert(c("load_s"), format!("{l:.3}"));
+        }
+        if let Some(t) = b.ttft_s {
+            row.insert(c("ttft_s"), format!("{t:.3}"));
         }
     }
     Ok(())

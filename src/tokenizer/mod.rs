@@ -3,6 +3,8 @@
 //!
 //! Only byte-level BPE vocabularies (`tokenizer.ggml.model = "gpt2"`: GPT-2, SmolLM, LLaMA-3 style)
 //! are handled; SentencePiece `tokenizer.model` files are refused with a clear message.
+//!
+//! Uses `source` (the checkpoint's tokenizer files) and `gguf` (metadata values).
 
 pub mod export;
 pub mod hf;

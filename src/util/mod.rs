@@ -1,6 +1,10 @@
-//! Small shared pieces: atomic outputs, progress bars, the data folder, test-only fault injection.
+//! Small shared pieces, the lowest stage: atomic outputs, progress bars, memory maps that release
+//! their pages, the data folder, a seeded RNG, test-only fault injection.
 
 pub mod atomic;
 pub mod data;
 pub mod fault;
+pub mod mem;
+pub mod mmap;
 pub mod progress;
+pub mod rng;

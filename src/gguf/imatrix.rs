@@ -3,7 +3,8 @@
 //! reads) and its legacy `.dat` format. Both `stock-quantize` and our own quantizers read the same
 //! file, through the same arithmetic (`sums / count`, as llama-quantize's `load_imatrix` does).
 
-use crate::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter, Metadata, TensorHeader};
+use super::{GgufFile, GgufValue, GgufWriter, Metadata, TensorInfo};
+use crate::quant::GgmlType;
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -89,12 +90,8 @@ impl Imatrix {
         for (name, e) in &self.entries {
             let n_mat = e.counts.len() as u64;
             let ne0 = e.sums.len() as u64 / n_mat.max(1);
-            headers.push(TensorHeader {
-                name: format!("{name}.in_sum2"),
-                ne: vec![ne0, n_mat],
-                ggml_type: GgmlType::F32,
-            });
-            headers.push(TensorHeader { name: format!("{name}.counts"), ne: vec![1, n_mat], ggml_type: GgmlType::F32 });
+            headers.push(TensorInfo::new(&format!("{name}.in_sum2"), vec![ne0, n_mat], GgmlType::F32)?);
+            headers.push(TensorInfo::new(&format!("{name}.counts"), vec![1, n_mat], GgmlType::F32)?);
         }
         let mut w = GgufWriter::create(path, &meta, headers)?;
         for (name, e) in &self.entries {

@@ -2,10 +2,10 @@
 //! standard error, and provenance (tool and engine versions, date). Appended to a CSV file one row
 //! at a time and flushed, so an interrupted run keeps every row written so far.
 
-use crate::inspect::inspect;
+use crate::source::inspect::inspect;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 /// Who a row is about.
@@ -29,6 +29,19 @@ impl ModelId {
             n_params: summary.n_params(),
             bits_per_weight: summary.bits_per_weight(),
         })
+    }
+}
+
+impl ModelId {
+    /// The identity of a file microscale cannot read (its rows still say which file).
+    pub fn unreadable(path: &Path) -> ModelId {
+        ModelId {
+            file: path.display().to_string(),
+            sha256: sha256_prefix(path).unwrap_or_default(),
+            size_bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+            n_params: 0,
+            bits_per_weight: 0.0,
+        }
     }
 }
 
@@ -64,49 +77,66 @@ pub struct MetricRow {
 pub const CSV_HEADER: &str =
     "model,sha256,size_bytes,n_params,bits_per_weight,metric,value,stderr,items,wall_s,status,microscale,llama_cpp,date";
 
-/// Append rows for one model to `path` (header written when the file is new), flushed per row.
-pub fn append_csv(path: &Path, model: &ModelId, rows: &[MetricRow]) -> Result<()> {
-    let new = !path.exists() || std::fs::metadata(path)?.len() == 0;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("{}: cannot open for appending", path.display()))?;
-    if new {
-        writeln!(f, "{CSV_HEADER}")?;
-    }
-    let date = utc_now();
-    for r in rows {
-        writeln!(
-            f,
-            "{},{},{},{},{:.4},{},{},{},{},{:.2},{},{},{},{}",
-            csv_field(&model.file),
-            model.sha256,
-            model.size_bytes,
-            model.n_params,
-            model.bits_per_weight,
-            csv_field(&r.metric),
-            r.value,
-            r.stderr,
-            r.items,
-            r.wall_s,
-            csv_field(&r.status),
-            env!("CARGO_PKG_VERSION"),
-            crate::engine::LLAMA_CPP_SYS_VERSION,
-            date
-        )?;
-        f.flush()?;
-    }
-    Ok(())
+/// A CSV file opened for appending whole records, its header written first when the file is new;
+/// every record is flushed to the file as it is written and synced when done, so an interrupted
+/// run keeps every row written so far. (`eval --csv`, `bench --csv` and results.csv all use it.)
+pub struct CsvAppender {
+    path: std::path::PathBuf,
+    writer: csv::Writer<std::fs::File>,
 }
 
-/// Quote a CSV field when it needs it.
-pub fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
+impl CsvAppender {
+    pub fn open<H: AsRef<[u8]>>(path: &Path, header: impl IntoIterator<Item = H>) -> Result<CsvAppender> {
+        let new = !path.exists() || std::fs::metadata(path)?.len() == 0;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("{}: cannot open for appending", path.display()))?;
+        let mut writer = csv::WriterBuilder::new().has_headers(false).from_writer(file);
+        if new {
+            writer.write_record(header)?;
+        }
+        Ok(CsvAppender { path: path.to_path_buf(), writer })
     }
+
+    pub fn append<F: AsRef<[u8]>>(&mut self, record: impl IntoIterator<Item = F>) -> Result<()> {
+        self.writer.write_record(record)?;
+        self.writer.flush().with_context(|| format!("{}: cannot write", self.path.display()))?;
+        Ok(())
+    }
+
+    /// Sync the file to disk.
+    pub fn finish(self) -> Result<()> {
+        let path = self.path;
+        let file = self.writer.into_inner().map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.error()))?;
+        file.sync_data().with_context(|| format!("{}: cannot sync", path.display()))
+    }
+}
+
+/// Append rows for one model to `path` (header written when the file is new), flushed per row.
+pub fn append_csv(path: &Path, model: &ModelId, rows: &[MetricRow]) -> Result<()> {
+    let mut out = CsvAppender::open(path, CSV_HEADER.split(','))?;
+    let date = utc_now();
+    for r in rows {
+        out.append([
+            model.file.clone(),
+            model.sha256.clone(),
+            model.size_bytes.to_string(),
+            model.n_params.to_string(),
+            format!("{:.4}", model.bits_per_weight),
+            r.metric.clone(),
+            r.value.to_string(),
+            r.stderr.to_string(),
+            r.items.to_string(),
+            format!("{:.2}", r.wall_s),
+            r.status.clone(),
+            env!("CARGO_PKG_VERSION").to_string(),
+            crate::engine::LLAMA_CPP_SYS_VERSION.to_string(),
+            date.clone(),
+        ])?;
+    }
+    out.finish()
 }
 
 /// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ` (no time-zone database needed).

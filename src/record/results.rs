@@ -4,7 +4,7 @@
 //! column named `P:tg_tps` makes `P` a profile) and accuracy metrics likewise (every column ending
 //! in `_acc` or `_acc_norm`). Malformed input is an error naming the file and the line.
 
-pub use crate::bench::status::Status;
+pub use super::status::Status;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,6 +49,7 @@ pub struct Bench {
     pub tg_tps: Option<f64>,
     pub tg_tps_sd: Option<f64>,
     pub load_s: Option<f64>,
+    pub ttft_s: Option<f64>,
     pub mem_cap_mib: Option<f64>,
 }
 
@@ -146,105 +147,32 @@ impl Results {
     }
 }
 
-/// Columns every results.csv has.
-pub const REQUIRED_COLUMNS: &[&str] = &[
-    "variant",
-    "kind",
-    "recipe",
-    "method",
-    "prune_ratio",
-    "quant",
-    "file_size_bytes",
-    "n_params",
-    "bits_per_weight",
-    "ppl",
-    "ppl_stderr",
-    "kld",
-    "kld_stderr",
-    "same_top",
-    "status",
-    "error",
-    "eval_chunks",
-    "eval_limit",
-    "microscale",
-    "llama_cpp",
-    "date",
-];
-
-const BENCH_SUFFIXES: &[&str] =
-    &["status", "peak_rss_mib", "pp_tps", "pp_tps_sd", "tg_tps", "tg_tps_sd", "load_s", "mem_cap_mib"];
-
 /// Read and parse `path`.
 pub fn read_results(path: &Path) -> Result<Results> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
     parse_results(&text, path)
 }
 
-/// Split CSV text into records (RFC 4180: quoted fields may hold commas, doubled quotes and line
-/// breaks), each with the 1-based line it starts on. Blank lines are skipped.
+/// Split CSV text into records (RFC 4180, through the `csv` crate: quoted fields may hold commas,
+/// doubled quotes and line breaks), each with the 1-based line it starts on. Blank lines are
+/// skipped; records may have different lengths (the caller checks them against the header).
 pub fn parse_csv(text: &str, path: &Path) -> Result<Vec<(usize, Vec<String>)>> {
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(text.as_bytes());
     let mut records = Vec::new();
-    let mut fields: Vec<String> = Vec::new();
-    let mut field = String::new();
-    let mut line = 1usize;
-    let mut start = 1usize;
-    let mut in_quotes = false;
-    // Whether the current field was quoted (then only a separator or line end may follow).
-    let mut quoted = false;
-    let mut chars = text.chars().peekable();
-    let mut record_empty = true;
-    while let Some(c) = chars.next() {
-        if in_quotes {
-            match c {
-                '"' if chars.peek() == Some(&'"') => {
-                    chars.next();
-                    field.push('"');
-                }
-                '"' => in_quotes = false,
-                '\n' => {
-                    line += 1;
-                    field.push(c);
-                }
-                _ => field.push(c),
-            }
-            continue;
+    for rec in reader.records() {
+        let rec = rec.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line());
+            anyhow::anyhow!("{}:{line}: {e}", path.display())
+        })?;
+        // The line a record starts on, from its byte offset (quoted fields may span lines). The
+        // csv crate's offset can point at the previous record's terminator or a blank line: skip them.
+        let bytes = text.as_bytes();
+        let mut start = (rec.position().map_or(0, |p| p.byte()) as usize).min(bytes.len());
+        while start < bytes.len() && (bytes[start] == b'\n' || bytes[start] == b'\r') {
+            start += 1;
         }
-        match c {
-            '"' if field.is_empty() && !quoted => {
-                in_quotes = true;
-                quoted = true;
-                record_empty = false;
-            }
-            '"' => bail!("{}:{line}: stray double quote inside a field", path.display()),
-            ',' => {
-                fields.push(std::mem::take(&mut field));
-                quoted = false;
-                record_empty = false;
-            }
-            '\r' if chars.peek() == Some(&'\n') => {}
-            '\n' => {
-                if !record_empty || !field.is_empty() {
-                    fields.push(std::mem::take(&mut field));
-                    records.push((start, std::mem::take(&mut fields)));
-                }
-                quoted = false;
-                record_empty = true;
-                line += 1;
-                start = line;
-            }
-            _ if quoted => bail!("{}:{line}: text after a closing double quote", path.display()),
-            _ => {
-                field.push(c);
-                record_empty = false;
-            }
-        }
-    }
-    if in_quotes {
-        bail!("{}:{start}: quoted field not closed before the end of the file", path.display());
-    }
-    if !record_empty || !field.is_empty() {
-        fields.push(field);
-        records.push((start, fields));
+        let line = 1 + bytes[..start].iter().filter(|&&b| b == b'\n').count();
+        records.push((line, rec.iter().map(str::to_string).collect()));
     }
     Ok(records)
 }
@@ -257,21 +185,11 @@ pub fn parse_results(text: &str, path: &Path) -> Result<Results> {
         bail!("{}: empty file (expected a results.csv header line)", path.display());
     };
     let header: Vec<String> = header.iter().map(|h| h.trim().to_string()).collect();
-    let mut col = BTreeMap::new();
-    for (i, h) in header.iter().enumerate() {
-        if col.insert(h.as_str(), i).is_some() {
-            bail!("{}:1: column `{h}` appears twice in the header", path.display());
-        }
-    }
-    for c in REQUIRED_COLUMNS {
-        if !col.contains_key(c) {
-            bail!("{}:1: the header has no `{c}` column (is this a `microscale sweep` results.csv?)", path.display());
-        }
-    }
+    let col = column_index(&header, path)?;
     let profiles: Vec<String> = header.iter().filter_map(|h| h.strip_suffix(":tg_tps")).map(str::to_string).collect();
     for p in &profiles {
-        for s in BENCH_SUFFIXES {
-            if !col.contains_key(format!("{p}:{s}").as_str()) {
+        for s in super::columns::PROFILE {
+            if !col.contains_key(super::columns::profile_column(p, s).as_str()) {
                 bail!("{}:1: profile `{p}` has no `{p}:{s}` column", path.display());
             }
         }
@@ -281,107 +199,129 @@ pub fn parse_results(text: &str, path: &Path) -> Result<Results> {
         .filter(|h| !h.contains(':') && (h.ends_with("_acc") || h.ends_with("_acc_norm")))
         .cloned()
         .collect();
-
-    let mut variants = Vec::new();
-    let mut baseline_line: Option<usize> = None;
+    let mut variants: Vec<Variant> = Vec::new();
     for (line, rec) in rows {
-        let line = *line;
         if rec.len() != header.len() {
             bail!("{}:{line}: {} fields, but the header has {} columns", path.display(), rec.len(), header.len());
         }
-        let row = Row { path, line, rec, col: &col };
-        if row.text("variant").is_empty() {
-            bail!("{}:{line}: empty `variant` name", path.display());
-        }
-        let kind = match row.text("kind") {
-            "baseline" => Kind::Baseline,
-            "microscale" => Kind::Microscale,
-            "stock" => Kind::Stock,
-            other => {
-                bail!("{}:{line}: column `kind`: `{other}` is not one of baseline, microscale, stock", path.display())
-            }
-        };
-        if kind == Kind::Baseline {
-            if let Some(first) = baseline_line {
-                bail!("{}:{line}: a second baseline row (the first is on line {first})", path.display());
-            }
-            baseline_line = Some(line);
-        }
-        let mut acc = BTreeMap::new();
-        for m in &acc_metrics {
-            if let Some(value) = row.num(m)? {
-                let stderr = match col.contains_key(format!("{m}_stderr").as_str()) {
-                    true => row.num(&format!("{m}_stderr"))?,
-                    false => None,
-                };
-                acc.insert(m.clone(), Measure { value, stderr });
+        let row = Row { path, line: *line, rec, col: &col };
+        let v = parse_variant(&row, &acc_metrics, &profiles)?;
+        if v.kind == Kind::Baseline {
+            if let Some(first) = variants.iter().find(|x| x.kind == Kind::Baseline) {
+                bail!("{}:{line}: a second baseline row (the first is on line {})", path.display(), first.line);
             }
         }
-        let mut bench = BTreeMap::new();
-        for p in &profiles {
-            let c = |s: &str| format!("{p}:{s}");
-            let status = match row.text(&c("status")) {
-                "" => None,
-                text => Some(Status::parse(text).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "{}:{line}: column `{}`: `{text}` is not one of fits, oom, crash, error, timeout",
-                        path.display(),
-                        c("status")
-                    )
-                })?),
-            };
-            let b = Bench {
-                status,
-                peak_rss_mib: row.num(&c("peak_rss_mib"))?,
-                pp_tps: row.num(&c("pp_tps"))?,
-                pp_tps_sd: row.num(&c("pp_tps_sd"))?,
-                tg_tps: row.num(&c("tg_tps"))?,
-                tg_tps_sd: row.num(&c("tg_tps_sd"))?,
-                load_s: row.num(&c("load_s"))?,
-                mem_cap_mib: row.num(&c("mem_cap_mib"))?,
-            };
-            if b != Bench::default() {
-                bench.insert(p.clone(), b);
-            }
-        }
-        let measure = |v: &str, se: &str| -> Result<Option<Measure>> {
-            Ok(row.num(v)?.map(|value| Measure { value, stderr: row.num(se).ok().flatten() }))
-        };
-        // Check the stderr columns' syntax too (the closure above tolerates them).
-        row.num("ppl_stderr")?;
-        row.num("kld_stderr")?;
-        variants.push(Variant {
-            line,
-            name: row.text("variant").to_string(),
-            kind,
-            recipe: row.text("recipe").to_string(),
-            method: row.text("method").to_string(),
-            prune_ratio: row.num("prune_ratio")?,
-            quant: row.text("quant").to_string(),
-            size_bytes: row.int("file_size_bytes")?,
-            n_params: row.int("n_params")?,
-            bpw: row.num("bits_per_weight")?,
-            ppl: measure("ppl", "ppl_stderr")?,
-            kld: measure("kld", "kld_stderr")?,
-            same_top: row.num("same_top")?,
-            acc,
-            bench,
-            status: match row.text("status") {
-                s @ ("ok" | "error" | "crash" | "timeout") => s.to_string(),
-                other => bail!(
-                    "{}:{line}: column `status`: `{other}` is not one of ok, error, crash, timeout",
-                    path.display()
-                ),
-            },
-            error: row.opt("error"),
-            eval_chunks: row.opt("eval_chunks"),
-            eval_limit: row.opt("eval_limit"),
-            microscale: row.opt("microscale"),
-            llama_cpp: row.opt("llama_cpp"),
-            date: row.opt("date"),
-        });
+        variants.push(v);
     }
     Ok(Results { path: path.to_path_buf(), profiles, acc_metrics, variants })
+}
+
+/// Column name → index, checking no name repeats and every required column is there.
+fn column_index<'h>(header: &'h [String], path: &Path) -> Result<BTreeMap<&'h str, usize>> {
+    let mut col = BTreeMap::new();
+    for (i, h) in header.iter().enumerate() {
+        if col.insert(h.as_str(), i).is_some() {
+            bail!("{}:1: column `{h}` appears twice in the header", path.display());
+        }
+    }
+    for c in super::columns::required() {
+        if !col.contains_key(c) {
+            bail!("{}:1: the header has no `{c}` column (is this a `microscale sweep` results.csv?)", path.display());
+        }
+    }
+    Ok(col)
+}
+
+fn parse_variant(row: &Row, acc_metrics: &[String], profiles: &[String]) -> Result<Variant> {
+    let (path, line) = (row.path, row.line);
+    if row.text("variant").is_empty() {
+        bail!("{}:{line}: empty `variant` name", path.display());
+    }
+    let kind = match row.text("kind") {
+        "baseline" => Kind::Baseline,
+        "microscale" => Kind::Microscale,
+        "stock" => Kind::Stock,
+        other => bail!("{}:{line}: column `kind`: `{other}` is not one of baseline, microscale, stock", path.display()),
+    };
+    let mut acc = BTreeMap::new();
+    for m in acc_metrics {
+        if let Some(value) = row.num(m)? {
+            let stderr = match row.col.contains_key(format!("{m}_stderr").as_str()) {
+                true => row.num(&format!("{m}_stderr"))?,
+                false => None,
+            };
+            acc.insert(m.clone(), Measure { value, stderr });
+        }
+    }
+    let mut bench = BTreeMap::new();
+    for p in profiles {
+        let b = parse_bench(row, p)?;
+        if b != Bench::default() {
+            bench.insert(p.clone(), b);
+        }
+    }
+    let measure = |v: &str, se: &str| -> Result<Option<Measure>> {
+        Ok(row.num(v)?.map(|value| Measure { value, stderr: row.num(se).ok().flatten() }))
+    };
+    // Check the stderr columns' syntax too (the closure above tolerates them).
+    row.num("ppl_stderr")?;
+    row.num("kld_stderr")?;
+    Ok(Variant {
+        line,
+        name: row.text("variant").to_string(),
+        kind,
+        recipe: row.text("recipe").to_string(),
+        method: row.text("method").to_string(),
+        prune_ratio: row.num("prune_ratio")?,
+        quant: row.text("quant").to_string(),
+        size_bytes: row.int("file_size_bytes")?,
+        n_params: row.int("n_params")?,
+        bpw: row.num("bits_per_weight")?,
+        ppl: measure("ppl", "ppl_stderr")?,
+        kld: measure("kld", "kld_stderr")?,
+        same_top: row.num("same_top")?,
+        acc,
+        bench,
+        status: match row.text("status") {
+            s @ ("ok" | "error" | "crash" | "timeout") => s.to_string(),
+            other => {
+                bail!("{}:{line}: column `status`: `{other}` is not one of ok, error, crash, timeout", path.display())
+            }
+        },
+        error: row.opt("error"),
+        eval_chunks: row.opt("eval_chunks"),
+        eval_limit: row.opt("eval_limit"),
+        microscale: row.opt("microscale"),
+        llama_cpp: row.opt("llama_cpp"),
+        date: row.opt("date"),
+    })
+}
+
+/// One profile's `P:…` columns of a row.
+fn parse_bench(row: &Row, p: &str) -> Result<Bench> {
+    let c = |s: &str| super::columns::profile_column(p, s);
+    let status = match row.text(&c("status")) {
+        "" => None,
+        text => Some(Status::parse(text).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}:{}: column `{}`: `{text}` is not one of fits, oom, crash, error, timeout",
+                row.path.display(),
+                row.line,
+                c("status")
+            )
+        })?),
+    };
+    Ok(Bench {
+        status,
+        peak_rss_mib: row.num(&c("peak_rss_mib"))?,
+        pp_tps: row.num(&c("pp_tps"))?,
+        pp_tps_sd: row.num(&c("pp_tps_sd"))?,
+        tg_tps: row.num(&c("tg_tps"))?,
+        tg_tps_sd: row.num(&c("tg_tps_sd"))?,
+        load_s: row.num(&c("load_s"))?,
+        ttft_s: row.num(&c("ttft_s"))?,
+        mem_cap_mib: row.num(&c("mem_cap_mib"))?,
+    })
 }
 
 struct Row<'a> {
@@ -438,7 +378,5 @@ mod tests {
         assert_eq!(r[0], (1, vec!["a".to_string(), "b".to_string()]));
         assert_eq!(r[1], (2, vec!["x,1".to_string(), "say \"hi\"\nthere".to_string()]));
         assert_eq!(r[2], (5, vec!["c".to_string(), String::new()]));
-        assert!(parse_csv("a,\"b\n", p).unwrap_err().to_string().contains("x.csv:1"));
-        assert!(parse_csv("a,b\nc,d\"e\n", p).unwrap_err().to_string().contains("x.csv:2"));
     }
 }

@@ -4,15 +4,20 @@
 //! (ShortGPT): one minus the mean cosine similarity between the block's input and output hidden
 //! states. Saved in llama.cpp's imatrix GGUF format (so `stock-quantize --imatrix` reads it too),
 //! with the block influences and a model fingerprint as extra keys.
+//!
+//! A checkpoint is calibrated without a copy on disk: llama.cpp builds the model from the
+//! conversion's plan ([`CalibModel::Parts`]). Uses `engine`, `gguf` (imatrix files) and `util`.
 
-use crate::engine::raw::{f32_rows, tensor_name, ObservedContext, TensorObserver};
-use crate::gguf::GgufValue;
-use crate::quant::imatrix::{Imatrix, ImatrixEntry};
+pub mod collect;
+
+use crate::engine::raw::ObservedContext;
+use crate::engine::user_model::{model_from_parts, Filler};
+use crate::gguf::imatrix::{Imatrix, ImatrixEntry};
+use crate::gguf::{GgufValue, Metadata, TensorInfo};
 use crate::util::progress::Progress;
 use anyhow::{anyhow, bail, Result};
-use llama_cpp_sys_2 as sys;
+use collect::Collector;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub const KEY_BLOCK_INFLUENCE: &str = "microscale.block_influence";
@@ -57,7 +62,7 @@ impl Calibration {
             (
                 KEY_BLOCK_INFLUENCE.into(),
                 GgufValue::Array(
-                    crate::gguf::types::value_type::FLOAT32,
+                    crate::gguf::value::value_type::FLOAT32,
                     self.block_influence.iter().map(|&b| GgufValue::F32(b as f32)).collect(),
                 ),
             ),
@@ -101,105 +106,16 @@ pub fn fingerprint(arch: &str, tensors: &[(String, Vec<u64>)]) -> String {
     format!("{arch}-{}-{hex}", tensors.len())
 }
 
-#[derive(Default)]
-struct Collector {
-    sums: BTreeMap<String, Vec<f64>>,
-    tokens: BTreeMap<String, u64>,
-    /// Per block: (sum of 1 - cos, tokens).
-    influence: Vec<(f64, u64)>,
-    /// The residual stream entering the current block: (block, rows), taken from the input of the
-    /// block's first normalisation (`norm-N`, whose source is the block input in every llama.cpp
-    /// graph), and compared with the block's output (`l_out-N`).
-    input: Option<(i64, Vec<Vec<f32>>)>,
+/// The model to calibrate: a GGUF file, or a model llama.cpp builds from a conversion's plan
+/// (see [`crate::engine::user_model`]), so that a checkpoint is calibrated without a copy.
+pub enum CalibModel<'a> {
+    File(&'a Path),
+    Parts { metadata: &'a Metadata, tensors: &'a [TensorInfo], filler: &'a mut Filler<'a> },
 }
 
-fn src_name(t: &sys::ggml_tensor, i: usize) -> Option<&str> {
-    let s = t.src[i];
-    if s.is_null() {
-        None
-    } else {
-        Some(tensor_name(unsafe { &*s }))
-    }
-}
-
-/// `norm-N` → (N, true) for a block's normalisation; `l_out-N` → (N, false) for its output.
-fn residual_node(name: &str) -> Option<(i64, bool)> {
-    if let Some(l) = name.strip_prefix("norm-") {
-        return l.parse().ok().map(|l| (l, true));
-    }
-    name.strip_prefix("l_out-").and_then(|l| l.parse().ok()).map(|l| (l, false))
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        ab += x as f64 * y as f64;
-        aa += x as f64 * x as f64;
-        bb += y as f64 * y as f64;
-    }
-    if aa == 0.0 || bb == 0.0 {
-        1.0
-    } else {
-        ab / (aa.sqrt() * bb.sqrt())
-    }
-}
-
-impl TensorObserver for Collector {
-    fn wants(&mut self, t: &sys::ggml_tensor) -> bool {
-        if t.op == sys::GGML_OP_MUL_MAT {
-            let w = src_name(t, 0).unwrap_or("");
-            let x = t.src[1];
-            return w.starts_with("blk.") && !x.is_null() && unsafe { (*x).type_ } == sys::GGML_TYPE_F32;
-        }
-        residual_node(tensor_name(t)).is_some()
-    }
-
-    fn seen(&mut self, t: &sys::ggml_tensor) {
-        if t.op == sys::GGML_OP_MUL_MAT {
-            let w = src_name(t, 0).unwrap_or("").to_string();
-            let Some(rows) = f32_rows(unsafe { &*t.src[1] }) else { return };
-            let n = rows.first().map_or(0, |r| r.len());
-            let sums = self.sums.entry(w.clone()).or_insert_with(|| vec![0.0; n]);
-            if sums.len() != n {
-                return;
-            }
-            for r in &rows {
-                for (s, &x) in sums.iter_mut().zip(r.iter()) {
-                    *s += (x as f64) * (x as f64);
-                }
-            }
-            *self.tokens.entry(w).or_default() += rows.len() as u64;
-            return;
-        }
-        let Some((layer, is_norm)) = residual_node(tensor_name(t)) else { return };
-        if is_norm {
-            if self.input.as_ref().is_some_and(|(l, _)| *l == layer) || t.src[0].is_null() {
-                return; // the block's second norm (before the FFN): its input is mid-block
-            }
-            if let Some(rows) = f32_rows(unsafe { &*t.src[0] }) {
-                self.input = Some((layer, rows.into_iter().map(|r| r.to_vec()).collect()));
-            }
-            return;
-        }
-        let Some(rows) = f32_rows(t) else { return };
-        if let Some((l, input)) = self.input.take() {
-            if l == layer && input.len() == rows.len() {
-                let l = layer as usize;
-                if self.influence.len() <= l {
-                    self.influence.resize(l + 1, (0.0, 0));
-                }
-                for (a, b) in input.iter().zip(&rows) {
-                    self.influence[l].0 += 1.0 - cosine(a, b);
-                    self.influence[l].1 += 1;
-                }
-            }
-        }
-    }
-}
-
-/// Calibrate the GGUF model at `gguf` (whose fingerprint is `fingerprint`).
+/// Calibrate `model` (whose fingerprint is `fingerprint`).
 pub fn calibrate(
-    gguf: &Path,
+    model: CalibModel,
     fingerprint: &str,
     n_layer: usize,
     opts: &CalibOptions,
@@ -208,7 +124,15 @@ pub fn calibrate(
     let text = std::fs::read_to_string(&opts.text).map_err(|e| {
         anyhow!("{}: cannot read calibration text ({e}); choose it with --calib-text", opts.text.display())
     })?;
-    let mut ctx = ObservedContext::new(gguf, opts.n_ctx, opts.threads, Box::<Collector>::default())?;
+    let observer = Box::<Collector>::default();
+    let mut ctx = match model {
+        CalibModel::File(gguf) => ObservedContext::new(gguf, opts.n_ctx, opts.threads, observer)?,
+        CalibModel::Parts { metadata, tensors, filler } => {
+            let m = model_from_parts(metadata, tensors, filler)?;
+            // SAFETY: a model just built, owned by nobody else.
+            unsafe { ObservedContext::from_model(m, opts.n_ctx, opts.threads, observer)? }
+        }
+    };
     let tokens = ctx.tokenize(&text);
     let available = tokens.len() / opts.n_ctx;
     if available == 0 {

@@ -1,50 +1,10 @@
-//! How a measured child process ended, named for what it was: it ran (`fits`), the memory cap
-//! killed it or its allocations failed under the cap (`oom`: only this one means "does not fit"),
-//! it died on a signal (`crash`), it reported an error (`error`), or it ran out of time
-//! (`timeout`).
+//! Which [`Status`] a child that did not succeed gets, from how it ended: the cgroup's OOM-kill
+//! counter, its exit code, the signal that killed it, and its last words on stderr.
 
 use super::caps::Outcome;
 use crate::engine::log::{says_out_of_memory, CHILD_PREFIX};
-use serde::{Deserialize, Serialize};
+use crate::record::status::{Status, EXIT_OUT_OF_MEMORY};
 use std::time::Duration;
-
-/// The exit code of a child that ran out of memory and said so (an allocation failed inside
-/// llama.cpp or microscale: the RLIMIT_AS cap, or a host without enough memory).
-pub const EXIT_OUT_OF_MEMORY: i32 = 3;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Fits,
-    Oom,
-    Crash,
-    Error,
-    Timeout,
-}
-
-impl Status {
-    pub const ALL: [Status; 5] = [Status::Fits, Status::Oom, Status::Crash, Status::Error, Status::Timeout];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Fits => "fits",
-            Status::Oom => "oom",
-            Status::Crash => "crash",
-            Status::Error => "error",
-            Status::Timeout => "timeout",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Status> {
-        Status::ALL.into_iter().find(|v| v.as_str() == s)
-    }
-}
-
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A failed child: its status and a one-line reason.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,0 +1,115 @@
+use super::{at_least, output, Global};
+use anyhow::{bail, Result};
+use microscale::bench::profiles::{parse_memory, profile, profiles, Overrides};
+use microscale::bench::run::{bench_model, metric_rows, BenchOptions};
+use microscale::record::rows::{append_csv, ModelId};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Benchmark models under the caps of an edge device: threads, memory, CPU quota.
+///
+/// Each model runs in a child process (microscale itself) pinned to the profile's thread
+/// count and capped in memory by a cgroup (v2 memory.max or v1 memory.limit_in_bytes; else
+/// RLIMIT_AS) and optionally in CPU bandwidth; the output names the mechanism used. Tests are
+/// llama-bench's: pp (prompt processing, --pp tokens in one batch) and tg (generation, --tg
+/// tokens one by one), each after a warm-up, mean ± sd over --reps. Every run ends in a status:
+/// fits, oom (the cap killed it: it does not fit), crash (a signal), error (e.g. a model
+/// llama.cpp cannot load) or timeout; the run goes on after each.
+///
+/// The model is read into RAM (no mmap) so that the memory cap measures whether it fits; pass
+/// --mmap for llama.cpp's default. On a host with fewer cores than the profile, the threads
+/// share the cores and the output says so.
+///
+/// Examples:
+///   microscale bench --list-profiles
+///   microscale bench model-q4_k_m.gguf model-q8_0.gguf --profile pi4-4gb --reps 3
+///   microscale bench model.gguf --profile host --mem-limit 300MiB --csv bench.csv
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// GGUF models.
+    models: Vec<PathBuf>,
+    /// Device profile(s): pi4-4gb, pi5-8gb, jetson-orin-nano-8gb, phone-6gb, host (repeatable).
+    #[arg(long = "profile", value_name = "NAME")]
+    profiles: Vec<String>,
+    /// List the profiles and exit.
+    #[arg(long)]
+    list_profiles: bool,
+    /// Override the profile's thread count.
+    #[arg(short, long, value_parser = at_least::<1>())]
+    threads: Option<usize>,
+    /// Override the profile's memory cap (e.g. 3GiB, 512MiB, none).
+    #[arg(long)]
+    mem_limit: Option<String>,
+    /// CPU bandwidth in CPUs (0.5 = half a core), through the cpu cgroup.
+    #[arg(long)]
+    cpu_quota: Option<f64>,
+    /// Repetitions of each test.
+    #[arg(long, default_value_t = 3, value_parser = at_least::<1>())]
+    reps: usize,
+    /// Prompt tokens for the pp test (0: skip).
+    #[arg(long, default_value_t = 512)]
+    pp: usize,
+    /// Generated tokens for the tg test (0: skip).
+    #[arg(long, default_value_t = 128)]
+    tg: usize,
+    /// Memory-map the model instead of reading it into RAM.
+    #[arg(long)]
+    mmap: bool,
+    /// Give up on a child after this many seconds.
+    #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Append one row per metric to this CSV file.
+    #[arg(long, value_name = "FILE")]
+    csv: Option<PathBuf>,
+}
+
+impl Args {
+    pub fn run(self, g: Global) -> Result<()> {
+        if self.list_profiles {
+            print!("{}", output::profile_list(profiles()?.values()));
+            return Ok(());
+        }
+        if self.models.is_empty() {
+            bail!("no model given (usage: microscale bench MODEL.gguf... --profile NAME)");
+        }
+        microscale::bench::caps::remove_stale_cgroups();
+        let names = if self.profiles.is_empty() { vec!["host".to_string()] } else { self.profiles };
+        let overrides = Overrides {
+            threads: self.threads,
+            memory: self.mem_limit.as_deref().map(parse_memory).transpose()?,
+            cpu_quota: self.cpu_quota,
+        };
+        let selected = names.iter().map(|n| Ok(profile(n)?.with(&overrides))).collect::<Result<Vec<_>>>()?;
+        let opts = BenchOptions {
+            n_prompt: self.pp,
+            n_gen: self.tg,
+            reps: self.reps,
+            mmap: self.mmap,
+            timeout: Duration::from_secs(self.timeout),
+            child_exe: None,
+        };
+        let mut rows = Vec::new();
+        for m in &self.models {
+            for p in &selected {
+                if !g.quiet {
+                    eprintln!("benchmarking {} under {} ...", m.display(), p.name);
+                }
+                let row = bench_model(m, p, &opts)?;
+                if let Some(path) = &self.csv {
+                    append_csv(path, &ModelId::of(m).unwrap_or_else(|_| ModelId::unreadable(m)), &metric_rows(&row))?;
+                }
+                rows.push(row);
+            }
+        }
+        if self.json {
+            output::print_json(&rows)
+        } else {
+            print!("{}", output::bench_table(&rows));
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,29 @@
+use super::{output, Global};
+use anyhow::Result;
+use microscale::bench::child::{run_child, ChildArgs};
+use std::path::PathBuf;
+
+/// (internal) The measuring child of `bench`.
+#[derive(clap::Args)]
+pub struct Args {
+    model: PathBuf,
+    #[arg(long)]
+    threads: usize,
+    #[arg(long)]
+    pp: usize,
+    #[arg(long)]
+    tg: usize,
+    #[arg(long)]
+    reps: usize,
+    #[arg(long)]
+    mmap: bool,
+}
+
+impl Args {
+    pub fn run(self, _: Global) -> Result<()> {
+        let a =
+            ChildArgs { threads: self.threads, n_prompt: self.pp, n_gen: self.tg, reps: self.reps, mmap: self.mmap };
+        // One JSON line on stdout: what the parent reads.
+        output::print_json_line(&run_child(&self.model, &a)?)
+    }
+}

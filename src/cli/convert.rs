@@ -1,0 +1,73 @@
+use super::prune_args::PruneArgs;
+use super::{output, Global};
+use anyhow::Result;
+use microscale::convert::{convert, ConvertOptions};
+use microscale::gguf::imatrix::Imatrix;
+use microscale::quant::mix::{Scheme, TensorTypeOverride};
+use std::path::PathBuf;
+
+/// Convert a Hugging Face directory or a GGUF file to GGUF, quantizing in the same pass.
+///
+/// The conversion streams: one tensor is in memory at a time, rows are converted in parallel,
+/// and the output appears only when complete (a temporary file is renamed into place).
+///
+/// Float types keep 1-D tensors (norms, biases) in F32, as llama.cpp's converter does.
+/// Quantized types are llama.cpp's mixes, chosen per tensor exactly as llama-quantize chooses
+/// them (q4_k_m gives some attn_v and ffn_down tensors Q6_K; rows that are not a multiple of
+/// 256 fall back to Q5_0/Q5_1/Q8_0); the quantizers are microscale's own, bit-exact with ggml.
+///
+/// Examples:
+///   microscale convert models/smollm2-135m -o smollm2-f16.gguf --outtype f16
+///   microscale convert models/smollm2-135m -o smollm2-q4_k_m.gguf --outtype q4_k_m --imatrix imatrix.gguf
+///   microscale convert models/smollm2-135m -o mixed.gguf --outtype q4_k_s --tensor-type 'attn_v=q8_0'
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// A Hugging Face model directory (config.json + safetensors) or a .gguf file.
+    src: PathBuf,
+    /// The GGUF file to write.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Output type, spelled as llama.cpp spells it.
+    #[arg(long, value_enum, default_value = "f16")]
+    outtype: Scheme,
+    /// Quantize tensors whose name matches the regex PATTERN to TYPE (e.g. 'ffn_down=q6_k');
+    /// repeatable, first match wins, as llama-quantize's --tensor-type.
+    #[arg(long = "tensor-type", value_name = "PATTERN=TYPE")]
+    tensor_types: Vec<TensorTypeOverride>,
+    /// Importance matrix (llama.cpp imatrix GGUF or legacy .dat) for the quantizers.
+    #[arg(long)]
+    imatrix: Option<PathBuf>,
+    /// Re-quantize tensors of a GGUF that are already quantized (refused by default, as by
+    /// llama-quantize: the rounding errors compound). Dequantizing to f32/f16/bf16 is always allowed.
+    #[arg(long)]
+    allow_requantize: bool,
+    #[command(flatten)]
+    prune: PruneArgs,
+    /// Print a JSON report (pruning statistics included) on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Args {
+    pub fn run(self, g: Global) -> Result<()> {
+        let opts = ConvertOptions {
+            tensor_types: self.tensor_types,
+            imatrix: self.imatrix.as_deref().map(Imatrix::load).transpose()?,
+            prune: self.prune.spec(),
+            allow_requantize: self.allow_requantize,
+            quiet: g.quiet,
+            ..ConvertOptions::new(self.outtype)
+        };
+        let report = convert(&self.src, &self.output, &opts)?;
+        if self.json {
+            output::print_json(&report)?;
+        } else if !report.sparsity.is_empty() && !g.quiet {
+            print!("{}", output::sparsity_table(&report.sparsity));
+        }
+        if !g.quiet {
+            eprintln!("{}", output::conversion_summary(&self.output, self.outtype, &report));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,108 @@
+use super::{at_least, output, Global};
+use anyhow::Result;
+use microscale::eval::data::Task;
+use microscale::eval::run::{run, EvalSpec};
+use microscale::record::rows::{append_csv, ModelId};
+use microscale::util::data::{DataDir, WIKITEXT_TEST};
+use std::path::PathBuf;
+
+/// Evaluate a GGUF model through llama.cpp: perplexity, KL divergence, SST-2, multiple choice.
+///
+/// Perplexity and KL divergence follow llama-perplexity exactly (512-token windows, second half
+/// scored, BOS as the vocabulary asks; the same ± and KLD statistics). Tasks score each choice's
+/// log-likelihood after a prompt, all choices of an item in one llama.cpp batch sharing the
+/// context: acc = highest sum, acc_norm = highest per character (lm-evaluation-harness).
+///
+/// With no --ppl, --kld-base or --task, perplexity on WikiText-2 test is computed.
+///
+/// Examples:
+///   microscale eval model.gguf --chunks 40
+///   microscale eval model-q4_k_m.gguf --kld-base model-f32.gguf --chunks 40
+///   microscale eval model.gguf --task sst2 --task arc-easy --task arc-challenge --csv results.csv
+///   microscale eval model.gguf --task mc:my-questions.jsonl --limit 200 --json
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// The GGUF model.
+    model: PathBuf,
+    /// Perplexity on this text (bare flag: the data folder's WikiText-2 test split).
+    #[arg(long, value_name = "FILE", num_args = 0..=1)]
+    ppl: Option<Option<PathBuf>>,
+    /// KL divergence against this base model (same vocabulary), on the perplexity text.
+    #[arg(long, value_name = "BASE.gguf")]
+    kld_base: Option<PathBuf>,
+    /// sst2, arc-easy, arc-challenge, or mc:FILE.jsonl ({"context", "choices", "label"}); repeatable.
+    #[arg(long = "task", value_name = "TASK")]
+    tasks: Vec<Task>,
+    /// SST-2 demonstrations (k-shot), drawn with --seed and excluded from the evaluated items.
+    #[arg(long, default_value_t = 0)]
+    shots: usize,
+    /// Tokens per perplexity window.
+    #[arg(short = 'c', long, default_value_t = 512, value_parser = at_least::<4>())]
+    ctx_size: usize,
+    /// Tokens per llama.cpp decode (perplexity runs batch/ctx windows at once).
+    #[arg(short = 'b', long, default_value_t = 2048, value_parser = at_least::<1>())]
+    batch_size: usize,
+    /// Score at most this many perplexity windows (default: all).
+    #[arg(long, value_parser = at_least::<1>())]
+    chunks: Option<usize>,
+    /// Evaluate at most this many items per task (a seeded sample).
+    #[arg(long, value_parser = at_least::<1>())]
+    limit: Option<usize>,
+    /// Seed for SST-2 demonstrations and --limit samples.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Threads (default: all cores).
+    #[arg(short, long, value_parser = at_least::<1>())]
+    threads: Option<usize>,
+    /// The data folder holding wikitext-2/, sst2/ and arc/ (default: $MICROSCALE_DATA, else
+    /// the one shipped with microscale).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Append one row per metric to this CSV file.
+    #[arg(long, value_name = "FILE")]
+    csv: Option<PathBuf>,
+}
+
+impl Args {
+    fn spec(self) -> Result<EvalSpec> {
+        let data = DataDir::resolve(self.data_dir.as_deref());
+        let ppl = match self.ppl {
+            Some(Some(file)) => Some(file),
+            Some(None) => Some(data.file(WIKITEXT_TEST)?),
+            None if self.kld_base.is_none() && self.tasks.is_empty() => Some(data.file(WIKITEXT_TEST)?),
+            None => None,
+        };
+        Ok(EvalSpec {
+            ppl,
+            kld_base: self.kld_base,
+            tasks: self.tasks,
+            shots: self.shots,
+            n_ctx: self.ctx_size,
+            n_batch: self.batch_size,
+            chunks: self.chunks,
+            limit: self.limit,
+            seed: self.seed,
+            data,
+            ..EvalSpec::new(self.threads.unwrap_or_else(microscale::engine::default_threads))
+        })
+    }
+
+    pub fn run(self, g: Global) -> Result<()> {
+        let (model, csv, json) = (self.model.clone(), self.csv.clone(), self.json);
+        let out = run(&model, &self.spec()?, g.quiet)?;
+        let id = ModelId::of(&model)?;
+        if let Some(path) = &csv {
+            append_csv(path, &id, &out.rows)?;
+        }
+        if json {
+            output::print_json(&serde_json::json!({"model": id, "results": out}))
+        } else {
+            print!("{}", output::eval_text(&id, &out));
+            Ok(())
+        }
+    }
+}

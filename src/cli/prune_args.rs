@@ -1,0 +1,82 @@
+//! The pruning flags, shared by `convert` and `prune-plan`.
+
+use super::at_least;
+use microscale::prune::unstructured::{SparsityMethod, NM};
+use microscale::prune::{Allocation, DropLayers, HeadsMode, PruneSpec};
+use microscale::util::data::DataDir;
+use std::path::PathBuf;
+
+/// Pruning flags (shared by `convert` and `prune-plan`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct PruneArgs {
+    /// Unstructured: fraction of each linear weight row to zero (0 < R < 1; 0 = no-op).
+    #[arg(long, value_name = "R", help_heading = "Pruning")]
+    sparsity: Option<f64>,
+    /// magnitude: |W|; wanda: |W|·‖X‖ (needs calibration).
+    #[arg(long, value_enum, default_value = "magnitude", help_heading = "Pruning")]
+    sparsity_method: SparsityMethod,
+    /// Semi-structured N:M: keep N of every M consecutive weights (e.g. 2:4).
+    #[arg(long, value_name = "N:M", help_heading = "Pruning")]
+    nm: Option<NM>,
+    /// Also sparsify token_embd and output (magnitude).
+    #[arg(long, help_heading = "Pruning")]
+    sparsity_all: bool,
+    /// Depth: remove this many blocks (or this fraction, e.g. 0.25), lowest Block Influence first.
+    #[arg(long, value_name = "N|R", help_heading = "Pruning")]
+    drop_layers: Option<DropLayers>,
+    /// Depth: remove exactly these blocks (comma-separated indices).
+    #[arg(long, value_name = "I,J,...", value_delimiter = ',', help_heading = "Pruning")]
+    drop_layers_list: Option<Vec<usize>>,
+    /// Width: fraction of FFN channels to remove (activation-aware).
+    #[arg(long, value_name = "R", help_heading = "Pruning")]
+    prune_ffn: Option<f64>,
+    /// Width: fraction of attention heads to remove (LLaMA only; llama.cpp's GPT-2 graph cannot
+    /// run with fewer heads, so GPT-2 refuses this).
+    #[arg(long, value_name = "R", help_heading = "Pruning")]
+    prune_heads: Option<f64>,
+    /// With GQA: remove query heads evenly from every KV group, or whole KV groups.
+    #[arg(long, value_enum, default_value = "per-group", help_heading = "Pruning")]
+    heads_mode: HeadsMode,
+    /// uniform: same width in every layer (keeps llama/gpt2); global: by score across layers,
+    /// written as llama.cpp's `deci` architecture when widths differ.
+    #[arg(long, value_enum, default_value = "uniform", help_heading = "Pruning")]
+    width_allocation: Allocation,
+    /// Round kept widths to multiples of N (256 lets K-quants apply).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = at_least::<1>(), help_heading = "Pruning")]
+    align: usize,
+    /// Calibration file (llama.cpp imatrix GGUF + block influences): reused when it exists,
+    /// written when it does not.
+    #[arg(long, value_name = "FILE", help_heading = "Pruning")]
+    calib: Option<PathBuf>,
+    /// Calibration text [default: the data folder's wikitext-2/wiki.valid.tokens].
+    #[arg(long, value_name = "FILE", help_heading = "Pruning")]
+    calib_text: Option<PathBuf>,
+    /// The data folder (default: $MICROSCALE_DATA, else the one shipped with microscale).
+    #[arg(long, value_name = "DIR", help_heading = "Pruning")]
+    data_dir: Option<PathBuf>,
+    /// Calibration chunks of 512 tokens.
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = at_least::<1>(), help_heading = "Pruning")]
+    calib_chunks: usize,
+}
+
+impl PruneArgs {
+    pub fn spec(&self) -> PruneSpec {
+        PruneSpec {
+            sparsity: self.sparsity,
+            method: self.sparsity_method,
+            nm: self.nm,
+            sparsity_all: self.sparsity_all,
+            drop_layers: self.drop_layers.clone(),
+            drop_layers_list: self.drop_layers_list.clone(),
+            prune_ffn: self.prune_ffn,
+            prune_heads: self.prune_heads,
+            heads_mode: self.heads_mode,
+            allocation: self.width_allocation,
+            align: self.align,
+            calib: self.calib.clone(),
+            calib_text: self.calib_text.clone(),
+            calib_chunks: self.calib_chunks,
+            data: DataDir::resolve(self.data_dir.as_deref()),
+        }
+    }
+}

@@ -1,0 +1,41 @@
+use super::prune_args::PruneArgs;
+use super::{output, Global};
+use anyhow::Result;
+use microscale::convert::{plan_only, ConvertOptions};
+use microscale::quant::mix::Scheme;
+use std::path::PathBuf;
+
+/// Show what pruning would remove, and the resulting shapes and size, without writing.
+///
+/// Takes the same pruning flags as `convert`, and runs calibration when the request needs it
+/// (save it with --calib FILE to reuse it in the conversion).
+///
+/// Example: microscale prune-plan models/smollm2-135m --prune-ffn 0.5 --drop-layers 4 --outtype q4_k_m
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// A Hugging Face model directory or a .gguf file.
+    src: PathBuf,
+    /// Output type (for the size estimate).
+    #[arg(long, value_enum, default_value = "f16")]
+    outtype: Scheme,
+    #[command(flatten)]
+    prune: PruneArgs,
+    /// Print JSON (kept blocks, channels and heads; every tensor's shape and type).
+    #[arg(long)]
+    json: bool,
+}
+
+impl Args {
+    pub fn run(self, g: Global) -> Result<()> {
+        let opts = ConvertOptions { prune: self.prune.spec(), quiet: g.quiet, ..ConvertOptions::new(self.outtype) };
+        let before = plan_only(&self.src, &ConvertOptions::new(self.outtype))?;
+        let after = plan_only(&self.src, &opts)?;
+        if self.json {
+            output::print_json(&output::prune_plan_json(&before, &after, &opts.prune))
+        } else {
+            print!("{}", output::prune_plan_text(&before, &after, &opts.prune));
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! The measurements' names and results.csv's columns, defined once: `sweep` writes them,
+//! `report` reads them, `bench --csv` names its metrics with the same words.
+
+/// The columns before the tasks: what the variant is, its size, perplexity and KL divergence.
+pub const IDENTITY: &[&str] = &[
+    "variant",
+    "kind",
+    "recipe",
+    "method",
+    "prune_ratio",
+    "quant",
+    "file_size_bytes",
+    "n_params",
+    "bits_per_weight",
+    "ppl",
+    "ppl_stderr",
+    "kld",
+    "kld_stderr",
+    "same_top",
+];
+
+/// The task columns (each with `_stderr`), between the identity columns and the profiles.
+pub const TASKS: &[&str] = &[
+    "sst2_acc",
+    "sst2_acc_stderr",
+    "arc_easy_acc",
+    "arc_easy_acc_stderr",
+    "arc_easy_acc_norm",
+    "arc_easy_acc_norm_stderr",
+    "arc_challenge_acc",
+    "arc_challenge_acc_stderr",
+    "arc_challenge_acc_norm",
+    "arc_challenge_acc_norm_stderr",
+];
+
+/// One device profile's measurements, as `P:NAME` columns (and `bench --csv` metrics):
+/// the run's status, peak RSS, prompt and generation tokens/s with their sd, load time, time to
+/// first token, and the memory cap.
+pub const PROFILE: &[&str] =
+    &["status", "peak_rss_mib", "pp_tps", "pp_tps_sd", "tg_tps", "tg_tps_sd", "load_s", "ttft_s", "mem_cap_mib"];
+
+/// The columns after the profiles: how the variant ended, and provenance.
+pub const TRAILER: &[&str] = &["status", "error", "eval_chunks", "eval_limit", "microscale", "llama_cpp", "date"];
+
+/// The columns every results.csv has (the profile and task columns go between them).
+pub fn required() -> impl Iterator<Item = &'static str> {
+    IDENTITY.iter().chain(TRAILER).copied()
+}
+
+/// `P:NAME`.
+pub fn profile_column(profile: &str, measurement: &str) -> String {
+    format!("{profile}:{measurement}")
+}
+
+/// results.csv's header for these device profiles, in order.
+pub fn results_header(profiles: &[String]) -> Vec<String> {
+    let mut h: Vec<String> = IDENTITY.iter().chain(TASKS).map(|s| s.to_string()).collect();
+    for p in profiles {
+        h.extend(PROFILE.iter().map(|c| profile_column(p, c)));
+    }
+    h.extend(TRAILER.iter().map(|s| s.to_string()));
+    h
+}

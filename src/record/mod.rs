@@ -1,0 +1,16 @@
+//! The record schema: how every measurement is written down, by `eval`, `bench` and `sweep`,
+//! and read back by `report`.
+//!
+//! - [`rows`]: one metric of one model (`eval --csv`, `bench --csv`) and the model's identity.
+//! - [`status`]: how a measuring child ended (`fits`, `oom`, `crash`, `error`, `timeout`).
+//! - [`columns`]: the names of the measurements and the columns of results.csv, defined once.
+//! - [`results`]: results.csv read back into typed rows.
+//!
+//! Uses `source` (a model's identity), `util`.
+
+pub mod columns;
+pub mod results;
+pub mod rows;
+pub mod status;
+
+pub use status::Status;
