@@ -666,6 +666,15 @@ impl<'a> ByteReader<'a> {
         self.at += N;
         v
     }
+
+    /// `N` little-endian `uint16_t`s (the C's `uint16_t qs[N]`).
+    pub(crate) fn u16s<const N: usize>(&mut self) -> [u16; N] {
+        let mut v = [0u16; N];
+        for x in &mut v {
+            *x = self.u16();
+        }
+        v
+    }
 }
 
 /// Sequential little-endian writer of a block's bytes, for `write_to` of the block structs.
@@ -687,6 +696,13 @@ impl<'a> ByteWriter<'a> {
     pub(crate) fn bytes(&mut self, v: &[u8]) {
         self.b[self.at..self.at + v.len()].copy_from_slice(v);
         self.at += v.len();
+    }
+
+    /// Little-endian `uint16_t`s.
+    pub(crate) fn u16s(&mut self, v: &[u16]) {
+        for &x in v {
+            self.u16(x);
+        }
     }
 }
 

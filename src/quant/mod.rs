@@ -3,18 +3,26 @@
 //!
 //! [`types`] is the one table of ggml types (id, name, geometry, codec, fallback). `float` holds
 //! f32/f16/bf16, `legacy` the 32-element block formats, `kquants` the 256-element super-block
-//! formats and `common` the quantization helpers they share. Each function names the ggml function
-//! it mirrors so the two can be read side by side; quantized bytes are identical to what
-//! `ggml_quantize_chunk` writes, with and without importance weights. [`mix`] holds the schemes
-//! (`--outtype`) and llama.cpp's per-tensor choice of type.
+//! formats, `iq4` the non-linear 4-bit formats, `iq3`, `iq2` and `iq1` the lattice formats (their
+//! grids and search tables in `grids`), `ternary` TQ1_0/TQ2_0, and `common` the quantization
+//! helpers they share. Each function names the ggml function it mirrors so the two can be read
+//! side by side; quantized bytes are identical to what `ggml_quantize_chunk` writes, with and
+//! without importance weights (IQ2_XXS, IQ2_XS and IQ1_S require them, as in ggml). [`mix`]
+//! holds the schemes (`--outtype`) and llama.cpp's per-tensor choice of type.
 //!
 //! The lowest stage but `util`: it uses nothing else of microscale.
 
 pub mod common;
 pub mod float;
+pub mod grids;
+pub mod iq1;
+pub mod iq2;
+pub mod iq3;
+pub mod iq4;
 pub mod kquants;
 pub mod legacy;
 pub mod mix;
+pub mod ternary;
 pub mod types;
 
 use anyhow::{anyhow, bail, Result};
@@ -60,7 +68,9 @@ pub fn quantize(ty: GgmlType, values: &[f32], row_len: usize) -> Result<Vec<u8>>
 /// Encode f32 values as `ty`, in parallel over rows, byte-identical to ggml's
 /// `ggml_quantize_chunk(ty, values, .., nrows, row_len, quant_weights)`. `quant_weights` (an
 /// importance matrix's diagonal: `row_len` entries, the same for every row) steers the block
-/// formats that use it; the float formats and Q8_0 ignore it, as ggml does.
+/// formats that use it; the float formats, Q8_0 and TQ1_0/TQ2_0 ignore it, as ggml does. The
+/// types ggml cannot quantize without it (`ggml_quantize_requires_imatrix`) are an error
+/// without it.
 pub fn quantize_weighted(
     ty: GgmlType,
     values: &[f32],
@@ -74,6 +84,9 @@ pub fn quantize_weighted(
         if qw.len() != row_len {
             bail!("{} importance weights for rows of {row_len}", qw.len());
         }
+    }
+    if quant_weights.is_none() && ty.requires_imatrix() {
+        bail!("{ty} needs an importance matrix (ggml_quantize_requires_imatrix)");
     }
     let row_bytes = ty.row_bytes(row_len)?;
     let n_rows = values.len() / row_len;

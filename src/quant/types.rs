@@ -5,7 +5,7 @@
 //!
 //! Adding a type is its codec in its family's file and one line in [`ggml_types!`] below.
 
-use super::{float, kquants, legacy};
+use super::{float, iq1, iq2, iq3, iq4, kquants, legacy, ternary};
 use anyhow::{anyhow, bail, Result};
 use std::fmt;
 
@@ -84,10 +84,21 @@ ggml_types! {
     Q5K  = 13, "q5_K", 256 x 176, Some(kquants::quantize_row_q5_k), Some(kquants::dequantize_q5_k), fallback Some(Q5_1);
     Q6K  = 14, "q6_K", 256 x 210, Some(kquants::quantize_row_q6_k), Some(kquants::dequantize_q6_k), fallback Some(Q8_0);
     Q8K  = 15, "q8_K", 256 x 292, None, None, fallback None;
+    IQ2XXS = 16, "iq2_xxs", 256 x 66, Some(iq2::quantize_row_iq2_xxs), Some(iq2::dequantize_iq2_xxs), fallback Some(IQ4NL);
+    IQ2XS  = 17, "iq2_xs",  256 x 74, Some(iq2::quantize_row_iq2_xs), Some(iq2::dequantize_iq2_xs), fallback Some(IQ4NL);
+    IQ3XXS = 18, "iq3_xxs", 256 x 98, Some(iq3::quantize_row_iq3_xxs), Some(iq3::dequantize_iq3_xxs), fallback Some(IQ4NL);
+    IQ1S   = 19, "iq1_s",   256 x 50, Some(iq1::quantize_row_iq1_s), Some(iq1::dequantize_iq1_s), fallback Some(IQ4NL);
+    IQ4NL  = 20, "iq4_nl",  32 x 18,  Some(iq4::quantize_row_iq4_nl), Some(iq4::dequantize_iq4_nl), fallback None;
+    IQ3S   = 21, "iq3_s",   256 x 110, Some(iq3::quantize_row_iq3_s), Some(iq3::dequantize_iq3_s), fallback Some(IQ4NL);
+    IQ2S   = 22, "iq2_s",   256 x 82, Some(iq2::quantize_row_iq2_s), Some(iq2::dequantize_iq2_s), fallback Some(IQ4NL);
+    IQ4XS  = 23, "iq4_xs",  256 x 136, Some(iq4::quantize_row_iq4_xs), Some(iq4::dequantize_iq4_xs), fallback Some(IQ4NL);
     I8   = 24, "i8",   1 x 1,     None, None, fallback None;
     I16  = 25, "i16",  1 x 2,     None, None, fallback None;
     I32  = 26, "i32",  1 x 4,     None, None, fallback None;
+    IQ1M   = 29, "iq1_m",   256 x 56, Some(iq1::quantize_row_iq1_m), Some(iq1::dequantize_iq1_m), fallback Some(IQ4NL);
     BF16 = 30, "bf16", 1 x 2,     Some(float::quantize_row_bf16), Some(float::dequantize_bf16), fallback None;
+    TQ1_0   = 34, "tq1_0",   256 x 54, Some(ternary::quantize_row_tq1_0), Some(ternary::dequantize_tq1_0), fallback Some(Q4_0);
+    TQ2_0   = 35, "tq2_0",   256 x 66, Some(ternary::quantize_row_tq2_0), Some(ternary::dequantize_tq2_0), fallback Some(Q4_0);
 }
 
 impl GgmlType {
@@ -142,6 +153,12 @@ impl GgmlType {
     /// Bits per weight of the format (block bytes * 8 / block elements).
     pub fn bits_per_weight(self) -> f64 {
         self.type_size() as f64 * 8.0 / self.block_size() as f64
+    }
+
+    /// ggml: `ggml_quantize_requires_imatrix`: the types ggml refuses to quantize without
+    /// importance weights (IQ2_XXS, IQ2_XS, IQ1_S; IQ1_M is commented out of the list in ggml).
+    pub fn requires_imatrix(self) -> bool {
+        matches!(self, GgmlType::IQ2XXS | GgmlType::IQ2XS | GgmlType::IQ1S)
     }
 
     /// The types microscale can encode.
