@@ -60,9 +60,25 @@ fn float_conversions_match_ggml() {
 
 #[test]
 fn dequantization_matches_ggml() {
-    let types =
-        [GgmlType::F16, GgmlType::BF16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0];
+    let types = [
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::IQ4NL,
+        GgmlType::IQ4XS,
+        GgmlType::IQ3XXS,
+        GgmlType::IQ3S,
+        GgmlType::IQ2S,
+        GgmlType::TQ1_0,
+        GgmlType::TQ2_0,
+    ];
     for t in types {
+        // The IQ reference quantizers need their grid tables built first.
+        unsafe { sys::ggml_quantize_init(t.id() as sys::ggml_type) };
         let tr = traits(t);
         let from_float = tr.from_float_ref.expect("reference quantizer");
         let to_float = tr.to_float.expect("dequantizer");

@@ -11,15 +11,41 @@ use microscale::quant::GgmlType;
 use microscale::quant::{dequantize, quantize, quantize_weighted};
 use microscale::source::{HfCheckpoint, TensorSource};
 use microscale::util::rng::XorShift64;
+use std::sync::{Mutex, MutexGuard};
 
 const LEGACY: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0];
 const KQUANTS: [GgmlType; 5] = [GgmlType::Q2K, GgmlType::Q3K, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K];
+/// The lattice (IQ) and ternary (TQ) formats.
+const IQUANTS: [GgmlType; 11] = [
+    GgmlType::IQ4NL,
+    GgmlType::IQ4XS,
+    GgmlType::IQ3XXS,
+    GgmlType::IQ3S,
+    GgmlType::IQ2XXS,
+    GgmlType::IQ2XS,
+    GgmlType::IQ2S,
+    GgmlType::IQ1S,
+    GgmlType::IQ1M,
+    GgmlType::TQ1_0,
+    GgmlType::TQ2_0,
+];
 
 fn all_types() -> impl Iterator<Item = GgmlType> {
-    LEGACY.into_iter().chain(KQUANTS)
+    LEGACY.into_iter().chain(KQUANTS).chain(IQUANTS)
+}
+
+/// Calls into ggml's quantizers one at a time: they share tables built on first use, and
+/// [`ggml_quantize_or_abort`] forks, which must not happen while another thread is inside ggml
+/// (its critical section would stay locked in the child).
+static GGML: Mutex<()> = Mutex::new(());
+
+fn ggml_lock() -> MutexGuard<'static, ()> {
+    GGML.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn ggml_quantize(t: GgmlType, values: &[f32], row_len: usize, qw: Option<&[f32]>) -> Vec<u8> {
+    let _ggml = ggml_lock();
+    unsafe { sys::ggml_quantize_init(t.id() as sys::ggml_type) };
     let n_rows = values.len() / row_len;
     let mut out = vec![0u8; n_rows * t.row_bytes(row_len).unwrap()];
     let written = unsafe {
@@ -36,6 +62,64 @@ fn ggml_quantize(t: GgmlType, values: &[f32], row_len: usize, qw: Option<&[f32]>
     assert_eq!(written, out.len(), "{t}: ggml wrote an unexpected size");
     out
 }
+
+/// The exit status of a forked ggml that hit a `GGML_ASSERT`/`GGML_ABORT`.
+const ABORTED: i32 = 86;
+
+unsafe extern "C" fn exit_on_abort(_message: *const std::os::raw::c_char) {
+    unsafe { libc::_exit(ABORTED) }
+}
+
+/// ggml's bytes, or `None` where ggml aborts: the IQ quantizers `GGML_ASSERT` on blocks whose
+/// weighted distances are all infinite or NaN (squares of values near `f32::MAX` overflow), which
+/// would take the test process down. ggml runs in a forked child (its abort callback exits the
+/// child) and hands its bytes back through shared memory.
+fn ggml_quantize_or_abort(t: GgmlType, values: &[f32], row_len: usize, qw: Option<&[f32]>) -> Option<Vec<u8>> {
+    let _ggml = ggml_lock();
+    // The one-time table building happens here in the parent, not in every child.
+    unsafe { sys::ggml_quantize_init(t.id() as sys::ggml_type) };
+    let n_rows = values.len() / row_len;
+    let len = n_rows * t.row_bytes(row_len).unwrap();
+    unsafe {
+        let shared = libc::mmap(
+            std::ptr::null_mut(),
+            len.max(1),
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(shared, libc::MAP_FAILED, "mmap");
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            sys::ggml_set_abort_callback(Some(exit_on_abort));
+            let written = sys::ggml_quantize_chunk(
+                t.id() as sys::ggml_type,
+                values.as_ptr(),
+                shared,
+                0,
+                n_rows as i64,
+                row_len as i64,
+                qw.map_or(std::ptr::null(), |q| q.as_ptr()),
+            );
+            libc::_exit(if written == len { 0 } else { 2 });
+        }
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, 0), pid, "waitpid");
+        let out = std::slice::from_raw_parts(shared as *const u8, len).to_vec();
+        libc::munmap(shared, len.max(1));
+        assert!(libc::WIFEXITED(status), "{t}: the ggml child died with status {status}");
+        match libc::WEXITSTATUS(status) {
+            0 => Some(out),
+            ABORTED => None,
+            code => panic!("{t}: the ggml child exited with {code}"),
+        }
+    }
+}
+
+/// Rows on which ggml may abort: their squares (and so the IQ weights) overflow to infinity.
+const OVERFLOWING_ROWS: [&str; 2] = ["huge", "near max"];
 
 fn ggml_dequantize(t: GgmlType, data: &[u8]) -> Vec<f32> {
     let to_float = unsafe { &*sys::ggml_get_type_traits(t.id() as sys::ggml_type) }.to_float.unwrap();
@@ -170,24 +254,67 @@ fn assert_same_bytes(t: GgmlType, what: &str, ours: &[u8], theirs: &[u8], row_le
     );
 }
 
-/// Quantizes the rows with us and with ggml, one call for all rows, for every importance vector;
-/// bytes and dequantized values must match.
-fn check_against_ggml(t: GgmlType, rows: &[Row], row_len: usize, label: &str) {
+/// ggml's bytes for each row (`None` where it aborts). The K-quants and legacy formats run in
+/// process, one call for all rows; the IQ/TQ formats in a forked child, one call for all rows
+/// and, if that aborts, one per row.
+fn ggml_rows(t: GgmlType, values: &[f32], row_len: usize, qw: Option<&[f32]>) -> Vec<Option<Vec<u8>>> {
+    let row_bytes = t.row_bytes(row_len).unwrap();
+    let split = |all: Vec<u8>| all.chunks(row_bytes).map(|r| Some(r.to_vec())).collect();
+    if !IQUANTS.contains(&t) {
+        return split(ggml_quantize(t, values, row_len, qw));
+    }
+    match ggml_quantize_or_abort(t, values, row_len, qw) {
+        Some(all) => split(all),
+        None => values.chunks(row_len).map(|row| ggml_quantize_or_abort(t, row, row_len, qw)).collect(),
+    }
+}
+
+/// What [`check_against_ggml`] compared: rows byte-compared with ggml's, rows skipped because
+/// ggml aborts on them, weightings refused for want of an importance matrix.
+#[derive(Default, Debug, Clone, Copy)]
+struct Checked {
+    rows: usize,
+    ggml_aborted: usize,
+    refused: usize,
+}
+
+impl std::ops::AddAssign for Checked {
+    fn add_assign(&mut self, o: Checked) {
+        self.rows += o.rows;
+        self.ggml_aborted += o.ggml_aborted;
+        self.refused += o.refused;
+    }
+}
+
+/// Quantizes the rows with us and with ggml for every importance vector; bytes and dequantized
+/// values must match. Without importance weights, the types ggml requires them for must be
+/// refused with an error (ggml asserts). Rows ggml aborts on must be ones whose squares overflow
+/// ([`OVERFLOWING_ROWS`]); ours must still quantize them (no panic) and decode as ggml decodes.
+fn check_against_ggml(t: GgmlType, rows: &[Row], row_len: usize, label: &str) -> Checked {
     let values: Vec<f32> = rows.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+    let mut checked = Checked::default();
     for (qw_name, qw) in importances(row_len) {
         let qw = qw.as_deref();
+        if qw.is_none() && t.requires_imatrix() {
+            let err = quantize_weighted(t, &values, row_len, None).unwrap_err();
+            assert!(err.to_string().contains("needs an importance matrix"), "{t}: {err}");
+            assert!(unsafe { sys::ggml_quantize_requires_imatrix(t.id() as sys::ggml_type) });
+            checked.refused += 1;
+            continue;
+        }
         let ours = quantize_weighted(t, &values, row_len, qw).unwrap();
-        let theirs = ggml_quantize(t, &values, row_len, qw);
+        let theirs = ggml_rows(t, &values, row_len, qw);
         let row_bytes = t.row_bytes(row_len).unwrap();
         for (i, (name, _)) in rows.iter().enumerate() {
+            let what = format!("{label}, {name} row, importance {qw_name}");
+            let Some(theirs) = &theirs[i] else {
+                assert!(OVERFLOWING_ROWS.contains(name), "{t} {what}: ggml aborts");
+                checked.ggml_aborted += 1;
+                continue;
+            };
             let r = i * row_bytes..(i + 1) * row_bytes;
-            assert_same_bytes(
-                t,
-                &format!("{label}, {name} row, importance {qw_name}"),
-                &ours[r.clone()],
-                &theirs[r],
-                row_len,
-            );
+            assert_same_bytes(t, &what, &ours[r], theirs, row_len);
+            checked.rows += 1;
         }
         let deq = dequantize(t, &ours).unwrap();
         assert!(
@@ -195,6 +322,7 @@ fn check_against_ggml(t: GgmlType, rows: &[Row], row_len: usize, label: &str) {
             "{t} {label}, importance {qw_name}: dequantization differs"
         );
     }
+    checked
 }
 
 #[test]
@@ -214,6 +342,64 @@ fn k_quants_match_ggml_on_synthetic_rows() {
         for t in KQUANTS {
             check_against_ggml(t, &rows, row_len, &format!("rows of {row_len}"));
         }
+    }
+}
+
+#[test]
+fn i_quants_match_ggml_on_synthetic_rows() {
+    let mut per_type = vec![Checked::default(); IQUANTS.len()];
+    for (i, row_len) in [256usize, 768].into_iter().enumerate() {
+        let rows = synthetic_rows(row_len, 0x9FB2_1C65_1E98_DF25 + i as u64);
+        for (k, t) in IQUANTS.into_iter().enumerate() {
+            per_type[k] += check_against_ggml(t, &rows, row_len, &format!("rows of {row_len}"));
+        }
+    }
+    // IQ4_NL has blocks of 32: rows that are not whole super-blocks too.
+    let rows = synthetic_rows(96, 0x2545_F491_4F6C_DD1D);
+    per_type[0] += check_against_ggml(GgmlType::IQ4NL, &rows, 96, "rows of 96");
+    for (t, c) in IQUANTS.iter().zip(&per_type) {
+        eprintln!(
+            "{t}: {} rows byte-identical, {} rows ggml aborts on, {} weightings refused without an imatrix",
+            c.rows, c.ggml_aborted, c.refused
+        );
+        assert!(c.rows > 0);
+    }
+}
+
+#[test]
+fn imatrix_requirement_matches_ggml() {
+    for &t in GgmlType::ALL {
+        let ggml = unsafe { sys::ggml_quantize_requires_imatrix(t.id() as sys::ggml_type) };
+        assert_eq!(t.requires_imatrix(), ggml, "{t}");
+    }
+    let v = vec![0.5f32; 512];
+    for t in [GgmlType::IQ2XXS, GgmlType::IQ2XS, GgmlType::IQ1S] {
+        let err = quantize(t, &v, 256).unwrap_err().to_string();
+        assert!(err.contains(t.name()) && err.contains("importance matrix"), "{t}: {err}");
+        assert!(quantize_weighted(t, &v, 256, Some(&[1.0; 256])).is_ok());
+    }
+}
+
+/// Random bytes as blocks (finite f16 scales), decoded by us and by ggml's `to_float`: every
+/// index, sign and scale bit of every block format exercised, not only the ones our quantizers
+/// happen to write.
+#[test]
+fn dequantization_of_arbitrary_blocks_matches_ggml() {
+    let mut r = XorShift64::new(0xD1B5_4A32_D192_ED03);
+    for t in all_types() {
+        let n_blocks = 512;
+        let mut data: Vec<u8> = (0..n_blocks * t.type_size()).map(|_| r.next_u64() as u8).collect();
+        // Keep every 16-bit word's exponent below 31 (finite as an f16 scale) so that no NaN,
+        // whose payload C and Rust need not agree on, enters the comparison.
+        for w in data.chunks_exact_mut(2) {
+            if w[1] & 0x7c == 0x7c {
+                w[1] &= !0x40;
+            }
+        }
+        let ours = dequantize(t, &data).unwrap();
+        let theirs = ggml_dequantize(t, &data);
+        let first = ours.iter().zip(&theirs).position(|(a, b)| a.to_bits() != b.to_bits());
+        assert!(first.is_none(), "{t}: dequantization differs at value {}", first.unwrap());
     }
 }
 
@@ -280,11 +466,12 @@ fn all_formats_match_ggml_on_model_rows() {
     let (rows, row_len) = model_rows("model.layers.0.mlp.down_proj.weight", 8);
     assert_eq!(row_len, 1536);
     for t in all_types() {
-        check_against_ggml(t, &rows, row_len, "down_proj");
+        let c = check_against_ggml(t, &rows, row_len, "down_proj");
+        assert_eq!(c.ggml_aborted, 0, "{t}");
     }
     let (rows, row_len) = model_rows("model.layers.0.self_attn.q_proj.weight", 8);
     assert_eq!(row_len, 576);
-    for t in LEGACY {
+    for t in LEGACY.into_iter().chain([GgmlType::IQ4NL]) {
         check_against_ggml(t, &rows, row_len, "q_proj");
     }
 }
@@ -304,9 +491,29 @@ fn rmse_bound(t: GgmlType) -> f64 {
         GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5K => 5,
         GgmlType::Q6K => 6,
         GgmlType::Q8_0 => 8,
-        _ => unreachable!(),
+        _ => return iq_rmse_bound(t),
     };
     1.6 * 2f64.powi(-bits)
+}
+
+/// The lattice and ternary formats: the bound is about 1.2 times the error they reach here (the
+/// lattices trade some of a uniform quantizer's accuracy for fewer bits, and a ternary code on
+/// gaussian data keeps little more than the sign of the large values; see
+/// [`ternary_formats_are_exact_on_ternary_rows`] for the data those are made for). A mis-packed
+/// index, sign or scale costs far more than the margin.
+fn iq_rmse_bound(t: GgmlType) -> f64 {
+    match t {
+        GgmlType::IQ4NL | GgmlType::IQ4XS => 1.6 * 2f64.powi(-4),
+        GgmlType::IQ3S => 1.6 * 2f64.powi(-3),
+        GgmlType::IQ3XXS => 0.27,
+        GgmlType::IQ2S => 0.33,
+        GgmlType::IQ2XS => 0.39,
+        GgmlType::IQ2XXS => 0.45,
+        GgmlType::IQ1S => 0.63,
+        GgmlType::IQ1M => 0.71,
+        GgmlType::TQ1_0 | GgmlType::TQ2_0 => 0.95,
+        _ => unreachable!(),
+    }
 }
 
 fn relative_rmse(x: &[f32], y: &[f32]) -> f64 {
@@ -325,12 +532,31 @@ fn round_trip_error_is_within_format_bounds() {
     for t in all_types() {
         for (name, values, n) in [("gaussian", &gaussian, 1536), ("model", &model, row_len)] {
             for weights in [None, Some(&qw[..n])] {
+                if weights.is_none() && t.requires_imatrix() {
+                    continue;
+                }
                 let q = quantize_weighted(t, values, n, weights).unwrap();
                 let e = relative_rmse(values, &dequantize(t, &q).unwrap());
                 let bound = rmse_bound(t);
                 assert!(e < bound, "{t} {name} (imatrix: {}): relative RMSE {e:.5} >= {bound:.5}", weights.is_some());
             }
         }
+    }
+}
+
+/// The ternary formats on what they are for, rows of `{-1, 0, 1}` times a scale per super-block:
+/// the round trip is exact but for the f16 rounding of the scale.
+#[test]
+fn ternary_formats_are_exact_on_ternary_rows() {
+    let mut r = Rng(XorShift64::new(11));
+    let n = 256 * 12;
+    let scales: Vec<f32> = (0..n / 256).map(|_| 0.01 + r.uniform()).collect();
+    let values: Vec<f32> = (0..n).map(|i| scales[i / 256] * ((r.0.next_u64() % 3) as f32 - 1.0)).collect();
+    for t in [GgmlType::TQ1_0, GgmlType::TQ2_0] {
+        let q = quantize(t, &values, 1536).unwrap();
+        let e = relative_rmse(&values, &dequantize(t, &q).unwrap());
+        assert!(e < 1e-3, "{t}: relative RMSE {e} on ternary rows");
+        assert_same_bytes(t, "ternary rows", &q, &ggml_quantize(t, &values, 1536, None), 1536);
     }
 }
 
@@ -342,4 +568,7 @@ fn bad_shapes_are_errors() {
     assert!(quantize(GgmlType::Q4_0, &v[..500], 64).is_err(), "values not whole rows");
     assert!(quantize_weighted(GgmlType::Q4K, &v, 256, Some(&[1.0; 128])).is_err(), "importance of wrong length");
     assert_eq!(quantize(GgmlType::Q6K, &v, 256).unwrap().len(), 2 * 210);
+    assert!(quantize(GgmlType::IQ4XS, &v, 128).is_err(), "row not a whole IQ4_XS super-block");
+    assert_eq!(quantize(GgmlType::IQ4NL, &v, 64).unwrap().len(), 16 * 18);
+    assert!(quantize_weighted(GgmlType::IQ2XXS, &v, 256, Some(&[1.0; 128])).is_err(), "importance of wrong length");
 }
