@@ -25,7 +25,7 @@ pub struct QuantBenchRow {
     pub identical: bool,
 }
 
-pub const BENCH_TYPES: [GgmlType; 8] = [
+pub const BENCH_TYPES: [GgmlType; 19] = [
     GgmlType::Q8_0,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
@@ -34,7 +34,28 @@ pub const BENCH_TYPES: [GgmlType; 8] = [
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
+    GgmlType::IQ4NL,
+    GgmlType::IQ4XS,
+    GgmlType::IQ3XXS,
+    GgmlType::IQ3S,
+    GgmlType::IQ2XXS,
+    GgmlType::IQ2XS,
+    GgmlType::IQ2S,
+    GgmlType::IQ1S,
+    GgmlType::IQ1M,
+    GgmlType::TQ1_0,
+    GgmlType::TQ2_0,
 ];
+
+/// The weightings to measure a type with: without and with an importance matrix, or only with
+/// one for the types ggml cannot quantize without (`ggml_quantize_requires_imatrix`).
+pub fn imatrix_settings(ty: GgmlType) -> &'static [bool] {
+    if ty.requires_imatrix() {
+        &[true]
+    } else {
+        &[false, true]
+    }
+}
 
 /// Gaussian-like test data (sum of uniforms), deterministic.
 pub fn bench_data(n: usize) -> Vec<f32> {
@@ -84,6 +105,10 @@ pub fn bench_type(
     let data = bench_data(rows * row_len);
     let weights: Option<Vec<f32>> = imatrix.then(|| (0..row_len).map(|i| 0.5 + (i % 13) as f32 * 0.1).collect());
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    // One row each first, untimed: the IQ formats build their grid tables once, on first use,
+    // on both sides (`ggml_quantize_init` in ggml).
+    quantize_weighted(ty, &data[..row_len], row_len, weights.as_deref())?;
+    ggml_quantize(ty, &data[..row_len], row_len, weights.as_deref(), 1);
     let (mut ours_t, mut ggml_t) = (Vec::new(), Vec::new());
     let mut identical = true;
     for _ in 0..reps.max(1) {

@@ -1,6 +1,6 @@
 use super::{at_least, output, Global};
 use anyhow::Result;
-use microscale::bench::quant::{bench_type, BENCH_TYPES};
+use microscale::bench::quant::{bench_type, imatrix_settings, BENCH_TYPES};
 use microscale::quant::GgmlType;
 
 /// Quantizer throughput: microscale's quantizers against ggml's C functions.
@@ -43,7 +43,7 @@ impl Args {
         };
         let mut rows = Vec::new();
         for ty in types {
-            for imatrix in [false, true] {
+            for &imatrix in imatrix_settings(ty) {
                 rows.push(bench_type(ty, self.rows, self.row_len, threads, self.reps, imatrix)?);
             }
         }
