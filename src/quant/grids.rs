@@ -226,7 +226,7 @@ pub static KSIGNS_IQ2XS: [u8; 128] = [
 
 /// ggml: `kvalues_iq4nl` (ggml-common.h): the 16 non-linear levels of IQ4_NL/IQ4_XS.
 #[rustfmt::skip]
-pub static KVALUES_IQ4NL: [i8; 16] = [
+pub const KVALUES_IQ4NL: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
 

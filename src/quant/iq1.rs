@@ -126,7 +126,7 @@ fn iq1_sort_helper(l: f32, r: f32) -> i32 {
 /// ggml runs it: `msort_with_tmp`, a top-down merge sort (left half `n/2`) that takes from the
 /// left run unless its head compares greater, so equal values keep their order. Returns the
 /// indices in sorted order.
-fn glibc_sort_indices<const N: usize>(xb: &[f32]) -> [u8; N] {
+fn glibc_msort<const N: usize>(xb: &[f32]) -> [u8; N] {
     fn msort(idx: &mut [u8], tmp: &mut [u8], key: &[f32]) {
         let n = idx.len();
         if n <= 1 {
@@ -164,6 +164,26 @@ fn glibc_sort_indices<const N: usize>(xb: &[f32]) -> [u8; N] {
     let mut tmp = [0u8; N];
     msort(&mut idx, &mut tmp, &xb[..N]);
     idx
+}
+
+/// The order of [`glibc_msort`], faster: without NaN the comparator is a weak order (equal
+/// meaning `==`, so -0 = +0) and every stable sort gives glibc's result, which is the sort by
+/// (value, index) with the value as an order-preserving integer (-0 made +0 first). With a NaN
+/// (which compares neither less nor greater) only the merge sort itself says where it goes.
+fn glibc_sort_indices<const N: usize>(xb: &[f32]) -> [u8; N] {
+    let xb = &xb[..N];
+    if xb.iter().any(|v| v.is_nan()) {
+        return glibc_msort::<N>(xb);
+    }
+    let mut keys = [0u64; N];
+    for (j, k) in keys.iter_mut().enumerate() {
+        let v = if xb[j] == 0.0 { 0.0f32 } else { xb[j] };
+        let b = v.to_bits();
+        let ordered = if b & 0x8000_0000 != 0 { !b } else { b | 0x8000_0000 };
+        *k = (ordered as u64) << 32 | j as u64;
+    }
+    keys.sort_unstable();
+    keys.map(|k| k as u8)
 }
 
 /// ggml: `iq1_find_best_neighbour2`: among the neighbours of an off-grid point, the one whose
@@ -302,15 +322,26 @@ pub fn quantize_row_iq1_s_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
             let mut best_score = -f32::MAX;
             let mut scale = max;
             let (mut besti1, mut besti2, mut best_shift) = (-1i32, -1i32, 0i32);
+            // For each i1, the sums of every (i1, i2) split are computed first, independently (so
+            // the loop vectorizes; each is the C expression, the i1 terms hoisted), then scanned in
+            // ggml's order (i2 ascending, x_p before x_m) for the running best.
+            // (All i2 are computed, a fixed trip count that vectorizes; those below i1 are unused.)
+            let mut qx = [[0f32; BS + 1]; 2];
+            let mut q2 = [[0f32; BS + 1]; 2];
             for i1 in 0..=BS {
+                for (s, xs) in [X_P, X_M].into_iter().enumerate() {
+                    let a1 = (sumx[i1] - sumx[0]) * xs[0];
+                    let w1 = (sumw[i1] - sumw[0]) * xs[0] * xs[0];
+                    let (sx1, sw1, sxn, swn) = (sumx[i1], sumw[i1], sumx[BS], sumw[BS]);
+                    let (qx, q2) = (&mut qx[s], &mut q2[s]);
+                    for i2 in 0..BS + 1 {
+                        qx[i2] = a1 + (sumx[i2] - sx1) * xs[1] + (sxn - sumx[i2]) * xs[2];
+                        q2[i2] = w1 + (sumw[i2] - sw1) * xs[1] * xs[1] + (swn - sumw[i2]) * xs[2] * xs[2];
+                    }
+                }
                 for i2 in i1..=BS {
-                    for (xs, shift) in [(&X_P, 1), (&X_M, -1)] {
-                        let sumqx = (sumx[i1] - sumx[0]) * xs[0]
-                            + (sumx[i2] - sumx[i1]) * xs[1]
-                            + (sumx[BS] - sumx[i2]) * xs[2];
-                        let sumq2 = (sumw[i1] - sumw[0]) * xs[0] * xs[0]
-                            + (sumw[i2] - sumw[i1]) * xs[1] * xs[1]
-                            + (sumw[BS] - sumw[i2]) * xs[2] * xs[2];
+                    for (s, shift) in [(0, 1), (1, -1)] {
+                        let (sumqx, sumq2) = (qx[s][i2], q2[s][i2]);
                         if sumq2 > 0.0 && sumqx * sumqx > best_score * sumq2 {
                             scale = sumqx / sumq2;
                             best_score = scale * sumqx;
@@ -510,25 +541,38 @@ pub fn quantize_row_iq1_m(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>
             let cp2 = X_P[1] * X_P[1] - X_P[2] * X_P[2];
             let cm1 = X_M[0] * X_M[0] - X_M[1] * X_M[1];
             let cm2 = X_M[1] * X_M[1] - X_M[2] * X_M[2];
+            // As for IQ1_S: per i1, every split's four candidate sums first (vectorizable, the C
+            // expressions with the i1 terms hoisted), then the scan in ggml's order.
+            let mut sumqx = [[0f32; BS + 1]; 4];
+            let mut sumq2 = [[0f32; BS + 1]; 4];
             for i1 in 0..=BS {
+                let tp = [tws[0] * p2 * p2 + pw[0][i1] * cp1, tws[1] * p2 * p2 + pw[1][i1] * cp1];
+                let tm = [tws[0] * m2 * m2 + pw[0][i1] * cm1, tws[1] * m2 * m2 + pw[1][i1] * cm1];
+                // (All i2, a fixed trip count that vectorizes; those below i1 are unused.)
+                let (px1, tx) = ([px[0][i1], px[1][i1]], [txs[0] * p2, txs[1] * p2]);
+                let txm = [txs[0] * m2, txs[1] * m2];
+                for i2 in 0..BS + 1 {
+                    let sx0 = px1[0] + px[0][i2];
+                    let sx1 = px1[1] + px[1][i2];
+                    let (qx_p0, qx_m0) = (tx[0] - sx0, txm[0] - sx0);
+                    let (qx_p1, qx_m1) = (tx[1] - sx1, txm[1] - sx1);
+                    let (q2_p0, q2_m0) = (tp[0] + pw[0][i2] * cp2, tm[0] + pw[0][i2] * cm2);
+                    let (q2_p1, q2_m1) = (tp[1] + pw[1][i2] * cp2, tm[1] + pw[1][i2] * cm2);
+                    sumqx[0][i2] = qx_p0 + qx_p1;
+                    sumqx[1][i2] = qx_p0 + qx_m1;
+                    sumqx[2][i2] = qx_m0 + qx_p1;
+                    sumqx[3][i2] = qx_m0 + qx_m1;
+                    sumq2[0][i2] = q2_p0 + q2_p1;
+                    sumq2[1][i2] = q2_p0 + q2_m1;
+                    sumq2[2][i2] = q2_m0 + q2_p1;
+                    sumq2[3][i2] = q2_m0 + q2_m1;
+                }
                 for i2 in i1..=BS {
-                    let mut qx_p = [0f32; 2];
-                    let mut qx_m = [0f32; 2];
-                    let mut q2_p = [0f32; 2];
-                    let mut q2_m = [0f32; 2];
-                    for h in 0..2 {
-                        let sx = px[h][i1] + px[h][i2];
-                        qx_p[h] = txs[h] * p2 - sx;
-                        qx_m[h] = txs[h] * m2 - sx;
-                        q2_p[h] = tws[h] * p2 * p2 + pw[h][i1] * cp1 + pw[h][i2] * cp2;
-                        q2_m[h] = tws[h] * m2 * m2 + pw[h][i1] * cm1 + pw[h][i2] * cm2;
-                    }
-                    let sumqx = [qx_p[0] + qx_p[1], qx_p[0] + qx_m[1], qx_m[0] + qx_p[1], qx_m[0] + qx_m[1]];
-                    let sumq2 = [q2_p[0] + q2_p[1], q2_p[0] + q2_m[1], q2_m[0] + q2_p[1], q2_m[0] + q2_m[1]];
                     for k in 0..4 {
-                        if sumq2[k] > 0.0 && sumqx[k] * sumqx[k] > best_score * sumq2[k] {
-                            scale = sumqx[k] / sumq2[k];
-                            best_score = scale * sumqx[k];
+                        let (sqx, sq2) = (sumqx[k][i2], sumq2[k][i2]);
+                        if sq2 > 0.0 && sqx * sqx > best_score * sq2 {
+                            scale = sqx / sq2;
+                            best_score = scale * sqx;
                             besti1 = i1 as i32;
                             besti2 = i2 as i32;
                             best_k = k as i32;
@@ -670,6 +714,35 @@ pub fn dequantize_iq1_m(b: &[u8], y: &mut [f32]) {
             for j in 0..8 {
                 y[j] = dl * (grid[j] as i8 as f32 + delta[l]);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The integer-key sort orders as glibc's merge sort (and as a stable sort by ggml's
+    /// comparator) on values with many ties and signed zeros.
+    #[test]
+    fn sort_is_glibc_order() {
+        let mut r = crate::util::rng::XorShift64::new(5);
+        for _ in 0..20_000 {
+            let mut xb = [0f32; 32];
+            for v in &mut xb {
+                *v = match r.next_u64() % 6 {
+                    0 => 0.0,
+                    1 => -0.0,
+                    2 => 1.5e-30,
+                    3 => -1.5,
+                    _ => (r.next_u64() % 7) as f32 - 3.0,
+                };
+            }
+            let mut stable: Vec<u8> = (0..32).collect();
+            stable.sort_by(|&a, &b| iq1_sort_helper(xb[a as usize], xb[b as usize]).cmp(&0));
+            assert_eq!(glibc_msort::<32>(&xb).to_vec(), stable);
+            assert_eq!(glibc_sort_indices::<32>(&xb), glibc_msort::<32>(&xb), "{xb:?}");
+            assert_eq!(glibc_sort_indices::<16>(&xb[8..]), glibc_msort::<16>(&xb[8..]), "{xb:?}");
         }
     }
 }

@@ -65,11 +65,9 @@ impl BlockIq4Xs {
     }
 }
 
-/// ggml: `best_index_int8` on the 16 IQ4 levels: the nearest level (the upper one on a tie),
-/// by bisection; NaN goes to the last.
-#[inline(always)]
-pub fn best_index_iq4(x: f32) -> u8 {
-    let val = &KVALUES_IQ4NL;
+/// ggml: `best_index_int8(16, kvalues_iq4nl, x)`: the nearest of the 16 levels, by bisection;
+/// on a tie the upper one, NaN to the last. The reference for [`best_index_iq4`].
+pub fn best_index_int8(val: &[i8; 16], x: f32) -> u8 {
     if x <= val[0] as f32 {
         return 0;
     }
@@ -89,6 +87,40 @@ pub fn best_index_iq4(x: f32) -> u8 {
         (mu - 1) as u8
     } else {
         mu as u8
+    }
+}
+
+/// The IQ4 levels as floats.
+const LEVELS: [f32; 16] = {
+    let mut v = [0f32; 16];
+    let mut i = 0;
+    while i < 16 {
+        v[i] = KVALUES_IQ4NL[i] as f32;
+        i += 1;
+    }
+    v
+};
+
+/// [`best_index_int8`] without the bisection's unpredictable branches: the bisection ends at
+/// the largest `ml` with `levels[ml] <= x`, which is the count of levels 1..=14 at or below `x`
+/// (the levels are increasing); the final choice between `ml` and `ml+1` is the C expression.
+#[inline(always)]
+pub fn best_index_iq4(x: f32) -> u8 {
+    let val = &LEVELS;
+    if x <= val[0] {
+        return 0;
+    }
+    if x >= val[15] || x.is_nan() {
+        return 15;
+    }
+    let mut ml = 0usize;
+    for k in 1..15 {
+        ml += (val[k] <= x) as usize;
+    }
+    if x - val[ml] < val[ml + 1] - x {
+        ml as u8
+    } else {
+        (ml + 1) as u8
     }
 }
 
@@ -290,6 +322,30 @@ pub fn dequantize_iq4_xs(b: &[u8], y: &mut [f32]) {
         for j in 0..16 {
             y[j] = dl * KVALUES_IQ4NL[(qs[j] & 0xf) as usize] as f32;
             y[j + 16] = dl * KVALUES_IQ4NL[(qs[j] >> 4) as usize] as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The branch-free level search equals ggml's bisection everywhere: around every level and
+    /// every midpoint (ties), at the extremes, for non-finite values and on a sweep.
+    #[test]
+    fn best_index_matches_bisection() {
+        let mut xs = vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, f32::MAX, f32::MIN];
+        for i in 0..16 {
+            let v = KVALUES_IQ4NL[i] as f32;
+            xs.extend([v, v.next_up(), v.next_down()]);
+            if i < 15 {
+                let m = (v + KVALUES_IQ4NL[i + 1] as f32) / 2.0;
+                xs.extend([m, m.next_up(), m.next_down()]);
+            }
+        }
+        xs.extend((-140_000..140_000).map(|i| i as f32 * 1e-3));
+        for x in xs {
+            assert_eq!(best_index_iq4(x), best_index_int8(&KVALUES_IQ4NL, x), "x = {x}");
         }
     }
 }
