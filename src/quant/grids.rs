@@ -8,7 +8,6 @@
 // Index loops are kept where ggml has them, so the port reads side by side with the C.
 #![allow(clippy::needless_range_loop)]
 
-use rayon::prelude::*;
 use std::sync::OnceLock;
 
 /// ggml: `NGRID_IQ1S`, points of the IQ1_S/IQ1_M grid.
@@ -154,10 +153,25 @@ fn build_tables<const D: usize>(kgrid: &[u16], bits: u32, kmap_size: usize, nwan
         }
         map[index] = i as i32;
     }
-    let lists: Vec<Option<Vec<u16>>> = (0..kmap_size)
-        .into_par_iter()
-        .map(|i| (map[i] < 0).then(|| nearest_points::<D>(&grid, i, bits, nwant)))
-        .collect();
+    // In parallel on plain threads, not rayon's: this runs inside `OnceLock::get_or_init`, often
+    // from a rayon worker, and a rayon join there could run another task that asks for the same
+    // cell, a reentrant initialization (which deadlocks).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16);
+    let per = kmap_size.div_ceil(threads);
+    let lists: Vec<Option<Vec<u16>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..kmap_size)
+            .step_by(per)
+            .map(|start| {
+                let (grid, map) = (&grid, &map);
+                s.spawn(move || {
+                    (start..(start + per).min(kmap_size))
+                        .map(|i| (map[i] < 0).then(|| nearest_points::<D>(grid, i, bits, nwant)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("grid table builder")).collect()
+    });
     let mut neighbours = Vec::new();
     for (i, list) in lists.into_iter().enumerate() {
         if let Some(list) = list {
