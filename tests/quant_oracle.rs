@@ -366,6 +366,47 @@ fn i_quants_match_ggml_on_synthetic_rows() {
     }
 }
 
+/// Seeded random rows of 256 from eight kinds of distribution (scales from 1e-6 to 1e4): ties
+/// on a small set of values, signed zeros, ternary-like rows, sparse rows, outliers, halves of
+/// different magnitude; every IQ/TQ type under every importance vector.
+#[test]
+fn i_quants_match_ggml_on_random_rows() {
+    const KINDS: [&str; 8] =
+        ["gaussian", "half zero", "ties", "heavy", "two scales", "positive", "ternary-like", "signed zeros"];
+    let mut r = Rng(XorShift64::new(0x6A09_E667_F3BC_C908));
+    let rows: Vec<Row> = (0..96)
+        .map(|i| {
+            let kind = i % KINDS.len();
+            let scale = 10f32.powf(-6.0 + 10.0 * r.uniform());
+            let row = (0..256)
+                .map(|j| {
+                    let g = r.gaussian();
+                    scale
+                        * match kind {
+                            0 => g,
+                            1 if r.uniform() < 0.5 => 0.0,
+                            1 => g,
+                            2 => ((r.uniform() * 7.0) as i32 - 3) as f32 * 0.5,
+                            3 => r.heavy(),
+                            4 if j % 64 < 32 => g * 1e-3,
+                            4 => g,
+                            5 => r.uniform(),
+                            6 if r.uniform() < 0.9 => (r.uniform() * 3.0).floor() - 1.0,
+                            6 => g,
+                            _ if r.uniform() < 0.5 => -0.0,
+                            _ => ((r.uniform() * 3.0) as i32 - 1) as f32,
+                        }
+                })
+                .collect();
+            (KINDS[kind], row)
+        })
+        .collect();
+    for t in IQUANTS {
+        let c = check_against_ggml(t, &rows, 256, "random rows");
+        assert_eq!(c.ggml_aborted, 0, "{t}");
+    }
+}
+
 #[test]
 fn imatrix_requirement_matches_ggml() {
     for &t in GgmlType::ALL {
