@@ -4,7 +4,9 @@
 //! `cargo run --release --example synth_checkpoint -- --shape 1b --dtype bf16 -o /tmp/llama-1b`
 //! Shapes: `1b` (TinyLlama-1.1B: 22 layers, 2048 wide, GQA 32/4, FFN 5632, vocab 32000) and `7b`
 //! (LLaMA-2-7B: 32 layers, 4096 wide, 32 heads, FFN 11008, vocab 32000). The vocabulary is the 256
-//! byte-level symbols plus `<|endoftext|>`; the remaining ids become llama.cpp `[PAD]` tokens.
+//! byte-level symbols plus `<|endoftext|>` (the remaining ids become llama.cpp `[PAD]` tokens), or,
+//! with `--vocab FILE.gguf`, a real one: e.g. llama.cpp's `ggml-vocab-llama-spm.gguf` (LLaMA-2's
+//! SentencePiece vocabulary, written as tokenizer.model + tokenizer.json + tokenizer_config.json).
 
 use anyhow::{bail, Result};
 use microscale::convert::safetensors_writer::SafetensorsWriter;
@@ -40,7 +42,7 @@ fn main() -> Result<()> {
         other => bail!("unknown dtype {other:?}"),
     };
     let Some(out) = get("-o").map(PathBuf::from) else {
-        bail!("usage: synth_checkpoint --shape 1b|7b --dtype bf16 -o DIR")
+        bail!("usage: synth_checkpoint --shape 1b|7b --dtype bf16 [--vocab FILE.gguf] -o DIR")
     };
     std::fs::create_dir_all(&out)?;
 
@@ -75,24 +77,41 @@ fn main() -> Result<()> {
     }
     writer.finish()?;
 
-    let mut vocab: HashMap<String, u32> = HashMap::new();
-    for (i, c) in byte_level_symbols().into_iter().enumerate() {
-        vocab.insert(c, i as u32);
-    }
-    vocab.insert("<|endoftext|>".into(), 256);
-    let tok = tokenizer_json(&vocab, &[], &[(256, "<|endoftext|>".into(), true)], "gpt-2", None)?;
-    std::fs::write(out.join("tokenizer.json"), serde_json::to_vec_pretty(&tok)?)?;
+    let (bos, eos) = match get("--vocab") {
+        Some(file) => write_vocab_file(&PathBuf::from(file), &out, s.vocab)?,
+        None => {
+            let mut vocab: HashMap<String, u32> = HashMap::new();
+            for (i, c) in byte_level_symbols().into_iter().enumerate() {
+                vocab.insert(c, i as u32);
+            }
+            vocab.insert("<|endoftext|>".into(), 256);
+            let tok = tokenizer_json(&vocab, &[], &[(256, "<|endoftext|>".into(), true)], "gpt-2", None)?;
+            std::fs::write(out.join("tokenizer.json"), serde_json::to_vec_pretty(&tok)?)?;
+            (256, 256)
+        }
+    };
     let config = json!({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
         "hidden_size": s.n_embd, "intermediate_size": s.n_ff, "num_hidden_layers": s.n_layer,
         "num_attention_heads": s.n_head, "num_key_value_heads": s.n_head_kv, "max_position_embeddings": 4096,
         "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": false, "vocab_size": s.vocab,
-        "bos_token_id": 256, "eos_token_id": 256,
+        "bos_token_id": bos, "eos_token_id": eos,
         "torch_dtype": match dtype { GgmlType::BF16 => "bfloat16", GgmlType::F16 => "float16", _ => "float32" },
     });
     std::fs::write(out.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
     eprintln!("wrote {}", out.display());
     Ok(())
+}
+
+/// The tokenizer files of a GGUF's vocabulary (its `tokenizer.*` keys); returns (bos, eos).
+fn write_vocab_file(file: &std::path::Path, out: &std::path::Path, vocab_size: usize) -> Result<(u32, u32)> {
+    let gguf = microscale::gguf::GgufFile::open(file)?;
+    let vocab = microscale::tokenizer::Vocab::from_metadata(&gguf.metadata)?;
+    if vocab.tokens.len() != vocab_size {
+        bail!("{}: {} tokens, the shape has {vocab_size}", file.display(), vocab.tokens.len());
+    }
+    microscale::tokenizer::export::write_hf_tokenizer(&vocab, out)?;
+    Ok((vocab.special_id("bos").unwrap_or(0), vocab.special_id("eos").unwrap_or(0)))
 }
 
 /// Uniform values with the given standard deviation around `mean`, from a fast per-chunk generator.

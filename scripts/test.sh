@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The project's tests, from a fresh clone: install what the build needs (scripts/setup.sh), fetch
-# the default model (scripts/fetch-default-model.sh), then run every test against the real engine.
+# the default model (scripts/fetch-default-model.sh) and llama.cpp's reference vocabularies
+# (scripts/fetch-vocabs.sh), build llama.cpp's own llama-imatrix and llama-quantize as oracles
+# (scripts/build-llama-tools.sh, once), then run every test against the real engine.
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh --test bench    # arguments go to `cargo test --release`
@@ -8,4 +10,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/fetch-default-model.sh
+scripts/fetch-vocabs.sh
+scripts/build-llama-tools.sh >/dev/null
 cargo test --release "$@"

@@ -288,6 +288,52 @@ fn config_values_that_make_no_sense_are_errors_naming_the_key() {
     assert_clean_failure(&["convert", s(&dir), "-o", s(&out)], &["blk.1.", "model.layers.1."], tmp.path());
 }
 
+/// Keys that change the model's math and that microscale does not handle: an error naming the
+/// key, never a silent default.
+#[test]
+fn unhandled_rope_types_sliding_windows_and_other_math_changing_keys_are_errors_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = llama_dir(tmp.path());
+    let original = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let out = tmp.path().join("out.gguf");
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("rope_scaling", r#"{"rope_type": "dynamic", "factor": 2.0}"#, &["rope_scaling.rope_type", "dynamic"]),
+        ("rope_scaling", r#"{"type": "longrope", "factor": 2.0}"#, &["rope_scaling.rope_type", "longrope"]),
+        ("rope_parameters", r#"{"rope_type": "su", "rope_theta": 10000.0}"#, &["rope_parameters.rope_type", "su"]),
+        (
+            "rope_parameters",
+            r#"{"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}"#,
+            &["original_max_position_embeddings"],
+        ),
+        ("rope_scaling", "7", &["rope_scaling"]),
+        ("sliding_window", "4096", &["sliding_window", "4096"]),
+        ("layer_types", r#"["sliding_attention", "full_attention"]"#, &["layer_types"]),
+        ("hidden_act", r#""gelu""#, &["hidden_act", "gelu"]),
+        ("partial_rotary_factor", "0.5", &["partial_rotary_factor"]),
+        ("attn_logit_softcapping", "50.0", &["attn_logit_softcapping"]),
+        ("num_local_experts", "8", &["num_local_experts"]),
+    ];
+    for (key, value, needles) in cases {
+        let mut cfg: serde_json::Value = serde_json::from_str(&original).unwrap();
+        cfg[*key] = serde_json::from_str(value).unwrap();
+        std::fs::write(dir.join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
+        let mut want = vec!["config.json"];
+        want.extend_from_slice(needles);
+        assert_clean_failure(&["convert", s(&dir), "-o", s(&out)], &want, tmp.path());
+    }
+    // Mistral's sliding window is refused the same way; Qwen2's counts only with use_sliding_window.
+    for (arch, extra) in [
+        ("MistralForCausalLM", serde_json::json!({"sliding_window": 4096})),
+        ("Qwen2ForCausalLM", serde_json::json!({"sliding_window": 4096, "use_sliding_window": true})),
+    ] {
+        let mut cfg: serde_json::Value = serde_json::from_str(&original).unwrap();
+        cfg["architectures"] = serde_json::json!([arch]);
+        synth::merge_config(&mut cfg, &extra);
+        std::fs::write(dir.join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
+        assert_clean_failure(&["convert", s(&dir), "-o", s(&out)], &["config.json", "sliding_window"], tmp.path());
+    }
+}
+
 #[test]
 fn requantizing_a_quantized_gguf_needs_allow_requantize() {
     let tmp = tempfile::tempdir().unwrap();

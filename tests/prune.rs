@@ -77,8 +77,11 @@ fn write_pruned_hf(src: &Path, dst: &Path, plan: &StructuredPlan) {
         let Some((j, l)) = plan.layers.iter().enumerate().find(|(_, l)| l.source == src_layer) else { continue };
         let l: &LayerPlan = l;
         let new_name = name.replacen(&format!("{prefix}{src_layer}."), &format!("{prefix}{j}."), 1);
+        let is_bias = name.ends_with(".bias");
         let (shape, data) = match name.rsplit('.').nth(1).unwrap_or("") {
             _ if name.ends_with(".attn.bias") || name.ends_with("masked_bias") => continue,
+            // Output biases are as wide as the embedding: kept whole.
+            "o_proj" | "down_proj" if is_bias => (tensor.shape.clone(), tensor.data.clone()),
             "q_proj" => pick_rows(tensor, &blocks(&l.heads, hd)),
             "k_proj" | "v_proj" => pick_rows(tensor, &blocks(&l.kv_heads, hd)),
             "o_proj" => pick_cols(tensor, &blocks(&l.heads, hd)),
@@ -216,6 +219,112 @@ fn deci_with_unequal_widths_and_head_counts_matches_the_reference() {
     assert_eq!(f.get_str("general.architecture"), Some("deci"));
     let arr = f.get("deci.feed_forward_length").and_then(|v| v.as_array()).unwrap();
     assert_eq!(arr.iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>(), ffn);
+}
+
+/// The rest of the family: biases sliced with their rows (LLaMA's `attention_bias`/`mlp_bias`,
+/// Qwen2's q/k/v biases), Qwen3's per-head q/k norms kept, and the widths llama.cpp cannot
+/// express refused.
+#[test]
+fn structured_variants_of_llama_with_biases_qwen2_and_qwen3_match_the_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let family = |arch: &'static str, attention_bias: bool, mlp_bias: bool, head_dim: Option<usize>| {
+        let dir = tmp.path().join(arch).join(format!("{attention_bias}{mlp_bias}"));
+        let spec = SynthSpec {
+            arch,
+            n_layer: 4,
+            n_head: 4,
+            n_head_kv: 2,
+            n_ff: 128,
+            attention_bias,
+            mlp_bias,
+            head_dim,
+            seed: 19,
+            ..SynthSpec::tiny_llama()
+        };
+        synth::write_llama_checkpoint(&dir, &spec).unwrap();
+        dir
+    };
+    let with_calib = |calib: PathBuf, f: &dyn Fn(&mut PruneSpec)| {
+        spec(|s| {
+            s.calib = Some(calib);
+            f(s)
+        })
+    };
+
+    let llama = family("LlamaForCausalLM", true, true, None);
+    let c = tmp.path().join("llama-calib.gguf");
+    let p = check_structured(
+        &llama,
+        false,
+        with_calib(c.clone(), &|s| s.prune_ffn = Some(0.5)),
+        tmp.path(),
+        "llama-bias-ffn",
+    );
+    assert_eq!(p.out_arch, "llama");
+    let p = check_structured(
+        &llama,
+        false,
+        with_calib(c.clone(), &|s| {
+            s.prune_heads = Some(0.5);
+            s.prune_ffn = Some(0.25);
+            s.allocation = Allocation::Global;
+        }),
+        tmp.path(),
+        "llama-bias-deci",
+    );
+    assert_eq!(p.out_arch, "deci");
+
+    let qwen2 = family("Qwen2ForCausalLM", false, false, None);
+    let c = tmp.path().join("qwen2-calib.gguf");
+    let p = check_structured(
+        &qwen2,
+        false,
+        with_calib(c.clone(), &|s| {
+            s.prune_ffn = Some(0.5);
+            s.drop_layers = Some(DropLayers::Count(1));
+        }),
+        tmp.path(),
+        "qwen2-ffn-depth",
+    );
+    assert_eq!((p.out_arch.as_str(), p.layers.len()), ("qwen2", 3));
+    let refused = |dir: &Path, prune: PruneSpec, needle: &str| {
+        let out = tmp.path().join("never.gguf");
+        let err = convert(dir, &out, &opts(Scheme::F32, prune)).unwrap_err();
+        assert!(format!("{err:#}").contains(needle), "{err:#} lacks {needle:?}");
+        assert!(!out.exists());
+    };
+    refused(&qwen2, with_calib(c.clone(), &|s| s.prune_heads = Some(0.5)), "qwen2");
+
+    let qwen3 = family("Qwen3ForCausalLM", false, false, Some(32));
+    let c = tmp.path().join("qwen3-calib.gguf");
+    let p = check_structured(
+        &qwen3,
+        false,
+        with_calib(c.clone(), &|s| s.prune_heads = Some(0.5)),
+        tmp.path(),
+        "qwen3-heads",
+    );
+    assert!(p.layers.iter().all(|l| l.heads.len() == 2) && p.out_arch == "qwen3");
+    let p = check_structured(
+        &qwen3,
+        false,
+        with_calib(c.clone(), &|s| {
+            s.prune_heads = Some(0.5);
+            s.heads_mode = HeadsMode::KvGroups;
+            s.prune_ffn = Some(0.5);
+        }),
+        tmp.path(),
+        "qwen3-kv-groups-ffn",
+    );
+    assert!(p.layers.iter().all(|l| l.kv_heads.len() == 1 && l.ffn.len() == 64));
+    refused(
+        &qwen3,
+        with_calib(c, &|s| {
+            s.prune_ffn = Some(0.5);
+            s.allocation = Allocation::Global;
+        }),
+        "uniform",
+    );
 }
 
 #[test]

@@ -134,3 +134,126 @@ fn synthetic_vocabularies_tokenize_like_hugging_face() {
         assert_eq!(model.meta("tokenizer.ggml.eos_token_id").as_deref(), Some("296"), "{arch}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// The LLaMA family as users bring it: transformers 4 and 5 configs, RoPE scaling, Mistral, Qwen2
+// and Qwen3. Each runs in llama.cpp against the independent forward pass.
+// ---------------------------------------------------------------------------
+
+/// The relative logit error of `spec` converted to F32 and run in llama.cpp (its metadata checked
+/// by `check_meta` first).
+fn family_error(spec: &SynthSpec, check_meta: impl Fn(&microscale::gguf::GgufFile)) -> f64 {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    synth::write_llama_checkpoint(&dir, spec).unwrap();
+    let gguf = tmp.path().join("model.gguf");
+    convert_to(&dir, &gguf, Scheme::F32);
+    check_meta(&microscale::gguf::GgufFile::open(&gguf).unwrap());
+    let tokens: Vec<u32> = PROMPT.iter().map(|&t| t as u32).collect();
+    let want = llama_forward(&dir, &tokens).unwrap();
+    relative_error(&llama_cpp_logits(&gguf, &PROMPT), &want)
+}
+
+fn meta_f64(f: &microscale::gguf::GgufFile, key: &str) -> Option<f64> {
+    f.get_f64(key)
+}
+
+#[test]
+fn llama_3_2_style_head_dim_and_llama3_rope_match_reference_past_the_original_context() {
+    // transformers 5's rope_parameters, an explicit head_dim wider than n_embd / n_head, tied
+    // embeddings; the original context (16) is shorter than the prompt (24 positions), and with
+    // head_dim 32 the frequencies fall in all three of llama3's bands (kept, smoothed, divided).
+    let spec = SynthSpec {
+        head_dim: Some(32),
+        tied_embeddings: true,
+        dtype: SynthDtype::BF16,
+        seed: 31,
+        extra_config: serde_json::json!({
+            "rope_theta": null,
+            "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                "low_freq_factor": 1.0, "high_freq_factor": 2.0,
+                                "original_max_position_embeddings": 16},
+        }),
+        ..SynthSpec::tiny_llama()
+    };
+    let err = family_error(&spec, |f| {
+        assert_eq!(meta_f64(f, "llama.rope.freq_base"), Some(500000.0));
+        assert_eq!(f.get_u64("llama.attention.key_length"), Some(32));
+        assert_eq!(f.get_u64("llama.attention.value_length"), Some(32));
+        assert_eq!(f.get_u64("llama.rope.dimension_count"), Some(32));
+        let freqs = f.tensor("rope_freqs.weight").expect("llama3 scaling is written as rope_freqs.weight");
+        assert_eq!(freqs.ne, vec![16]);
+    });
+    assert!(err < 1e-4, "relative logit error {err:e}");
+}
+
+#[test]
+fn llama_with_biases_and_linear_rope_scaling_matches_reference() {
+    let spec = SynthSpec {
+        attention_bias: true,
+        mlp_bias: true,
+        seed: 32,
+        extra_config: serde_json::json!({"rope_theta": 20000.0, "rope_scaling": {"type": "linear", "factor": 4.0}}),
+        ..SynthSpec::tiny_llama()
+    };
+    let err = family_error(&spec, |f| {
+        assert_eq!(f.get_str("llama.rope.scaling.type"), Some("linear"));
+        assert_eq!(meta_f64(f, "llama.rope.scaling.factor"), Some(4.0));
+        assert!(f.tensor("blk.0.attn_output.bias").is_some() && f.tensor("blk.1.ffn_down.bias").is_some());
+    });
+    assert!(err < 1e-4, "relative logit error {err:e}");
+}
+
+#[test]
+fn mistral_matches_reference() {
+    let spec = SynthSpec {
+        arch: "MistralForCausalLM",
+        seed: 33,
+        extra_config: serde_json::json!({"rope_theta": 1000000.0, "sliding_window": null}),
+        ..SynthSpec::tiny_llama()
+    };
+    let err = family_error(&spec, |f| {
+        assert_eq!(f.architecture().unwrap(), "llama");
+        assert_eq!(meta_f64(f, "llama.rope.freq_base"), Some(1000000.0));
+    });
+    assert!(err < 1e-4, "relative logit error {err:e}");
+}
+
+#[test]
+fn qwen2_with_qkv_biases_and_yarn_matches_reference() {
+    // Qwen2's configs carry a sliding_window that only applies with use_sliding_window.
+    let spec = SynthSpec {
+        arch: "Qwen2ForCausalLM",
+        tied_embeddings: true,
+        seed: 34,
+        extra_config: serde_json::json!({
+            "rope_theta": 1000000.0, "use_sliding_window": false, "sliding_window": 4096,
+            "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
+        }),
+        ..SynthSpec::tiny_llama()
+    };
+    let err = family_error(&spec, |f| {
+        assert_eq!(f.architecture().unwrap(), "qwen2");
+        assert_eq!(f.get_str("qwen2.rope.scaling.type"), Some("yarn"));
+        assert_eq!(f.get_u64("qwen2.rope.scaling.original_context_length"), Some(16));
+        assert!(f.tensor("blk.0.attn_q.bias").is_some());
+    });
+    assert!(err < 1e-4, "relative logit error {err:e}");
+}
+
+#[test]
+fn qwen3_with_qk_norms_and_head_dim_matches_reference() {
+    let spec = SynthSpec {
+        arch: "Qwen3ForCausalLM",
+        head_dim: Some(32),
+        seed: 35,
+        extra_config: serde_json::json!({"rope_theta": null, "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}}),
+        ..SynthSpec::tiny_llama()
+    };
+    let err = family_error(&spec, |f| {
+        assert_eq!(f.architecture().unwrap(), "qwen3");
+        assert_eq!(f.tensor("blk.1.attn_k_norm.weight").map(|t| t.ne.clone()), Some(vec![32]));
+        assert_eq!(f.get_u64("qwen3.attention.key_length"), Some(32));
+    });
+    assert!(err < 1e-4, "relative logit error {err:e}");
+}

@@ -73,18 +73,33 @@ fn put(e: &mut Expected, name: String, ne: Vec<u64>, need: Need) {
     e.insert(name, (ne, need));
 }
 
-/// LLaMA-style models (`llama`, and `deci` with per-layer widths).
+/// LLaMA-style models: `llama`, `deci` (per-layer widths), `qwen2` (q/k/v biases, attention as
+/// wide as the embedding) and `qwen3` (RMS norms on q and k), with the tensors each of llama.cpp's
+/// loaders creates.
 fn llama_like(meta: &Metadata, arch: &str, vocab: Option<u64>) -> Result<Expected> {
     let k = |s: &str| format!("{arch}.{s}");
     let n_layer = count(meta, &k("block_count"))? as usize;
     let n_embd = count(meta, &k("embedding_length"))?;
-    let deci = arch == "deci";
+    let (deci, qwen) = (arch == "deci", arch.starts_with("qwen"));
     let n_head = per_layer(meta, &k("attention.head_count"), n_layer, deci)?;
     let n_head_kv = match meta_get(meta, &k("attention.head_count_kv")) {
         Some(_) => per_layer(meta, &k("attention.head_count_kv"), n_layer, deci)?,
         None => n_head.clone(),
     };
     let n_ff = per_layer(meta, &k("feed_forward_length"), n_layer, deci)?;
+    if qwen {
+        // llama.cpp's qwen loaders size every block by hparams.n_ff() / n_head(): one value.
+        for (key, v) in
+            [("attention.head_count", &n_head), ("attention.head_count_kv", &n_head_kv), ("feed_forward_length", &n_ff)]
+        {
+            if v.iter().any(|x| *x != v[0]) {
+                bail!(
+                    "{} varies between blocks, which llama.cpp's {arch} cannot load (one width for every block)",
+                    k(key)
+                );
+            }
+        }
+    }
     let first_heads = n_head.iter().copied().find(|&h| h > 0).unwrap_or(1);
     let head_k = match optional_count(meta, &k("attention.key_length"))? {
         Some(v) => v,
@@ -96,13 +111,24 @@ fn llama_like(meta: &Metadata, arch: &str, vocab: Option<u64>) -> Result<Expecte
         ),
     };
     let head_v = optional_count(meta, &k("attention.value_length"))?.unwrap_or(head_k);
+    if arch == "qwen2" && first_heads * head_k != n_embd {
+        bail!(
+            "{} x {} = {} must equal {} = {n_embd} (llama.cpp's qwen2 attention is as wide as the embedding)",
+            k("attention.head_count"),
+            k("attention.key_length"),
+            first_heads * head_k,
+            k("embedding_length")
+        );
+    }
     let mut e = Expected::new();
     // 0: any vocabulary size, when the file carries no token list to compare with.
     let vocab_ne = vec![n_embd, vocab.unwrap_or(0)];
     put(&mut e, "token_embd.weight".into(), vocab_ne.clone(), Need::Required);
     put(&mut e, "output.weight".into(), vocab_ne, Need::Optional);
     put(&mut e, "output_norm.weight".into(), vec![n_embd], Need::Required);
-    put(&mut e, "rope_freqs.weight".into(), vec![head_k / 2], Need::Optional);
+    if !qwen {
+        put(&mut e, "rope_freqs.weight".into(), vec![head_k / 2], Need::Optional);
+    }
     for l in 0..n_layer {
         let b = |s: &str| format!("blk.{l}.{s}");
         let (h, hkv, ff) = (n_head[l], n_head_kv[l], n_ff[l]);
@@ -116,15 +142,23 @@ fn llama_like(meta: &Metadata, arch: &str, vocab: Option<u64>) -> Result<Expecte
                 put(&mut e, b(&format!("{t}.bias")), vec![rows], Need::Optional);
             }
             put(&mut e, b("attn_output.weight"), vec![h * head_v, n_embd], Need::Required);
-            put(&mut e, b("attn_output.bias"), vec![n_embd], Need::Optional);
+            if !qwen {
+                put(&mut e, b("attn_output.bias"), vec![n_embd], Need::Optional);
+            }
+            if arch == "qwen3" {
+                put(&mut e, b("attn_q_norm.weight"), vec![head_k], Need::Required);
+                put(&mut e, b("attn_k_norm.weight"), vec![head_k], Need::Required);
+            }
         }
         if ff > 0 {
             put(&mut e, b("ffn_norm.weight"), vec![n_embd], Need::Required);
             put(&mut e, b("ffn_gate.weight"), vec![n_embd, ff], Need::Required);
             put(&mut e, b("ffn_up.weight"), vec![n_embd, ff], Need::Required);
             put(&mut e, b("ffn_down.weight"), vec![ff, n_embd], Need::Required);
-            for (t, n) in [("ffn_gate", ff), ("ffn_up", ff), ("ffn_down", n_embd)] {
-                put(&mut e, b(&format!("{t}.bias")), vec![n], Need::Optional);
+            if !qwen {
+                for (t, n) in [("ffn_gate", ff), ("ffn_up", ff), ("ffn_down", n_embd)] {
+                    put(&mut e, b(&format!("{t}.bias")), vec![n], Need::Optional);
+                }
             }
         }
     }
@@ -178,9 +212,11 @@ pub fn check_tensors(meta: &Metadata, vocab: Option<u64>, tensors: &[(String, Ve
         .and_then(|v| v.as_str())
         .ok_or_else(|| anyhow!("no general.architecture key"))?;
     let expected = match arch {
-        "llama" | "deci" => llama_like(meta, arch, vocab)?,
+        "llama" | "deci" | "qwen2" | "qwen3" => llama_like(meta, arch, vocab)?,
         "gpt2" => gpt2(meta, vocab)?,
-        other => bail!("architecture {other:?} is not supported (microscale handles llama, deci and gpt2 GGUFs)"),
+        other => bail!(
+            "architecture {other:?} is not supported (microscale handles llama, deci, qwen2, qwen3 and gpt2 GGUFs)"
+        ),
     };
     for (name, ne) in tensors {
         let Some((want, _)) = expected.get(name) else {

@@ -49,7 +49,8 @@ impl Gpt2Params {
         Ok(p)
     }
 
-    pub fn metadata(&self) -> Metadata {
+    /// The `gpt2.*` keys and `general.file_type`, in the converter's order.
+    pub fn metadata(&self, file_type: u32) -> Metadata {
         vec![
             ("gpt2.block_count".into(), GgufValue::U32(self.n_layer as u32)),
             ("gpt2.context_length".into(), GgufValue::U32(self.n_ctx as u32)),
@@ -57,6 +58,7 @@ impl Gpt2Params {
             ("gpt2.feed_forward_length".into(), GgufValue::U32(self.n_ff as u32)),
             ("gpt2.attention.head_count".into(), GgufValue::U32(self.n_head as u32)),
             ("gpt2.attention.layer_norm_epsilon".into(), GgufValue::F32(self.norm_eps as f32)),
+            ("general.file_type".into(), GgufValue::U32(file_type)),
         ]
     }
 }
@@ -113,7 +115,7 @@ fn is_buffer(name: &str) -> bool {
     name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias")
 }
 
-pub fn plan(ckpt: &HfCheckpoint) -> Result<ConversionPlan> {
+pub fn plan(ckpt: &HfCheckpoint, file_type: u32) -> Result<ConversionPlan> {
     let p = Gpt2Params::from_config(ckpt)?;
     let prefix = if ckpt.tensor("transformer.wte.weight").is_some() { "transformer." } else { "" };
     expect_shape(ckpt, &format!("{prefix}wte.weight"), &[p.vocab_size, p.n_embd])?;
@@ -141,5 +143,12 @@ pub fn plan(ckpt: &HfCheckpoint) -> Result<ConversionPlan> {
         };
         tensors.push(PlannedTensor::new(name, src.to_string(), shape, transform));
     }
-    Ok(ConversionPlan { arch: "gpt2", hparams: p.metadata(), tensors, vocab_size: p.vocab_size })
+    Ok(ConversionPlan {
+        arch: "gpt2",
+        hparams: p.metadata(file_type),
+        tensors,
+        vocab_size: p.vocab_size,
+        vocab_style: crate::tokenizer::hf::VocabStyle::Gpt2,
+        generated: vec![],
+    })
 }

@@ -10,6 +10,7 @@
 pub mod check;
 pub mod gpt2;
 pub mod llama;
+pub mod rope;
 
 use crate::gguf::Metadata;
 use crate::source::HfCheckpoint;
@@ -92,26 +93,39 @@ impl PlannedTensor {
     }
 }
 
+/// A tensor the converter computes rather than reads (Llama 3's `rope_freqs.weight`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generated {
+    pub name: String,
+    /// Row-major shape.
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
 /// Everything needed to write a GGUF from a Hugging Face checkpoint, before any data is read.
 pub struct ConversionPlan {
     /// `general.architecture`.
     pub arch: &'static str,
-    /// Architecture keys (`llama.block_count` …), in the converter's order.
+    /// Architecture keys (`llama.block_count` …) and `general.file_type`, in the converter's order.
     pub hparams: Metadata,
     pub tensors: Vec<PlannedTensor>,
     pub vocab_size: usize,
+    /// How the architecture's converter reads its vocabulary.
+    pub vocab_style: crate::tokenizer::hf::VocabStyle,
+    /// Tensors computed from the config; planned tensors name them as their source.
+    pub generated: Vec<Generated>,
 }
 
 /// Pick the architecture from `config.json` and plan the conversion. Every planned tensor is
 /// checked against the hyper-parameters (as llama.cpp will check the output) before anything is
 /// read or written.
-pub fn plan_hf(ckpt: &HfCheckpoint) -> Result<ConversionPlan> {
+pub fn plan_hf(ckpt: &HfCheckpoint, file_type: u32) -> Result<ConversionPlan> {
     let arch = ckpt.architecture_name()?;
-    let plan = match arch.as_str() {
-        "LlamaForCausalLM" => llama::plan(ckpt)?,
-        "GPT2LMHeadModel" | "GPT2Model" => gpt2::plan(ckpt)?,
-        other => bail!(
-            "{}: unsupported architecture {other:?} (microscale supports LlamaForCausalLM and GPT2LMHeadModel)",
+    let plan = match (arch.as_str(), llama::Flavor::from_architecture(&arch)) {
+        (_, Some(flavor)) => llama::plan(ckpt, flavor, file_type)?,
+        ("GPT2LMHeadModel" | "GPT2Model", None) => gpt2::plan(ckpt, file_type)?,
+        (other, None) => bail!(
+            "{}: unsupported architecture {other:?} (microscale supports LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM and GPT2LMHeadModel)",
             ckpt.dir.join("config.json").display()
         ),
     };

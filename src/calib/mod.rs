@@ -156,7 +156,8 @@ pub fn calibrate(
         bail!("calibration saw {} blocks' outputs, the model has {n_layer}", collector.influence.len());
     }
     let mut imatrix = Imatrix {
-        datasets: vec![opts.text.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()],
+        // The text as named, as llama-imatrix records its --file.
+        datasets: vec![opts.text.to_string_lossy().into_owned()],
         chunk_count: chunks as u32,
         chunk_size: opts.n_ctx as u32,
         ..Default::default()

@@ -1,9 +1,10 @@
+use super::mix_args::{BudgetArgs, MixArgs};
 use super::prune_args::PruneArgs;
 use super::{output, Global};
 use anyhow::Result;
 use microscale::convert::{convert, ConvertOptions};
 use microscale::gguf::imatrix::Imatrix;
-use microscale::quant::mix::{Scheme, TensorTypeOverride};
+use microscale::quant::mix::Scheme;
 use std::path::PathBuf;
 
 /// Convert a Hugging Face directory or a GGUF file to GGUF, quantizing in the same pass.
@@ -15,11 +16,15 @@ use std::path::PathBuf;
 /// Quantized types are llama.cpp's mixes, chosen per tensor exactly as llama-quantize chooses
 /// them (q4_k_m gives some attn_v and ffn_down tensors Q6_K; rows that are not a multiple of
 /// 256 fall back to Q5_0/Q5_1/Q8_0); the quantizers are microscale's own, bit-exact with ggml.
+/// The lowest-bit types (iq1_*, iq2_*, iq3_xxs, q2_k_s) need an importance matrix, as in
+/// llama-quantize: --imatrix FILE, or --calib FILE to calibrate here (and save it).
 ///
 /// Examples:
 ///   microscale convert models/smollm2-135m -o smollm2-f16.gguf --outtype f16
 ///   microscale convert models/smollm2-135m -o smollm2-q4_k_m.gguf --outtype q4_k_m --imatrix imatrix.gguf
 ///   microscale convert models/smollm2-135m -o mixed.gguf --outtype q4_k_s --tensor-type 'attn_v=q8_0'
+///   microscale imatrix models/smollm2-135m -o imatrix.gguf --chunks 32
+///   microscale convert models/smollm2-135m -o 90m.gguf --outtype q4_k_m --imatrix imatrix.gguf --target-size 90MiB
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -31,10 +36,10 @@ pub struct Args {
     /// Output type, spelled as llama.cpp spells it.
     #[arg(long, value_enum, default_value = "f16")]
     outtype: Scheme,
-    /// Quantize tensors whose name matches the regex PATTERN to TYPE (e.g. 'ffn_down=q6_k');
-    /// repeatable, first match wins, as llama-quantize's --tensor-type.
-    #[arg(long = "tensor-type", value_name = "PATTERN=TYPE")]
-    tensor_types: Vec<TensorTypeOverride>,
+    #[command(flatten)]
+    mix: MixArgs,
+    #[command(flatten)]
+    budget: BudgetArgs,
     /// Importance matrix (llama.cpp imatrix GGUF or legacy .dat) for the quantizers.
     #[arg(long)]
     imatrix: Option<PathBuf>,
@@ -52,10 +57,12 @@ pub struct Args {
 impl Args {
     pub fn run(self, g: Global) -> Result<()> {
         let opts = ConvertOptions {
-            tensor_types: self.tensor_types,
+            tensor_types: self.mix.tensor_types.clone(),
+            mix_flags: self.mix.flags(),
             imatrix: self.imatrix.as_deref().map(Imatrix::load).transpose()?,
             prune: self.prune.spec(),
             allow_requantize: self.allow_requantize,
+            budget: self.budget.budget(),
             quiet: g.quiet,
             ..ConvertOptions::new(self.outtype)
         };

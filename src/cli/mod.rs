@@ -8,9 +8,11 @@ mod bench_child;
 mod bench_quant;
 mod convert;
 mod eval;
+mod imatrix;
 mod import;
 mod info;
 mod inspect;
+mod mix_args;
 mod output;
 mod prune_args;
 mod prune_plan;
@@ -60,6 +62,7 @@ pub struct Global {
 enum Command {
     Info(info::Args),
     Convert(convert::Args),
+    Imatrix(imatrix::Args),
     PrunePlan(prune_plan::Args),
     Sweep(sweep::Args),
     Report(report::Args),
@@ -78,6 +81,7 @@ impl Command {
         match self {
             Command::Info(a) => a.run(g),
             Command::Convert(a) => a.run(g),
+            Command::Imatrix(a) => a.run(g),
             Command::PrunePlan(a) => a.run(g),
             Command::Sweep(a) => a.run(g),
             Command::Report(a) => a.run(g),

@@ -234,6 +234,15 @@ pub fn prune_plan_text(before: &Plan, after: &Plan, spec: &PruneSpec) -> String 
         mib(plan_bytes(before)),
         mib(plan_bytes(after))
     );
+    let mut types: std::collections::BTreeMap<&str, (usize, u64)> = Default::default();
+    for j in &after.jobs {
+        let e = types.entry(j.ty.name()).or_default();
+        e.0 += 1;
+        e.1 += j.n_bytes();
+    }
+    let list: Vec<String> =
+        types.iter().map(|(t, (n, b))| format!("{t} x{n} ({:.1} MiB)", *b as f64 / (1 << 20) as f64)).collect();
+    let _ = writeln!(s, "types: {}", list.join(", "));
     let _ = writeln!(s, "\ntensors (changed shapes marked *):");
     for j in &after.jobs {
         let mark = if j.planned.select.is_some() || j.planned.name != j.planned.stats_name { "*" } else { " " };
@@ -377,4 +386,43 @@ pub fn quant_bench_table(rows: &[QuantBenchRow]) -> String {
         );
     }
     s
+}
+
+/// `imatrix --show-statistics`, with llama-imatrix's columns.
+pub fn imatrix_statistics_table(stats: &[microscale::gguf::imatrix::TensorStats]) -> String {
+    let mut out = format!(
+        "{:>5}  {:<28} {:>12} {:>10} {:>12} {:>10} {:>10} {:>8} {:>7} {:>9} {:>8} {:>7} {:>7}\n",
+        "layer",
+        "tensor",
+        "sum(act^2)",
+        "min",
+        "max",
+        "mean",
+        "stddev",
+        "active",
+        "N",
+        "entropy",
+        "E(norm)",
+        "ZD",
+        "CosSim"
+    );
+    for s in stats {
+        let layer = if s.layer == usize::MAX { "-".to_string() } else { s.layer.to_string() };
+        out += &format!(
+            "{layer:>5}  {:<28} {:>12.2} {:>10.4} {:>12.4} {:>10.2} {:>10.2} {:>7.2}% {:>7} {:>9.4} {:>7.2}% {:>6.2}% {:>7}\n",
+            s.kind,
+            s.total,
+            s.min,
+            s.max,
+            s.mean,
+            s.stddev,
+            100.0 * s.active,
+            s.elements,
+            s.entropy,
+            s.entropy_norm,
+            100.0 * s.zd,
+            s.cos_sim.map_or("-".to_string(), |c| format!("{c:.4}")),
+        );
+    }
+    out
 }

@@ -45,7 +45,8 @@ pub struct PruneArgs {
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = at_least::<1>(), help_heading = "Pruning")]
     align: usize,
     /// Calibration file (llama.cpp imatrix GGUF + block influences): reused when it exists,
-    /// written when it does not.
+    /// written when it does not. Its importance matrix also steers the quantizers (unless
+    /// --imatrix is given), with or without pruning.
     #[arg(long, value_name = "FILE", help_heading = "Pruning")]
     calib: Option<PathBuf>,
     /// Calibration text [default: the data folder's wikitext-2/wiki.valid.tokens].
@@ -76,6 +77,7 @@ impl PruneArgs {
             calib: self.calib.clone(),
             calib_text: self.calib_text.clone(),
             calib_chunks: self.calib_chunks,
+            calib_ctx: None,
             data: DataDir::resolve(self.data_dir.as_deref()),
         }
     }

@@ -1,11 +1,16 @@
+use super::mix_args::{BudgetArgs, MixArgs};
 use super::prune_args::PruneArgs;
 use super::{output, Global};
 use anyhow::Result;
 use microscale::convert::{plan_only, ConvertOptions};
+use microscale::gguf::imatrix::Imatrix;
 use microscale::quant::mix::Scheme;
 use std::path::PathBuf;
 
-/// Show what pruning would remove, and the resulting shapes and size, without writing.
+/// Show what pruning would remove, and the resulting shapes, types and size, without writing.
+///
+/// With --target-size or --target-bpw, shows the type chosen for every tensor and the predicted
+/// file size.
 ///
 /// Takes the same pruning flags as `convert`, and runs calibration when the request needs it
 /// (save it with --calib FILE to reuse it in the conversion).
@@ -21,6 +26,13 @@ pub struct Args {
     outtype: Scheme,
     #[command(flatten)]
     prune: PruneArgs,
+    /// Importance matrix (for the type choices of the low-bit mixes and --target-size).
+    #[arg(long)]
+    imatrix: Option<PathBuf>,
+    #[command(flatten)]
+    mix: MixArgs,
+    #[command(flatten)]
+    budget: BudgetArgs,
     /// Print JSON (kept blocks, channels and heads; every tensor's shape and type).
     #[arg(long)]
     json: bool,
@@ -28,7 +40,15 @@ pub struct Args {
 
 impl Args {
     pub fn run(self, g: Global) -> Result<()> {
-        let opts = ConvertOptions { prune: self.prune.spec(), quiet: g.quiet, ..ConvertOptions::new(self.outtype) };
+        let opts = ConvertOptions {
+            prune: self.prune.spec(),
+            imatrix: self.imatrix.as_deref().map(Imatrix::load).transpose()?,
+            tensor_types: self.mix.tensor_types.clone(),
+            mix_flags: self.mix.flags(),
+            budget: self.budget.budget(),
+            quiet: g.quiet,
+            ..ConvertOptions::new(self.outtype)
+        };
         let before = plan_only(&self.src, &ConvertOptions::new(self.outtype))?;
         let after = plan_only(&self.src, &opts)?;
         if self.json {

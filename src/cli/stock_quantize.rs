@@ -1,8 +1,9 @@
+use super::mix_args::MixArgs;
 use super::{at_least, Global};
 use anyhow::Result;
 use microscale::engine::quantize::{stock_quantize, StockOptions};
 use microscale::gguf::imatrix::Imatrix;
-use microscale::quant::mix::{Scheme, TensorTypeOverride};
+use microscale::quant::mix::Scheme;
 use std::path::PathBuf;
 
 /// Quantize a GGUF with llama.cpp's own quantizer (llama_model_quantize, as llama-quantize).
@@ -24,9 +25,8 @@ pub struct Args {
     /// Importance matrix (llama.cpp imatrix GGUF or legacy .dat).
     #[arg(long)]
     imatrix: Option<PathBuf>,
-    /// Quantize tensors matching PATTERN to TYPE (repeatable).
-    #[arg(long = "tensor-type", value_name = "PATTERN=TYPE")]
-    tensor_types: Vec<TensorTypeOverride>,
+    #[command(flatten)]
+    mix: MixArgs,
     /// Allow re-quantizing tensors that are already quantized (loses quality).
     #[arg(long)]
     allow_requantize: bool,
@@ -41,7 +41,8 @@ impl Args {
         let opts = StockOptions {
             threads: self.threads.unwrap_or_else(microscale::engine::default_threads),
             allow_requantize: self.allow_requantize,
-            tensor_types: self.tensor_types,
+            tensor_types: self.mix.tensor_types.clone(),
+            mix_flags: self.mix.flags(),
         };
         stock_quantize(&self.input, &self.output, self.scheme, imatrix.as_ref(), &opts)?;
         if !g.quiet {

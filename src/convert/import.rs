@@ -34,9 +34,12 @@ pub fn import(gguf_path: &Path, out_dir: &Path, dtype: OutType, quiet: bool) -> 
         .map_err(|e| anyhow!("{}: {e:#}", gguf_path.display()))?;
     let vocab = Vocab::from_metadata(&file.metadata).map_err(|e| anyhow!("{}: {e:#}", gguf_path.display()))?;
     let (items, mut config) = match arch.as_str() {
-        "llama" => plan_llama(&file)?,
+        "llama" | "qwen2" | "qwen3" => plan_llama_family(&file, &arch)?,
         "gpt2" => plan_gpt2(&file)?,
-        other => bail!("{}: cannot import architecture {other:?} (supported: llama, gpt2)", gguf_path.display()),
+        other => bail!(
+            "{}: cannot import architecture {other:?} (supported: llama, qwen2, qwen3, gpt2)",
+            gguf_path.display()
+        ),
     };
     let staging = TempDir::create(out_dir)?;
     let dir = staging.path();
@@ -91,49 +94,137 @@ fn f32_json(x: f64) -> Value {
     json!(short)
 }
 
-fn plan_llama(file: &GgufFile) -> Result<(Vec<Item>, Map<String, Value>)> {
-    let n_head = need_u64(file, "llama.attention.head_count")? as usize;
-    let n_head_kv = file.get_u64("llama.attention.head_count_kv").map_or(n_head, |v| v as usize);
-    let n_embd = need_u64(file, "llama.embedding_length")? as usize;
+/// The Hugging Face class of a llama.cpp architecture in the LLaMA family.
+fn llama_family_class(arch: &str) -> (&'static str, &'static str) {
+    match arch {
+        "qwen2" => ("Qwen2ForCausalLM", "qwen2"),
+        "qwen3" => ("Qwen3ForCausalLM", "qwen3"),
+        _ => ("LlamaForCausalLM", "llama"),
+    }
+}
+
+/// `rope_scaling` for config.json from the `{arch}.rope.scaling.*` keys. Llama 3's scaling lives
+/// in `rope_freqs.weight`, whose parameters the GGUF does not keep: refused rather than guessed.
+fn rope_scaling_json(file: &GgufFile, arch: &str) -> Result<Option<Value>> {
+    if file.tensor("rope_freqs.weight").is_some() {
+        bail!(
+            "{}: rope_freqs.weight (Llama 3 RoPE frequency factors) cannot be written back as config.json's rope_scaling: the GGUF does not keep its parameters",
+            file.path.display()
+        );
+    }
+    let k = |s: &str| format!("{arch}.rope.scaling.{s}");
+    let Some(ty) = file.get_str(&k("type")) else { return Ok(None) };
+    let factor = file
+        .get_f64(&k("factor"))
+        .ok_or_else(|| anyhow!("{}: {} without {}", file.path.display(), k("type"), k("factor")))?;
+    Ok(match ty {
+        "none" => None,
+        "linear" => Some(json!({"rope_type": "linear", "factor": f32_json(factor)})),
+        "yarn" => {
+            let mut m = Map::new();
+            m.insert("rope_type".into(), json!("yarn"));
+            m.insert("factor".into(), f32_json(factor));
+            m.insert("original_max_position_embeddings".into(), json!(need_u64(file, &k("original_context_length"))?));
+            for (key, name) in [
+                ("yarn_ext_factor", "extrapolation_factor"),
+                ("yarn_attn_factor", "attention_factor"),
+                ("yarn_beta_fast", "beta_fast"),
+                ("yarn_beta_slow", "beta_slow"),
+            ] {
+                if let Some(v) = file.get_f64(&k(key)) {
+                    m.insert(name.into(), f32_json(v));
+                }
+            }
+            Some(Value::Object(m))
+        }
+        other => bail!("{}: {} = {other:?} has no config.json form in microscale", file.path.display(), k("type")),
+    })
+}
+
+fn plan_llama_family(file: &GgufFile, arch: &str) -> Result<(Vec<Item>, Map<String, Value>)> {
+    let key = |s: &str| format!("{arch}.{s}");
+    let n_head = need_u64(file, &key("attention.head_count"))? as usize;
+    let n_head_kv = file.get_u64(&key("attention.head_count_kv")).map_or(n_head, |v| v as usize);
+    let n_embd = need_u64(file, &key("embedding_length"))? as usize;
+    let head_dim = file.get_u64(&key("attention.key_length")).map(|v| v as usize);
     let tied = file.tensor("output.weight").is_none();
     let vocab_size = file
         .tensor("token_embd.weight")
         .map(|t| t.ne[1] as usize)
         .ok_or_else(|| anyhow!("{}: no token_embd.weight", file.path.display()))?;
-    if let Some(rot) = file.get_u64("llama.rope.dimension_count") {
-        if rot as usize != n_embd / n_head {
+    let rope_dim = head_dim.unwrap_or(n_embd / n_head);
+    if let Some(rot) = file.get_u64(&key("rope.dimension_count")) {
+        if rot as usize != rope_dim {
             bail!(
-                "{}: partial rotary embeddings (rope.dimension_count {rot}) cannot be expressed as LlamaForCausalLM",
+                "{}: partial rotary embeddings (rope.dimension_count {rot}) cannot be expressed in a Hugging Face config",
                 file.path.display()
             );
         }
     }
+    if head_dim.is_some() && file.get_u64(&key("attention.value_length")) != head_dim.map(|d| d as u64) {
+        bail!(
+            "{}: key and value heads of different widths cannot be expressed in a Hugging Face config",
+            file.path.display()
+        );
+    }
+    let rope_scaling = rope_scaling_json(file, arch)?;
+    // Only llama's interleaved RoPE was permuted by the converter.
+    let permuted = arch == "llama";
     let mut items = Vec::new();
     for t in &file.tensors {
-        let hf = llama::hf_name(&t.name)
-            .ok_or_else(|| anyhow!("{}: tensor {:?} has no Hugging Face LLaMA name", file.path.display(), t.name))?;
-        let transform = if t.name.contains(".attn_q.") {
-            Transform::UnpermuteQk { n_head }
-        } else if t.name.contains(".attn_k.") {
-            Transform::UnpermuteQk { n_head: n_head_kv }
-        } else {
-            Transform::Copy
+        let hf = llama::hf_name(&t.name).ok_or_else(|| {
+            anyhow!("{}: tensor {:?} has no Hugging Face name in this architecture", file.path.display(), t.name)
+        })?;
+        let transform = match (permuted, t.name.contains(".attn_q."), t.name.contains(".attn_k.")) {
+            (true, true, _) => Transform::UnpermuteQk { n_head },
+            (true, _, true) => Transform::UnpermuteQk { n_head: n_head_kv },
+            _ => Transform::Copy,
         };
         items.push(Item { gguf: t.name.clone(), hf, shape: t.shape(), transform });
     }
     items.sort_by(|a, b| a.hf.cmp(&b.hf));
+    let has = |suffix: &str| file.tensors.iter().any(|t| t.name.ends_with(suffix));
+    // transformers' flags switch whole groups of biases on: a GGUF with part of a group has no
+    // config.json form.
+    if arch == "llama" {
+        for group in [
+            &[".attn_q.bias", ".attn_k.bias", ".attn_v.bias", ".attn_output.bias"][..],
+            &[".ffn_gate.bias", ".ffn_up.bias", ".ffn_down.bias"][..],
+        ] {
+            if group.iter().any(|g| has(g)) && !group.iter().all(|g| has(g)) {
+                bail!(
+                    "{}: some but not all of the biases {} exist; LlamaForCausalLM has all or none",
+                    file.path.display(),
+                    group.join(", ")
+                );
+            }
+        }
+    }
+    let (class, model_type) = llama_family_class(arch);
     let mut c = Map::new();
-    c.insert("architectures".into(), json!(["LlamaForCausalLM"]));
-    c.insert("model_type".into(), json!("llama"));
+    c.insert("architectures".into(), json!([class]));
+    c.insert("model_type".into(), json!(model_type));
     c.insert("hidden_act".into(), json!("silu"));
     c.insert("hidden_size".into(), json!(n_embd));
-    c.insert("intermediate_size".into(), json!(need_u64(file, "llama.feed_forward_length")?));
-    c.insert("num_hidden_layers".into(), json!(need_u64(file, "llama.block_count")?));
+    c.insert("intermediate_size".into(), json!(need_u64(file, &key("feed_forward_length"))?));
+    c.insert("num_hidden_layers".into(), json!(need_u64(file, &key("block_count"))?));
     c.insert("num_attention_heads".into(), json!(n_head));
     c.insert("num_key_value_heads".into(), json!(n_head_kv));
-    c.insert("max_position_embeddings".into(), json!(need_u64(file, "llama.context_length")?));
-    c.insert("rms_norm_eps".into(), f32_json(file.get_f64("llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5)));
-    c.insert("rope_theta".into(), f32_json(file.get_f64("llama.rope.freq_base").unwrap_or(10000.0)));
+    if let Some(d) = head_dim {
+        c.insert("head_dim".into(), json!(d));
+    }
+    c.insert("max_position_embeddings".into(), json!(need_u64(file, &key("context_length"))?));
+    c.insert("rms_norm_eps".into(), f32_json(file.get_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5)));
+    c.insert("rope_theta".into(), f32_json(file.get_f64(&key("rope.freq_base")).unwrap_or(10000.0)));
+    if let Some(r) = rope_scaling {
+        c.insert("rope_scaling".into(), r);
+    }
+    if arch != "qwen2" {
+        c.insert("attention_bias".into(), json!(has(".attn_q.bias")));
+    }
+    if arch == "llama" {
+        c.insert("mlp_bias".into(), json!(has(".ffn_up.bias")));
+    }
     c.insert("tie_word_embeddings".into(), json!(tied));
     c.insert("vocab_size".into(), json!(vocab_size));
     if let Some(name) = file.get_str("general.name") {

@@ -10,6 +10,7 @@
 //! `general.*` keys, [`import`] goes back from GGUF to a Hugging Face directory. Uses every stage
 //! below it: `source`, `tokenizer`, `arch`, `calib`, `prune`, `quant`, `gguf`, `util`.
 
+pub mod budget;
 pub mod general;
 pub mod import;
 pub mod pruning;
@@ -20,9 +21,9 @@ use crate::gguf::imatrix::Imatrix;
 use crate::gguf::{meta_set, GgufValue, GgufWriter, Metadata, TensorInfo};
 use crate::prune::unstructured::prune_row;
 use crate::prune::PruneSpec;
-use crate::quant::mix::{assign_types, MixContext, Scheme, TensorTypeOverride};
+use crate::quant::mix::{assign_types, requires_imatrix, MixContext, MixFlags, Scheme, TensorTypeOverride};
 use crate::quant::GgmlType;
-use crate::source::{GgufSource, HfCheckpoint, Source, TensorSource};
+use crate::source::{GgufSource, HfCheckpoint, Overlay, Source, TensorSource};
 use crate::tokenizer;
 use crate::util::atomic::refuse_overwrite;
 use crate::util::progress::Progress;
@@ -54,6 +55,8 @@ pub struct ConvertOptions {
     pub scheme: Scheme,
     /// `--tensor-type PATTERN=TYPE` overrides (quantized schemes only, as in llama-quantize).
     pub tensor_types: Vec<TensorTypeOverride>,
+    /// `--output-tensor-type`, `--token-embedding-type`, `--leave-output-tensor`, `--pure`.
+    pub mix_flags: MixFlags,
     /// Importance weights for the quantizers (`--imatrix`).
     pub imatrix: Option<Imatrix>,
     /// Pruning, applied in the same pass (default: none).
@@ -61,6 +64,11 @@ pub struct ConvertOptions {
     /// Re-encode tensors that are already quantized into another quantized type (llama-quantize's
     /// `--allow-requantize`); refused by default, since the errors compound.
     pub allow_requantize: bool,
+    /// Quantize with the calibration's importance matrix when there is one and no `imatrix`
+    /// (default); false keeps calibration for pruning only.
+    pub use_calib_imatrix: bool,
+    /// `--target-size` / `--target-bpw`: the blocks' weight types are chosen to fit this budget.
+    pub budget: Option<budget::Budget>,
     pub threads: usize,
     pub quiet: bool,
 }
@@ -70,9 +78,12 @@ impl ConvertOptions {
         ConvertOptions {
             scheme,
             tensor_types: vec![],
+            mix_flags: MixFlags::default(),
             imatrix: None,
             prune: PruneSpec::default(),
             allow_requantize: false,
+            use_calib_imatrix: true,
+            budget: None,
             threads: crate::engine::default_threads(),
             quiet: true,
         }
@@ -92,12 +103,28 @@ pub struct ConvertReport {
     pub structure: Option<crate::prune::structured::StructuredPlan>,
 }
 
-/// Metadata and the planned tensors of an unpruned conversion, and the architecture.
-fn plan_source(source: &Source, opts: &ConvertOptions) -> Result<(Metadata, Vec<PlannedTensor>, String)> {
+/// An unpruned conversion's plan: the output's metadata, its tensors, the architecture, and the
+/// tensors computed from the config rather than read.
+struct SourcePlan {
+    metadata: Metadata,
+    planned: Vec<PlannedTensor>,
+    arch: String,
+    generated: Vec<arch::Generated>,
+}
+
+fn plan_source(source: &Source, opts: &ConvertOptions) -> Result<SourcePlan> {
     match source {
         Source::Hf(ckpt) => plan_from_hf(ckpt, opts),
         Source::Gguf(g) => plan_from_gguf(g, opts),
     }
+}
+
+/// The source's tensors and the plan's generated ones, as one source.
+fn with_generated<'a>(source: &'a Source, generated: &[arch::Generated]) -> Overlay<'a> {
+    Overlay::new(
+        source.tensors(),
+        generated.iter().map(|g| (g.name.clone(), g.shape.clone(), g.data.clone())).collect(),
+    )
 }
 
 /// One output tensor: where its data comes from and how it is encoded.
@@ -122,11 +149,18 @@ impl Job {
 pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
     refuse_overwrite(input, output)?;
     let source = Source::open(input)?;
-    let (mut metadata, planned, arch) = plan_source(&source, opts)?;
-    let tensors = source.tensors();
+    let SourcePlan { mut metadata, planned, arch, generated } = plan_source(&source, opts)?;
+    let overlay = with_generated(&source, &generated);
+    let tensors: &dyn TensorSource = &overlay;
     // Pruning is planned (and checked) completely before the output file exists.
     let pruned = pruning::plan(input, tensors, &mut metadata, planned, opts)?;
-    let jobs = typed_jobs(pruned.planned, &metadata, opts, pruned.sparsity)?;
+    let pruning::Pruned { planned, calibration, sparsity, structure } = pruned;
+    let imatrix = calibrated_imatrix(opts, calibration.as_ref());
+    let mut jobs = typed_jobs(planned, tensors, &metadata, opts, imatrix, sparsity)?;
+    add_imatrix_keys(&mut metadata, imatrix);
+    if let Some(b) = opts.budget {
+        budget::apply(tensors, &metadata, &mut jobs, b, opts.quiet)?;
+    }
     if !opts.allow_requantize {
         refuse_requantize(input, tensors, &jobs)?;
     }
@@ -140,7 +174,7 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
         n_params: jobs.iter().map(|j| j.planned.n_elements() as u64).sum(),
         bytes,
         sparsity,
-        structure: pruned.structure,
+        structure,
     })
 }
 
@@ -156,25 +190,43 @@ pub struct Plan {
 /// `prune-plan` and dry runs).
 pub fn plan_only(input: &Path, opts: &ConvertOptions) -> Result<Plan> {
     let source = Source::open(input)?;
-    let (mut metadata, planned, _) = plan_source(&source, opts)?;
-    let tensors = source.tensors();
+    let SourcePlan { mut metadata, planned, generated, .. } = plan_source(&source, opts)?;
+    let overlay = with_generated(&source, &generated);
+    let tensors: &dyn TensorSource = &overlay;
     let pruned = pruning::plan(input, tensors, &mut metadata, planned, opts)?;
-    let jobs = typed_jobs(pruned.planned, &metadata, opts, pruned.sparsity)?;
-    Ok(Plan { metadata, jobs, structure: pruned.structure })
+    let pruning::Pruned { planned, calibration, sparsity, structure } = pruned;
+    let imatrix = calibrated_imatrix(opts, calibration.as_ref());
+    let mut jobs = typed_jobs(planned, tensors, &metadata, opts, imatrix, sparsity)?;
+    add_imatrix_keys(&mut metadata, imatrix);
+    if let Some(b) = opts.budget {
+        budget::apply(tensors, &metadata, &mut jobs, b, opts.quiet)?;
+    }
+    Ok(Plan { metadata, jobs, structure })
 }
 
-fn plan_from_hf(ckpt: &HfCheckpoint, opts: &ConvertOptions) -> Result<(Metadata, Vec<PlannedTensor>, String)> {
-    let plan = arch::plan_hf(ckpt)?;
-    let vocab = tokenizer::hf::load(ckpt, plan.vocab_size, plan.arch)?;
+/// Calibrate a model as it converts (no pruning): a GGUF file is run as it is, a checkpoint is
+/// built by llama.cpp from the conversion's plan without a copy on disk. For `microscale imatrix`
+/// (`opts.prune` holds the calibration text, chunks and context).
+pub fn calibrate_model(input: &Path, opts: &ConvertOptions) -> Result<crate::calib::Calibration> {
+    let source = Source::open(input)?;
+    let SourcePlan { metadata, planned, generated, .. } = plan_source(&source, opts)?;
+    let overlay = with_generated(&source, &generated);
+    let dims = crate::prune::structured::Dims::from_metadata(&metadata)?;
+    pruning::calibration(input, &overlay, &metadata, &dims, &planned, opts)
+}
+
+fn plan_from_hf(ckpt: &HfCheckpoint, opts: &ConvertOptions) -> Result<SourcePlan> {
+    let plan = arch::plan_hf(ckpt, opts.scheme.file_type())?;
+    let vocab = tokenizer::hf::load(ckpt, plan.vocab_size, plan.vocab_style)?;
     let mut meta = general::general_metadata(ckpt, plan.arch)?;
     meta.extend(plan.hparams.iter().cloned());
-    meta.push(("general.file_type".into(), GgufValue::U32(opts.scheme.file_type())));
-    meta.extend(vocab.to_metadata());
+    // The converter's prepare_metadata writes the quantization version before set_vocab.
     meta.push(("general.quantization_version".into(), GgufValue::U32(2)));
-    Ok((meta, plan.tensors, plan.arch.to_string()))
+    meta.extend(vocab.to_metadata());
+    Ok(SourcePlan { metadata: meta, planned: plan.tensors, arch: plan.arch.to_string(), generated: plan.generated })
 }
 
-fn plan_from_gguf(g: &GgufSource, opts: &ConvertOptions) -> Result<(Metadata, Vec<PlannedTensor>, String)> {
+fn plan_from_gguf(g: &GgufSource, opts: &ConvertOptions) -> Result<SourcePlan> {
     let arch = g.file.architecture()?.to_string();
     let shapes: Vec<(String, Vec<u64>)> = g.file.tensors.iter().map(|t| (t.name.clone(), t.ne.clone())).collect();
     arch::check::check_gguf_tensors(&g.file.metadata, &shapes)
@@ -188,7 +240,7 @@ fn plan_from_gguf(g: &GgufSource, opts: &ConvertOptions) -> Result<(Metadata, Ve
         .iter()
         .map(|t| PlannedTensor::new(t.name.clone(), t.name.clone(), t.shape.clone(), Transform::Copy))
         .collect();
-    Ok((meta, planned, arch))
+    Ok(SourcePlan { metadata: meta, planned, arch, generated: vec![] })
 }
 
 /// llama-quantize refuses to re-quantize a tensor that is already quantized (without
@@ -214,33 +266,101 @@ fn refuse_requantize(input: &Path, src: &dyn TensorSource, jobs: &[Job]) -> Resu
 /// Give every planned tensor its type under the scheme, as llama-quantize would choose it.
 fn typed_jobs(
     planned: Vec<PlannedTensor>,
+    src: &dyn TensorSource,
     meta: &Metadata,
     opts: &ConvertOptions,
+    imatrix: Option<&Imatrix>,
     mut sparsity: std::collections::HashMap<String, RowSparsity>,
 ) -> Result<Vec<Job>> {
-    let arch = crate::gguf::meta_get(meta, "general.architecture").and_then(|v| v.as_str()).unwrap_or("").to_string();
-    let n_layer =
-        crate::gguf::meta_get(meta, &format!("{arch}.block_count")).and_then(|v| v.as_u64()).unwrap_or(0) as usize;
-    let ctx = MixContext {
-        n_layer,
-        is_70b: (arch == "llama" || arch == "deci") && n_layer == 80,
-        has_imatrix: opts.imatrix.is_some(),
-        overrides: opts.tensor_types.clone(),
-    };
+    let ctx = mix_context(meta, opts, imatrix.is_some());
     let list: Vec<(String, Vec<u64>)> = planned.iter().map(|p| (p.name.clone(), p.ne())).collect();
-    let types = assign_types(&list, opts.scheme, &ctx);
+    let choices = assign_types(&list, opts.scheme, &ctx);
     planned
         .into_iter()
-        .zip(types)
-        .map(|(planned, ty)| {
-            let weights = match (&opts.imatrix, ty.is_quantized()) {
+        .zip(choices)
+        .map(|(planned, choice)| {
+            let source_type = src.tensor(&planned.source).map_or(GgmlType::F32, |t| t.dtype);
+            let ty = choice.resolve(source_type);
+            let weights = match (imatrix, ty.is_quantized()) {
                 (Some(m), true) => pruning::imatrix_weights(m, &planned)?,
                 _ => None,
             };
+            refuse_missing_imatrix(&planned.name, ty, weights.is_some(), opts.scheme, imatrix)?;
             let sparsity = sparsity.remove(&planned.name);
             Ok(Job { planned, ty, weights, sparsity })
         })
         .collect()
+}
+
+/// The importance matrix the quantizers use: `--imatrix`, else the calibration's.
+fn calibrated_imatrix<'a>(
+    opts: &'a ConvertOptions,
+    calibration: Option<&'a crate::calib::Calibration>,
+) -> Option<&'a Imatrix> {
+    let calibrated = calibration.filter(|_| opts.use_calib_imatrix).map(|c| &c.imatrix);
+    opts.imatrix.as_ref().or(calibrated)
+}
+
+/// A file quantized with an importance matrix says so, with the keys llama-quantize writes (after
+/// the source's keys, where its overrides land).
+fn add_imatrix_keys(meta: &mut Metadata, imatrix: Option<&Imatrix>) {
+    if let Some(m) = imatrix {
+        for (k, v) in m.quantize_keys() {
+            meta_set(meta, &k, v);
+        }
+    }
+}
+
+/// What the mix needs from the output's metadata.
+fn mix_context(meta: &Metadata, opts: &ConvertOptions, has_imatrix: bool) -> MixContext {
+    let arch = crate::gguf::meta_get(meta, "general.architecture").and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let get = |key: &str| {
+        crate::gguf::meta_get(meta, &format!("{arch}.{key}")).and_then(|v| v.as_u64().or_else(|| first_of_array(v)))
+    };
+    let n_layer = get("block_count").unwrap_or(0) as usize;
+    let n_head = get("attention.head_count").unwrap_or(0);
+    let n_head_kv = get("attention.head_count_kv").unwrap_or(n_head);
+    MixContext {
+        n_layer,
+        n_gqa: n_head.checked_div(n_head_kv).unwrap_or(0) as usize,
+        is_70b: (arch == "llama" || arch == "deci") && n_layer == 80,
+        has_imatrix,
+        overrides: opts.tensor_types.clone(),
+        flags: opts.mix_flags.clone(),
+    }
+}
+
+/// Per-layer head counts (pruned DeciLM files) are arrays: `n_gqa()` reads layer 0's.
+fn first_of_array(v: &GgufValue) -> Option<u64> {
+    match v {
+        GgufValue::Array(_, items) => items.first().and_then(|x| x.as_u64()),
+        _ => None,
+    }
+}
+
+/// llama-quantize refuses the lowest-bit types without importance weights ("the result will be
+/// garbage"); so do we, before the output file exists.
+fn refuse_missing_imatrix(
+    name: &str,
+    ty: GgmlType,
+    has_weights: bool,
+    scheme: Scheme,
+    imatrix: Option<&Imatrix>,
+) -> Result<()> {
+    if has_weights || !requires_imatrix(name, ty, scheme) {
+        return Ok(());
+    }
+    match imatrix {
+        None => bail!(
+            "--outtype {} needs an importance matrix: tensor {name} would be {ty}, which llama.cpp refuses to quantize without one; pass --imatrix FILE (make one with `microscale imatrix`) or --calib TEXT",
+            scheme.name()
+        ),
+        Some(m) => bail!(
+            "{}: no importance weights for tensor {name}, which --outtype {} quantizes to {ty} (llama.cpp refuses this too); the imatrix was made for another model?",
+            m.path.as_ref().map_or("imatrix".into(), |p| p.display().to_string()),
+            scheme.name()
+        ),
+    }
 }
 
 /// Stream every job's tensor into a new GGUF file; returns the file's size.
@@ -347,6 +467,18 @@ fn stream_tensor(src: &dyn TensorSource, job: &Job, sink: &mut dyn FnMut(&[u8]) 
     zeroed += sparsify(job, &mut data, row_len);
     sink(&encode(job, &data, row_len)?)?;
     Ok(zeroed)
+}
+
+/// A job's tensor in f32 as the conversion encodes it (transformed and selected), before
+/// unstructured pruning.
+fn job_f32(src: &dyn TensorSource, job: &Job) -> Result<Vec<f32>> {
+    let p = &job.planned;
+    let info = src.tensor(&p.source).ok_or_else(|| anyhow!("missing tensor {:?}", p.source))?;
+    let data = apply_transform(p.transform, src.read_f32(&p.source)?, &info.shape)?;
+    match &p.select {
+        Some(sel) => sel.apply(&data),
+        None => Ok(data),
+    }
 }
 
 /// Unstructured pruning of every row, in parallel.

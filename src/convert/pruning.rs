@@ -39,6 +39,8 @@ pub struct SparsityStat {
 
 pub struct Pruned {
     pub planned: Vec<PlannedTensor>,
+    /// The calibration, when one was made or loaded: its imatrix also steers quantization.
+    pub calibration: Option<Calibration>,
     pub sparsity: HashMap<String, RowSparsity>,
     pub structure: Option<StructuredPlan>,
 }
@@ -66,7 +68,14 @@ pub fn plan(
     let spec = &opts.prune;
     spec.validate()?;
     if spec.is_noop() {
-        return Ok(Pruned { planned, sparsity: HashMap::new(), structure: None });
+        // `convert --calib FILE` without pruning: calibrate (or load FILE) for the quantizers.
+        let calibration = match (&spec.calib, &opts.imatrix) {
+            (Some(_), None) if !opts.scheme.is_float() => {
+                Some(calibration(input, src, meta, &Dims::from_metadata(meta)?, &planned, opts)?)
+            }
+            _ => None,
+        };
+        return Ok(Pruned { planned, calibration, sparsity: HashMap::new(), structure: None });
     }
     let dims = Dims::from_metadata(meta)?;
     if let Some(nm) = spec.nm {
@@ -126,7 +135,7 @@ pub fn plan(
             sparsity.insert(p.name.clone(), RowSparsity { ratio: spec.effective_sparsity(), nm: spec.nm, norms });
         }
     }
-    Ok(Pruned { planned, sparsity, structure })
+    Ok(Pruned { planned, calibration: calib, sparsity, structure })
 }
 
 /// A per-column vector of the unpruned tensor, restricted to the columns the selection keeps.
@@ -147,7 +156,7 @@ pub fn imatrix_weights(m: &Imatrix, p: &PlannedTensor) -> Result<Option<Vec<f32>
 
 /// Load the calibration file when it exists (checking it is this model's), else calibrate and
 /// save it when a path was given.
-fn calibration(
+pub(super) fn calibration(
     input: &Path,
     src: &dyn TensorSource,
     meta: &Metadata,
@@ -162,10 +171,16 @@ fn calibration(
         return Calibration::load(path, &fp);
     }
     // Windows of 512 tokens, or the model's whole context if shorter (GPT-2's positions end there).
+    if let Some(n) = spec.calib_ctx.filter(|&n| n > dims.n_ctx_train || n < 16) {
+        bail!(
+            "--ctx-size {n} is impossible: the model's positions end at {} and llama.cpp's imatrix ignores batches under 16 tokens",
+            dims.n_ctx_train
+        );
+    }
     let copts = CalibOptions {
         text: spec.calib_text_path()?,
         chunks: spec.calib_chunks,
-        n_ctx: dims.n_ctx_train.min(512),
+        n_ctx: spec.calib_ctx.unwrap_or(512).min(dims.n_ctx_train),
         threads: opts.threads,
     };
     let c = if input.is_file() {
@@ -179,8 +194,10 @@ fn calibration(
         let model = CalibModel::Parts { metadata: &meta, tensors: &tensors, filler: &mut filler };
         calibrate(model, &fp, dims.n_layer, &copts, opts.quiet)?
     };
+    let mut c = c;
     if let Some(path) = &spec.calib {
         c.save(path)?;
+        c.imatrix.path = Some(path.clone()); // as if loaded from it (quantize.imatrix.file)
     }
     Ok(c)
 }
@@ -203,7 +220,8 @@ fn calibration_tensors(src: &dyn TensorSource, planned: &[PlannedTensor]) -> Res
 
 /// One tensor llama.cpp asks for while building the calibration model: a planned tensor as the
 /// conversion would write it; a tied `output.weight`, which is the token embedding; an absent bias
-/// (zeros, already in `out`); absent rope frequency factors or per-tensor output scales (ones).
+/// or classifier head (zeros, already in `out`); absent rope frequency factors or per-tensor output
+/// scales (ones).
 /// Each neutral value leaves the computation exactly as without the tensor.
 fn fill(
     src: &dyn TensorSource,
@@ -217,7 +235,9 @@ fn fill(
     let p = match (find(name), name) {
         (Some(p), _) => p,
         (None, "output.weight") => find("token_embd.weight").ok_or_else(|| anyhow!("no token_embd.weight"))?,
-        (None, n) if n.ends_with(".bias") => return Ok(()),
+        // Zeros (already in `out`): an absent bias; a reranker's classifier head (`cls.*`, Qwen3),
+        // which only rank pooling reads, never the next-token logits calibration uses.
+        (None, n) if n.ends_with(".bias") || n.starts_with("cls.") => return Ok(()),
         (None, n) if n == "rope_freqs.weight" || n.ends_with("scale") => {
             let ones = vec![1.0f32; ne.iter().product::<u64>() as usize];
             out.copy_from_slice(&crate::quant::quantize(ty, &ones, ones.len())?);

@@ -105,8 +105,27 @@ impl Model {
         Ok(Model { path: path.to_path_buf(), inner })
     }
 
+    /// Load only the vocabulary (a GGUF with tokenizer metadata and no weights loads too, as
+    /// llama.cpp's own `models/ggml-vocab-*.gguf` files).
+    pub fn load_vocab_only(path: &Path) -> Result<Model> {
+        if !path.is_file() {
+            bail!("{}: no such model file", path.display());
+        }
+        let params = LlamaModelParams::default().with_vocab_only(true);
+        log::clear();
+        let inner = LlamaModel::load_from_file(init(false), path, &params)
+            .map_err(|_| engine_error(path, "llama.cpp could not load the vocabulary"))?;
+        Ok(Model { path: path.to_path_buf(), inner })
+    }
+
     pub fn n_vocab(&self) -> usize {
         self.inner.n_vocab() as usize
+    }
+
+    /// The positions the model can address at all: GPT-2's learned position embeddings end at its
+    /// training context (llama.cpp aborts past it); RoPE models have no such limit (None).
+    pub fn max_positions(&self) -> Option<usize> {
+        (self.meta("general.architecture").as_deref() == Some("gpt2")).then(|| self.inner.n_ctx_train() as usize)
     }
 
     /// Does the vocabulary ask for a BOS token at the start of a sequence?
@@ -144,11 +163,10 @@ impl Model {
         let backend = init(false);
         // Learned absolute positions (GPT-2) end at the training context: llama.cpp would abort.
         let per_seq = if o.unified_kv { o.n_ctx } else { o.n_ctx / o.n_seq.max(1) };
-        if self.meta("general.architecture").as_deref() == Some("gpt2") && per_seq > self.inner.n_ctx_train() as usize {
+        if let Some(limit) = self.max_positions().filter(|&l| per_seq > l) {
             bail!(
-                "{}: GPT-2 has learned positions for {} tokens; use a context of at most that (--ctx-size)",
-                self.path.display(),
-                self.inner.n_ctx_train()
+                "{}: GPT-2 has learned positions for {limit} tokens; use a context of at most that (--ctx-size)",
+                self.path.display()
             );
         }
         let (n_ctx, n_batch, threads) = (o.n_ctx, o.n_batch, o.threads);

@@ -2,7 +2,8 @@
 //! so that every comparison can include stock llama.cpp quants made from the same input.
 
 use crate::gguf::imatrix::Imatrix;
-use crate::quant::mix::{Scheme, TensorTypeOverride};
+use crate::gguf::GgufValue;
+use crate::quant::mix::{MixFlags, Scheme, TensorTypeOverride};
 use crate::util::atomic::{refuse_overwrite, TempOutput};
 use anyhow::{anyhow, bail, Result};
 use llama_cpp_sys_2 as sys;
@@ -14,6 +15,8 @@ pub struct StockOptions {
     pub threads: usize,
     pub allow_requantize: bool,
     pub tensor_types: Vec<TensorTypeOverride>,
+    /// `--output-tensor-type`, `--token-embedding-type`, `--leave-output-tensor`, `--pure`.
+    pub mix_flags: MixFlags,
 }
 
 /// Quantize `input` (a GGUF) to `output` with llama.cpp. The output appears only when complete.
@@ -61,7 +64,24 @@ pub fn stock_quantize(
         .collect();
     tt.push(sys::llama_model_tensor_override { pattern: std::ptr::null(), type_: 0 });
 
+    // llama-quantize (the tool, not the library call) records the imatrix in the output's
+    // metadata through key overrides; so do we, so that stock files say what made them.
+    let mut overrides: Vec<sys::llama_model_kv_override> =
+        imatrix.map_or(vec![], |m| m.quantize_keys().iter().map(|(k, v)| kv_override(k, v)).collect());
+    overrides.push(unsafe { std::mem::zeroed() }); // key[0] == 0 ends the list
+
     let mut params = unsafe { sys::llama_model_quantize_default_params() };
+    if let Some(t) = opts.mix_flags.output_tensor_type {
+        params.output_tensor_type = t.id() as sys::ggml_type;
+    }
+    if let Some(t) = opts.mix_flags.token_embedding_type {
+        params.token_embedding_type = t.id() as sys::ggml_type;
+    }
+    params.quantize_output_tensor = !opts.mix_flags.leave_output_tensor;
+    params.pure_ = opts.mix_flags.pure;
+    if overrides.len() > 1 {
+        params.kv_overrides = overrides.as_ptr();
+    }
     params.nthread = opts.threads as i32;
     params.ftype = scheme.file_type() as sys::llama_ftype;
     params.allow_requantize = opts.allow_requantize;
@@ -79,4 +99,32 @@ pub fn stock_quantize(
         ));
     }
     temp.commit_written()
+}
+
+/// One `llama_model_kv_override` (string values and keys cut to the 127 bytes its buffers hold;
+/// integers are written by llama.cpp as u32, as llama-quantize's are).
+fn kv_override(key: &str, value: &GgufValue) -> sys::llama_model_kv_override {
+    let mut o: sys::llama_model_kv_override = unsafe { std::mem::zeroed() };
+    copy_c_str(&mut o.key, key);
+    match value {
+        GgufValue::String(s) => {
+            o.tag = sys::LLAMA_KV_OVERRIDE_TYPE_STR;
+            copy_c_str(unsafe { &mut o.__bindgen_anon_1.val_str }, s);
+        }
+        GgufValue::Bool(b) => {
+            o.tag = sys::LLAMA_KV_OVERRIDE_TYPE_BOOL;
+            o.__bindgen_anon_1.val_bool = *b;
+        }
+        other => {
+            o.tag = sys::LLAMA_KV_OVERRIDE_TYPE_INT;
+            o.__bindgen_anon_1.val_i64 = other.as_u64().unwrap_or(0) as i64;
+        }
+    }
+    o
+}
+
+fn copy_c_str(dst: &mut [std::os::raw::c_char; 128], s: &str) {
+    for (d, b) in dst.iter_mut().zip(s.bytes().take(127)) {
+        *d = b as std::os::raw::c_char;
+    }
 }

@@ -99,6 +99,10 @@ pub fn score_items(
 ) -> Result<ChoiceResult> {
     let prepared: Vec<Prepared> =
         items.iter().enumerate().map(|(i, it)| prepare(model, it, i)).collect::<Result<_>>()?;
+    // GPT-2's positions end at 1024: a smaller cache, fewer items per decode (each item's
+    // positions start at 0, so any item that fits the cache fits the positions too).
+    let opts =
+        &ChoiceOptions { n_ctx: model.max_positions().map_or(opts.n_ctx, |p| p.min(opts.n_ctx)), ..opts.clone() };
     let mut session = model.session_with(&SessionOptions {
         n_ctx: opts.n_ctx,
         n_batch: opts.n_batch,

@@ -76,6 +76,85 @@ impl Imatrix {
         Ok(m)
     }
 
+    /// The `quantize.imatrix.*` keys llama-quantize adds to a file it quantized with this
+    /// imatrix: the file as named (cut to 127 bytes, as its fixed-size override buffer does), the
+    /// first dataset, the number of entries and the number of chunks (when known).
+    pub fn quantize_keys(&self) -> Metadata {
+        let cut = |s: &str| {
+            let mut end = s.len().min(127);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s[..end].to_string()
+        };
+        let mut keys = vec![];
+        if let Some(p) = &self.path {
+            keys.push(("quantize.imatrix.file".to_string(), GgufValue::String(cut(&p.to_string_lossy()))));
+        }
+        if let Some(d) = self.datasets.first() {
+            keys.push(("quantize.imatrix.dataset".to_string(), GgufValue::String(cut(d))));
+        }
+        keys.push(("quantize.imatrix.entries_count".to_string(), GgufValue::U32(self.entries.len() as u32)));
+        if self.chunk_count > 0 {
+            keys.push(("quantize.imatrix.chunks_count".to_string(), GgufValue::U32(self.chunk_count)));
+        }
+        keys
+    }
+
+    /// Add another imatrix's statistics to this one, as llama-imatrix's `--in-file` does: sums
+    /// and counts add up entry by entry, datasets are listed one after the other, and the chunk
+    /// count becomes the most tokens any entry saw divided by the chunk size.
+    pub fn merge(&mut self, other: &Imatrix) -> Result<()> {
+        let name = |m: &Imatrix| m.path.as_ref().map_or("imatrix".to_string(), |p| p.display().to_string());
+        let my_name = name(self);
+        if self.chunk_size == 0 {
+            self.chunk_size = other.chunk_size;
+        }
+        for (tensor, e) in &other.entries {
+            let mine = self
+                .entries
+                .entry(tensor.clone())
+                .or_insert_with(|| ImatrixEntry { sums: vec![0.0; e.sums.len()], counts: vec![0.0; e.counts.len()] });
+            if mine.sums.len() != e.sums.len() || mine.counts.len() != e.counts.len() {
+                bail!(
+                    "{}: entry {tensor} has {} values, {} has {} (imatrices of different models?)",
+                    name(other),
+                    e.sums.len(),
+                    my_name,
+                    mine.sums.len()
+                );
+            }
+            mine.sums.iter_mut().zip(&e.sums).for_each(|(a, b)| *a += b);
+            mine.counts.iter_mut().zip(&e.counts).for_each(|(a, b)| *a += b);
+        }
+        self.datasets.extend(other.datasets.iter().cloned());
+        let max_count = self.entries.values().flat_map(|e| e.counts.iter().copied()).fold(0.0f32, f32::max);
+        if self.chunk_size > 0 {
+            self.chunk_count = (max_count as u64 / self.chunk_size as u64) as u32;
+        }
+        Ok(())
+    }
+
+    /// Per-tensor statistics of the mean squared activations, as `llama-imatrix
+    /// --show-statistics` computes them (sorted as it sorts them: by tensor kind, then by total).
+    pub fn statistics(&self) -> Vec<TensorStats> {
+        let mut stats: Vec<TensorStats> = self.entries.iter().filter_map(|(n, e)| tensor_stats(n, e)).collect();
+        // Cosine similarity with the same tensor one block earlier.
+        let by_name: BTreeMap<String, Vec<f32>> =
+            self.entries.iter().filter_map(|(n, e)| mean_squares(e).map(|a| (n.clone(), a))).collect();
+        for s in &mut stats {
+            if let Some(prev) =
+                s.layer.checked_sub(1).map(|l| s.tensor.replacen(&format!("blk.{}.", s.layer), &format!("blk.{l}."), 1))
+            {
+                if let (Some(a), Some(b)) = (by_name.get(&s.tensor), by_name.get(&prev)) {
+                    s.cos_sim = Some(cosine(a, b));
+                }
+            }
+        }
+        stats.sort_by(|a, b| a.kind.cmp(&b.kind).then(b.total.total_cmp(&a.total)));
+        stats
+    }
+
     /// Write in llama.cpp's imatrix GGUF format.
     pub fn save(&self, path: &Path) -> Result<()> {
         let meta: Metadata = vec![
@@ -100,6 +179,96 @@ impl Imatrix {
         }
         w.finish().map(|_| ())
     }
+}
+
+/// One tensor's line of `--show-statistics` (over its mean squared activations).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TensorStats {
+    pub tensor: String,
+    /// The block (usize::MAX for tensors outside the blocks).
+    #[serde(skip)]
+    pub layer: usize,
+    /// `attn_q`, `ffn_down`, ...
+    pub kind: String,
+    pub total: f32,
+    pub min: f32,
+    pub max: f32,
+    pub mean: f32,
+    pub stddev: f32,
+    /// Share of channels whose mean square is above 1e-5.
+    pub active: f32,
+    pub elements: usize,
+    pub entropy: f32,
+    /// Entropy as a percentage of its maximum (log2 of the channel count).
+    pub entropy_norm: f32,
+    /// Share of channels more than one standard deviation above the mean.
+    pub zd: f32,
+    /// Cosine similarity with the same tensor in the previous block.
+    pub cos_sim: Option<f32>,
+}
+
+fn mean_squares(e: &ImatrixEntry) -> Option<Vec<f32>> {
+    let n_mat = e.counts.len();
+    if n_mat == 0 || !e.sums.len().is_multiple_of(n_mat) {
+        return None;
+    }
+    let row = e.sums.len() / n_mat;
+    let mut out = Vec::with_capacity(e.sums.len());
+    for (i, &c) in e.counts.iter().enumerate() {
+        if c != 0.0 {
+            out.extend(e.sums[i * row..(i + 1) * row].iter().map(|s| s / c));
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() != b.len() {
+        return 0.0;
+    }
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        (dot / (na * nb)) as f32
+    }
+}
+
+fn tensor_stats(name: &str, e: &ImatrixEntry) -> Option<TensorStats> {
+    let act = mean_squares(e)?;
+    let n = act.len() as f32;
+    let total: f32 = act.iter().sum();
+    let mean = total / n;
+    let sq: f32 = act.iter().map(|a| a * a).sum();
+    let stddev = ((sq / n) - mean * mean).max(0.0).sqrt();
+    let inactive = act.iter().filter(|a| a.abs() <= 1e-5).count() as f32;
+    let entropy =
+        if total > 0.0 { act.iter().map(|a| a / total).filter(|p| *p > 0.0).map(|p| -p * p.log2()).sum() } else { 0.0 };
+    let zd = if stddev > 0.0 { act.iter().filter(|a| (*a - mean) / stddev > 1.0).count() as f32 / n } else { 0.0 };
+    let parts: Vec<&str> = name.split('.').collect();
+    let layer = match parts.as_slice() {
+        ["blk", l, ..] => l.parse().unwrap_or(usize::MAX),
+        _ => usize::MAX,
+    };
+    let kind = parts.iter().position(|p| *p == "weight").filter(|&i| i > 0).map_or(name, |i| parts[i - 1]).to_string();
+    Some(TensorStats {
+        tensor: name.to_string(),
+        layer,
+        kind,
+        total,
+        min: act.iter().copied().fold(f32::INFINITY, f32::min),
+        max: act.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        mean,
+        stddev,
+        active: 1.0 - inactive / n,
+        elements: act.len(),
+        entropy,
+        entropy_norm: if act.len() > 1 { 100.0 * entropy / n.log2() } else { 0.0 },
+        zd,
+        cos_sim: None,
+    })
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {

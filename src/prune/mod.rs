@@ -70,6 +70,8 @@ pub struct PruneSpec {
     /// Calibration text (None: the data folder's WikiText-2 validation split).
     pub calib_text: Option<PathBuf>,
     pub calib_chunks: usize,
+    /// Tokens per calibration chunk (None: 512, or the model's context if shorter).
+    pub calib_ctx: Option<usize>,
     /// The data folder, for the default calibration text.
     pub data: crate::util::data::DataDir,
 }
@@ -91,6 +93,7 @@ impl Default for PruneSpec {
             calib: None,
             calib_text: None,
             calib_chunks: 16,
+            calib_ctx: None,
             data: crate::util::data::DataDir::resolve(None),
         }
     }

@@ -4,8 +4,10 @@
 //! Scores are activation-aware: an FFN channel c is worth E[h_c²]·‖W_down[:,c]‖² (its mean squared
 //! activation at the down projection's input times the energy it writes back), a head the same sum
 //! over its dimensions at attn_output; blocks are ranked by Block Influence. Equal widths in every
-//! layer keep the `llama` / `gpt2` architecture; unequal ones become `deci`, whose per-layer
-//! `head_count`, `head_count_kv` and `feed_forward_length` arrays stock llama.cpp reads.
+//! layer keep the source's architecture (`llama`, `qwen2`, `qwen3`, `gpt2`); unequal ones turn
+//! `llama` into `deci`, whose per-layer `head_count`, `head_count_kv` and `feed_forward_length`
+//! arrays stock llama.cpp reads (its other architectures have one width for all blocks, so there
+//! unequal widths are refused).
 
 use super::{Allocation, DropLayers, HeadsMode, PruneSpec};
 use crate::calib::Calibration;
@@ -29,14 +31,15 @@ pub struct Dims {
 impl Dims {
     pub fn from_metadata(meta: &Metadata) -> Result<Dims> {
         let arch = meta_get(meta, "general.architecture").and_then(|v| v.as_str()).unwrap_or("").to_string();
-        if arch != "llama" && arch != "gpt2" {
-            bail!("pruning supports llama and gpt2 models, not {arch:?}");
+        if !matches!(arch.as_str(), "llama" | "qwen2" | "qwen3" | "gpt2") {
+            bail!("pruning supports llama, qwen2, qwen3 and gpt2 models, not {arch:?}");
         }
         let get = |k: &str| meta_get(meta, &format!("{arch}.{k}")).and_then(|v| v.as_u64()).map(|v| v as usize);
         let need = |k: &str| get(k).ok_or_else(|| anyhow!("missing {arch}.{k}"));
         let n_head = need("attention.head_count")?;
         let n_embd = need("embedding_length")?;
-        if n_head == 0 || n_embd == 0 || !n_embd.is_multiple_of(n_head) {
+        let explicit_head_dim = get("attention.key_length");
+        if n_head == 0 || n_embd == 0 || (explicit_head_dim.is_none() && !n_embd.is_multiple_of(n_head)) {
             bail!("{arch}.embedding_length {n_embd} cannot be split into {n_head} heads");
         }
         Ok(Dims {
@@ -45,7 +48,7 @@ impl Dims {
             n_head,
             n_head_kv: get("attention.head_count_kv").unwrap_or(n_head),
             n_ff: need("feed_forward_length")?,
-            head_dim: get("attention.key_length").unwrap_or(n_embd / n_head),
+            head_dim: explicit_head_dim.unwrap_or(n_embd / n_head),
             n_ctx_train: get("context_length").unwrap_or(512),
             arch,
         })
@@ -173,7 +176,7 @@ impl StructuredPlan {
         if self.uniform() {
             let l = &self.layers[0];
             meta_set(meta, &format!("{a}.feed_forward_length"), GgufValue::U32(l.ffn.len() as u32));
-            if src == "llama" {
+            if src != "gpt2" {
                 meta_set(meta, &format!("{a}.attention.head_count"), GgufValue::U32(l.heads.len() as u32));
                 meta_set(meta, &format!("{a}.attention.head_count_kv"), GgufValue::U32(l.kv_heads.len() as u32));
             }
@@ -276,6 +279,9 @@ pub fn plan(spec: &PruneSpec, dims: &Dims, calib: Option<&Calibration>, read: &T
     }
 
     if let Some(r) = spec.prune_heads.filter(|r| *r > 0.0) {
+        if dims.arch == "qwen2" {
+            bail!("--prune-heads: llama.cpp's qwen2 graph sizes attention by the embedding width (n_embd), so it cannot run with fewer heads; prune Qwen2 with --prune-ffn, --drop-layers or --sparsity");
+        }
         if dims.arch == "gpt2" {
             bail!("--prune-heads: llama.cpp's GPT-2 graph cannot run with fewer heads than n_embd / head_dim (its attention width is tied to n_embd); prune GPT-2 with --prune-ffn, --drop-layers or --sparsity");
         }
@@ -284,8 +290,8 @@ pub fn plan(spec: &PruneSpec, dims: &Dims, calib: Option<&Calibration>, read: &T
     }
 
     if !p.uniform() {
-        if dims.arch == "gpt2" {
-            bail!("unequal per-layer widths cannot be expressed for GPT-2 (llama.cpp's gpt2 has one feed_forward_length); use --width-allocation uniform");
+        if dims.arch != "llama" {
+            bail!("unequal per-layer widths cannot be expressed for {} (llama.cpp's {} has one width for every block; only llama has the per-layer deci form); use --width-allocation uniform", dims.arch, dims.arch);
         }
         p.out_arch = "deci".into();
     }

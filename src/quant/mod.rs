@@ -12,6 +12,7 @@
 //!
 //! The lowest stage but `util`: it uses nothing else of microscale.
 
+pub mod budget;
 pub mod common;
 pub mod float;
 pub mod grids;

@@ -10,6 +10,7 @@
 pub mod gguf;
 pub mod hf;
 pub mod inspect;
+pub mod overlay;
 
 use crate::gguf::GgufFile;
 use crate::quant::GgmlType;
@@ -18,6 +19,7 @@ use std::path::Path;
 
 pub use gguf::GgufSource;
 pub use hf::HfCheckpoint;
+pub use overlay::Overlay;
 
 /// A tensor as a source stores it: its name there, row-major shape (outermost first) and type.
 #[derive(Clone, Debug, PartialEq)]

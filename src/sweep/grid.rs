@@ -13,10 +13,15 @@
 //! tg = 32
 //! [calib]
 //! chunks = 16
+//! imatrix = true              # quantize with the calibration's importance matrix (default)
 //!
 //! [[variant]]                 # one variant
 //! name = "q8_0"
 //! quant = "q8_0"
+//!
+//! [[variant]]                 # a size budget: types chosen per tensor to fit 90 MiB
+//! quant = "q4_k_m"
+//! target_size = "90MiB"       # or target_bpw = 4.5
 //!
 //! [[matrix]]                  # every method × ratio × quant
 //! methods = ["magnitude", "wanda", "layers", "ffn", "heads"]
@@ -24,7 +29,8 @@
 //! quants = ["q8_0", "q4_k_m"]
 //!
 //! [stock]                     # llama.cpp's own quants of the baseline, as their own rows
-//! quants = ["q8_0", "q4_k_m", "q4_k_s"]
+//! quants = ["q8_0", "q4_k_m", "q4_k_s"]   # with the same importance matrix as ours
+//! plain = ["q4_k_m"]          # without one (`stock-q4_k_m-noimatrix`), a baseline of its own
 //!
 //! [profiles.my-board]         # a device of your own, as in the shipped profiles.toml
 //! threads = 4
@@ -34,6 +40,7 @@
 //! The baseline (the uncompressed model at F32) is always the first variant.
 
 use crate::bench::profiles::Profile;
+use crate::convert::budget::Budget;
 use crate::prune::unstructured::SparsityMethod;
 use crate::prune::{DropLayers, PruneSpec};
 use crate::quant::mix::Scheme;
@@ -90,6 +97,12 @@ fn default_tg() -> usize {
 pub struct CalibConfig {
     #[serde(default = "default_calib_chunks")]
     pub chunks: usize,
+    #[serde(default = "yes")]
+    pub imatrix: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_calib_chunks() -> usize {
@@ -105,6 +118,9 @@ struct RawVariant {
     method: String,
     #[serde(default)]
     ratio: f64,
+    imatrix: Option<bool>,
+    target_size: Option<String>,
+    target_bpw: Option<f64>,
 }
 
 fn none() -> String {
@@ -117,12 +133,16 @@ struct RawMatrix {
     methods: Vec<String>,
     ratios: Vec<f64>,
     quants: Vec<String>,
+    imatrix: Option<bool>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStock {
+    #[serde(default)]
     quants: Vec<String>,
+    #[serde(default)]
+    plain: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -151,16 +171,26 @@ pub struct Variant {
     /// none | magnitude | wanda | layers | ffn | heads
     pub method: String,
     pub ratio: f64,
+    /// Quantized with the sweep's importance matrix (float variants: false).
+    pub imatrix: bool,
+    /// A size budget for the types (`target_size`, `target_bpw`).
+    pub budget: Option<Budget>,
 }
 
 impl Variant {
     /// A readable description of how it is made.
     pub fn recipe(&self) -> String {
+        let imatrix = if self.imatrix { " + imatrix" } else { "" };
+        let budget = match self.budget {
+            Some(Budget::Size(b)) => format!(" @ {}", crate::quant::budget::human(b)),
+            Some(Budget::Bpw(b)) => format!(" @ {b} bpw"),
+            None => String::new(),
+        };
         match (self.kind, self.method.as_str()) {
             (Kind::Baseline, _) => "f32 (uncompressed baseline)".into(),
-            (Kind::Stock, _) => format!("llama-quantize {}", self.quant.name()),
-            (_, "none") => self.quant.name().into(),
-            (_, m) => format!("{m} {:.0}% + {}", 100.0 * self.ratio, self.quant.name()),
+            (Kind::Stock, _) => format!("llama-quantize {}{imatrix}", self.quant.name()),
+            (_, "none") => format!("{}{budget}{imatrix}", self.quant.name()),
+            (_, m) => format!("{m} {:.0}% + {}{budget}{imatrix}", 100.0 * self.ratio, self.quant.name()),
         }
     }
 
@@ -234,12 +264,15 @@ pub fn load_grid(path: &Path) -> Result<Grid> {
 
 pub fn parse_grid(text: &str) -> Result<Grid> {
     let raw: RawGrid = toml::from_str(text)?;
+    let with_imatrix = raw.calib.as_ref().is_none_or(|c| c.imatrix);
     let mut variants = vec![Variant {
         name: "baseline-f32".into(),
         kind: Kind::Baseline,
         quant: Scheme::F32,
         method: "none".into(),
         ratio: 0.0,
+        imatrix: false,
+        budget: None,
     }];
     let mut push = |v: Variant| -> Result<()> {
         if variants.iter().any(|x| x.name == v.name) {
@@ -251,8 +284,24 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
     };
     for v in raw.variant {
         let quant = Scheme::parse(&v.quant)?;
-        let name = v.name.unwrap_or_else(|| variant_name(&v.method, v.ratio, quant));
-        push(Variant { name, kind: Kind::Microscale, quant, method: v.method, ratio: v.ratio })?;
+        let budget = match (&v.target_size, v.target_bpw) {
+            (Some(_), Some(_)) => bail!("variant {:?}: target_size and target_bpw are exclusive", v.quant),
+            (Some(s), None) => Some(Budget::Size(crate::quant::budget::parse_size(s)?)),
+            (None, Some(b)) if b > 0.0 && b <= 32.0 => Some(Budget::Bpw(b)),
+            (None, Some(b)) => bail!("target_bpw {b} is not a bit rate between 0 and 32"),
+            (None, None) => None,
+        };
+        if budget.is_some() && quant.is_float() {
+            bail!("a size budget needs a quantized type, not {}", quant.name());
+        }
+        let mut name = v.name.unwrap_or_else(|| variant_name(&v.method, v.ratio, quant));
+        if let (Some(s), true) = (&v.target_size, name == variant_name(&v.method, v.ratio, quant)) {
+            name = format!("{name}-{}", s.to_ascii_lowercase());
+        } else if let (Some(b), true) = (v.target_bpw, name == variant_name(&v.method, v.ratio, quant)) {
+            name = format!("{name}-{b}bpw");
+        }
+        let imatrix = v.imatrix.unwrap_or(with_imatrix) && !quant.is_float();
+        push(Variant { name, kind: Kind::Microscale, quant, method: v.method, ratio: v.ratio, imatrix, budget })?;
     }
     for m in raw.matrix {
         for method in &m.methods {
@@ -260,20 +309,27 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
                 for q in &m.quants {
                     let quant = Scheme::parse(q)?;
                     let name = variant_name(method, ratio, quant);
-                    push(Variant { name, kind: Kind::Microscale, quant, method: method.clone(), ratio })?;
+                    let imatrix = m.imatrix.unwrap_or(with_imatrix) && !quant.is_float();
+                    let method = method.clone();
+                    push(Variant { name, kind: Kind::Microscale, quant, method, ratio, imatrix, budget: None })?;
                 }
             }
         }
     }
     if let Some(s) = raw.stock {
-        for q in s.quants {
-            let quant = Scheme::parse(&q)?;
+        let rows = s.quants.iter().map(|q| (q, with_imatrix)).chain(s.plain.iter().map(|q| (q, false)));
+        for (q, imatrix) in rows {
+            let quant = Scheme::parse(q)?;
+            let imatrix = imatrix && !quant.is_float();
+            let suffix = if !imatrix && with_imatrix && !quant.is_float() { "-noimatrix" } else { "" };
             push(Variant {
-                name: format!("stock-{}", quant.name()),
+                name: format!("stock-{}{suffix}", quant.name()),
                 kind: Kind::Stock,
                 quant,
                 method: "none".into(),
                 ratio: 0.0,
+                imatrix,
+                budget: None,
             })?;
         }
     }

@@ -22,6 +22,9 @@ use crate::bench::run::{bench_model, BenchOptions};
 use crate::convert::{convert, ConvertOptions};
 use crate::engine::quantize::{stock_quantize, StockOptions};
 use crate::eval::run::{run as run_eval, EvalSpec};
+use crate::gguf::imatrix::Imatrix;
+use crate::prune::PruneSpec;
+use crate::quant::mix::Scheme;
 use crate::record::columns::{self, profile_column};
 use crate::record::rows::{utc_now, CsvAppender, ModelId};
 use crate::record::status::Status;
@@ -286,7 +289,7 @@ fn identity(v: &Variant) -> BTreeMap<String, String> {
 /// Build the variant's GGUF (the baseline stays for later KL divergences).
 fn build(v: &Variant, opts: &SweepOptions, grid: &Grid, dir: &Path, baseline: &Path, calib: &Path) -> Result<PathBuf> {
     if !baseline.exists() {
-        convert(&opts.src, baseline, &ConvertOptions::new(crate::quant::mix::Scheme::F32))?;
+        convert(&opts.src, baseline, &ConvertOptions::new(Scheme::F32))?;
     }
     if v.kind == Kind::Baseline {
         return Ok(baseline.to_path_buf());
@@ -296,22 +299,43 @@ fn build(v: &Variant, opts: &SweepOptions, grid: &Grid, dir: &Path, baseline: &P
         return Ok(path); // kept from an earlier run
     }
     match v.kind {
-        Kind::Stock => stock_quantize(
-            baseline,
-            &path,
-            v.quant,
-            None,
-            &StockOptions { threads: opts.threads, ..Default::default() },
-        )?,
+        Kind::Stock => {
+            let imatrix = if v.imatrix { Some(calibration_imatrix(opts, grid, calib)?) } else { None };
+            let sopts = StockOptions { threads: opts.threads, ..Default::default() };
+            stock_quantize(baseline, &path, v.quant, imatrix.as_ref(), &sopts)?
+        }
         _ => {
             let mut prune = v.prune_spec(grid.calib_chunks)?;
+            // One calibration for the whole sweep (pruning statistics and importance matrix).
             prune.calib = Some(calib.to_path_buf());
             prune.data = opts.data.clone();
-            let copts = ConvertOptions { prune, threads: opts.threads, ..ConvertOptions::new(v.quant) };
+            let copts = ConvertOptions {
+                prune,
+                budget: v.budget,
+                use_calib_imatrix: v.imatrix,
+                threads: opts.threads,
+                ..ConvertOptions::new(v.quant)
+            };
             convert(&opts.src, &path, &copts)?;
         }
     }
     Ok(path)
+}
+
+/// The sweep's importance matrix, the same for our variants and llama.cpp's: calibrated from the
+/// source once (and saved) by whichever variant needs it first.
+fn calibration_imatrix(opts: &SweepOptions, grid: &Grid, calib: &Path) -> Result<Imatrix> {
+    if !calib.exists() {
+        let prune = PruneSpec {
+            calib: Some(calib.to_path_buf()),
+            calib_chunks: grid.calib_chunks,
+            data: opts.data.clone(),
+            ..PruneSpec::default()
+        };
+        let copts = ConvertOptions { prune, threads: opts.threads, ..ConvertOptions::new(Scheme::F32) };
+        crate::convert::calibrate_model(&opts.src, &copts)?;
+    }
+    Imatrix::load(calib)
 }
 
 fn measure(

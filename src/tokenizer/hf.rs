@@ -1,7 +1,8 @@
 //! Reading a Hugging Face tokenizer into llama.cpp's vocabulary terms, following
-//! `convert_hf_to_gguf.py` (`get_vocab_base`, `_set_vocab_gpt2`) and gguf-py's `SpecialVocab`.
+//! `convert_hf_to_gguf.py` (`set_vocab` of each architecture: `_set_vocab_sentencepiece`,
+//! `_set_vocab_llama_hf`, `_set_vocab_gpt2`) and gguf-py's `SpecialVocab` ([`special`]).
 
-use super::{looks_special, pre, token_type, Vocab};
+use super::{looks_special, pre, special, spm, token_type, Vocab};
 use crate::source::HfCheckpoint;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
@@ -27,11 +28,175 @@ struct RawTokenizer {
     hf: Tokenizer,
 }
 
-/// Load the vocabulary of `ckpt`, padded to the model's `vocab_size`, for architecture `arch`.
-pub fn load(ckpt: &HfCheckpoint, vocab_size: usize, arch: &str) -> Result<Vocab> {
+/// How an architecture's converter class reads its vocabulary (`set_vocab`), in the order it tries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VocabStyle {
+    /// `LlamaModel.set_vocab` (LLaMA, Mistral): `add_prefix_space`, then SentencePiece, then a
+    /// SentencePiece-style tokenizer.json (`LlamaHfVocab`), then byte-level BPE; 49152-token
+    /// vocabularies (SmolLM, Granite) never add a BOS.
+    Llama,
+    /// `Qwen2Model.set_vocab`: SentencePiece, else byte-level BPE.
+    Qwen,
+    /// `GPT2Model`: byte-level BPE.
+    Gpt2,
+}
+
+/// Load the vocabulary of `ckpt`, padded to the model's `vocab_size`.
+pub fn load(ckpt: &HfCheckpoint, vocab_size: usize, style: VocabStyle) -> Result<Vocab> {
+    let tok_config = ckpt.side_file("tokenizer_config.json")?;
+    let spm = ckpt.dir.join("tokenizer.model");
+    let mut vocab = if style != VocabStyle::Gpt2 && spm.is_file() {
+        load_sentencepiece(ckpt, vocab_size, tok_config.as_ref())?
+    } else if style == VocabStyle::Llama && is_llama_hf(ckpt)? {
+        load_llama_hf(ckpt, vocab_size, tok_config.as_ref())?
+    } else {
+        load_bpe(ckpt, vocab_size, tok_config.as_ref())?
+    };
+    if style == VocabStyle::Llama {
+        vocab.add_space_prefix = tok_config.as_ref().and_then(|c| c.get("add_prefix_space")).and_then(Value::as_bool);
+        // LlamaModel.set_vocab: 49152-token vocabularies (SmolLM, Granite) never get a BOS.
+        if vocab_size == 49152 {
+            match vocab.add_flags.iter_mut().find(|(k, _)| k == "bos") {
+                Some(slot) => slot.1 = false,
+                None => vocab.add_flags.push(("bos".into(), false)),
+            }
+        }
+    }
+    Ok(vocab)
+}
+
+/// SpecialVocab's part of a vocabulary: special ids, add flags, chat template.
+fn apply_specials(
+    vocab: &mut Vocab,
+    ckpt: &HfCheckpoint,
+    tok_json: Option<&Value>,
+    tok_config: Option<&Value>,
+) -> Result<()> {
+    let s = special::special_vocab(
+        &special::Files {
+            tokenizer_json: tok_json,
+            tokenizer_config: tok_config,
+            config: &ckpt.config,
+            n_vocab: vocab.tokens.len(),
+        },
+        &[],
+    );
+    vocab.special = s.ids;
+    vocab.add_flags = s.add;
+    vocab.chat_template = match tok_config {
+        Some(c) => chat_template(ckpt, c)?,
+        None => None,
+    };
+    Ok(())
+}
+
+/// `_set_vocab_sentencepiece`.
+fn load_sentencepiece(ckpt: &HfCheckpoint, vocab_size: usize, tok_config: Option<&Value>) -> Result<Vocab> {
+    let path = ckpt.dir.join("tokenizer.model");
+    let model = spm::read_model(&path)?;
+    let added = ckpt.side_file("added_tokens.json")?;
+    let t = spm::vocab_tokens(&model, vocab_size, added.as_ref(), tok_config)?;
+    let mut vocab = Vocab {
+        model: "llama".into(),
+        pre: "default".into(),
+        tokens: t.tokens,
+        scores: Some(t.scores),
+        token_types: t.types,
+        ..Default::default()
+    };
+    let tok_json = ckpt.side_file("tokenizer.json")?;
+    apply_specials(&mut vocab, ckpt, tok_json.as_ref(), tok_config)?;
+    Ok(vocab)
+}
+
+/// `LlamaHfVocab`'s test: a tokenizer.json holding a SentencePiece-style BPE (byte fallback, a
+/// Sequence decoder); a LLaMA-3-style one (merges ignored, no byte fallback) is byte-level BPE.
+fn is_llama_hf(ckpt: &HfCheckpoint) -> Result<bool> {
+    let Some(json) = ckpt.side_file("tokenizer.json")? else { return Ok(false) };
+    let model = &json["model"];
+    let bpe = model["type"].as_str() == Some("BPE");
+    let llama3 =
+        bpe && model["ignore_merges"].as_bool() == Some(true) && !model["byte_fallback"].as_bool().unwrap_or(true);
+    Ok(!llama3
+        && bpe
+        && model["byte_fallback"].as_bool() == Some(true)
+        && json["decoder"]["type"].as_str() == Some("Sequence"))
+}
+
+/// `_set_vocab_llama_hf`: a SentencePiece vocabulary known only from its tokenizer.json.
+fn load_llama_hf(ckpt: &HfCheckpoint, vocab_size: usize, tok_config: Option<&Value>) -> Result<Vocab> {
+    let path = ckpt.dir.join("tokenizer.json");
+    let json = crate::source::hf::read_json(&path)?;
+    let base = parse_vocab(&json["model"]["vocab"]).with_context(|| format!("{}", path.display()))?;
+    let added: Vec<AddedToken> = added_tokens_of(&json);
+    // transformers' all_special_tokens: the tokenizer_config's special tokens and the added
+    // tokens marked special.
+    let mut special_texts: Vec<String> =
+        ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"]
+            .iter()
+            .filter_map(|k| tok_config.and_then(|c| c.get(*k)).and_then(token_content))
+            .collect();
+    special_texts.extend(added.iter().filter(|a| a.special).map(|a| a.content.clone()));
+    let mut reverse: Vec<Option<&str>> = vec![None; base.len()];
+    for (t, &i) in &base {
+        if let Some(slot) = reverse.get_mut(i as usize) {
+            *slot = Some(t.as_str());
+        }
+    }
+    let n_base = base.len();
+    let (mut tokens, mut scores, mut types) = (Vec::new(), Vec::new(), Vec::new());
+    let type_of = |id: u32, text: &str| {
+        let is_byte = text.len() == 6
+            && text.starts_with("<0x")
+            && text.ends_with('>')
+            && u8::from_str_radix(&text[3..5], 16).is_ok();
+        if is_byte {
+            token_type::BYTE
+        } else if special_texts
+            .iter()
+            .any(|s| base.get(s) == Some(&id) || added.iter().any(|a| a.content == *s && a.id == id))
+        {
+            token_type::CONTROL
+        } else {
+            token_type::NORMAL
+        }
+    };
+    for (i, t) in reverse.iter().enumerate() {
+        let t = t.ok_or_else(|| anyhow!("{}: no token with id {i}", path.display()))?;
+        if added.iter().any(|a| a.id as usize == i) {
+            continue;
+        }
+        tokens.push(t.to_string());
+        scores.push(-1000.0);
+        types.push(type_of(i as u32, t));
+    }
+    let mut extra: Vec<&AddedToken> = added.iter().filter(|a| a.id as usize >= n_base).collect();
+    extra.sort_by_key(|a| a.id);
+    for a in extra {
+        tokens.push(a.content.clone());
+        scores.push(-1000.0);
+        types.push(if special_texts.contains(&a.content) { type_of(a.id, "") } else { token_type::USER_DEFINED });
+    }
+    if tokens.len() != vocab_size {
+        bail!("{}: {} tokens, but config.json says vocab_size {vocab_size}", path.display(), tokens.len());
+    }
+    let mut vocab = Vocab {
+        model: "llama".into(),
+        pre: "default".into(),
+        tokens,
+        scores: Some(scores),
+        token_types: types,
+        ..Default::default()
+    };
+    apply_specials(&mut vocab, ckpt, Some(&json), tok_config)?;
+    Ok(vocab)
+}
+
+/// `_set_vocab_gpt2`: byte-level BPE.
+fn load_bpe(ckpt: &HfCheckpoint, vocab_size: usize, tok_config: Option<&Value>) -> Result<Vocab> {
     let dir = &ckpt.dir;
-    let tok_config = ckpt.side_file("tokenizer_config.json")?.unwrap_or(Value::Null);
-    let raw = read_raw(ckpt, &tok_config)?;
+    let null = Value::Null;
+    let raw = read_raw(ckpt, tok_config.unwrap_or(&null))?;
     if let Some(max) = raw.vocab.values().chain(raw.added.iter().map(|a| &a.id)).max() {
         if *max as usize >= vocab_size {
             bail!("{}: tokenizer has token id {max} but config.json says vocab_size {vocab_size}", dir.display());
@@ -77,20 +242,28 @@ pub fn load(ckpt: &HfCheckpoint, vocab_size: usize, arch: &str) -> Result<Vocab>
             )
         })?,
     };
-
-    let mut vocab = Vocab { pre, tokens, token_types, merges: raw.merges.clone(), ..Default::default() };
-    vocab.add_space_prefix = tok_config.get("add_prefix_space").and_then(Value::as_bool);
-    special_ids(&mut vocab, &raw, &tok_config, &ckpt.config, vocab_size);
-    add_flags(&mut vocab, &raw.json, &tok_config);
-    vocab.chat_template = chat_template(ckpt, &tok_config)?;
-    // LlamaModel.set_vocab: SmolLM-style 49152-token vocabularies never get a BOS.
-    if arch == "llama" && vocab_size == 49152 {
-        match vocab.add_flags.iter_mut().find(|(k, _)| k == "bos") {
-            Some(slot) => slot.1 = false,
-            None => vocab.add_flags.push(("bos".into(), false)),
-        }
-    }
+    let mut vocab =
+        Vocab { model: "gpt2".into(), pre, tokens, token_types, merges: raw.merges.clone(), ..Default::default() };
+    let tok_json = raw.json_is_file.then_some(&raw.json);
+    apply_specials(&mut vocab, ckpt, tok_json, tok_config)?;
     Ok(vocab)
+}
+
+fn added_tokens_of(json: &Value) -> Vec<AddedToken> {
+    json["added_tokens"]
+        .as_array()
+        .map(|arr| {
+            arr.iter()
+                .filter_map(|t| {
+                    Some(AddedToken {
+                        id: t["id"].as_u64()? as u32,
+                        content: t["content"].as_str()?.to_string(),
+                        special: t["special"].as_bool().unwrap_or(false),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn read_raw(ckpt: &HfCheckpoint, tok_config: &Value) -> Result<RawTokenizer> {
@@ -108,26 +281,13 @@ fn read_raw(ckpt: &HfCheckpoint, tok_config: &Value) -> Result<RawTokenizer> {
         }
         if model["byte_fallback"].as_bool() == Some(true) {
             bail!(
-                "{}: SentencePiece-style BPE (byte_fallback) is not supported yet; microscale handles byte-level BPE",
+                "{}: a SentencePiece-style BPE tokenizer (byte_fallback) for an architecture that reads byte-level BPE only",
                 json_path.display()
             );
         }
         let vocab = parse_vocab(&model["vocab"]).with_context(|| format!("{}", json_path.display()))?;
         let merges = parse_merges(&model["merges"]).with_context(|| format!("{}", json_path.display()))?;
-        let added = json["added_tokens"]
-            .as_array()
-            .map(|arr| {
-                arr.iter()
-                    .filter_map(|t| {
-                        Some(AddedToken {
-                            id: t["id"].as_u64()? as u32,
-                            content: t["content"].as_str()?.to_string(),
-                            special: t["special"].as_bool().unwrap_or(false),
-                        })
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let added = added_tokens_of(&json);
         let hf = Tokenizer::from_file(&json_path).map_err(|e| anyhow!("{}: {e}", json_path.display()))?;
         return Ok(RawTokenizer { vocab, merges, added, json, json_is_file: true, hf });
     }
@@ -149,10 +309,7 @@ fn read_raw(ckpt: &HfCheckpoint, tok_config: &Value) -> Result<RawTokenizer> {
             Tokenizer::from_bytes(serde_json::to_vec(&json)?).map_err(|e| anyhow!("{}: {e}", vocab_path.display()))?;
         return Ok(RawTokenizer { vocab, merges, added, json, json_is_file: false, hf });
     }
-    if dir.join("tokenizer.model").exists() {
-        bail!("{}: SentencePiece tokenizer.model is not supported yet; microscale handles byte-level BPE (tokenizer.json or vocab.json + merges.txt)", dir.display());
-    }
-    bail!("{}: no tokenizer (tokenizer.json, or vocab.json + merges.txt)", dir.display())
+    bail!("{}: no tokenizer (tokenizer.model, tokenizer.json, or vocab.json + merges.txt)", dir.display())
 }
 
 fn added_as_export(added: &[AddedToken]) -> Vec<(u32, String, bool)> {
@@ -221,93 +378,6 @@ fn token_content(v: &Value) -> Option<String> {
         Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
         _ => None,
     }
-}
-
-/// SpecialVocab: ids named in tokenizer_config.json (looked up among tokenizer.json's added
-/// tokens), then `*_token_id` from config.json for the kinds still missing.
-fn special_ids(vocab: &mut Vocab, raw: &RawTokenizer, tok_config: &Value, config: &Value, n_vocab: usize) {
-    let mut found: Vec<(String, u32)> = Vec::new();
-    let has_json_added =
-        raw.json_is_file && raw.json.get("added_tokens").is_some_and(|a| a.as_array().is_some_and(|a| !a.is_empty()));
-    for (kind, _) in super::SPECIAL_KINDS {
-        let Some(content) = tok_config.get(format!("{kind}_token")).and_then(token_content) else { continue };
-        if !has_json_added {
-            continue;
-        }
-        if let Some(a) = raw.added.iter().find(|a| a.content == content) {
-            if (a.id as usize) < n_vocab {
-                found.push((kind.to_string(), a.id));
-            }
-        }
-    }
-    let fallback = |found: &mut Vec<(String, u32)>, kind: &str, from: &str| {
-        if !found.iter().any(|(k, _)| k == kind) {
-            if let Some(id) = found.iter().find(|(k, _)| k == from).map(|(_, id)| *id) {
-                found.push((kind.to_string(), id));
-            }
-        }
-    };
-    fallback(&mut found, "bos", "cls");
-    fallback(&mut found, "eos", "sep");
-    for (kind, _) in super::SPECIAL_KINDS {
-        if found.iter().any(|(k, _)| k == kind) {
-            continue;
-        }
-        let id = config.get(format!("{kind}_token_id")).and_then(Value::as_u64);
-        if let Some(id) = id.filter(|&id| (id as usize) < n_vocab) {
-            found.push((kind.to_string(), id as u32));
-        }
-    }
-    vocab.special = found;
-}
-
-/// add_bos/add_eos/add_sep: from tokenizer.json's post-processor, overridden by tokenizer_config.json.
-fn add_flags(vocab: &mut Vocab, json: &Value, tok_config: &Value) {
-    let mut flags: Vec<(String, bool)> = Vec::new();
-    let set = |flags: &mut Vec<(String, bool)>, k: &str, v: bool| match flags.iter_mut().find(|(x, _)| x == k) {
-        Some(slot) => slot.1 = v,
-        None => flags.push((k.to_string(), v)),
-    };
-    let post = &json["post_processor"];
-    let processors: Vec<&Value> = match post["type"].as_str() {
-        Some("Sequence") => post["processors"].as_array().map(|a| a.iter().collect()).unwrap_or_default(),
-        Some(_) => vec![post],
-        None => vec![],
-    };
-    let bos = vocab.special_id("bos");
-    let cls = vocab.special_id("cls");
-    let eos = vocab.special_id("eos");
-    for p in processors {
-        match p["type"].as_str() {
-            Some("RobertaProcessing") => {
-                set(&mut flags, "bos", true);
-                set(&mut flags, "eos", true);
-                set(&mut flags, "sep", true);
-            }
-            Some("TemplateProcessing") => {
-                let single = p["single"].as_array().cloned().unwrap_or_default();
-                let special_id = |item: &Value| -> Option<u32> {
-                    let tok = item["SpecialToken"]["id"].as_str()?;
-                    p["special_tokens"][tok]["ids"][0].as_u64().map(|x| x as u32)
-                };
-                if single.len() > 1 {
-                    if let Some(id) = special_id(&single[0]) {
-                        set(&mut flags, "bos", Some(id) == bos || Some(id) == cls);
-                    }
-                }
-                if let Some(id) = single.last().and_then(special_id) {
-                    set(&mut flags, "eos", Some(id) == eos);
-                }
-            }
-            _ => {}
-        }
-    }
-    for (kind, _) in super::SPECIAL_KINDS {
-        if let Some(v) = tok_config.get(format!("add_{kind}_token")).and_then(Value::as_bool) {
-            set(&mut flags, kind, v);
-        }
-    }
-    vocab.add_flags = flags;
 }
 
 fn chat_template(ckpt: &HfCheckpoint, tok_config: &Value) -> Result<Option<String>> {

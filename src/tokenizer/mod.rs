@@ -1,14 +1,17 @@
 //! Vocabularies: a model's tokenizer as llama.cpp's `tokenizer.ggml.*` metadata, read from Hugging
 //! Face tokenizer files ([`hf`]), read from GGUF, and written back as Hugging Face files ([`export`]).
 //!
-//! Only byte-level BPE vocabularies (`tokenizer.ggml.model = "gpt2"`: GPT-2, SmolLM, LLaMA-3 style)
-//! are handled; SentencePiece `tokenizer.model` files are refused with a clear message.
+//! Two kinds: byte-level BPE (`tokenizer.ggml.model = "gpt2"`: GPT-2, SmolLM, LLaMA-3, Qwen) and
+//! SentencePiece (`"llama"`: LLaMA-2, Mistral v0.1, Phi-3; [`spm`] reads and writes
+//! `tokenizer.model`). [`special`] is gguf-py's SpecialVocab.
 //!
 //! Uses `source` (the checkpoint's tokenizer files) and `gguf` (metadata values).
 
 pub mod export;
 pub mod hf;
 pub mod pre;
+pub mod special;
+pub mod spm;
 
 use crate::gguf::{meta_get, GgufValue, Metadata};
 use anyhow::{anyhow, bail, Result};
@@ -24,7 +27,7 @@ pub mod token_type {
 }
 
 /// The special token kinds, with their GGUF key names (`seperator` is the format's own spelling).
-pub const SPECIAL_KINDS: [(&str, &str); 7] = [
+pub const SPECIAL_KINDS: [(&str, &str); 9] = [
     ("bos", "tokenizer.ggml.bos_token_id"),
     ("eos", "tokenizer.ggml.eos_token_id"),
     ("unk", "tokenizer.ggml.unknown_token_id"),
@@ -32,15 +35,21 @@ pub const SPECIAL_KINDS: [(&str, &str); 7] = [
     ("pad", "tokenizer.ggml.padding_token_id"),
     ("cls", "tokenizer.ggml.cls_token_id"),
     ("mask", "tokenizer.ggml.mask_token_id"),
+    ("eot", "tokenizer.ggml.eot_token_id"),
+    ("eom", "tokenizer.ggml.eom_token_id"),
 ];
 
-/// A BPE vocabulary in llama.cpp's terms.
+/// A vocabulary in llama.cpp's terms.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Vocab {
+    /// `tokenizer.ggml.model`: "gpt2" (byte-level BPE) or "llama" (SentencePiece).
+    pub model: String,
     /// `tokenizer.ggml.pre`: which pre-tokenizer regexes llama.cpp applies.
     pub pre: String,
-    /// Token strings in byte-level form (`Ġ` for a space), indexed by id.
+    /// Token strings (byte-level form `Ġ` for BPE; `▁` pieces for SentencePiece), indexed by id.
     pub tokens: Vec<String>,
+    /// SentencePiece scores (None for BPE).
+    pub scores: Option<Vec<f32>>,
     pub token_types: Vec<i32>,
     /// `"left right"` pairs, highest priority first.
     pub merges: Vec<String>,
@@ -67,9 +76,13 @@ impl Vocab {
         if let Some(v) = self.add_space_prefix {
             m.push(("tokenizer.ggml.add_space_prefix".into(), GgufValue::Bool(v)));
         }
-        m.push(("tokenizer.ggml.model".into(), GgufValue::String("gpt2".into())));
+        m.push(("tokenizer.ggml.model".into(), GgufValue::String(self.model.clone())));
         m.push(("tokenizer.ggml.pre".into(), GgufValue::String(self.pre.clone())));
         m.push(("tokenizer.ggml.tokens".into(), GgufValue::strings(self.tokens.iter().cloned())));
+        if let Some(scores) = &self.scores {
+            let values = scores.iter().map(|&x| GgufValue::F32(x)).collect();
+            m.push(("tokenizer.ggml.scores".into(), GgufValue::Array(crate::gguf::value::value_type::FLOAT32, values)));
+        }
         m.push(("tokenizer.ggml.token_type".into(), GgufValue::i32s(self.token_types.iter().copied())));
         if !self.merges.is_empty() {
             m.push(("tokenizer.ggml.merges".into(), GgufValue::strings(self.merges.iter().cloned())));
@@ -91,8 +104,10 @@ impl Vocab {
     /// Read a vocabulary back from GGUF metadata.
     pub fn from_metadata(meta: &Metadata) -> Result<Vocab> {
         let model = meta_get(meta, "tokenizer.ggml.model").and_then(|v| v.as_str()).unwrap_or("");
-        if model != "gpt2" {
-            bail!("tokenizer model {model:?} is not supported (microscale handles byte-level BPE, \"gpt2\")");
+        if model != "gpt2" && model != "llama" {
+            bail!(
+                "tokenizer model {model:?} is not supported (microscale handles byte-level BPE, \"gpt2\", and SentencePiece, \"llama\")"
+            );
         }
         let strings = |key: &str| -> Result<Vec<String>> {
             let arr = meta_get(meta, key).and_then(|v| v.as_array()).ok_or_else(|| anyhow!("no {key} array"))?;
@@ -110,6 +125,20 @@ impl Vocab {
         }
         let merges =
             if meta_get(meta, "tokenizer.ggml.merges").is_some() { strings("tokenizer.ggml.merges")? } else { vec![] };
+        let scores = match meta_get(meta, "tokenizer.ggml.scores").and_then(|v| v.as_array()) {
+            Some(arr) => Some(
+                arr.iter()
+                    .map(|v| {
+                        v.as_f64().map(|x| x as f32).ok_or_else(|| anyhow!("tokenizer.ggml.scores holds a non-number"))
+                    })
+                    .collect::<Result<Vec<f32>>>()?,
+            ),
+            None if model == "llama" => bail!("a SentencePiece (\"llama\") vocabulary without tokenizer.ggml.scores"),
+            None => None,
+        };
+        if scores.as_ref().is_some_and(|s| s.len() != tokens.len()) {
+            bail!("{} scores for {} tokens", scores.as_ref().map_or(0, Vec::len), tokens.len());
+        }
         let mut special = Vec::new();
         let mut add_flags = Vec::new();
         for (k, v) in meta {
@@ -127,6 +156,8 @@ impl Vocab {
             }
         }
         Ok(Vocab {
+            model: model.to_string(),
+            scores,
             pre: meta_get(meta, "tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default").to_string(),
             tokens,
             token_types,

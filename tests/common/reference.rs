@@ -181,19 +181,110 @@ fn causal_attention(
     out
 }
 
+/// RoPE as transformers computes it (`ROPE_INIT_FUNCTIONS`): inverse frequencies per pair and
+/// the factor cos/sin are scaled by.
+pub struct Rope {
+    pub inv_freq: Vec<f64>,
+    pub attention_factor: f64,
+}
+
+/// The RoPE of a config: transformers 5's `rope_parameters` or transformers 4's top-level
+/// `rope_theta` and `rope_scaling`; default, linear, llama3 and yarn types.
+pub fn rope_from_config(cfg: &Value, hd: usize) -> Result<Rope> {
+    let params = if cfg["rope_parameters"].is_object() { &cfg["rope_parameters"] } else { &cfg["rope_scaling"] };
+    let base = params["rope_theta"].as_f64().or(cfg["rope_theta"].as_f64()).unwrap_or(10000.0);
+    let rope_type = params["rope_type"].as_str().or(params["type"].as_str()).unwrap_or("default");
+    let num = |k: &str| params[k].as_f64();
+    let default: Vec<f64> = (0..hd / 2).map(|j| 1.0 / base.powf(2.0 * j as f64 / hd as f64)).collect();
+    let original =
+        params["original_max_position_embeddings"].as_f64().or(cfg["original_max_position_embeddings"].as_f64());
+    Ok(match rope_type {
+        "default" => Rope { inv_freq: default, attention_factor: 1.0 },
+        "linear" => {
+            let f = num("factor").context("linear rope without factor")?;
+            Rope { inv_freq: default.iter().map(|x| x / f).collect(), attention_factor: 1.0 }
+        }
+        "llama3" => {
+            // _compute_llama3_parameters
+            let factor = num("factor").context("factor")?;
+            let low = num("low_freq_factor").context("low_freq_factor")?;
+            let high = num("high_freq_factor").context("high_freq_factor")?;
+            let old = original.context("original_max_position_embeddings")?;
+            let (low_wavelen, high_wavelen) = (old / low, old / high);
+            let inv_freq = default
+                .iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (old / wavelen - low) / (high - low);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect();
+            Rope { inv_freq, attention_factor: 1.0 }
+        }
+        "yarn" => {
+            // _compute_yarn_parameters (no mscale keys, truncate = true)
+            let factor = num("factor").context("factor")?;
+            let old = original.or(cfg["max_position_embeddings"].as_f64()).context("original context")?;
+            let beta_fast = num("beta_fast").unwrap_or(32.0);
+            let beta_slow = num("beta_slow").unwrap_or(1.0);
+            let attention_factor =
+                num("attention_factor").unwrap_or(if factor <= 1.0 { 1.0 } else { 0.1 * factor.ln() + 1.0 });
+            let d = hd as f64;
+            let corr = |rot: f64| d * (old / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln());
+            let low = corr(beta_fast).floor().max(0.0);
+            let high = corr(beta_slow).ceil().min(d - 1.0);
+            let high = if low == high { high + 0.001 } else { high };
+            let inv_freq = default
+                .iter()
+                .enumerate()
+                .map(|(j, &extrapolation)| {
+                    let ramp = ((j as f64 - low) / (high - low)).clamp(0.0, 1.0);
+                    let extrapolation_factor = 1.0 - ramp;
+                    let interpolation = extrapolation / factor;
+                    interpolation * (1.0 - extrapolation_factor) + extrapolation * extrapolation_factor
+                })
+                .collect();
+            Rope { inv_freq, attention_factor }
+        }
+        other => bail!("rope type {other:?} not supported by the reference"),
+    })
+}
+
 /// HF `rotate_half` RoPE applied in place to every head of `x`.
-fn rope_in_place(x: &mut [f64], n_heads: usize, hd: usize, pos: usize, theta: f64) {
+fn rope_in_place(x: &mut [f64], n_heads: usize, hd: usize, pos: usize, rope: &Rope) {
     let half = hd / 2;
     for h in 0..n_heads {
         let head = &mut x[h * hd..(h + 1) * hd];
         for j in 0..half {
-            let inv_freq = theta.powf(-(2.0 * j as f64) / hd as f64);
-            let ang = pos as f64 * inv_freq;
+            let ang = pos as f64 * rope.inv_freq[j];
             let (sin, cos) = ang.sin_cos();
+            let (sin, cos) = (sin * rope.attention_factor, cos * rope.attention_factor);
             let a = head[j];
             let b = head[j + half];
             head[j] = a * cos - b * sin;
             head[j + half] = b * cos + a * sin;
+        }
+    }
+}
+
+/// Qwen3's per-head RMS norm of q or k (over head_dim, before RoPE).
+fn head_rms_norm(x: &mut [f64], hd: usize, w: &[f32], eps: f64) {
+    for head in x.chunks_mut(hd) {
+        let normed = rms_norm(head, w, eps);
+        head.copy_from_slice(&normed);
+    }
+}
+
+fn add_bias(x: &mut [f64], b: Option<&[f32]>) {
+    if let Some(b) = b {
+        for (v, b) in x.iter_mut().zip(b) {
+            *v += *b as f64;
         }
     }
 }
@@ -206,7 +297,8 @@ fn to_f32_rows(rows: Vec<Vec<f64>>) -> Vec<Vec<f32>> {
 // LLaMA
 // ---------------------------------------------------------------------------
 
-/// Logits `[n_tokens][vocab]` of a HF LLaMA checkpoint, causal, positions 0..n.
+/// Logits `[n_tokens][vocab]` of a HF LLaMA-family checkpoint (LLaMA, Mistral, Qwen2, Qwen3),
+/// causal, positions 0..n: biases and Qwen3's q/k norms are applied where the checkpoint has them.
 pub fn llama_forward(dir: &Path, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
     let cfg = load_config(dir)?;
     let w = Weights(load_tensors(dir)?);
@@ -216,14 +308,12 @@ pub fn llama_forward(dir: &Path, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
     let n_head_kv = cfg_usize(&cfg, "num_key_value_heads").unwrap_or(n_head);
     let vocab = cfg_usize(&cfg, "vocab_size")?;
     let eps = cfg_f64(&cfg, "rms_norm_eps", 1e-6);
-    let theta = cfg_f64(&cfg, "rope_theta", 10000.0);
     let tied = cfg["tie_word_embeddings"].as_bool().unwrap_or(false);
     let hd = cfg_usize(&cfg, "head_dim").unwrap_or(e / n_head);
     ensure!(n_head.is_multiple_of(n_head_kv), "n_head % n_head_kv != 0");
     ensure!(hd.is_multiple_of(2), "odd head_dim");
-    if !cfg["rope_scaling"].is_null() {
-        bail!("rope_scaling not supported by the reference");
-    }
+    let rope = rope_from_config(&cfg, hd)?;
+    let bias = |name: String| w.0.get(&name).map(|t| t.data.as_slice());
 
     let embed = w.get("model.embed_tokens.weight", &[vocab, e])?;
     let mut x: Vec<Vec<f64>> = tokens
@@ -252,6 +342,9 @@ pub fn llama_forward(dir: &Path, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
         let wg = w.get(&format!("{p}.mlp.gate_proj.weight"), &[ff, e])?;
         let wu = w.get(&format!("{p}.mlp.up_proj.weight"), &[ff, e])?;
         let wd = w.get(&format!("{p}.mlp.down_proj.weight"), &[e, ff])?;
+        let b = |part: &str| bias(format!("{p}.{part}.bias"));
+        let q_norm = w.0.get(&format!("{p}.self_attn.q_norm.weight")).map(|t| t.data.as_slice());
+        let k_norm = w.0.get(&format!("{p}.self_attn.k_norm.weight")).map(|t| t.data.as_slice());
 
         let mut q = Vec::new();
         let mut k = Vec::new();
@@ -260,23 +353,37 @@ pub fn llama_forward(dir: &Path, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
             let h = rms_norm(xt, ln1, eps);
             let mut qt = linear(wq, &h, n_head * hd);
             let mut kt = linear(wk, &h, n_head_kv * hd);
-            rope_in_place(&mut qt, n_head, hd, pos, theta);
-            rope_in_place(&mut kt, n_head_kv, hd, pos, theta);
+            let mut vt = linear(wv, &h, n_head_kv * hd);
+            add_bias(&mut qt, b("self_attn.q_proj"));
+            add_bias(&mut kt, b("self_attn.k_proj"));
+            add_bias(&mut vt, b("self_attn.v_proj"));
+            if let Some(wn) = q_norm {
+                head_rms_norm(&mut qt, hd, wn, eps);
+            }
+            if let Some(wn) = k_norm {
+                head_rms_norm(&mut kt, hd, wn, eps);
+            }
+            rope_in_place(&mut qt, n_head, hd, pos, &rope);
+            rope_in_place(&mut kt, n_head_kv, hd, pos, &rope);
             q.push(qt);
             k.push(kt);
-            v.push(linear(wv, &h, n_head_kv * hd));
+            v.push(vt);
         }
         let att = causal_attention(&q, &k, &v, n_head, n_head_kv, hd);
         for (xt, at) in x.iter_mut().zip(&att) {
-            let o = linear(wo, at, e);
+            let mut o = linear(wo, at, e);
+            add_bias(&mut o, b("self_attn.o_proj"));
             for (a, b) in xt.iter_mut().zip(&o) {
                 *a += b;
             }
             let h = rms_norm(xt, ln2, eps);
-            let g = linear(wg, &h, ff);
-            let u = linear(wu, &h, ff);
+            let mut g = linear(wg, &h, ff);
+            let mut u = linear(wu, &h, ff);
+            add_bias(&mut g, b("mlp.gate_proj"));
+            add_bias(&mut u, b("mlp.up_proj"));
             let act: Vec<f64> = g.iter().zip(&u).map(|(g, u)| silu(*g) * u).collect();
-            let d = linear(wd, &act, e);
+            let mut d = linear(wd, &act, e);
+            add_bias(&mut d, b("mlp.down_proj"));
             for (a, b) in xt.iter_mut().zip(&d) {
                 *a += b;
             }

@@ -53,6 +53,19 @@ pub struct SynthSpec {
     pub tied_embeddings: bool,
     pub seed: u64,
     pub dtype: SynthDtype,
+    /// LLaMA family only: the Hugging Face class (`LlamaForCausalLM`, `MistralForCausalLM`,
+    /// `Qwen2ForCausalLM`, `Qwen3ForCausalLM`).
+    pub arch: &'static str,
+    /// An explicit `head_dim` (attention width n_head·head_dim, which may differ from n_embd).
+    pub head_dim: Option<usize>,
+    /// Biases on q, k and v (and on o for LLaMA; Qwen2 always has q/k/v biases).
+    pub attention_bias: bool,
+    /// Biases on the MLP's three projections (LLaMA's `mlp_bias`).
+    pub mlp_bias: bool,
+    /// Extra config.json entries, merged over the defaults (a null value removes the key).
+    pub extra_config: Value,
+    /// Vocabulary size (the embedding's rows); the tiny tokenizer by default.
+    pub vocab_size: usize,
 }
 
 impl SynthSpec {
@@ -68,6 +81,12 @@ impl SynthSpec {
             tied_embeddings: false,
             seed: 42,
             dtype: SynthDtype::F32,
+            arch: "LlamaForCausalLM",
+            head_dim: None,
+            attention_bias: false,
+            mlp_bias: false,
+            extra_config: json!({}),
+            vocab_size: TINY_VOCAB_SIZE,
         }
     }
 
@@ -83,6 +102,12 @@ impl SynthSpec {
             tied_embeddings: true,
             seed: 7,
             dtype: SynthDtype::F32,
+            arch: "GPT2LMHeadModel",
+            head_dim: None,
+            attention_bias: false,
+            mlp_bias: false,
+            extra_config: json!({}),
+            vocab_size: TINY_VOCAB_SIZE,
         }
     }
 }
@@ -372,37 +397,66 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
 // ---------------------------------------------------------------------------
 
 fn check_llama(spec: &SynthSpec) -> Result<()> {
-    ensure!(spec.n_head > 0 && spec.n_embd.is_multiple_of(spec.n_head), "n_embd % n_head != 0");
-    let hd = spec.n_embd / spec.n_head;
-    ensure!(hd.is_multiple_of(2), "head_dim must be even for RoPE");
+    ensure!(spec.n_head > 0, "no heads");
+    ensure!(spec.head_dim.is_some() || spec.n_embd.is_multiple_of(spec.n_head), "n_embd % n_head != 0");
+    ensure!(head_dim(spec).is_multiple_of(2), "head_dim must be even for RoPE");
     ensure!(spec.n_head_kv > 0 && spec.n_head.is_multiple_of(spec.n_head_kv), "n_head % n_head_kv != 0");
     Ok(())
 }
 
-/// All tensors of the synthetic LLaMA model, in a stable order.
+fn head_dim(spec: &SynthSpec) -> usize {
+    spec.head_dim.unwrap_or(spec.n_embd / spec.n_head)
+}
+
+/// All tensors of the synthetic LLaMA-family model, in a stable order: biases where the spec
+/// (or Qwen2's class) has them, Qwen3's q/k norms.
 pub fn llama_tensors(spec: &SynthSpec) -> Result<Vec<SynthTensor>> {
     check_llama(spec)?;
     let s = spec.seed;
     let e = spec.n_embd;
-    let hd = e / spec.n_head;
+    let hd = head_dim(spec);
+    let q = spec.n_head * hd;
     let kv = spec.n_head_kv * hd;
     let ff = spec.n_ff;
-    let v = TINY_VOCAB_SIZE;
+    let v = spec.vocab_size;
+    let qkv_bias = spec.attention_bias || spec.arch == "Qwen2ForCausalLM";
+    let o_bias = spec.attention_bias && spec.arch != "Qwen2ForCausalLM";
+    let qk_norm = spec.arch == "Qwen3ForCausalLM";
     let inv = |fan_in: usize| 1.0 / (fan_in as f64).sqrt();
     let mut out = Vec::new();
     // Embedding rows: rms ~ 2.5/sqrt(e) so that, when tied, logits have std ~2.5.
     out.push(gaussian(s, "model.embed_tokens.weight", &[v, e], 0.0, 2.5 * inv(e)));
     for i in 0..spec.n_layer {
         let p = format!("model.layers.{i}");
+        let bias = |out: &mut Vec<SynthTensor>, name: &str, n: usize| {
+            out.push(gaussian(s, &format!("{p}.{name}.bias"), &[n], 0.0, 0.1));
+        };
         out.push(gaussian(s, &format!("{p}.input_layernorm.weight"), &[e], 1.0, 0.1));
-        out.push(gaussian(s, &format!("{p}.self_attn.q_proj.weight"), &[e, e], 0.0, inv(e)));
+        out.push(gaussian(s, &format!("{p}.self_attn.q_proj.weight"), &[q, e], 0.0, inv(e)));
         out.push(gaussian(s, &format!("{p}.self_attn.k_proj.weight"), &[kv, e], 0.0, inv(e)));
         out.push(gaussian(s, &format!("{p}.self_attn.v_proj.weight"), &[kv, e], 0.0, inv(e)));
-        out.push(gaussian(s, &format!("{p}.self_attn.o_proj.weight"), &[e, e], 0.0, 0.5 * inv(e)));
+        out.push(gaussian(s, &format!("{p}.self_attn.o_proj.weight"), &[e, q], 0.0, 0.5 * inv(q)));
+        if qkv_bias {
+            bias(&mut out, "self_attn.q_proj", q);
+            bias(&mut out, "self_attn.k_proj", kv);
+            bias(&mut out, "self_attn.v_proj", kv);
+        }
+        if o_bias {
+            bias(&mut out, "self_attn.o_proj", e);
+        }
+        if qk_norm {
+            out.push(gaussian(s, &format!("{p}.self_attn.q_norm.weight"), &[hd], 1.0, 0.1));
+            out.push(gaussian(s, &format!("{p}.self_attn.k_norm.weight"), &[hd], 1.0, 0.1));
+        }
         out.push(gaussian(s, &format!("{p}.post_attention_layernorm.weight"), &[e], 1.0, 0.1));
         out.push(gaussian(s, &format!("{p}.mlp.gate_proj.weight"), &[ff, e], 0.0, inv(e)));
         out.push(gaussian(s, &format!("{p}.mlp.up_proj.weight"), &[ff, e], 0.0, inv(e)));
         out.push(gaussian(s, &format!("{p}.mlp.down_proj.weight"), &[e, ff], 0.0, 0.5 * inv(ff)));
+        if spec.mlp_bias {
+            bias(&mut out, "mlp.gate_proj", ff);
+            bias(&mut out, "mlp.up_proj", ff);
+            bias(&mut out, "mlp.down_proj", e);
+        }
     }
     out.push(gaussian(s, "model.norm.weight", &[e], 1.0, 0.1));
     if !spec.tied_embeddings {
@@ -411,11 +465,17 @@ pub fn llama_tensors(spec: &SynthSpec) -> Result<Vec<SynthTensor>> {
     Ok(out)
 }
 
-/// The LLaMA config.json for `spec`.
+/// The config.json for a LLaMA-family `spec`.
 pub fn llama_config(spec: &SynthSpec) -> Value {
-    json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+    let model_type = match spec.arch {
+        "MistralForCausalLM" => "mistral",
+        "Qwen2ForCausalLM" => "qwen2",
+        "Qwen3ForCausalLM" => "qwen3",
+        _ => "llama",
+    };
+    let mut c = json!({
+        "architectures": [spec.arch],
+        "model_type": model_type,
         "hidden_size": spec.n_embd,
         "intermediate_size": spec.n_ff,
         "num_hidden_layers": spec.n_layer,
@@ -428,11 +488,40 @@ pub fn llama_config(spec: &SynthSpec) -> Value {
         "attention_bias": false,
         "mlp_bias": false,
         "tie_word_embeddings": spec.tied_embeddings,
-        "vocab_size": TINY_VOCAB_SIZE,
+        "vocab_size": spec.vocab_size,
         "bos_token_id": EOT_ID,
         "eos_token_id": EOT_ID,
         "torch_dtype": spec.dtype.torch_name()
-    })
+    });
+    let obj = c.as_object_mut().expect("an object");
+    if spec.arch != "LlamaForCausalLM" {
+        obj.remove("mlp_bias");
+    }
+    if spec.arch == "MistralForCausalLM" || spec.arch == "Qwen2ForCausalLM" {
+        obj.remove("attention_bias");
+    } else {
+        obj.insert("attention_bias".into(), json!(spec.attention_bias));
+    }
+    if spec.arch == "LlamaForCausalLM" {
+        obj.insert("mlp_bias".into(), json!(spec.mlp_bias));
+    }
+    if let Some(d) = spec.head_dim {
+        obj.insert("head_dim".into(), json!(d));
+    }
+    merge_config(&mut c, &spec.extra_config);
+    c
+}
+
+/// Merge `extra` over `config`; a null value removes the key.
+pub fn merge_config(config: &mut Value, extra: &Value) {
+    let (Some(obj), Some(extra)) = (config.as_object_mut(), extra.as_object()) else { return };
+    for (k, v) in extra {
+        if v.is_null() {
+            obj.remove(k);
+        } else {
+            obj.insert(k.clone(), v.clone());
+        }
+    }
 }
 
 fn write_llama_common(dir: &Path, spec: &SynthSpec) -> Result<()> {
@@ -443,8 +532,16 @@ fn write_llama_common(dir: &Path, spec: &SynthSpec) -> Result<()> {
 
 /// Writes a single-file LLaMA checkpoint (`model.safetensors`).
 pub fn write_llama_checkpoint(dir: &Path, spec: &SynthSpec) -> Result<()> {
+    write_llama_weights(dir, spec)?;
+    write_hf_tokenizer(dir)
+}
+
+/// Writes config.json and `model.safetensors` of a LLaMA-family spec, without tokenizer files
+/// (the caller brings its own vocabulary).
+pub fn write_llama_weights(dir: &Path, spec: &SynthSpec) -> Result<()> {
     let tensors = llama_tensors(spec)?;
-    write_llama_common(dir, spec)?;
+    std::fs::create_dir_all(dir)?;
+    write_json(&dir.join("config.json"), &llama_config(spec))?;
     let refs: Vec<&SynthTensor> = tensors.iter().collect();
     write_safetensors(&dir.join("model.safetensors"), &refs, spec.dtype)?;
     Ok(())
@@ -490,7 +587,7 @@ pub fn gpt2_tensors(spec: &SynthSpec) -> Result<Vec<SynthTensor>> {
     let e = spec.n_embd;
     let ff = spec.n_ff;
     let c = spec.n_ctx;
-    let v = TINY_VOCAB_SIZE;
+    let v = spec.vocab_size;
     let inv = |fan_in: usize| 1.0 / (fan_in as f64).sqrt();
     let mut out = Vec::new();
     out.push(gaussian(s, "transformer.wte.weight", &[v, e], 0.0, 2.5 * inv(e)));
@@ -535,7 +632,7 @@ pub fn gpt2_tensors(spec: &SynthSpec) -> Result<Vec<SynthTensor>> {
 
 /// The GPT-2 config.json for `spec`.
 pub fn gpt2_config(spec: &SynthSpec) -> Value {
-    json!({
+    let mut c = json!({
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
         "n_embd": spec.n_embd,
@@ -546,20 +643,27 @@ pub fn gpt2_config(spec: &SynthSpec) -> Value {
         "n_inner": spec.n_ff,
         "layer_norm_epsilon": 1e-5,
         "activation_function": "gelu_new",
-        "vocab_size": TINY_VOCAB_SIZE,
+        "vocab_size": spec.vocab_size,
         "bos_token_id": EOT_ID,
         "eos_token_id": EOT_ID,
         "torch_dtype": spec.dtype.torch_name()
-    })
+    });
+    merge_config(&mut c, &spec.extra_config);
+    c
 }
 
 /// Writes a GPT-2 checkpoint (`model.safetensors`, config.json, vocab.json,
 /// merges.txt). Always tied; `n_head_kv`/`tied_embeddings` are ignored.
 pub fn write_gpt2_checkpoint(dir: &Path, spec: &SynthSpec) -> Result<()> {
+    write_gpt2_weights(dir, spec)?;
+    write_gpt2_tokenizer(dir)
+}
+
+/// Writes config.json and `model.safetensors` of a GPT-2 spec, without tokenizer files.
+pub fn write_gpt2_weights(dir: &Path, spec: &SynthSpec) -> Result<()> {
     let tensors = gpt2_tensors(spec)?;
     std::fs::create_dir_all(dir)?;
     write_json(&dir.join("config.json"), &gpt2_config(spec))?;
-    write_gpt2_tokenizer(dir)?;
     let refs: Vec<&SynthTensor> = tensors.iter().collect();
     write_safetensors(&dir.join("model.safetensors"), &refs, spec.dtype)?;
     Ok(())

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Build llama.cpp's own command-line tools (llama-imatrix, llama-quantize) as test oracles: the
+# tests compare `microscale imatrix` with llama-imatrix and our quantized files with llama-quantize
+# (the tool, which adds the quantize.imatrix.* keys the library call does not).
+#
+# The sources are llama.cpp as vendored in the llama-cpp-python 0.3.36 source distribution on PyPI
+# (the crate llama-cpp-sys-2 vendors the libraries but not the tools); pip downloads it, its sha256
+# is checked. Built with CMake into target/llama-tools/ (about 6 minutes on 2 cores, once; the
+# tools are reused while the stamp is there). AMX is kept off as in .cargo/config.toml
+# (llama.cpp issue 20824). Prints the directory holding the binaries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROOT=target/llama-tools
+SDIST=llama_cpp_python-0.3.36.tar.gz
+SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+STAMP="$ROOT/.complete-$SHA256"
+BIN="$ROOT/build/bin"
+
+if [ -f "$STAMP" ] && [ -x "$BIN/llama-imatrix" ] && [ -x "$BIN/llama-quantize" ]; then
+  echo "$BIN"
+  exit 0
+fi
+command -v cmake >/dev/null || { echo "error: cmake is missing: run scripts/setup.sh" >&2; exit 1; }
+mkdir -p "$ROOT"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+echo "fetching llama-cpp-python==0.3.36 (source) from PyPI for llama.cpp's tools" >&2
+python3 -m pip download --quiet --no-deps --no-binary :all: --dest "$tmp" llama-cpp-python==0.3.36 >&2
+echo "$SHA256  $tmp/$SDIST" | sha256sum -c --quiet - || { echo "sha256 mismatch for $SDIST" >&2; exit 1; }
+rm -rf "$ROOT/src"
+tar -xzf "$tmp/$SDIST" -C "$tmp"
+mv "$tmp/llama_cpp_python-0.3.36/vendor/llama.cpp" "$ROOT/src"
+
+flags=""
+if [ "$(uname -m)" = x86_64 ]; then flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"; fi
+echo "building llama-imatrix and llama-quantize (CMake, once)" >&2
+cmake -S "$ROOT/src" -B "$ROOT/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+  -DGGML_NATIVE=ON -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+  -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
+  -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" >"$ROOT/cmake.log" 2>&1 \
+  || { echo "error: cmake configure failed, see $ROOT/cmake.log" >&2; exit 1; }
+cmake --build "$ROOT/build" --target llama-imatrix llama-quantize -j "$(nproc)" >>"$ROOT/cmake.log" 2>&1 \
+  || { echo "error: building llama.cpp's tools failed, see $ROOT/cmake.log" >&2; exit 1; }
+touch "$STAMP"
+echo "$BIN"

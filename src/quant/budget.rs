@@ -1,0 +1,229 @@
+//! Size budgets (`--target-size`, `--target-bpw`): choose every tensor's type from a ladder of
+//! types so that the file fits the budget and the expected loss is smallest.
+//!
+//! The loss of a tensor in a type is its importance-weighted squared quantization error,
+//! `Σ_rows Σ_j w_j (x_j − q(x)_j)²` with `w_j` the mean squared activation of input channel `j`
+//! (the imatrix): the expected squared error of that layer's output, `‖(W − Q)x‖²`, under the
+//! usual diagonal approximation (the same objective ggml's imatrix quantizers minimise within a
+//! tensor). Summed over tensors and minimised for the budget by a Lagrangian relaxation (for a
+//! price λ on bytes each tensor independently takes the type minimising `loss + λ·bytes`; λ is
+//! bisected to the cheapest price that fits), then a greedy pass spends what is left on the
+//! upgrades with the best loss reduction per byte.
+
+use super::GgmlType;
+use anyhow::{bail, Result};
+
+/// One tensor's options: each candidate type with the bytes it takes and the loss it causes.
+#[derive(Clone, Debug)]
+pub struct TensorOptions {
+    pub name: String,
+    pub candidates: Vec<Candidate>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Candidate {
+    pub ty: GgmlType,
+    pub bytes: u64,
+    pub loss: f64,
+}
+
+/// The types a budget may choose from: every CPU-supported quantized type microscale writes and
+/// F16, cheapest first. The lowest-bit IQ types need an importance matrix (as in llama.cpp), so
+/// they are candidates only with one; the ternary types are not (they suit only ternary-trained
+/// models).
+pub fn ladder(has_imatrix: bool) -> Vec<GgmlType> {
+    use GgmlType::*;
+    let mut l = vec![];
+    if has_imatrix {
+        l.extend([IQ2XXS, IQ2XS, IQ2S, IQ3XXS]);
+    }
+    l.extend([Q2K, IQ3S, Q3K, IQ4XS, IQ4NL, Q4_0, Q4K, Q4_1, Q5_0, Q5K, Q5_1, Q6K, Q8_0, F16]);
+    l
+}
+
+/// The allocation for a budget of `budget` bytes of tensor data: one candidate index per tensor.
+pub fn allocate(tensors: &[TensorOptions], budget: u64) -> Result<Vec<usize>> {
+    let min: u64 = tensors.iter().map(|t| t.candidates.iter().map(|c| c.bytes).min().unwrap_or(0)).sum();
+    if min > budget {
+        bail!(
+            "the budget of {} cannot be met: even the smallest type of every tensor takes {}",
+            human(budget),
+            human(min)
+        );
+    }
+    let pick = |lambda: f64| -> Vec<usize> {
+        tensors
+            .iter()
+            .map(|t| {
+                (0..t.candidates.len())
+                    .min_by(|&a, &b| {
+                        let cost = |i: usize| t.candidates[i].loss + lambda * t.candidates[i].bytes as f64;
+                        cost(a).total_cmp(&cost(b)).then(t.candidates[a].bytes.cmp(&t.candidates[b].bytes))
+                    })
+                    .unwrap_or(0)
+            })
+            .collect()
+    };
+    let bytes = |choice: &[usize]| -> u64 { choice.iter().zip(tensors).map(|(&i, t)| t.candidates[i].bytes).sum() };
+    // A price high enough that every tensor takes its smallest type.
+    let mut hi = 1.0f64;
+    while bytes(&pick(hi)) > budget {
+        hi *= 2.0;
+        if hi > 1e300 {
+            break;
+        }
+    }
+    let mut lo = 0.0f64;
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if bytes(&pick(mid)) > budget {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let mut choice = pick(hi);
+    if bytes(&choice) > budget {
+        // Unreachable in exact arithmetic; fall back to the smallest types.
+        choice = tensors.iter().map(smallest).collect();
+    }
+    let left = budget - bytes(&choice);
+    spend_the_rest(tensors, &mut choice, left);
+    Ok(choice)
+}
+
+fn smallest(t: &TensorOptions) -> usize {
+    (0..t.candidates.len()).min_by_key(|&i| t.candidates[i].bytes).unwrap_or(0)
+}
+
+/// Greedy: while some upgrade fits in what is left, take the one removing the most loss per byte.
+fn spend_the_rest(tensors: &[TensorOptions], choice: &mut [usize], mut left: u64) {
+    loop {
+        let mut best: Option<(usize, usize, f64)> = None;
+        for (ti, t) in tensors.iter().enumerate() {
+            let cur = t.candidates[choice[ti]];
+            for (ci, c) in t.candidates.iter().enumerate() {
+                if c.loss >= cur.loss || c.bytes < cur.bytes || c.bytes - cur.bytes > left {
+                    continue;
+                }
+                let gain = (cur.loss - c.loss) / ((c.bytes - cur.bytes) as f64).max(1.0);
+                if best.is_none_or(|(_, _, g)| gain > g) {
+                    best = Some((ti, ci, gain));
+                }
+            }
+        }
+        let Some((ti, ci, _)) = best else { return };
+        left -= tensors[ti].candidates[ci].bytes - tensors[ti].candidates[choice[ti]].bytes;
+        choice[ti] = ci;
+    }
+}
+
+pub fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", b / (1u64 << 30) as f64)
+    } else if b >= (1u64 << 20) as f64 {
+        format!("{:.2} MiB", b / (1u64 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", b / 1024.0)
+    }
+}
+
+/// A size as users write it: `100MiB`, `1.5GB`, `700M`, `123456` (bytes). Binary and decimal
+/// units are both accepted, as llama.cpp's tools and `ls -h` users write them.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = match num.parse() {
+        Ok(n) if n > 0.0 => n,
+        _ => bail!("--target-size {s:?}: expected a positive size such as 100MiB or 1.5GB"),
+    };
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "kb" => 1e3,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "mb" => 1e6,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "gb" => 1e9,
+        other => bail!("--target-size {s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB or GB)"),
+    };
+    Ok((n * mult).round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(name: &str, c: &[(u64, f64)]) -> TensorOptions {
+        TensorOptions {
+            name: name.into(),
+            candidates: c.iter().map(|&(bytes, loss)| Candidate { ty: GgmlType::Q4_0, bytes, loss }).collect(),
+        }
+    }
+
+    /// Every combination, for a small problem: the optimum the allocation must reach or approach.
+    fn brute_force(t: &[TensorOptions], budget: u64) -> f64 {
+        fn go(t: &[TensorOptions], budget: u64) -> f64 {
+            let Some((first, rest)) = t.split_first() else { return 0.0 };
+            first
+                .candidates
+                .iter()
+                .filter(|c| c.bytes <= budget)
+                .map(|c| c.loss + go(rest, budget - c.bytes))
+                .fold(f64::INFINITY, f64::min)
+        }
+        go(t, budget)
+    }
+
+    #[test]
+    fn stays_within_the_budget_and_is_near_the_exact_optimum() {
+        let mut seed = 12345u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % 1000) as f64 / 1000.0
+        };
+        for case in 0..40 {
+            let t: Vec<TensorOptions> = (0..5)
+                .map(|i| {
+                    let scale = 1.0 + 10.0 * next();
+                    let size = 100 + (next() * 400.0) as u64;
+                    let c: Vec<(u64, f64)> =
+                        (1..=4).map(|b| (size * b, scale * (0.25f64).powi(b as i32) * (1.0 + 0.2 * next()))).collect();
+                    opts(&format!("t{i}"), &c)
+                })
+                .collect();
+            let min: u64 = t.iter().map(|x| x.candidates[0].bytes).sum();
+            let max: u64 = t.iter().map(|x| x.candidates[3].bytes).sum();
+            let budget = min + (max - min) * (case as u64 % 10) / 10;
+            let choice = allocate(&t, budget).unwrap();
+            let used: u64 = choice.iter().zip(&t).map(|(&i, x)| x.candidates[i].bytes).sum();
+            let loss: f64 = choice.iter().zip(&t).map(|(&i, x)| x.candidates[i].loss).sum();
+            assert!(used <= budget, "case {case}: {used} > {budget}");
+            let best = brute_force(&t, budget);
+            assert!(loss <= best * 1.5 + 1e-12, "case {case}: loss {loss} vs optimum {best}");
+        }
+    }
+
+    #[test]
+    fn an_impossible_budget_is_an_error_naming_the_minimum() {
+        let t = vec![opts("a", &[(100, 1.0), (200, 0.5)])];
+        let e = allocate(&t, 50).unwrap_err().to_string();
+        assert!(e.contains("cannot be met"), "{e}");
+        assert_eq!(allocate(&t, 200).unwrap(), vec![1]);
+        assert_eq!(allocate(&t, 150).unwrap(), vec![0]);
+    }
+
+    #[test]
+    fn sizes_parse_in_binary_and_decimal_units() {
+        assert_eq!(parse_size("100MiB").unwrap(), 100 << 20);
+        assert_eq!(parse_size("1.5GB").unwrap(), 1_500_000_000);
+        assert_eq!(parse_size("700M").unwrap(), 700 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("-3MB").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+    }
+}
