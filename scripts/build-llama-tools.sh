@@ -5,13 +5,13 @@
 #
 # The sources are llama.cpp as vendored in the llama-cpp-python 0.3.36 source distribution on PyPI
 # (the crate llama-cpp-sys-2 vendors the libraries but not the tools); pip downloads it, its sha256
-# is checked. Built with CMake into target/llama-tools/ (about 6 minutes on 2 cores, once; the
-# tools are reused while the stamp is there). AMX is kept off as in .cargo/config.toml
+# is checked. Built with CMake into target/llama-tools/ (or $CARGO_TARGET_DIR/llama-tools/), about
+# 6 minutes on 2 cores, once; the tools are reused while the stamp is there. AMX is kept off as in .cargo/config.toml
 # (llama.cpp issue 20824). Prints the directory holding the binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROOT=target/llama-tools
+ROOT=${CARGO_TARGET_DIR:-target}/llama-tools
 SDIST=llama_cpp_python-0.3.36.tar.gz
 SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 STAMP="$ROOT/.complete-$SHA256"

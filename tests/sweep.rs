@@ -93,6 +93,18 @@ fn grids_parse_and_expand() {
         "[eval]\n[bench]\n[[matrix]]\nmethods=[\"prune-it\"]\nratios=[0.5]\nquants=[\"q8_0\"]\n"
     )
     .is_err());
+    assert!(seed.variants.iter().all(|v| !v.imatrix), "the seed grid's committed results predate imatrix sweeps");
+
+    // The quantization grid: every quantized variant and stock row uses the imatrix, except the
+    // `plain` stock rows; budgets parse; a float type with a budget is refused.
+    let g = load_grid(Path::new("grids/imatrix.toml")).unwrap();
+    let by = |n: &str| g.variants.iter().find(|v| v.name == n).unwrap_or_else(|| panic!("no variant {n}"));
+    assert!(by("iq3_m").imatrix && by("stock-iq3_m").imatrix);
+    assert!(!by("stock-q4_k_m-noimatrix").imatrix && !by("baseline-f32").imatrix);
+    assert_eq!(by("q3_k_m-93510208").budget, Some(microscale::convert::budget::Budget::Size(93_510_208)));
+    assert!(by("q3_k_m-93510208").recipe().contains("+ imatrix"));
+    let bad = "[eval]\n[bench]\n[[variant]]\nquant=\"f16\"\ntarget_size=\"10MiB\"\n";
+    assert!(microscale::sweep::grid::parse_grid(bad).is_err());
 }
 
 #[test]

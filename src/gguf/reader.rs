@@ -180,6 +180,11 @@ impl GgufFile {
         crate::util::mmap::release_pages(&self.map, info.offset as usize, info.n_bytes as usize);
     }
 
+    /// Start reading a tensor's data in the background.
+    pub fn prefetch(&self, info: &TensorInfo) {
+        crate::util::mmap::prefetch_pages(&self.map, info.offset as usize, info.n_bytes as usize);
+    }
+
     /// Like [`Self::release`], for part of a tensor's data.
     pub fn release_slice(&self, part: &[u8]) {
         crate::util::mmap::release_slice(&self.map, part);

@@ -40,6 +40,12 @@ impl TensorSource for GgufSource {
         self.file.release_slice(part);
     }
 
+    fn prefetch(&self, name: &str) {
+        if let Some(info) = self.file.tensor(name) {
+            self.file.prefetch(info);
+        }
+    }
+
     fn location(&self, _name: &str) -> String {
         self.file.path.display().to_string()
     }

@@ -140,6 +140,12 @@ impl TensorSource for HfCheckpoint {
         }
     }
 
+    fn prefetch(&self, name: &str) {
+        if let Some(loc) = self.index.get(name) {
+            crate::util::mmap::prefetch_pages(&self.shards[loc.shard].map, loc.start, loc.end - loc.start);
+        }
+    }
+
     fn location(&self, name: &str) -> String {
         match self.index.get(name) {
             Some(loc) => self.shards[loc.shard].path.display().to_string(),

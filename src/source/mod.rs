@@ -51,6 +51,8 @@ pub trait TensorSource: Sync {
     fn release_part(&self, name: &str, part: &[u8]);
     /// Where the tensor lives, for error messages.
     fn location(&self, name: &str) -> String;
+    /// Start reading a tensor's bytes in the background (it is needed next).
+    fn prefetch(&self, _name: &str) {}
 
     fn tensor(&self, name: &str) -> Option<&TensorDesc> {
         self.tensors().iter().find(|t| t.name == name)

@@ -58,6 +58,12 @@ impl TensorSource for Overlay<'_> {
         }
     }
 
+    fn prefetch(&self, name: &str) {
+        if self.added(name).is_none() {
+            self.base.prefetch(name);
+        }
+    }
+
     fn location(&self, name: &str) -> String {
         match self.added(name) {
             Some(_) => format!("{name} (computed from config.json)"),

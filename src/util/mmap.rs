@@ -1,7 +1,7 @@
 //! Memory maps that give their pages back: streaming through a file larger than RAM keeps only
 //! what is being converted resident (mapped file pages count toward a process's RSS).
 
-use memmap2::{Mmap, UncheckedAdvice};
+use memmap2::{Advice, Mmap, UncheckedAdvice};
 
 /// [`release_pages`] for a slice that lies inside `map` (anything else is ignored).
 pub fn release_slice(map: &Mmap, part: &[u8]) {
@@ -26,5 +26,16 @@ pub fn release_pages(map: &Mmap, offset: usize, len: usize) {
         unsafe {
             let _ = map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start);
         }
+    }
+}
+
+/// `madvise(MADV_WILLNEED)` over `[offset, offset+len)`: the kernel starts reading those pages in
+/// the background, so the next tensor's bytes arrive while the current one is being quantized.
+pub fn prefetch_pages(map: &Mmap, offset: usize, len: usize) {
+    const PAGE: usize = 4096;
+    let start = offset / PAGE * PAGE;
+    let end = (offset + len).next_multiple_of(PAGE).min(map.len());
+    if end > start {
+        let _ = map.advise_range(Advice::WillNeed, start, end - start);
     }
 }
