@@ -94,27 +94,10 @@ pub fn profile(name: &str) -> Result<Profile> {
 
 /// "3GiB", "512MiB", "2.5GB", "none".
 pub fn parse_memory(s: &str) -> Result<Option<u64>> {
-    let t = s.trim();
-    if t.eq_ignore_ascii_case("none") {
+    if s.trim().eq_ignore_ascii_case("none") {
         return Ok(None);
     }
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| anyhow!("bad memory size {s:?}"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kib" => 1024.0,
-        "m" | "mib" => 1024.0 * 1024.0,
-        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        other => bail!("bad memory unit {other:?} in {s:?} (use KiB, MiB, GiB, KB, MB, GB)"),
-    };
-    if n <= 0.0 {
-        bail!("memory size must be positive: {s:?}");
-    }
-    Ok(Some((n * mult) as u64))
+    crate::util::mem::parse_size(s).map(Some).map_err(|e| anyhow!("memory size: {e}"))
 }
 
 pub fn format_bytes(b: u64) -> String {

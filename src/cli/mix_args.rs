@@ -41,7 +41,7 @@ pub struct BudgetArgs {
     /// the ladder of types to minimise the importance-weighted quantization error for the budget
     /// (use --imatrix or --calib: without one every channel counts alike). Embeddings and the
     /// output head keep the --outtype mix's type. Stock llama.cpp runs the file.
-    #[arg(long, value_name = "SIZE", value_parser = microscale::quant::budget::parse_size, conflicts_with = "target_bpw")]
+    #[arg(long, value_name = "SIZE", value_parser = microscale::util::mem::parse_size, conflicts_with = "target_bpw")]
     pub target_size: Option<u64>,
     /// As --target-size, for an average of BPW bits per weight over all tensors' data.
     #[arg(long, value_name = "BPW", value_parser = positive_bpw)]

@@ -8,9 +8,10 @@ use super::{job_f32, Job};
 use crate::gguf::writer::encode_header;
 use crate::gguf::{Metadata, TensorInfo};
 use crate::prune::unstructured::prune_row;
-use crate::quant::budget::{allocate, human, ladder, Candidate, TensorOptions};
+use crate::quant::budget::{allocate, ladder, Candidate, TensorOptions};
 use crate::quant::GgmlType;
 use crate::source::TensorSource;
+use crate::util::mem::format_size;
 use crate::util::progress::Progress;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -32,11 +33,11 @@ const SAMPLE_ROWS: usize = 96;
 pub fn apply(src: &dyn TensorSource, meta: &Metadata, jobs: &mut [Job], budget: Budget, quiet: bool) -> Result<u64> {
     let header = encode_header(meta, &headers(jobs)?)?.len() as u64;
     let padded = |b: u64| b.next_multiple_of(32);
-    let allocatable: Vec<usize> = (0..jobs.len()).filter(|&i| allocatable(&jobs[i])).collect();
+    let allocatable: Vec<usize> = (0..jobs.len()).filter(|&i| is_allocatable(&jobs[i])).collect();
     if allocatable.is_empty() {
         bail!("--target-size/--target-bpw: no tensor of this model can change type (is --outtype a quantized type?)");
     }
-    let fixed: u64 = (0..jobs.len()).filter(|i| !allocatable.contains(i)).map(|i| padded(jobs[i].n_bytes())).sum();
+    let fixed: u64 = jobs.iter().filter(|j| !is_allocatable(j)).map(|j| padded(j.n_bytes())).sum();
     let total_elems: u64 = jobs.iter().map(|j| j.planned.n_elements() as u64).sum();
     let data_budget = match budget {
         Budget::Size(s) => s.checked_sub(header + fixed + 31 * allocatable.len() as u64),
@@ -45,7 +46,7 @@ pub fn apply(src: &dyn TensorSource, meta: &Metadata, jobs: &mut [Job], budget: 
     let Some(data_budget) = data_budget else {
         bail!(
             "the budget cannot be met: the tensors that keep their type (embeddings, output, norms) and the header already take {}",
-            human(header + fixed)
+            format_size(header + fixed)
         );
     };
     let progress = Progress::new(allocatable.len() as u64, "measuring types", quiet);
@@ -70,7 +71,7 @@ fn headers(jobs: &[Job]) -> Result<Vec<TensorInfo>> {
 }
 
 /// The blocks' weight matrices that the mix quantizes.
-fn allocatable(job: &Job) -> bool {
+fn is_allocatable(job: &Job) -> bool {
     job.ty.is_quantized() && job.planned.name.starts_with("blk.") && job.planned.shape.len() == 2
 }
 

@@ -150,18 +150,11 @@ impl Job {
 pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
     refuse_overwrite(input, output)?;
     let source = Source::open(input)?;
-    let SourcePlan { mut metadata, planned, arch, generated } = plan_source(&source, opts)?;
+    let SourcePlan { metadata, planned, arch, generated } = plan_source(&source, opts)?;
     let overlay = with_generated(&source, &generated);
     let tensors: &dyn TensorSource = &overlay;
-    // Pruning is planned (and checked) completely before the output file exists.
-    let pruned = pruning::plan(input, tensors, &mut metadata, planned, opts)?;
-    let pruning::Pruned { planned, calibration, sparsity, structure } = pruned;
-    let imatrix = calibrated_imatrix(opts, calibration.as_ref());
-    let mut jobs = typed_jobs(planned, tensors, &metadata, opts, imatrix, sparsity)?;
-    add_imatrix_keys(&mut metadata, imatrix);
-    if let Some(b) = opts.budget {
-        budget::apply(tensors, &metadata, &mut jobs, b, opts.quiet)?;
-    }
+    // Pruning, types and budget are planned (and checked) completely before the output exists.
+    let Plan { metadata, jobs, structure } = plan_jobs(input, tensors, metadata, planned, opts)?;
     if !opts.allow_requantize {
         refuse_requantize(input, tensors, &jobs)?;
     }
@@ -191,9 +184,20 @@ pub struct Plan {
 /// `prune-plan` and dry runs).
 pub fn plan_only(input: &Path, opts: &ConvertOptions) -> Result<Plan> {
     let source = Source::open(input)?;
-    let SourcePlan { mut metadata, planned, generated, .. } = plan_source(&source, opts)?;
+    let SourcePlan { metadata, planned, generated, .. } = plan_source(&source, opts)?;
     let overlay = with_generated(&source, &generated);
-    let tensors: &dyn TensorSource = &overlay;
+    plan_jobs(input, &overlay, metadata, planned, opts)
+}
+
+/// From the source's plan to every output tensor's job: pruning (with calibration when needed),
+/// each tensor's type under the mix, the importance matrix's keys, and the size budget.
+fn plan_jobs(
+    input: &Path,
+    tensors: &dyn TensorSource,
+    mut metadata: Metadata,
+    planned: Vec<PlannedTensor>,
+    opts: &ConvertOptions,
+) -> Result<Plan> {
     let pruned = pruning::plan(input, tensors, &mut metadata, planned, opts)?;
     let pruning::Pruned { planned, calibration, sparsity, structure } = pruned;
     let imatrix = calibrated_imatrix(opts, calibration.as_ref());

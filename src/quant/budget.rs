@@ -11,6 +11,7 @@
 //! upgrades with the best loss reduction per byte.
 
 use super::GgmlType;
+use crate::util::mem::format_size;
 use anyhow::{bail, Result};
 
 /// One tensor's options: each candidate type with the bytes it takes and the loss it causes.
@@ -47,8 +48,8 @@ pub fn allocate(tensors: &[TensorOptions], budget: u64) -> Result<Vec<usize>> {
     if min > budget {
         bail!(
             "the budget of {} cannot be met: even the smallest type of every tensor takes {}",
-            human(budget),
-            human(min)
+            format_size(budget),
+            format_size(min)
         );
     }
     let pick = |lambda: f64| -> Vec<usize> {
@@ -118,40 +119,6 @@ fn spend_the_rest(tensors: &[TensorOptions], choice: &mut [usize], mut left: u64
     }
 }
 
-pub fn human(bytes: u64) -> String {
-    let b = bytes as f64;
-    if b >= (1u64 << 30) as f64 {
-        format!("{:.2} GiB", b / (1u64 << 30) as f64)
-    } else if b >= (1u64 << 20) as f64 {
-        format!("{:.2} MiB", b / (1u64 << 20) as f64)
-    } else {
-        format!("{:.1} KiB", b / 1024.0)
-    }
-}
-
-/// A size as users write it: `100MiB`, `1.5GB`, `700M`, `123456` (bytes). Binary and decimal
-/// units are both accepted, as llama.cpp's tools and `ls -h` users write them.
-pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = match num.parse() {
-        Ok(n) if n > 0.0 => n,
-        _ => bail!("--target-size {s:?}: expected a positive size such as 100MiB or 1.5GB"),
-    };
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kib" => 1024.0,
-        "kb" => 1e3,
-        "m" | "mib" => 1024.0 * 1024.0,
-        "mb" => 1e6,
-        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "gb" => 1e9,
-        other => bail!("--target-size {s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB or GB)"),
-    };
-    Ok((n * mult).round() as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,15 +182,5 @@ mod tests {
         assert!(e.contains("cannot be met"), "{e}");
         assert_eq!(allocate(&t, 200).unwrap(), vec![1]);
         assert_eq!(allocate(&t, 150).unwrap(), vec![0]);
-    }
-
-    #[test]
-    fn sizes_parse_in_binary_and_decimal_units() {
-        assert_eq!(parse_size("100MiB").unwrap(), 100 << 20);
-        assert_eq!(parse_size("1.5GB").unwrap(), 1_500_000_000);
-        assert_eq!(parse_size("700M").unwrap(), 700 << 20);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert!(parse_size("-3MB").is_err());
-        assert!(parse_size("12 parsecs").is_err());
     }
 }

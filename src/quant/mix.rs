@@ -357,9 +357,8 @@ fn tensor_type_impl(
             ty = T::Q6K;
         }
     } else if cat == Category::TokenEmbd {
-        if let Some(t) = ctx.flags.token_embedding_type {
-            ty = t;
-        } else if matches!(scheme, IQ2XXS | IQ2XS | IQ1S | IQ1M) {
+        // (--token-embedding-type was applied by the caller, as llama.cpp's outer wrapper does)
+        if matches!(scheme, IQ2XXS | IQ2XS | IQ1S | IQ1M) {
             ty = T::Q2K;
         } else if matches!(scheme, IQ2S | IQ2M | IQ3XXS) {
             ty = T::IQ3S;

@@ -182,7 +182,7 @@ impl Variant {
     pub fn recipe(&self) -> String {
         let imatrix = if self.imatrix { " + imatrix" } else { "" };
         let budget = match self.budget {
-            Some(Budget::Size(b)) => format!(" @ {}", crate::quant::budget::human(b)),
+            Some(Budget::Size(b)) => format!(" @ {}", crate::util::mem::format_size(b)),
             Some(Budget::Bpw(b)) => format!(" @ {b} bpw"),
             None => String::new(),
         };
@@ -286,7 +286,7 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
         let quant = Scheme::parse(&v.quant)?;
         let budget = match (&v.target_size, v.target_bpw) {
             (Some(_), Some(_)) => bail!("variant {:?}: target_size and target_bpw are exclusive", v.quant),
-            (Some(s), None) => Some(Budget::Size(crate::quant::budget::parse_size(s)?)),
+            (Some(s), None) => Some(Budget::Size(crate::util::mem::parse_size(s)?)),
             (None, Some(b)) if b > 0.0 && b <= 32.0 => Some(Budget::Bpw(b)),
             (None, Some(b)) => bail!("target_bpw {b} is not a bit rate between 0 and 32"),
             (None, None) => None,

@@ -1,4 +1,4 @@
-//! How much memory this machine has free.
+//! Memory and file sizes: how much memory this machine has free, and sizes as users write them.
 
 /// `MemAvailable` from /proc/meminfo, in bytes (None where there is no such file).
 pub fn available_bytes() -> Option<u64> {
@@ -12,4 +12,55 @@ pub fn available_bytes() -> Option<u64> {
         .parse()
         .ok()?;
     Some(kb * 1024)
+}
+
+/// A size as users write it: `3GiB`, `512MiB`, `1.5GB`, `700M`, `123456` (bytes). Binary and
+/// decimal units are both accepted (memory caps, `--target-size`).
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = match num.parse() {
+        Ok(n) if n > 0.0 => n,
+        _ => anyhow::bail!("bad size {s:?}: expected a positive size such as 512MiB or 1.5GB"),
+    };
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "kb" => 1e3,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "mb" => 1e6,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "gb" => 1e9,
+        other => anyhow::bail!("bad size {s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB or GB)"),
+    };
+    Ok((n * mult).round() as u64)
+}
+
+/// `1.23 GiB`, `93.51 MiB`, `12.0 KiB`.
+pub fn format_size(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", b / (1u64 << 30) as f64)
+    } else if b >= (1u64 << 20) as f64 {
+        format!("{:.2} MiB", b / (1u64 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", b / 1024.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_in_binary_and_decimal_units() {
+        assert_eq!(parse_size("100MiB").unwrap(), 100 << 20);
+        assert_eq!(parse_size("1.5GB").unwrap(), 1_500_000_000);
+        assert_eq!(parse_size("700M").unwrap(), 700 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("-3MB").is_err());
+        assert!(parse_size("0GiB").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+    }
 }
