@@ -13,6 +13,7 @@ use microscale::convert::safetensors_writer::SafetensorsWriter;
 use microscale::quant::quantize;
 use microscale::quant::GgmlType;
 use microscale::tokenizer::export::tokenizer_json;
+use microscale::util::rng::XorShift64;
 use rayon::prelude::*;
 use serde_json::json;
 use std::collections::HashMap;
@@ -119,13 +120,11 @@ fn random_values(n: usize, seed: u64, std: f32, mean: f32) -> Vec<f32> {
     let mut v = vec![0f32; n];
     let half_width = std * 3f32.sqrt();
     v.par_chunks_mut(1 << 16).enumerate().for_each(|(c, chunk)| {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (c as u64).wrapping_mul(0xD1B5_4A32_D192_ED03) | 1;
+        let mut rng = XorShift64::new(
+            seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (c as u64).wrapping_mul(0xD1B5_4A32_D192_ED03) | 1,
+        );
         for y in chunk {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let u = (x >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
-            *y = mean + (2.0 * u - 1.0) * half_width;
+            *y = mean + (2.0 * rng.next_f32() - 1.0) * half_width;
         }
     });
     v

@@ -6,15 +6,25 @@
 # CHUNKS windows of WikiText-2 test, as llama-perplexity --kl-divergence does. Prints a Markdown
 # table row per file.
 #
+# With --every, instead: every mix llama-quantize offers, from llama.cpp's own quantizer, without
+# and with the importance matrix (the mixes that need one are refused without it, as llama-quantize
+# refuses them). microscale's `convert --outtype TYPE` writes the same tensor bytes
+# (tests/quant_whole_file.rs), so these rows are both tools' numbers.
+#
 # Usage: scripts/bench-mixes.sh [TYPE...]   (default: q4_k_m q3_k_m iq3_m)
+#        scripts/bench-mixes.sh --every
 #   CHUNKS=20 IMATRIX_CHUNKS=16 WORK=/tmp/microscale-mixes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-/tmp/microscale-mixes}
 CHUNKS=${CHUNKS:-20}
 IMATRIX_CHUNKS=${IMATRIX_CHUNKS:-16}
+EVERY=0
+if [ "${1:-}" = --every ]; then EVERY=1; shift; fi
 TYPES=("$@")
 [ ${#TYPES[@]} -gt 0 ] || TYPES=(q4_k_m q3_k_m iq3_m)
+ALL_MIXES=(q8_0 q6_k q5_k_m q5_k_s q5_1 q5_0 q4_k_m q4_k_s q4_1 q4_0 iq4_nl iq4_xs q3_k_l q3_k_m q3_k_s
+  iq3_m iq3_s iq3_xs iq3_xxs q2_k q2_k_s iq2_m iq2_s iq2_xs iq2_xxs iq1_m iq1_s tq2_0 tq1_0)
 scripts/fetch-default-model.sh
 cargo build --release --quiet --bins
 M=${CARGO_TARGET_DIR:-target}/release/microscale
@@ -22,9 +32,13 @@ SRC=models/smollm2-135m
 mkdir -p "$WORK"
 [ -f "$WORK/f32.gguf" ] || "$M" -q convert "$SRC" -o "$WORK/f32.gguf" --outtype f32
 [ -f "$WORK/imatrix.gguf" ] || "$M" -q imatrix "$SRC" -o "$WORK/imatrix.gguf" --chunks "$IMATRIX_CHUNKS"
+# The baseline's log-probabilities once (llama-perplexity's --kl-divergence-base format), so each
+# comparison runs only the quantized model.
+BASE="$WORK/f32-$CHUNKS.kld"
+[ -f "$BASE" ] || "$M" -q eval "$WORK/f32.gguf" --save-kld-base "$BASE" --chunks "$CHUNKS" >/dev/null
 
 measure() { # label file
-  "$M" -q eval "$2" --kld-base "$WORK/f32.gguf" --chunks "$CHUNKS" --json >"$WORK/eval.json"
+  "$M" -q eval "$2" --kld-base "$BASE" --json >"$WORK/eval.json"
   python3 - "$1" "$2" "$WORK/eval.json" <<'PY'
 import json, os, sys
 label, path, out = sys.argv[1:]
@@ -39,6 +53,19 @@ PY
 
 echo "| file | bytes | bpw | KLD vs F32 | PPL | PPL vs F32 | same top |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+if [ "$EVERY" = 1 ]; then
+  for t in "${ALL_MIXES[@]}"; do
+    if "$M" -q stock-quantize "$WORK/f32.gguf" "$WORK/stock-$t.gguf" "$t" 2>"$WORK/refused.txt"; then
+      measure "$t" "$WORK/stock-$t.gguf"
+    else
+      echo "| $t | refused without an imatrix: $(head -c 120 "$WORK/refused.txt" | tr '|\n' '/ ') | | | | | |"
+    fi
+    "$M" -q stock-quantize "$WORK/f32.gguf" "$WORK/stock-$t.gguf" "$t" --imatrix "$WORK/imatrix.gguf"
+    measure "$t + imatrix" "$WORK/stock-$t.gguf"
+    rm -f "$WORK/stock-$t.gguf"
+  done
+  exit 0
+fi
 for t in "${TYPES[@]}"; do
   "$M" -q stock-quantize "$WORK/f32.gguf" "$WORK/stock-$t.gguf" "$t" --imatrix "$WORK/imatrix.gguf"
   size=$(stat -c %s "$WORK/stock-$t.gguf")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build llama.cpp's own command-line tools (llama-imatrix, llama-quantize) as test oracles: the
-# tests compare `microscale imatrix` with llama-imatrix and our quantized files with llama-quantize
-# (the tool, which adds the quantize.imatrix.* keys the library call does not).
+# Build llama.cpp's own command-line tools (llama-imatrix, llama-quantize, llama-perplexity) as test
+# oracles: the tests compare `microscale imatrix` with llama-imatrix, our quantized files with
+# llama-quantize (the tool, which adds the quantize.imatrix.* keys the library call does not), and
+# read llama-perplexity's saved base log-probabilities.
 #
 # The sources are llama.cpp as vendored in the llama-cpp-python 0.3.36 source distribution on PyPI
 # (the crate llama-cpp-sys-2 vendors the libraries but not the tools); pip downloads it, its sha256
@@ -17,11 +18,19 @@ SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 STAMP="$ROOT/.complete-$SHA256"
 BIN="$ROOT/build/bin"
 
-if [ -f "$STAMP" ] && [ -x "$BIN/llama-imatrix" ] && [ -x "$BIN/llama-quantize" ]; then
+if [ -f "$STAMP" ] && [ -x "$BIN/llama-imatrix" ] && [ -x "$BIN/llama-quantize" ] && [ -x "$BIN/llama-perplexity" ]; then
   echo "$BIN"
   exit 0
 fi
 command -v cmake >/dev/null || { echo "error: cmake is missing: run scripts/setup.sh" >&2; exit 1; }
+TARGETS=(llama-imatrix llama-quantize llama-perplexity)
+if [ -f "$STAMP" ] && [ -f "$ROOT/build/CMakeCache.txt" ]; then
+  # A build of this sdist from before a tool was added to the list: build only what is missing.
+  cmake --build "$ROOT/build" --target "${TARGETS[@]}" -j "$(nproc)" >>"$ROOT/cmake.log" 2>&1 \
+    || { echo "error: building llama.cpp's tools failed, see $ROOT/cmake.log" >&2; exit 1; }
+  echo "$BIN"
+  exit 0
+fi
 mkdir -p "$ROOT"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -34,13 +43,13 @@ mv "$tmp/llama_cpp_python-0.3.36/vendor/llama.cpp" "$ROOT/src"
 
 flags=""
 if [ "$(uname -m)" = x86_64 ]; then flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"; fi
-echo "building llama-imatrix and llama-quantize (CMake, once)" >&2
+echo "building llama-imatrix, llama-quantize and llama-perplexity (CMake, once)" >&2
 cmake -S "$ROOT/src" -B "$ROOT/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
   -DGGML_NATIVE=ON -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
   -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
   -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" >"$ROOT/cmake.log" 2>&1 \
   || { echo "error: cmake configure failed, see $ROOT/cmake.log" >&2; exit 1; }
-cmake --build "$ROOT/build" --target llama-imatrix llama-quantize -j "$(nproc)" >>"$ROOT/cmake.log" 2>&1 \
+cmake --build "$ROOT/build" --target "${TARGETS[@]}" -j "$(nproc)" >>"$ROOT/cmake.log" 2>&1 \
   || { echo "error: building llama.cpp's tools failed, see $ROOT/cmake.log" >&2; exit 1; }
 touch "$STAMP"
 echo "$BIN"

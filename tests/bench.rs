@@ -205,12 +205,12 @@ fn csv_rows_carry_the_status() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&csv).unwrap();
-    let mut rdr = text.lines();
-    let header: Vec<&str> = rdr.next().unwrap().split(',').collect();
-    let status = header.iter().position(|h| *h == "status").unwrap();
-    let metric = header.iter().position(|h| *h == "metric").unwrap();
-    let rows: Vec<Vec<&str>> = rdr.map(|l| l.split(',').collect()).collect();
-    assert!(rows.iter().any(|r| r[metric] == "host:peak_rss_mib"), "{text}");
+    let mut rdr = csv::Reader::from_reader(text.as_bytes());
+    let header = rdr.headers().unwrap().clone();
+    let status = header.iter().position(|h| h == "status").unwrap();
+    let metric = header.iter().position(|h| h == "metric").unwrap();
+    let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
+    assert!(rows.iter().any(|r| &r[metric] == "host:peak_rss_mib"), "{text}");
     assert!(!rows.iter().any(|r| r[metric].ends_with("_tps")), "an oom run has no speeds: {text}");
-    assert!(rows.iter().all(|r| r[status] == "oom"), "{text}");
+    assert!(rows.iter().all(|r| &r[status] == "oom"), "{text}");
 }

@@ -8,7 +8,7 @@ use microscale::engine::quantize::{stock_quantize, StockOptions};
 use microscale::engine::Model;
 use microscale::eval::choice::{score_items, ChoiceOptions};
 use microscale::eval::data::{load_arc, load_generic, load_sst2, McItem};
-use microscale::eval::kld::kl_divergence;
+use microscale::eval::kld::{kl_divergence, kl_divergence_from_file, save_base_log_probs, BaseLogProbsFile};
 use microscale::eval::perplexity::{perplexity_of_tokens, PerplexityOptions};
 use microscale::quant::mix::Scheme;
 use sha2::Digest;
@@ -105,6 +105,61 @@ fn kld_of_q8_0_against_f32_is_small_and_positive() {
     assert!(k.kld_mean > 1e-5 && k.kld_mean < 0.05, "KLD {}", k.kld_mean);
     assert!(k.kld_p99 >= k.kld_median && k.kld_p999 >= k.kld_p99);
     assert!(k.same_top > 0.8 && k.same_top < 1.0, "same top {}", k.same_top);
+}
+
+#[test]
+fn a_saved_base_gives_the_same_kld_as_the_base_model_and_reads_llama_perplexitys_file() {
+    let (tmp, f32_gguf, q8) = models();
+    let model = Model::load(q8).unwrap();
+    let base = Model::load(f32_gguf).unwrap();
+    let text = std::fs::read_to_string(WIKI_TEST).unwrap();
+    let tokens = base.tokenize(&text, true);
+    let opts = PerplexityOptions::new(threads(), Some(3));
+    let direct = kl_divergence(&model, &base, &tokens, &opts, true).unwrap();
+
+    let saved = tmp.path().join("f32.kld");
+    save_base_log_probs(&base, &tokens, &opts, &saved, true).unwrap();
+    // llama-perplexity's layout: magic, 3 × i32, the windows' tokens, 255 rows per window.
+    let n_vocab = base.n_vocab();
+    let expected = 20 + 4 * 3 * 512 + 3 * 255 * 2 * (2 * n_vocab.div_ceil(2) + 4);
+    assert_eq!(std::fs::metadata(&saved).unwrap().len() as usize, expected);
+    let file = BaseLogProbsFile::open(&saved).unwrap();
+    let from_file = kl_divergence_from_file(&model, &file, &PerplexityOptions::new(threads(), None), true).unwrap();
+    assert_eq!(from_file.tokens, direct.tokens);
+    for (a, b, what) in [
+        (from_file.kld_mean, direct.kld_mean, "mean KLD"),
+        (from_file.kld_p99, direct.kld_p99, "KLD p99"),
+        (from_file.same_top, direct.same_top, "same top"),
+        (from_file.ppl, direct.ppl, "PPL"),
+        (from_file.ppl_base, direct.ppl_base, "base PPL"),
+    ] {
+        assert_eq!(a.to_bits(), b.to_bits(), "{what}: saved base {a}, base model {b}");
+    }
+
+    // A file that lies about its size, or a window count it does not hold, is one clear error.
+    let bytes = std::fs::read(&saved).unwrap();
+    let cut = tmp.path().join("cut.kld");
+    std::fs::write(&cut, &bytes[..bytes.len() - 2]).unwrap();
+    let err = format!("{:#}", BaseLogProbsFile::open(&cut).err().unwrap());
+    assert!(err.contains("cut.kld") && err.contains("needs"), "{err}");
+    let err =
+        format!("{:#}", kl_divergence_from_file(&model, &file, &PerplexityOptions::new(1, Some(4)), true).unwrap_err());
+    assert!(err.contains("holds 3 windows"), "{err}");
+
+    // llama-perplexity writes the same format: read its file, same tokens, and a KLD that agrees
+    // with ours to the rounding of two llama.cpp versions' kernels.
+    let theirs = tmp.path().join("llama-perplexity.kld");
+    let out = std::process::Command::new(common::llama_tools::dir().join("llama-perplexity"))
+        .args(["-m", f32_gguf.to_str().unwrap(), "-f", WIKI_TEST, "--chunks", "3", "-c", "512", "-b", "512"])
+        .args(["-t", &threads().to_string(), "--kl-divergence-base", theirs.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let theirs = BaseLogProbsFile::open(&theirs).unwrap();
+    assert_eq!((theirs.n_ctx, theirs.n_vocab, theirs.n_chunk), (512, n_vocab, 3));
+    assert_eq!(theirs.tokens, file.tokens, "llama-perplexity tokenized the text as we did");
+    let k = kl_divergence_from_file(&model, &theirs, &PerplexityOptions::new(threads(), None), true).unwrap();
+    assert!((k.kld_mean - direct.kld_mean).abs() <= 0.02 * direct.kld_mean, "{} vs {}", k.kld_mean, direct.kld_mean);
 }
 
 fn mc(context: &str, choices: &[&str], label: usize) -> McItem {

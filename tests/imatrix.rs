@@ -11,14 +11,6 @@ use microscale::gguf::GgufFile;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn llama_tools() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(root.join("scripts/build-llama-tools.sh")).output().unwrap();
-    assert!(out.status.success(), "building llama.cpp's tools failed: {}", String::from_utf8_lossy(&out.stderr));
-    let dir = String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string();
-    root.join(dir)
-}
-
 fn microscale(args: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_microscale")).args(args).output().unwrap();
     assert!(out.status.success(), "microscale {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -66,7 +58,7 @@ fn assert_same_imatrix(ours: &Imatrix, theirs: &Imatrix) {
 
 #[test]
 fn imatrix_matches_llama_imatrix_and_llama_quantize_accepts_it() {
-    let tools = llama_tools();
+    let tools = common::llama_tools::dir();
     let tmp = tempfile::tempdir().unwrap();
     let text = calibration_text(tmp.path());
     let text_arg = text.to_str().unwrap();

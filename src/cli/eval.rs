@@ -18,6 +18,8 @@ use std::path::PathBuf;
 /// Examples:
 ///   microscale eval model.gguf --chunks 40
 ///   microscale eval model-q4_k_m.gguf --kld-base model-f32.gguf --chunks 40
+///   microscale eval model-f32.gguf --save-kld-base f32.kld --chunks 40   (then, for each file:)
+///   microscale eval model-q4_k_m.gguf --kld-base f32.kld
 ///   microscale eval model.gguf --task sst2 --task arc-easy --task arc-challenge --csv results.csv
 ///   microscale eval model.gguf --task mc:my-questions.jsonl --limit 200 --json
 #[derive(clap::Args)]
@@ -28,9 +30,15 @@ pub struct Args {
     /// Perplexity on this text (bare flag: the data folder's WikiText-2 test split).
     #[arg(long, value_name = "FILE", num_args = 0..=1)]
     ppl: Option<Option<PathBuf>>,
-    /// KL divergence against this base model (same vocabulary), on the perplexity text.
-    #[arg(long, value_name = "BASE.gguf")]
+    /// KL divergence against this base: a model (same vocabulary), run on the perplexity text, or
+    /// a file saved by --save-kld-base (or llama-perplexity --kl-divergence-base), which holds its
+    /// own tokens and spares running the base model for every comparison.
+    #[arg(long, value_name = "BASE")]
     kld_base: Option<PathBuf>,
+    /// Save this model's log-probabilities on the perplexity text (--chunks windows) to FILE, in
+    /// llama-perplexity's format, as the --kld-base of later runs.
+    #[arg(long, value_name = "FILE")]
+    save_kld_base: Option<PathBuf>,
     /// sst2, arc-easy, arc-challenge, or mc:FILE.jsonl ({"context", "choices", "label"}); repeatable.
     #[arg(long = "task", value_name = "TASK")]
     tasks: Vec<Task>,
@@ -73,12 +81,15 @@ impl Args {
         let ppl = match self.ppl {
             Some(Some(file)) => Some(file),
             Some(None) => Some(data.file(WIKITEXT_TEST)?),
-            None if self.kld_base.is_none() && self.tasks.is_empty() => Some(data.file(WIKITEXT_TEST)?),
+            None if self.kld_base.is_none() && self.save_kld_base.is_none() && self.tasks.is_empty() => {
+                Some(data.file(WIKITEXT_TEST)?)
+            }
             None => None,
         };
         Ok(EvalSpec {
             ppl,
             kld_base: self.kld_base,
+            save_kld_base: self.save_kld_base,
             tasks: self.tasks,
             shots: self.shots,
             n_ctx: self.ctx_size,

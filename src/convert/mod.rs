@@ -388,34 +388,65 @@ fn write_gguf(
     let total: u64 = jobs.iter().map(|j| j.planned.n_elements() as u64).sum();
     let progress = Progress::new(total, "converting", quiet);
     let mut stats = Vec::new();
-    for (i, job) in jobs.iter().enumerate() {
-        if let Some(next) = jobs.get(i + 1) {
-            src.prefetch(&next.planned.source);
-        }
-        progress.set_message(&job.planned.name);
-        writer.begin_tensor(&job.planned.name)?;
+    // Two stages overlap: a reading thread maps, decodes and checks the next piece (waiting on
+    // the disk, mostly) while this thread prunes, encodes (on every core) and writes the current
+    // one. The channel holds one piece, so memory stays at a few pieces whatever the model's size.
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Piece>>(1);
+        // Decoded buffers go back to the reader once encoded: a 7B model is 54 GB of f32 in
+        // 64 MiB pieces, and fresh allocations would have the kernel zero every page of it.
+        // (A pool of two: whole-tensor pieces come back too, and are not asked for again.)
+        let (recycle, recycled) = std::sync::mpsc::sync_channel::<Vec<f32>>(2);
+        scope.spawn(move || read_pieces(src, jobs, &tx, &recycled));
         let mut zeros_after = 0usize;
-        let counting = job.sparsity.is_some();
-        let zeroed = stream_tensor(src, job, &mut |bytes| {
-            if counting {
+        let mut zeroed = 0usize;
+        for piece in rx {
+            let (i, data, raw) = match piece? {
+                Piece::Rows { job, data, raw } => (job, data, raw),
+                Piece::End { job } => {
+                    let job = &jobs[job];
+                    writer.end_tensor()?;
+                    if let Some(s) = &job.sparsity {
+                        let total = job.planned.n_elements();
+                        stats.push(SparsityStat {
+                            tensor: job.planned.name.clone(),
+                            ggml_type: job.ty.name().to_string(),
+                            requested: s.ratio,
+                            achieved: zeroed as f64 / total as f64,
+                            after_quantization: zeros_after as f64 / total as f64,
+                        });
+                    }
+                    src.release(&job.planned.source);
+                    progress.inc(job.planned.n_elements() as u64);
+                    (zeroed, zeros_after) = (0, 0);
+                    continue;
+                }
+                Piece::Begin { job } => {
+                    progress.set_message(&jobs[job].planned.name);
+                    writer.begin_tensor(&jobs[job].planned.name)?;
+                    continue;
+                }
+            };
+            let job = &jobs[i];
+            let row_len = *job.planned.shape.last().unwrap_or(&1);
+            let encoded;
+            let bytes = match data {
+                None => raw, // bit-exact pass-through, after the finiteness check
+                Some(mut data) => {
+                    zeroed += sparsify(job, &mut data, row_len);
+                    encoded = encode(job, &data, row_len)?;
+                    let _ = recycle.try_send(data); // dropped when the pool is full or the reader done
+                    &encoded[..]
+                }
+            };
+            if job.sparsity.is_some() {
                 zeros_after += count_zeros(job.ty, bytes)?;
             }
-            writer.write_data(bytes)
-        })?;
-        writer.end_tensor()?;
-        if let Some(s) = &job.sparsity {
-            let total = job.planned.n_elements();
-            stats.push(SparsityStat {
-                tensor: job.planned.name.clone(),
-                ggml_type: job.ty.name().to_string(),
-                requested: s.ratio,
-                achieved: zeroed as f64 / total as f64,
-                after_quantization: zeros_after as f64 / total as f64,
-            });
+            writer.write_data(bytes)?;
+            src.release_part(&job.planned.source, raw);
         }
-        src.release(&job.planned.source);
-        progress.inc(job.planned.n_elements() as u64);
-    }
+        Ok(())
+    })?;
     progress.finish();
     let bytes = writer.finish().with_context(|| format!("writing {}", output.display()))?;
     Ok((bytes, stats))
@@ -429,21 +460,88 @@ fn count_zeros(ty: GgmlType, bytes: &[u8]) -> Result<usize> {
 /// Values decoded per piece when a tensor streams row block by row block (16 MiB of f32).
 const STREAM_ELEMS: usize = 1 << 22;
 
-/// Read, check, transform, prune and encode one tensor, handing its bytes to `sink` in order;
-/// returns how many weights unstructured pruning zeroed.
+/// The index of the first NaN or infinity in `data`, if any.
+///
+/// At 7B this scan touches every one of 6.7e9 values, so it runs in parallel over blocks, each
+/// block scanned without a branch per value (an OR over the exponent test, which vectorises; a
+/// short-circuiting search per element does not, and took half the conversion's CPU time).
+fn first_non_finite(data: &[f32]) -> Option<usize> {
+    const BLOCK: usize = 1 << 14;
+    let bad = |x: &f32| x.to_bits() & 0x7f80_0000 == 0x7f80_0000;
+    let block = data.par_chunks(BLOCK).position_first(|c| c.iter().fold(false, |any, x| any | bad(x)))?;
+    let start = block * BLOCK;
+    data[start..].iter().position(bad).map(|i| start + i)
+}
+
+/// What the reading stage of [`write_gguf`] hands to the encoding stage, in file order.
+enum Piece<'a> {
+    Begin {
+        job: usize,
+    },
+    /// Whole rows of the job's tensor, decoded, checked and laid out as the output wants them,
+    /// and the mapped bytes they came from (released once written). `data` is `None` for a tensor
+    /// already in its output type with nothing to do: `raw` is written as it is.
+    Rows {
+        job: usize,
+        data: Option<Vec<f32>>,
+        raw: &'a [u8],
+    },
+    End {
+        job: usize,
+    },
+}
+
+/// The reading stage: every job's tensor as pieces, in order, until done, an error (sent on) or
+/// the encoder hanging up.
+fn read_pieces<'a>(
+    src: &'a dyn TensorSource,
+    jobs: &[Job],
+    tx: &std::sync::mpsc::SyncSender<Result<Piece<'a>>>,
+    recycled: &std::sync::mpsc::Receiver<Vec<f32>>,
+) {
+    for (i, job) in jobs.iter().enumerate() {
+        if let Some(next) = jobs.get(i + 1) {
+            src.prefetch(&next.planned.source);
+        }
+        let buffer = |n: usize| {
+            let mut v = recycled.try_recv().unwrap_or_default();
+            v.resize(n, 0.0);
+            v
+        };
+        let sent = tx.send(Ok(Piece::Begin { job: i })).is_ok()
+            && match tensor_pieces(src, i, job, &buffer, &mut |piece| tx.send(Ok(piece)).is_ok()) {
+                Ok(more) => more && tx.send(Ok(Piece::End { job: i })).is_ok(),
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    false
+                }
+            };
+        if !sent {
+            return;
+        }
+    }
+}
+
+/// Read, check, transform and select one tensor, handing its pieces to `emit` in order (which
+/// says whether to go on). Returns `Ok(false)` if `emit` asked to stop.
 ///
 /// Tensors whose layout does not change stream in blocks of whole rows, so even a vocabulary-sized
 /// embedding never sits in memory as f32; a tensor already in the output type with nothing to do
 /// is copied straight from the map. Re-laid-out tensors (Q/K permutation, transposition, structured
 /// selection) are decoded whole.
-fn stream_tensor(src: &dyn TensorSource, job: &Job, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<usize> {
+fn tensor_pieces<'a>(
+    src: &'a dyn TensorSource,
+    i: usize,
+    job: &Job,
+    buffer: &dyn Fn(usize) -> Vec<f32>,
+    emit: &mut dyn FnMut(Piece<'a>) -> bool,
+) -> Result<bool> {
     let p = &job.planned;
     let info = src.tensor(&p.source).ok_or_else(|| anyhow!("missing tensor {:?}", p.source))?;
     let raw = src.raw(&p.source)?;
     let row_len = *p.shape.last().unwrap_or(&1);
     let check = |data: &[f32], offset: usize| -> Result<()> {
-        // In parallel: at 7B this scan touches every one of 6.7e9 values.
-        match data.par_iter().position_first(|x| !x.is_finite()) {
+        match first_non_finite(data) {
             Some(i) => bail!(
                 "{}: tensor {:?} has a non-finite value ({}) at index {}",
                 src.location(&p.source),
@@ -454,34 +552,29 @@ fn stream_tensor(src: &dyn TensorSource, job: &Job, sink: &mut dyn FnMut(&[u8]) 
             None => Ok(()),
         }
     };
-    let mut zeroed = 0;
     if p.transform == Transform::Copy && p.select.is_none() {
         let src_row_bytes = info.dtype.row_bytes(row_len)?;
         let rows_per_piece = (STREAM_ELEMS / row_len).max(1);
-        for (i, piece) in raw.chunks(rows_per_piece * src_row_bytes).enumerate() {
-            let mut data = vec![0f32; piece.len() / src_row_bytes * row_len];
+        let pass_through = info.dtype == job.ty && job.sparsity.is_none();
+        for (k, piece) in raw.chunks(rows_per_piece * src_row_bytes).enumerate() {
+            let mut data = buffer(piece.len() / src_row_bytes * row_len);
             crate::quant::dequantize_into(info.dtype, piece, &mut data)?;
-            check(&data, i * rows_per_piece * row_len)?;
-            if info.dtype == job.ty && job.sparsity.is_none() {
-                sink(piece)?; // bit-exact pass-through, after the finiteness check
-            } else {
-                zeroed += sparsify(job, &mut data, row_len);
-                sink(&encode(job, &data, row_len)?)?;
+            check(&data, k * rows_per_piece * row_len)?;
+            let data = (!pass_through).then_some(data);
+            if !emit(Piece::Rows { job: i, data, raw: piece }) {
+                return Ok(false);
             }
-            src.release_part(&p.source, piece);
         }
-        return Ok(zeroed);
+        return Ok(true);
     }
     let data = src.read_f32(&p.source)?;
     check(&data, 0)?;
     let data = apply_transform(p.transform, data, &info.shape)?;
-    let mut data = match &p.select {
+    let data = match &p.select {
         Some(sel) => sel.apply(&data)?,
         None => data,
     };
-    zeroed += sparsify(job, &mut data, row_len);
-    sink(&encode(job, &data, row_len)?)?;
-    Ok(zeroed)
+    Ok(emit(Piece::Rows { job: i, data: Some(data), raw }))
 }
 
 /// A job's tensor in f32 as the conversion encodes it (transformed and selected), before

@@ -7,8 +7,9 @@
 use super::perplexity::{windows, PerplexityOptions, WindowLogits};
 use crate::engine::Model;
 use crate::util::progress::Progress;
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use rayon::prelude::*;
+use std::io::{Read, Write};
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct KldResult {
@@ -191,22 +192,64 @@ pub fn kl_divergence(
     let wins = windows(base, tokens, opts.n_ctx, opts.chunks)?;
     // One window per decode, as the tool runs --kl-divergence.
     let mut base_eval = WindowLogits::new(base, opts.n_ctx, opts.n_ctx, opts.threads)?;
+    let n_vocab = base.n_vocab();
+    let mut base_rows = |w: usize| -> Result<Vec<BaseLogProbs>> {
+        let logits = base_eval.eval(std::slice::from_ref(&wins[w]))?.remove(0);
+        Ok(logits.par_chunks(n_vocab).take(opts.n_ctx - 1 - opts.n_ctx / 2).map(quantize_base).collect())
+    };
+    kld_over_windows(model, &wins, opts, &mut base_rows, quiet)
+}
+
+/// KL divergence of `model` against base log-probabilities saved by [`save_base_log_probs`] (or
+/// by `llama-perplexity --kl-divergence-base`), on the tokens saved with them.
+pub fn kl_divergence_from_file(
+    model: &Model,
+    base: &BaseLogProbsFile,
+    opts: &PerplexityOptions,
+    quiet: bool,
+) -> Result<KldResult> {
+    let shown = base.path.display();
+    if model.n_vocab() != base.n_vocab {
+        bail!(
+            "{shown}: saved for a vocabulary of {} tokens, {} has {}",
+            base.n_vocab,
+            model.path.display(),
+            model.n_vocab()
+        );
+    }
+    if opts.n_ctx != base.n_ctx {
+        bail!("{shown}: saved with windows of {} tokens, not {} (--ctx-size)", base.n_ctx, opts.n_ctx);
+    }
+    let chunks = opts.chunks.unwrap_or(base.n_chunk);
+    if chunks > base.n_chunk {
+        bail!("{shown}: holds {} windows, {chunks} asked for (--chunks)", base.n_chunk);
+    }
+    let wins = windows(model, &base.tokens, base.n_ctx, Some(chunks))?;
+    let mut base_rows = |w: usize| Ok(base.window(w));
+    kld_over_windows(model, &wins, opts, &mut base_rows, quiet)
+}
+
+/// The statistics of `model` against the base rows of each window (`base_rows(window index)`).
+fn kld_over_windows(
+    model: &Model,
+    wins: &[Vec<i32>],
+    opts: &PerplexityOptions,
+    base_rows: &mut dyn FnMut(usize) -> Result<Vec<BaseLogProbs>>,
+    quiet: bool,
+) -> Result<KldResult> {
     let mut test_eval = WindowLogits::new(model, opts.n_ctx, opts.n_ctx, opts.threads)?;
     let n_vocab = model.n_vocab();
     let first = opts.n_ctx / 2;
     let mut sums = Sums::default();
     let mut klds = Vec::new();
     let progress = Progress::new(wins.len() as u64, "kl-divergence", quiet);
-    for w in &wins {
-        let base_logits = base_eval.eval(std::slice::from_ref(w))?.remove(0);
+    for (i, w) in wins.iter().enumerate() {
+        let base = base_rows(i)?;
         let test_logits = test_eval.eval(std::slice::from_ref(w))?.remove(0);
-        let stats: Vec<(Sums, f32)> = (0..opts.n_ctx - 1 - first)
-            .into_par_iter()
-            .map(|j| {
-                let row = j * n_vocab..(j + 1) * n_vocab;
-                let b = quantize_base(&base_logits[row.clone()]);
-                token_stats(&test_logits[row], &b, w[first + j + 1] as usize)
-            })
+        let stats: Vec<(Sums, f32)> = base
+            .par_iter()
+            .enumerate()
+            .map(|(j, b)| token_stats(&test_logits[j * n_vocab..(j + 1) * n_vocab], b, w[first + j + 1] as usize))
             .collect();
         for (s, k) in stats {
             sums.add(&s);
@@ -217,6 +260,131 @@ pub fn kl_divergence(
     }
     progress.finish();
     Ok(finish(sums, klds, wins.len()))
+}
+
+/// The magic that starts llama-perplexity's base log-probabilities file.
+const LOGITS_MAGIC: &[u8; 8] = b"_logits_";
+
+/// `u16`s per saved token in llama-perplexity's file: scale and minimum as two `f32`s, then the
+/// vocabulary's 16-bit log-probabilities padded to an even count.
+fn row_u16s(n_vocab: usize) -> usize {
+    2 * n_vocab.div_ceil(2) + 4
+}
+
+/// Save the base model's log-probabilities over the windows of `tokens` in llama-perplexity's
+/// `--kl-divergence-base` format (magic, `n_ctx`, `n_vocab`, `n_chunk` as i32, the windows'
+/// tokens, then per window and scored token one row of [`row_u16s`]), so that any number of
+/// quantized models can later be compared against it without running the base model again.
+pub fn save_base_log_probs(
+    base: &Model,
+    tokens: &[i32],
+    opts: &PerplexityOptions,
+    out: &std::path::Path,
+    quiet: bool,
+) -> Result<()> {
+    let wins = windows(base, tokens, opts.n_ctx, opts.chunks)?;
+    let n_vocab = base.n_vocab();
+    let mut file = crate::util::atomic::TempOutput::create(out)?;
+    let w = file.writer();
+    w.write_all(LOGITS_MAGIC)?;
+    for v in [opts.n_ctx, n_vocab, wins.len()] {
+        w.write_all(&i32::try_from(v)?.to_le_bytes())?;
+    }
+    for t in &tokens[..wins.len() * opts.n_ctx] {
+        w.write_all(&t.to_le_bytes())?;
+    }
+    let mut eval = WindowLogits::new(base, opts.n_ctx, opts.n_ctx, opts.threads)?;
+    let first = opts.n_ctx / 2;
+    let progress = Progress::new(wins.len() as u64, "base log-probabilities", quiet);
+    let mut row = vec![0u8; 2 * row_u16s(n_vocab)];
+    for win in &wins {
+        let logits = eval.eval(std::slice::from_ref(win))?.remove(0);
+        let rows: Vec<BaseLogProbs> =
+            logits.par_chunks(n_vocab).take(opts.n_ctx - 1 - first).map(quantize_base).collect();
+        for b in &rows {
+            row[..4].copy_from_slice(&b.scale.to_le_bytes());
+            row[4..8].copy_from_slice(&b.min_log_prob.to_le_bytes());
+            for (dst, q) in row[8..].chunks_exact_mut(2).zip(&b.q) {
+                dst.copy_from_slice(&q.to_le_bytes());
+            }
+            w.write_all(&row)?;
+        }
+        progress.inc(1);
+    }
+    progress.finish();
+    file.commit()
+}
+
+/// A base log-probabilities file, memory-mapped and checked against its own header.
+pub struct BaseLogProbsFile {
+    pub path: std::path::PathBuf,
+    pub n_ctx: usize,
+    pub n_vocab: usize,
+    pub n_chunk: usize,
+    pub tokens: Vec<i32>,
+    map: memmap2::Mmap,
+    rows_at: usize,
+}
+
+impl BaseLogProbsFile {
+    /// Whether `path` starts like one (as opposed to a GGUF model).
+    pub fn is_one(path: &std::path::Path) -> bool {
+        let mut magic = [0u8; 8];
+        std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == LOGITS_MAGIC
+    }
+
+    pub fn open(path: &std::path::Path) -> Result<BaseLogProbsFile> {
+        let shown = path.display();
+        let f = std::fs::File::open(path).map_err(|e| anyhow!("{shown}: cannot open ({e})"))?;
+        // SAFETY: read-only map of a file this process does not modify.
+        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| anyhow!("{shown}: cannot map ({e})"))?;
+        if map.len() < 20 || &map[..8] != LOGITS_MAGIC {
+            bail!("{shown}: not a base log-probabilities file (no {:?} header)", "_logits_");
+        }
+        let field = |at: usize| i32::from_le_bytes(map[at..at + 4].try_into().unwrap());
+        let (n_ctx, n_vocab, n_chunk) = (field(8), field(12), field(16));
+        if n_ctx < 4 || n_vocab < 1 || n_chunk < 1 {
+            bail!("{shown}: header says n_ctx {n_ctx}, n_vocab {n_vocab}, {n_chunk} windows");
+        }
+        let (n_ctx, n_vocab, n_chunk) = (n_ctx as usize, n_vocab as usize, n_chunk as usize);
+        let rows_at = n_chunk
+            .checked_mul(n_ctx)
+            .and_then(|t| t.checked_mul(4))
+            .and_then(|b| b.checked_add(20))
+            .ok_or_else(|| anyhow!("{shown}: header sizes overflow"))?;
+        let expected = (n_ctx - 1 - n_ctx / 2)
+            .checked_mul(n_chunk)
+            .and_then(|r| r.checked_mul(2 * row_u16s(n_vocab)))
+            .and_then(|b| b.checked_add(rows_at))
+            .ok_or_else(|| anyhow!("{shown}: header sizes overflow"))?;
+        if map.len() != expected {
+            bail!(
+                "{shown}: {} bytes, but a header of {n_chunk} windows of {n_ctx} tokens over {n_vocab} needs {expected}",
+                map.len()
+            );
+        }
+        let tokens: Vec<i32> =
+            map[20..rows_at].chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap())).collect();
+        if let Some(t) = tokens.iter().find(|&&t| t < 0 || t as usize >= n_vocab) {
+            bail!("{shown}: token {t} is outside the vocabulary of {n_vocab}");
+        }
+        Ok(BaseLogProbsFile { path: path.to_path_buf(), n_ctx, n_vocab, n_chunk, tokens, map, rows_at })
+    }
+
+    /// The saved rows of window `w`.
+    fn window(&self, w: usize) -> Vec<BaseLogProbs> {
+        let per_row = 2 * row_u16s(self.n_vocab);
+        let rows = self.n_ctx - 1 - self.n_ctx / 2;
+        let start = self.rows_at + w * rows * per_row;
+        self.map[start..start + rows * per_row]
+            .par_chunks_exact(per_row)
+            .map(|r| BaseLogProbs {
+                scale: f32::from_le_bytes(r[..4].try_into().unwrap()),
+                min_log_prob: f32::from_le_bytes(r[4..8].try_into().unwrap()),
+                q: r[8..8 + 2 * self.n_vocab].chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect(),
+            })
+            .collect()
+    }
 }
 
 fn finish(s: Sums, mut klds: Vec<f32>, chunks: usize) -> KldResult {

@@ -3,7 +3,7 @@
 
 use super::choice::{score_items, ChoiceOptions, ChoiceResult};
 use super::data::{self, McItem, Task};
-use super::kld::{kl_divergence, KldResult};
+use super::kld::{kl_divergence, kl_divergence_from_file, save_base_log_probs, BaseLogProbsFile, KldResult};
 use super::perplexity::{perplexity_of_tokens, PerplexityOptions, PerplexityResult};
 use crate::engine::Model;
 use crate::record::rows::MetricRow;
@@ -16,8 +16,12 @@ use std::time::Instant;
 pub struct EvalSpec {
     /// Text for perplexity (None: no perplexity).
     pub ppl: Option<PathBuf>,
-    /// Base model for KL divergence, evaluated on the perplexity text (or the default one).
+    /// Base for KL divergence: a model, evaluated on the perplexity text (or the default one), or
+    /// a base log-probabilities file (`save_kld_base`, llama-perplexity's format) and its tokens.
     pub kld_base: Option<PathBuf>,
+    /// Save the model's log-probabilities on the perplexity text (or the default one) here, as
+    /// the base of later KL divergences.
+    pub save_kld_base: Option<PathBuf>,
     pub tasks: Vec<Task>,
     /// Demonstrations for SST-2 (k-shot), drawn with `seed` and never evaluated.
     pub shots: usize,
@@ -39,6 +43,7 @@ impl EvalSpec {
         EvalSpec {
             ppl: None,
             kld_base: None,
+            save_kld_base: None,
             tasks: vec![],
             shots: 0,
             n_ctx: 512,
@@ -87,30 +92,49 @@ pub fn run(model_path: &Path, spec: &EvalSpec, quiet: bool) -> Result<EvalOutput
     let mut out = EvalOutput::default();
     let ppl_opts =
         PerplexityOptions { n_ctx: spec.n_ctx, n_batch: spec.n_batch, threads: spec.threads, chunks: spec.chunks };
-    let text_path = match (&spec.ppl, &spec.kld_base) {
-        (Some(p), _) => Some(p.clone()),
-        (None, Some(_)) => Some(spec.data.file(WIKITEXT_TEST)?),
-        (None, None) => None,
+    let kld_opts = PerplexityOptions { chunks: spec.kld_chunks.or(spec.chunks), ..ppl_opts.clone() };
+    let base_file = match &spec.kld_base {
+        Some(path) if BaseLogProbsFile::is_one(path) => Some(BaseLogProbsFile::open(path)?),
+        _ => None,
     };
-    if let Some(text_path) = &text_path {
-        let text =
-            std::fs::read_to_string(text_path).map_err(|e| anyhow!("{}: cannot read ({e})", text_path.display()))?;
-        if let Some(base_path) = &spec.kld_base {
-            let base = Model::load(base_path)?;
-            let tokens = base.tokenize(&text, true);
-            let t = Instant::now();
-            let kld_opts = PerplexityOptions { chunks: spec.kld_chunks.or(spec.chunks), ..ppl_opts.clone() };
-            let k = kl_divergence(&model, &base, &tokens, &kld_opts, quiet)?;
-            let s = t.elapsed().as_secs_f64();
-            out.rows.push(row("kld", k.kld_mean, k.kld_stderr, k.tokens, s));
-            out.rows.push(row("kld_p99", k.kld_p99, 0.0, k.tokens, s));
-            out.rows.push(row("kld_p999", k.kld_p999, 0.0, k.tokens, s));
-            out.rows.push(row("same_top", k.same_top, k.same_top_stderr, k.tokens, s));
-            out.rows.push(row("ppl_ratio", k.ppl_ratio, k.ppl_ratio_stderr, k.tokens, s));
-            out.kld = Some(k);
+    let needs_text = spec.save_kld_base.is_some() || (spec.kld_base.is_some() && base_file.is_none());
+    let text_path = match &spec.ppl {
+        Some(p) => Some(p.clone()),
+        None if needs_text => Some(spec.data.file(WIKITEXT_TEST)?),
+        None => None,
+    };
+    let text = match &text_path {
+        Some(path) => {
+            Some(std::fs::read_to_string(path).map_err(|e| anyhow!("{}: cannot read ({e})", path.display()))?)
         }
+        None => None,
+    };
+    if let (Some(out), Some(text)) = (&spec.save_kld_base, &text) {
+        let tokens = model.tokenize(text, true);
+        save_base_log_probs(&model, &tokens, &kld_opts, out, quiet)?;
+    }
+    if let Some(base_path) = &spec.kld_base {
+        let t = Instant::now();
+        let k = match (&base_file, &text) {
+            (Some(file), _) => kl_divergence_from_file(&model, file, &kld_opts, quiet)?,
+            (None, Some(text)) => {
+                let base = Model::load(base_path)?;
+                let tokens = base.tokenize(text, true);
+                kl_divergence(&model, &base, &tokens, &kld_opts, quiet)?
+            }
+            (None, None) => bail!("KL divergence against a model needs a text"),
+        };
+        let s = t.elapsed().as_secs_f64();
+        out.rows.push(row("kld", k.kld_mean, k.kld_stderr, k.tokens, s));
+        out.rows.push(row("kld_p99", k.kld_p99, 0.0, k.tokens, s));
+        out.rows.push(row("kld_p999", k.kld_p999, 0.0, k.tokens, s));
+        out.rows.push(row("same_top", k.same_top, k.same_top_stderr, k.tokens, s));
+        out.rows.push(row("ppl_ratio", k.ppl_ratio, k.ppl_ratio_stderr, k.tokens, s));
+        out.kld = Some(k);
+    }
+    if let Some(text) = &text {
         if spec.ppl.is_some() {
-            let tokens = model.tokenize(&text, true);
+            let tokens = model.tokenize(text, true);
             let t = Instant::now();
             let p = perplexity_of_tokens(&model, &tokens, &ppl_opts, quiet)?;
             out.rows.push(row("ppl", p.ppl, p.ppl_stderr, p.scored_tokens, t.elapsed().as_secs_f64()));

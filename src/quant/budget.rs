@@ -146,13 +146,8 @@ mod tests {
 
     #[test]
     fn stays_within_the_budget_and_is_near_the_exact_optimum() {
-        let mut seed = 12345u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % 1000) as f64 / 1000.0
-        };
+        let mut rng = crate::util::rng::XorShift64::new(12345);
+        let mut next = || rng.below(1000) as f64 / 1000.0;
         for case in 0..40 {
             let t: Vec<TensorOptions> = (0..5)
                 .map(|i| {

@@ -548,6 +548,304 @@ fn qkx_search<const X3: bool, const MAD: bool>(
     (scale, min)
 }
 
+/// Sub-blocks searched side by side by [`make_qkx_quants_x8`]: one per lane.
+pub const QKX_SUBBLOCKS: usize = 8;
+
+/// Eight lanes of `f32`, one per sub-block.
+type Lanes = [f32; QKX_SUBBLOCKS];
+
+/// `make_qkx2_quants` (`X3 = false`) or `make_qkx3_quants` (`X3 = true`) on eight sub-blocks of
+/// `N` values at once, stored one after another in `x`, `weights` and `l_out` (a K-quant super-block
+/// of 8×32, or half of one of 16×16). Returns each sub-block's scale and `-min`.
+///
+/// Each lane runs ggml's sequential search for its own sub-block: the same candidates in the same
+/// order, every sum accumulated left to right, a candidate accepted or not by the same comparison,
+/// so every lane is bit-identical to the scalar functions above (which stay as the reference and
+/// for single groups). Unlike [`qkx_search`], which evaluates the candidates of one sub-block
+/// speculatively, no work is thrown away, and the loops over lanes are plain fixed-size array loops
+/// that the compiler turns into vector instructions on every target (SSE/AVX on x86-64, NEON on
+/// ARM), with no `unsafe` and no per-target code.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn make_qkx_quants_x8<const X3: bool, const MAD: bool, const N: usize>(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    l_out: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> (Lanes, Lanes) {
+    qkx_quants_x8::<X3, MAD, N, false>(nmax, x, weights, l_out, rmin, rdelta, nstep)
+}
+
+/// [`make_qkx_quants_x8`], with the portable search even where AVX2 is compiled in when
+/// `PORTABLE` (for the tests that hold the two to each other).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn qkx_quants_x8<const X3: bool, const MAD: bool, const N: usize, const PORTABLE: bool>(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    l_out: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> (Lanes, Lanes) {
+    const S: usize = QKX_SUBBLOCKS;
+    assert!(x.len() == S * N && weights.len() == S * N && l_out.len() == S * N);
+    // Transposed: element `i` of every sub-block side by side.
+    let mut xt = [[0f32; S]; N];
+    let mut wt = [[0f32; S]; N];
+    for k in 0..S {
+        for i in 0..N {
+            xt[i][k] = x[k * N + i];
+            wt[i][k] = weights[k * N + i];
+        }
+    }
+    let nmaxf = nmax as f32;
+    let (mut min, mut max) = (xt[0], xt[0]);
+    let mut sum_w = wt[0];
+    let mut sum_x: Lanes = std::array::from_fn(|k| sum_w[k] * xt[0][k]);
+    for i in 1..N {
+        for k in 0..S {
+            let xi = xt[i][k];
+            min[k] = if xi < min[k] { xi } else { min[k] };
+            max[k] = if xi > max[k] { xi } else { max[k] };
+            sum_w[k] += wt[i][k];
+            sum_x[k] += wt[i][k] * xi;
+        }
+    }
+    let mut flat = [false; S];
+    for k in 0..S {
+        min[k] = if min[k] > 0.0 { 0.0 } else { min[k] };
+        // qkx2 returns early for `max == min`, qkx3 for `max <= min`: L = 0, scale 0.
+        flat[k] = if X3 { max[k] <= min[k] } else { max[k] == min[k] };
+    }
+    let mut scale: Lanes = [0.0; S];
+    let mut best: Lanes = [0.0; S];
+    let mut lbest = [[0f32; S]; N];
+    let iscale: Lanes = std::array::from_fn(|k| nmaxf / (max[k] - min[k]));
+    for k in 0..S {
+        scale[k] = 1.0 / iscale[k];
+    }
+    for i in 0..N {
+        for k in 0..S {
+            let l = 0.max(nmax.min(nearest_int(iscale[k] * (xt[i][k] - min[k])))) as f32;
+            lbest[i][k] = l;
+            let diff = scale[k] * l + min[k] - xt[i][k];
+            let diff = if MAD { diff.abs() } else { diff * diff };
+            best[k] += wt[i][k] * diff;
+        }
+    }
+    // ggml stops after the first fit when `nstep < 1`.
+    if nstep >= 1 {
+        let lanes =
+            LaneState { min: &mut min, max, sum_w, sum_x, best: &mut best, scale: &mut scale, lbest: &mut lbest, flat };
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+        if !PORTABLE {
+            // SAFETY: AVX2 is enabled at compile time.
+            unsafe { qkx_steps_avx2::<X3, MAD, N>(&xt, &wt, lanes, nmax, rmin, rdelta, nstep) };
+            return finish_lanes(scale, min, &lbest, flat, l_out);
+        }
+        qkx_steps::<X3, MAD, N>(&xt, &wt, lanes, nmax, rmin, rdelta, nstep);
+    }
+    finish_lanes(scale, min, &lbest, flat, l_out)
+}
+
+/// Flat sub-blocks (ggml's early return) get L = 0 and scale 0; the rest their best fit.
+#[inline(always)]
+fn finish_lanes<const N: usize>(
+    mut scale: Lanes,
+    min: Lanes,
+    lbest: &[Lanes; N],
+    flat: [bool; QKX_SUBBLOCKS],
+    l_out: &mut [u8],
+) -> (Lanes, Lanes) {
+    const S: usize = QKX_SUBBLOCKS;
+    for k in 0..S {
+        let flat = flat[k];
+        scale[k] = if flat { 0.0 } else { scale[k] };
+        for i in 0..N {
+            l_out[k * N + i] = if flat { 0 } else { lbest[i][k] as u8 };
+        }
+    }
+    (scale, std::array::from_fn(|k| -min[k]))
+}
+
+/// The lanes' running state in [`make_qkx_quants_x8`]'s search.
+struct LaneState<'a, const N: usize> {
+    min: &'a mut Lanes,
+    max: Lanes,
+    sum_w: Lanes,
+    sum_x: Lanes,
+    best: &'a mut Lanes,
+    scale: &'a mut Lanes,
+    lbest: &'a mut [Lanes; N],
+    flat: [bool; QKX_SUBBLOCKS],
+}
+
+/// The `nstep + 1` candidate scales of [`make_qkx_quants_x8`], portable: plain array loops over
+/// the lanes, the reference for [`qkx_steps_avx2`].
+#[inline(always)]
+fn qkx_steps<const X3: bool, const MAD: bool, const N: usize>(
+    xt: &[Lanes; N],
+    wt: &[Lanes; N],
+    st: LaneState<'_, N>,
+    nmax: i32,
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) {
+    const S: usize = QKX_SUBBLOCKS;
+    let LaneState { min, max, sum_w, sum_x, best, scale, lbest, flat } = st;
+    let nmaxf = nmax as f32;
+    let mut laux = [[0f32; S]; N];
+    for is in 0..=nstep {
+        let step = rmin + rdelta * is as f32 + nmaxf;
+        let iscale: Lanes = std::array::from_fn(|k| step / (max[k] - min[k]));
+        let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; S], [0f32; S], [0f32; S]);
+        for i in 0..N {
+            for k in 0..S {
+                let (xi, wi) = (xt[i][k], wt[i][k]);
+                let v = iscale[k] * (xi - min[k]);
+                let l = if X3 {
+                    // As in `qkx_search`: clamp before rounding, NaN and negatives to 0.
+                    nearest_int(c_min(v, nmaxf)) & -((v > 0.0) as i32)
+                } else {
+                    0.max(nmax.min(nearest_int(v)))
+                };
+                let lf = l as f32;
+                laux[i][k] = lf;
+                sum_l[k] += wi * lf;
+                sum_l2[k] += wi * lf * lf;
+                sum_xl[k] += wi * lf * xi;
+            }
+        }
+        let mut d: Lanes = [0.0; S];
+        let mut this_scale: Lanes = [0.0; S];
+        let mut this_min: Lanes = [0.0; S];
+        for k in 0..S {
+            d[k] = sum_w[k] * sum_l2[k] - sum_l[k] * sum_l[k];
+            let sc = (sum_w[k] * sum_xl[k] - sum_x[k] * sum_l[k]) / d[k];
+            let mn = (sum_l2[k] * sum_x[k] - sum_l[k] * sum_xl[k]) / d[k];
+            let clamp = mn > 0.0;
+            this_min[k] = if clamp { 0.0 } else { mn };
+            this_scale[k] = if clamp { sum_xl[k] / sum_l2[k] } else { sc };
+        }
+        let mut err: Lanes = [0.0; S];
+        for i in 0..N {
+            for k in 0..S {
+                let diff = this_scale[k] * laux[i][k] + this_min[k] - xt[i][k];
+                let diff = if MAD { diff.abs() } else { diff * diff };
+                err[k] += wt[i][k] * diff;
+            }
+        }
+        let mut take = [false; S];
+        for k in 0..S {
+            take[k] = !flat[k] && d[k] > 0.0 && err[k] < best[k];
+            best[k] = if take[k] { err[k] } else { best[k] };
+            scale[k] = if take[k] { this_scale[k] } else { scale[k] };
+            min[k] = if take[k] { this_min[k] } else { min[k] };
+        }
+        for i in 0..N {
+            for k in 0..S {
+                lbest[i][k] = if take[k] { laux[i][k] } else { lbest[i][k] };
+            }
+        }
+    }
+}
+
+/// [`qkx_steps`] in AVX2, one `__m256` per eight lanes: the same operations in the same order,
+/// each a single IEEE rounding (no FMA), so every lane is bit-identical to the portable loop.
+/// (Left to itself the compiler vectorises the portable loop along the elements and keeps the
+/// sums as ordered scalar reductions, which is barely faster than scalar code.)
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+unsafe fn qkx_steps_avx2<const X3: bool, const MAD: bool, const N: usize>(
+    xt: &[Lanes; N],
+    wt: &[Lanes; N],
+    st: LaneState<'_, N>,
+    nmax: i32,
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) {
+    use std::arch::x86_64::*;
+    let LaneState { min, max, sum_w, sum_x, best, scale, lbest, flat } = st;
+    let load = |a: &Lanes| _mm256_loadu_ps(a.as_ptr());
+    let (x, w): ([__m256; N], [__m256; N]) =
+        (std::array::from_fn(|i| load(&xt[i])), std::array::from_fn(|i| load(&wt[i])));
+    let (vmax, vsum_w, vsum_x) = (load(&max), load(&sum_w), load(&sum_x));
+    let (mut vmin, mut vbest, mut vscale) = (load(min), load(best), load(scale));
+    let mut vlbest: [__m256; N] = std::array::from_fn(|i| load(&lbest[i]));
+    let flat_mask: [i32; 8] = std::array::from_fn(|k| -(flat[k] as i32));
+    let live = _mm256_castsi256_ps(_mm256_cmpeq_epi32(
+        _mm256_loadu_si256(flat_mask.as_ptr() as *const __m256i),
+        _mm256_setzero_si256(),
+    ));
+    let (zero, nmaxf) = (_mm256_setzero_ps(), _mm256_set1_ps(nmax as f32));
+    let (magic, mantissa, half) =
+        (_mm256_set1_ps(12_582_912.0), _mm256_set1_epi32(0x007f_ffff), _mm256_set1_epi32(0x0040_0000));
+    let (izero, inmax) = (_mm256_setzero_si256(), _mm256_set1_epi32(nmax));
+    let sign = _mm256_set1_ps(-0.0);
+    // ggml's nearest_int: add 1.5·2^23, keep the mantissa, subtract 2^22.
+    let nearest =
+        |v: __m256| _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(_mm256_add_ps(v, magic)), mantissa), half);
+    let mut laux = [zero; N];
+    for is in 0..=nstep {
+        let step = _mm256_set1_ps(rmin + rdelta * is as f32 + nmax as f32);
+        let iscale = _mm256_div_ps(step, _mm256_sub_ps(vmax, vmin));
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (zero, zero, zero);
+        for i in 0..N {
+            let v = _mm256_mul_ps(iscale, _mm256_sub_ps(x[i], vmin));
+            let l = if X3 {
+                // c_min(v, nmax) is minps(v, nmax) exactly (the second operand on NaN and ties);
+                // then zero where !(v > 0).
+                let positive = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(v, zero));
+                _mm256_and_si256(nearest(_mm256_min_ps(v, nmaxf)), positive)
+            } else {
+                _mm256_max_epi32(izero, _mm256_min_epi32(inmax, nearest(v)))
+            };
+            let lf = _mm256_cvtepi32_ps(l);
+            laux[i] = lf;
+            let wl = _mm256_mul_ps(w[i], lf);
+            sum_l = _mm256_add_ps(sum_l, wl);
+            sum_l2 = _mm256_add_ps(sum_l2, _mm256_mul_ps(wl, lf));
+            sum_xl = _mm256_add_ps(sum_xl, _mm256_mul_ps(wl, x[i]));
+        }
+        let d = _mm256_sub_ps(_mm256_mul_ps(vsum_w, sum_l2), _mm256_mul_ps(sum_l, sum_l));
+        let sc = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(vsum_w, sum_xl), _mm256_mul_ps(vsum_x, sum_l)), d);
+        let mn = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_l2, vsum_x), _mm256_mul_ps(sum_l, sum_xl)), d);
+        let clamp = _mm256_cmp_ps::<_CMP_GT_OQ>(mn, zero);
+        let this_min = _mm256_blendv_ps(mn, zero, clamp);
+        let this_scale = _mm256_blendv_ps(sc, _mm256_div_ps(sum_xl, sum_l2), clamp);
+        let mut err = zero;
+        for i in 0..N {
+            let diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(this_scale, laux[i]), this_min), x[i]);
+            let diff = if MAD { _mm256_andnot_ps(sign, diff) } else { _mm256_mul_ps(diff, diff) };
+            err = _mm256_add_ps(err, _mm256_mul_ps(w[i], diff));
+        }
+        let take = _mm256_and_ps(
+            live,
+            _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(d, zero), _mm256_cmp_ps::<_CMP_LT_OQ>(err, vbest)),
+        );
+        vbest = _mm256_blendv_ps(vbest, err, take);
+        vscale = _mm256_blendv_ps(vscale, this_scale, take);
+        vmin = _mm256_blendv_ps(vmin, this_min, take);
+        for i in 0..N {
+            vlbest[i] = _mm256_blendv_ps(vlbest[i], laux[i], take);
+        }
+    }
+    let store = |a: &mut Lanes, v: __m256| _mm256_storeu_ps(a.as_mut_ptr(), v);
+    store(min, vmin);
+    store(best, vbest);
+    store(scale, vscale);
+    for i in 0..N {
+        store(&mut lbest[i], vlbest[i]);
+    }
+}
+
 /// ggml: `make_qp_quants`: quantization of non-negative values (the sub-block scales and mins of
 /// the K-quants) to `L in 0..=nmax` with a single positive scale, weighted by `quant_weights`:
 /// a 9-point scale search followed by coordinate descent.
@@ -719,6 +1017,74 @@ mod tests {
         assert_eq!(nearest_int(-1.5), -2);
         assert_eq!(nearest_int(-3.7), -4);
         assert_eq!(nearest_int(4_194_303.0), 4_194_303);
+    }
+
+    /// Eight sub-blocks of `n` values of one kind (and their weights), as the K-quants see them.
+    fn subblocks(kind: usize, n: usize, rng: &mut crate::util::rng::XorShift64) -> (Vec<f32>, Vec<f32>) {
+        let x: Vec<f32> = (0..8 * n)
+            .map(|i| {
+                let u = rng.next_f32() - 0.5;
+                match (kind + i / n) % 6 {
+                    0 => u,              // uniform around zero
+                    1 => u.abs() + 0.25, // all positive
+                    2 => -0.75,          // constant (max == min)
+                    3 => 0.0,            // zero
+                    4 => {
+                        if i % 7 == 0 {
+                            50.0 * u
+                        } else {
+                            1e-3 * u
+                        }
+                    } // outliers
+                    _ => (u * 8.0).round() / 8.0, // ties
+                }
+            })
+            .collect();
+        let w = x.iter().map(|v| rng.next_f32() * (1.0 + v.abs())).collect();
+        (x, w)
+    }
+
+    /// Side by side, each lane of `make_qkx_quants_x8` equals the scalar ggml port on its sub-block.
+    fn lanes_equal_scalar<const X3: bool, const MAD: bool, const N: usize>(
+        nmax: i32,
+        rmin: f32,
+        rdelta: f32,
+        nstep: i32,
+    ) {
+        let mut rng = crate::util::rng::XorShift64::new(7);
+        for kind in 0..24 {
+            let (x, w) = subblocks(kind, N, &mut rng);
+            let mut l8 = vec![0u8; 8 * N];
+            let (scales, mins) = make_qkx_quants_x8::<X3, MAD, N>(nmax, &x, &w, &mut l8, rmin, rdelta, nstep);
+            let mut l8_portable = vec![0u8; 8 * N];
+            let portable = qkx_quants_x8::<X3, MAD, N, true>(nmax, &x, &w, &mut l8_portable, rmin, rdelta, nstep);
+            assert_eq!(l8, l8_portable, "kind {kind}: the vector search equals the portable one");
+            assert_eq!(scales.map(f32::to_bits), portable.0.map(f32::to_bits), "kind {kind}");
+            assert_eq!(mins.map(f32::to_bits), portable.1.map(f32::to_bits), "kind {kind}");
+            for j in 0..8 {
+                let (xs, ws) = (&x[j * N..(j + 1) * N], &w[j * N..(j + 1) * N]);
+                let (mut l, mut laux, mut min) = ([0u8; 32], [0u8; 32], 0f32);
+                let scale = if X3 {
+                    make_qkx3_quants(nmax, xs, Some(ws), &mut l[..N], &mut min, &mut laux, rmin, rdelta, nstep, MAD)
+                } else {
+                    make_qkx2_quants(nmax, xs, ws, &mut l[..N], &mut min, &mut laux, rmin, rdelta, nstep, MAD)
+                };
+                let at = format!("kind {kind}, sub-block {j}, X3 {X3}, MAD {MAD}, N {N}");
+                assert_eq!(scales[j].to_bits(), scale.to_bits(), "scale, {at}");
+                assert_eq!(mins[j].to_bits(), min.to_bits(), "min, {at}");
+                assert_eq!(&l8[j * N..(j + 1) * N], &l[..N], "L, {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn lanes_of_the_k_quant_search_equal_the_scalar_port() {
+        lanes_equal_scalar::<false, false, 32>(15, -1.0, 0.1, 20); // Q4_K
+        lanes_equal_scalar::<false, false, 32>(31, -0.5, 0.1, 15); // Q5_K
+        lanes_equal_scalar::<true, false, 32>(15, -0.9, 0.05, 36); // Q4_K/Q5_K with an imatrix
+        lanes_equal_scalar::<false, true, 16>(3, -0.5, 0.1, 15); // Q2_K
+        lanes_equal_scalar::<true, false, 16>(3, -0.9, 0.05, 36); // Q2_K with an imatrix
+        lanes_equal_scalar::<false, false, 16>(3, -0.5, 0.1, 0); // no search
     }
 
     #[test]

@@ -10,8 +10,8 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::common::{
-    fp16, fp32, get_scale_min_k4, make_q3_quants, make_qkx2_quants, make_qkx3_quants, make_qp_quants, make_qx_quants,
-    nearest_int, ByteReader, ByteWriter, GROUP_MAX_EPS,
+    fp16, fp32, get_scale_min_k4, make_q3_quants, make_qkx_quants_x8, make_qp_quants, make_qx_quants, nearest_int,
+    ByteReader, ByteWriter, GROUP_MAX_EPS,
 };
 
 /// ggml: `QK_K`, elements per super-block.
@@ -279,11 +279,13 @@ fn requantize_k4(x: &[f32], d: u16, dmin: u16, scales: &[u8; K_SCALE_SIZE], nmax
 
 /// Q4_K/Q5_K reference: per-sub-block weights `sqrt(mean(x²)) + |x|` for `make_qkx2_quants`.
 #[inline(always)]
-fn k4_ref_weights(xs: &[f32]) -> [f32; 32] {
-    let av_x = (sum_squares(xs) / 32.0).sqrt();
-    let mut weights = [0f32; 32];
-    for l in 0..32 {
-        weights[l] = av_x + xs[l].abs();
+fn k4_ref_weights(x: &[f32]) -> [f32; QK_K] {
+    let mut weights = [0f32; QK_K];
+    for (xs, ws) in x.chunks_exact(32).zip(weights.chunks_exact_mut(32)) {
+        let av_x = (sum_squares(xs) / 32.0).sqrt();
+        for l in 0..32 {
+            ws[l] = av_x + xs[l].abs();
+        }
     }
     weights
 }
@@ -323,34 +325,21 @@ fn k4_impl_scales(
     l: &mut [u8; QK_K],
 ) -> ([u8; QK_K / 32], [u8; QK_K / 32], f32, f32) {
     let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
-    let mut laux = [0u8; 32];
     let mut sw = [0f32; QK_K / 32];
-    let mut mins = [0f32; QK_K / 32];
-    let mut scales = [0f32; QK_K / 32];
+    let mut weights = [0f32; QK_K];
     for j in 0..QK_K / 32 {
         let xs = &x[32 * j..32 * j + 32];
-        let mut weights = [0f32; 32];
+        let ws = &mut weights[32 * j..32 * j + 32];
         for k in 0..32 {
-            weights[k] = qw[32 * j + k] * (sigma2 + xs[k] * xs[k]).sqrt();
+            ws[k] = qw[32 * j + k] * (sigma2 + xs[k] * xs[k]).sqrt();
         }
         let mut sumw = 0f32;
-        for &w in &weights {
+        for &w in ws.iter() {
             sumw += w;
         }
         sw[j] = sumw;
-        scales[j] = make_qkx3_quants(
-            nmax,
-            xs,
-            Some(&weights),
-            &mut l[32 * j..32 * j + 32],
-            &mut mins[j],
-            &mut laux,
-            -0.9,
-            0.05,
-            36,
-            false,
-        );
     }
+    let (scales, mins) = make_qkx_quants_x8::<true, false, 32>(nmax, x, &weights, l, -0.9, 0.05, 36);
     let mut ls = [0u8; QK_K / 32];
     let mut lm = [0u8; QK_K / 32];
     let d_block = make_qp_quants(63, &scales, &mut ls, &sw);
@@ -448,27 +437,12 @@ pub fn quantize_row_q2_k_ref(x: &[f32], y: &mut [u8]) {
     check_row(x, y, TS);
     const Q4SCALE: f32 = 15.0;
     let mut l = [0u8; QK_K];
-    let mut laux = [0u8; 16];
     for (x, yb) in x.chunks_exact(QK_K).zip(y.chunks_exact_mut(TS)) {
-        let mut mins = [0f32; QK_K / 16];
-        let mut scales = [0f32; QK_K / 16];
+        let weights: [f32; QK_K] = std::array::from_fn(|k| x[k].abs());
+        let (scales, mins) = q2k_search::<false, true>(x, &weights, &mut l, -0.5, 0.1, 15);
         let mut max_scale = 0f32;
         let mut max_min = 0f32;
         for j in 0..QK_K / 16 {
-            let xs = &x[16 * j..16 * j + 16];
-            let weights: [f32; 16] = std::array::from_fn(|k| xs[k].abs());
-            scales[j] = make_qkx2_quants(
-                3,
-                xs,
-                &weights,
-                &mut l[16 * j..16 * j + 16],
-                &mut mins[j],
-                &mut laux,
-                -0.5,
-                0.1,
-                15,
-                true,
-            );
             if scales[j] > max_scale {
                 max_scale = scales[j];
             }
@@ -501,6 +475,25 @@ pub fn quantize_row_q2_k_ref(x: &[f32], y: &mut [u8]) {
     }
 }
 
+/// Q2_K's search over its sixteen sub-blocks of 16, eight at a time: each sub-block's scale and
+/// `-min`, as ggml's per-sub-block `make_qkx2_quants`/`make_qkx3_quants` calls give them.
+#[inline(always)]
+fn q2k_search<const X3: bool, const MAD: bool>(
+    x: &[f32],
+    weights: &[f32; QK_K],
+    l: &mut [u8; QK_K],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> ([f32; QK_K / 16], [f32; QK_K / 16]) {
+    const HALF: usize = QK_K / 2;
+    let (lo, hi) = l.split_at_mut(HALF);
+    let (s0, m0) = make_qkx_quants_x8::<X3, MAD, 16>(3, &x[..HALF], &weights[..HALF], lo, rmin, rdelta, nstep);
+    let (s1, m1) = make_qkx_quants_x8::<X3, MAD, 16>(3, &x[HALF..], &weights[HALF..], hi, rmin, rdelta, nstep);
+    let join = |a: [f32; 8], b: [f32; 8]| std::array::from_fn(|j| if j < 8 { a[j] } else { b[j - 8] });
+    (join(s0, s1), join(m0, m1))
+}
+
 /// Q2_K: requantize each sub-block of 16 against its stored 4-bit scale and min.
 #[inline(always)]
 fn requantize_q2k(x: &[f32], block: &BlockQ2K, dm: f32, mm: f32, l: &mut [u8; QK_K]) {
@@ -522,31 +515,16 @@ pub fn quantize_row_q2_k_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
     const TS: usize = std::mem::size_of::<BlockQ2K>();
     check_row(x, y, TS);
     let mut l = [0u8; QK_K];
-    let mut laux = [0u8; 16];
     for ((x, yb), qw) in x.chunks_exact(QK_K).zip(y.chunks_exact_mut(TS)).zip(quant_weights.chunks_exact(QK_K)) {
-        let mut mins = [0f32; QK_K / 16];
-        let mut scales = [0f32; QK_K / 16];
         let mut sw = [0f32; QK_K / 16];
         let sigma2 = sum_squares(x) / QK_K as f32;
+        let weights: [f32; QK_K] = std::array::from_fn(|k| qw[k] * (sigma2 + x[k] * x[k]).sqrt());
         for j in 0..QK_K / 16 {
-            let xs = &x[16 * j..16 * j + 16];
-            let weight: [f32; 16] = std::array::from_fn(|k| qw[16 * j + k] * (sigma2 + xs[k] * xs[k]).sqrt());
-            for &w in &weight {
+            for &w in &weights[16 * j..16 * j + 16] {
                 sw[j] += w;
             }
-            scales[j] = make_qkx3_quants(
-                3,
-                xs,
-                Some(&weight),
-                &mut l[16 * j..16 * j + 16],
-                &mut mins[j],
-                &mut laux,
-                -0.9,
-                0.05,
-                36,
-                false,
-            );
         }
+        let (scales, mins) = q2k_search::<true, false>(x, &weights, &mut l, -0.9, 0.05, 36);
         let mut ls = [0u8; QK_K / 16];
         let mut lm = [0u8; QK_K / 16];
         let dm = make_qp_quants(15, &scales, &mut ls, &sw);
@@ -708,26 +686,9 @@ pub fn quantize_row_q4_k_ref(x: &[f32], y: &mut [u8]) {
     const TS: usize = std::mem::size_of::<BlockQ4K>();
     check_row(x, y, TS);
     let mut l = [0u8; QK_K];
-    let mut laux = [0u8; 32];
     for (x, yb) in x.chunks_exact(QK_K).zip(y.chunks_exact_mut(TS)) {
-        let mut mins = [0f32; QK_K / 32];
-        let mut scales = [0f32; QK_K / 32];
-        for j in 0..QK_K / 32 {
-            let xs = &x[32 * j..32 * j + 32];
-            let weights = k4_ref_weights(xs);
-            scales[j] = make_qkx2_quants(
-                15,
-                xs,
-                &weights,
-                &mut l[32 * j..32 * j + 32],
-                &mut mins[j],
-                &mut laux,
-                -1.0,
-                0.1,
-                20,
-                false,
-            );
-        }
+        let weights = k4_ref_weights(x);
+        let (scales, mins) = make_qkx_quants_x8::<false, false, 32>(15, x, &weights, &mut l, -1.0, 0.1, 20);
         let (packed, d, dmin) = k4_ref_scales(&scales, &mins);
         let mut block = BlockQ4K { d, dmin, scales: packed, qs: [0; QK_K / 2] };
         requantize_k4(x, block.d, block.dmin, &block.scales, 15, &mut l);
@@ -790,26 +751,9 @@ pub fn quantize_row_q5_k_ref(x: &[f32], y: &mut [u8]) {
     const TS: usize = std::mem::size_of::<BlockQ5K>();
     check_row(x, y, TS);
     let mut l = [0u8; QK_K];
-    let mut laux = [0u8; 32];
     for (x, yb) in x.chunks_exact(QK_K).zip(y.chunks_exact_mut(TS)) {
-        let mut mins = [0f32; QK_K / 32];
-        let mut scales = [0f32; QK_K / 32];
-        for j in 0..QK_K / 32 {
-            let xs = &x[32 * j..32 * j + 32];
-            let weights = k4_ref_weights(xs);
-            scales[j] = make_qkx2_quants(
-                31,
-                xs,
-                &weights,
-                &mut l[32 * j..32 * j + 32],
-                &mut mins[j],
-                &mut laux,
-                -0.5,
-                0.1,
-                15,
-                false,
-            );
-        }
+        let weights = k4_ref_weights(x);
+        let (scales, mins) = make_qkx_quants_x8::<false, false, 32>(31, x, &weights, &mut l, -0.5, 0.1, 15);
         let (packed, d, dmin) = k4_ref_scales(&scales, &mins);
         let mut block = BlockQ5K { d, dmin, scales: packed, qh: [0; QK_K / 8], qs: [0; QK_K / 2] };
         requantize_k4(x, block.d, block.dmin, &block.scales, 31, &mut l);

@@ -286,6 +286,11 @@ fn identity(v: &Variant) -> BTreeMap<String, String> {
     row
 }
 
+/// Where the baseline's saved log-probabilities live (`eval --save-kld-base`).
+fn baseline_log_probs(baseline: &Path) -> PathBuf {
+    baseline.with_extension("kld")
+}
+
 /// Build the variant's GGUF (the baseline stays for later KL divergences).
 fn build(v: &Variant, opts: &SweepOptions, grid: &Grid, dir: &Path, baseline: &Path, calib: &Path) -> Result<PathBuf> {
     if !baseline.exists() {
@@ -379,9 +384,17 @@ fn measure_file(
     spec.ppl = Some(opts.data.file(crate::util::data::WIKITEXT_TEST)?);
     spec.chunks = Some(grid.eval.ppl_chunks);
     spec.tasks = grid.eval.tasks.iter().map(|t| t.parse()).collect::<Result<_>>()?;
-    if v.kind != Kind::Baseline && grid.eval.kld_chunks > 0 {
-        spec.kld_base = Some(baseline.to_path_buf());
+    if grid.eval.kld_chunks > 0 {
         spec.kld_chunks = Some(grid.eval.kld_chunks);
+        // The baseline's log-probabilities are saved once, beside it, and every later variant is
+        // compared against them without running the baseline again (a resumed sweep whose
+        // baseline predates the file runs it).
+        let saved = baseline_log_probs(baseline);
+        if v.kind == Kind::Baseline {
+            spec.save_kld_base = Some(saved);
+        } else {
+            spec.kld_base = Some(if saved.exists() { saved } else { baseline.to_path_buf() });
+        }
     }
     let out = run_eval(path, &spec, true)?;
     for r in &out.rows {

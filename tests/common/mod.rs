@@ -1,6 +1,7 @@
-//! Shared test support: synthetic HF checkpoints and a reference forward pass.
+//! Shared test support: synthetic HF checkpoints, a reference forward pass, llama.cpp's tools.
 #![allow(dead_code)]
 
 pub mod default_model;
+pub mod llama_tools;
 pub mod reference;
 pub mod synth;
