@@ -136,6 +136,20 @@ fn a_saved_base_gives_the_same_kld_as_the_base_model_and_reads_llama_perplexitys
         assert_eq!(a.to_bits(), b.to_bits(), "{what}: saved base {a}, base model {b}");
     }
 
+    // A file of a single window (fewer than a text needs, as a sweep with one KLD window saves).
+    let one = tmp.path().join("one.kld");
+    save_base_log_probs(&base, &tokens, &PerplexityOptions::new(threads(), Some(1)), &one, true).unwrap();
+    let k = kl_divergence_from_file(&model, &BaseLogProbsFile::open(&one).unwrap(), &opts, true);
+    assert!(k.is_err(), "3 windows asked of a file of 1");
+    let k = kl_divergence_from_file(
+        &model,
+        &BaseLogProbsFile::open(&one).unwrap(),
+        &PerplexityOptions::new(threads(), None),
+        true,
+    )
+    .unwrap();
+    assert_eq!(k.tokens, 255);
+
     // A file that lies about its size, or a window count it does not hold, is one clear error.
     let bytes = std::fs::read(&saved).unwrap();
     let cut = tmp.path().join("cut.kld");

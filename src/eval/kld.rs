@@ -4,7 +4,7 @@
 //! stored as 16-bit fixed point over the top 16 nats (`log_softmax` with `uint16_t * log_prob`), so
 //! our numbers are the tool's numbers.
 
-use super::perplexity::{windows, PerplexityOptions, WindowLogits};
+use super::perplexity::{split_windows, windows, PerplexityOptions, WindowLogits};
 use crate::engine::Model;
 use crate::util::progress::Progress;
 use anyhow::{anyhow, bail, Result};
@@ -224,7 +224,8 @@ pub fn kl_divergence_from_file(
     if chunks > base.n_chunk {
         bail!("{shown}: holds {} windows, {chunks} asked for (--chunks)", base.n_chunk);
     }
-    let wins = windows(model, &base.tokens, base.n_ctx, Some(chunks))?;
+    // The file holds whole windows, however few (llama-perplexity's two-window minimum is for texts).
+    let wins = split_windows(model, &base.tokens, base.n_ctx, chunks);
     let mut base_rows = |w: usize| Ok(base.window(w));
     kld_over_windows(model, &wins, opts, &mut base_rows, quiet)
 }

@@ -60,16 +60,23 @@ pub fn windows(model: &Model, tokens: &[i32], n_ctx: usize, chunks: Option<usize
         );
     }
     let available = tokens.len() / n_ctx;
-    let n = chunks.map_or(available, |c| c.min(available));
-    Ok((0..n)
-        .map(|i| {
-            let mut w = tokens[i * n_ctx..(i + 1) * n_ctx].to_vec();
+    Ok(split_windows(model, tokens, n_ctx, chunks.map_or(available, |c| c.min(available))))
+}
+
+/// The first `n` windows of `n_ctx` tokens (`n * n_ctx <= tokens.len()`), BOS first where the
+/// vocabulary asks for it, as llama-perplexity lays them out.
+pub fn split_windows(model: &Model, tokens: &[i32], n_ctx: usize, n: usize) -> Vec<Vec<i32>> {
+    tokens
+        .chunks_exact(n_ctx)
+        .take(n)
+        .map(|w| {
+            let mut w = w.to_vec();
             if model.add_bos() {
                 w[0] = model.bos();
             }
             w
         })
-        .collect())
+        .collect()
 }
 
 /// Logits of positions `n_ctx/2 ..` of each window, windows decoded `n_batch / n_ctx` at a time.
