@@ -20,7 +20,11 @@ WORK=${WORK:-/tmp/microscale-mixes}
 CHUNKS=${CHUNKS:-20}
 IMATRIX_CHUNKS=${IMATRIX_CHUNKS:-16}
 EVERY=0
-if [ "${1:-}" = --every ]; then EVERY=1; shift; fi
+if [ "${1:-}" = --every ]; then
+  EVERY=1
+  shift
+  [ $# -eq 0 ] || { echo "--every measures every mix: no TYPE arguments" >&2; exit 2; }
+fi
 TYPES=("$@")
 [ ${#TYPES[@]} -gt 0 ] || TYPES=(q4_k_m q3_k_m iq3_m)
 ALL_MIXES=(q8_0 q6_k q5_k_m q5_k_s q5_1 q5_0 q4_k_m q4_k_s q4_1 q4_0 iq4_nl iq4_xs q3_k_l q3_k_m q3_k_s
@@ -58,7 +62,7 @@ if [ "$EVERY" = 1 ]; then
     if "$M" -q stock-quantize "$WORK/f32.gguf" "$WORK/stock-$t.gguf" "$t" 2>"$WORK/refused.txt"; then
       measure "$t" "$WORK/stock-$t.gguf"
     else
-      echo "| $t | refused without an imatrix: $(head -c 120 "$WORK/refused.txt" | tr '|\n' '/ ') | | | | | |"
+      echo "| $t | refused: $(head -c 160 "$WORK/refused.txt" | tr '|\n' '/ ') | | | | | |"
     fi
     "$M" -q stock-quantize "$WORK/f32.gguf" "$WORK/stock-$t.gguf" "$t" --imatrix "$WORK/imatrix.gguf"
     measure "$t + imatrix" "$WORK/stock-$t.gguf"

@@ -139,26 +139,16 @@ fn a_saved_base_gives_the_same_kld_as_the_base_model_and_reads_llama_perplexitys
     // A file of a single window (fewer than a text needs, as a sweep with one KLD window saves).
     let one = tmp.path().join("one.kld");
     save_base_log_probs(&base, &tokens, &PerplexityOptions::new(threads(), Some(1)), &one, true).unwrap();
-    let k = kl_divergence_from_file(&model, &BaseLogProbsFile::open(&one).unwrap(), &opts, true);
-    assert!(k.is_err(), "3 windows asked of a file of 1");
-    let k = kl_divergence_from_file(
-        &model,
-        &BaseLogProbsFile::open(&one).unwrap(),
-        &PerplexityOptions::new(threads(), None),
-        true,
-    )
-    .unwrap();
+    // Asking for more windows than it holds gives those it holds, as a short text does.
+    let k = kl_divergence_from_file(&model, &BaseLogProbsFile::open(&one).unwrap(), &opts, true).unwrap();
     assert_eq!(k.tokens, 255);
 
-    // A file that lies about its size, or a window count it does not hold, is one clear error.
+    // A file that lies about its size is one clear error naming it.
     let bytes = std::fs::read(&saved).unwrap();
     let cut = tmp.path().join("cut.kld");
     std::fs::write(&cut, &bytes[..bytes.len() - 2]).unwrap();
     let err = format!("{:#}", BaseLogProbsFile::open(&cut).err().unwrap());
     assert!(err.contains("cut.kld") && err.contains("needs"), "{err}");
-    let err =
-        format!("{:#}", kl_divergence_from_file(&model, &file, &PerplexityOptions::new(1, Some(4)), true).unwrap_err());
-    assert!(err.contains("holds 3 windows"), "{err}");
 
     // llama-perplexity writes the same format: read its file, same tokens, and a KLD that agrees
     // with ours to the rounding of two llama.cpp versions' kernels.

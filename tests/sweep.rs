@@ -61,7 +61,8 @@ fn quick_grid_runs_resumes_after_a_kill_and_reports() {
     run_sweep(&grid, &opts).unwrap();
     assert_eq!(rows(&results).len(), names.len());
 
-    // Every row measured, none failed; variant files deleted (only the baseline stays).
+    // Every row measured, none failed; variant files deleted (only the baseline stays, with its
+    // log-probabilities saved once for every KL divergence).
     let parsed = read_results(&results).unwrap();
     for v in &parsed.variants {
         assert!(v.error.is_none() && v.status == "ok", "{}: {} {:?}", v.name, v.status, v.error);
@@ -69,8 +70,13 @@ fn quick_grid_runs_resumes_after_a_kill_and_reports() {
         // Every variant but the baseline is compared with it.
         assert_eq!(v.kld.is_some(), v.name != "baseline-f32", "{}", v.name);
     }
-    let left: Vec<_> = std::fs::read_dir(out.join("variants")).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert_eq!(left, vec![std::ffi::OsString::from("baseline-f32.gguf")]);
+    let mut left: Vec<_> = std::fs::read_dir(out.join("variants"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["baseline-f32.1w.kld", "baseline-f32.gguf"], "quick.toml: kld_chunks = 1");
 
     let report = write_report(&out, &ReportOptions::default()).unwrap();
     let text = std::fs::read_to_string(report).unwrap();

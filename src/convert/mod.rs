@@ -2,9 +2,10 @@
 //! and quantized in the same pass.
 //!
 //! Streaming: tensors are planned up front (names, shapes, types: the whole header), then
-//! produced one at a time: read from the memory map, decoded to f32, transformed, pruned, encoded,
-//! appended to the output and released. Within a tensor the work runs in parallel (rayon); across
-//! tensors it is sequential, so memory holds one tensor's working set however large the model is.
+//! produced in order: read from the memory map, decoded to f32, transformed, pruned, encoded,
+//! appended to the output and released. A reading thread decodes the next piece (a block of rows,
+//! or a whole re-laid-out tensor) while the current one is encoded in parallel (rayon) and
+//! written, so memory holds a few pieces' working sets however large the model is.
 //!
 //! [`pruning`] plans the pruning inside the pass (calibrating when needed), [`general`] writes the
 //! `general.*` keys, [`import`] goes back from GGUF to a Hugging Face directory. Uses every stage
@@ -393,9 +394,8 @@ fn write_gguf(
     // one. The channel holds one piece, so memory stays at a few pieces whatever the model's size.
     std::thread::scope(|scope| -> Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Piece>>(1);
-        // Decoded buffers go back to the reader once encoded: a 7B model is 54 GB of f32 in
-        // 64 MiB pieces, and fresh allocations would have the kernel zero every page of it.
-        // (A pool of two: whole-tensor pieces come back too, and are not asked for again.)
+        // Streamed pieces' buffers go back to the reader once encoded: a 7B model is 27 GB of
+        // f32 in 16 MiB pieces, and fresh allocations would have the kernel zero every page of it.
         let (recycle, recycled) = std::sync::mpsc::sync_channel::<Vec<f32>>(2);
         scope.spawn(move || read_pieces(src, jobs, &tx, &recycled));
         let mut zeros_after = 0usize;
@@ -435,7 +435,10 @@ fn write_gguf(
                 Some(mut data) => {
                     zeroed += sparsify(job, &mut data, row_len);
                     encoded = encode(job, &data, row_len)?;
-                    let _ = recycle.try_send(data); // dropped when the pool is full or the reader done
+                    // Whole re-laid-out tensors are not kept: the pool holds piece-sized buffers.
+                    if data.capacity() <= STREAM_ELEMS {
+                        let _ = recycle.try_send(data); // dropped when the pool is full or the reader done
+                    }
                     &encoded[..]
                 }
             };
@@ -556,11 +559,25 @@ fn tensor_pieces<'a>(
         let src_row_bytes = info.dtype.row_bytes(row_len)?;
         let rows_per_piece = (STREAM_ELEMS / row_len).max(1);
         let pass_through = info.dtype == job.ty && job.sparsity.is_none();
+        // A tensor copied as it is only needs its values checked: one buffer for all its pieces.
+        let mut check_only: Option<Vec<f32>> = None;
         for (k, piece) in raw.chunks(rows_per_piece * src_row_bytes).enumerate() {
-            let mut data = buffer(piece.len() / src_row_bytes * row_len);
+            let n = piece.len() / src_row_bytes * row_len;
+            let mut data = match check_only.take() {
+                Some(mut v) => {
+                    v.resize(n, 0.0);
+                    v
+                }
+                None => buffer(n),
+            };
             crate::quant::dequantize_into(info.dtype, piece, &mut data)?;
             check(&data, k * rows_per_piece * row_len)?;
-            let data = (!pass_through).then_some(data);
+            let data = if pass_through {
+                check_only = Some(data);
+                None
+            } else {
+                Some(data)
+            };
             if !emit(Piece::Rows { job: i, data, raw: piece }) {
                 return Ok(false);
             }

@@ -194,8 +194,7 @@ pub fn kl_divergence(
     let mut base_eval = WindowLogits::new(base, opts.n_ctx, opts.n_ctx, opts.threads)?;
     let n_vocab = base.n_vocab();
     let mut base_rows = |w: usize| -> Result<Vec<BaseLogProbs>> {
-        let logits = base_eval.eval(std::slice::from_ref(&wins[w]))?.remove(0);
-        Ok(logits.par_chunks(n_vocab).take(opts.n_ctx - 1 - opts.n_ctx / 2).map(quantize_base).collect())
+        Ok(scored_log_probs(&base_eval.eval(std::slice::from_ref(&wins[w]))?.remove(0), n_vocab, opts.n_ctx))
     };
     kld_over_windows(model, &wins, opts, &mut base_rows, quiet)
 }
@@ -220,10 +219,8 @@ pub fn kl_divergence_from_file(
     if opts.n_ctx != base.n_ctx {
         bail!("{shown}: saved with windows of {} tokens, not {} (--ctx-size)", base.n_ctx, opts.n_ctx);
     }
-    let chunks = opts.chunks.unwrap_or(base.n_chunk);
-    if chunks > base.n_chunk {
-        bail!("{shown}: holds {} windows, {chunks} asked for (--chunks)", base.n_chunk);
-    }
+    // At most the windows saved, as a text gives at most the windows it holds.
+    let chunks = opts.chunks.map_or(base.n_chunk, |c| c.min(base.n_chunk));
     // The file holds whole windows, however few (llama-perplexity's two-window minimum is for texts).
     let wins = split_windows(model, &base.tokens, base.n_ctx, chunks);
     let mut base_rows = |w: usize| Ok(base.window(w));
@@ -263,6 +260,12 @@ fn kld_over_windows(
     Ok(finish(sums, klds, wins.len()))
 }
 
+/// A window's base log-probabilities for the tokens it scores (each position predicts the next, so
+/// the last position of the second half scores nothing), from the logits of that half.
+fn scored_log_probs(logits: &[f32], n_vocab: usize, n_ctx: usize) -> Vec<BaseLogProbs> {
+    logits.par_chunks(n_vocab).take(n_ctx - 1 - n_ctx / 2).map(quantize_base).collect()
+}
+
 /// The magic that starts llama-perplexity's base log-probabilities file.
 const LOGITS_MAGIC: &[u8; 8] = b"_logits_";
 
@@ -295,14 +298,10 @@ pub fn save_base_log_probs(
         w.write_all(&t.to_le_bytes())?;
     }
     let mut eval = WindowLogits::new(base, opts.n_ctx, opts.n_ctx, opts.threads)?;
-    let first = opts.n_ctx / 2;
     let progress = Progress::new(wins.len() as u64, "base log-probabilities", quiet);
     let mut row = vec![0u8; 2 * row_u16s(n_vocab)];
     for win in &wins {
-        let logits = eval.eval(std::slice::from_ref(win))?.remove(0);
-        let rows: Vec<BaseLogProbs> =
-            logits.par_chunks(n_vocab).take(opts.n_ctx - 1 - first).map(quantize_base).collect();
-        for b in &rows {
+        for b in &scored_log_probs(&eval.eval(std::slice::from_ref(win))?.remove(0), n_vocab, opts.n_ctx) {
             row[..4].copy_from_slice(&b.scale.to_le_bytes());
             row[4..8].copy_from_slice(&b.min_log_prob.to_le_bytes());
             for (dst, q) in row[8..].chunks_exact_mut(2).zip(&b.q) {

@@ -560,11 +560,12 @@ type Lanes = [f32; QKX_SUBBLOCKS];
 ///
 /// Each lane runs ggml's sequential search for its own sub-block: the same candidates in the same
 /// order, every sum accumulated left to right, a candidate accepted or not by the same comparison,
-/// so every lane is bit-identical to the scalar functions above (which stay as the reference and
-/// for single groups). Unlike [`qkx_search`], which evaluates the candidates of one sub-block
-/// speculatively, no work is thrown away, and the loops over lanes are plain fixed-size array loops
-/// that the compiler turns into vector instructions on every target (SSE/AVX on x86-64, NEON on
-/// ARM), with no `unsafe` and no per-target code.
+/// so every lane is bit-identical to the scalar functions above (`make_qkx2_quants` stays as the
+/// reference the tests hold this to; `make_qkx3_quants` also serves the single-block Q4_1/Q5_1).
+/// Unlike [`qkx_search`], which evaluates the candidates of one sub-block speculatively, no work
+/// is thrown away. The search runs in AVX2 where the build targets it ([`qkx_steps_avx2`], the
+/// default native build on such hosts), elsewhere as plain array loops over the lanes
+/// ([`qkx_steps`]).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn make_qkx_quants_x8<const X3: bool, const MAD: bool, const N: usize>(
@@ -1025,22 +1026,23 @@ mod tests {
             .map(|i| {
                 let u = rng.next_f32() - 0.5;
                 match (kind + i / n) % 6 {
-                    0 => u,              // uniform around zero
-                    1 => u.abs() + 0.25, // all positive
-                    2 => -0.75,          // constant (max == min)
-                    3 => 0.0,            // zero
-                    4 => {
-                        if i % 7 == 0 {
-                            50.0 * u
-                        } else {
-                            1e-3 * u
-                        }
-                    } // outliers
+                    0 if i % 3 == 0 => 0.0,       // exact zeros among values
+                    0 => u,                       // uniform around zero
+                    1 => u.abs() + 0.25,          // all positive
+                    2 => -0.75,                   // constant (max == min)
+                    3 => 0.0,                     // zero
+                    4 if i % 7 == 0 => 50.0 * u,  // outliers ...
+                    4 => 1e-3 * u,                // ... among small values
                     _ => (u * 8.0).round() / 8.0, // ties
                 }
             })
             .collect();
-        let w = x.iter().map(|v| rng.next_f32() * (1.0 + v.abs())).collect();
+        // Some sub-blocks weigh part of their values zero (as Q2_K's |x| weights do).
+        let w = x
+            .iter()
+            .enumerate()
+            .map(|(i, v)| if (kind + i / n) % 4 == 3 && i % 2 == 0 { 0.0 } else { rng.next_f32() * (1.0 + v.abs()) })
+            .collect();
         (x, w)
     }
 
@@ -1081,7 +1083,8 @@ mod tests {
     fn lanes_of_the_k_quant_search_equal_the_scalar_port() {
         lanes_equal_scalar::<false, false, 32>(15, -1.0, 0.1, 20); // Q4_K
         lanes_equal_scalar::<false, false, 32>(31, -0.5, 0.1, 15); // Q5_K
-        lanes_equal_scalar::<true, false, 32>(15, -0.9, 0.05, 36); // Q4_K/Q5_K with an imatrix
+        lanes_equal_scalar::<true, false, 32>(15, -0.9, 0.05, 36); // Q4_K with an imatrix
+        lanes_equal_scalar::<true, false, 32>(31, -0.9, 0.05, 36); // Q5_K with an imatrix
         lanes_equal_scalar::<false, true, 16>(3, -0.5, 0.1, 15); // Q2_K
         lanes_equal_scalar::<true, false, 16>(3, -0.9, 0.05, 36); // Q2_K with an imatrix
         lanes_equal_scalar::<false, false, 16>(3, -0.5, 0.1, 0); // no search

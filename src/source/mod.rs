@@ -3,7 +3,7 @@
 //!
 //! Both are memory-mapped and read one tensor at a time; [`TensorSource::release`] hands a
 //! tensor's pages back to the kernel once it has been converted, so streaming a checkpoint larger
-//! than RAM keeps only one tensor's working set resident.
+//! than RAM keeps only the tensors being converted (the current one and the next) resident.
 //!
 //! Uses `gguf`, `quant` (to decode tensor data) and `util`.
 

@@ -286,9 +286,10 @@ fn identity(v: &Variant) -> BTreeMap<String, String> {
     row
 }
 
-/// Where the baseline's saved log-probabilities live (`eval --save-kld-base`).
-fn baseline_log_probs(baseline: &Path) -> PathBuf {
-    baseline.with_extension("kld")
+/// Where the baseline's saved log-probabilities over `windows` live (`eval --save-kld-base`): a
+/// grid that changes its KLD windows on resume gets a file of its own.
+fn baseline_log_probs(baseline: &Path, windows: usize) -> PathBuf {
+    baseline.with_extension(format!("{windows}w.kld"))
 }
 
 /// Build the variant's GGUF (the baseline stays for later KL divergences).
@@ -389,7 +390,7 @@ fn measure_file(
         // The baseline's log-probabilities are saved once, beside it, and every later variant is
         // compared against them without running the baseline again (a resumed sweep whose
         // baseline predates the file runs it).
-        let saved = baseline_log_probs(baseline);
+        let saved = baseline_log_probs(baseline, grid.eval.kld_chunks);
         if v.kind == Kind::Baseline {
             spec.save_kld_base = Some(saved);
         } else {
