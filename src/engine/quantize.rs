@@ -93,8 +93,14 @@ pub fn stock_quantize(
     }
     let rc = unsafe { sys::llama_model_quantize(c_in.as_ptr(), c_out.as_ptr(), &params) };
     if rc != 0 {
+        // llama.cpp says why only in its log; name the two usual causes, the likelier first.
+        let causes = if imatrix.is_none() {
+            format!("{} may need an importance matrix (pass --imatrix FILE), or the input is quantized already (pass --allow-requantize)", scheme.name())
+        } else {
+            "is the input quantized already? pass --allow-requantize".to_string()
+        };
         return Err(anyhow!(
-            "{}: llama_model_quantize failed (is the input quantized already? pass --allow-requantize; run with -v for llama.cpp's log)",
+            "{}: llama_model_quantize failed ({causes}; run with -v for llama.cpp's log)",
             input.display()
         ));
     }
