@@ -1,9 +1,19 @@
 //! The observer calibration installs in llama.cpp's graph: for every weight matrix the sum of
 //! squares of each input channel (llama.cpp's imatrix), and for every block its Block Influence.
 
+use super::moments::MomentCollector;
 use crate::engine::raw::{f32_rows, tensor_name, TensorObserver};
 use llama_cpp_sys_2 as sys;
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// What a pass over the calibration text collects, changed between passes by the caller: the
+/// first pass takes the imatrix and Block Influence, every pass the moments of its window.
+#[derive(Default)]
+pub struct PassState {
+    pub stats: bool,
+    pub moments: Option<MomentCollector>,
+}
 
 #[derive(Default)]
 pub struct Collector {
@@ -15,6 +25,7 @@ pub struct Collector {
     /// block's first normalisation (`norm-N`, whose source is the block input in every llama.cpp
     /// graph), and compared with the block's output (`l_out-N`).
     input: Option<(i64, Vec<Vec<f32>>)>,
+    pub pass: Arc<Mutex<PassState>>,
 }
 
 fn src_name(t: &sys::ggml_tensor, i: usize) -> Option<&str> {
@@ -48,8 +59,19 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     }
 }
 
+impl Collector {
+    /// A collector whose passes `pass` steers.
+    pub fn new(pass: Arc<Mutex<PassState>>) -> Collector {
+        Collector { sums: BTreeMap::new(), tokens: BTreeMap::new(), influence: Vec::new(), input: None, pass }
+    }
+}
+
 impl TensorObserver for Collector {
     fn wants(&mut self, t: &sys::ggml_tensor) -> bool {
+        let stats = self.pass.lock().unwrap().stats;
+        if !stats && t.op != sys::GGML_OP_MUL_MAT {
+            return false;
+        }
         if t.op == sys::GGML_OP_MUL_MAT {
             let w = src_name(t, 0).unwrap_or("");
             let x = t.src[1];
@@ -59,8 +81,15 @@ impl TensorObserver for Collector {
     }
 
     fn seen(&mut self, t: &sys::ggml_tensor) {
+        let mut pass = self.pass.lock().unwrap();
         if t.op == sys::GGML_OP_MUL_MAT {
             let w = src_name(t, 0).unwrap_or("").to_string();
+            if let Some(m) = pass.moments.as_mut() {
+                m.seen(&w, unsafe { &*t.src[1] });
+            }
+            if !pass.stats {
+                return;
+            }
             let Some(rows) = f32_rows(unsafe { &*t.src[1] }) else { return };
             let n = rows.first().map_or(0, |r| r.len());
             let sums = self.sums.entry(w.clone()).or_insert_with(|| vec![0.0; n]);
@@ -75,6 +104,7 @@ impl TensorObserver for Collector {
             *self.tokens.entry(w).or_default() += rows.len() as u64;
             return;
         }
+        drop(pass);
         let Some((layer, is_norm)) = residual_node(tensor_name(t)) else { return };
         if is_norm {
             if self.input.as_ref().is_some_and(|(l, _)| *l == layer) || t.src[0].is_null() {

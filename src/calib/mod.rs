@@ -9,6 +9,7 @@
 //! conversion's plan ([`CalibModel::Parts`]). Uses `engine`, `gguf` (imatrix files) and `util`.
 
 pub mod collect;
+pub mod moments;
 
 use crate::engine::raw::ObservedContext;
 use crate::engine::user_model::{model_from_parts, Filler};
@@ -16,9 +17,11 @@ use crate::gguf::imatrix::{Imatrix, ImatrixEntry};
 use crate::gguf::{GgufValue, Metadata, TensorInfo};
 use crate::util::progress::Progress;
 use anyhow::{anyhow, bail, Result};
-use collect::Collector;
+use collect::{Collector, PassState};
+use moments::{MomentCollector, MomentsFile};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 pub const KEY_BLOCK_INFLUENCE: &str = "microscale.block_influence";
 pub const KEY_FINGERPRINT: &str = "microscale.fingerprint";
@@ -30,6 +33,19 @@ pub struct CalibOptions {
     pub chunks: usize,
     pub n_ctx: usize,
     pub threads: usize,
+    /// Also collect every linear layer's input moments (H = Σ x·xᵀ), written to `moments_path`.
+    pub moments: Option<MomentsRequest>,
+}
+
+/// Where and within what memory the second moments are collected.
+#[derive(Clone, Debug)]
+pub struct MomentsRequest {
+    /// The calibration file to write (the moments live in it, beside the imatrix).
+    pub path: PathBuf,
+    /// Bytes each block's moments take ([`moments::block_bytes`]).
+    pub per_block: Vec<u64>,
+    /// Bytes of moments one pass may hold; more blocks take more passes over the text.
+    pub budget: u64,
 }
 
 /// What calibration measured.
@@ -39,6 +55,8 @@ pub struct Calibration {
     /// Block Influence per block (higher = the block changes the hidden state more).
     pub block_influence: Vec<f64>,
     pub fingerprint: String,
+    /// Every linear layer's input moments, when collected (read from the calibration file).
+    pub moments: Option<std::sync::Arc<MomentsFile>>,
 }
 
 impl Calibration {
@@ -56,6 +74,16 @@ impl Calibration {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
+        self.save_with_moments(path, vec![], None)
+    }
+
+    /// Save, with moment tensors (and their readers key) beside the imatrix.
+    fn save_with_moments(
+        &self,
+        path: &Path,
+        tensors: Vec<(TensorInfo, MomentBytes)>,
+        readers: Option<GgufValue>,
+    ) -> Result<()> {
         let mut m = self.imatrix.clone();
         m.extra = vec![
             (KEY_FINGERPRINT.into(), GgufValue::String(self.fingerprint.clone())),
@@ -67,7 +95,10 @@ impl Calibration {
                 ),
             ),
         ];
-        m.save(path)
+        if let Some(r) = readers {
+            m.extra.push((moments::KEY_READERS.into(), r));
+        }
+        m.save_with(path, tensors.into_iter().map(|(t, b)| (t, b.into_fn())).collect())
     }
 
     /// Load a saved calibration and check it belongs to the model with `fingerprint`.
@@ -88,7 +119,26 @@ impl Calibration {
             .ok_or_else(|| {
                 anyhow!("{}: no {KEY_BLOCK_INFLUENCE} (not a microscale calibration file)", path.display())
             })?;
-        Ok(Calibration { imatrix: m, block_influence: bi, fingerprint: fp })
+        let moments = MomentsFile::open(path)?.map(std::sync::Arc::new);
+        Ok(Calibration { imatrix: m, block_influence: bi, fingerprint: fp, moments })
+    }
+}
+
+/// A moment tensor's bytes: in memory, or in a window's part file written by an earlier pass.
+enum MomentBytes {
+    Memory(Vec<u8>),
+    Part(Arc<crate::gguf::GgufFile>, String),
+}
+
+impl MomentBytes {
+    fn into_fn(self) -> crate::gguf::imatrix::ExtraTensor {
+        match self {
+            MomentBytes::Memory(b) => Box::new(move || Ok(b)),
+            MomentBytes::Part(f, name) => Box::new(move || {
+                let t = f.tensor(&name).ok_or_else(|| anyhow!("{}: no {name}", f.path.display()))?;
+                Ok(f.tensor_data(t).to_vec())
+            }),
+        }
     }
 }
 
@@ -124,7 +174,15 @@ pub fn calibrate(
     let text = std::fs::read_to_string(&opts.text).map_err(|e| {
         anyhow!("{}: cannot read calibration text ({e}); choose it with --calib-text", opts.text.display())
     })?;
-    let observer = Box::<Collector>::default();
+    let windows = match &opts.moments {
+        Some(m) => moments::windows(&m.per_block, m.budget),
+        None => vec![],
+    };
+    let pass = Arc::new(Mutex::new(PassState {
+        stats: true,
+        moments: windows.first().map(|w| MomentCollector::new(w.clone())),
+    }));
+    let observer = Box::new(Collector::new(pass.clone()));
     let mut ctx = match model {
         CalibModel::File(gguf) => ObservedContext::new(gguf, opts.n_ctx, opts.threads, observer)?,
         CalibModel::Parts { metadata, tensors, filler } => {
@@ -139,14 +197,49 @@ pub fn calibrate(
         bail!("{}: too little calibration text ({} tokens)", opts.text.display(), tokens.len());
     }
     let chunks = opts.chunks.min(available).max(1);
-    let progress = Progress::new(chunks as u64, "calibrating", quiet);
-    for c in 0..chunks {
-        let mut chunk = tokens[c * opts.n_ctx..(c + 1) * opts.n_ctx].to_vec();
-        if ctx.add_bos {
-            chunk[0] = ctx.bos;
+    let passes = windows.len().max(1);
+    let progress = Progress::new((chunks * passes) as u64, "calibrating", quiet);
+    // Later passes collect only their window's moments; earlier windows wait in part files.
+    let mut parts: Vec<(TensorInfo, MomentBytes)> = Vec::new();
+    let mut readers = std::collections::BTreeMap::new();
+    let mut part_files = Vec::new();
+    #[allow(clippy::needless_range_loop)] // pass 0 is special, windows[p] only from pass 1
+    for p in 0..passes {
+        if p > 0 {
+            let mut state = pass.lock().unwrap();
+            state.stats = false;
+            state.moments = Some(MomentCollector::new(windows[p].clone()));
         }
-        ctx.decode_all(&chunk)?;
-        progress.inc(1);
+        for c in 0..chunks {
+            let mut chunk = tokens[c * opts.n_ctx..(c + 1) * opts.n_ctx].to_vec();
+            if ctx.add_bos {
+                chunk[0] = ctx.bos;
+            }
+            ctx.decode_all(&chunk)?;
+            progress.inc(1);
+        }
+        let Some(m) = pass.lock().unwrap().moments.take() else { continue };
+        readers.extend(m.readers.clone());
+        let tensors = moments::tensors(&m.moments)?;
+        drop(m);
+        if passes == 1 {
+            parts.extend(tensors.into_iter().map(|(t, b)| (t, MomentBytes::Memory(b))));
+        } else {
+            let req = opts.moments.as_ref().unwrap();
+            let part = PathBuf::from(format!("{}.part{p}", req.path.display()));
+            let headers: Vec<TensorInfo> = tensors.iter().map(|(t, _)| t.clone()).collect();
+            let mut w = crate::gguf::GgufWriter::create(&part, &vec![], headers)?;
+            for (t, b) in &tensors {
+                w.write_tensor(&t.name, b)?;
+            }
+            w.finish()?;
+            let f = Arc::new(crate::gguf::GgufFile::open(&part)?);
+            parts.extend(tensors.into_iter().map(|(t, _)| {
+                let name = t.name.clone();
+                (t, MomentBytes::Part(f.clone(), name))
+            }));
+            part_files.push(part);
+        }
     }
     progress.finish();
     let observer = ctx.into_observer();
@@ -172,5 +265,14 @@ pub fn calibrate(
     // Rounded through f32, as the calibration file stores them, so a saved-and-reloaded calibration
     // plans exactly as a fresh one.
     let block_influence = collector.influence.iter().map(|(s, n)| (s / (*n).max(1) as f64) as f32 as f64).collect();
-    Ok(Calibration { imatrix, block_influence, fingerprint: fingerprint.to_string() })
+    let mut c = Calibration { imatrix, block_influence, fingerprint: fingerprint.to_string(), moments: None };
+    if let Some(req) = &opts.moments {
+        c.save_with_moments(&req.path, parts, Some(MomentCollector::readers_value(&readers)))?;
+        for p in part_files {
+            let _ = std::fs::remove_file(p);
+        }
+        c.moments = MomentsFile::open(&req.path)?.map(std::sync::Arc::new);
+        c.imatrix.path = Some(req.path.clone());
+    }
+    Ok(c)
 }

@@ -24,6 +24,8 @@ use std::path::PathBuf;
 ///   microscale convert models/smollm2-135m -o smollm2-q4_k_m.gguf --outtype q4_k_m --imatrix imatrix.gguf
 ///   microscale convert models/smollm2-135m -o mixed.gguf --outtype q4_k_s --tensor-type 'attn_v=q8_0'
 ///   microscale imatrix models/smollm2-135m -o imatrix.gguf --chunks 32
+///   microscale convert models/smollm2-135m -o gptq.gguf --outtype q4_k_m --quant-method gptq
+///   microscale convert models/smollm2-135m -o sgpt.gguf --outtype q8_0 --sparsity 0.5 --sparsity-method sparsegpt
 ///   microscale convert models/smollm2-135m -o 90m.gguf --outtype q4_k_m --imatrix imatrix.gguf --target-size 90MiB
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
@@ -43,6 +45,13 @@ pub struct Args {
     /// Importance matrix (llama.cpp imatrix GGUF or legacy .dat) for the quantizers.
     #[arg(long)]
     imatrix: Option<PathBuf>,
+    /// How quantized levels are chosen: rtn rounds to nearest (ggml's quantizers, as
+    /// llama-quantize); gptq keeps ggml's choice of each block's scales but chooses the levels
+    /// column by column, compensating each column's error through the inverse Hessian of the
+    /// layer's inputs (GPTQ, Frantar et al. 2022) — calibrates (--calib-text, --calib-chunks) and
+    /// writes a standard GGUF. Applies to the blocks' linear weights in Q4_0..Q8_0 and K-quants.
+    #[arg(long, value_enum, default_value = "rtn")]
+    quant_method: microscale::quant::gptq::QuantMethod,
     /// Re-quantize tensors of a GGUF that are already quantized (refused by default, as by
     /// llama-quantize: the rounding errors compound). Dequantizing to f32/f16/bf16 is always allowed.
     #[arg(long)]
@@ -63,14 +72,20 @@ impl Args {
             prune: self.prune.spec(),
             allow_requantize: self.allow_requantize,
             budget: self.budget.budget(),
+            quant_method: self.quant_method,
             quiet: g.quiet,
             ..ConvertOptions::new(self.outtype)
         };
         let report = convert(&self.src, &self.output, &opts)?;
         if self.json {
             output::print_json(&report)?;
-        } else if !report.sparsity.is_empty() && !g.quiet {
-            print!("{}", output::sparsity_table(&report.sparsity));
+        } else if !g.quiet {
+            if !report.sparsity.is_empty() {
+                print!("{}", output::sparsity_table(&report.sparsity));
+            }
+            if !report.compensation.is_empty() {
+                print!("{}", output::compensation_table(&report.compensation));
+            }
         }
         if !g.quiet {
             eprintln!("{}", output::conversion_summary(&self.output, self.outtype, &report));

@@ -155,6 +155,30 @@ pub fn sparsity_table(stats: &[SparsityStat]) -> String {
     s
 }
 
+/// Each compensated tensor's output error ‖ΔW·X‖²/‖W·X‖², without and with compensation, and
+/// the total over them.
+pub fn compensation_table(stats: &[microscale::convert::compensation::CompensationStat]) -> String {
+    let mut s = String::from(
+        "| tensor | type | method | output error, plain | compensated | ratio |\n| --- | --- | --- | ---: | ---: | ---: |\n",
+    );
+    let ratio = |a: f64, b: f64| if a > 0.0 { b / a } else { 1.0 };
+    for st in stats {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.3e} | {:.3e} | {:.3} |",
+            st.tensor,
+            st.ggml_type,
+            st.method,
+            st.error_plain,
+            st.error_compensated,
+            ratio(st.error_plain, st.error_compensated)
+        );
+    }
+    let (p, c) = stats.iter().fold((0.0, 0.0), |(p, c), st| (p + st.error_plain, c + st.error_compensated));
+    let _ = writeln!(s, "| all {} tensors (sum) | | | {p:.3e} | {c:.3e} | {:.3} |", stats.len(), ratio(p, c));
+    s
+}
+
 /// The line `convert` ends with.
 pub fn conversion_summary(output: &Path, scheme: Scheme, r: &ConvertReport) -> String {
     format!(

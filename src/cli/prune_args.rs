@@ -12,7 +12,8 @@ pub struct PruneArgs {
     /// Unstructured: fraction of each linear weight row to zero (0 < R < 1; 0 = no-op).
     #[arg(long, value_name = "R", help_heading = "Pruning")]
     sparsity: Option<f64>,
-    /// magnitude: |W|; wanda: |W|·‖X‖ (needs calibration).
+    /// magnitude: |W|; wanda: |W|·‖X‖; sparsegpt: OBS saliency w²/[H⁻¹]², and the kept weights
+    /// updated to compensate (Frantar & Alistarh 2023). Wanda and SparseGPT calibrate.
     #[arg(long, value_enum, default_value = "magnitude", help_heading = "Pruning")]
     sparsity_method: SparsityMethod,
     /// Semi-structured N:M: keep N of every M consecutive weights (e.g. 2:4).

@@ -12,6 +12,7 @@
 //! below it: `source`, `tokenizer`, `arch`, `calib`, `prune`, `quant`, `gguf`, `util`.
 
 pub mod budget;
+pub mod compensation;
 pub mod general;
 pub mod import;
 pub mod pruning;
@@ -71,6 +72,8 @@ pub struct ConvertOptions {
     pub use_calib_imatrix: bool,
     /// `--target-size` / `--target-bpw`: the blocks' weight types are chosen to fit this budget.
     pub budget: Option<budget::Budget>,
+    /// `--quant-method`: round to nearest (ggml's) or GPTQ onto the same grids.
+    pub quant_method: crate::quant::gptq::QuantMethod,
     pub threads: usize,
     pub quiet: bool,
 }
@@ -86,6 +89,7 @@ impl ConvertOptions {
             allow_requantize: false,
             use_calib_imatrix: true,
             budget: None,
+            quant_method: Default::default(),
             threads: crate::engine::default_threads(),
             quiet: true,
         }
@@ -103,6 +107,8 @@ pub struct ConvertReport {
     pub sparsity: Vec<SparsityStat>,
     /// The structured plan, when blocks, channels or heads were removed.
     pub structure: Option<crate::prune::structured::StructuredPlan>,
+    /// Per compensated tensor (GPTQ, SparseGPT): the output error with and without compensation.
+    pub compensation: Vec<compensation::CompensationStat>,
 }
 
 /// An unpruned conversion's plan: the output's metadata, its tensors, the architecture, and the
@@ -137,6 +143,8 @@ pub struct Job {
     pub weights: Option<Vec<f32>>,
     /// Unstructured pruning of its rows.
     pub sparsity: Option<RowSparsity>,
+    /// Error compensation (GPTQ rounding, SparseGPT pruning) from the calibration's moments.
+    pub compensation: Option<compensation::Compensation>,
 }
 
 impl Job {
@@ -159,7 +167,7 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
     if !opts.allow_requantize {
         refuse_requantize(input, tensors, &jobs)?;
     }
-    let (bytes, sparsity) = write_gguf(tensors, output, &metadata, &jobs, opts.quiet)?;
+    let (bytes, sparsity, compensation) = write_gguf(tensors, output, &metadata, &jobs, opts.quiet)?;
     Ok(ConvertReport {
         arch: crate::gguf::meta_get(&metadata, "general.architecture")
             .and_then(|v| v.as_str())
@@ -170,6 +178,7 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
         bytes,
         sparsity,
         structure,
+        compensation,
     })
 }
 
@@ -203,6 +212,9 @@ fn plan_jobs(
     let pruning::Pruned { planned, calibration, sparsity, structure } = pruned;
     let imatrix = calibrated_imatrix(opts, calibration.as_ref());
     let mut jobs = typed_jobs(planned, tensors, &metadata, opts, imatrix, sparsity)?;
+    if let Some(c) = &calibration {
+        pruning::attach_compensation(&mut jobs, c, opts)?;
+    }
     add_imatrix_keys(&mut metadata, imatrix);
     if let Some(b) = opts.budget {
         budget::apply(tensors, &metadata, &mut jobs, b, opts.quiet)?;
@@ -293,7 +305,7 @@ fn typed_jobs(
             };
             refuse_missing_imatrix(&planned.name, ty, weights.is_some(), opts.scheme, imatrix)?;
             let sparsity = sparsity.remove(&planned.name);
-            Ok(Job { planned, ty, weights, sparsity })
+            Ok(Job { planned, ty, weights, sparsity, compensation: None })
         })
         .collect()
 }
@@ -382,13 +394,15 @@ fn write_gguf(
     meta: &Metadata,
     jobs: &[Job],
     quiet: bool,
-) -> Result<(u64, Vec<SparsityStat>)> {
+) -> Result<(u64, Vec<SparsityStat>, Vec<compensation::CompensationStat>)> {
     let headers =
         jobs.iter().map(|j| TensorInfo::new(&j.planned.name, j.planned.ne(), j.ty)).collect::<Result<Vec<_>>>()?;
     let mut writer = GgufWriter::create(output, meta, headers)?;
     let total: u64 = jobs.iter().map(|j| j.planned.n_elements() as u64).sum();
     let progress = Progress::new(total, "converting", quiet);
     let mut stats = Vec::new();
+    let mut compensated = Vec::new();
+    let mut hessians = compensation::HessianCache::default();
     // Two stages overlap: a reading thread maps, decodes and checks the next piece (waiting on
     // the disk, mostly) while this thread prunes, encodes (on every core) and writes the current
     // one. The channel holds one piece, so memory stays at a few pieces whatever the model's size.
@@ -433,8 +447,21 @@ fn write_gguf(
             let bytes = match data {
                 None => raw, // bit-exact pass-through, after the finiteness check
                 Some(mut data) => {
-                    zeroed += sparsify(job, &mut data, row_len);
-                    encoded = encode(job, &data, row_len)?;
+                    encoded = match &job.compensation {
+                        Some(c) => {
+                            let out = compensation::run(job, c, &data, row_len, &mut hessians)?;
+                            zeroed += out.pruned;
+                            compensated.push(out.stat);
+                            match out.bytes {
+                                Some(b) => b,
+                                None => encode(job, &out.values, row_len)?,
+                            }
+                        }
+                        None => {
+                            zeroed += sparsify(job, &mut data, row_len);
+                            encode(job, &data, row_len)?
+                        }
+                    };
                     // Whole re-laid-out tensors are not kept: the pool holds piece-sized buffers.
                     if data.capacity() <= STREAM_ELEMS {
                         let _ = recycle.try_send(data); // dropped when the pool is full or the reader done
@@ -452,7 +479,7 @@ fn write_gguf(
     })?;
     progress.finish();
     let bytes = writer.finish().with_context(|| format!("writing {}", output.display()))?;
-    Ok((bytes, stats))
+    Ok((bytes, stats, compensated))
 }
 
 /// Exact zeros in encoded data (what llama.cpp will multiply by).
@@ -555,7 +582,8 @@ fn tensor_pieces<'a>(
             None => Ok(()),
         }
     };
-    if p.transform == Transform::Copy && p.select.is_none() {
+    // A compensated tensor is solved whole: its columns' errors reach every later column.
+    if p.transform == Transform::Copy && p.select.is_none() && job.compensation.is_none() {
         let src_row_bytes = info.dtype.row_bytes(row_len)?;
         let rows_per_piece = (STREAM_ELEMS / row_len).max(1);
         let pass_through = info.dtype == job.ty && job.sparsity.is_none();

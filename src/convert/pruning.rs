@@ -4,11 +4,13 @@
 
 use super::ConvertOptions;
 use crate::arch::{apply_transform, PlannedTensor, Selection};
-use crate::calib::{calibrate, fingerprint, CalibModel, CalibOptions, Calibration};
+use crate::calib::{calibrate, fingerprint, moments, CalibModel, CalibOptions, Calibration, MomentsRequest};
 use crate::gguf::imatrix::Imatrix;
 use crate::gguf::{meta_set, GgufValue, Metadata, TensorInfo};
 use crate::prune::structured::{self, Dims, StructuredPlan};
 use crate::prune::unstructured::{SparsityMethod, NM};
+use crate::quant::gptq::QuantMethod;
+use crate::quant::levels::level_range;
 use crate::quant::mix::Scheme;
 use crate::quant::GgmlType;
 use crate::source::TensorSource;
@@ -67,13 +69,23 @@ pub fn plan(
 ) -> Result<Pruned> {
     let spec = &opts.prune;
     spec.validate()?;
+    if opts.quant_method == QuantMethod::Gptq && opts.scheme.is_float() {
+        bail!(
+            "--quant-method gptq rounds onto a quantized type's grid: give a quantized --outtype, not {}",
+            opts.scheme.name()
+        );
+    }
     if spec.is_noop() {
-        // `convert --calib FILE` without pruning: calibrate (or load FILE) for the quantizers.
-        let calibration = match (&spec.calib, &opts.imatrix) {
-            (Some(_), None) if !opts.scheme.is_float() => {
-                Some(calibration(input, src, meta, &Dims::from_metadata(meta)?, &planned, opts)?)
-            }
-            _ => None,
+        // `convert --calib FILE` without pruning: calibrate (or load FILE) for the quantizers;
+        // GPTQ calibrates for its second moments.
+        let wanted = match (&spec.calib, &opts.imatrix) {
+            (Some(_), None) => !opts.scheme.is_float(),
+            _ => needs_moments(opts),
+        };
+        let calibration = if wanted {
+            Some(calibration(input, src, meta, &Dims::from_metadata(meta)?, &planned, opts)?)
+        } else {
+            None
         };
         return Ok(Pruned { planned, calibration, sparsity: HashMap::new(), structure: None });
     }
@@ -92,8 +104,11 @@ pub fn plan(
             );
         }
     }
-    let calib =
-        if spec.needs_calibration() { Some(calibration(input, src, meta, &dims, &planned, opts)?) } else { None };
+    let calib = if spec.needs_calibration() || needs_moments(opts) {
+        Some(calibration(input, src, meta, &dims, &planned, opts)?)
+    } else {
+        None
+    };
 
     let (planned, structure) = if spec.wants_structured() {
         let read = |name: &str| -> Result<Vec<f32>> {
@@ -124,7 +139,8 @@ pub fn plan(
     if spec.wants_unstructured() {
         for p in planned.iter().filter(|p| sparsity_applies(&p.name, spec.sparsity_all)) {
             let norms = match (spec.method, &calib) {
-                (SparsityMethod::Wanda, Some(c)) if p.name.starts_with("blk.") => {
+                // SparseGPT's own mask comes from the sweep; Wanda's is its uncompensated baseline.
+                (SparsityMethod::Wanda | SparsityMethod::Sparsegpt, Some(c)) if p.name.starts_with("blk.") => {
                     let n = c
                         .input_norms(&p.stats_name)
                         .ok_or_else(|| anyhow!("calibration has no statistics for {}", p.stats_name))?;
@@ -168,7 +184,14 @@ pub(super) fn calibration(
     let list: Vec<(String, Vec<u64>)> = planned.iter().map(|p| (p.name.clone(), p.ne())).collect();
     let fp = fingerprint(&dims.arch, &list);
     if let Some(path) = spec.calib.as_ref().filter(|p| p.exists()) {
-        return Calibration::load(path, &fp);
+        let c = Calibration::load(path, &fp)?;
+        if needs_moments(opts) && c.moments.is_none() {
+            bail!(
+                "{}: this calibration file has no second moments (made without GPTQ/SparseGPT); give another --calib path to calibrate again",
+                path.display()
+            );
+        }
+        return Ok(c);
     }
     // Windows of 512 tokens, or the model's whole context if shorter (GPT-2's positions end there).
     if let Some(n) = spec.calib_ctx.filter(|&n| n > dims.n_ctx_train || n < 16) {
@@ -182,6 +205,7 @@ pub(super) fn calibration(
         chunks: spec.calib_chunks,
         n_ctx: spec.calib_ctx.unwrap_or(512).min(dims.n_ctx_train),
         threads: opts.threads,
+        moments: needs_moments(opts).then(|| moments_request(spec.calib.as_deref(), planned, dims.n_layer)),
     };
     let c = if input.is_file() {
         calibrate(CalibModel::File(input), &fp, dims.n_layer, &copts, opts.quiet)?
@@ -195,9 +219,18 @@ pub(super) fn calibration(
         calibrate(model, &fp, dims.n_layer, &copts, opts.quiet)?
     };
     let mut c = c;
-    if let Some(path) = &spec.calib {
-        c.save(path)?;
-        c.imatrix.path = Some(path.clone()); // as if loaded from it (quantize.imatrix.file)
+    match (&spec.calib, &copts.moments) {
+        (Some(_), Some(_)) => {} // written with its moments
+        (Some(path), None) => {
+            c.save(path)?;
+            c.imatrix.path = Some(path.clone()); // as if loaded from it (quantize.imatrix.file)
+        }
+        (None, Some(req)) => {
+            // A calibration nobody asked to keep: its memory map stays readable once unlinked.
+            let _ = std::fs::remove_file(&req.path);
+            c.imatrix.path = None;
+        }
+        (None, None) => {}
     }
     Ok(c)
 }
@@ -253,5 +286,52 @@ fn fill(
     let row = *p.shape.last().unwrap_or(&1);
     out.copy_from_slice(&crate::quant::quantize(ty, &data, row)?);
     src.release(&p.source);
+    Ok(())
+}
+
+/// Does the conversion need the second moments of the layers' inputs (GPTQ, SparseGPT)?
+fn needs_moments(opts: &ConvertOptions) -> bool {
+    opts.prune.needs_moments() || (opts.quant_method == QuantMethod::Gptq && !opts.scheme.is_float())
+}
+
+/// Where the moments go (the calibration file, or a temporary one), and the memory one pass may
+/// hold: a quarter of what is available.
+fn moments_request(calib: Option<&Path>, planned: &[PlannedTensor], n_layer: usize) -> MomentsRequest {
+    let mut per_layer: Vec<Vec<(String, u64)>> = vec![vec![]; n_layer];
+    for p in planned.iter().filter(|p| sparsity_applies(&p.name, false)) {
+        if let (Some(l), Some(&n)) = (moments::layer_of(&p.name), p.shape.last()) {
+            if l < n_layer {
+                per_layer[l].push((p.name.clone(), n as u64));
+            }
+        }
+    }
+    let path = match calib {
+        Some(p) => p.to_path_buf(),
+        None => std::env::temp_dir().join(format!("microscale-moments-{}.gguf", crate::util::atomic::unique_suffix())),
+    };
+    let budget = crate::util::mem::available_bytes().map_or(4 << 30, |a| (a / 4).max(256 << 20));
+    MomentsRequest { path, per_block: per_layer.iter().map(|w| moments::block_bytes(w)).collect(), budget }
+}
+
+/// Give the blocks' linear weights their compensation: GPTQ where the output type is an affine
+/// block format, SparseGPT where unstructured pruning asks for it.
+pub fn attach_compensation(jobs: &mut [super::Job], calib: &Calibration, opts: &ConvertOptions) -> Result<()> {
+    let Some(moments) = calib.moments.clone() else { return Ok(()) };
+    let spec = &opts.prune;
+    let sparsegpt = spec.needs_moments();
+    for job in jobs.iter_mut().filter(|j| sparsity_applies(&j.planned.name, false)) {
+        let gptq = opts.quant_method == QuantMethod::Gptq && level_range(job.ty).is_some();
+        let mask = (sparsegpt && job.sparsity.is_some()).then(|| (spec.effective_sparsity(), spec.nm));
+        if !gptq && mask.is_none() {
+            continue;
+        }
+        if !moments.has(&job.planned.stats_name) {
+            bail!("the calibration has no second moments for {}", job.planned.stats_name);
+        }
+        let tokens =
+            calib.imatrix.entries.get(&job.planned.stats_name).and_then(|e| e.counts.first()).copied().unwrap_or(0.0);
+        job.compensation =
+            Some(super::compensation::Compensation { moments: moments.clone(), tokens: tokens as f64, gptq, mask });
+    }
     Ok(())
 }

@@ -157,6 +157,12 @@ impl Imatrix {
 
     /// Write in llama.cpp's imatrix GGUF format.
     pub fn save(&self, path: &Path) -> Result<()> {
+        self.save_with(path, vec![])
+    }
+
+    /// [`Self::save`] with more tensors after the imatrix's, each written from its closure in
+    /// turn (so that only one is in memory at a time).
+    pub fn save_with(&self, path: &Path, extra: Vec<(TensorInfo, ExtraTensor)>) -> Result<()> {
         let meta: Metadata = vec![
             ("general.type".into(), GgufValue::String("imatrix".into())),
             ("imatrix.datasets".into(), GgufValue::strings(self.datasets.iter().cloned())),
@@ -172,14 +178,21 @@ impl Imatrix {
             headers.push(TensorInfo::new(&format!("{name}.in_sum2"), vec![ne0, n_mat], GgmlType::F32)?);
             headers.push(TensorInfo::new(&format!("{name}.counts"), vec![1, n_mat], GgmlType::F32)?);
         }
+        headers.extend(extra.iter().map(|(t, _)| t.clone()));
         let mut w = GgufWriter::create(path, &meta, headers)?;
         for (name, e) in &self.entries {
             w.write_tensor(&format!("{name}.in_sum2"), &f32_bytes(&e.sums))?;
             w.write_tensor(&format!("{name}.counts"), &f32_bytes(&e.counts))?;
         }
+        for (t, bytes) in extra {
+            w.write_tensor(&t.name, &bytes()?)?;
+        }
         w.finish().map(|_| ())
     }
 }
+
+/// The bytes of a tensor [`Imatrix::save_with`] adds, produced when it is written.
+pub type ExtraTensor = Box<dyn FnOnce() -> Result<Vec<u8>>>;
 
 /// One tensor's line of `--show-statistics` (over its mean squared activations).
 #[derive(Clone, Debug, serde::Serialize)]

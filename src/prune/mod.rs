@@ -1,12 +1,14 @@
 //! Pruning, applied in the same streaming pass as conversion and quantization.
 //!
 //! - [`unstructured`]: single weights (magnitude, Wanda, N:M), per output row.
+//! - [`sparsegpt`]: SparseGPT's mask choice; the weight update is `quant::gptq`'s column sweep.
 //! - [`structured`]: whole blocks (depth), FFN channels and attention heads (width); unequal
 //!   per-layer widths are written as llama.cpp's `deci` architecture.
 //!
 //! Every request is checked against the model before anything is written. Uses `calib` (the
 //! statistics that steer it), `gguf` metadata and `util`.
 
+pub mod sparsegpt;
 pub mod structured;
 pub mod unstructured;
 
@@ -144,13 +146,18 @@ impl PruneSpec {
         }
     }
 
+    /// Does the request need every layer's input second moments (H), not only the imatrix?
+    pub fn needs_moments(&self) -> bool {
+        self.wants_unstructured() && self.method == SparsityMethod::Sparsegpt
+    }
+
     pub fn is_noop(&self) -> bool {
         !self.wants_unstructured() && !self.wants_structured()
     }
 
     /// Does the request need calibration statistics?
     pub fn needs_calibration(&self) -> bool {
-        (self.wants_unstructured() && self.method == SparsityMethod::Wanda)
+        (self.wants_unstructured() && self.method != SparsityMethod::Magnitude)
             || (self.wants_depth() && self.drop_layers_list.is_none())
             || self.wants_width()
     }

@@ -11,6 +11,8 @@ use anyhow::{bail, Result};
 pub enum SparsityMethod {
     Magnitude,
     Wanda,
+    /// SparseGPT: OBS saliency and a compensating update of the kept weights (`sparsegpt`).
+    Sparsegpt,
 }
 
 /// `--nm N:M`: keep N of every M consecutive weights.

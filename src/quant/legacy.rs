@@ -346,7 +346,7 @@ fn inverse_or_zero(d: f32) -> f32 {
 /// The importance-weighted paths weight element `j` by `qw[j] * sqrt(sigma2 + x[j]^2)`, where
 /// `sigma2` is the row's mean square (summed in `float`, in order, as ggml does).
 #[inline(always)]
-fn row_sigma2(x: &[f32]) -> f32 {
+pub fn row_sigma2(x: &[f32]) -> f32 {
     let mut sum_x2 = 0f32;
     for &v in x {
         sum_x2 += v * v;
@@ -386,9 +386,14 @@ pub fn quantize_row_q4_0_ref(x: &[f32], y: &mut [u8]) {
 
 /// ggml: `quantize_row_q4_0_impl`
 pub fn quantize_row_q4_0_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
+    quantize_blocks_q4_0_impl(x, y, quant_weights, row_sigma2(x));
+}
+
+/// [`quantize_row_q4_0_impl`]'s blocks, with the row's mean square given (an error-compensating
+/// quantizer chooses one block at a time, from a row still being updated).
+pub fn quantize_blocks_q4_0_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32], sigma2: f32) {
     const TS: usize = std::mem::size_of::<BlockQ4_0>();
     check_row(x, y, TS);
-    let sigma2 = row_sigma2(x);
     let mut l = [0i8; QK];
     for ((xb, yb), qw) in x.chunks_exact(QK).zip(y.chunks_exact_mut(TS)).zip(quant_weights.chunks_exact(QK)) {
         let weight = block_weights(xb, qw, sigma2);
@@ -426,9 +431,14 @@ pub fn quantize_row_q4_1_ref(x: &[f32], y: &mut [u8]) {
 
 /// ggml: `quantize_row_q4_1_impl`
 pub fn quantize_row_q4_1_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
+    quantize_blocks_q4_1_impl(x, y, quant_weights, row_sigma2(x));
+}
+
+/// [`quantize_row_q4_1_impl`]'s blocks, with the row's mean square given (an error-compensating
+/// quantizer chooses one block at a time, from a row still being updated).
+pub fn quantize_blocks_q4_1_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32], sigma2: f32) {
     const TS: usize = std::mem::size_of::<BlockQ4_1>();
     check_row(x, y, TS);
-    let sigma2 = row_sigma2(x);
     let (mut l, mut laux) = ([0u8; QK], [0u8; QK]);
     for ((xb, yb), qw) in x.chunks_exact(QK).zip(y.chunks_exact_mut(TS)).zip(quant_weights.chunks_exact(QK)) {
         let weight = block_weights(xb, qw, sigma2);
@@ -466,9 +476,14 @@ pub fn quantize_row_q5_0_ref(x: &[f32], y: &mut [u8]) {
 
 /// ggml: `quantize_row_q5_0_impl`
 pub fn quantize_row_q5_0_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
+    quantize_blocks_q5_0_impl(x, y, quant_weights, row_sigma2(x));
+}
+
+/// [`quantize_row_q5_0_impl`]'s blocks, with the row's mean square given (an error-compensating
+/// quantizer chooses one block at a time, from a row still being updated).
+pub fn quantize_blocks_q5_0_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32], sigma2: f32) {
     const TS: usize = std::mem::size_of::<BlockQ5_0>();
     check_row(x, y, TS);
-    let sigma2 = row_sigma2(x);
     let mut l = [0i8; QK];
     for ((xb, yb), qw) in x.chunks_exact(QK).zip(y.chunks_exact_mut(TS)).zip(quant_weights.chunks_exact(QK)) {
         let weight = block_weights(xb, qw, sigma2);
@@ -508,9 +523,14 @@ pub fn quantize_row_q5_1_ref(x: &[f32], y: &mut [u8]) {
 
 /// ggml: `quantize_row_q5_1_impl`
 pub fn quantize_row_q5_1_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
+    quantize_blocks_q5_1_impl(x, y, quant_weights, row_sigma2(x));
+}
+
+/// [`quantize_row_q5_1_impl`]'s blocks, with the row's mean square given (an error-compensating
+/// quantizer chooses one block at a time, from a row still being updated).
+pub fn quantize_blocks_q5_1_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32], sigma2: f32) {
     const TS: usize = std::mem::size_of::<BlockQ5_1>();
     check_row(x, y, TS);
-    let sigma2 = row_sigma2(x);
     let (mut l, mut laux) = ([0u8; QK], [0u8; QK]);
     for ((xb, yb), qw) in x.chunks_exact(QK).zip(y.chunks_exact_mut(TS)).zip(quant_weights.chunks_exact(QK)) {
         let weight = block_weights(xb, qw, sigma2);

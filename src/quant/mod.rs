@@ -8,13 +8,16 @@
 //! helpers they share. Each function names the ggml function it mirrors so the two can be read
 //! side by side; quantized bytes are identical to what `ggml_quantize_chunk` writes, with and
 //! without importance weights (IQ2_XXS, IQ2_XS and IQ1_S require them, as in ggml). [`mix`]
-//! holds the schemes (`--outtype`) and llama.cpp's per-tensor choice of type.
+//! holds the schemes (`--outtype`) and llama.cpp's per-tensor choice of type. [`gptq`] is
+//! error-compensated rounding onto the affine formats' grids (whose integer levels [`levels`]
+//! reads and writes), the solver SparseGPT shares.
 //!
 //! The lowest stage but `util`: it uses nothing else of microscale.
 
 pub mod budget;
 pub mod common;
 pub mod float;
+pub mod gptq;
 pub mod grids;
 pub mod iq1;
 pub mod iq2;
@@ -22,6 +25,7 @@ pub mod iq3;
 pub mod iq4;
 pub mod kquants;
 pub mod legacy;
+pub mod levels;
 pub mod mix;
 pub mod ternary;
 pub mod types;

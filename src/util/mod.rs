@@ -1,9 +1,10 @@
 //! Small shared pieces, the lowest stage: atomic outputs, progress bars, memory maps that release
-//! their pages, the data folder, a seeded RNG, test-only fault injection.
+//! their pages, the data folder, a seeded RNG, dense f64 linear algebra, test-only fault injection.
 
 pub mod atomic;
 pub mod data;
 pub mod fault;
+pub mod linalg;
 pub mod mem;
 pub mod mmap;
 pub mod progress;

@@ -23,6 +23,13 @@ impl XorShift64 {
         (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
 
+    /// Standard normal (Box-Muller on two uniforms in (0, 1), the cosine branch only).
+    pub fn normal(&mut self) -> f64 {
+        let u = ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let v = ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+
     /// Uniform in `0..n` (n > 0; the modulo bias is negligible for the sizes used here).
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n
