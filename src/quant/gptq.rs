@@ -45,11 +45,7 @@ pub struct InverseHessian {
 impl InverseHessian {
     /// From H = X·Xᵀ (n×n, any float layout convertible to f64). Inputs never active (a zero
     /// diagonal) get a unit diagonal: their columns are rounded alone and pass no error on.
-    pub fn new(h: &[f64], n: usize, damping: f64) -> Result<InverseHessian> {
-        Self::with_order(h, n, damping, false)
-    }
-
-    /// [`Self::new`]; with `act_order`, the columns are swept by decreasing H diagonal, so the
+    /// With `act_order`, the columns are swept by decreasing H diagonal, so the
     /// inputs that matter most are fixed first and the many others absorb their errors.
     pub fn with_order(h: &[f64], n: usize, damping: f64, act_order: bool) -> Result<InverseHessian> {
         if h.len() != n * n {
