@@ -106,13 +106,44 @@ fn write_pruned_hf(src: &Path, dst: &Path, plan: &StructuredPlan) {
         cfg["head_dim"] = hd.into();
     }
     std::fs::write(dst.join("config.json"), serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    save_f32(&dst.join("model.safetensors"), out);
+}
+
+fn save_f32(path: &Path, tensors: Vec<(String, Vec<usize>, Vec<f32>)>) {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
-        out.into_iter().map(|(n, s, d)| (n, s, d.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
+        tensors.into_iter().map(|(n, s, d)| (n, s, d.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
     let views: HashMap<String, TensorView> = bytes
         .iter()
         .map(|(n, s, b)| (n.clone(), TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
         .collect();
-    safetensors::serialize_to_file(views, None, &dst.join("model.safetensors")).unwrap();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+/// Put a healed GGUF's refit projections and their biases into the sliced checkpoint `hf`
+/// (GGUF's ffn_down and attn_output are laid out as Hugging Face's down_proj and o_proj).
+/// Returns how many tensors were replaced or added.
+fn take_healed(hf: &Path, gguf: &Path) -> usize {
+    let mut t = load_tensors(hf).unwrap();
+    let src = GgufSource::new(GgufFile::open(gguf).unwrap());
+    let mut taken = 0;
+    for d in src.tensors() {
+        let Some((layer, part)) = d.name.strip_prefix("blk.").and_then(|r| r.split_once('.')) else { continue };
+        let hf_name = match part {
+            "ffn_down.weight" => format!("model.layers.{layer}.mlp.down_proj.weight"),
+            "ffn_down.bias" => format!("model.layers.{layer}.mlp.down_proj.bias"),
+            "attn_output.weight" => format!("model.layers.{layer}.self_attn.o_proj.weight"),
+            "attn_output.bias" => format!("model.layers.{layer}.self_attn.o_proj.bias"),
+            _ => continue,
+        };
+        let data = src.read_f32(&d.name).unwrap();
+        let old = t.get(&hf_name).map(|o| o.data.clone());
+        if old.as_ref() != Some(&data) {
+            taken += 1;
+        }
+        t.insert(hf_name, common::reference::RefTensor { shape: d.shape.clone(), data });
+    }
+    save_f32(&hf.join("model.safetensors"), t.into_iter().map(|(n, r)| (n, r.shape, r.data)).collect());
+    taken
 }
 
 fn llama_cpp_logits(gguf: &Path) -> Vec<f32> {
@@ -145,6 +176,72 @@ fn check_structured(dir: &Path, gpt2: bool, prune: PruneSpec, work: &Path, tag: 
     let tolerance = if gpt2 { 1e-3 } else { 1e-5 };
     assert!(err < tolerance, "{tag}: relative logit error {err:e}");
     plan
+}
+
+/// Healing: llama.cpp runs the healed file as the reference forward computes it on the sliced
+/// checkpoint carrying the healed projections and their new biases (mean compensation), and every
+/// healed projection's output error on the calibration data is lower than without healing.
+#[test]
+fn healed_llama_variants_match_the_reference_and_lower_the_output_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_llama(tmp.path());
+    let calib = tmp.path().join("calib-moments.gguf");
+    type Variant<'a> = (&'a str, &'a dyn Fn(&mut PruneSpec), usize);
+    let variants: [Variant; 3] = [
+        ("heal-ffn", &|s| s.prune_ffn = Some(0.5), 4),
+        ("heal-heads", &|s| s.prune_heads = Some(0.5), 4),
+        (
+            "heal-both-global",
+            &|s| {
+                s.prune_ffn = Some(0.3);
+                s.prune_heads = Some(0.25);
+                s.allocation = Allocation::Global;
+                s.drop_layers_list = Some(vec![2]);
+            },
+            3,
+        ),
+    ];
+    for (tag, f, min_healed) in variants {
+        let prune = spec(|s| {
+            s.calib = Some(calib.clone());
+            s.heal = true;
+            f(s)
+        });
+        let o = opts(Scheme::F32, prune);
+        let plan = plan_only(&dir, &o).unwrap().structure.expect("a structured plan");
+        let gguf = tmp.path().join(format!("{tag}.gguf"));
+        let report = convert(&dir, &gguf, &o).unwrap();
+        let healed: Vec<_> = report.compensation.iter().filter(|s| s.method == "heal+bias").collect();
+        assert!(healed.len() >= min_healed, "{tag}: {} healed projections", healed.len());
+        for h in &healed {
+            assert!(
+                h.error_compensated < 0.95 * h.error_plain,
+                "{tag}: {} {} → {}",
+                h.tensor,
+                h.error_plain,
+                h.error_compensated
+            );
+        }
+        let sliced = tmp.path().join(format!("{tag}-hf"));
+        write_pruned_hf(&dir, &sliced, &plan);
+        assert_eq!(take_healed(&sliced, &gguf), 2 * healed.len(), "{tag}: each healed weight and its new bias");
+        let tokens: Vec<u32> = PROMPT.iter().map(|&t| t as u32).collect();
+        let want = llama_forward(&sliced, &tokens).unwrap();
+        let err = max_rel_err(&llama_cpp_logits(&gguf), &want);
+        assert!(err < 1e-5, "{tag}: relative logit error {err:e}");
+    }
+    // --heal without width pruning is refused before anything is written.
+    let out = tmp.path().join("refused.gguf");
+    let o = opts(
+        Scheme::F32,
+        spec(|s| {
+            s.heal = true;
+            s.drop_layers = Some(DropLayers::Count(1));
+        }),
+    );
+    let e = convert(&dir, &out, &o).unwrap_err();
+    assert!(format!("{e:#}").contains("--heal"), "{e:#}");
+    assert!(!out.exists());
 }
 
 fn tiny_llama(work: &Path) -> PathBuf {
@@ -503,6 +600,63 @@ fn default_model_variants_run_and_wanda_beats_magnitude() {
         std::fs::remove_file(&out).unwrap();
     }
     assert!(results["wanda50"] < results["magnitude50"], "{results:?}");
+}
+
+/// The default model through llama.cpp: SparseGPT at 50% and healed FFN pruning load and run, and
+/// their summed output error on the calibration data is below that of Wanda's mask / the unhealed
+/// selection (one calibration with second moments; Q8_0 so that pruning, not rounding, dominates).
+/// (End to end, SparseGPT beat Wanda with 16 calibration chunks but not with 8: see bench-results.)
+#[test]
+fn default_model_sparsegpt_and_healed_variants_run_and_lower_the_output_error() {
+    use microscale::eval::perplexity::{perplexity, PerplexityOptions};
+    let hf = common::default_model::hf_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = tmp.path().join("calib-moments.gguf");
+    let text = std::fs::read_to_string("data/wikitext-2/wiki.test.raw").unwrap();
+    let ppl = |path: &Path| {
+        let m = Model::load(path).unwrap();
+        perplexity(&m, &text[..200_000], &PerplexityOptions::new(2, Some(4)), true).unwrap().ppl
+    };
+    let variants: Vec<(&str, PruneSpec)> = vec![
+        (
+            "sparsegpt50",
+            spec(|s| {
+                s.sparsity = Some(0.5);
+                s.method = SparsityMethod::Sparsegpt;
+            }),
+        ),
+        (
+            "wanda50",
+            spec(|s| {
+                s.sparsity = Some(0.5);
+                s.method = SparsityMethod::Wanda;
+            }),
+        ),
+        (
+            "ffn25-healed",
+            spec(|s| {
+                s.prune_ffn = Some(0.25);
+                s.heal = true;
+            }),
+        ),
+        ("ffn25", spec(|s| s.prune_ffn = Some(0.25))),
+    ];
+    let mut results = HashMap::new();
+    for (tag, mut prune) in variants {
+        prune.calib = Some(calib.clone());
+        prune.calib_chunks = 8;
+        let out = tmp.path().join(format!("{tag}.gguf"));
+        let report = convert(&hf, &out, &opts(Scheme::Q8_0, prune)).unwrap();
+        let (plain, compensated) =
+            report.compensation.iter().fold((0.0, 0.0), |(p, c), s| (p + s.error_plain, c + s.error_compensated));
+        if tag == "sparsegpt50" || tag == "ffn25-healed" {
+            let bound = if tag == "sparsegpt50" { 0.8 * plain } else { plain };
+            assert!(compensated < bound, "{tag}: output error {plain} → {compensated}");
+        }
+        results.insert(tag, ppl(&out));
+        std::fs::remove_file(&out).unwrap();
+    }
+    assert!(results.values().all(|p| p.is_finite() && *p > 1.0), "{results:?}");
 }
 
 #[test]

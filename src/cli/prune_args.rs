@@ -45,6 +45,12 @@ pub struct PruneArgs {
     /// Round kept widths to multiples of N (256 lets K-quants apply).
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = at_least::<1>(), help_heading = "Pruning")]
     align: usize,
+    /// After --prune-ffn / --prune-heads, refit each block's down / attention output projection
+    /// on the channels and heads it keeps, so the block's output matches the unpruned model's on
+    /// the calibration text (ridge least squares, with a bias for the mean where llama.cpp's
+    /// graph reads one). Calibrates the layers' input second moments.
+    #[arg(long, help_heading = "Pruning")]
+    heal: bool,
     /// Calibration file (llama.cpp imatrix GGUF + block influences): reused when it exists,
     /// written when it does not. Its importance matrix also steers the quantizers (unless
     /// --imatrix is given), with or without pruning.
@@ -75,6 +81,7 @@ impl PruneArgs {
             heads_mode: self.heads_mode,
             allocation: self.width_allocation,
             align: self.align,
+            heal: self.heal,
             calib: self.calib.clone(),
             calib_text: self.calib_text.clone(),
             calib_chunks: self.calib_chunks,

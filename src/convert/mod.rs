@@ -14,11 +14,12 @@
 pub mod budget;
 pub mod compensation;
 pub mod general;
+pub mod healing;
 pub mod import;
 pub mod pruning;
 pub mod safetensors_writer;
 
-use crate::arch::{self, apply_transform, PlannedTensor, Transform};
+use crate::arch::{self, apply_transform, PlannedTensor, Selection, Transform};
 use crate::gguf::imatrix::Imatrix;
 use crate::gguf::{meta_set, GgufValue, GgufWriter, Metadata, TensorInfo};
 use crate::prune::unstructured::prune_row;
@@ -121,10 +122,14 @@ struct SourcePlan {
 }
 
 fn plan_source(source: &Source, opts: &ConvertOptions) -> Result<SourcePlan> {
-    match source {
-        Source::Hf(ckpt) => plan_from_hf(ckpt, opts),
-        Source::Gguf(g) => plan_from_gguf(g, opts),
+    let mut plan = match source {
+        Source::Hf(ckpt) => plan_from_hf(ckpt, opts)?,
+        Source::Gguf(g) => plan_from_gguf(g, opts)?,
+    };
+    if opts.prune.heal {
+        plan.generated.extend(healing::zero_biases(&plan.planned, &plan.arch));
     }
+    Ok(plan)
 }
 
 /// The source's tensors and the plan's generated ones, as one source.
@@ -145,6 +150,8 @@ pub struct Job {
     pub sparsity: Option<RowSparsity>,
     /// Error compensation (GPTQ rounding, SparseGPT pruning) from the calibration's moments.
     pub compensation: Option<compensation::Compensation>,
+    /// `--heal`: refit after structured pruning (applied before compensation).
+    pub heal: Option<healing::Healing>,
 }
 
 impl Job {
@@ -209,10 +216,11 @@ fn plan_jobs(
     opts: &ConvertOptions,
 ) -> Result<Plan> {
     let pruned = pruning::plan(input, tensors, &mut metadata, planned, opts)?;
-    let pruning::Pruned { planned, calibration, sparsity, structure } = pruned;
+    let pruning::Pruned { planned, calibration, sparsity, structure, healing } = pruned;
     let imatrix = calibrated_imatrix(opts, calibration.as_ref());
     let mut jobs = typed_jobs(planned, tensors, &metadata, opts, imatrix, sparsity)?;
     if let Some(c) = &calibration {
+        pruning::attach_healing(&mut jobs, &healing, c)?;
         pruning::attach_compensation(&mut jobs, c, opts)?;
     }
     add_imatrix_keys(&mut metadata, imatrix);
@@ -305,7 +313,7 @@ fn typed_jobs(
             };
             refuse_missing_imatrix(&planned.name, ty, weights.is_some(), opts.scheme, imatrix)?;
             let sparsity = sparsity.remove(&planned.name);
-            Ok(Job { planned, ty, weights, sparsity, compensation: None })
+            Ok(Job { planned, ty, weights, sparsity, compensation: None, heal: None })
         })
         .collect()
 }
@@ -403,6 +411,7 @@ fn write_gguf(
     let mut stats = Vec::new();
     let mut compensated = Vec::new();
     let mut hessians = compensation::HessianCache::default();
+    let mut bias_deltas = std::collections::HashMap::new();
     // Two stages overlap: a reading thread maps, decodes and checks the next piece (waiting on
     // the disk, mostly) while this thread prunes, encodes (on every core) and writes the current
     // one. The channel holds one piece, so memory stays at a few pieces whatever the model's size.
@@ -447,6 +456,9 @@ fn write_gguf(
             let bytes = match data {
                 None => raw, // bit-exact pass-through, after the finiteness check
                 Some(mut data) => {
+                    if let Some(h) = &job.heal {
+                        data = healing::apply(job, h, data, &mut bias_deltas, &mut compensated)?;
+                    }
                     encoded = match &job.compensation {
                         Some(c) => {
                             let out = compensation::run(job, c, &data, row_len, &mut hessians)?;
@@ -583,7 +595,7 @@ fn tensor_pieces<'a>(
         }
     };
     // A compensated tensor is solved whole: its columns' errors reach every later column.
-    if p.transform == Transform::Copy && p.select.is_none() && job.compensation.is_none() {
+    if p.transform == Transform::Copy && p.select.is_none() && job.compensation.is_none() && job.heal.is_none() {
         let src_row_bytes = info.dtype.row_bytes(row_len)?;
         let rows_per_piece = (STREAM_ELEMS / row_len).max(1);
         let pass_through = info.dtype == job.ty && job.sparsity.is_none();
@@ -615,9 +627,11 @@ fn tensor_pieces<'a>(
     let data = src.read_f32(&p.source)?;
     check(&data, 0)?;
     let data = apply_transform(p.transform, data, &info.shape)?;
-    let data = match &p.select {
-        Some(sel) => sel.apply(&data)?,
-        None => data,
+    let data = match (&p.select, &job.heal) {
+        // Healing refits from the whole projection: only its rows are selected here.
+        (Some(sel), Some(healing::Healing::Weight { .. })) => Selection { cols: None, ..sel.clone() }.apply(&data)?,
+        (Some(sel), _) => sel.apply(&data)?,
+        (None, _) => data,
     };
     Ok(emit(Piece::Rows { job: i, data: Some(data), raw }))
 }

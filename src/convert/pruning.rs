@@ -45,6 +45,8 @@ pub struct Pruned {
     pub calibration: Option<Calibration>,
     pub sparsity: HashMap<String, RowSparsity>,
     pub structure: Option<StructuredPlan>,
+    /// `--heal`: the role of each tensor healing touches.
+    pub healing: HashMap<String, super::healing::HealingPlan>,
 }
 
 /// Tensors unstructured pruning applies to: the blocks' linear weights (and, on request, the
@@ -87,7 +89,7 @@ pub fn plan(
         } else {
             None
         };
-        return Ok(Pruned { planned, calibration, sparsity: HashMap::new(), structure: None });
+        return Ok(Pruned { planned, calibration, sparsity: HashMap::new(), structure: None, healing: HashMap::new() });
     }
     let dims = Dims::from_metadata(meta)?;
     if let Some(nm) = spec.nm {
@@ -134,6 +136,8 @@ pub fn plan(
     } else {
         (planned, None)
     };
+    let (planned, healing) =
+        if spec.heal { super::healing::plan(planned, &dims.arch) } else { (planned, HashMap::new()) };
 
     let mut sparsity = HashMap::new();
     if spec.wants_unstructured() {
@@ -151,7 +155,7 @@ pub fn plan(
             sparsity.insert(p.name.clone(), RowSparsity { ratio: spec.effective_sparsity(), nm: spec.nm, norms });
         }
     }
-    Ok(Pruned { planned, calibration: calib, sparsity, structure })
+    Ok(Pruned { planned, calibration: calib, sparsity, structure, healing })
 }
 
 /// A per-column vector of the unpruned tensor, restricted to the columns the selection keeps.
@@ -313,6 +317,35 @@ fn moments_request(calib: Option<&Path>, planned: &[PlannedTensor], n_layer: usi
     MomentsRequest { path, per_block: per_layer.iter().map(|w| moments::block_bytes(w)).collect(), budget }
 }
 
+/// Give the healed tensors their moments and kept columns.
+pub fn attach_healing(
+    jobs: &mut [super::Job],
+    plans: &HashMap<String, super::healing::HealingPlan>,
+    calib: &Calibration,
+) -> Result<()> {
+    use super::healing::{Healing, HealingPlan};
+    for job in jobs.iter_mut() {
+        let Some(plan) = plans.get(&job.planned.name) else { continue };
+        job.heal = Some(match plan {
+            HealingPlan::Bias => Healing::Bias,
+            HealingPlan::Weight { bias } => {
+                let p = &job.planned;
+                let moments = calib.moments.clone().filter(|m| m.has(&p.stats_name));
+                let moments =
+                    moments.ok_or_else(|| anyhow!("the calibration has no second moments for {}", p.stats_name))?;
+                let kept = p.select.as_ref().and_then(|s| s.cols.clone()).unwrap_or_default();
+                Healing::Weight { moments, tokens: imatrix_tokens(calib, &p.stats_name), kept, bias: bias.clone() }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// The calibration tokens behind a tensor's statistics (its imatrix count).
+fn imatrix_tokens(calib: &Calibration, name: &str) -> f64 {
+    calib.imatrix.entries.get(name).and_then(|e| e.counts.first()).copied().unwrap_or(0.0) as f64
+}
+
 /// Give the blocks' linear weights their compensation: GPTQ where the output type is an affine
 /// block format, SparseGPT where unstructured pruning asks for it.
 pub fn attach_compensation(jobs: &mut [super::Job], calib: &Calibration, opts: &ConvertOptions) -> Result<()> {
@@ -328,10 +361,8 @@ pub fn attach_compensation(jobs: &mut [super::Job], calib: &Calibration, opts: &
         if !moments.has(&job.planned.stats_name) {
             bail!("the calibration has no second moments for {}", job.planned.stats_name);
         }
-        let tokens =
-            calib.imatrix.entries.get(&job.planned.stats_name).and_then(|e| e.counts.first()).copied().unwrap_or(0.0);
-        job.compensation =
-            Some(super::compensation::Compensation { moments: moments.clone(), tokens: tokens as f64, gptq, mask });
+        let tokens = imatrix_tokens(calib, &job.planned.stats_name);
+        job.compensation = Some(super::compensation::Compensation { moments: moments.clone(), tokens, gptq, mask });
     }
     Ok(())
 }

@@ -4,10 +4,13 @@
 //! - [`sparsegpt`]: SparseGPT's mask choice; the weight update is `quant::gptq`'s column sweep.
 //! - [`structured`]: whole blocks (depth), FFN channels and attention heads (width); unequal
 //!   per-layer widths are written as llama.cpp's `deci` architecture.
+//! - [`heal`]: after FFN channels or heads are removed, the projection that read them is refit
+//!   on what is kept (layer-wise distillation in closed form).
 //!
 //! Every request is checked against the model before anything is written. Uses `calib` (the
 //! statistics that steer it), `gguf` metadata and `util`.
 
+pub mod heal;
 pub mod sparsegpt;
 pub mod structured;
 pub mod unstructured;
@@ -67,6 +70,8 @@ pub struct PruneSpec {
     pub heads_mode: HeadsMode,
     pub allocation: Allocation,
     pub align: usize,
+    /// `--heal`: refit the down and attention output projections after structured pruning.
+    pub heal: bool,
     /// Calibration file to reuse (or to create when missing).
     pub calib: Option<PathBuf>,
     /// Calibration text (None: the data folder's WikiText-2 validation split).
@@ -92,6 +97,7 @@ impl Default for PruneSpec {
             heads_mode: HeadsMode::PerGroup,
             allocation: Allocation::Uniform,
             align: 1,
+            heal: false,
             calib: None,
             calib_text: None,
             calib_chunks: 16,
@@ -148,7 +154,7 @@ impl PruneSpec {
 
     /// Does the request need every layer's input second moments (H), not only the imatrix?
     pub fn needs_moments(&self) -> bool {
-        self.wants_unstructured() && self.method == SparsityMethod::Sparsegpt
+        (self.wants_unstructured() && self.method == SparsityMethod::Sparsegpt) || self.heal
     }
 
     pub fn is_noop(&self) -> bool {
@@ -183,6 +189,11 @@ impl PruneSpec {
         }
         if self.drop_layers.is_some() && self.drop_layers_list.is_some() {
             bail!("give --drop-layers or --drop-layers-list, not both");
+        }
+        if self.heal && !self.wants_width() {
+            bail!(
+                "--heal refits the projections that read removed FFN channels or attention heads: give --prune-ffn or --prune-heads (dropped blocks are not healed)"
+            );
         }
         if self.align == 0 {
             bail!("--align must be at least 1");

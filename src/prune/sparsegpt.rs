@@ -3,9 +3,12 @@
 //! w²/[H⁻¹]²_cc, chosen as the column sweep of `quant::gptq` reaches them, which then updates the
 //! surviving weights to compensate.
 //!
-//! - Unstructured ratio R: before each lazy batch of columns (128), the R·(rows × batch) weights
-//!   of lowest saliency among all rows of the batch are pruned ("adaptive mask selection": the
-//!   mask follows the weights as they are updated, and rows need not lose the same number).
+//! - Unstructured ratio R: before each lazy batch of columns (128), each row prunes the
+//!   round(R·batch) weights of its batch with the lowest saliency ("adaptive mask selection": the
+//!   mask follows the weights as they are updated). The paper compares across all rows of the
+//!   batch; per output row — Wanda's comparison group, which Sun et al. found matters on LLaMA —
+//!   measured better on the default model (50% on Q8_0, 20 windows: KLD 0.795 against 0.889 for
+//!   the paper's group and 0.866 for Wanda).
 //! - N:M: when the sweep reaches the first column of a group of M, each row prunes the M−N
 //!   weights of the group with the lowest saliency.
 //!
@@ -29,6 +32,18 @@ impl SparseGptMask {
     }
 }
 
+/// Mark the `k` lowest scores (ties by position).
+fn lowest(scores: &[f64], k: usize, mask: &mut [bool]) {
+    if k == 0 {
+        return;
+    }
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.select_nth_unstable_by(k - 1, |&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
+    for &i in &idx[..k] {
+        mask[i] = true;
+    }
+}
+
 fn saliency(w: f64, d: f64) -> f64 {
     w * w / (d * d)
 }
@@ -48,14 +63,10 @@ impl MaskRule for SparseGptMask {
         let scores: Vec<f64> = (0..rows * count)
             .map(|k| saliency(w[(k / count) * cols + i1 + k % count], u_diag[i1 + k % count]))
             .collect();
-        let k = (ratio * scores.len() as f64).round() as usize;
         let mut mask = vec![false; scores.len()];
-        if k > 0 {
-            let mut idx: Vec<usize> = (0..scores.len()).collect();
-            idx.select_nth_unstable_by(k - 1, |&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
-            for &i in &idx[..k] {
-                mask[i] = true;
-            }
+        // Each row's part of the batch is its own comparison group (see the module's note).
+        for (sc, m) in scores.chunks(count).zip(mask.chunks_mut(count)) {
+            lowest(sc, (ratio * sc.len() as f64).round() as usize, m);
         }
         Some(mask)
     }

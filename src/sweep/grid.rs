@@ -23,10 +23,15 @@
 //! quant = "q4_k_m"
 //! target_size = "90MiB"       # or target_bpw = 4.5
 //!
+//! [[variant]]                 # error-compensated: GPTQ rounding, SparseGPT, healing
+//! quant = "q4_k_m"
+//! quant_method = "gptq"       # rtn (default) | gptq
+//!
 //! [[matrix]]                  # every method × ratio × quant
-//! methods = ["magnitude", "wanda", "layers", "ffn", "heads"]
+//! methods = ["magnitude", "wanda", "sparsegpt", "layers", "ffn", "ffn-heal", "heads", "heads-heal"]
 //! ratios = [0.1, 0.5, 0.9]
 //! quants = ["q8_0", "q4_k_m"]
+//! quant_method = "rtn"
 //!
 //! [stock]                     # llama.cpp's own quants of the baseline, as their own rows
 //! quants = ["q8_0", "q4_k_m", "q4_k_s"]   # with the same importance matrix as ours
@@ -43,6 +48,7 @@ use crate::bench::profiles::Profile;
 use crate::convert::budget::Budget;
 use crate::prune::unstructured::SparsityMethod;
 use crate::prune::{DropLayers, PruneSpec};
+use crate::quant::gptq::QuantMethod;
 use crate::quant::mix::Scheme;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -121,6 +127,26 @@ struct RawVariant {
     imatrix: Option<bool>,
     target_size: Option<String>,
     target_bpw: Option<f64>,
+    #[serde(default)]
+    quant_method: QuantMethodName,
+}
+
+/// `quant_method` in a grid: how the levels are chosen.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum QuantMethodName {
+    #[default]
+    Rtn,
+    Gptq,
+}
+
+impl From<QuantMethodName> for QuantMethod {
+    fn from(m: QuantMethodName) -> QuantMethod {
+        match m {
+            QuantMethodName::Rtn => QuantMethod::Rtn,
+            QuantMethodName::Gptq => QuantMethod::Gptq,
+        }
+    }
 }
 
 fn none() -> String {
@@ -134,6 +160,8 @@ struct RawMatrix {
     ratios: Vec<f64>,
     quants: Vec<String>,
     imatrix: Option<bool>,
+    #[serde(default)]
+    quant_method: QuantMethodName,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -168,9 +196,11 @@ pub struct Variant {
     pub name: String,
     pub kind: Kind,
     pub quant: Scheme,
-    /// none | magnitude | wanda | layers | ffn | heads
+    /// none | magnitude | wanda | sparsegpt | layers | ffn | ffn-heal | heads | heads-heal
     pub method: String,
     pub ratio: f64,
+    /// Round to nearest, or GPTQ's error-compensated rounding.
+    pub quant_method: QuantMethod,
     /// Quantized with the sweep's importance matrix (float variants: false).
     pub imatrix: bool,
     /// A size budget for the types (`target_size`, `target_bpw`).
@@ -181,6 +211,7 @@ impl Variant {
     /// A readable description of how it is made.
     pub fn recipe(&self) -> String {
         let imatrix = if self.imatrix { " + imatrix" } else { "" };
+        let gptq = if self.quant_method == QuantMethod::Gptq { " (GPTQ)" } else { "" };
         let budget = match self.budget {
             Some(Budget::Size(b)) => format!(" @ {}", crate::util::mem::format_size(b)),
             Some(Budget::Bpw(b)) => format!(" @ {b} bpw"),
@@ -189,8 +220,8 @@ impl Variant {
         match (self.kind, self.method.as_str()) {
             (Kind::Baseline, _) => "f32 (uncompressed baseline)".into(),
             (Kind::Stock, _) => format!("llama-quantize {}{imatrix}", self.quant.name()),
-            (_, "none") => format!("{}{budget}{imatrix}", self.quant.name()),
-            (_, m) => format!("{m} {:.0}% + {}{budget}{imatrix}", 100.0 * self.ratio, self.quant.name()),
+            (_, "none") => format!("{}{gptq}{budget}{imatrix}", self.quant.name()),
+            (_, m) => format!("{m} {:.0}% + {}{gptq}{budget}{imatrix}", 100.0 * self.ratio, self.quant.name()),
         }
     }
 
@@ -205,12 +236,25 @@ impl Variant {
                 s.sparsity = Some(r);
                 s.method = SparsityMethod::Wanda;
             }
+            "sparsegpt" => {
+                s.sparsity = Some(r);
+                s.method = SparsityMethod::Sparsegpt;
+            }
             "layers" => s.drop_layers = Some(DropLayers::Ratio(r)),
-            "ffn" => s.prune_ffn = Some(r),
-            "heads" => s.prune_heads = Some(r),
-            other => bail!("unknown method {other:?} (none, magnitude, wanda, layers, ffn, heads)"),
+            "ffn" | "ffn-heal" => s.prune_ffn = Some(r),
+            "heads" | "heads-heal" => s.prune_heads = Some(r),
+            other => bail!(
+                "unknown method {other:?} (none, magnitude, wanda, sparsegpt, layers, ffn, ffn-heal, heads, heads-heal)"
+            ),
         }
+        s.heal = self.method.ends_with("-heal");
         Ok(s)
+    }
+
+    /// Does building it need the calibration's second moments (not only the imatrix)?
+    pub fn needs_moments(&self) -> bool {
+        (self.quant_method == QuantMethod::Gptq && !self.quant.is_float())
+            || self.prune_spec(1).is_ok_and(|s| s.needs_moments())
     }
 }
 
@@ -249,11 +293,12 @@ impl Grid {
     }
 }
 
-fn variant_name(method: &str, ratio: f64, quant: Scheme) -> String {
+fn variant_name(method: &str, ratio: f64, quant: Scheme, qm: QuantMethodName) -> String {
+    let gptq = if qm == QuantMethodName::Gptq { "-gptq" } else { "" };
     if method == "none" {
-        quant.name().to_string()
+        format!("{}{gptq}", quant.name())
     } else {
-        format!("{method}{:.0}-{}", 100.0 * ratio, quant.name())
+        format!("{method}{:.0}-{}{gptq}", 100.0 * ratio, quant.name())
     }
 }
 
@@ -271,6 +316,7 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
         quant: Scheme::F32,
         method: "none".into(),
         ratio: 0.0,
+        quant_method: QuantMethod::Rtn,
         imatrix: false,
         budget: None,
     }];
@@ -279,6 +325,9 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
             bail!("variant {:?} appears twice", v.name);
         }
         v.prune_spec(1)?; // reject unknown methods now
+        if v.quant_method == QuantMethod::Gptq && v.quant.is_float() {
+            bail!("variant {:?}: GPTQ rounds onto a quantized type's grid, not {}", v.name, v.quant.name());
+        }
         variants.push(v);
         Ok(())
     };
@@ -294,24 +343,36 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
         if budget.is_some() && quant.is_float() {
             bail!("a size budget needs a quantized type, not {}", quant.name());
         }
-        let mut name = v.name.unwrap_or_else(|| variant_name(&v.method, v.ratio, quant));
-        if let (Some(s), true) = (&v.target_size, name == variant_name(&v.method, v.ratio, quant)) {
+        let default_name = variant_name(&v.method, v.ratio, quant, v.quant_method);
+        let mut name = v.name.unwrap_or_else(|| default_name.clone());
+        if let (Some(s), true) = (&v.target_size, name == default_name) {
             name = format!("{name}-{}", s.to_ascii_lowercase());
-        } else if let (Some(b), true) = (v.target_bpw, name == variant_name(&v.method, v.ratio, quant)) {
+        } else if let (Some(b), true) = (v.target_bpw, name == default_name) {
             name = format!("{name}-{b}bpw");
         }
         let imatrix = v.imatrix.unwrap_or(with_imatrix) && !quant.is_float();
-        push(Variant { name, kind: Kind::Microscale, quant, method: v.method, ratio: v.ratio, imatrix, budget })?;
+        let (method, ratio, quant_method) = (v.method, v.ratio, v.quant_method.into());
+        push(Variant { name, kind: Kind::Microscale, quant, method, ratio, quant_method, imatrix, budget })?;
     }
     for m in raw.matrix {
         for method in &m.methods {
             for &ratio in &m.ratios {
                 for q in &m.quants {
                     let quant = Scheme::parse(q)?;
-                    let name = variant_name(method, ratio, quant);
+                    let name = variant_name(method, ratio, quant, m.quant_method);
                     let imatrix = m.imatrix.unwrap_or(with_imatrix) && !quant.is_float();
-                    let method = method.clone();
-                    push(Variant { name, kind: Kind::Microscale, quant, method, ratio, imatrix, budget: None })?;
+                    let (method, quant_method) = (method.clone(), m.quant_method.into());
+                    let budget = None;
+                    push(Variant {
+                        name,
+                        kind: Kind::Microscale,
+                        quant,
+                        method,
+                        ratio,
+                        quant_method,
+                        imatrix,
+                        budget,
+                    })?;
                 }
             }
         }
@@ -328,6 +389,7 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
                 quant,
                 method: "none".into(),
                 ratio: 0.0,
+                quant_method: QuantMethod::Rtn,
                 imatrix,
                 budget: None,
             })?;

@@ -312,11 +312,15 @@ fn build(v: &Variant, opts: &SweepOptions, grid: &Grid, dir: &Path, baseline: &P
         }
         _ => {
             let mut prune = v.prune_spec(grid.calib_chunks)?;
-            // One calibration for the whole sweep (pruning statistics and importance matrix).
-            prune.calib = Some(calib.to_path_buf());
+            // One calibration for the whole sweep (pruning statistics and importance matrix); the
+            // error-compensated variants share a second one that also holds the second moments
+            // (the same text and chunks: its importance matrix is the same).
+            let calib = if v.needs_moments() { calib.with_extension("moments.gguf") } else { calib.to_path_buf() };
+            prune.calib = Some(calib);
             prune.data = opts.data.clone();
             let copts = ConvertOptions {
                 prune,
+                quant_method: v.quant_method,
                 budget: v.budget,
                 use_calib_imatrix: v.imatrix,
                 threads: opts.threads,

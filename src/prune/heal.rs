@@ -1,0 +1,196 @@
+//! Healing after structured pruning (`--heal`): layer-wise distillation with the unpruned model
+//! as teacher, solved in closed form from the calibration's second moments.
+//!
+//! When FFN channels are removed, the block's down projection loses some of its inputs; when
+//! attention heads are removed, the output projection loses those heads' outputs. The layers
+//! before it are unchanged, so the inputs it keeps (`x_K`) are exactly the teacher's. Healing
+//! refits the projection on the kept inputs so that its output matches the teacher's over the
+//! calibration tokens (ridge least squares):
+//!
+//! ```text
+//!   min over W', b'   Σ_t ‖ W·x_t − (W'·x_K,t + b') ‖²  +  λ‖W'‖²
+//! ```
+//!
+//! With H = Σ_t x·xᵀ, s = Σ_t x and N tokens, the normal equations are
+//!
+//! ```text
+//!   [W' b'] · | H_KK + λI   s_K |  =  W · [ H_·K   s ]
+//!             | s_Kᵀ        N   |
+//! ```
+//!
+//! that is, W' = W_K + W_D·(what of the dropped inputs the kept ones predict linearly), and b'
+//! the mean of what is left (mean compensation). b' is added to the layer's bias tensor — which
+//! llama.cpp's graphs read for LLaMA's and GPT-2's output projections when the file has one —
+//! and dropped (b' = 0, the system without its last row and column) when `with_bias` is off.
+//! λ is 1% of H_KK's mean diagonal, the dampening of GPTQ and SparseGPT.
+
+use crate::calib::moments::InputMoments;
+use crate::util::linalg::solve_spd_right;
+use anyhow::{bail, Result};
+
+/// The dampening fraction of the ridge term.
+pub const DAMPING: f64 = 0.01;
+
+/// A refit projection: the weights on the kept inputs, and the bias to add.
+pub struct Refit {
+    /// rows × kept, row-major.
+    pub weight: Vec<f32>,
+    /// Per output row, when mean compensation applies.
+    pub bias_delta: Option<Vec<f32>>,
+}
+
+/// Refit `w` (`rows` × `m.n`, row-major: the unpruned projection) onto the inputs `kept`
+/// (ascending), with mean compensation when `with_bias`.
+pub fn refit_kept_inputs(w: &[f32], rows: usize, m: &InputMoments, kept: &[usize], with_bias: bool) -> Result<Refit> {
+    let n = m.n;
+    if w.len() != rows * n {
+        bail!("a projection of {} weights is not {rows}×{n}", w.len());
+    }
+    if kept.is_empty() || kept.iter().any(|&c| c >= n) || kept.windows(2).any(|p| p[0] >= p[1]) {
+        bail!("the kept inputs are not an ascending subset of 0..{n}");
+    }
+    let k = kept.len();
+    let dim = k + with_bias as usize;
+    // The system's matrix: H_KK + λI, bordered by s_K and N for the bias.
+    let sum: Vec<f64> = m.mean.iter().map(|&v| v * m.tokens).collect();
+    let mut a = vec![0f64; dim * dim];
+    for (i, &ci) in kept.iter().enumerate() {
+        for (j, &cj) in kept.iter().enumerate() {
+            a[i * dim + j] = m.xtx[ci * n + cj];
+        }
+    }
+    let mean_diag = (0..k).map(|i| a[i * dim + i]).sum::<f64>() / k as f64;
+    let lambda = if mean_diag > 0.0 { DAMPING * mean_diag } else { 1.0 };
+    for i in 0..k {
+        a[i * dim + i] += lambda;
+    }
+    if with_bias {
+        for (i, &ci) in kept.iter().enumerate() {
+            a[i * dim + k] = sum[ci];
+            a[k * dim + i] = sum[ci];
+        }
+        a[k * dim + k] = m.tokens.max(1.0);
+    }
+    // The right-hand side: W·[H_·K  s], rows × dim.
+    let mut b = vec![0f64; rows * dim];
+    for r in 0..rows {
+        let wr = &w[r * n..(r + 1) * n];
+        for (j, &cj) in kept.iter().enumerate() {
+            b[r * dim + j] = wr.iter().enumerate().map(|(i, &x)| x as f64 * m.xtx[i * n + cj]).sum();
+        }
+        if with_bias {
+            b[r * dim + k] = wr.iter().zip(&sum).map(|(&x, &s)| x as f64 * s).sum();
+        }
+    }
+    let x = solve_spd_right(&a, dim, &b, rows)?;
+    let weight = (0..rows * k).map(|i| x[(i / k) * dim + i % k] as f32).collect();
+    let bias_delta = with_bias.then(|| (0..rows).map(|r| x[r * dim + k] as f32).collect());
+    Ok(Refit { weight, bias_delta })
+}
+
+/// The relative output error ‖W·X − (W'·X_K + b')‖² / ‖W·X‖² of a refit (or, with `w_kept` the
+/// plain selection and no bias, of not healing), from the moments alone.
+pub fn relative_error(w: &[f32], rows: usize, m: &InputMoments, kept: &[usize], fit: &Refit) -> f64 {
+    let n = m.n;
+    let k = kept.len();
+    // The difference as one linear map of [x; 1]: D = [W − scatter(W'), −b'].
+    let mut num = 0f64;
+    let mut den = 0f64;
+    let sum: Vec<f64> = m.mean.iter().map(|&v| v * m.tokens).collect();
+    let mut d = vec![0f64; n];
+    for r in 0..rows {
+        let wr = &w[r * n..(r + 1) * n];
+        for (i, &x) in wr.iter().enumerate() {
+            d[i] = x as f64;
+        }
+        for (j, &c) in kept.iter().enumerate() {
+            d[c] -= fit.weight[r * k + j] as f64;
+        }
+        let c = fit.bias_delta.as_ref().map_or(0.0, |b| -(b[r] as f64));
+        num += quad(&d, &m.xtx, n) + 2.0 * c * dot(&d, &sum) + c * c * m.tokens;
+        let wf: Vec<f64> = wr.iter().map(|&x| x as f64).collect();
+        den += quad(&wf, &m.xtx, n);
+    }
+    if den > 0.0 {
+        (num / den).max(0.0)
+    } else {
+        0.0
+    }
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// vᵀ·H·v.
+fn quad(v: &[f64], h: &[f64], n: usize) -> f64 {
+    (0..n).filter(|&i| v[i] != 0.0).map(|i| v[i] * dot(&h[i * n..(i + 1) * n], v)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::rng::XorShift64 as Rng;
+
+    /// Moments of `t` random correlated inputs of width `n` (with a non-zero mean).
+    fn moments(n: usize, t: usize, seed: u64) -> InputMoments {
+        let mut rng = Rng::new(seed);
+        let xs: Vec<Vec<f64>> = (0..t)
+            .map(|_| {
+                let z: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
+                (0..n).map(|i| z[i] + 0.5 * z[(i + 1) % n] + 0.3).collect()
+            })
+            .collect();
+        let mut xtx = vec![0f64; n * n];
+        let mut sum = vec![0f64; n];
+        for x in &xs {
+            for i in 0..n {
+                sum[i] += x[i];
+                for j in 0..n {
+                    xtx[i * n + j] += x[i] * x[j];
+                }
+            }
+        }
+        let mean = sum.iter().map(|s| s / t as f64).collect();
+        InputMoments { owner: "x".into(), n, xtx, mean, tokens: t as f64 }
+    }
+
+    #[test]
+    fn refit_lowers_the_output_error_and_the_bias_lowers_it_further() {
+        let (n, rows) = (12, 5);
+        let m = moments(n, 400, 3);
+        let mut rng = Rng::new(9);
+        let w: Vec<f32> = (0..rows * n).map(|_| rng.normal() as f32).collect();
+        let kept = [0, 2, 3, 5, 7, 8, 11];
+        let plain = Refit {
+            weight: (0..rows).flat_map(|r| kept.iter().map(move |&c| (r, c))).map(|(r, c)| w[r * n + c]).collect(),
+            bias_delta: None,
+        };
+        let healed = refit_kept_inputs(&w, rows, &m, &kept, false).unwrap();
+        let with_bias = refit_kept_inputs(&w, rows, &m, &kept, true).unwrap();
+        let e = |f: &Refit| relative_error(&w, rows, &m, &kept, f);
+        assert!(e(&healed) < 0.7 * e(&plain), "{} vs {}", e(&healed), e(&plain));
+        assert!(e(&with_bias) < e(&healed), "{} vs {}", e(&with_bias), e(&healed));
+    }
+
+    #[test]
+    fn all_inputs_kept_is_the_identity_up_to_the_ridge() {
+        let (n, rows) = (8, 3);
+        let m = moments(n, 300, 5);
+        let w: Vec<f32> = (0..rows * n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let kept: Vec<usize> = (0..n).collect();
+        let fit = refit_kept_inputs(&w, rows, &m, &kept, true).unwrap();
+        for (a, b) in fit.weight.iter().zip(&w) {
+            assert!((a - b).abs() < 0.05, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn bad_subsets_are_errors() {
+        let m = moments(4, 10, 1);
+        let w = vec![0f32; 8];
+        assert!(refit_kept_inputs(&w, 2, &m, &[1, 1], false).is_err());
+        assert!(refit_kept_inputs(&w, 2, &m, &[4], false).is_err());
+        assert!(refit_kept_inputs(&w, 3, &m, &[0], false).is_err());
+    }
+}
