@@ -11,7 +11,6 @@ use microscale::quant::GgmlType;
 use microscale::quant::{dequantize, quantize, quantize_weighted};
 use microscale::source::{HfCheckpoint, TensorSource};
 use microscale::util::rng::XorShift64;
-use std::sync::{Mutex, MutexGuard};
 
 const LEGACY: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0];
 const KQUANTS: [GgmlType; 5] = [GgmlType::Q2K, GgmlType::Q3K, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K];
@@ -34,34 +33,10 @@ fn all_types() -> impl Iterator<Item = GgmlType> {
     LEGACY.into_iter().chain(KQUANTS).chain(IQUANTS)
 }
 
-/// Calls into ggml's quantizers one at a time: they share tables built on first use, and
-/// [`ggml_quantize_or_abort`] forks, which must not happen while another thread is inside ggml
-/// (its critical section would stay locked in the child).
-static GGML: Mutex<()> = Mutex::new(());
-
-fn ggml_lock() -> MutexGuard<'static, ()> {
-    GGML.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn ggml_quantize(t: GgmlType, values: &[f32], row_len: usize, qw: Option<&[f32]>) -> Vec<u8> {
-    let _ggml = ggml_lock();
-    unsafe { sys::ggml_quantize_init(t.id() as sys::ggml_type) };
-    let n_rows = values.len() / row_len;
-    let mut out = vec![0u8; n_rows * t.row_bytes(row_len).unwrap()];
-    let written = unsafe {
-        sys::ggml_quantize_chunk(
-            t.id() as sys::ggml_type,
-            values.as_ptr(),
-            out.as_mut_ptr() as *mut _,
-            0,
-            n_rows as i64,
-            row_len as i64,
-            qw.map_or(std::ptr::null(), |q| q.as_ptr()),
-        )
-    };
-    assert_eq!(written, out.len(), "{t}: ggml wrote an unexpected size");
-    out
-}
+// ggml is called one call at a time (`common::ggml::lock`): its quantizers share tables built on
+// first use, and [`ggml_quantize_or_abort`] forks, which must not happen while another thread is
+// inside ggml (its critical section would stay locked in the child).
+use common::ggml::{dequantize as ggml_dequantize, lock as ggml_lock, quantize as ggml_quantize};
 
 /// The exit status of a forked ggml that hit a `GGML_ASSERT`/`GGML_ABORT`.
 const ABORTED: i32 = 86;
@@ -120,13 +95,6 @@ fn ggml_quantize_or_abort(t: GgmlType, values: &[f32], row_len: usize, qw: Optio
 
 /// Rows on which ggml may abort: their squares (and so the IQ weights) overflow to infinity.
 const OVERFLOWING_ROWS: [&str; 2] = ["huge", "near max"];
-
-fn ggml_dequantize(t: GgmlType, data: &[u8]) -> Vec<f32> {
-    let to_float = unsafe { &*sys::ggml_get_type_traits(t.id() as sys::ggml_type) }.to_float.unwrap();
-    let mut out = vec![0f32; data.len() / t.type_size() * t.block_size()];
-    unsafe { to_float(data.as_ptr() as *const _, out.as_mut_ptr(), out.len() as i64) };
-    out
-}
 
 /// The project's seeded generator with the few distributions the tests need.
 struct Rng(XorShift64);
