@@ -355,8 +355,8 @@ fn moments(l: &Layer) -> InputMoments {
 }
 
 /// Healing's refit against least squares on the tokens themselves: the same ridge problem
-/// solved as an explicit (T + k)×k regression by Gauss–Jordan on its normal equations built
-/// from X, not from the stored moments.
+/// (pulled towards W_K) solved as an explicit (T + k)×k regression by Gauss–Jordan on its normal
+/// equations built from X, not from the stored moments.
 #[test]
 fn healing_equals_least_squares_on_the_tokens() {
     let l = layer(7, 48, 500, 4);
@@ -387,8 +387,12 @@ fn healing_equals_least_squares_on_the_tokens() {
             }
         }
         let lambda = DAMPING * (0..k).map(|i| a[i * dim + i]).sum::<f64>() / k as f64;
+        // The ridge pulls towards the plain selection W_K: λ·W_K joins the right-hand side.
         for i in 0..k {
             a[i * dim + i] += lambda;
+            for r in 0..l.rows {
+                b[r * dim + i] += lambda * l.w[r * l.cols + kept[i]] as f64;
+            }
         }
         let ainv = inverse(&a, dim);
         let solve = |r: usize, i: usize| (0..dim).map(|j| b[r * dim + j] * ainv[j * dim + i]).sum::<f64>();

@@ -27,7 +27,8 @@ pub const SUM_SUFFIX: &str = ".in_sum";
 /// One input's accumulated moments.
 pub struct Moment {
     pub n: usize,
-    /// Σ x·xᵀ, row-major n×n, summed in f32 per chunk (as the reference implementations do).
+    /// Σ x·xᵀ, row-major n×n, summed in f32 per chunk (as the reference implementations do);
+    /// only its lower triangle while collecting, mirrored when written.
     pub xtx: Vec<f32>,
     pub sum: Vec<f64>,
     pub tokens: u64,
@@ -93,7 +94,7 @@ impl MomentCollector {
                 *s += x as f64;
             }
         }
-        crate::util::linalg::add_gram_f32(&self.rows, rows.len(), n, &mut m.xtx);
+        crate::util::linalg::add_gram_lower_f32(&self.rows, rows.len(), n, &mut m.xtx);
         m.tokens += rows.len() as u64;
     }
 
@@ -142,7 +143,10 @@ pub fn tensors(moments: &BTreeMap<String, Moment>) -> Result<Vec<(TensorInfo, Ve
     let mut out = Vec::new();
     for (owner, m) in moments {
         let n = m.n as u64;
-        let xtx: Vec<u8> = m.xtx.iter().flat_map(|v| v.to_le_bytes()).collect();
+        // Collection filled the lower triangle only (the matrix is symmetric).
+        let mut full = m.xtx.clone();
+        crate::util::linalg::mirror_lower(&mut full, m.n);
+        let xtx: Vec<u8> = full.iter().flat_map(|v| v.to_le_bytes()).collect();
         let sum: Vec<u8> = m.sum.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect();
         out.push((TensorInfo::new(&format!("{owner}{XTX_SUFFIX}"), vec![n, n], GgmlType::F32)?, xtx));
         out.push((TensorInfo::new(&format!("{owner}{SUM_SUFFIX}"), vec![n], GgmlType::F32)?, sum));

@@ -61,9 +61,11 @@ pub fn gemm(
     });
 }
 
-/// `c[n×n] += aᵀ·a` for `a` of `m` rows of `n` f32 values: the second moment of `m` samples, in
-/// f32 (a calibration chunk's activations), in parallel over blocks of rows of `c`.
-pub fn add_gram_f32(a: &[f32], m: usize, n: usize, c: &mut [f32]) {
+/// The lower triangle (diagonal included) of `c[n×n] += aᵀ·a` for `a` of `m` rows of `n` f32
+/// values: the second moment of `m` samples, in f32 (a calibration chunk's activations), in
+/// parallel over blocks of rows of `c`. The product is symmetric, so each block of rows stops at
+/// the diagonal — half the work; [`mirror_lower`] fills the upper triangle once at the end.
+pub fn add_gram_lower_f32(a: &[f32], m: usize, n: usize, c: &mut [f32]) {
     assert!(a.len() >= m * n && c.len() == n * n);
     if m == 0 {
         return;
@@ -71,13 +73,13 @@ pub fn add_gram_f32(a: &[f32], m: usize, n: usize, c: &mut [f32]) {
     c.par_chunks_mut(PAR_ROWS * n).enumerate().for_each(|(blk, c)| {
         let r0 = blk * PAR_ROWS;
         let rows = c.len() / n;
-        // SAFETY: rows r0..r0+rows of aᵀ are columns r0.. of `a` (stride n between samples),
-        // all in bounds; `c`'s chunk is this task's own.
+        // SAFETY: rows r0..r0+rows of aᵀ are columns r0.. of `a` (stride n between samples), and
+        // columns 0..r0+rows of `a` are in bounds; `c`'s chunk is this task's own.
         unsafe {
             matrixmultiply::sgemm(
                 rows,
                 m,
-                n,
+                r0 + rows,
                 1.0,
                 a.as_ptr().add(r0),
                 1,
@@ -92,6 +94,15 @@ pub fn add_gram_f32(a: &[f32], m: usize, n: usize, c: &mut [f32]) {
             );
         }
     });
+}
+
+/// Copy the lower triangle of the symmetric `c[n×n]` onto its upper one.
+pub fn mirror_lower(c: &mut [f32], n: usize) {
+    for i in 0..n {
+        for j in i + 1..n {
+            c[i * n + j] = c[j * n + i];
+        }
+    }
 }
 
 /// In place, the lower Cholesky factor L of the symmetric positive definite `a` (n×n, only its
@@ -285,15 +296,18 @@ mod tests {
     }
 
     #[test]
-    fn gram_in_f32() {
-        let (m, n) = (37, 70);
+    fn gram_in_f32_accumulates_and_mirrors() {
+        // Three row blocks (the last one partial), two accumulated batches.
+        let (m, n) = (37, 150);
         let mut rng = Rng::new(5);
-        let a: Vec<f32> = (0..m * n).map(|_| rng.normal() as f32).collect();
+        let a: Vec<f32> = (0..2 * m * n).map(|_| rng.normal() as f32).collect();
         let mut c = vec![0f32; n * n];
-        add_gram_f32(&a, m, n, &mut c);
+        add_gram_lower_f32(&a[..m * n], m, n, &mut c);
+        add_gram_lower_f32(&a[m * n..], m, n, &mut c);
+        mirror_lower(&mut c, n);
         for i in 0..n {
             for j in 0..n {
-                let want: f64 = (0..m).map(|p| a[p * n + i] as f64 * a[p * n + j] as f64).sum();
+                let want: f64 = (0..2 * m).map(|p| a[p * n + i] as f64 * a[p * n + j] as f64).sum();
                 assert!((c[i * n + j] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()));
             }
         }
