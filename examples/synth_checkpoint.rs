@@ -7,6 +7,7 @@
 //! byte-level symbols plus `<|endoftext|>` (the remaining ids become llama.cpp `[PAD]` tokens), or,
 //! with `--vocab FILE.gguf`, a real one: e.g. llama.cpp's `ggml-vocab-llama-spm.gguf` (LLaMA-2's
 //! SentencePiece vocabulary, written as tokenizer.model + tokenizer.json + tokenizer_config.json).
+//! `--layers N` keeps the shape's widths with N blocks (one 7B block, to measure per-block costs).
 
 use anyhow::{bail, Result};
 use microscale::convert::safetensors_writer::SafetensorsWriter;
@@ -31,11 +32,18 @@ struct Shape {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let get = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
-    let shape = match get("--shape").as_deref().unwrap_or("1b") {
+    let mut shape = match get("--shape").as_deref().unwrap_or("1b") {
         "1b" => Shape { n_layer: 22, n_embd: 2048, n_head: 32, n_head_kv: 4, n_ff: 5632, vocab: 32000 },
         "7b" => Shape { n_layer: 32, n_embd: 4096, n_head: 32, n_head_kv: 32, n_ff: 11008, vocab: 32000 },
         other => bail!("unknown shape {other:?} (1b or 7b)"),
     };
+    if let Some(n) = get("--layers") {
+        shape.n_layer = n
+            .parse()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| anyhow::anyhow!("--layers {n:?}: a count of at least 1"))?;
+    }
     let dtype = match get("--dtype").as_deref().unwrap_or("bf16") {
         "bf16" => GgmlType::BF16,
         "f16" => GgmlType::F16,
@@ -43,7 +51,7 @@ fn main() -> Result<()> {
         other => bail!("unknown dtype {other:?}"),
     };
     let Some(out) = get("-o").map(PathBuf::from) else {
-        bail!("usage: synth_checkpoint --shape 1b|7b --dtype bf16 [--vocab FILE.gguf] -o DIR")
+        bail!("usage: synth_checkpoint --shape 1b|7b [--layers N] --dtype bf16 [--vocab FILE.gguf] -o DIR")
     };
     std::fs::create_dir_all(&out)?;
 

@@ -12,8 +12,9 @@
 mod common;
 
 use common::ggml;
+use microscale::calib::gaps::{Gap, GapMoments};
 use microscale::calib::moments::InputMoments;
-use microscale::prune::heal::refit_kept_inputs;
+use microscale::prune::heal::{refit_kept_inputs, relative_error, Refit};
 use microscale::prune::sparsegpt::SparseGptMask;
 use microscale::prune::unstructured::{prune_row, NM};
 use microscale::quant::gptq::{compensate, Grid, InverseHessian, MaskRule, DAMPING};
@@ -354,71 +355,127 @@ fn moments(l: &Layer) -> InputMoments {
     InputMoments { owner: "x".into(), n: l.cols, xtx: l.h.clone(), mean, tokens: t }
 }
 
+/// What a gap of dropped blocks would add to a layer's output, per token: partly a linear function
+/// of the layer's input (what the refit can absorb), partly not.
+fn gap_deltas(l: &Layer, seed: u64) -> Vec<Vec<f64>> {
+    let mut rng = XorShift64::new(seed);
+    let g: Vec<f64> = (0..l.rows * l.cols).map(|_| 0.3 * rng.normal()).collect();
+    l.x.iter()
+        .map(|x| {
+            (0..l.rows)
+                .map(|r| (0..l.cols).map(|j| g[r * l.cols + j] * x[j]).sum::<f64>().tanh() + 0.2 + 0.1 * rng.normal())
+                .collect()
+        })
+        .collect()
+}
+
+/// The gap's moments as the gap pass collects them (f32 cross moment).
+fn gap_moments(l: &Layer, deltas: &[Vec<f64>]) -> GapMoments {
+    let mut cross = vec![0f64; l.rows * l.cols];
+    for (x, d) in l.x.iter().zip(deltas) {
+        for r in 0..l.rows {
+            for j in 0..l.cols {
+                cross[r * l.cols + j] += d[r] * x[j];
+            }
+        }
+    }
+    GapMoments {
+        gap: Gap { kept: 0, last: 1 },
+        rows: l.rows,
+        n: l.cols,
+        cross: cross.iter().map(|&v| v as f32).collect(),
+        sum: (0..l.rows).map(|r| deltas.iter().map(|d| d[r]).sum()).collect(),
+        sq: deltas.iter().flatten().map(|v| v * v).sum(),
+        tokens: deltas.len() as u64,
+    }
+}
+
 /// Healing's refit against least squares on the tokens themselves: the same ridge problem
 /// (pulled towards W_K) solved as an explicit (T + k)×k regression by Gauss–Jordan on its normal
-/// equations built from X, not from the stored moments.
+/// equations built from X, not from the stored moments — for narrowed inputs (the targets are the
+/// teacher's W·x) and for a gap of dropped blocks after the layer (targets W·x + δ, all inputs
+/// or a narrowed set). The output error computed from the moments equals the one on the tokens.
 #[test]
 fn healing_equals_least_squares_on_the_tokens() {
     let l = layer(7, 48, 500, 4);
     let m = moments(&l);
-    let kept: Vec<usize> = (0..l.cols).filter(|c| c % 3 != 1).collect();
-    for with_bias in [false, true] {
-        let fit = refit_kept_inputs(&l.w, l.rows, &m, &kept, with_bias).unwrap();
-        let k = kept.len();
-        let dim = k + with_bias as usize;
-        // Design rows z = [x_K; 1], targets y = W·x.
-        let mut a = vec![0f64; dim * dim];
-        let mut b = vec![0f64; l.rows * dim];
-        for x in &l.x {
-            let mut z: Vec<f64> = kept.iter().map(|&c| x[c]).collect();
-            if with_bias {
-                z.push(1.0);
-            }
-            for i in 0..dim {
-                for j in 0..dim {
-                    a[i * dim + j] += z[i] * z[j];
-                }
-            }
-            for r in 0..l.rows {
+    let deltas = gap_deltas(&l, 8);
+    let gm = gap_moments(&l, &deltas);
+    let narrowed: Vec<usize> = (0..l.cols).filter(|c| c % 3 != 1).collect();
+    let all: Vec<usize> = (0..l.cols).collect();
+    for (kept, gap) in [(&narrowed, None), (&narrowed, Some(&gm)), (&all, Some(&gm))] {
+        for with_bias in [false, true] {
+            let what = format!("{} kept, gap {}, bias {with_bias}", kept.len(), gap.is_some());
+            let fit = refit_kept_inputs(&l.w, l.rows, &m, kept, with_bias, gap).unwrap();
+            let k = kept.len();
+            let dim = k + with_bias as usize;
+            let target = |t: usize, x: &[f64], r: usize| -> f64 {
                 let y: f64 = (0..l.cols).map(|j| l.w[r * l.cols + j] as f64 * x[j]).sum();
+                y + if gap.is_some() { deltas[t][r] } else { 0.0 }
+            };
+            // Design rows z = [x_K; 1].
+            let mut a = vec![0f64; dim * dim];
+            let mut b = vec![0f64; l.rows * dim];
+            for (t, x) in l.x.iter().enumerate() {
+                let mut z: Vec<f64> = kept.iter().map(|&c| x[c]).collect();
+                if with_bias {
+                    z.push(1.0);
+                }
                 for i in 0..dim {
-                    b[r * dim + i] += y * z[i];
+                    for j in 0..dim {
+                        a[i * dim + j] += z[i] * z[j];
+                    }
                 }
-            }
-        }
-        let lambda = DAMPING * (0..k).map(|i| a[i * dim + i]).sum::<f64>() / k as f64;
-        // The ridge pulls towards the plain selection W_K: λ·W_K joins the right-hand side.
-        for i in 0..k {
-            a[i * dim + i] += lambda;
-            for r in 0..l.rows {
-                b[r * dim + i] += lambda * l.w[r * l.cols + kept[i]] as f64;
-            }
-        }
-        let ainv = inverse(&a, dim);
-        let solve = |r: usize, i: usize| (0..dim).map(|j| b[r * dim + j] * ainv[j * dim + i]).sum::<f64>();
-        let want_w: Vec<f64> = (0..l.rows * k).map(|q| solve(q / k, q % k)).collect();
-        assert_close(&fit.weight, &want_w, &format!("healed weights (bias {with_bias})"));
-        match (&fit.bias_delta, with_bias) {
-            (Some(bd), true) => assert_close(bd, &(0..l.rows).map(|r| solve(r, k)).collect::<Vec<_>>(), "bias"),
-            (None, false) => {}
-            _ => panic!("a bias delta exactly when asked for"),
-        }
-        // And it is better than keeping the selected weights as they are.
-        let scatter = |wk: &[f32], bias: Option<&[f32]>| -> f64 {
-            let mut e = 0.0;
-            for x in &l.x {
                 for r in 0..l.rows {
-                    let y: f64 = (0..l.cols).map(|j| l.w[r * l.cols + j] as f64 * x[j]).sum();
-                    let yh: f64 = kept.iter().enumerate().map(|(i, &c)| wk[r * k + i] as f64 * x[c]).sum::<f64>()
-                        + bias.map_or(0.0, |b| b[r] as f64);
-                    e += (y - yh).powi(2);
+                    let y = target(t, x, r);
+                    for i in 0..dim {
+                        b[r * dim + i] += y * z[i];
+                    }
                 }
             }
-            e
-        };
-        let plain: Vec<f32> =
-            (0..l.rows).flat_map(|r| kept.iter().map(move |&c| (r, c))).map(|(r, c)| l.w[r * l.cols + c]).collect();
-        let (healed, unhealed) = (scatter(&fit.weight, fit.bias_delta.as_deref()), scatter(&plain, None));
-        assert!(healed < 0.7 * unhealed, "healed {healed} vs unhealed {unhealed}");
+            let lambda = DAMPING * (0..k).map(|i| a[i * dim + i]).sum::<f64>() / k as f64;
+            // The ridge pulls towards the plain selection W_K: λ·W_K joins the right-hand side.
+            for i in 0..k {
+                a[i * dim + i] += lambda;
+                for r in 0..l.rows {
+                    b[r * dim + i] += lambda * l.w[r * l.cols + kept[i]] as f64;
+                }
+            }
+            let ainv = inverse(&a, dim);
+            let solve = |r: usize, i: usize| (0..dim).map(|j| b[r * dim + j] * ainv[j * dim + i]).sum::<f64>();
+            let want_w: Vec<f64> = (0..l.rows * k).map(|q| solve(q / k, q % k)).collect();
+            assert_close(&fit.weight, &want_w, &format!("healed weights ({what})"));
+            match (&fit.bias_delta, with_bias) {
+                (Some(bd), true) => assert_close(bd, &(0..l.rows).map(|r| solve(r, k)).collect::<Vec<_>>(), "bias"),
+                (None, false) => {}
+                _ => panic!("a bias delta exactly when asked for"),
+            }
+            // On the tokens: the error relative to the target, against keeping the selected weights.
+            let error = |wk: &[f32], bias: Option<&[f32]>| -> f64 {
+                let (mut e, mut norm) = (0.0, 0.0);
+                for (t, x) in l.x.iter().enumerate() {
+                    for r in 0..l.rows {
+                        let y = target(t, x, r);
+                        let yh: f64 = kept.iter().enumerate().map(|(i, &c)| wk[r * k + i] as f64 * x[c]).sum::<f64>()
+                            + bias.map_or(0.0, |b| b[r] as f64);
+                        e += (y - yh).powi(2);
+                        norm += y * y;
+                    }
+                }
+                e / norm
+            };
+            let plain_w: Vec<f32> =
+                (0..l.rows).flat_map(|r| kept.iter().map(move |&c| (r, c))).map(|(r, c)| l.w[r * l.cols + c]).collect();
+            let plain = Refit { weight: plain_w, bias_delta: None };
+            let (healed, unhealed) = (error(&fit.weight, fit.bias_delta.as_deref()), error(&plain.weight, None));
+            assert!(healed < 0.7 * unhealed, "{what}: healed {healed} vs unhealed {unhealed}");
+            for (refit, on_tokens) in [(&fit, healed), (&plain, unhealed)] {
+                let from_moments = relative_error(&l.w, l.rows, &m, kept, refit, gap);
+                assert!(
+                    (from_moments - on_tokens).abs() < 1e-5 * (1.0 + on_tokens),
+                    "{what}: error from the moments {from_moments} vs on the tokens {on_tokens}"
+                );
+            }
+        }
     }
 }

@@ -180,16 +180,18 @@ fn check_structured(dir: &Path, gpt2: bool, prune: PruneSpec, work: &Path, tag: 
 
 /// Healing: llama.cpp runs the healed file as the reference forward computes it on the sliced
 /// checkpoint carrying the healed projections and their new biases (mean compensation), and every
-/// healed projection's output error on the calibration data is lower than without healing.
+/// healed projection's output error on the calibration data is lower than without healing —
+/// narrowed projections, and the down projection of the block before a gap of dropped blocks.
 #[test]
 fn healed_llama_variants_match_the_reference_and_lower_the_output_error() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tiny_llama(tmp.path());
     let calib = tmp.path().join("calib-moments.gguf");
     type Variant<'a> = (&'a str, &'a dyn Fn(&mut PruneSpec), usize);
-    let variants: [Variant; 3] = [
+    let variants: [Variant; 4] = [
         ("heal-ffn", &|s| s.prune_ffn = Some(0.5), 4),
         ("heal-heads", &|s| s.prune_heads = Some(0.5), 4),
+        ("heal-gap", &|s| s.drop_layers_list = Some(vec![2]), 1),
         (
             "heal-both-global",
             &|s| {
@@ -211,8 +213,15 @@ fn healed_llama_variants_match_the_reference_and_lower_the_output_error() {
         let plan = plan_only(&dir, &o).unwrap().structure.expect("a structured plan");
         let gguf = tmp.path().join(format!("{tag}.gguf"));
         let report = convert(&dir, &gguf, &o).unwrap();
-        let healed: Vec<_> = report.compensation.iter().filter(|s| s.method == "heal+bias").collect();
+        let healed: Vec<_> = report
+            .compensation
+            .iter()
+            .filter(|s| s.method.starts_with("heal") && s.method.ends_with("+bias"))
+            .collect();
         assert!(healed.len() >= min_healed, "{tag}: {} healed projections", healed.len());
+        let gap_healed = healed.iter().filter(|s| s.method == "heal-gap+bias").map(|s| s.tensor.as_str());
+        let want_gap: &[&str] = if plan.dropped.is_empty() { &[] } else { &["blk.1.ffn_down.weight"] };
+        assert_eq!(gap_healed.collect::<Vec<_>>(), want_gap, "{tag}: the block before the gap");
         for h in &healed {
             assert!(
                 h.error_compensated < 0.95 * h.error_plain,
@@ -230,13 +239,13 @@ fn healed_llama_variants_match_the_reference_and_lower_the_output_error() {
         let err = max_rel_err(&llama_cpp_logits(&gguf), &want);
         assert!(err < 1e-5, "{tag}: relative logit error {err:e}");
     }
-    // --heal without width pruning is refused before anything is written.
+    // --heal without structured pruning is refused before anything is written.
     let out = tmp.path().join("refused.gguf");
     let o = opts(
         Scheme::F32,
         spec(|s| {
             s.heal = true;
-            s.drop_layers = Some(DropLayers::Count(1));
+            s.sparsity = Some(0.5);
         }),
     );
     let e = convert(&dir, &out, &o).unwrap_err();
@@ -603,14 +612,14 @@ fn default_model_variants_run_and_wanda_beats_magnitude() {
 }
 
 /// The default model through llama.cpp, the end-to-end claim: SparseGPT at 50% has a lower
-/// perplexity than Wanda at 50%, and FFN pruning at 25% healed has a lower perplexity than unhealed,
-/// on held-out text (WikiText-2 test; the calibration reads the validation split). Each compensated
+/// perplexity than Wanda at 50%, and FFN pruning at 25% and 3 dropped blocks healed have a lower
+/// perplexity than unhealed, on held-out text (WikiText-2 test; the calibration reads the validation split). Each compensated
 /// variant also lowers its summed per-layer output error on the calibration data. One 64-chunk
-/// calibration with second moments serves all four (at 8 chunks SparseGPT's Hessians are too noisy
+/// calibration with second moments serves all six (at 8 chunks SparseGPT's Hessians are too noisy
 /// to beat Wanda end to end: see bench-results/pruning.md); Q8_0 so that pruning, not rounding,
 /// dominates.
 #[test]
-fn default_model_sparsegpt_beats_wanda_and_healing_beats_plain_ffn_pruning() {
+fn default_model_sparsegpt_beats_wanda_and_healing_beats_plain_structured_pruning() {
     use microscale::eval::perplexity::{perplexity, PerplexityOptions};
     let hf = common::default_model::hf_dir();
     let tmp = tempfile::tempdir().unwrap();
@@ -643,6 +652,14 @@ fn default_model_sparsegpt_beats_wanda_and_healing_beats_plain_ffn_pruning() {
             }),
         ),
         ("ffn25", spec(|s| s.prune_ffn = Some(0.25))),
+        (
+            "drop3-healed",
+            spec(|s| {
+                s.drop_layers = Some(DropLayers::Count(3));
+                s.heal = true;
+            }),
+        ),
+        ("drop3", spec(|s| s.drop_layers = Some(DropLayers::Count(3)))),
     ];
     let mut results = HashMap::new();
     for (tag, mut prune) in variants {
@@ -652,7 +669,7 @@ fn default_model_sparsegpt_beats_wanda_and_healing_beats_plain_ffn_pruning() {
         let report = convert(&hf, &out, &opts(Scheme::Q8_0, prune)).unwrap();
         let (plain, compensated) =
             report.compensation.iter().fold((0.0, 0.0), |(p, c), s| (p + s.error_plain, c + s.error_compensated));
-        if tag == "sparsegpt50" || tag == "ffn25-healed" {
+        if tag == "sparsegpt50" || tag.ends_with("-healed") {
             let bound = if tag == "sparsegpt50" { 0.8 * plain } else { plain };
             assert!(compensated < bound, "{tag}: output error {plain} → {compensated}");
         }
@@ -662,6 +679,7 @@ fn default_model_sparsegpt_beats_wanda_and_healing_beats_plain_ffn_pruning() {
     assert!(results.values().all(|p| p.is_finite() && *p > 1.0), "{results:?}");
     assert!(results["sparsegpt50"] < results["wanda50"], "SparseGPT 50% vs Wanda 50%: {results:?}");
     assert!(results["ffn25-healed"] < results["ffn25"], "healed vs unhealed FFN 25%: {results:?}");
+    assert!(results["drop3-healed"] < results["drop3"], "healed vs unhealed, 3 blocks dropped: {results:?}");
 }
 
 #[test]

@@ -9,9 +9,10 @@
 //! conversion's plan ([`CalibModel::Parts`]). Uses `engine`, `gguf` (imatrix files) and `util`.
 
 pub mod collect;
+pub mod gaps;
 pub mod moments;
 
-use crate::engine::raw::ObservedContext;
+use crate::engine::raw::{ObservedContext, TensorObserver};
 use crate::engine::user_model::{model_from_parts, Filler};
 use crate::gguf::imatrix::{Imatrix, ImatrixEntry};
 use crate::gguf::{GgufValue, Metadata, TensorInfo};
@@ -171,9 +172,6 @@ pub fn calibrate(
     opts: &CalibOptions,
     quiet: bool,
 ) -> Result<Calibration> {
-    let text = std::fs::read_to_string(&opts.text).map_err(|e| {
-        anyhow!("{}: cannot read calibration text ({e}); choose it with --calib-text", opts.text.display())
-    })?;
     let windows = match &opts.moments {
         Some(m) => moments::windows(&m.per_block, m.budget),
         None => vec![],
@@ -182,23 +180,9 @@ pub fn calibrate(
         stats: true,
         moments: windows.first().map(|w| MomentCollector::new(w.clone())),
     }));
-    let observer = Box::new(Collector::new(pass.clone()));
-    let mut ctx = match model {
-        CalibModel::File(gguf) => ObservedContext::new(gguf, opts.n_ctx, opts.threads, observer)?,
-        CalibModel::Parts { metadata, tensors, filler } => {
-            let m = model_from_parts(metadata, tensors, filler)?;
-            // SAFETY: a model just built, owned by nobody else.
-            unsafe { ObservedContext::from_model(m, opts.n_ctx, opts.threads, observer)? }
-        }
-    };
-    let tokens = ctx.tokenize(&text);
-    let available = tokens.len() / opts.n_ctx;
-    if available == 0 {
-        bail!("{}: too little calibration text ({} tokens)", opts.text.display(), tokens.len());
-    }
-    let chunks = opts.chunks.min(available).max(1);
+    let (mut ctx, chunks) = observed(model, opts, Box::new(Collector::new(pass.clone())))?;
     let passes = windows.len().max(1);
-    let progress = Progress::new((chunks * passes) as u64, "calibrating", quiet);
+    let progress = Progress::new((chunks.len() * passes) as u64, "calibrating", quiet);
     // Later passes collect only their window's moments; earlier windows wait in part files.
     let mut parts: Vec<(TensorInfo, MomentBytes)> = Vec::new();
     let mut readers = std::collections::BTreeMap::new();
@@ -210,12 +194,8 @@ pub fn calibrate(
             state.stats = false;
             state.moments = Some(MomentCollector::new(windows[p].clone()));
         }
-        for c in 0..chunks {
-            let mut chunk = tokens[c * opts.n_ctx..(c + 1) * opts.n_ctx].to_vec();
-            if ctx.add_bos {
-                chunk[0] = ctx.bos;
-            }
-            ctx.decode_all(&chunk)?;
+        for chunk in &chunks {
+            ctx.decode_all(chunk)?;
             progress.inc(1);
         }
         let Some(m) = pass.lock().unwrap().moments.take() else { continue };
@@ -251,7 +231,7 @@ pub fn calibrate(
     let mut imatrix = Imatrix {
         // The text as named, as llama-imatrix records its --file.
         datasets: vec![opts.text.to_string_lossy().into_owned()],
-        chunk_count: chunks as u32,
+        chunk_count: chunks.len() as u32,
         chunk_size: opts.n_ctx as u32,
         ..Default::default()
     };
@@ -275,4 +255,72 @@ pub fn calibrate(
         c.imatrix.path = Some(req.path.clone());
     }
     Ok(c)
+}
+
+/// An observed llama.cpp context on `model`, and the calibration chunks of `opts.text`: up to
+/// `opts.chunks` windows of `n_ctx` tokens, each starting with BOS where the model wants one.
+fn observed(
+    model: CalibModel,
+    opts: &CalibOptions,
+    observer: Box<dyn TensorObserver>,
+) -> Result<(ObservedContext, Vec<Vec<i32>>)> {
+    let text = std::fs::read_to_string(&opts.text).map_err(|e| {
+        anyhow!("{}: cannot read calibration text ({e}); choose it with --calib-text", opts.text.display())
+    })?;
+    let ctx = match model {
+        CalibModel::File(gguf) => ObservedContext::new(gguf, opts.n_ctx, opts.threads, observer)?,
+        CalibModel::Parts { metadata, tensors, filler } => {
+            let m = model_from_parts(metadata, tensors, filler)?;
+            // SAFETY: a model just built, owned by nobody else.
+            unsafe { ObservedContext::from_model(m, opts.n_ctx, opts.threads, observer)? }
+        }
+    };
+    let tokens = ctx.tokenize(&text);
+    let available = tokens.len() / opts.n_ctx;
+    if available == 0 {
+        bail!("{}: too little calibration text ({} tokens)", opts.text.display(), tokens.len());
+    }
+    let chunks = tokens
+        .chunks_exact(opts.n_ctx)
+        .take(opts.chunks.max(1))
+        .map(|c| {
+            let mut chunk = c.to_vec();
+            if ctx.add_bos {
+                chunk[0] = ctx.bos;
+            }
+            chunk
+        })
+        .collect();
+    Ok((ctx, chunks))
+}
+
+/// The moments of each gap of dropped blocks ([`gaps`]) over the same calibration chunks, on the
+/// unpruned `model`: one more pass, for healing the block before each gap.
+pub fn measure_gaps(
+    model: CalibModel,
+    gaps: &[gaps::Gap],
+    opts: &CalibOptions,
+    quiet: bool,
+) -> Result<Vec<gaps::GapMoments>> {
+    let (mut ctx, chunks) = observed(model, opts, Box::new(gaps::GapCollector::new(gaps)))?;
+    let progress = Progress::new(chunks.len() as u64, "measuring gaps", quiet);
+    for chunk in &chunks {
+        ctx.decode_all(chunk)?;
+        progress.inc(1);
+    }
+    progress.finish();
+    let observer = ctx.into_observer();
+    // SAFETY: the observer we boxed above is a GapCollector.
+    let collector = unsafe { Box::from_raw(Box::into_raw(observer) as *mut gaps::GapCollector) };
+    for m in &collector.moments {
+        if m.tokens == 0 {
+            bail!(
+                "the gap after block {} was not seen in llama.cpp's graph (no blk.{}.ffn_down input or l_out-{} output)",
+                m.gap.kept,
+                m.gap.kept,
+                m.gap.last
+            );
+        }
+    }
+    Ok(collector.moments)
 }

@@ -213,6 +213,7 @@ pub fn prune_plan_json(before: &Plan, after: &Plan, spec: &PruneSpec) -> Value {
         "sparsity": spec.effective_sparsity(),
         "sparsity_method": spec.method,
         "sparsified_tensors": after.jobs.iter().filter(|j| j.sparsity.is_some()).map(|j| j.planned.name.clone()).collect::<Vec<_>>(),
+        "compensation": after.jobs.iter().filter_map(|j| Some((j.planned.name.clone(), Value::String(j.compensation_method()?)))).collect::<serde_json::Map<_, _>>(),
         "tensors": after.jobs.iter().map(|j| json!({"name": j.planned.name, "shape": j.planned.shape, "type": j.ty.name(), "bytes": j.n_bytes()})).collect::<Vec<_>>(),
     })
 }
@@ -249,6 +250,16 @@ pub fn prune_plan_text(before: &Plan, after: &Plan, spec: &PruneSpec) -> String 
             None => format!("{:.0}% of each row", 100.0 * spec.effective_sparsity()),
         };
         let _ = writeln!(s, "unstructured: {how}, {:?}, over {n} tensors", spec.method);
+    }
+    let mut compensated: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+    for j in &after.jobs {
+        if let Some(m) = j.compensation_method() {
+            compensated.entry(m).or_default().push(&j.planned.name);
+        }
+    }
+    for (method, tensors) in &compensated {
+        let list = if tensors.len() <= 4 { tensors.join(", ") } else { format!("{} tensors", tensors.len()) };
+        let _ = writeln!(s, "compensation: {method}: {list}");
     }
     let _ = writeln!(
         s,

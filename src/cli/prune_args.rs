@@ -47,8 +47,10 @@ pub struct PruneArgs {
     align: usize,
     /// After --prune-ffn / --prune-heads, refit each block's down / attention output projection
     /// on the channels and heads it keeps, so the block's output matches the unpruned model's on
-    /// the calibration text (ridge least squares, with a bias for the mean where llama.cpp's
-    /// graph reads one). Calibrates the layers' input second moments.
+    /// the calibration text; after --drop-layers, refit the down projection of the last kept
+    /// block before each gap so the residual stream after it matches the unpruned model's after
+    /// the gap (ridge least squares, with a bias for the mean where llama.cpp's graph reads one).
+    /// Calibrates the layers' input second moments (and, for gaps, one more pass).
     #[arg(long, help_heading = "Pruning")]
     heal: bool,
     /// Calibration file (llama.cpp imatrix GGUF + block influences): reused when it exists,

@@ -1,6 +1,8 @@
 //! Healing inside the conversion (`--heal`): after structured pruning, each block's down and
-//! attention output projections are refit on the channels and heads they keep
-//! (`prune::heal`, whose module states the objective), from the calibration's second moments.
+//! attention output projections are refit on the channels and heads they keep, and the down
+//! projection of the last kept block before each gap of dropped blocks is refit to add what the
+//! gap added (`prune::heal`, whose module states the objectives), from the calibration's second
+//! moments and, for gaps, the gap pass's cross moments (`calib::gaps`).
 //!
 //! The refit needs the whole unpruned projection, so a healed tensor is read without its column
 //! selection and solved whole. Its mean compensation goes to the layer's bias tensor: the
@@ -12,6 +14,7 @@
 use super::compensation::CompensationStat;
 use super::Job;
 use crate::arch::PlannedTensor;
+use crate::calib::gaps::GapMoments;
 use crate::calib::moments::MomentsFile;
 use crate::prune::heal::{refit_kept_inputs, relative_error, Refit};
 use anyhow::{anyhow, bail, Result};
@@ -29,22 +32,35 @@ const READS_OPTIONAL_BIAS: [&str; 3] = ["llama", "deci", "gpt2"];
 /// What one healed tensor's job does.
 #[derive(Clone)]
 pub enum Healing {
-    /// Refit the projection on its `kept` input columns; its mean goes to `bias` (the next
-    /// tensor in the file) when set.
-    Weight { moments: Arc<MomentsFile>, tokens: f64, kept: Vec<usize>, bias: Option<String> },
+    /// Refit the projection on its `kept` input columns (adding `gap` when a gap of dropped
+    /// blocks follows); its mean goes to `bias` (the next tensor in the file) when set.
+    Weight {
+        moments: Arc<MomentsFile>,
+        tokens: f64,
+        kept: Vec<usize>,
+        bias: Option<String>,
+        gap: Option<Arc<GapMoments>>,
+    },
     /// Add the refit's mean to this bias.
     Bias,
 }
 
 /// The planned role of a tensor, before the moments are attached.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub enum HealingPlan {
-    Weight { bias: Option<String> },
+    Weight { bias: Option<String>, gap: Option<Arc<GapMoments>> },
     Bias,
 }
 
-fn is_healed(p: &PlannedTensor) -> bool {
-    HEALED.iter().any(|h| p.name.ends_with(&format!(".{h}"))) && p.select.as_ref().is_some_and(|s| s.cols.is_some())
+/// The gap moments whose kept block owns `p` (an unpruned `blk.N.ffn_down.weight`).
+fn gap_of<'g>(p: &PlannedTensor, gaps: &'g [Arc<GapMoments>]) -> Option<&'g Arc<GapMoments>> {
+    gaps.iter().find(|g| p.stats_name == format!("blk.{}.ffn_down.weight", g.gap.kept))
+}
+
+fn is_healed(p: &PlannedTensor, gaps: &[Arc<GapMoments>]) -> bool {
+    let narrowed = HEALED.iter().any(|h| p.name.ends_with(&format!(".{h}")))
+        && p.select.as_ref().is_some_and(|s| s.cols.is_some());
+    narrowed || gap_of(p, gaps).is_some()
 }
 
 fn bias_of(weight: &str) -> String {
@@ -70,12 +86,17 @@ pub fn zero_biases(planned: &[PlannedTensor], arch: &str) -> Vec<crate::arch::Ge
         .collect()
 }
 
-/// Mark the planned tensors healing refits (after structured pruning chose their columns) and
-/// put each one's bias right after it — the checkpoint's own, or the zero one [`zero_biases`]
-/// added to the source. Returns each touched tensor's role.
-pub fn plan(planned: Vec<PlannedTensor>, arch: &str) -> (Vec<PlannedTensor>, HashMap<String, HealingPlan>) {
+/// Mark the planned tensors healing refits (after structured pruning chose their columns and
+/// blocks, and the gap pass measured `gaps`) and put each one's bias right after it — the
+/// checkpoint's own, or the zero one [`zero_biases`] added to the source. Returns each touched
+/// tensor's role.
+pub fn plan(
+    planned: Vec<PlannedTensor>,
+    arch: &str,
+    gaps: &[Arc<GapMoments>],
+) -> (Vec<PlannedTensor>, HashMap<String, HealingPlan>) {
     let with_bias = READS_OPTIONAL_BIAS.contains(&arch);
-    let healed: Vec<String> = planned.iter().filter(|p| is_healed(p)).map(|p| p.name.clone()).collect();
+    let healed: Vec<String> = planned.iter().filter(|p| is_healed(p, gaps)).map(|p| p.name.clone()).collect();
     let biases: Vec<String> = if with_bias { healed.iter().map(|w| bias_of(w)).collect() } else { vec![] };
     let (mut moved, rest): (Vec<PlannedTensor>, Vec<PlannedTensor>) =
         planned.into_iter().partition(|p| biases.contains(&p.name));
@@ -84,6 +105,7 @@ pub fn plan(planned: Vec<PlannedTensor>, arch: &str) -> (Vec<PlannedTensor>, Has
     for p in rest {
         let (name, unpruned) = (p.name.clone(), p.stats_name.clone());
         let rows = p.shape.first().copied().unwrap_or(1);
+        let gap = gap_of(&p, gaps).cloned();
         out.push(p);
         if !healed.contains(&name) {
             continue;
@@ -97,7 +119,7 @@ pub fn plan(planned: Vec<PlannedTensor>, arch: &str) -> (Vec<PlannedTensor>, Has
             out.push(tensor);
             plans.insert(b.clone(), HealingPlan::Bias);
         }
-        plans.insert(name, HealingPlan::Weight { bias });
+        plans.insert(name, HealingPlan::Weight { bias, gap });
     }
     (out, plans)
 }
@@ -114,13 +136,15 @@ pub fn apply(
 ) -> Result<Vec<f32>> {
     let p = &job.planned;
     match h {
-        Healing::Weight { moments, tokens, kept, bias } => {
+        Healing::Weight { moments, tokens, kept, bias, gap } => {
             let m = moments.get(&p.stats_name, *tokens)?;
             let rows = p.shape[0];
             if data.len() != rows * m.n {
                 bail!("{}: {} values read for a {rows}×{} projection", p.name, data.len(), m.n);
             }
-            let fit = refit_kept_inputs(&data, rows, &m, kept, bias.is_some())?;
+            let gap = gap.as_deref();
+            let fit = refit_kept_inputs(&data, rows, &m, kept, bias.is_some(), gap)
+                .map_err(|e| anyhow!("{}: {e}", p.name))?;
             let n = m.n;
             let plain = Refit {
                 weight: (0..rows).flat_map(|r| kept.iter().map(|&c| data[r * n + c]).collect::<Vec<_>>()).collect(),
@@ -129,9 +153,13 @@ pub fn apply(
             stats.push(CompensationStat {
                 tensor: p.name.clone(),
                 ggml_type: "F32".into(),
-                method: if bias.is_some() { "heal+bias" } else { "heal" }.into(),
-                error_plain: relative_error(&data, rows, &m, kept, &plain),
-                error_compensated: relative_error(&data, rows, &m, kept, &fit),
+                method: format!(
+                    "heal{}{}",
+                    if gap.is_some() { "-gap" } else { "" },
+                    if bias.is_some() { "+bias" } else { "" }
+                ),
+                error_plain: relative_error(&data, rows, &m, kept, &plain, gap),
+                error_compensated: relative_error(&data, rows, &m, kept, &fit, gap),
             });
             if let (Some(b), Some(d)) = (bias, fit.bias_delta) {
                 deltas.insert(b.clone(), d);

@@ -155,6 +155,29 @@ pub struct Job {
 }
 
 impl Job {
+    /// How the tensor's error is compensated, as `prune-plan` shows it: `heal`, `heal (+ blocks
+    /// 13–14)` before a gap of dropped blocks, `sparsegpt`, `gptq`, or several joined by ` + `;
+    /// None when plain.
+    pub fn compensation_method(&self) -> Option<String> {
+        let mut parts: Vec<String> = vec![];
+        if let Some(healing::Healing::Weight { gap, .. }) = &self.heal {
+            parts.push(match gap {
+                Some(g) if g.gap.last == g.gap.kept + 1 => format!("heal (+ block {})", g.gap.last),
+                Some(g) => format!("heal (+ blocks {}–{})", g.gap.kept + 1, g.gap.last),
+                None => "heal".into(),
+            });
+        }
+        if let Some(c) = &self.compensation {
+            if c.mask.is_some() {
+                parts.push("sparsegpt".into());
+            }
+            if c.gptq {
+                parts.push("gptq".into());
+            }
+        }
+        (!parts.is_empty()).then(|| parts.join(" + "))
+    }
+
     /// Bytes the tensor takes in the output.
     pub fn n_bytes(&self) -> u64 {
         let row = *self.planned.shape.last().unwrap_or(&1);

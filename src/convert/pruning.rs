@@ -4,7 +4,10 @@
 
 use super::ConvertOptions;
 use crate::arch::{apply_transform, PlannedTensor, Selection};
-use crate::calib::{calibrate, fingerprint, moments, CalibModel, CalibOptions, Calibration, MomentsRequest};
+use crate::calib::gaps::GapMoments;
+use crate::calib::{
+    calibrate, fingerprint, measure_gaps, moments, CalibModel, CalibOptions, Calibration, MomentsRequest,
+};
 use crate::gguf::imatrix::Imatrix;
 use crate::gguf::{meta_set, GgufValue, Metadata, TensorInfo};
 use crate::prune::structured::{self, Dims, StructuredPlan};
@@ -112,6 +115,7 @@ pub fn plan(
         None
     };
 
+    let mut gap_moments = vec![];
     let (planned, structure) = if spec.wants_structured() {
         let read = |name: &str| -> Result<Vec<f32>> {
             let p = planned.iter().find(|p| p.name == name).ok_or_else(|| anyhow!("no tensor {name}"))?;
@@ -120,6 +124,10 @@ pub fn plan(
             apply_transform(p.transform, data, &info.shape.clone())
         };
         let plan = structured::plan(spec, &dims, calib.as_ref(), &read)?;
+        if spec.heal {
+            let model = Unpruned { input, src, meta, planned: &planned };
+            gap_moments = gap_pass(&model, &dims, &plan, calib.as_ref(), opts)?;
+        }
         plan.rewrite_metadata(meta);
         let mut out = Vec::new();
         for mut p in planned {
@@ -137,7 +145,7 @@ pub fn plan(
         (planned, None)
     };
     let (planned, healing) =
-        if spec.heal { super::healing::plan(planned, &dims.arch) } else { (planned, HashMap::new()) };
+        if spec.heal { super::healing::plan(planned, &dims.arch, &gap_moments) } else { (planned, HashMap::new()) };
 
     let mut sparsity = HashMap::new();
     if spec.wants_unstructured() {
@@ -197,31 +205,10 @@ pub(super) fn calibration(
         }
         return Ok(c);
     }
-    // Windows of 512 tokens, or the model's whole context if shorter (GPT-2's positions end there).
-    if let Some(n) = spec.calib_ctx.filter(|&n| n > dims.n_ctx_train || n < 16) {
-        bail!(
-            "--ctx-size {n} is impossible: the model's positions end at {} and llama.cpp's imatrix ignores batches under 16 tokens",
-            dims.n_ctx_train
-        );
-    }
-    let copts = CalibOptions {
-        text: spec.calib_text_path()?,
-        chunks: spec.calib_chunks,
-        n_ctx: spec.calib_ctx.unwrap_or(512).min(dims.n_ctx_train),
-        threads: opts.threads,
-        moments: needs_moments(opts).then(|| moments_request(spec.calib.as_deref(), planned, dims.n_layer)),
-    };
-    let c = if input.is_file() {
-        calibrate(CalibModel::File(input), &fp, dims.n_layer, &copts, opts.quiet)?
-    } else {
-        // llama.cpp builds the model from the plan and asks for each tensor: no copy on disk.
-        let mut meta = meta.clone();
-        meta_set(&mut meta, "general.file_type", GgufValue::U32(Scheme::F32.file_type()));
-        let tensors = calibration_tensors(src, planned)?;
-        let mut filler = |name: &str, ty: GgmlType, ne: &[u64], out: &mut [u8]| fill(src, planned, name, ty, ne, out);
-        let model = CalibModel::Parts { metadata: &meta, tensors: &tensors, filler: &mut filler };
-        calibrate(model, &fp, dims.n_layer, &copts, opts.quiet)?
-    };
+    let mut copts = calib_options(opts, dims)?;
+    copts.moments = needs_moments(opts).then(|| moments_request(spec.calib.as_deref(), planned, dims.n_layer));
+    let model = Unpruned { input, src, meta, planned };
+    let c = model.run(|m| calibrate(m, &fp, dims.n_layer, &copts, opts.quiet))?;
     let mut c = c;
     match (&spec.calib, &copts.moments) {
         (Some(_), Some(_)) => {} // written with its moments
@@ -237,6 +224,71 @@ pub(super) fn calibration(
         (None, None) => {}
     }
     Ok(c)
+}
+
+/// The calibration text, chunks and window size asked for (without moments).
+fn calib_options(opts: &ConvertOptions, dims: &Dims) -> Result<CalibOptions> {
+    let spec = &opts.prune;
+    // Windows of 512 tokens, or the model's whole context if shorter (GPT-2's positions end there).
+    if let Some(n) = spec.calib_ctx.filter(|&n| n > dims.n_ctx_train || n < 16) {
+        bail!(
+            "--ctx-size {n} is impossible: the model's positions end at {} and llama.cpp's imatrix ignores batches under 16 tokens",
+            dims.n_ctx_train
+        );
+    }
+    Ok(CalibOptions {
+        text: spec.calib_text_path()?,
+        chunks: spec.calib_chunks,
+        n_ctx: spec.calib_ctx.unwrap_or(512).min(dims.n_ctx_train),
+        threads: opts.threads,
+        moments: None,
+    })
+}
+
+/// The unpruned model as the conversion sees it, for passes over the calibration text.
+struct Unpruned<'a> {
+    input: &'a Path,
+    src: &'a dyn TensorSource,
+    meta: &'a Metadata,
+    planned: &'a [PlannedTensor],
+}
+
+impl Unpruned<'_> {
+    /// Run `f` on the model as llama.cpp loads it: the input GGUF itself, or for a checkpoint a
+    /// model llama.cpp builds from the plan, asking for each tensor (no copy on disk).
+    fn run<R>(&self, f: impl FnOnce(CalibModel) -> Result<R>) -> Result<R> {
+        if self.input.is_file() {
+            return f(CalibModel::File(self.input));
+        }
+        let (src, planned) = (self.src, self.planned);
+        let mut meta = self.meta.clone();
+        meta_set(&mut meta, "general.file_type", GgufValue::U32(Scheme::F32.file_type()));
+        let tensors = calibration_tensors(src, planned)?;
+        let mut filler = |name: &str, ty: GgmlType, ne: &[u64], out: &mut [u8]| fill(src, planned, name, ty, ne, out);
+        f(CalibModel::Parts { metadata: &meta, tensors: &tensors, filler: &mut filler })
+    }
+}
+
+/// `--heal` with dropped blocks: the moments of each gap, from one more pass over the
+/// calibration text on the unpruned model (the chunks the calibration file was made with).
+fn gap_pass(
+    model: &Unpruned,
+    dims: &Dims,
+    plan: &StructuredPlan,
+    calib: Option<&Calibration>,
+    opts: &ConvertOptions,
+) -> Result<Vec<std::sync::Arc<GapMoments>>> {
+    let gaps = crate::calib::gaps::gaps(&plan.dropped, dims.n_layer);
+    if gaps.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut copts = calib_options(opts, dims)?;
+    if let Some(m) = calib.map(|c| &c.imatrix).filter(|m| m.chunk_count > 0 && m.chunk_size > 0) {
+        copts.chunks = m.chunk_count as usize;
+        copts.n_ctx = m.chunk_size as usize;
+    }
+    let moments = model.run(|m| measure_gaps(m, &gaps, &copts, opts.quiet))?;
+    Ok(moments.into_iter().map(std::sync::Arc::new).collect())
 }
 
 /// The tensors of the model calibration runs, in F32 (exactly the values a conversion writes) —
@@ -328,13 +380,16 @@ pub fn attach_healing(
         let Some(plan) = plans.get(&job.planned.name) else { continue };
         job.heal = Some(match plan {
             HealingPlan::Bias => Healing::Bias,
-            HealingPlan::Weight { bias } => {
+            HealingPlan::Weight { bias, gap } => {
                 let p = &job.planned;
                 let moments = calib.moments.clone().filter(|m| m.has(&p.stats_name));
                 let moments =
                     moments.ok_or_else(|| anyhow!("the calibration has no second moments for {}", p.stats_name))?;
-                let kept = p.select.as_ref().and_then(|s| s.cols.clone()).unwrap_or_default();
-                Healing::Weight { moments, tokens: imatrix_tokens(calib, &p.stats_name), kept, bias: bias.clone() }
+                // A block healed only for the gap after it keeps all its inputs.
+                let all = || (0..p.shape.last().copied().unwrap_or(0)).collect();
+                let kept = p.select.as_ref().and_then(|s| s.cols.clone()).unwrap_or_else(all);
+                let tokens = imatrix_tokens(calib, &p.stats_name);
+                Healing::Weight { moments, tokens, kept, bias: bias.clone(), gap: gap.clone() }
             }
         });
     }

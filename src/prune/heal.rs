@@ -26,7 +26,24 @@
 //! W_K, not towards zero: a direction the calibration tokens do not excite keeps the unpruned
 //! weight instead of losing it (shrinking towards zero measurably hurt on the default model, whose
 //! FFN activations have a few channels hundreds of times larger than the rest).
+//!
+//! **Dropped blocks.** When blocks l+1..=j are dropped, the residual stream after block l misses
+//! what they added: δ_t = r_j,t − r_l,t, the teacher's stream after the gap minus block l's
+//! output (both measured on the unpruned model). Block l's down projection, the last layer before
+//! the gap, is refit to add it too — its inputs a_t are the teacher's, so this is the same ridge
+//! problem with a shifted target:
+//!
+//! ```text
+//!   min over W', b'   Σ_t ‖ W·a_t + δ_t − (W'·a_K,t + b') ‖²  +  λ‖W' − W_K‖²
+//!   [W' b'] · | H_KK + λI   s_K |  =  W · [ H_·K   s ]  +  [ C_·K   Σδ ]  +  λ·[ W_K  0 ]
+//!             | s_Kᵀ        N   |
+//! ```
+//!
+//! with C = Σ_t δ·aᵀ ([`crate::calib::gaps`]); K is every input unless the block's FFN was
+//! pruned too. The refit sees only block l's FFN output, so it can absorb the gap's average linear
+//! effect given a, not what the dropped blocks computed from attention over other tokens.
 
+use crate::calib::gaps::GapMoments;
 use crate::calib::moments::InputMoments;
 use crate::util::linalg::{gemm, solve_spd_right};
 use anyhow::{bail, Result};
@@ -43,12 +60,21 @@ pub struct Refit {
 }
 
 /// Refit `w` (`rows` × `m.n`, row-major: the unpruned projection) onto the inputs `kept`
-/// (ascending), with mean compensation when `with_bias`.
-pub fn refit_kept_inputs(w: &[f32], rows: usize, m: &InputMoments, kept: &[usize], with_bias: bool) -> Result<Refit> {
+/// (ascending), with mean compensation when `with_bias`, and adding a gap of dropped blocks
+/// after it when `gap` is given.
+pub fn refit_kept_inputs(
+    w: &[f32],
+    rows: usize,
+    m: &InputMoments,
+    kept: &[usize],
+    with_bias: bool,
+    gap: Option<&GapMoments>,
+) -> Result<Refit> {
     let n = m.n;
     if w.len() != rows * n {
         bail!("a projection of {} weights is not {rows}×{n}", w.len());
     }
+    check_gap(gap, rows, n)?;
     if kept.is_empty() || kept.iter().any(|&c| c >= n) || kept.windows(2).any(|p| p[0] >= p[1]) {
         bail!("the kept inputs are not an ascending subset of 0..{n}");
     }
@@ -74,15 +100,18 @@ pub fn refit_kept_inputs(w: &[f32], rows: usize, m: &InputMoments, kept: &[usize
         }
         a[k * dim + k] = m.tokens.max(1.0);
     }
-    // The right-hand side: W·[H_·K  s] + λ·[W_K  0], rows × dim.
+    // The right-hand side: W·[H_·K  s] + [C_·K  Σδ] + λ·[W_K  0], rows × dim.
+    let scale = gap_scale(m, gap);
     let wh = times_h(w, rows, m);
     let mut b = vec![0f64; rows * dim];
     for r in 0..rows {
         for (j, &cj) in kept.iter().enumerate() {
-            b[r * dim + j] = wh[r * n + cj] + lambda * w[r * n + cj] as f64;
+            let cross = gap.map_or(0.0, |g| scale * g.cross[r * n + cj] as f64);
+            b[r * dim + j] = wh[r * n + cj] + cross + lambda * w[r * n + cj] as f64;
         }
         if with_bias {
-            b[r * dim + k] = w[r * n..(r + 1) * n].iter().zip(&sum).map(|(&x, &s)| x as f64 * s).sum();
+            let w_s: f64 = w[r * n..(r + 1) * n].iter().zip(&sum).map(|(&x, &s)| x as f64 * s).sum();
+            b[r * dim + k] = w_s + gap.map_or(0.0, |g| scale * g.sum[r]);
         }
     }
     let x = solve_spd_right(&a, dim, &b, rows)?;
@@ -91,11 +120,41 @@ pub fn refit_kept_inputs(w: &[f32], rows: usize, m: &InputMoments, kept: &[usize
     Ok(Refit { weight, bias_delta })
 }
 
-/// The relative output error ‖W·X − (W'·X_K + b')‖² / ‖W·X‖² of a refit (or, with `w_kept` the
-/// plain selection and no bias, of not healing), from the moments alone.
-pub fn relative_error(w: &[f32], rows: usize, m: &InputMoments, kept: &[usize], fit: &Refit) -> f64 {
+/// The factor that puts a gap's sums on the moments' token count: the gap pass may have read
+/// other chunks than a reused calibration file did (the same text and count give exactly 1).
+fn gap_scale(m: &InputMoments, gap: Option<&GapMoments>) -> f64 {
+    gap.filter(|g| g.tokens > 0).map_or(1.0, |g| m.tokens / g.tokens as f64)
+}
+
+/// A gap's moments must be against this projection: `rows` outputs, `n` inputs.
+fn check_gap(gap: Option<&GapMoments>, rows: usize, n: usize) -> Result<()> {
+    match gap {
+        Some(g) if g.rows != rows || g.n != n || g.cross.len() != rows * n => bail!(
+            "the moments of the gap after block {} are {}×{}, its down projection is {rows}×{n}",
+            g.gap.kept,
+            g.rows,
+            g.n
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The relative output error ‖Y − (W'·X_K + b')‖² / ‖Y‖² of a refit (or, with the plain selection
+/// and no bias, of not healing), from the moments alone: the target Y is the teacher's W·X, plus
+/// δ after a gap of dropped blocks.
+pub fn relative_error(
+    w: &[f32],
+    rows: usize,
+    m: &InputMoments,
+    kept: &[usize],
+    fit: &Refit,
+    gap: Option<&GapMoments>,
+) -> f64 {
     let n = m.n;
     let k = kept.len();
+    if check_gap(gap, rows, n).is_err() {
+        return f64::NAN;
+    }
     // The difference as one linear map of [x; 1]: D = [W − scatter(W'), −b'].
     let mut d: Vec<f32> = w.to_vec();
     for r in 0..rows {
@@ -105,13 +164,19 @@ pub fn relative_error(w: &[f32], rows: usize, m: &InputMoments, kept: &[usize], 
     }
     let sum: Vec<f64> = m.mean.iter().map(|&v| v * m.tokens).collect();
     let (dh, wh) = (times_h(&d, rows, m), times_h(w, rows, m));
-    let mut num = 0f64;
-    let mut den = 0f64;
+    // Per row the residual is d·x + c + δ: its square summed over the tokens, from the moments.
+    let scale = gap_scale(m, gap);
+    let (mut num, mut den) = gap.map_or((0.0, 0.0), |g| (scale * g.sq, scale * g.sq));
     for r in 0..rows {
         let (dr, wr) = (&d[r * n..(r + 1) * n], &w[r * n..(r + 1) * n]);
         let c = fit.bias_delta.as_ref().map_or(0.0, |b| -(b[r] as f64));
         num += dot32(dr, &dh[r * n..(r + 1) * n]) + 2.0 * c * dot32(dr, &sum) + c * c * m.tokens;
         den += dot32(wr, &wh[r * n..(r + 1) * n]);
+        if let Some(g) = gap {
+            let cross: Vec<f64> = g.cross[r * n..(r + 1) * n].iter().map(|&v| scale * v as f64).collect();
+            num += 2.0 * dot32(dr, &cross) + 2.0 * c * scale * g.sum[r];
+            den += 2.0 * dot32(wr, &cross);
+        }
     }
     if den > 0.0 {
         (num / den).max(0.0)
@@ -172,9 +237,9 @@ mod tests {
             weight: (0..rows).flat_map(|r| kept.iter().map(move |&c| (r, c))).map(|(r, c)| w[r * n + c]).collect(),
             bias_delta: None,
         };
-        let healed = refit_kept_inputs(&w, rows, &m, &kept, false).unwrap();
-        let with_bias = refit_kept_inputs(&w, rows, &m, &kept, true).unwrap();
-        let e = |f: &Refit| relative_error(&w, rows, &m, &kept, f);
+        let healed = refit_kept_inputs(&w, rows, &m, &kept, false, None).unwrap();
+        let with_bias = refit_kept_inputs(&w, rows, &m, &kept, true, None).unwrap();
+        let e = |f: &Refit| relative_error(&w, rows, &m, &kept, f, None);
         assert!(e(&healed) < 0.7 * e(&plain), "{} vs {}", e(&healed), e(&plain));
         assert!(e(&with_bias) < e(&healed), "{} vs {}", e(&with_bias), e(&healed));
     }
@@ -185,7 +250,7 @@ mod tests {
         let m = moments(n, 300, 5);
         let w: Vec<f32> = (0..rows * n).map(|i| (i as f32 * 0.37).sin()).collect();
         let kept: Vec<usize> = (0..n).collect();
-        let fit = refit_kept_inputs(&w, rows, &m, &kept, true).unwrap();
+        let fit = refit_kept_inputs(&w, rows, &m, &kept, true, None).unwrap();
         for (a, b) in fit.weight.iter().zip(&w) {
             assert!((a - b).abs() < 0.05, "{a} vs {b}");
         }
@@ -195,8 +260,8 @@ mod tests {
     fn bad_subsets_are_errors() {
         let m = moments(4, 10, 1);
         let w = vec![0f32; 8];
-        assert!(refit_kept_inputs(&w, 2, &m, &[1, 1], false).is_err());
-        assert!(refit_kept_inputs(&w, 2, &m, &[4], false).is_err());
-        assert!(refit_kept_inputs(&w, 3, &m, &[0], false).is_err());
+        assert!(refit_kept_inputs(&w, 2, &m, &[1, 1], false, None).is_err());
+        assert!(refit_kept_inputs(&w, 2, &m, &[4], false, None).is_err());
+        assert!(refit_kept_inputs(&w, 3, &m, &[0], false, None).is_err());
     }
 }

@@ -5,7 +5,8 @@
 //! - [`structured`]: whole blocks (depth), FFN channels and attention heads (width); unequal
 //!   per-layer widths are written as llama.cpp's `deci` architecture.
 //! - [`heal`]: after FFN channels or heads are removed, the projection that read them is refit
-//!   on what is kept (layer-wise distillation in closed form).
+//!   on what is kept; after blocks are dropped, the last kept block before each gap is refit to
+//!   add what the gap added (layer-wise distillation in closed form).
 //!
 //! Every request is checked against the model before anything is written. Uses `calib` (the
 //! statistics that steer it), `gguf` metadata and `util`.
@@ -190,9 +191,9 @@ impl PruneSpec {
         if self.drop_layers.is_some() && self.drop_layers_list.is_some() {
             bail!("give --drop-layers or --drop-layers-list, not both");
         }
-        if self.heal && !self.wants_width() {
+        if self.heal && !self.wants_structured() {
             bail!(
-                "--heal refits the projections that read removed FFN channels or attention heads: give --prune-ffn or --prune-heads (dropped blocks are not healed)"
+                "--heal refits projections after structured pruning: give --prune-ffn, --prune-heads, --drop-layers or --drop-layers-list"
             );
         }
         if self.align == 0 {

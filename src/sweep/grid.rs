@@ -28,7 +28,7 @@
 //! quant_method = "gptq"       # rtn (default) | gptq
 //!
 //! [[matrix]]                  # every method × ratio × quant
-//! methods = ["magnitude", "wanda", "sparsegpt", "layers", "ffn", "ffn-heal", "heads", "heads-heal"]
+//! methods = ["magnitude", "wanda", "sparsegpt", "layers", "layers-heal", "ffn", "ffn-heal", "heads", "heads-heal"]
 //! ratios = [0.1, 0.5, 0.9]
 //! quants = ["q8_0", "q4_k_m"]
 //! quant_method = "rtn"
@@ -196,7 +196,7 @@ pub struct Variant {
     pub name: String,
     pub kind: Kind,
     pub quant: Scheme,
-    /// none | magnitude | wanda | sparsegpt | layers | ffn | ffn-heal | heads | heads-heal
+    /// none | magnitude | wanda | sparsegpt | layers | layers-heal | ffn | ffn-heal | heads | heads-heal
     pub method: String,
     pub ratio: f64,
     /// Round to nearest, or GPTQ's error-compensated rounding.
@@ -240,11 +240,11 @@ impl Variant {
                 s.sparsity = Some(r);
                 s.method = SparsityMethod::Sparsegpt;
             }
-            "layers" => s.drop_layers = Some(DropLayers::Ratio(r)),
+            "layers" | "layers-heal" => s.drop_layers = Some(DropLayers::Ratio(r)),
             "ffn" | "ffn-heal" => s.prune_ffn = Some(r),
             "heads" | "heads-heal" => s.prune_heads = Some(r),
             other => bail!(
-                "unknown method {other:?} (none, magnitude, wanda, sparsegpt, layers, ffn, ffn-heal, heads, heads-heal)"
+                "unknown method {other:?} (none, magnitude, wanda, sparsegpt, layers, layers-heal, ffn, ffn-heal, heads, heads-heal)"
             ),
         }
         s.heal = self.method.ends_with("-heal");

@@ -96,6 +96,39 @@ pub fn add_gram_lower_f32(a: &[f32], m: usize, n: usize, c: &mut [f32]) {
     });
 }
 
+/// `c[p×q] += aᵀ·b` for `a` of `m` rows of `p` f32 values and `b` of `m` rows of `q`: the cross
+/// moment of `m` paired samples, in f32, in parallel over blocks of rows of `c`.
+pub fn add_cross_f32(a: &[f32], b: &[f32], m: usize, p: usize, q: usize, c: &mut [f32]) {
+    assert!(a.len() >= m * p && b.len() >= m * q && c.len() == p * q);
+    if m == 0 || q == 0 {
+        return;
+    }
+    c.par_chunks_mut(PAR_ROWS * q).enumerate().for_each(|(blk, c)| {
+        let r0 = blk * PAR_ROWS;
+        let rows = c.len() / q;
+        // SAFETY: rows r0..r0+rows of aᵀ are columns r0.. of `a` (stride p between samples), in
+        // bounds as checked; `c`'s chunk is this task's own.
+        unsafe {
+            matrixmultiply::sgemm(
+                rows,
+                m,
+                q,
+                1.0,
+                a.as_ptr().add(r0),
+                1,
+                p as isize,
+                b.as_ptr(),
+                q as isize,
+                1,
+                1.0,
+                c.as_mut_ptr(),
+                q as isize,
+                1,
+            );
+        }
+    });
+}
+
 /// Copy the lower triangle of the symmetric `c[n×n]` onto its upper one.
 pub fn mirror_lower(c: &mut [f32], n: usize) {
     for i in 0..n {
@@ -282,6 +315,23 @@ mod tests {
         let eye: Vec<f64> = (0..n * n).map(|k| if k / n == k % n { 1.0 } else { 0.0 }).collect();
         assert_close(&matmul(&matmul(&transpose(&u, n), &u, n), &h, n), &eye, 1e-10);
         assert!(cholesky(&mut [1.0, 2.0, 2.0, 1.0], 2).is_err(), "indefinite");
+    }
+
+    #[test]
+    fn cross_moment_in_f32() {
+        // Three row blocks of the result (the last one partial).
+        let (m, p, q) = (29, 150, 17);
+        let mut rng = Rng::new(6);
+        let a: Vec<f32> = (0..m * p).map(|_| rng.normal() as f32).collect();
+        let b: Vec<f32> = (0..m * q).map(|_| rng.normal() as f32).collect();
+        let mut c = vec![1f32; p * q];
+        add_cross_f32(&a, &b, m, p, q, &mut c);
+        for i in 0..p {
+            for j in 0..q {
+                let want = 1.0 + (0..m).map(|t| a[t * p + i] as f64 * b[t * q + j] as f64).sum::<f64>();
+                assert!((c[i * q + j] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()));
+            }
+        }
     }
 
     #[test]
