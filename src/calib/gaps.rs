@@ -41,7 +41,7 @@ pub struct GapMoments {
     pub rows: usize,
     /// Width of the projection's input.
     pub n: usize,
-    /// Σ δ·aᵀ, rows × n, row-major, summed in f32 per batch.
+    /// Σ δ·aᵀ, rows × n, row-major, accumulated in f32 (as the second moments are).
     pub cross: Vec<f32>,
     pub sum: Vec<f64>,
     pub sq: f64,

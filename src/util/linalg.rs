@@ -66,39 +66,26 @@ pub fn gemm(
 /// parallel over blocks of rows of `c`. The product is symmetric, so each block of rows stops at
 /// the diagonal — half the work; [`mirror_lower`] fills the upper triangle once at the end.
 pub fn add_gram_lower_f32(a: &[f32], m: usize, n: usize, c: &mut [f32]) {
-    assert!(a.len() >= m * n && c.len() == n * n);
-    if m == 0 {
-        return;
-    }
-    c.par_chunks_mut(PAR_ROWS * n).enumerate().for_each(|(blk, c)| {
-        let r0 = blk * PAR_ROWS;
-        let rows = c.len() / n;
-        // SAFETY: rows r0..r0+rows of aᵀ are columns r0.. of `a` (stride n between samples), and
-        // columns 0..r0+rows of `a` are in bounds; `c`'s chunk is this task's own.
-        unsafe {
-            matrixmultiply::sgemm(
-                rows,
-                m,
-                r0 + rows,
-                1.0,
-                a.as_ptr().add(r0),
-                1,
-                n as isize,
-                a.as_ptr(),
-                n as isize,
-                1,
-                1.0,
-                c.as_mut_ptr(),
-                n as isize,
-                1,
-            );
-        }
-    });
+    add_at_b_f32(a, n, a, n, m, c, |r0, rows| r0 + rows);
 }
 
 /// `c[p×q] += aᵀ·b` for `a` of `m` rows of `p` f32 values and `b` of `m` rows of `q`: the cross
 /// moment of `m` paired samples, in f32, in parallel over blocks of rows of `c`.
 pub fn add_cross_f32(a: &[f32], b: &[f32], m: usize, p: usize, q: usize, c: &mut [f32]) {
+    add_at_b_f32(a, p, b, q, m, c, |_, _| q);
+}
+
+/// `c[p×q] += aᵀ·b` (a: m×p, b: m×q), each block of rows r0..r0+rows of `c` updated in its first
+/// `cols(r0, rows)` columns only (at most q).
+fn add_at_b_f32(
+    a: &[f32],
+    p: usize,
+    b: &[f32],
+    q: usize,
+    m: usize,
+    c: &mut [f32],
+    cols: impl Fn(usize, usize) -> usize + Sync,
+) {
     assert!(a.len() >= m * p && b.len() >= m * q && c.len() == p * q);
     if m == 0 || q == 0 {
         return;
@@ -106,13 +93,14 @@ pub fn add_cross_f32(a: &[f32], b: &[f32], m: usize, p: usize, q: usize, c: &mut
     c.par_chunks_mut(PAR_ROWS * q).enumerate().for_each(|(blk, c)| {
         let r0 = blk * PAR_ROWS;
         let rows = c.len() / q;
-        // SAFETY: rows r0..r0+rows of aᵀ are columns r0.. of `a` (stride p between samples), in
-        // bounds as checked; `c`'s chunk is this task's own.
+        let cols = cols(r0, rows).min(q);
+        // SAFETY: rows r0..r0+rows of aᵀ are columns r0.. of `a` (stride p between samples), and
+        // columns 0..cols of `b` are in bounds, as checked; `c`'s chunk is this task's own.
         unsafe {
             matrixmultiply::sgemm(
                 rows,
                 m,
-                q,
+                cols,
                 1.0,
                 a.as_ptr().add(r0),
                 1,
