@@ -14,7 +14,7 @@ mod common;
 use common::ggml;
 use microscale::calib::gaps::{Gap, GapMoments};
 use microscale::calib::moments::InputMoments;
-use microscale::prune::heal::{refit_kept_inputs, relative_error, Refit};
+use microscale::prune::heal::{refit_kept_inputs, relative_errors, Refit};
 use microscale::prune::sparsegpt::SparseGptMask;
 use microscale::prune::unstructured::{prune_row, NM};
 use microscale::quant::gptq::{compensate, Grid, InverseHessian, MaskRule, DAMPING};
@@ -470,7 +470,7 @@ fn healing_equals_least_squares_on_the_tokens() {
             let (healed, unhealed) = (error(&fit.weight, fit.bias_delta.as_deref()), error(&plain.weight, None));
             assert!(healed < 0.7 * unhealed, "{what}: healed {healed} vs unhealed {unhealed}");
             for (refit, on_tokens) in [(&fit, healed), (&plain, unhealed)] {
-                let from_moments = relative_error(&l.w, l.rows, &m, kept, refit, gap);
+                let from_moments = relative_errors(&l.w, l.rows, &m, kept, &[refit], gap)[0];
                 assert!(
                     (from_moments - on_tokens).abs() < 1e-5 * (1.0 + on_tokens),
                     "{what}: error from the moments {from_moments} vs on the tokens {on_tokens}"

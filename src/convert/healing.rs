@@ -16,7 +16,7 @@ use super::Job;
 use crate::arch::PlannedTensor;
 use crate::calib::gaps::GapMoments;
 use crate::calib::moments::MomentsFile;
-use crate::prune::heal::{refit_kept_inputs, relative_error, Refit};
+use crate::prune::heal::{refit_kept_inputs, relative_errors, Refit};
 use anyhow::{anyhow, bail, Result};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -150,6 +150,7 @@ pub fn apply(
                 weight: (0..rows).flat_map(|r| kept.iter().map(|&c| data[r * n + c]).collect::<Vec<_>>()).collect(),
                 bias_delta: None,
             };
+            let errors = relative_errors(&data, rows, &m, kept, &[&plain, &fit], gap);
             stats.push(CompensationStat {
                 tensor: p.name.clone(),
                 ggml_type: "F32".into(),
@@ -158,8 +159,8 @@ pub fn apply(
                     if gap.is_some() { "-gap" } else { "" },
                     if bias.is_some() { "+bias" } else { "" }
                 ),
-                error_plain: relative_error(&data, rows, &m, kept, &plain, gap),
-                error_compensated: relative_error(&data, rows, &m, kept, &fit, gap),
+                error_plain: errors[0],
+                error_compensated: errors[1],
             });
             if let (Some(b), Some(d)) = (bias, fit.bias_delta) {
                 deltas.insert(b.clone(), d);

@@ -139,50 +139,64 @@ fn check_gap(gap: Option<&GapMoments>, rows: usize, n: usize) -> Result<()> {
     }
 }
 
-/// The relative output error ‖Y − (W'·X_K + b')‖² / ‖Y‖² of a refit (or, with the plain selection
-/// and no bias, of not healing), from the moments alone: the target Y is the teacher's W·X, plus
-/// δ after a gap of dropped blocks.
-pub fn relative_error(
+/// The relative output errors ‖Y − (W'·X_K + b')‖² / ‖Y‖² of refits (the plain selection with no
+/// bias is the error of not healing), from the moments alone: the target Y is the teacher's W·X,
+/// plus δ after a gap of dropped blocks. ‖Y‖² is computed once for all of them.
+pub fn relative_errors(
     w: &[f32],
     rows: usize,
     m: &InputMoments,
     kept: &[usize],
-    fit: &Refit,
+    fits: &[&Refit],
     gap: Option<&GapMoments>,
-) -> f64 {
+) -> Vec<f64> {
     let n = m.n;
     let k = kept.len();
     if check_gap(gap, rows, n).is_err() {
-        return f64::NAN;
-    }
-    // The difference as one linear map of [x; 1]: D = [W − scatter(W'), −b'].
-    let mut d: Vec<f32> = w.to_vec();
-    for r in 0..rows {
-        for (j, &c) in kept.iter().enumerate() {
-            d[r * n + c] -= fit.weight[r * k + j];
-        }
+        return vec![f64::NAN; fits.len()];
     }
     let sum: Vec<f64> = m.mean.iter().map(|&v| v * m.tokens).collect();
-    let (dh, wh) = (times_h(&d, rows, m), times_h(w, rows, m));
-    // Per row the residual is d·x + c + δ: its square summed over the tokens, from the moments.
     let scale = gap_scale(m, gap);
-    let (mut num, mut den) = gap.map_or((0.0, 0.0), |g| (scale * g.sq, scale * g.sq));
+    let cross = |r: usize| -> Vec<f64> {
+        gap.map_or(vec![], |g| g.cross[r * n..(r + 1) * n].iter().map(|&v| scale * v as f64).collect())
+    };
+    // ‖Y‖² = Σ_r w_r·H·w_r (+ 2·w_r·C_r + Σ‖δ‖² after a gap).
+    let wh = times_h(w, rows, m);
+    let mut den = gap.map_or(0.0, |g| scale * g.sq);
     for r in 0..rows {
-        let (dr, wr) = (&d[r * n..(r + 1) * n], &w[r * n..(r + 1) * n]);
-        let c = fit.bias_delta.as_ref().map_or(0.0, |b| -(b[r] as f64));
-        num += dot32(dr, &dh[r * n..(r + 1) * n]) + 2.0 * c * dot32(dr, &sum) + c * c * m.tokens;
+        let wr = &w[r * n..(r + 1) * n];
         den += dot32(wr, &wh[r * n..(r + 1) * n]);
-        if let Some(g) = gap {
-            let cross: Vec<f64> = g.cross[r * n..(r + 1) * n].iter().map(|&v| scale * v as f64).collect();
-            num += 2.0 * dot32(dr, &cross) + 2.0 * c * scale * g.sum[r];
-            den += 2.0 * dot32(wr, &cross);
+        if gap.is_some() {
+            den += 2.0 * dot32(wr, &cross(r));
         }
     }
-    if den > 0.0 {
-        (num / den).max(0.0)
-    } else {
-        0.0
-    }
+    fits.iter()
+        .map(|fit| {
+            // The difference as one linear map of [x; 1]: D = [W − scatter(W'), −b']; per row the
+            // residual is d·x + c + δ, its square summed over the tokens from the moments.
+            let mut d: Vec<f32> = w.to_vec();
+            for r in 0..rows {
+                for (j, &c) in kept.iter().enumerate() {
+                    d[r * n + c] -= fit.weight[r * k + j];
+                }
+            }
+            let dh = times_h(&d, rows, m);
+            let mut num = gap.map_or(0.0, |g| scale * g.sq);
+            for r in 0..rows {
+                let dr = &d[r * n..(r + 1) * n];
+                let c = fit.bias_delta.as_ref().map_or(0.0, |b| -(b[r] as f64));
+                num += dot32(dr, &dh[r * n..(r + 1) * n]) + 2.0 * c * dot32(dr, &sum) + c * c * m.tokens;
+                if let Some(g) = gap {
+                    num += 2.0 * dot32(dr, &cross(r)) + 2.0 * c * scale * g.sum[r];
+                }
+            }
+            if den > 0.0 {
+                (num / den).max(0.0)
+            } else {
+                0.0
+            }
+        })
+        .collect()
 }
 
 /// `a·H` (rows × n) for `a` rows × n in f32: one blocked product instead of a scalar loop.
@@ -239,7 +253,7 @@ mod tests {
         };
         let healed = refit_kept_inputs(&w, rows, &m, &kept, false, None).unwrap();
         let with_bias = refit_kept_inputs(&w, rows, &m, &kept, true, None).unwrap();
-        let e = |f: &Refit| relative_error(&w, rows, &m, &kept, f, None);
+        let e = |f: &Refit| relative_errors(&w, rows, &m, &kept, &[f], None)[0];
         assert!(e(&healed) < 0.7 * e(&plain), "{} vs {}", e(&healed), e(&plain));
         assert!(e(&with_bias) < e(&healed), "{} vs {}", e(&with_bias), e(&healed));
     }
