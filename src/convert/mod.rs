@@ -443,7 +443,11 @@ fn write_gguf(
         // Streamed pieces' buffers go back to the reader once encoded: a 7B model is 27 GB of
         // f32 in 16 MiB pieces, and fresh allocations would have the kernel zero every page of it.
         let (recycle, recycled) = std::sync::mpsc::sync_channel::<Vec<f32>>(2);
-        scope.spawn(move || read_pieces(src, jobs, &tx, &recycled));
+        // The disk runs further ahead still: tensors up to PREFETCH_LEAD bytes past the one being
+        // read are advised into the page cache by a third thread (advising can wait on the disk's queue).
+        let (reached, reader_at) = std::sync::mpsc::channel::<usize>();
+        scope.spawn(move || prefetch_ahead(src, jobs, &reader_at));
+        scope.spawn(move || read_pieces(src, jobs, &tx, &recycled, &reached));
         let mut zeros_after = 0usize;
         let mut zeroed = 0usize;
         for piece in rx {
@@ -563,11 +567,10 @@ fn read_pieces<'a>(
     jobs: &[Job],
     tx: &std::sync::mpsc::SyncSender<Result<Piece<'a>>>,
     recycled: &std::sync::mpsc::Receiver<Vec<f32>>,
+    reached: &std::sync::mpsc::Sender<usize>,
 ) {
     for (i, job) in jobs.iter().enumerate() {
-        if let Some(next) = jobs.get(i + 1) {
-            src.prefetch(&next.planned.source);
-        }
+        let _ = reached.send(i);
         let buffer = |n: usize| {
             let mut v = recycled.try_recv().unwrap_or_default();
             v.resize(n, 0.0);
@@ -583,6 +586,32 @@ fn read_pieces<'a>(
             };
         if !sent {
             return;
+        }
+    }
+}
+
+/// How far ahead of the reading stage the source's bytes are advised into the page cache. A cold
+/// 7B checkpoint is read at disk speed only if several tensors (up to 90 MB each) are in flight;
+/// more than this would only push other files out of the cache.
+const PREFETCH_LEAD: u64 = 1 << 30;
+
+/// Advise each job's source tensor into the page cache, in order, while the tensors advised but not
+/// yet reached by the reader (`reader_at` says which job it is on) total under [`PREFETCH_LEAD`].
+/// The pages go to the page cache, not this process's resident set. Ends when the reader does.
+fn prefetch_ahead(src: &dyn TensorSource, jobs: &[Job], reader_at: &std::sync::mpsc::Receiver<usize>) {
+    let bytes = |j: &Job| src.tensor(&j.planned.source).map_or(0, |t| t.n_bytes());
+    let (mut reader, mut next, mut in_flight) = (0usize, 0usize, 0u64);
+    while next < jobs.len() {
+        if in_flight < PREFETCH_LEAD || next <= reader {
+            src.prefetch(&jobs[next].planned.source);
+            in_flight += bytes(&jobs[next]);
+            next += 1;
+            continue;
+        }
+        let Ok(at) = reader_at.recv() else { return };
+        while reader < at.min(next) {
+            in_flight -= bytes(&jobs[reader]);
+            reader += 1;
         }
     }
 }
