@@ -710,3 +710,65 @@ fn encode(job: &Job, data: &[f32], row_len: usize) -> Result<Vec<u8>> {
     crate::quant::quantize_weighted(job.ty, data, row_len, job.weights.as_deref())
         .with_context(|| format!("tensor {:?} to {}", job.planned.name, job.ty))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::TensorDesc;
+    use std::sync::Mutex;
+
+    /// Tensors of 300 MiB each (declared, never read) that record what is prefetched.
+    struct Declared {
+        tensors: Vec<TensorDesc>,
+        prefetched: Mutex<Vec<String>>,
+    }
+
+    impl TensorSource for Declared {
+        fn tensors(&self) -> &[TensorDesc] {
+            &self.tensors
+        }
+        fn raw(&self, name: &str) -> Result<&[u8]> {
+            bail!("{name} is declared, not stored")
+        }
+        fn release(&self, _name: &str) {}
+        fn release_part(&self, _name: &str, _part: &[u8]) {}
+        fn location(&self, name: &str) -> String {
+            name.to_string()
+        }
+        fn prefetch(&self, name: &str) {
+            self.prefetched.lock().unwrap().push(name.to_string());
+        }
+    }
+
+    #[test]
+    fn prefetch_runs_a_lead_ahead_of_the_reader_once_per_tensor_in_order() {
+        let names: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
+        let shape = vec![75 << 20]; // 300 MiB of F32
+        let src = Declared {
+            tensors: names
+                .iter()
+                .map(|n| TensorDesc { name: n.clone(), shape: shape.clone(), dtype: GgmlType::F32 })
+                .collect(),
+            prefetched: Mutex::new(vec![]),
+        };
+        let jobs: Vec<Job> = names
+            .iter()
+            .map(|n| Job {
+                planned: PlannedTensor::new(n.clone(), n.clone(), shape.clone(), Transform::Copy),
+                ty: GgmlType::F32,
+                weights: None,
+                sparsity: None,
+                compensation: None,
+                heal: None,
+            })
+            .collect();
+        let (reached, reader_at) = std::sync::mpsc::channel();
+        // The reader is on t0, then reaches t2, then stops. Tensors are advised until 1 GiB is in
+        // flight (t0..t3: the fourth crosses it); once t0 and t1 are read, t4 and t5.
+        reached.send(0).unwrap();
+        reached.send(2).unwrap();
+        drop(reached);
+        prefetch_ahead(&src, &jobs, &reader_at);
+        assert_eq!(*src.prefetched.lock().unwrap(), names[..6]);
+    }
+}
