@@ -599,18 +599,19 @@ const PREFETCH_LEAD: u64 = 1 << 30;
 /// yet reached by the reader (`reader_at` says which job it is on) total under [`PREFETCH_LEAD`].
 /// The pages go to the page cache, not this process's resident set. Ends when the reader does.
 fn prefetch_ahead(src: &dyn TensorSource, jobs: &[Job], reader_at: &std::sync::mpsc::Receiver<usize>) {
-    let bytes = |j: &Job| src.tensor(&j.planned.source).map_or(0, |t| t.n_bytes());
+    // Looked up once: `tensor` is a search by name.
+    let bytes: Vec<u64> = jobs.iter().map(|j| src.tensor(&j.planned.source).map_or(0, |t| t.n_bytes())).collect();
     let (mut reader, mut next, mut in_flight) = (0usize, 0usize, 0u64);
     while next < jobs.len() {
         if in_flight < PREFETCH_LEAD || next <= reader {
             src.prefetch(&jobs[next].planned.source);
-            in_flight += bytes(&jobs[next]);
+            in_flight += bytes[next];
             next += 1;
             continue;
         }
         let Ok(at) = reader_at.recv() else { return };
         while reader < at.min(next) {
-            in_flight -= bytes(&jobs[reader]);
+            in_flight -= bytes[reader];
             reader += 1;
         }
     }
