@@ -47,6 +47,8 @@ pub struct MomentsRequest {
     pub per_block: Vec<u64>,
     /// Bytes of moments one pass may hold; more blocks take more passes over the text.
     pub budget: u64,
+    /// The blocks whose moments are collected (all of them, but for a sequential stage).
+    pub layers: std::ops::Range<usize>,
 }
 
 /// What calibration measured.
@@ -100,6 +102,37 @@ impl Calibration {
             m.extra.push((moments::KEY_READERS.into(), r));
         }
         m.save_with(path, tensors.into_iter().map(|(t, b)| (t, b.into_fn())).collect())
+    }
+
+    /// This calibration with the imatrix entries and second moments of the weights `replace`
+    /// picks taken from `update` (a sequential stage's), the moments saved to `path`.
+    pub fn replaced(&self, update: &Calibration, replace: impl Fn(&str) -> bool, path: &Path) -> Result<Calibration> {
+        let mut c = self.clone();
+        for (name, e) in update.imatrix.entries.iter().filter(|(n, _)| replace(n)) {
+            c.imatrix.entries.insert(name.clone(), e.clone());
+        }
+        let (base, new) = match (&self.moments, &update.moments) {
+            (None, None) => return Ok(c),
+            (Some(b), Some(n)) => (b, n),
+            _ => bail!("{}: one calibration has second moments and the other not", path.display()),
+        };
+        let mut readers: std::collections::BTreeMap<String, String> =
+            base.readers().filter(|(r, _)| !replace(r)).map(|(r, o)| (r.to_string(), o.to_string())).collect();
+        readers.extend(new.readers().filter(|(r, _)| replace(r)).map(|(r, o)| (r.to_string(), o.to_string())));
+        let owners: std::collections::BTreeSet<&String> = readers.values().collect();
+        let mut tensors = Vec::new();
+        for owner in owners {
+            let from = if replace(owner) { new } else { base };
+            for suffix in [moments::XTX_SUFFIX, moments::SUM_SUFFIX] {
+                let name = format!("{owner}{suffix}");
+                let info =
+                    from.file().tensor(&name).ok_or_else(|| anyhow!("{}: no {name}", from.file().path.display()))?;
+                tensors.push((info.clone(), MomentBytes::Part(from.file().clone(), name)));
+            }
+        }
+        c.save_with_moments(path, tensors, Some(MomentCollector::readers_value(&readers)))?;
+        c.moments = MomentsFile::open(path)?.map(Arc::new);
+        Ok(c)
     }
 
     /// Load a saved calibration and check it belongs to the model with `fingerprint`.
@@ -173,7 +206,14 @@ pub fn calibrate(
     quiet: bool,
 ) -> Result<Calibration> {
     let windows = match &opts.moments {
-        Some(m) => moments::windows(&m.per_block, m.budget),
+        Some(m) => {
+            let layers = m.layers.start.min(m.per_block.len())..m.layers.end.min(m.per_block.len());
+            let offset = layers.start;
+            moments::windows(&m.per_block[layers], m.budget)
+                .into_iter()
+                .map(|w| w.start + offset..w.end + offset)
+                .collect()
+        }
         None => vec![],
     };
     let pass = Arc::new(Mutex::new(PassState {

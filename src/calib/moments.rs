@@ -156,7 +156,7 @@ pub fn tensors(moments: &BTreeMap<String, Moment>) -> Result<Vec<(TensorInfo, Ve
 
 /// The moments in a calibration file, read on demand from its memory map.
 pub struct MomentsFile {
-    file: GgufFile,
+    file: std::sync::Arc<GgufFile>,
     readers: BTreeMap<String, String>,
 }
 
@@ -188,7 +188,17 @@ impl MomentsFile {
                 .ok_or_else(|| anyhow!("{}: {KEY_READERS} entry {s:?} is not reader=owner", path.display()))?;
             readers.insert(r.to_string(), o.to_string());
         }
-        Ok(Some(MomentsFile { file, readers }))
+        Ok(Some(MomentsFile { file: std::sync::Arc::new(file), readers }))
+    }
+
+    /// The calibration file the moments are read from.
+    pub fn file(&self) -> &std::sync::Arc<GgufFile> {
+        &self.file
+    }
+
+    /// Every `(reader, owner)` pair.
+    pub fn readers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.readers.iter().map(|(r, o)| (r.as_str(), o.as_str()))
     }
 
     pub fn has(&self, weight: &str) -> bool {

@@ -67,6 +67,13 @@ pub struct PruneArgs {
     /// Calibration chunks of 512 tokens.
     #[arg(long, default_value_t = 16, value_name = "N", value_parser = at_least::<1>(), help_heading = "Pruning")]
     calib_chunks: usize,
+    /// Calibrate sequentially in K stages, as SparseGPT and GPTQ do: the blocks are split into K
+    /// groups, and each group's statistics are measured on the output of the groups before it,
+    /// already compressed, so later blocks compensate for what earlier ones lost (K = the number
+    /// of blocks is the papers' block-by-block order). For wanda, sparsegpt and --quant-method
+    /// gptq; costs K − 1 more conversions and calibration passes. --calib keeps the one-shot stage.
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = at_least::<1>(), help_heading = "Pruning")]
+    sequential: usize,
 }
 
 impl PruneArgs {
@@ -88,6 +95,7 @@ impl PruneArgs {
             calib_text: self.calib_text.clone(),
             calib_chunks: self.calib_chunks,
             calib_ctx: None,
+            sequential: self.sequential,
             data: DataDir::resolve(self.data_dir.as_deref()),
         }
     }

@@ -7,7 +7,8 @@
 //! or a whole re-laid-out tensor) while the current one is encoded in parallel (rayon) and
 //! written, so memory holds a few pieces' working sets however large the model is.
 //!
-//! [`pruning`] plans the pruning inside the pass (calibrating when needed), [`general`] writes the
+//! [`pruning`] plans the pruning inside the pass (calibrating when needed), [`sequential`]
+//! calibrates stage by stage on the compressed model for `--sequential`, [`general`] writes the
 //! `general.*` keys, [`import`] goes back from GGUF to a Hugging Face directory. Uses every stage
 //! below it: `source`, `tokenizer`, `arch`, `calib`, `prune`, `quant`, `gguf`, `util`.
 
@@ -18,6 +19,7 @@ pub mod healing;
 pub mod import;
 pub mod pruning;
 pub mod safetensors_writer;
+pub mod sequential;
 
 use crate::arch::{self, apply_transform, PlannedTensor, Selection, Transform};
 use crate::gguf::imatrix::Imatrix;
@@ -75,6 +77,9 @@ pub struct ConvertOptions {
     pub budget: Option<budget::Budget>,
     /// `--quant-method`: round to nearest (ggml's) or GPTQ onto the same grids.
     pub quant_method: crate::quant::gptq::QuantMethod,
+    /// A calibration already made (a sequential one), used instead of calibrating or loading
+    /// `prune.calib`.
+    pub calibration: Option<crate::calib::Calibration>,
     pub threads: usize,
     pub quiet: bool,
 }
@@ -91,6 +96,7 @@ impl ConvertOptions {
             use_calib_imatrix: true,
             budget: None,
             quant_method: Default::default(),
+            calibration: None,
             threads: crate::engine::default_threads(),
             quiet: true,
         }
@@ -188,12 +194,29 @@ impl Job {
 
 pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
     refuse_overwrite(input, output)?;
+    if opts.prune.sequential > 1 && opts.calibration.is_none() {
+        let calibration = Some(sequential::calibration(input, output, opts)?);
+        return write(input, output, &ConvertOptions { calibration, ..opts.clone() }, None);
+    }
+    write(input, output, opts, None)
+}
+
+/// Convert; with `open_from`, the blocks from that one on are written uncompressed (F32: not
+/// pruned, compensated or quantized), as a sequential calibration stage runs them.
+fn write(input: &Path, output: &Path, opts: &ConvertOptions, open_from: Option<usize>) -> Result<ConvertReport> {
     let source = Source::open(input)?;
     let SourcePlan { metadata, planned, arch, generated } = plan_source(&source, opts)?;
     let overlay = with_generated(&source, &generated);
     let tensors: &dyn TensorSource = &overlay;
     // Pruning, types and budget are planned (and checked) completely before the output exists.
-    let Plan { metadata, jobs, structure } = plan_jobs(input, tensors, metadata, planned, opts)?;
+    let Plan { metadata, mut jobs, structure } = plan_jobs(input, tensors, metadata, planned, opts)?;
+    if let Some(first) = open_from {
+        let open =
+            jobs.iter_mut().filter(|j| crate::calib::moments::layer_of(&j.planned.name).is_some_and(|l| l >= first));
+        for j in open {
+            (j.ty, j.weights, j.sparsity, j.compensation) = (GgmlType::F32, None, None, None);
+        }
+    }
     if !opts.allow_requantize {
         refuse_requantize(input, tensors, &jobs)?;
     }
@@ -257,11 +280,23 @@ fn plan_jobs(
 /// built by llama.cpp from the conversion's plan without a copy on disk. For `microscale imatrix`
 /// (`opts.prune` holds the calibration text, chunks and context).
 pub fn calibrate_model(input: &Path, opts: &ConvertOptions) -> Result<crate::calib::Calibration> {
+    one_shot(input, opts, |_| Ok(())).map(|(c, ..)| c)
+}
+
+/// The one-shot calibration of the unpruned model (reusing or saving `opts.prune.calib`), with the
+/// model's dimensions and planned tensors; `check` sees the dimensions before calibration starts.
+fn one_shot(
+    input: &Path,
+    opts: &ConvertOptions,
+    check: impl FnOnce(&crate::prune::structured::Dims) -> Result<()>,
+) -> Result<(crate::calib::Calibration, crate::prune::structured::Dims, Vec<PlannedTensor>)> {
     let source = Source::open(input)?;
     let SourcePlan { metadata, planned, generated, .. } = plan_source(&source, opts)?;
     let overlay = with_generated(&source, &generated);
     let dims = crate::prune::structured::Dims::from_metadata(&metadata)?;
-    pruning::calibration(input, &overlay, &metadata, &dims, &planned, opts)
+    check(&dims)?;
+    let c = pruning::calibration(input, &overlay, &metadata, &dims, &planned, opts)?;
+    Ok((c, dims, planned))
 }
 
 fn plan_from_hf(ckpt: &HfCheckpoint, opts: &ConvertOptions) -> Result<SourcePlan> {

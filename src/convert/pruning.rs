@@ -74,6 +74,9 @@ pub fn plan(
 ) -> Result<Pruned> {
     let spec = &opts.prune;
     spec.validate()?;
+    if spec.sequential > 1 {
+        super::sequential::check(opts, &Dims::from_metadata(meta)?)?;
+    }
     if opts.quant_method == QuantMethod::Gptq && opts.scheme.is_float() {
         bail!(
             "--quant-method gptq rounds onto a quantized type's grid: give a quantized --outtype, not {}",
@@ -195,6 +198,12 @@ pub(super) fn calibration(
     let spec = &opts.prune;
     let list: Vec<(String, Vec<u64>)> = planned.iter().map(|p| (p.name.clone(), p.ne())).collect();
     let fp = fingerprint(&dims.arch, &list);
+    if let Some(c) = &opts.calibration {
+        if c.fingerprint != fp {
+            bail!("the calibration given is for another model (fingerprint {:?}, this model is {fp:?})", c.fingerprint);
+        }
+        return Ok(c.clone());
+    }
     if let Some(path) = spec.calib.as_ref().filter(|p| p.exists()) {
         let c = Calibration::load(path, &fp)?;
         if needs_moments(opts) && c.moments.is_none() {
@@ -227,7 +236,7 @@ pub(super) fn calibration(
 }
 
 /// The calibration text, chunks and window size asked for (without moments).
-fn calib_options(opts: &ConvertOptions, dims: &Dims) -> Result<CalibOptions> {
+pub(super) fn calib_options(opts: &ConvertOptions, dims: &Dims) -> Result<CalibOptions> {
     let spec = &opts.prune;
     // Windows of 512 tokens, or the model's whole context if shorter (GPT-2's positions end there).
     if let Some(n) = spec.calib_ctx.filter(|&n| n > dims.n_ctx_train || n < 16) {
@@ -243,6 +252,16 @@ fn calib_options(opts: &ConvertOptions, dims: &Dims) -> Result<CalibOptions> {
         threads: opts.threads,
         moments: None,
     })
+}
+
+/// Run over the chunks `calib` was made with (a calibration file may have been made with others
+/// than those asked for now).
+pub(super) fn same_chunks(copts: &mut CalibOptions, calib: &Calibration) {
+    let m = &calib.imatrix;
+    if m.chunk_count > 0 && m.chunk_size > 0 {
+        copts.chunks = m.chunk_count as usize;
+        copts.n_ctx = m.chunk_size as usize;
+    }
 }
 
 /// The unpruned model as the conversion sees it, for passes over the calibration text.
@@ -283,9 +302,8 @@ fn gap_pass(
         return Ok(vec![]);
     }
     let mut copts = calib_options(opts, dims)?;
-    if let Some(m) = calib.map(|c| &c.imatrix).filter(|m| m.chunk_count > 0 && m.chunk_size > 0) {
-        copts.chunks = m.chunk_count as usize;
-        copts.n_ctx = m.chunk_size as usize;
+    if let Some(c) = calib {
+        same_chunks(&mut copts, c);
     }
     let moments = model.run(|m| measure_gaps(m, &gaps, &copts, opts.quiet))?;
     Ok(moments.into_iter().map(std::sync::Arc::new).collect())
@@ -346,13 +364,13 @@ fn fill(
 }
 
 /// Does the conversion need the second moments of the layers' inputs (GPTQ, SparseGPT)?
-fn needs_moments(opts: &ConvertOptions) -> bool {
+pub(super) fn needs_moments(opts: &ConvertOptions) -> bool {
     opts.prune.needs_moments() || (opts.quant_method == QuantMethod::Gptq && !opts.scheme.is_float())
 }
 
 /// Where the moments go (the calibration file, or a temporary one), and the memory one pass may
 /// hold: a quarter of what is available.
-fn moments_request(calib: Option<&Path>, planned: &[PlannedTensor], n_layer: usize) -> MomentsRequest {
+pub(super) fn moments_request(calib: Option<&Path>, planned: &[PlannedTensor], n_layer: usize) -> MomentsRequest {
     let mut per_layer: Vec<Vec<(String, u64)>> = vec![vec![]; n_layer];
     for p in planned.iter().filter(|p| sparsity_applies(&p.name, false)) {
         if let (Some(l), Some(&n)) = (moments::layer_of(&p.name), p.shape.last()) {
@@ -366,7 +384,8 @@ fn moments_request(calib: Option<&Path>, planned: &[PlannedTensor], n_layer: usi
         None => std::env::temp_dir().join(format!("microscale-moments-{}.gguf", crate::util::atomic::unique_suffix())),
     };
     let budget = crate::util::mem::available_bytes().map_or(4 << 30, |a| (a / 4).max(256 << 20));
-    MomentsRequest { path, per_block: per_layer.iter().map(|w| moments::block_bytes(w)).collect(), budget }
+    let per_block = per_layer.iter().map(|w| moments::block_bytes(w)).collect();
+    MomentsRequest { path, per_block, budget, layers: 0..n_layer }
 }
 
 /// Give the healed tensors their moments and kept columns.

@@ -80,6 +80,9 @@ pub struct PruneSpec {
     pub calib_chunks: usize,
     /// Tokens per calibration chunk (None: 512, or the model's context if shorter).
     pub calib_ctx: Option<usize>,
+    /// `--sequential K`: calibrate in K stages, each group of blocks on the output of the
+    /// compressed groups before it (0 or 1: one-shot, every block on the uncompressed model).
+    pub sequential: usize,
     /// The data folder, for the default calibration text.
     pub data: crate::util::data::DataDir,
 }
@@ -103,6 +106,7 @@ impl Default for PruneSpec {
             calib_text: None,
             calib_chunks: 16,
             calib_ctx: None,
+            sequential: 0,
             data: crate::util::data::DataDir::resolve(None),
         }
     }

@@ -26,6 +26,7 @@
 //! [[variant]]                 # error-compensated: GPTQ rounding, SparseGPT, healing
 //! quant = "q4_k_m"
 //! quant_method = "gptq"       # rtn (default) | gptq
+//! sequential = 4              # calibrate in 4 stages on the compressed blocks (wanda, sparsegpt, gptq)
 //!
 //! [[matrix]]                  # every method × ratio × quant
 //! methods = ["magnitude", "wanda", "sparsegpt", "layers", "layers-heal", "ffn", "ffn-heal", "heads", "heads-heal"]
@@ -129,6 +130,8 @@ struct RawVariant {
     target_bpw: Option<f64>,
     #[serde(default)]
     quant_method: QuantMethodName,
+    #[serde(default)]
+    sequential: usize,
 }
 
 /// `quant_method` in a grid: how the levels are chosen.
@@ -162,6 +165,8 @@ struct RawMatrix {
     imatrix: Option<bool>,
     #[serde(default)]
     quant_method: QuantMethodName,
+    #[serde(default)]
+    sequential: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -205,6 +210,8 @@ pub struct Variant {
     pub imatrix: bool,
     /// A size budget for the types (`target_size`, `target_bpw`).
     pub budget: Option<Budget>,
+    /// Calibration stages (`--sequential`; 0 or 1: one-shot).
+    pub sequential: usize,
 }
 
 impl Variant {
@@ -212,11 +219,14 @@ impl Variant {
     pub fn recipe(&self) -> String {
         let imatrix = if self.imatrix { " + imatrix" } else { "" };
         let gptq = if self.quant_method == QuantMethod::Gptq { " (GPTQ)" } else { "" };
-        let budget = match self.budget {
+        let mut budget = match self.budget {
             Some(Budget::Size(b)) => format!(" @ {}", crate::util::mem::format_size(b)),
             Some(Budget::Bpw(b)) => format!(" @ {b} bpw"),
             None => String::new(),
         };
+        if self.sequential > 1 {
+            budget.push_str(&format!(", sequential ×{}", self.sequential));
+        }
         match (self.kind, self.method.as_str()) {
             (Kind::Baseline, _) => "f32 (uncompressed baseline)".into(),
             (Kind::Stock, _) => format!("llama-quantize {}{imatrix}", self.quant.name()),
@@ -248,6 +258,7 @@ impl Variant {
             ),
         }
         s.heal = self.method.ends_with("-heal");
+        s.sequential = self.sequential;
         Ok(s)
     }
 
@@ -293,8 +304,9 @@ impl Grid {
     }
 }
 
-fn variant_name(method: &str, ratio: f64, quant: Scheme, qm: QuantMethodName) -> String {
-    let gptq = if qm == QuantMethodName::Gptq { "-gptq" } else { "" };
+fn variant_name(method: &str, ratio: f64, quant: Scheme, qm: QuantMethodName, sequential: usize) -> String {
+    let seq = if sequential > 1 { format!("-seq{sequential}") } else { String::new() };
+    let gptq = format!("{}{seq}", if qm == QuantMethodName::Gptq { "-gptq" } else { "" });
     if method == "none" {
         format!("{}{gptq}", quant.name())
     } else {
@@ -319,6 +331,7 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
         quant_method: QuantMethod::Rtn,
         imatrix: false,
         budget: None,
+        sequential: 0,
     }];
     let mut push = |v: Variant| -> Result<()> {
         if variants.iter().any(|x| x.name == v.name) {
@@ -343,7 +356,7 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
         if budget.is_some() && quant.is_float() {
             bail!("a size budget needs a quantized type, not {}", quant.name());
         }
-        let default_name = variant_name(&v.method, v.ratio, quant, v.quant_method);
+        let default_name = variant_name(&v.method, v.ratio, quant, v.quant_method, v.sequential);
         let mut name = v.name.unwrap_or_else(|| default_name.clone());
         if let (Some(s), true) = (&v.target_size, name == default_name) {
             name = format!("{name}-{}", s.to_ascii_lowercase());
@@ -351,15 +364,25 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
             name = format!("{name}-{b}bpw");
         }
         let imatrix = v.imatrix.unwrap_or(with_imatrix) && !quant.is_float();
-        let (method, ratio, quant_method) = (v.method, v.ratio, v.quant_method.into());
-        push(Variant { name, kind: Kind::Microscale, quant, method, ratio, quant_method, imatrix, budget })?;
+        let (method, ratio, quant_method, sequential) = (v.method, v.ratio, v.quant_method.into(), v.sequential);
+        push(Variant {
+            name,
+            kind: Kind::Microscale,
+            quant,
+            method,
+            ratio,
+            quant_method,
+            imatrix,
+            budget,
+            sequential,
+        })?;
     }
     for m in raw.matrix {
         for method in &m.methods {
             for &ratio in &m.ratios {
                 for q in &m.quants {
                     let quant = Scheme::parse(q)?;
-                    let name = variant_name(method, ratio, quant, m.quant_method);
+                    let name = variant_name(method, ratio, quant, m.quant_method, m.sequential);
                     let imatrix = m.imatrix.unwrap_or(with_imatrix) && !quant.is_float();
                     let (method, quant_method) = (method.clone(), m.quant_method.into());
                     let budget = None;
@@ -372,6 +395,7 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
                         quant_method,
                         imatrix,
                         budget,
+                        sequential: m.sequential,
                     })?;
                 }
             }
@@ -392,6 +416,7 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
                 quant_method: QuantMethod::Rtn,
                 imatrix,
                 budget: None,
+                sequential: 0,
             })?;
         }
     }
