@@ -604,6 +604,8 @@ fn read_pieces<'a>(
     recycled: &std::sync::mpsc::Receiver<Vec<f32>>,
     reached: &std::sync::mpsc::Sender<usize>,
 ) {
+    // The source's bytes, read past the page cache where the source can (one reused buffer).
+    let mut from_disk = crate::util::direct::DirectBuffer::default();
     for (i, job) in jobs.iter().enumerate() {
         let _ = reached.send(i);
         let buffer = |n: usize| {
@@ -612,7 +614,7 @@ fn read_pieces<'a>(
             v
         };
         let sent = tx.send(Ok(Piece::Begin { job: i })).is_ok()
-            && match tensor_pieces(src, i, job, &buffer, &mut |piece| tx.send(Ok(piece)).is_ok()) {
+            && match tensor_pieces(src, i, job, &buffer, &mut from_disk, &mut |piece| tx.send(Ok(piece)).is_ok()) {
                 Ok(more) => more && tx.send(Ok(Piece::End { job: i })).is_ok(),
                 Err(e) => {
                     let _ = tx.send(Err(e));
@@ -639,7 +641,9 @@ fn prefetch_ahead(src: &dyn TensorSource, jobs: &[Job], reader_at: &std::sync::m
     let (mut reader, mut next, mut in_flight) = (0usize, 0usize, 0u64);
     while next < jobs.len() {
         if in_flight < PREFETCH_LEAD || next <= reader {
-            src.prefetch(&jobs[next].planned.source);
+            if !reads_past_cache(src, &jobs[next]) {
+                src.prefetch(&jobs[next].planned.source);
+            }
             in_flight += bytes[next];
             next += 1;
             continue;
@@ -650,6 +654,23 @@ fn prefetch_ahead(src: &dyn TensorSource, jobs: &[Job], reader_at: &std::sync::m
             reader += 1;
         }
     }
+}
+
+/// A tensor copied as it is streams straight from the map to the output.
+fn copied_as_is(src: &dyn TensorSource, job: &Job) -> bool {
+    let p = &job.planned;
+    streams(job) && src.tensor(&p.source).is_some_and(|t| t.dtype == job.ty) && job.sparsity.is_none()
+}
+
+/// Does the tensor stream in pieces of whole rows (its layout unchanged, nothing solved whole)?
+fn streams(job: &Job) -> bool {
+    let p = &job.planned;
+    p.transform == Transform::Copy && p.select.is_none() && job.compensation.is_none() && job.heal.is_none()
+}
+
+/// Will the reader take the tensor's bytes from the disk past the page cache?
+fn reads_past_cache(src: &dyn TensorSource, job: &Job) -> bool {
+    src.reads_direct(&job.planned.source) && !copied_as_is(src, job)
 }
 
 /// Read, check, transform and select one tensor, handing its pieces to `emit` in order (which
@@ -664,6 +685,7 @@ fn tensor_pieces<'a>(
     i: usize,
     job: &Job,
     buffer: &dyn Fn(usize) -> Vec<f32>,
+    from_disk: &mut crate::util::direct::DirectBuffer,
     emit: &mut dyn FnMut(Piece<'a>) -> bool,
 ) -> Result<bool> {
     let p = &job.planned;
@@ -683,10 +705,11 @@ fn tensor_pieces<'a>(
         }
     };
     // A compensated tensor is solved whole: its columns' errors reach every later column.
-    if p.transform == Transform::Copy && p.select.is_none() && job.compensation.is_none() && job.heal.is_none() {
+    let direct = reads_past_cache(src, job);
+    if streams(job) {
         let src_row_bytes = info.dtype.row_bytes(row_len)?;
         let rows_per_piece = (STREAM_ELEMS / row_len).max(1);
-        let pass_through = info.dtype == job.ty && job.sparsity.is_none();
+        let pass_through = copied_as_is(src, job);
         // A tensor copied as it is only needs its values checked: one buffer for all its pieces.
         let mut check_only: Option<Vec<f32>> = None;
         for (k, piece) in raw.chunks(rows_per_piece * src_row_bytes).enumerate() {
@@ -698,7 +721,12 @@ fn tensor_pieces<'a>(
                 }
                 None => buffer(n),
             };
-            crate::quant::dequantize_into(info.dtype, piece, &mut data)?;
+            let at = k * rows_per_piece * src_row_bytes;
+            let (bytes, mapped) = match direct.then(|| src.read_direct(&p.source, at..at + piece.len(), from_disk)) {
+                Some(Some(read)) => (read?, &[][..]), // no mapped pages to release
+                _ => (piece, piece),
+            };
+            crate::quant::dequantize_into(info.dtype, bytes, &mut data)?;
             check(&data, k * rows_per_piece * row_len)?;
             let data = if pass_through {
                 check_only = Some(data);
@@ -706,13 +734,17 @@ fn tensor_pieces<'a>(
             } else {
                 Some(data)
             };
-            if !emit(Piece::Rows { job: i, data, raw: piece }) {
+            if !emit(Piece::Rows { job: i, data, raw: mapped }) {
                 return Ok(false);
             }
         }
         return Ok(true);
     }
-    let data = src.read_f32(&p.source)?;
+    let data = match direct.then(|| src.read_direct(&p.source, 0..raw.len(), from_disk)).flatten() {
+        Some(read) => crate::quant::dequantize(info.dtype, read?)
+            .map_err(|e| anyhow!("{}: tensor {:?}: {e:#}", src.location(&p.source), p.source))?,
+        None => src.read_f32(&p.source)?,
+    };
     check(&data, 0)?;
     let data = apply_transform(p.transform, data, &info.shape)?;
     let data = match (&p.select, &job.heal) {

@@ -3,6 +3,7 @@
 
 use super::{TensorDesc, TensorSource};
 use crate::quant::GgmlType;
+use crate::util::direct::{DirectBuffer, DirectFile};
 use crate::util::mmap::release_pages;
 use anyhow::{anyhow, bail, Context, Result};
 use memmap2::Mmap;
@@ -11,10 +12,20 @@ use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Direct reads are on unless `MICROSCALE_DIRECT_IO=0` (for measuring the memory-mapped path).
+fn direct_reads_wanted() -> bool {
+    std::env::var("MICROSCALE_DIRECT_IO").map_or(true, |v| v != "0")
+}
 
 struct Shard {
     path: PathBuf,
     map: Mmap,
+    /// The same file opened for reads past the page cache (`None` where refused).
+    direct: Option<DirectFile>,
+    /// Cleared when the file system accepted `O_DIRECT` at open but refuses it on read.
+    direct_works: AtomicBool,
 }
 
 struct Location {
@@ -91,7 +102,8 @@ impl HfCheckpoint {
                 );
                 tensors.push(TensorDesc { name: tname, shape, dtype });
             }
-            shards.push(Shard { path, map });
+            let direct = direct_reads_wanted().then(|| DirectFile::open(&path)).flatten();
+            shards.push(Shard { path, map, direct, direct_works: AtomicBool::new(true) });
         }
         check_index_complete(dir, &index)?;
         Ok(HfCheckpoint { dir: dir.to_path_buf(), config, shards, tensors, index })
@@ -144,6 +156,35 @@ impl TensorSource for HfCheckpoint {
         if let Some(loc) = self.index.get(name) {
             crate::util::mmap::prefetch_pages(&self.shards[loc.shard].map, loc.start, loc.end - loc.start);
         }
+    }
+
+    fn read_direct<'b>(
+        &self,
+        name: &str,
+        range: std::ops::Range<usize>,
+        buf: &'b mut DirectBuffer,
+    ) -> Option<Result<&'b [u8]>> {
+        let loc = self.index.get(name)?;
+        let shard = &self.shards[loc.shard];
+        let file = shard.direct.as_ref().filter(|_| shard.direct_works.load(Ordering::Relaxed))?;
+        if loc.start + range.end > loc.end {
+            return Some(Err(anyhow!("{}: bytes {range:?} are outside tensor {name:?}", shard.path.display())));
+        }
+        match file.read((loc.start + range.start) as u64, range.len(), buf) {
+            Ok(bytes) => Some(Ok(bytes)),
+            Err(e) if is_einval(&e) => {
+                shard.direct_works.store(false, Ordering::Relaxed);
+                None // the memory map reads it instead
+            }
+            Err(e) => Some(Err(e.context(format!("{}: reading tensor {name:?}", shard.path.display())))),
+        }
+    }
+
+    fn reads_direct(&self, name: &str) -> bool {
+        self.index.get(name).is_some_and(|loc| {
+            let shard = &self.shards[loc.shard];
+            shard.direct.is_some() && shard.direct_works.load(Ordering::Relaxed)
+        })
     }
 
     fn location(&self, name: &str) -> String {
@@ -219,4 +260,9 @@ fn describe(e: &safetensors::SafeTensorError) -> String {
         E::InvalidHeaderLength => "header length runs past the end of the file (truncated file?)".into(),
         other => other.to_string(),
     }
+}
+
+/// A file system that takes `O_DIRECT` at open but not on read says EINVAL.
+fn is_einval(e: &anyhow::Error) -> bool {
+    e.root_cause().downcast_ref::<std::io::Error>().and_then(|e| e.raw_os_error()) == Some(libc::EINVAL)
 }

@@ -54,6 +54,22 @@ pub trait TensorSource: Sync {
     /// Start reading a tensor's bytes in the background (it is needed next).
     fn prefetch(&self, _name: &str) {}
 
+    /// The bytes `range` of the tensor's stored bytes, read past the page cache into `buf` (see
+    /// [`crate::util::direct`]); `None` when this source does not read so (use [`Self::raw`]).
+    fn read_direct<'b>(
+        &self,
+        _name: &str,
+        _range: std::ops::Range<usize>,
+        _buf: &'b mut crate::util::direct::DirectBuffer,
+    ) -> Option<Result<&'b [u8]>> {
+        None
+    }
+
+    /// Does [`Self::read_direct`] read this tensor (so advising its pages into the cache is waste)?
+    fn reads_direct(&self, _name: &str) -> bool {
+        false
+    }
+
     fn tensor(&self, name: &str) -> Option<&TensorDesc> {
         self.tensors().iter().find(|t| t.name == name)
     }

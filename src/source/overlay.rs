@@ -64,6 +64,22 @@ impl TensorSource for Overlay<'_> {
         }
     }
 
+    fn read_direct<'b>(
+        &self,
+        name: &str,
+        range: std::ops::Range<usize>,
+        buf: &'b mut crate::util::direct::DirectBuffer,
+    ) -> Option<Result<&'b [u8]>> {
+        match self.added(name) {
+            Some(_) => None,
+            None => self.base.read_direct(name, range, buf),
+        }
+    }
+
+    fn reads_direct(&self, name: &str) -> bool {
+        self.added(name).is_none() && self.base.reads_direct(name)
+    }
+
     fn location(&self, name: &str) -> String {
         match self.added(name) {
             Some(_) => format!("{name} (computed from config.json)"),

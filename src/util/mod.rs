@@ -3,6 +3,7 @@
 
 pub mod atomic;
 pub mod data;
+pub mod direct;
 pub mod fault;
 pub mod linalg;
 pub mod mem;
