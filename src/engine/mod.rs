@@ -240,21 +240,43 @@ impl Session<'_> {
     pub fn decode(&mut self, tokens: &[BatchToken]) -> Result<Vec<f32>> {
         let n_out = tokens.iter().filter(|t| t.logits).count();
         let mut out = Vec::with_capacity(n_out * self.n_vocab);
+        self.decode_with(tokens, |rows| {
+            for (_, logits) in rows {
+                out.extend_from_slice(logits);
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// [`Self::decode`] without copying the logits: after each `n_batch` piece, `each_piece` gets
+    /// the flagged tokens' logits where llama.cpp holds them, with each one's index among all
+    /// flagged tokens (a perplexity batch's logits are 200 MB at a 49k vocabulary: read in place).
+    pub fn decode_with(
+        &mut self,
+        tokens: &[BatchToken],
+        mut each_piece: impl FnMut(&[(usize, &[f32])]) -> Result<()>,
+    ) -> Result<()> {
         let max_seqs = tokens.iter().map(|t| t.seqs.len()).max().unwrap_or(1);
         let mut batch = LlamaBatch::new(self.n_batch, max_seqs as i32);
+        let mut flagged = 0;
         for piece in tokens.chunks(self.n_batch) {
             batch.clear();
             for t in piece {
                 batch.add(LlamaToken(t.token), t.pos as i32, &t.seqs, t.logits)?;
             }
             self.ctx.decode(&mut batch).context("llama.cpp decode failed")?;
-            for (i, t) in piece.iter().enumerate() {
-                if t.logits {
-                    out.extend_from_slice(self.ctx.get_logits_ith(i as i32));
-                }
-            }
+            let rows: Vec<(usize, &[f32])> = piece
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.logits)
+                .enumerate()
+                .map(|(k, (i, _))| (flagged + k, self.ctx.get_logits_ith(i as i32)))
+                .collect();
+            flagged += rows.len();
+            each_piece(&rows)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Evaluate `tokens` as one fresh sequence (positions 0..n) and return the logits of the

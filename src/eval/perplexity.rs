@@ -130,6 +130,35 @@ impl<'m> WindowLogits<'m> {
         let per_window = (self.n_ctx - first) * self.n_vocab();
         Ok(logits.chunks(per_window).map(|c| c.to_vec()).collect())
     }
+
+    /// `score(window, j, logits)` of every position `first + j` of the second half of each window
+    /// of the group, computed in parallel on the logits where llama.cpp holds them (no copy):
+    /// `[window][j]`.
+    pub fn scores(
+        &mut self,
+        group: &[Vec<i32>],
+        score: impl Fn(usize, usize, &[f32]) -> f64 + Sync,
+    ) -> Result<Vec<Vec<f64>>> {
+        let first = self.n_ctx / 2;
+        let per_window = self.n_ctx - first;
+        self.session.clear();
+        let mut batch = Vec::with_capacity(group.len() * self.n_ctx);
+        for (seq, w) in group.iter().enumerate() {
+            for (pos, &token) in w.iter().enumerate() {
+                batch.push(BatchToken { token, pos, seqs: vec![seq as i32], logits: pos >= first });
+            }
+        }
+        let mut out = vec![vec![0.0; per_window]; group.len()];
+        self.session.decode_with(&batch, |rows| {
+            let scored: Vec<(usize, f64)> =
+                rows.par_iter().map(|&(k, l)| (k, score(k / per_window, k % per_window, l))).collect();
+            for (k, v) in scored {
+                out[k / per_window][k % per_window] = v;
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
 }
 
 pub fn perplexity_of_tokens(
@@ -146,13 +175,13 @@ pub fn perplexity_of_tokens(
     let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
     let mut running = Vec::with_capacity(windows.len());
     for group in windows.chunks(engine.windows_per_decode()) {
-        let logits = engine.eval(group)?;
-        for (w, l) in group.iter().zip(&logits) {
-            // Position first+j predicts w[first+j+1]; the window's last position predicts nothing.
-            let v: Vec<f64> = (0..opts.n_ctx - 1 - first)
-                .into_par_iter()
-                .map(|j| -token_logprob(&l[j * n_vocab..(j + 1) * n_vocab], w[first + j + 1] as usize))
-                .collect();
+        // Position first+j predicts w[first+j+1]; the window's last position predicts nothing.
+        let scored = engine.scores(group, |w, j, l| match group[w].get(first + j + 1) {
+            Some(&next) => -token_logprob(&l[..n_vocab], next as usize),
+            None => 0.0,
+        })?;
+        for mut v in scored {
+            v.truncate(opts.n_ctx - 1 - first);
             nll += v.iter().sum::<f64>();
             nll2 += v.iter().map(|x| x * x).sum::<f64>();
             count += v.len();
