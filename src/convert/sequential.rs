@@ -62,6 +62,9 @@ pub fn check(opts: &ConvertOptions, dims: &Dims) -> Result<()> {
 /// `prune.sequential` gives the stages). Scratch files go beside `output` and are removed.
 pub fn calibration(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Calibration> {
     let (mut merged, dims, planned) = super::one_shot(input, opts, |dims| check(opts, dims))?;
+    if !pruning::needs_moments(opts) {
+        merged.moments = None; // Wanda reads the imatrix only: the stages need not collect moments
+    }
     let groups = groups(dims.n_layer, opts.prune.sequential);
     let scratch = TempDir::create(&scratch_path(output))?;
     for (s, layers) in groups.iter().enumerate().skip(1) {
