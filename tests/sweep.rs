@@ -108,6 +108,18 @@ fn grids_parse_and_expand() {
     assert!(by("q3_k_m-93510208").recipe().contains("+ imatrix"));
     let bad = "[eval]\n[bench]\n[[variant]]\nquant=\"f16\"\ntarget_size=\"10MiB\"\n";
     assert!(microscale::sweep::grid::parse_grid(bad).is_err());
+
+    // `sequential = K` reaches the pruning request, the name and the recipe, in variants and matrices.
+    let seq = microscale::sweep::grid::parse_grid(
+        "[eval]\n[bench]\n[[variant]]\nquant=\"q4_k_m\"\nquant_method=\"gptq\"\nsequential=4\n\
+         [[matrix]]\nmethods=[\"sparsegpt\"]\nratios=[0.5]\nquants=[\"q8_0\"]\nsequential=3\n",
+    )
+    .unwrap();
+    let names: Vec<_> = seq.variants.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["baseline-f32", "q4_k_m-gptq-seq4", "sparsegpt50-q8_0-seq3"]);
+    assert_eq!(seq.variants[1].prune_spec(16).unwrap().sequential, 4);
+    assert_eq!(seq.variants[2].prune_spec(16).unwrap().sequential, 3);
+    assert!(seq.variants[2].recipe().contains("sequential ×3"), "{}", seq.variants[2].recipe());
 }
 
 #[test]

@@ -114,8 +114,9 @@ impl<'m> WindowLogits<'m> {
         self.session.n_vocab()
     }
 
-    /// For each window of the group (at most `windows_per_decode`), the logits of its second half.
-    pub fn eval(&mut self, group: &[Vec<i32>]) -> Result<Vec<Vec<f32>>> {
+    /// The group's windows as one batch, one sequence each, logits asked for their second halves;
+    /// the session is cleared for it.
+    fn batch(&mut self, group: &[Vec<i32>]) -> Vec<BatchToken> {
         let first = self.n_ctx / 2;
         self.session.clear();
         let mut batch = Vec::with_capacity(group.len() * self.n_ctx);
@@ -126,6 +127,13 @@ impl<'m> WindowLogits<'m> {
                 batch.push(BatchToken { token, pos, seqs: vec![seq as i32], logits: pos >= first });
             }
         }
+        batch
+    }
+
+    /// For each window of the group (at most `windows_per_decode`), the logits of its second half.
+    pub fn eval(&mut self, group: &[Vec<i32>]) -> Result<Vec<Vec<f32>>> {
+        let first = self.n_ctx / 2;
+        let batch = self.batch(group);
         let logits = self.session.decode(&batch)?;
         let per_window = (self.n_ctx - first) * self.n_vocab();
         Ok(logits.chunks(per_window).map(|c| c.to_vec()).collect())
@@ -139,15 +147,8 @@ impl<'m> WindowLogits<'m> {
         group: &[Vec<i32>],
         score: impl Fn(usize, usize, &[f32]) -> f64 + Sync,
     ) -> Result<Vec<Vec<f64>>> {
-        let first = self.n_ctx / 2;
-        let per_window = self.n_ctx - first;
-        self.session.clear();
-        let mut batch = Vec::with_capacity(group.len() * self.n_ctx);
-        for (seq, w) in group.iter().enumerate() {
-            for (pos, &token) in w.iter().enumerate() {
-                batch.push(BatchToken { token, pos, seqs: vec![seq as i32], logits: pos >= first });
-            }
-        }
+        let per_window = self.n_ctx - self.n_ctx / 2;
+        let batch = self.batch(group);
         let mut out = vec![vec![0.0; per_window]; group.len()];
         self.session.decode_with(&batch, |rows| {
             let scored: Vec<(usize, f64)> =

@@ -304,6 +304,21 @@ impl Grid {
     }
 }
 
+/// How a microscale variant is compressed, before its name, type, imatrix and budget.
+struct Recipe {
+    method: String,
+    ratio: f64,
+    quant_method: QuantMethod,
+    sequential: usize,
+}
+
+impl Recipe {
+    fn variant(self, name: String, quant: Scheme, imatrix: bool, budget: Option<Budget>) -> Variant {
+        let Recipe { method, ratio, quant_method, sequential } = self;
+        Variant { name, kind: Kind::Microscale, quant, method, ratio, quant_method, imatrix, budget, sequential }
+    }
+}
+
 fn variant_name(method: &str, ratio: f64, quant: Scheme, qm: QuantMethodName, sequential: usize) -> String {
     let seq = if sequential > 1 { format!("-seq{sequential}") } else { String::new() };
     let gptq = format!("{}{seq}", if qm == QuantMethodName::Gptq { "-gptq" } else { "" });
@@ -364,18 +379,9 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
             name = format!("{name}-{b}bpw");
         }
         let imatrix = v.imatrix.unwrap_or(with_imatrix) && !quant.is_float();
-        let (method, ratio, quant_method, sequential) = (v.method, v.ratio, v.quant_method.into(), v.sequential);
-        push(Variant {
-            name,
-            kind: Kind::Microscale,
-            quant,
-            method,
-            ratio,
-            quant_method,
-            imatrix,
-            budget,
-            sequential,
-        })?;
+        let recipe =
+            Recipe { method: v.method, ratio: v.ratio, quant_method: v.quant_method.into(), sequential: v.sequential };
+        push(recipe.variant(name, quant, imatrix, budget))?;
     }
     for m in raw.matrix {
         for method in &m.methods {
@@ -384,19 +390,13 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
                     let quant = Scheme::parse(q)?;
                     let name = variant_name(method, ratio, quant, m.quant_method, m.sequential);
                     let imatrix = m.imatrix.unwrap_or(with_imatrix) && !quant.is_float();
-                    let (method, quant_method) = (method.clone(), m.quant_method.into());
-                    let budget = None;
-                    push(Variant {
-                        name,
-                        kind: Kind::Microscale,
-                        quant,
-                        method,
+                    let recipe = Recipe {
+                        method: method.clone(),
                         ratio,
-                        quant_method,
-                        imatrix,
-                        budget,
+                        quant_method: m.quant_method.into(),
                         sequential: m.sequential,
-                    })?;
+                    };
+                    push(recipe.variant(name, quant, imatrix, None))?;
                 }
             }
         }
