@@ -89,9 +89,17 @@ pub fn calibration(input: &Path, output: &Path, opts: &ConvertOptions) -> Result
             copts.moments = Some(request);
         }
         let update = calibrate(CalibModel::File(&model), &merged.fingerprint, dims.n_layer, &copts, opts.quiet)?;
-        std::fs::remove_file(&model)?;
         let in_group = |name: &str| layer_of(name).is_some_and(|l| layers.contains(&l));
         merged = merged.replaced(&update, in_group, &scratch.path().join(format!("merged-{s}.gguf")))?;
+        // Only the newest merged file is read from now on (each holds every moment): the scratch
+        // directory stays at one stage's files, not K of them.
+        for done in [
+            model,
+            scratch.path().join(format!("stage-{s}.calib.gguf")),
+            scratch.path().join(format!("merged-{}.gguf", s - 1)),
+        ] {
+            let _ = std::fs::remove_file(done);
+        }
     }
     // The statistics are no longer those of the file --calib names (nor of any file kept).
     merged.imatrix.path = None;
