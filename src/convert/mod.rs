@@ -741,8 +741,7 @@ fn tensor_pieces<'a>(
         return Ok(true);
     }
     let data = match direct.then(|| src.read_direct(&p.source, 0..raw.len(), from_disk)).flatten() {
-        Some(read) => crate::quant::dequantize(info.dtype, read?)
-            .map_err(|e| anyhow!("{}: tensor {:?}: {e:#}", src.location(&p.source), p.source))?,
+        Some(read) => src.decode(&p.source, read?)?,
         None => src.read_f32(&p.source)?,
     };
     check(&data, 0)?;

@@ -76,8 +76,13 @@ pub trait TensorSource: Sync {
 
     /// The tensor decoded to f32.
     fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+        self.decode(name, self.raw(name)?)
+    }
+
+    /// The tensor's stored `bytes` (from [`Self::raw`] or [`Self::read_direct`]) decoded to f32.
+    fn decode(&self, name: &str, bytes: &[u8]) -> Result<Vec<f32>> {
         let info = self.tensor(name).ok_or_else(|| anyhow::anyhow!("no tensor {name:?} in {}", self.location(name)))?;
-        crate::quant::dequantize(info.dtype, self.raw(name)?)
+        crate::quant::dequantize(info.dtype, bytes)
             .map_err(|e| anyhow::anyhow!("{}: tensor {name:?}: {e:#}", self.location(name)))
     }
 }
