@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Build llama.cpp's own command-line tools (llama-imatrix, llama-quantize, llama-perplexity) as test
-# oracles: the tests compare `microscale imatrix` with llama-imatrix, our quantized files with
-# llama-quantize (the tool, which adds the quantize.imatrix.* keys the library call does not), and
-# read llama-perplexity's saved base log-probabilities.
+# Build llama.cpp's own command-line tools (llama-imatrix, llama-quantize, llama-perplexity,
+# llama-completion) as test oracles: the tests compare `microscale imatrix` with llama-imatrix, our
+# quantized files with llama-quantize (the tool, which adds the quantize.imatrix.* keys the library
+# call does not), read llama-perplexity's saved base log-probabilities, and compare `microscale
+# generate --chat` with llama-completion's conversation mode.
 #
 # The sources are llama.cpp as vendored in the llama-cpp-python 0.3.36 source distribution on PyPI
 # (the crate llama-cpp-sys-2 vendors the libraries but not the tools); pip downloads it, its sha256
@@ -18,12 +19,15 @@ SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 STAMP="$ROOT/.complete-$SHA256"
 BIN="$ROOT/build/bin"
 
-if [ -f "$STAMP" ] && [ -x "$BIN/llama-imatrix" ] && [ -x "$BIN/llama-quantize" ] && [ -x "$BIN/llama-perplexity" ]; then
+TARGETS=(llama-imatrix llama-quantize llama-perplexity llama-completion)
+have_all() {
+  for t in "${TARGETS[@]}"; do [ -x "$BIN/$t" ] || return 1; done
+}
+if [ -f "$STAMP" ] && have_all; then
   echo "$BIN"
   exit 0
 fi
 command -v cmake >/dev/null || { echo "error: cmake is missing: run scripts/setup.sh" >&2; exit 1; }
-TARGETS=(llama-imatrix llama-quantize llama-perplexity)
 if [ -f "$STAMP" ] && [ -f "$ROOT/build/CMakeCache.txt" ]; then
   # A build of this sdist from before a tool was added to the list: build only what is missing.
   cmake --build "$ROOT/build" --target "${TARGETS[@]}" -j "$(nproc)" >>"$ROOT/cmake.log" 2>&1 \
@@ -43,7 +47,7 @@ mv "$tmp/llama_cpp_python-0.3.36/vendor/llama.cpp" "$ROOT/src"
 
 flags=""
 if [ "$(uname -m)" = x86_64 ]; then flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"; fi
-echo "building llama-imatrix, llama-quantize and llama-perplexity (CMake, once)" >&2
+echo "building ${TARGETS[*]} (CMake, once)" >&2
 cmake -S "$ROOT/src" -B "$ROOT/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
   -DGGML_NATIVE=ON -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
   -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \

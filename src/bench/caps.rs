@@ -233,7 +233,14 @@ fn make_cgroup(caps: &Caps, enf: &mut Enforcement) -> Result<(Option<Cgroup>, bo
 }
 
 /// Run `cmd` under `caps`, killing it after `timeout`; collect its output and resource use.
-pub fn run_capped(mut cmd: Command, caps: &Caps, timeout: Duration) -> Result<Outcome> {
+pub fn run_capped(cmd: Command, caps: &Caps, timeout: Duration) -> Result<Outcome> {
+    run_capped_with(cmd, caps, timeout, false)
+}
+
+/// [`run_capped`], with the child's standard output passed straight through to ours when
+/// `stream_stdout` (a generation printed as it happens; `Outcome::stdout` is then empty). Its
+/// standard error is still collected: that is where a failure's last words are.
+pub fn run_capped_with(mut cmd: Command, caps: &Caps, timeout: Duration, stream_stdout: bool) -> Result<Outcome> {
     let mut enf = Enforcement::default();
     let (cgroup, use_rlimit) = make_cgroup(caps, &mut enf)?;
     enf.cgroups = cgroup.as_ref().map(|c| c.paths().to_vec()).unwrap_or_default();
@@ -247,7 +254,9 @@ pub fn run_capped(mut cmd: Command, caps: &Caps, timeout: Duration) -> Result<Ou
         rlimit: if use_rlimit { caps.memory } else { None },
         parent: std::process::id() as i32,
     };
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(if stream_stdout { Stdio::inherit() } else { Stdio::piped() })
+        .stderr(Stdio::piped());
     // A failed GGML_ASSERT would otherwise attach gdb to print a backtrace: slow, and noise in the
     // stderr the parent reads for the child's last words.
     cmd.env("GGML_NO_BACKTRACE", "1");
@@ -257,7 +266,7 @@ pub fn run_capped(mut cmd: Command, caps: &Caps, timeout: Duration) -> Result<Ou
     }
     let mut child = cmd.spawn().context("cannot start the measuring child")?;
     let pid = child.id() as i32;
-    let out_reader = read_all(child.stdout.take().expect("piped"));
+    let out_reader = child.stdout.take().map(read_all);
     let err_reader = read_all(child.stderr.take().expect("piped"));
     let watch = Watch::start(pid, timeout);
     let mut status = 0;
@@ -270,7 +279,7 @@ pub fn run_capped(mut cmd: Command, caps: &Caps, timeout: Duration) -> Result<Ou
     let oom_killed = cgroup.as_ref().is_some_and(|c| c.oom_killed()) && exit.signal() == Some(libc::SIGKILL);
     drop(cgroup); // the child is reaped: remove its cgroups now
     Ok(Outcome {
-        stdout: out_reader.join().unwrap_or_default(),
+        stdout: out_reader.map(|r| r.join().unwrap_or_default()).unwrap_or_default(),
         stderr: err_reader.join().unwrap_or_default(),
         exit_code: exit.code(),
         signal: exit.signal(),

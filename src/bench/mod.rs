@@ -7,6 +7,7 @@
 pub mod caps;
 pub mod child;
 pub mod failure;
+pub mod generate;
 pub mod profiles;
 pub mod quant;
 pub mod run;

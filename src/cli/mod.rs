@@ -6,8 +6,10 @@
 mod bench;
 mod bench_child;
 mod bench_quant;
+mod chat;
 mod convert;
 mod eval;
+mod generate;
 mod imatrix;
 mod import;
 mod info;
@@ -38,6 +40,8 @@ use std::process::ExitCode;
         \x20 microscale convert models/smollm2-135m -o q4.gguf --outtype q4_k_m\n\
         \x20 microscale eval q4.gguf --chunks 40 --task arc-easy\n\
         \x20 microscale bench q4.gguf --profile pi4-4gb\n\
+        \x20 microscale generate q4.gguf --chat -p \"What is the capital of France?\" --profile pi4-4gb\n\
+        \x20 microscale chat q4.gguf\n\
         \x20 microscale sweep --model models/smollm2-135m --grid grids/quick.toml --out /tmp/quick\n\
         \x20 microscale report /tmp/quick"
 )]
@@ -74,6 +78,8 @@ enum Command {
     Import(import::Args),
     Inspect(inspect::Args),
     Eval(eval::Args),
+    Generate(generate::Args),
+    Chat(chat::Args),
 }
 
 impl Command {
@@ -92,6 +98,8 @@ impl Command {
             Command::Import(a) => a.run(g),
             Command::Inspect(a) => a.run(g),
             Command::Eval(a) => a.run(g),
+            Command::Generate(a) => a.run(g),
+            Command::Chat(a) => a.run(g),
         }
     }
 }

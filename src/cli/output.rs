@@ -3,6 +3,7 @@
 //! errors. The library returns data; this module turns it into text.
 
 use anyhow::Result;
+use microscale::bench::generate::{CappedGeneration, GenerationReport};
 use microscale::bench::profiles::{format_bytes, Profile};
 use microscale::bench::quant::QuantBenchRow;
 use microscale::bench::run::BenchRow;
@@ -397,6 +398,72 @@ pub fn bench_table(rows: &[BenchRow]) -> String {
     for n in notes {
         let _ = writeln!(s, "note: {n}");
     }
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// generate, chat
+// ---------------------------------------------------------------------------------------------
+
+/// What a generation cost, after its text: llama.cpp's `prompt eval` / `eval` speeds, the time to
+/// first token, load time and peak memory.
+pub fn generation_stats(r: &GenerationReport) -> String {
+    let name = Path::new(&r.model).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let sampling = if r.greedy { "greedy".to_string() } else { format!("seed {}", r.seed) };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{name} ({}), {} threads, context {}, {sampling}",
+        format_bytes(r.size_bytes),
+        r.threads,
+        r.ctx_size
+    );
+    let _ = writeln!(
+        s,
+        "{}",
+        reply_stats_line(r.prompt_tokens, r.prompt_tps, r.generated_tokens, r.generation_tps, r.ttft_s)
+    );
+    let _ = writeln!(
+        s,
+        "load {:.2} s | peak memory {} | stop: {}",
+        r.load_s,
+        format_bytes(r.peak_rss),
+        r.stop.map(|x| x.as_str()).unwrap_or("-")
+    );
+    s
+}
+
+/// One reply's speeds, on one line (also `chat`'s `/stats`).
+pub fn reply_stats_line(prompt_tokens: usize, prompt_tps: f64, gen_tokens: usize, gen_tps: f64, ttft_s: f64) -> String {
+    format!(
+        "prompt {prompt_tokens} tokens, {prompt_tps:.1} t/s | generation {gen_tokens} tokens, {gen_tps:.1} t/s | time to first token {ttft_s:.3} s"
+    )
+}
+
+/// A capped generation: the profile and its caps, then the generation's stats or why it failed.
+pub fn capped_generation_stats(run: &CappedGeneration) -> String {
+    let mut s = format!(
+        "profile {}: {} threads, memory cap {}, CPU quota {}: {}\n",
+        run.profile,
+        run.threads,
+        run.memory_cap.map(format_bytes).unwrap_or_else(|| "none".into()),
+        run.cpu_quota.map(|q| format!("{q} CPUs")).unwrap_or_else(|| "none".into()),
+        match &run.reason {
+            None => run.status.to_string(),
+            Some(why) => format!("{}: {why}", run.status),
+        }
+    );
+    if let Some(r) = &run.report {
+        s += &generation_stats(r);
+    }
+    for w in &run.warnings {
+        let _ = writeln!(s, "note: {w}");
+    }
+    let _ = writeln!(
+        s,
+        "note: memory cap: {}; CPU quota: {}; affinity: {}",
+        run.enforcement.memory, run.enforcement.cpu_quota, run.enforcement.affinity
+    );
     s
 }
 

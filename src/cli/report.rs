@@ -1,6 +1,8 @@
 use super::Global;
-use anyhow::Result;
+use anyhow::{bail, Result};
+use microscale::record::results::read_results;
 use microscale::report::markdown::{write_report, ReportOptions};
+use microscale::report::sweet_spot::sweet_spot;
 use microscale::report::sweet_spot::Objective;
 use std::path::PathBuf;
 
@@ -31,6 +33,10 @@ pub struct Args {
     /// Sweet spot: the smallest file, or the fastest generation on the profile.
     #[arg(long, value_enum, default_value = "size")]
     objective: ObjectiveArg,
+    /// Print the sweet spot's variant name for this profile (as the report picks it) and exit,
+    /// writing nothing: for scripts (scripts/demo.sh).
+    #[arg(long, value_name = "PROFILE")]
+    sweet_spot: Option<String>,
     /// A paragraph for the report's caveats (repeatable).
     #[arg(long)]
     caveat: Vec<String>,
@@ -47,6 +53,17 @@ impl Args {
             },
             caveats: self.caveat,
         };
+        if let Some(profile) = &self.sweet_spot {
+            let results = read_results(&self.dir.join("results.csv"))?;
+            let spot = sweet_spot(&results, profile, &opts.criteria());
+            return match spot.pick {
+                Ok(i) => {
+                    println!("{}", results.variants[i].name);
+                    Ok(())
+                }
+                Err(why) => bail!("{}: no sweet spot on {profile}: {why}", self.dir.display()),
+            };
+        }
         let path = write_report(&self.dir, &opts)?;
         if !g.quiet {
             eprintln!("wrote {}", path.display());

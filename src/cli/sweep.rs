@@ -2,7 +2,7 @@ use super::{at_least, Global};
 use anyhow::{bail, Result};
 use microscale::engine::log::{set_mode, LogMode};
 use microscale::sweep::grid::load_grid;
-use microscale::sweep::{run_one_variant, run_sweep, SweepOptions, STATUS_OK};
+use microscale::sweep::{build_variant, run_one_variant, run_sweep, SweepOptions, STATUS_OK};
 use microscale::util::data::DataDir;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -38,6 +38,10 @@ pub struct Args {
     /// OUT/rows/NAME.json, not results.csv. What each variant's child runs.
     #[arg(long, value_name = "NAME|I")]
     variant: Option<String>,
+    /// With --variant: only build the variant's GGUF (OUT/variants/NAME.gguf, kept), exactly as
+    /// the sweep makes it, and print its path; nothing is measured.
+    #[arg(long, requires = "variant")]
+    build_only: bool,
     /// Kill a variant's child after this many seconds (its row says timeout).
     #[arg(long, value_name = "SECS", default_value_t = 12 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
     variant_timeout: u64,
@@ -66,6 +70,10 @@ impl Args {
             variant_timeout: Duration::from_secs(self.variant_timeout),
             ..SweepOptions::new(&self.model, &self.grid, &self.out)
         };
+        if let (true, Some(name)) = (self.build_only, &self.variant) {
+            println!("{}", build_variant(&grid, name, &opts)?.display());
+            return Ok(());
+        }
         if let Some(name) = self.variant {
             // A variant's child: llama.cpp's log goes to stderr (OUT/logs/NAME.log), so that a
             // crash can be traced to what llama.cpp was doing.

@@ -5,10 +5,12 @@
 //! asked to be verbose, so that microscale's own output stays readable, and remembered, so that a
 //! failure quotes llama.cpp's own reason. [`info`] reports what llama.cpp was built with,
 //! [`quantize`] runs llama.cpp's own quantizer, [`raw`] observes graph evaluation (calibration),
-//! [`user_model`] builds a model from metadata and tensor data without a file.
+//! [`user_model`] builds a model from metadata and tensor data without a file, [`generate`] samples
+//! text and keeps a chat conversation in the KV cache.
 //!
 //! Uses `gguf`, `quant`, `util`.
 
+pub mod generate;
 pub mod info;
 pub mod log;
 pub mod quantize;

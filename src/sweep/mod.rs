@@ -271,6 +271,17 @@ pub fn run_one_variant(grid: &Grid, name: &str, opts: &SweepOptions) -> Result<B
     Ok(row)
 }
 
+/// `sweep --variant NAME --build-only`: make the variant's GGUF exactly as the sweep would (the
+/// same calibration and importance matrix), without measuring it, and return its path
+/// (`OUT/variants/NAME.gguf`; the baseline's is `baseline-f32.gguf`). A file already there is
+/// reused.
+pub fn build_variant(grid: &Grid, name: &str, opts: &SweepOptions) -> Result<PathBuf> {
+    let v = grid.variant(name)?;
+    let dirs = Dirs::create(&opts.out, false)?;
+    let baseline = dirs.variants.join("baseline-f32.gguf");
+    build(v, opts, grid, &dirs.variants, &baseline, &opts.out.join("calib.imatrix.gguf"))
+}
+
 fn identity(v: &Variant) -> BTreeMap<String, String> {
     let mut row = BTreeMap::new();
     row.insert("variant".into(), v.name.clone());

@@ -1,0 +1,149 @@
+//! Generation under a device's caps: `microscale generate --profile pi4-4gb` runs the generation
+//! in the same capped child as `bench` (threads pinned, memory and CPU capped by cgroups), with the
+//! child's text streamed straight through to the terminal. The child ends by writing one line
+//! on stderr, [`STATS_PREFIX`] and a [`GenerationReport`] as JSON; a child that does not get there
+//! ended for a reason [`classify`] names — only the memory cap's kill is "does not fit".
+
+use super::caps::{run_capped_with, Enforcement};
+use super::failure::classify;
+use super::profiles::{format_bytes, Profile};
+use super::run::caps_for;
+use crate::engine::generate::{Reply, Sampling, Stop};
+use crate::record::status::Status;
+use anyhow::{Context, Result};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// The line a generating child ends with on stderr, before its JSON report.
+pub const STATS_PREFIX: &str = "microscale-generate: ";
+
+/// What one generation did and cost: the text, the token counts and speeds, and the process's
+/// peak memory.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct GenerationReport {
+    pub model: String,
+    pub size_bytes: u64,
+    pub threads: usize,
+    pub ctx_size: usize,
+    /// The seed the sampler drew with (a random run can be repeated with `--seed`).
+    pub seed: u32,
+    pub greedy: bool,
+    pub chat: bool,
+    pub load_s: f64,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub prompt_tps: f64,
+    pub generation_tps: f64,
+    pub ttft_s: f64,
+    /// Why the generation ended: `end_of_generation`, `max_tokens` or `context_full`.
+    pub stop: Option<Stop>,
+    /// Peak resident set of the generating process, bytes.
+    pub peak_rss: u64,
+    pub text: String,
+}
+
+impl GenerationReport {
+    pub fn new(model: &Path, threads: usize, ctx_size: usize, sampling: &Sampling, seed: u32, load_s: f64) -> Self {
+        GenerationReport {
+            model: model.display().to_string(),
+            size_bytes: std::fs::metadata(model).map(|m| m.len()).unwrap_or(0),
+            threads,
+            ctx_size,
+            seed,
+            greedy: sampling.is_greedy(),
+            chat: false,
+            load_s,
+            prompt_tokens: 0,
+            generated_tokens: 0,
+            prompt_tps: 0.0,
+            generation_tps: 0.0,
+            ttft_s: 0.0,
+            stop: None,
+            peak_rss: 0,
+            text: String::new(),
+        }
+    }
+
+    /// Fill in a finished reply and the process's peak memory.
+    pub fn with_reply(mut self, r: &Reply) -> Self {
+        self.prompt_tokens = r.prompt_tokens;
+        self.generated_tokens = r.generated_tokens;
+        self.prompt_tps = r.prompt_tps();
+        self.generation_tps = r.generation_tps();
+        self.ttft_s = r.ttft_s;
+        self.stop = r.stop;
+        self.text = r.text.clone();
+        self.peak_rss = crate::engine::generate::peak_rss();
+        self
+    }
+}
+
+/// How a capped generation went.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CappedGeneration {
+    pub profile: String,
+    pub threads: usize,
+    pub memory_cap: Option<u64>,
+    pub cpu_quota: Option<f64>,
+    pub enforcement: Enforcement,
+    /// `fits` when the generation ran to its end within the caps.
+    pub status: Status,
+    /// Why it did not (None when it fits).
+    pub reason: Option<String>,
+    /// The child's own report (None when it did not finish).
+    pub report: Option<GenerationReport>,
+    pub warnings: Vec<String>,
+}
+
+/// Run `microscale generate MODEL ARGS…` as a child under `profile`'s caps. The child's text goes
+/// straight to our standard output when `stream` (else it is only in the report).
+pub fn generate_capped(
+    model: &Path,
+    profile: &Profile,
+    child_args: &[OsString],
+    stream: bool,
+    timeout: Duration,
+    child_exe: Option<PathBuf>,
+) -> Result<CappedGeneration> {
+    let (threads, caps, warnings) = caps_for(profile);
+    let exe = match child_exe {
+        Some(p) => p,
+        None => std::env::current_exe().context("cannot find the microscale executable")?,
+    };
+    let mut cmd = Command::new(exe);
+    cmd.arg("generate").arg(model).args(child_args).args(["--threads", &threads.to_string(), "--capped-child"]);
+    let outcome = run_capped_with(cmd, &caps, timeout, stream)?;
+    let report = outcome
+        .stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(STATS_PREFIX))
+        .and_then(|json| serde_json::from_str::<GenerationReport>(json).ok());
+    let mut run = CappedGeneration {
+        profile: profile.name.clone(),
+        threads,
+        memory_cap: profile.memory,
+        cpu_quota: profile.cpu_quota,
+        enforcement: outcome.enforcement.clone(),
+        status: Status::Fits,
+        reason: None,
+        report: None,
+        warnings,
+    };
+    match report {
+        Some(mut r) if outcome.exit_code == Some(0) => {
+            // The parent's sampling may miss the last moments; the child's VmHWM does not.
+            r.peak_rss = r.peak_rss.max(outcome.max_rss);
+            run.report = Some(r);
+        }
+        _ => {
+            let cap = profile.memory.map(format_bytes);
+            let failure = classify(&outcome, cap.as_deref(), timeout);
+            run.status = failure.status;
+            run.reason = Some(failure.reason);
+        }
+    }
+    Ok(run)
+}

@@ -1,0 +1,150 @@
+use super::generate::{ContextArgs, SamplingArgs};
+use super::{at_least, output, Global};
+use anyhow::Result;
+use microscale::bench::profiles::format_bytes;
+use microscale::engine::generate::{tokenize_chat, Generator, Reply, Stop};
+use microscale::engine::Model;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+/// Talk to a model: an interactive chat in the terminal, the conversation kept in the KV cache.
+///
+/// Each line you type is a user message, formatted with the model's chat template (or
+/// --chat-template) and added to what the model has already read, so a turn costs only its
+/// new tokens; the reply streams as it is written and ends at the model's end-of-turn token.
+/// Commands: /reset forgets the conversation (the system message stays), /stats shows the
+/// last reply's speeds and how full the context is, /help lists them; Ctrl-D (end of input)
+/// leaves. Sampling flags are `generate`'s; --temp 0 answers greedily.
+///
+/// Examples:
+///   microscale chat q4.gguf
+///   microscale chat q4.gguf --system "Answer in one sentence." --temp 0.3 --ctx-size 2048
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// The GGUF model.
+    model: PathBuf,
+    /// Stop a reply after this many tokens.
+    #[arg(short = 'n', long, visible_alias = "n-predict", default_value_t = 512, value_parser = at_least::<1>())]
+    max_tokens: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    context: ContextArgs,
+}
+
+const HELP: &str = "/reset  forget the conversation (the system message stays)\n\
+                    /stats  the last reply's speeds, and how full the context is\n\
+                    /help   this list\n\
+                    Ctrl-D  leave";
+
+impl Args {
+    pub fn run(self, g: Global) -> Result<()> {
+        let sampling = self.sampling.sampling()?;
+        let model = Model::load(&self.model)?;
+        let opts = self.context.options(sampling);
+        let mut generator = Generator::new(&model, &opts)?;
+        let mut conversation = self.context.conversation(&model)?;
+        if !g.quiet {
+            let size = std::fs::metadata(&self.model).map(|m| m.len()).unwrap_or(0);
+            eprintln!(
+                "chatting with {} ({}), context {} tokens, {} threads. /help for commands, Ctrl-D to leave.",
+                self.model.display(),
+                format_bytes(size),
+                opts.ctx_size,
+                opts.threads
+            );
+        }
+        let stdin = std::io::stdin();
+        let mut stdin = stdin.lock();
+        let mut last: Option<Reply> = None;
+        loop {
+            print!("> ");
+            std::io::stdout().flush()?;
+            let mut line = String::new();
+            if stdin.read_line(&mut line)? == 0 {
+                println!();
+                return Ok(()); // Ctrl-D
+            }
+            let line = line.trim_end_matches(['\n', '\r']);
+            match line.trim() {
+                "" => continue,
+                "/reset" => {
+                    generator.reset();
+                    conversation.reset();
+                    println!("(conversation cleared)");
+                    continue;
+                }
+                "/stats" => {
+                    let (used, size) = generator.context_used();
+                    if let Some(r) = &last {
+                        println!(
+                            "{}",
+                            output::reply_stats_line(
+                                r.prompt_tokens,
+                                r.prompt_tps(),
+                                r.generated_tokens,
+                                r.generation_tps(),
+                                r.ttft_s
+                            )
+                        );
+                    }
+                    println!(
+                        "context {used} of {size} tokens, {} turn(s), peak memory {}",
+                        conversation.turns(),
+                        format_bytes(microscale::engine::generate::peak_rss())
+                    );
+                    continue;
+                }
+                "/help" => {
+                    println!("{HELP}");
+                    continue;
+                }
+                cmd if cmd.starts_with('/') && !cmd.contains(' ') => {
+                    println!("unknown command {cmd}; /help lists the commands");
+                    continue;
+                }
+                _ => {}
+            }
+            match self.turn(&model, &mut generator, &mut conversation, line) {
+                Ok(reply) => {
+                    if reply.stop == Some(Stop::ContextFull) {
+                        println!("(the context is full: /reset to start again, or a larger --ctx-size)");
+                    }
+                    last = Some(reply);
+                }
+                // A turn that cannot be taken (the context is full) leaves the chat open.
+                Err(e) => println!("error: {}", output::error_line(&e)),
+            }
+        }
+    }
+
+    /// One user message and the streamed reply.
+    fn turn(
+        &self,
+        model: &Model,
+        generator: &mut Generator,
+        conversation: &mut microscale::engine::generate::Conversation,
+        message: &str,
+    ) -> Result<Reply> {
+        let first = generator.context_used().0 == 0;
+        let text = conversation.add_user(model, message)?;
+        let tokens = tokenize_chat(model, &text, first);
+        let mut stdout = std::io::stdout().lock();
+        let reply = generator.reply(&tokens, self.max_tokens, |piece| {
+            stdout.write_all(piece.as_bytes())?;
+            stdout.flush()?;
+            Ok(())
+        });
+        writeln!(stdout)?;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                conversation.undo_user();
+                return Err(e);
+            }
+        };
+        conversation.add_reply(&reply.text);
+        Ok(reply)
+    }
+}
