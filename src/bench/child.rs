@@ -36,6 +36,8 @@ pub struct ChildArgs {
     pub n_gen: usize,
     pub reps: usize,
     pub mmap: bool,
+    /// Layers offloaded to the GPU.
+    pub gpu_layers: u32,
 }
 
 /// llama-bench draws its tokens with `std::rand() % n_vocab`; any fixed pseudo-random stream does.
@@ -53,7 +55,8 @@ pub fn run_child(model_path: &Path, a: &ChildArgs) -> Result<ChildReport> {
     crate::engine::log::set_mode(crate::engine::log::LogMode::Child);
     init(false);
     let t = Instant::now();
-    let wrapped = crate::engine::Model::load_with(model_path, a.mmap)?;
+    let load = crate::engine::LoadOptions { mmap: a.mmap, gpu_layers: a.gpu_layers };
+    let wrapped = crate::engine::Model::load_with(model_path, &load)?;
     let load_s = t.elapsed().as_secs_f64();
     crate::util::fault::at("bench-child");
     let n_ctx = a.n_prompt + a.n_gen + 1;

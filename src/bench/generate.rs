@@ -31,6 +31,8 @@ pub struct GenerationReport {
     pub seed: u32,
     pub greedy: bool,
     pub chat: bool,
+    /// Layers offloaded to the GPU (`--gpu-layers`).
+    pub gpu_layers: u32,
     pub load_s: f64,
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
@@ -54,6 +56,7 @@ impl GenerationReport {
             seed,
             greedy: sampling.is_greedy(),
             chat: false,
+            gpu_layers: 0,
             load_s,
             prompt_tokens: 0,
             generated_tokens: 0,

@@ -26,6 +26,8 @@ pub struct BenchOptions {
     pub timeout: Duration,
     /// The microscale binary to run as the child (default: this executable).
     pub child_exe: Option<PathBuf>,
+    /// Layers offloaded to the GPU (`--gpu-layers`; 0: CPU only).
+    pub gpu_layers: u32,
 }
 
 impl Default for BenchOptions {
@@ -37,6 +39,7 @@ impl Default for BenchOptions {
             mmap: false,
             timeout: Duration::from_secs(900),
             child_exe: None,
+            gpu_layers: 0,
         }
     }
 }
@@ -86,6 +89,8 @@ pub struct BenchRow {
     pub tg: Option<MeanSd>,
     pub n_prompt: usize,
     pub n_gen: usize,
+    /// Layers offloaded to the GPU.
+    pub gpu_layers: u32,
     /// Peak resident set of the child, bytes.
     pub peak_rss: u64,
     pub child_threads: Option<usize>,
@@ -134,6 +139,7 @@ pub fn bench_model(model: &Path, profile: &Profile, opts: &BenchOptions) -> Resu
         tg: None,
         n_prompt: opts.n_prompt,
         n_gen: opts.n_gen,
+        gpu_layers: opts.gpu_layers,
         peak_rss: 0,
         child_threads: None,
         child_os_threads: None,
@@ -162,7 +168,8 @@ pub fn bench_model(model: &Path, profile: &Profile, opts: &BenchOptions) -> Resu
         .args(["--threads", &threads.to_string()])
         .args(["--pp", &opts.n_prompt.to_string()])
         .args(["--tg", &opts.n_gen.to_string()])
-        .args(["--reps", &opts.reps.to_string()]);
+        .args(["--reps", &opts.reps.to_string()])
+        .args(["--gpu-layers", &opts.gpu_layers.to_string()]);
     if opts.mmap {
         cmd.arg("--mmap");
     }

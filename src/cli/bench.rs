@@ -65,6 +65,9 @@ pub struct Args {
     /// Append one row per metric to this CSV file.
     #[arg(long, value_name = "FILE")]
     csv: Option<PathBuf>,
+    /// Offload N layers to the GPU (llama.cpp's -ngl; needs a build with --features cuda; 0: CPU only).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    gpu_layers: u32,
 }
 
 impl Args {
@@ -91,6 +94,7 @@ impl Args {
             mmap: self.mmap,
             timeout: Duration::from_secs(self.timeout),
             child_exe: None,
+            gpu_layers: self.gpu_layers,
         };
         let mut rows = Vec::new();
         for m in &self.models {
@@ -100,7 +104,12 @@ impl Args {
                 }
                 let row = bench_model(m, p, &opts)?;
                 if let Some(path) = &self.csv {
-                    append_csv(path, &ModelId::of(m).unwrap_or_else(|_| ModelId::unreadable(m)), &metric_rows(&row))?;
+                    append_csv(
+                        path,
+                        &ModelId::of(m).unwrap_or_else(|_| ModelId::unreadable(m)),
+                        &metric_rows(&row),
+                        self.gpu_layers,
+                    )?;
                 }
                 rows.push(row);
             }

@@ -17,12 +17,20 @@ pub struct Args {
     reps: usize,
     #[arg(long)]
     mmap: bool,
+    #[arg(long, default_value_t = 0)]
+    gpu_layers: u32,
 }
 
 impl Args {
     pub fn run(self, _: Global) -> Result<()> {
-        let a =
-            ChildArgs { threads: self.threads, n_prompt: self.pp, n_gen: self.tg, reps: self.reps, mmap: self.mmap };
+        let a = ChildArgs {
+            threads: self.threads,
+            n_prompt: self.pp,
+            n_gen: self.tg,
+            reps: self.reps,
+            mmap: self.mmap,
+            gpu_layers: self.gpu_layers,
+        };
         // One JSON line on stdout: what the parent reads.
         output::print_json_line(&run_child(&self.model, &a)?)
     }

@@ -41,7 +41,7 @@ const HELP: &str = "/reset  forget the conversation (the system message stays)\n
 impl Args {
     pub fn run(self, g: Global) -> Result<()> {
         let sampling = self.sampling.sampling()?;
-        let model = Model::load(&self.model)?;
+        let model = Model::load_with(&self.model, &self.context.load_options(true))?;
         let opts = self.context.options(sampling);
         let mut generator = Generator::new(&model, &opts)?;
         let mut conversation = self.context.conversation(&model)?;

@@ -73,6 +73,9 @@ pub struct Args {
     /// Append one row per metric to this CSV file.
     #[arg(long, value_name = "FILE")]
     csv: Option<PathBuf>,
+    /// Offload N layers to the GPU (llama.cpp's -ngl; needs a build with --features cuda; 0: CPU only).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    gpu_layers: u32,
 }
 
 impl Args {
@@ -98,16 +101,17 @@ impl Args {
             limit: self.limit,
             seed: self.seed,
             data,
+            gpu_layers: self.gpu_layers,
             ..EvalSpec::new(self.threads.unwrap_or_else(microscale::engine::default_threads))
         })
     }
 
     pub fn run(self, g: Global) -> Result<()> {
-        let (model, csv, json) = (self.model.clone(), self.csv.clone(), self.json);
+        let (model, csv, json, gpu_layers) = (self.model.clone(), self.csv.clone(), self.json, self.gpu_layers);
         let out = run(&model, &self.spec()?, g.quiet)?;
         let id = ModelId::of(&model)?;
         if let Some(path) = &csv {
-            append_csv(path, &id, &out.rows)?;
+            append_csv(path, &id, &out.rows, gpu_layers)?;
         }
         if json {
             output::print_json(&serde_json::json!({"model": id, "results": out}))

@@ -4,7 +4,7 @@ use microscale::bench::generate::{generate_capped, GenerationReport, STATS_PREFI
 use microscale::bench::profiles::{parse_memory, profile, Overrides};
 use microscale::engine::generate::{tokenize_chat, Conversation, GenerateOptions, Generator, Sampling, RANDOM_SEED};
 use microscale::engine::log::{set_mode, LogMode};
-use microscale::engine::Model;
+use microscale::engine::{LoadOptions, Model};
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
@@ -90,9 +90,17 @@ pub struct ContextArgs {
     /// A system message at the start of the conversation (with --chat).
     #[arg(long = "system", visible_alias = "sys", value_name = "TEXT")]
     system: Option<String>,
+    /// Offload N layers to the GPU (llama.cpp's -ngl; needs a build with --features cuda; 0: CPU only).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    gpu_layers: u32,
 }
 
 impl ContextArgs {
+    /// How to load the model: memory-mapped unless `mmap` is false, with `--gpu-layers`.
+    pub fn load_options(&self, mmap: bool) -> LoadOptions {
+        LoadOptions { mmap, gpu_layers: self.gpu_layers }
+    }
+
     pub fn options(&self, sampling: Sampling) -> GenerateOptions {
         GenerateOptions {
             ctx_size: self.ctx_size,
@@ -194,7 +202,7 @@ impl Args {
         // Read into RAM under caps (the cap decides whether it fits), memory-mapped otherwise.
         let mmap = !self.capped_child || self.mmap;
         let start = Instant::now();
-        let model = Model::load_with(&self.model, mmap)?;
+        let model = Model::load_with(&self.model, &self.context.load_options(mmap))?;
         let load_s = start.elapsed().as_secs_f64();
         let opts = self.context.options(sampling.clone());
         let mut generator = Generator::new(&model, &opts)?;
@@ -221,6 +229,7 @@ impl Args {
             GenerationReport::new(&self.model, opts.threads, opts.ctx_size, &sampling, generator.seed(), load_s)
                 .with_reply(&reply);
         report.chat = self.chat;
+        report.gpu_layers = self.context.gpu_layers;
         if self.capped_child {
             eprintln!("{STATS_PREFIX}{}", serde_json::to_string(&report)?);
             return Ok(());
@@ -291,6 +300,7 @@ impl Args {
         a.push(format!("--max-tokens={}", self.max_tokens).into());
         a.push(format!("--ctx-size={}", self.context.ctx_size).into());
         a.push(format!("--batch-size={}", self.context.batch_size).into());
+        a.push(format!("--gpu-layers={}", self.context.gpu_layers).into());
         a.extend(self.sampling.to_args());
         if self.mmap {
             a.push("--mmap".into());

@@ -43,13 +43,15 @@ pub fn error_line(e: &anyhow::Error) -> String {
     }
 }
 
-/// clap's usage error, on one line like every other error.
+/// clap's usage error, on one line like every other error: its first paragraph (the missing
+/// flags follow "were not provided:" on lines of their own; tips and usage come after a blank line).
 pub fn usage_error_line(rendered: &str) -> String {
-    let first = rendered.lines().next().unwrap_or("invalid arguments");
-    if first.starts_with("error:") {
-        first.to_string()
+    let message: Vec<&str> = rendered.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+    let line = if message.is_empty() { "invalid arguments".to_string() } else { message.join(" ") };
+    if line.starts_with("error:") {
+        line
     } else {
-        format!("error: {first}")
+        format!("error: {line}")
     }
 }
 
@@ -527,4 +529,75 @@ pub fn imatrix_statistics_table(stats: &[microscale::gguf::imatrix::TensorStats]
         );
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sweeps on SLURM
+// ---------------------------------------------------------------------------------------------
+
+/// What `sweep --slurm` submitted, and how to follow it.
+pub fn slurm_submitted_text(jobs: &microscale::sweep::slurm::JobRecord, out: &Path) -> String {
+    let mut s = String::new();
+    let n = jobs.variants.len();
+    let _ = writeln!(s, "submitted {n} variant(s) of {} to SLURM:", jobs.grid.display());
+    let _ = writeln!(s, "  preparation job {} (baseline, calibration, baseline log-probabilities)", jobs.prepare);
+    let _ = writeln!(s, "  array job {} (tasks 0-{}, after the preparation)", jobs.array, n.saturating_sub(1));
+    if let Some(m) = &jobs.merge {
+        let _ = writeln!(s, "  merge job {m} (rows into results.csv, after the array)");
+    }
+    let _ = writeln!(
+        s,
+        "scripts in {}/slurm/, logs in {}/logs/; progress: microscale sweep --status {}",
+        out.display(),
+        out.display(),
+        out.display()
+    );
+    s
+}
+
+/// `--wait`'s failure: which variants failed and how, on one line.
+pub fn slurm_failures_line(failed: &[(String, String)], submitted: usize, out: &Path) -> String {
+    let list: Vec<String> = failed.iter().map(|(n, st)| format!("{n} ({st})")).collect();
+    format!(
+        "{} of {submitted} submitted variant(s) failed: {}; rows in {}, logs in {}/logs (a variant with no row \
+         was cancelled or killed: run the same command again to submit it)",
+        failed.len(),
+        list.join(", "),
+        out.join("results.csv").display(),
+        out.display()
+    )
+}
+
+/// `sweep --status`: one line of counts, then the names behind each count but ok.
+pub fn sweep_status_text(st: &microscale::sweep::slurm::SweepStatus) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{}: {} variants: {} ok, {} failed, {} running, {} pending, {} without a row",
+        st.out.display(),
+        st.variants,
+        st.ok.len(),
+        st.failed.len(),
+        st.running.len(),
+        st.pending.len(),
+        st.without_row.len()
+    );
+    if !st.failed.is_empty() {
+        let f: Vec<String> = st.failed.iter().map(|(n, status)| format!("{n} ({status})")).collect();
+        let _ = writeln!(s, "  failed: {}", f.join(", "));
+    }
+    for (what, names) in [("running", &st.running), ("pending", &st.pending), ("without a row", &st.without_row)] {
+        if !names.is_empty() {
+            let _ = writeln!(s, "  {what}: {}", names.join(", "));
+        }
+    }
+    if let Some(j) = &st.jobs {
+        let merge = j.merge.as_deref().map(|m| format!(", merge job {m}")).unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "SLURM: preparation job {}, array job {}{merge}; task states: {}",
+            j.prepare, j.array, st.scheduler
+        );
+    }
+    s
 }

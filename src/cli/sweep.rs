@@ -1,8 +1,11 @@
-use super::{at_least, Global};
+use super::{at_least, output, Global};
 use anyhow::{bail, Result};
 use microscale::engine::log::{set_mode, LogMode};
 use microscale::sweep::grid::load_grid;
-use microscale::sweep::{build_variant, run_one_variant, run_sweep, SweepOptions, STATUS_OK};
+use microscale::sweep::slurm::{self, SlurmOptions, Submitted};
+use microscale::sweep::{
+    build_variant, prepare_shared, run_one_variant, run_sweep, run_variant_task, SweepOptions, STATUS_OK,
+};
 use microscale::util::data::DataDir;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,19 +18,32 @@ use std::time::Duration;
 /// is measured. Variant GGUFs are deleted once measured unless --keep. Then
 /// `microscale report OUT` writes the report.
 ///
-/// Example: microscale sweep --model models/smollm2-135m --grid grids/seed.toml --out bench-results/smollm2-135m
+/// On a SLURM cluster, --slurm submits the grid as a job array instead of running it here: a
+/// preparation job (baseline, calibration, baseline log-probabilities, once), then one array
+/// task per variant without a row (after the preparation succeeded, at most --slurm-parallel at
+/// a time), then a merge job that gathers the rows into results.csv in grid order. The scripts
+/// are in OUT/slurm/, SLURM's logs in OUT/logs/. Running the same command again submits only the
+/// variants still without a row. --wait blocks until the array ends and fails if a variant did;
+/// otherwise `microscale sweep --status OUT` shows the progress.
+///
+/// Examples:
+///   microscale sweep --model models/smollm2-135m --grid grids/seed.toml --out bench-results/smollm2-135m
+///   microscale sweep --model models/smollm2-135m --grid grids/seed.toml --out /blue/me/seed \
+///       --slurm --partition gpu --gres gpu:1 --gpu-layers 99 --cpus-per-task 4 --mem 16G \
+///       --time 4:00:00 --slurm-parallel 8 --slurm-setup 'module load cuda/12.4'
+///   microscale sweep --status /blue/me/seed
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// The source model (Hugging Face directory or GGUF).
-    #[arg(long)]
-    model: PathBuf,
+    #[arg(long, required_unless_present = "status")]
+    model: Option<PathBuf>,
     /// The grid (TOML): grids/seed.toml, grids/quick.toml or your own.
-    #[arg(long)]
-    grid: PathBuf,
-    /// Output directory (results.csv, variants/, rows/, logs/, calib.imatrix.gguf).
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present = "status")]
+    grid: Option<PathBuf>,
+    /// Output directory (results.csv, variants/, rows/, logs/, calib.imatrix.gguf; slurm/).
+    #[arg(long, required_unless_present = "status")]
+    out: Option<PathBuf>,
     /// Keep every variant's GGUF.
     #[arg(long)]
     keep: bool,
@@ -48,41 +64,114 @@ pub struct Args {
     /// The microscale binary the children run (default: this one).
     #[arg(long, hide = true)]
     child_exe: Option<PathBuf>,
-    /// Threads (default: all cores).
+    /// Threads (default: all cores; with --slurm: --cpus-per-task, else 4).
     #[arg(short, long, value_parser = at_least::<1>())]
     threads: Option<usize>,
+    /// Offload N layers to the GPU when evaluating and benchmarking (llama.cpp's -ngl; needs a
+    /// build with --features cuda; 0: CPU only). Recorded in every row (gpu_layers).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    gpu_layers: u32,
     /// The data folder holding wikitext-2/, sst2/ and arc/ (default: $MICROSCALE_DATA, else
     /// the one shipped with microscale).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+
+    /// Submit the grid to SLURM as a job array (sbatch) instead of running it here.
+    #[arg(long, help_heading = "SLURM")]
+    slurm: bool,
+    /// With --slurm: block until every array task has ended (sbatch --wait), merge the rows, and
+    /// exit non-zero if a variant failed.
+    #[arg(long, requires = "slurm", help_heading = "SLURM")]
+    wait: bool,
+    /// Show a SLURM sweep's progress (variants ok, failed, running, queued, without a row) and
+    /// merge the finished rows into results.csv.
+    #[arg(long, value_name = "OUT", conflicts_with_all = ["slurm", "variant"], help_heading = "SLURM")]
+    status: Option<PathBuf>,
+    /// At most P array tasks at once (--array=0-N%P; default: as many as SLURM allows).
+    #[arg(long, value_name = "P", requires = "slurm", value_parser = at_least::<1>(), help_heading = "SLURM")]
+    slurm_parallel: Option<usize>,
+    /// sbatch --partition (e.g. gpu, hpg-default).
+    #[arg(long, requires = "slurm", help_heading = "SLURM")]
+    partition: Option<String>,
+    /// sbatch --account (the allocation to charge).
+    #[arg(long, requires = "slurm", help_heading = "SLURM")]
+    account: Option<String>,
+    /// sbatch --time: each job's wall-time limit (e.g. 4:00:00, 1-00:00:00).
+    #[arg(long, requires = "slurm", help_heading = "SLURM")]
+    time: Option<String>,
+    /// sbatch --cpus-per-task (default: --threads, else 4); the jobs use as many threads.
+    #[arg(long, value_name = "N", requires = "slurm", value_parser = at_least::<1>(), help_heading = "SLURM")]
+    cpus_per_task: Option<usize>,
+    /// sbatch --mem: memory per job (e.g. 16G).
+    #[arg(long, requires = "slurm", help_heading = "SLURM")]
+    mem: Option<String>,
+    /// sbatch --gres: generic resources per job (e.g. gpu:1, gpu:a100:1).
+    #[arg(long, requires = "slurm", help_heading = "SLURM")]
+    gres: Option<String>,
+    /// Any other sbatch option, as one word (--slurm-arg=--qos=gpu); repeatable.
+    #[arg(long, value_name = "OPTION", allow_hyphen_values = true, requires = "slurm", help_heading = "SLURM")]
+    slurm_arg: Vec<String>,
+    /// A shell line every job runs before microscale (e.g. 'module load cuda/12.4'); repeatable.
+    #[arg(long, value_name = "LINE", requires = "slurm", help_heading = "SLURM")]
+    slurm_setup: Vec<String>,
+    /// (internal) A SLURM preparation job: make what the variants share.
+    #[arg(long, hide = true)]
+    slurm_prepare: bool,
+    /// (internal) A SLURM array task: run this variant's child and leave its row file.
+    #[arg(long, hide = true, value_name = "NAME")]
+    slurm_task: Option<String>,
 }
 
 impl Args {
     pub fn run(self, g: Global) -> Result<()> {
-        let grid = load_grid(&self.grid)?;
+        if let Some(out) = &self.status {
+            let st = slurm::status(out)?;
+            print!("{}", output::sweep_status_text(&st));
+            return Ok(());
+        }
+        // clap requires these unless --status.
+        let (Some(model), Some(grid_path), Some(out)) = (self.model.clone(), self.grid.clone(), self.out.clone())
+        else {
+            bail!("--model, --grid and --out are required");
+        };
+        let grid = load_grid(&grid_path)?;
+        let threads = match (self.threads, self.cpus_per_task) {
+            (Some(t), _) => t,
+            (None, Some(c)) if self.slurm => c,
+            (None, _) if self.slurm => 4,
+            (None, _) => microscale::engine::default_threads(),
+        };
         let opts = SweepOptions {
             keep: self.keep,
-            threads: self.threads.unwrap_or_else(microscale::engine::default_threads),
+            threads,
             quiet: g.quiet,
             data: DataDir::resolve(self.data_dir.as_deref()),
-            child_exe: self.child_exe,
+            child_exe: self.child_exe.clone(),
             retry_failed: self.retry_failed,
             variant_timeout: Duration::from_secs(self.variant_timeout),
-            ..SweepOptions::new(&self.model, &self.grid, &self.out)
+            gpu_layers: self.gpu_layers,
+            ..SweepOptions::new(&model, &grid_path, &out)
         };
         if let (true, Some(name)) = (self.build_only, &self.variant) {
             println!("{}", build_variant(&grid, name, &opts)?.display());
             return Ok(());
         }
-        if let Some(name) = self.variant {
+        if let Some(name) = &self.variant {
             // A variant's child: llama.cpp's log goes to stderr (OUT/logs/NAME.log), so that a
             // crash can be traced to what llama.cpp was doing.
             set_mode(LogMode::Child);
-            let row = run_one_variant(&grid, &name, &opts)?;
-            if row.get("status").map(String::as_str) != Some(STATUS_OK) {
-                bail!("{}", row.get("error").cloned().unwrap_or_default());
-            }
-            return Ok(());
+            let row = run_one_variant(&grid, name, &opts)?;
+            return check_row(&row);
+        }
+        if self.slurm_prepare {
+            return prepare_shared(&grid, &opts);
+        }
+        if let Some(name) = &self.slurm_task {
+            // A non-zero exit marks the task FAILED in SLURM (and fails `sweep --slurm --wait`).
+            return check_row(&run_variant_task(&grid, name, &opts)?);
+        }
+        if self.slurm {
+            return self.submit(&grid, &opts, threads, g);
         }
         microscale::bench::caps::remove_stale_cgroups();
         let results = run_sweep(&grid, &opts)?;
@@ -96,4 +185,65 @@ impl Args {
         }
         Ok(())
     }
+
+    fn submit(
+        self,
+        grid: &microscale::sweep::grid::Grid,
+        opts: &SweepOptions,
+        threads: usize,
+        g: Global,
+    ) -> Result<()> {
+        let s = SlurmOptions {
+            parallel: self.slurm_parallel,
+            partition: self.partition,
+            account: self.account,
+            time: self.time,
+            cpus_per_task: self.cpus_per_task.unwrap_or(threads),
+            mem: self.mem,
+            gres: self.gres,
+            extra: self.slurm_arg,
+            setup: self.slurm_setup,
+            wait: self.wait,
+            retry_failed: self.retry_failed,
+        };
+        match slurm::submit(grid, opts, &s)? {
+            Submitted::Nothing => {
+                if !g.quiet {
+                    eprintln!(
+                        "every variant has a row in {}: nothing to submit",
+                        opts.out.join("results.csv").display()
+                    );
+                }
+                Ok(())
+            }
+            Submitted::Jobs(jobs) => {
+                print!("{}", output::slurm_submitted_text(&jobs, &opts.out));
+                Ok(())
+            }
+            Submitted::Waited { jobs, failed } => {
+                if !g.quiet {
+                    eprint!("{}", output::slurm_submitted_text(&jobs, &opts.out));
+                }
+                if !failed.is_empty() {
+                    bail!("{}", output::slurm_failures_line(&failed, jobs.variants.len(), &opts.out));
+                }
+                if !g.quiet {
+                    eprintln!(
+                        "wrote {}; next: microscale report {}",
+                        opts.out.join("results.csv").display(),
+                        opts.out.display()
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A variant's row as an exit status: an error carrying the row's reason unless it is `ok`.
+fn check_row(row: &std::collections::BTreeMap<String, String>) -> Result<()> {
+    if row.get("status").map(String::as_str) != Some(STATUS_OK) {
+        bail!("{}", row.get("error").cloned().unwrap_or_default());
+    }
+    Ok(())
 }

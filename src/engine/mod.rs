@@ -89,18 +89,45 @@ pub struct Model {
     pub inner: LlamaModel,
 }
 
+/// How a model is loaded: memory-mapped or read into RAM, and how many of its layers go to the GPU.
+/// Every command that loads a model for running it (eval, bench, sweep, generate) builds llama.cpp's
+/// parameters here, so `--gpu-layers` means the same everywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Memory-map the file (llama.cpp's default); `false` reads it into RAM.
+    pub mmap: bool,
+    /// Layers offloaded to the GPU (llama.cpp's `n_gpu_layers`; `-ngl`). 0 keeps everything on
+    /// the CPU, which is also all a build without a GPU backend (no `cuda` feature) can do.
+    pub gpu_layers: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { mmap: true, gpu_layers: 0 }
+    }
+}
+
+impl LoadOptions {
+    /// llama.cpp's model parameters for these options. `n_gpu_layers` is always set: llama.cpp's
+    /// own default (-1 since 2025: all layers) would offload everything on a GPU build.
+    pub fn model_params(&self) -> LlamaModelParams {
+        LlamaModelParams::default().with_use_mmap(self.mmap).with_n_gpu_layers(self.gpu_layers)
+    }
+}
+
 impl Model {
     pub fn load(path: &Path) -> Result<Model> {
-        Model::load_with(path, true)
+        Model::load_with(path, &LoadOptions::default())
     }
 
-    /// Load memory-mapped (llama.cpp's default) or read into RAM (`mmap = false`).
-    pub fn load_with(path: &Path, mmap: bool) -> Result<Model> {
+    /// Load with [`LoadOptions`]: memory-mapped (llama.cpp's default) or read into RAM, with
+    /// `gpu_layers` layers offloaded.
+    pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Model> {
         if !path.is_file() {
             bail!("{}: no such model file", path.display());
         }
         let backend = init(false);
-        let params = LlamaModelParams::default().with_use_mmap(mmap);
+        let params = opts.model_params();
         log::clear();
         let inner = LlamaModel::load_from_file(backend, path, &params)
             .map_err(|_| engine_error(path, "llama.cpp could not load the model"))?;
@@ -307,6 +334,19 @@ impl Session<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::LoadOptions;
+
+    #[test]
+    fn gpu_layers_reach_llama_cpp_model_params() {
+        // What llama.cpp's loader reads: the C struct's n_gpu_layers and use_mmap.
+        let p = LoadOptions { mmap: false, gpu_layers: 33 }.model_params();
+        assert_eq!(p.n_gpu_layers(), 33);
+        assert!(!p.use_mmap());
+        let p = LoadOptions::default().model_params();
+        assert_eq!(p.n_gpu_layers(), 0, "CPU only unless asked, even on a GPU build");
+        assert!(p.use_mmap());
+    }
+
     #[test]
     fn version_constant_matches_the_pin() {
         let manifest = include_str!("../../Cargo.toml");

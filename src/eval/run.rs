@@ -5,7 +5,7 @@ use super::choice::{score_items, ChoiceOptions, ChoiceResult};
 use super::data::{self, McItem, Task};
 use super::kld::{kl_divergence, kl_divergence_from_file, save_base_log_probs, BaseLogProbsFile, KldResult};
 use super::perplexity::{perplexity_of_tokens, PerplexityOptions, PerplexityResult};
-use crate::engine::Model;
+use crate::engine::{LoadOptions, Model};
 use crate::record::rows::MetricRow;
 use crate::util::data::{DataDir, WIKITEXT_TEST};
 use anyhow::{anyhow, bail, Result};
@@ -36,6 +36,8 @@ pub struct EvalSpec {
     pub seed: u64,
     /// Where the tasks' files (and the default perplexity text) are.
     pub data: DataDir,
+    /// Layers offloaded to the GPU (`--gpu-layers`; 0: CPU only), for the model and a base model.
+    pub gpu_layers: u32,
 }
 
 impl EvalSpec {
@@ -54,7 +56,13 @@ impl EvalSpec {
             limit: None,
             seed: 42,
             data: DataDir::resolve(None),
+            gpu_layers: 0,
         }
+    }
+
+    /// How the evaluated models are loaded (memory-mapped, `gpu_layers` offloaded).
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions { gpu_layers: self.gpu_layers, ..LoadOptions::default() }
     }
 }
 
@@ -88,7 +96,7 @@ fn row(metric: &str, value: f64, stderr: f64, items: usize, wall_s: f64) -> Metr
 
 pub fn run(model_path: &Path, spec: &EvalSpec, quiet: bool) -> Result<EvalOutput> {
     spec.validate()?;
-    let model = Model::load(model_path)?;
+    let model = Model::load_with(model_path, &spec.load_options())?;
     let mut out = EvalOutput::default();
     let ppl_opts =
         PerplexityOptions { n_ctx: spec.n_ctx, n_batch: spec.n_batch, threads: spec.threads, chunks: spec.chunks };
@@ -118,7 +126,7 @@ pub fn run(model_path: &Path, spec: &EvalSpec, quiet: bool) -> Result<EvalOutput
         let k = match (&base_file, &text) {
             (Some(file), _) => kl_divergence_from_file(&model, file, &kld_opts, quiet)?,
             (None, Some(text)) => {
-                let base = Model::load(base_path)?;
+                let base = Model::load_with(base_path, &spec.load_options())?;
                 let tokens = base.tokenize(text, true);
                 kl_divergence(&model, &base, &tokens, &kld_opts, quiet)?
             }

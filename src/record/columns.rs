@@ -39,12 +39,17 @@ pub const TASKS: &[&str] = &[
 pub const PROFILE: &[&str] =
     &["status", "peak_rss_mib", "pp_tps", "pp_tps_sd", "tg_tps", "tg_tps_sd", "load_s", "ttft_s", "mem_cap_mib"];
 
-/// The columns after the profiles: how the variant ended, and provenance.
-pub const TRAILER: &[&str] = &["status", "error", "eval_chunks", "eval_limit", "microscale", "llama_cpp", "date"];
+/// The columns after the profiles: how the variant ended, how it was run (the sampling behind the
+/// numbers, the layers offloaded to a GPU), and provenance.
+pub const TRAILER: &[&str] =
+    &["status", "error", "eval_chunks", "eval_limit", "gpu_layers", "microscale", "llama_cpp", "date"];
+
+/// Columns a results.csv written by an earlier microscale lacks, which readers do without.
+pub const OPTIONAL: &[&str] = &["gpu_layers"];
 
 /// The columns every results.csv has (the profile and task columns go between them).
 pub fn required() -> impl Iterator<Item = &'static str> {
-    IDENTITY.iter().chain(TRAILER).copied()
+    IDENTITY.iter().chain(TRAILER).copied().filter(|c| !OPTIONAL.contains(c))
 }
 
 /// `P:NAME`.

@@ -87,6 +87,8 @@ pub struct Variant {
     pub error: Option<String>,
     pub eval_chunks: Option<String>,
     pub eval_limit: Option<String>,
+    /// Layers offloaded to a GPU (None in files written before the column existed).
+    pub gpu_layers: Option<String>,
     pub microscale: Option<String>,
     pub llama_cpp: Option<String>,
     pub date: Option<String>,
@@ -291,6 +293,7 @@ fn parse_variant(row: &Row, acc_metrics: &[String], profiles: &[String]) -> Resu
         error: row.opt("error"),
         eval_chunks: row.opt("eval_chunks"),
         eval_limit: row.opt("eval_limit"),
+        gpu_layers: row.col.contains_key("gpu_layers").then(|| row.opt("gpu_layers")).flatten(),
         microscale: row.opt("microscale"),
         llama_cpp: row.opt("llama_cpp"),
         date: row.opt("date"),

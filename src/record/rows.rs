@@ -75,7 +75,8 @@ pub struct MetricRow {
 }
 
 pub const CSV_HEADER: &str =
-    "model,sha256,size_bytes,n_params,bits_per_weight,metric,value,stderr,items,wall_s,status,microscale,llama_cpp,date";
+    "model,sha256,size_bytes,n_params,bits_per_weight,metric,value,stderr,items,wall_s,status,\
+     gpu_layers,microscale,llama_cpp,date";
 
 /// A CSV file opened for appending whole records, its header written first when the file is new;
 /// every record is flushed to the file as it is written and synced when done, so an interrupted
@@ -115,7 +116,10 @@ impl CsvAppender {
 }
 
 /// Append rows for one model to `path` (header written when the file is new), flushed per row.
-pub fn append_csv(path: &Path, model: &ModelId, rows: &[MetricRow]) -> Result<()> {
+/// `gpu_layers` is how the model was loaded (`--gpu-layers`). A file with another header (an
+/// older microscale's columns) is refused rather than given misaligned rows.
+pub fn append_csv(path: &Path, model: &ModelId, rows: &[MetricRow], gpu_layers: u32) -> Result<()> {
+    check_header(path, CSV_HEADER)?;
     let mut out = CsvAppender::open(path, CSV_HEADER.split(','))?;
     let date = utc_now();
     for r in rows {
@@ -131,12 +135,29 @@ pub fn append_csv(path: &Path, model: &ModelId, rows: &[MetricRow]) -> Result<()
             r.items.to_string(),
             format!("{:.2}", r.wall_s),
             r.status.clone(),
+            gpu_layers.to_string(),
             env!("CARGO_PKG_VERSION").to_string(),
             crate::engine::LLAMA_CPP_SYS_VERSION.to_string(),
             date.clone(),
         ])?;
     }
     out.finish()
+}
+
+/// Refuse to append to a non-empty CSV whose first line is not `header`.
+fn check_header(path: &Path, header: &str) -> Result<()> {
+    let Ok(file) = std::fs::File::open(path) else { return Ok(()) };
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(file), &mut first)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let first = first.trim_end_matches(['\n', '\r']);
+    if !first.is_empty() && first != header {
+        anyhow::bail!(
+            "{}: its header has other columns than this microscale writes ({header}); append to a new file",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ` (no time-zone database needed).

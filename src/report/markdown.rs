@@ -171,9 +171,10 @@ fn provenance(md: &mut String, r: &Results) {
     };
     let _ = writeln!(
         md,
-        "- evaluation settings: eval_chunks {}; eval_limit {}",
+        "- evaluation settings: eval_chunks {}; eval_limit {}; gpu_layers {}",
         list_or(&distinct(vs().map(|v| v.eval_chunks.as_ref())), "not recorded"),
-        list_or(&distinct(vs().map(|v| v.eval_limit.as_ref())), "not recorded")
+        list_or(&distinct(vs().map(|v| v.eval_limit.as_ref())), "not recorded"),
+        list_or(&distinct(vs().map(|v| v.gpu_layers.as_ref())), "not recorded")
     );
     let _ = match r.baseline() {
         Some(b) => writeln!(

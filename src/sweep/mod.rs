@@ -11,10 +11,16 @@
 //! interrupted sweep loses only the variant in progress; variant GGUFs are deleted once measured
 //! unless `keep` (the baseline is kept: every KL divergence needs it).
 //!
+//! On a cluster, [`slurm`] runs the same children as a SLURM job array (`sweep --slurm`): a
+//! preparation job makes what they share ([`prepare_shared`]), each array task runs one variant's
+//! child ([`run_variant_task`]) and leaves its row file, and [`merge_rows`] gathers the row files
+//! into results.csv in grid order.
+//!
 //! [`grid`] reads the grid files. Uses `convert`, `engine` (stock quants), `eval`, `bench`,
 //! `record`, `util`.
 
 pub mod grid;
+pub mod slurm;
 
 use crate::bench::caps::{run_capped, Caps};
 use crate::bench::failure::classify;
@@ -55,6 +61,9 @@ pub struct SweepOptions {
     pub retry_failed: bool,
     /// A variant's child is killed after this long (its row says `timeout`).
     pub variant_timeout: Duration,
+    /// Layers offloaded to the GPU for evaluation and benchmarks (`--gpu-layers`; 0: CPU only).
+    /// Building and calibrating stay on the CPU.
+    pub gpu_layers: u32,
 }
 
 impl SweepOptions {
@@ -70,6 +79,7 @@ impl SweepOptions {
             child_exe: None,
             retry_failed: false,
             variant_timeout: Duration::from_secs(12 * 3600),
+            gpu_layers: 0,
         }
     }
 
@@ -228,7 +238,8 @@ fn run_variant_child(v: &Variant, opts: &SweepOptions, dirs: &Dirs) -> Result<BT
         .arg(&opts.out)
         .arg("--data-dir")
         .arg(&opts.data.root)
-        .args(["--threads", &opts.threads.to_string(), "--variant", &v.name]);
+        .args(["--threads", &opts.threads.to_string(), "--gpu-layers", &opts.gpu_layers.to_string()])
+        .args(["--variant", &v.name]);
     if opts.keep {
         cmd.arg("--keep");
     }
@@ -244,7 +255,7 @@ fn run_variant_child(v: &Variant, opts: &SweepOptions, dirs: &Dirs) -> Result<BT
         }
     }
     let failure = classify(&outcome, None, opts.variant_timeout);
-    let mut row = identity(v);
+    let mut row = identity(v, opts);
     row.insert("status".into(), failure.status.as_str().into());
     row.insert("error".into(), failure.reason);
     Ok(row)
@@ -261,7 +272,7 @@ pub fn run_one_variant(grid: &Grid, name: &str, opts: &SweepOptions) -> Result<B
     let row = match measure(v, grid, opts, &dirs.variants, &baseline, &calib) {
         Ok(row) => row,
         Err(e) => {
-            let mut row = identity(v);
+            let mut row = identity(v, opts);
             row.insert("status".into(), Status::Error.as_str().into());
             row.insert("error".into(), format!("{e:#}").replace('\n', " "));
             row
@@ -282,8 +293,117 @@ pub fn build_variant(grid: &Grid, name: &str, opts: &SweepOptions) -> Result<Pat
     build(v, opts, grid, &dirs.variants, &baseline, &opts.out.join("calib.imatrix.gguf"))
 }
 
-fn identity(v: &Variant) -> BTreeMap<String, String> {
+/// A SLURM array task (`sweep --slurm-task NAME`): one variant in its own child process, as the
+/// local sweep runs it, its row written to `rows/NAME.json` (atomically) even when the child died
+/// without writing one. Returns the row.
+pub fn run_variant_task(grid: &Grid, name: &str, opts: &SweepOptions) -> Result<BTreeMap<String, String>> {
+    let v = grid.variant(name)?;
+    let dirs = Dirs::create(&opts.out, false)?;
+    let row = run_variant_child(v, opts, &dirs)?;
+    write_file(&dirs.row_file(v), serde_json::to_string_pretty(&row)?.as_bytes())?;
+    Ok(row)
+}
+
+/// The variants of the grid that have no row yet (in results.csv or as a row file), in grid order.
+pub fn variants_without_rows<'g>(grid: &'g Grid, out: &Path) -> Result<Vec<&'g Variant>> {
+    let recorded = recorded_rows(&out.join("results.csv"), &header(grid))?;
+    let rows = out.join("rows");
+    Ok(grid
+        .variants
+        .iter()
+        .filter(|v| !recorded.iter().any(|r| r.get("variant") == Some(&v.name)))
+        .filter(|v| !rows.join(format!("{}.json", v.name)).exists())
+        .collect())
+}
+
+/// Gather the row files (`rows/NAME.json`) of the grid's variants that results.csv lacks into
+/// results.csv, rewritten atomically in grid order (a merge running twice at once writes the same
+/// file twice). Returns results.csv's rows by variant name.
+pub fn merge_rows(grid: &Grid, out: &Path) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+    let results = out.join("results.csv");
+    let header = header(grid);
+    let mut rows = recorded_rows(&results, &header)?;
+    let before = rows.len();
+    for v in &grid.variants {
+        if rows.iter().any(|r| r.get("variant") == Some(&v.name)) {
+            continue;
+        }
+        let file = out.join("rows").join(format!("{}.json", v.name));
+        let Ok(text) = std::fs::read_to_string(&file) else { continue };
+        let row: BTreeMap<String, String> =
+            serde_json::from_str(&text).with_context(|| format!("{}: not a row file", file.display()))?;
+        rows.push(row);
+    }
+    let rank = |r: &BTreeMap<String, String>| {
+        let name = r.get("variant").map(String::as_str).unwrap_or("");
+        grid.variants.iter().position(|v| v.name == name).unwrap_or(usize::MAX)
+    };
+    let mut sorted = rows.clone();
+    sorted.sort_by_key(rank);
+    if sorted != rows || rows.len() != before || !results.exists() {
+        rewrite_results(&results, &header, &sorted)?;
+    }
+    Ok(sorted.into_iter().filter_map(|r| Some((r.get("variant")?.clone(), r))).collect())
+}
+
+/// Drop the failed rows (status not `ok`) from results.csv and their row files, so that they
+/// count as without a row (`--retry-failed` on a cluster).
+pub fn forget_failed_rows(grid: &Grid, out: &Path) -> Result<()> {
+    let results = out.join("results.csv");
+    let header = header(grid);
+    let rows = recorded_rows(&results, &header)?;
+    let (ok, failed): (Vec<_>, Vec<_>) =
+        rows.into_iter().partition(|r| r.get("status").map(String::as_str) == Some(STATUS_OK));
+    for r in &failed {
+        if let Some(name) = r.get("variant") {
+            let _ = std::fs::remove_file(out.join("rows").join(format!("{name}.json")));
+        }
+    }
+    if !failed.is_empty() {
+        rewrite_results(&results, &header, &ok)?;
+    }
+    Ok(())
+}
+
+/// A SLURM preparation job (`sweep --slurm-prepare`): what the variants without a row share, made
+/// once before the array's tasks start side by side: the F32 baseline, the calibration (importance
+/// matrix, and second moments if a variant compensates errors) and the baseline's
+/// log-probabilities for every KL divergence. Each is made exactly as the first variant needing it
+/// would make it in a local sweep, so that the rows are the same.
+pub fn prepare_shared(grid: &Grid, opts: &SweepOptions) -> Result<()> {
+    let dirs = Dirs::create(&opts.out, false)?;
+    let baseline = dirs.variants.join("baseline-f32.gguf");
+    let calib = opts.out.join("calib.imatrix.gguf");
+    if !baseline.exists() {
+        convert(&opts.src, &baseline, &ConvertOptions::new(Scheme::F32))?;
+    }
+    let pending = variants_without_rows(grid, &opts.out)?;
+    let built = pending.iter().filter(|v| v.kind != Kind::Baseline);
+    if built.clone().any(|v| !v.needs_moments() && (v.imatrix || v.method != "none")) {
+        calibration_imatrix(opts, grid, &calib)?;
+    }
+    if let Some(v) = built.clone().find(|v| v.needs_moments() && v.kind == Kind::Microscale) {
+        if !calib.with_extension("moments.gguf").exists() {
+            crate::convert::calibrate_model(&opts.src, &variant_convert_options(v, opts, grid, &calib)?)?;
+        }
+    }
+    let saved = baseline_log_probs(&baseline, grid.eval.kld_chunks);
+    if grid.eval.kld_chunks > 0 && !saved.exists() {
+        // As the baseline variant saves them (`measure_file`): the same windows and threads.
+        let mut spec = EvalSpec::new(opts.threads);
+        spec.data = opts.data.clone();
+        spec.gpu_layers = opts.gpu_layers;
+        spec.chunks = Some(grid.eval.ppl_chunks);
+        spec.kld_chunks = Some(grid.eval.kld_chunks);
+        spec.save_kld_base = Some(saved);
+        run_eval(&baseline, &spec, true)?;
+    }
+    Ok(())
+}
+
+fn identity(v: &Variant, opts: &SweepOptions) -> BTreeMap<String, String> {
     let mut row = BTreeMap::new();
+    row.insert("gpu_layers".into(), opts.gpu_layers.to_string());
     row.insert("variant".into(), v.name.clone());
     row.insert("kind".into(), v.kind.as_str().into());
     row.insert("recipe".into(), v.recipe());
@@ -322,25 +442,29 @@ fn build(v: &Variant, opts: &SweepOptions, grid: &Grid, dir: &Path, baseline: &P
             stock_quantize(baseline, &path, v.quant, imatrix.as_ref(), &sopts)?
         }
         _ => {
-            let mut prune = v.prune_spec(grid.calib_chunks)?;
-            // One calibration for the whole sweep (pruning statistics and importance matrix); the
-            // error-compensated variants share a second one that also holds the second moments
-            // (the same text and chunks: its importance matrix is the same).
-            let calib = if v.needs_moments() { calib.with_extension("moments.gguf") } else { calib.to_path_buf() };
-            prune.calib = Some(calib);
-            prune.data = opts.data.clone();
-            let copts = ConvertOptions {
-                prune,
-                quant_method: v.quant_method,
-                budget: v.budget,
-                use_calib_imatrix: v.imatrix,
-                threads: opts.threads,
-                ..ConvertOptions::new(v.quant)
-            };
-            convert(&opts.src, &path, &copts)?;
+            convert(&opts.src, &path, &variant_convert_options(v, opts, grid, calib)?)?;
         }
     }
     Ok(path)
+}
+
+/// How a microscale variant is converted.
+fn variant_convert_options(v: &Variant, opts: &SweepOptions, grid: &Grid, calib: &Path) -> Result<ConvertOptions> {
+    let mut prune = v.prune_spec(grid.calib_chunks)?;
+    // One calibration for the whole sweep (pruning statistics and importance matrix); the
+    // error-compensated variants share a second one that also holds the second moments
+    // (the same text and chunks: its importance matrix is the same).
+    let calib = if v.needs_moments() { calib.with_extension("moments.gguf") } else { calib.to_path_buf() };
+    prune.calib = Some(calib);
+    prune.data = opts.data.clone();
+    Ok(ConvertOptions {
+        prune,
+        quant_method: v.quant_method,
+        budget: v.budget,
+        use_calib_imatrix: v.imatrix,
+        threads: opts.threads,
+        ..ConvertOptions::new(v.quant)
+    })
 }
 
 /// The sweep's importance matrix, the same for our variants and llama.cpp's: calibrated from the
@@ -367,7 +491,7 @@ fn measure(
     baseline: &Path,
     calib: &Path,
 ) -> Result<BTreeMap<String, String>> {
-    let mut row = identity(v);
+    let mut row = identity(v, opts);
     let path = build(v, opts, grid, dir, baseline, calib)?;
     let result = measure_file(v, grid, opts, &path, baseline, &mut row);
     if !opts.keep && v.kind != Kind::Baseline {
@@ -395,6 +519,7 @@ fn measure_file(
     // Perplexity, KL divergence against the baseline and tasks, in one pass over one loaded model.
     let mut spec = EvalSpec::new(opts.threads);
     spec.data = opts.data.clone();
+    spec.gpu_layers = opts.gpu_layers;
     spec.limit = grid.eval.limit;
     spec.shots = grid.eval.shots;
     spec.ppl = Some(opts.data.file(crate::util::data::WIKITEXT_TEST)?);
@@ -407,7 +532,11 @@ fn measure_file(
         // baseline predates the file runs it).
         let saved = baseline_log_probs(baseline, grid.eval.kld_chunks);
         if v.kind == Kind::Baseline {
-            spec.save_kld_base = Some(saved);
+            // Saved once (a SLURM preparation job may have saved them already): variants running
+            // at the same time read the file.
+            if !saved.exists() {
+                spec.save_kld_base = Some(saved);
+            }
         } else {
             spec.kld_base = Some(if saved.exists() { saved } else { baseline.to_path_buf() });
         }
@@ -431,6 +560,7 @@ fn measure_file(
         n_gen: grid.bench.tg,
         reps: grid.bench.reps,
         child_exe: opts.child_exe.clone(),
+        gpu_layers: opts.gpu_layers,
         ..Default::default()
     };
     for name in &grid.bench.profiles {
