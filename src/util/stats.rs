@@ -59,6 +59,16 @@ impl Bootstrap {
     }
 }
 
+impl Bootstrap {
+    /// The share of resamples whose statistic is at least `x`.
+    pub fn share_at_least(&self, x: f64) -> f64 {
+        if self.samples.is_empty() {
+            return if self.estimate >= x { 1.0 } else { 0.0 };
+        }
+        1.0 - self.samples.partition_point(|&v| v < x) as f64 / self.samples.len() as f64
+    }
+}
+
 /// The pooled mean `Σ sums / Σ counts`.
 fn pooled(sums: &[f64], counts: &[f64]) -> f64 {
     sums.iter().sum::<f64>() / counts.iter().sum::<f64>()
