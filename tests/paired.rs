@@ -147,7 +147,7 @@ fn sweep_dir() -> (tempfile::TempDir, Vec<f64>, Vec<f64>, Vec<f64>) {
     let b = 20.412f64.ln();
     let (base, q4ks) = windows_around(b, (21.320f64 / 20.412).ln(), 0.03, 20);
     let (_, q4km) = windows_around(b, (21.087f64 / 20.412).ln(), 0.002, 20);
-    let (_, q8) = windows_around(b, (20.431f64 / 20.412).ln(), 0.0005, 20);
+    let q8 = sweep_q8_windows();
     let (_, stock) = windows_around(b, (21.102f64 / 20.412).ln(), 0.002, 20);
     let items = dir.path().join("items");
     let mut baseline = nll_record("smollm2-135m-f32", base.clone());
@@ -160,6 +160,10 @@ fn sweep_dir() -> (tempfile::TempDir, Vec<f64>, Vec<f64>, Vec<f64>) {
     s.accuracy.insert("sst2_acc".into(), sst2(true));
     s.write(&items.join("stock-q4_k_m.json")).unwrap();
     (dir, base, q4ks, q4km)
+}
+
+fn sweep_q8_windows() -> Vec<f64> {
+    windows_around(20.412f64.ln(), (20.431f64 / 20.412).ln(), 0.0005, 20).1
 }
 
 fn diffs(a: &[f64], b: &[f64]) -> Vec<f64> {
@@ -215,10 +219,20 @@ fn the_report_refuses_a_variant_within_budget_on_its_point_estimate_only() {
     let s = sweet_spot_paired(&r, &paired, "pi5-8gb", &speed);
     assert_ne!(name(s.pick.clone().unwrap()), "stock-q4_k_m");
     let why = &s.point_only.iter().find(|(i, _)| name(*i) == "stock-q4_k_m").unwrap().1;
-    let diffs: Vec<f64> = sst2(true).outcomes().iter().zip(sst2(false).outcomes()).map(|(a, b)| a - b).collect();
-    let (d, lo, _) = oracle(&diffs, &vec![1.0; diffs.len()], 2000, 0x5EED_0015);
+    let acc_diffs: Vec<f64> = sst2(true).outcomes().iter().zip(sst2(false).outcomes()).map(|(a, b)| a - b).collect();
+    let (d, lo, _) = oracle(&acc_diffs, &vec![1.0; acc_diffs.len()], 2000, 0x5EED_0015);
     assert!(d > -0.01 && lo < -0.01, "fixture: {d} {lo}");
     assert!(why.contains(&format!("sst2_acc's 95% interval reaches {:.1} points", -100.0 * lo)), "{why}");
+
+    // At a glance: the smallest within +1% is q8_0, within +5% q4_k_m (q4_k_s refused as above),
+    // with the intervals the independent resampler gives.
+    let glance = md.lines().find(|l| l.starts_with("| pi4-4gb | ")).expect(&md);
+    let cells: Vec<&str> = glance.trim_matches('|').split(" | ").map(str::trim).collect();
+    let q8 = sweep_q8_windows();
+    let (p8, lo8, hi8) = oracle(&diffs(&q8, &base), &counts, 2000, 0x5EED_0015);
+    assert_eq!(cells[1], format!("`q8_0` (none, q8_0): 138.18 MiB, PPL {} [{}, {}]", pct(p8), pct(lo8), pct(hi8)));
+    assert!(cells[2].starts_with("`q4_k_m` (none, q4_k_m): 100.59 MiB, PPL "), "{glance}");
+    assert!(cells[3].contains(" t/s"), "{glance}");
 
     // Deterministic: the same files give the same report, byte for byte.
     let again = std::fs::read_to_string(write_report(dir.path(), &ReportOptions::default()).unwrap()).unwrap();

@@ -133,6 +133,7 @@ pub fn render_markdown_paired(
     provenance(&mut md, r);
     caveats(&mut md, r, paired, opts);
     sweet_spot_section(&mut md, r, paired, opts);
+    glance_section(&mut md, r, paired, opts);
     paired_section(&mut md, r, paired, &opts.criteria());
     results_table(&mut md, r);
     for p in &r.profiles {
@@ -340,6 +341,60 @@ fn sweet_spot_section(md: &mut String, r: &Results, paired: &Paired, opts: &Repo
         }
     }
     md.push('\n');
+}
+
+/// Per profile: the smallest file within +1% and within +5% perplexity, and the fastest variant
+/// within the report's budget, each judged as the sweet spots are (at 95% confidence where item
+/// files allow); the method and quant that get there.
+fn glance_section(md: &mut String, r: &Results, paired: &Paired, opts: &ReportOptions) {
+    if r.profiles.is_empty() || usable_baseline(r).is_none() {
+        return;
+    }
+    let _ = writeln!(md, "## At a glance per device profile\n");
+    let _ = writeln!(
+        md,
+        "The smallest file within +1% and within +5% perplexity of the baseline (each accuracy at most {:.1} \
+         point(s) below it), and the fastest generation within the budget above; judged as the sweet spots are. \
+         PPL: point estimate [95% interval] where item files allow.\n",
+        100.0 * opts.max_acc_drop
+    );
+    table_head(
+        md,
+        &["profile", "smallest at ≤ +1% PPL", "smallest at ≤ +5% PPL", "fastest within budget"].map(String::from),
+    );
+    for p in &r.profiles {
+        let at = |max_ppl_increase: f64, objective: Objective| {
+            let c = Criteria { max_ppl_increase, max_acc_drop: opts.max_acc_drop, objective };
+            glance_cell(r, paired, &super::sweet_spot::sweet_spot_paired(r, paired, p, &c), objective)
+        };
+        let row = [
+            p.clone(),
+            at(0.01, Objective::Size),
+            at(0.05, Objective::Size),
+            at(opts.max_ppl_increase, Objective::Speed),
+        ];
+        table_row(md, &row);
+    }
+    md.push('\n');
+}
+
+/// `name` (method, quant): size, PPL change [interval], and tg t/s for the speed objective.
+fn glance_cell(r: &Results, paired: &Paired, s: &SweetSpot, objective: Objective) -> String {
+    let Ok(i) = s.pick else { return "none".into() };
+    let v = &r.variants[i];
+    let mut parts = vec![format!("{} MiB", fmt_mib(v))];
+    let base_ppl = usable_baseline(r).and_then(|b| b.ppl).map(|m| m.value);
+    match (paired.vs_baseline[i].as_ref().and_then(|c| c.nll.as_ref()), v.ppl, base_ppl) {
+        (Some(n), _, _) => parts.push(format!("PPL {}", fmt_interval(n, fmt_ratio_pct))),
+        (None, Some(p), Some(b)) => parts.push(format!("PPL {}", fmt_delta_ppl(p.value, b))),
+        _ => {}
+    }
+    if objective == Objective::Speed {
+        if let Some(t) = v.tg_tps(&s.profile) {
+            parts.push(format!("tg {} t/s", fmt_tps(t)));
+        }
+    }
+    format!("`{}` ({}, {}): {}", cell(&v.name), cell(&v.method), cell(&v.quant), parts.join(", "))
 }
 
 /// The pick's intervals against the baseline and how confident its verdict is.
