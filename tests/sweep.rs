@@ -70,6 +70,29 @@ fn quick_grid_runs_resumes_after_a_kill_and_reports() {
         // Every variant but the baseline is compared with it.
         assert_eq!(v.kld.is_some(), v.name != "baseline-f32", "{}", v.name);
     }
+    // Every measured variant left its item file, and it holds what its row states: the windows'
+    // NLL gives the row's perplexity, the KLD windows its KLD, the items its accuracies.
+    let items = |name: &str| {
+        microscale::record::items::ItemRecord::read(&microscale::record::items::items_path(&out, name)).unwrap()
+    };
+    for v in &parsed.variants {
+        let rec = items(&v.name).unwrap_or_else(|| panic!("{}: no item file", v.name));
+        let w = rec.perplexity.as_ref().unwrap();
+        assert_eq!((w.sums.len(), w.tokens_per_window), (2, 255), "quick.toml: ppl_chunks = 2");
+        let ppl = (w.sums.iter().sum::<f64>() / 510.0).exp();
+        assert!((ppl / v.ppl.unwrap().value - 1.0).abs() < 1e-6, "{}: {ppl} vs {:?}", v.name, v.ppl);
+        if let Some(k) = v.kld {
+            let kw = rec.kld.as_ref().unwrap();
+            assert!((kw.sums.iter().sum::<f64>() / 255.0 - k.value).abs() < 1e-6, "{}", v.name);
+        }
+        for (m, a) in &v.acc {
+            let o = rec.accuracy[m].outcomes();
+            assert_eq!(o.len(), 8, "quick.toml: limit = 8");
+            assert!((o.iter().sum::<f64>() / 8.0 - a.value).abs() < 1e-6, "{} {m}", v.name);
+        }
+        let base = items("baseline-f32").unwrap();
+        assert_eq!(w.tokens_sha256, base.perplexity.unwrap().tokens_sha256, "same tokens as the baseline");
+    }
     let mut left: Vec<_> = std::fs::read_dir(out.join("variants"))
         .unwrap()
         .flatten()
@@ -210,6 +233,10 @@ fn a_crashed_variant_is_a_crash_row_and_the_sweep_goes_on_and_retries_on_request
     // An impossible request is an error row, named for what it is.
     assert_eq!(v["heads90-q8_0"].status, "error");
     assert!(v["heads90-q8_0"].error.as_deref().unwrap().contains("every head"), "{:?}", v["heads90-q8_0"].error);
+    // Measured variants leave an item file; the crashed and the impossible ones none.
+    let has_items = |n: &str| microscale::record::items::items_path(&out, n).exists();
+    assert!(has_items("q4_0") && has_items("baseline-f32"));
+    assert!(!has_items("q8_0") && !has_items("heads90-q8_0"));
 
     // Resuming does not retry what is recorded ...
     sweep_cli(&hf, &grid, &out, &[], &[]);

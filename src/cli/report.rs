@@ -2,7 +2,8 @@ use super::Global;
 use anyhow::{bail, Result};
 use microscale::record::results::read_results;
 use microscale::report::markdown::{write_report, ReportOptions};
-use microscale::report::sweet_spot::sweet_spot;
+use microscale::report::paired::load_paired;
+use microscale::report::sweet_spot::sweet_spot_paired;
 use microscale::report::sweet_spot::Objective;
 use std::path::PathBuf;
 
@@ -16,7 +17,10 @@ enum ObjectiveArg {
 ///
 /// Perplexity, accuracy and generation speed against size, the Pareto frontier, stock
 /// llama.cpp quants drawn apart, and the sweet spot per device profile: the smallest (or
-/// fastest) variant that fits the profile and stays within the quality budget.
+/// fastest) variant that fits the profile and stays within the quality budget, at 95%
+/// confidence when the sweep left per-item files (OUT/items/): the worse end of each paired
+/// bootstrap interval (PPL ratio, accuracy drop against the baseline) must be within the budget.
+/// Without them (older sweeps) the verdicts use the point estimates, and the report says so.
 ///
 /// Example: microscale report bench-results/smollm2-135m --max-ppl-increase 0.05 --max-acc-drop 0.01
 #[derive(clap::Args)]
@@ -55,7 +59,8 @@ impl Args {
         };
         if let Some(profile) = &self.sweet_spot {
             let results = read_results(&self.dir.join("results.csv"))?;
-            let spot = sweet_spot(&results, profile, &opts.criteria());
+            let paired = load_paired(&self.dir, &results)?;
+            let spot = sweet_spot_paired(&results, &paired, profile, &opts.criteria());
             return match spot.pick {
                 Ok(i) => {
                     println!("{}", results.variants[i].name);

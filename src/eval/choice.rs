@@ -53,6 +53,27 @@ pub struct ChoiceResult {
     #[serde(skip)]
     pub scores: Vec<ItemScore>,
     pub tokens: usize,
+    /// sha256 of the items (contexts, choices, labels), to pair two models' `scores` only on the
+    /// same items (`record::items`).
+    #[serde(skip)]
+    pub items_sha256: String,
+}
+
+impl ChoiceResult {
+    /// `1`/`0` per item: whether `acc` (or `acc_norm` when `norm`) picked the right choice.
+    pub fn correct(&self, norm: bool) -> String {
+        let pick = |s: &ItemScore| if norm { s.pred_norm } else { s.pred };
+        self.scores.iter().map(|s| if pick(s) == s.label { '1' } else { '0' }).collect()
+    }
+}
+
+/// The identity of a list of items: every context, choice and label, in order.
+pub fn items_sha256(items: &[McItem]) -> String {
+    let labels: Vec<String> = items.iter().map(|it| it.label.to_string()).collect();
+    let parts = items.iter().zip(&labels).flat_map(|(it, label)| {
+        std::iter::once(it.context.as_str()).chain(it.choices.iter().map(String::as_str)).chain([label.as_str(), ""])
+    });
+    crate::record::items::strings_sha256(parts)
 }
 
 /// An item tokenized: the shared context, and each choice's continuation tokens.
@@ -163,7 +184,7 @@ pub fn score_items(
         i0 = i1;
     }
     progress.finish();
-    Ok(summarize(scores, tokens_total))
+    Ok(ChoiceResult { items_sha256: items_sha256(items), ..summarize(scores, tokens_total) })
 }
 
 /// The batch for a group of items, and for each continuation token the row of the logits that
@@ -226,5 +247,15 @@ fn summarize(scores: Vec<ItemScore>, tokens: usize) -> ChoiceResult {
     let (acc, acc_stderr) = proportion(scores.iter().filter(|s| s.pred == s.label).count(), n);
     let (acc_norm, acc_norm_stderr) = proportion(scores.iter().filter(|s| s.pred_norm == s.label).count(), n);
     let chance = scores.iter().map(|s| 1.0 / s.loglik.len() as f64).sum::<f64>() / n.max(1) as f64;
-    ChoiceResult { acc, acc_stderr, acc_norm, acc_norm_stderr, items: n, chance, scores, tokens }
+    ChoiceResult {
+        acc,
+        acc_stderr,
+        acc_norm,
+        acc_norm_stderr,
+        items: n,
+        chance,
+        scores,
+        tokens,
+        items_sha256: String::new(),
+    }
 }

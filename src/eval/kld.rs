@@ -35,6 +35,16 @@ pub struct KldResult {
     pub same_top_stderr: f64,
     pub rms_dp: f64,
     pub rms_dp_stderr: f64,
+    /// The KL divergence summed over each window's scored tokens, in window order: the blocks of
+    /// a bootstrap over windows (`record::items`).
+    #[serde(skip)]
+    pub window_kld: Vec<f64>,
+    /// Scored tokens per window.
+    #[serde(skip)]
+    pub tokens_per_window: usize,
+    /// sha256 of the windows' tokens, as scored (`record::items::tokens_sha256`).
+    #[serde(skip)]
+    pub tokens_sha256: String,
 }
 
 /// Running sums, as llama.cpp's `kl_divergence_result`.
@@ -240,6 +250,7 @@ fn kld_over_windows(
     let first = opts.n_ctx / 2;
     let mut sums = Sums::default();
     let mut klds = Vec::new();
+    let mut window_kld = Vec::with_capacity(wins.len());
     let progress = Progress::new(wins.len() as u64, "kl-divergence", quiet);
     for (i, w) in wins.iter().enumerate() {
         let base = base_rows(i)?;
@@ -249,15 +260,23 @@ fn kld_over_windows(
             .enumerate()
             .map(|(j, b)| token_stats(&test_logits[j * n_vocab..(j + 1) * n_vocab], b, w[first + j + 1] as usize))
             .collect();
+        let mut in_window = 0f64;
         for (s, k) in stats {
+            in_window += s.kld;
             sums.add(&s);
             klds.push(k);
         }
+        window_kld.push(in_window);
         progress.set_message(&format!("KLD {:.5}", sums.kld / sums.count as f64));
         progress.inc(1);
     }
     progress.finish();
-    Ok(finish(sums, klds, wins.len()))
+    Ok(KldResult {
+        window_kld,
+        tokens_per_window: opts.n_ctx - 1 - first,
+        tokens_sha256: crate::record::items::tokens_sha256(wins.iter().map(Vec::as_slice)),
+        ..finish(sums, klds, wins.len())
+    })
 }
 
 /// A window's base log-probabilities for the tokens it scores (each position predicts the next, so
@@ -425,5 +444,8 @@ fn finish(s: Sums, mut klds: Vec<f32>, chunks: usize) -> KldResult {
         same_top_stderr: if n > 1 { (same_top * (1.0 - same_top) / (n - 1) as f64).sqrt() } else { 0.0 },
         rms_dp: rms,
         rms_dp_stderr: if rms > 0.0 { 0.5 / rms * mse.1 } else { 0.0 },
+        window_kld: vec![],
+        tokens_per_window: 0,
+        tokens_sha256: String::new(),
     }
 }

@@ -35,6 +35,16 @@ pub struct PerplexityResult {
     pub scored_tokens: usize,
     /// Perplexity after each window (the running estimate llama-perplexity prints).
     pub running: Vec<f64>,
+    /// The negative log-likelihood summed over each window's scored tokens, in window order: the
+    /// blocks of a paired bootstrap against another model on the same windows (`record::items`).
+    #[serde(skip)]
+    pub window_nll: Vec<f64>,
+    /// Scored tokens per window.
+    #[serde(skip)]
+    pub tokens_per_window: usize,
+    /// sha256 of the windows' tokens, as scored (`record::items::tokens_sha256`).
+    #[serde(skip)]
+    pub tokens_sha256: String,
 }
 
 /// llama.cpp's `log_softmax` for one token: `logit[tok] - max - log(sum(expf(logit - max)))`,
@@ -175,6 +185,7 @@ pub fn perplexity_of_tokens(
     let progress = Progress::new(windows.len() as u64, "perplexity", quiet);
     let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
     let mut running = Vec::with_capacity(windows.len());
+    let mut window_nll = Vec::with_capacity(windows.len());
     for group in windows.chunks(engine.windows_per_decode()) {
         // Position first+j predicts w[first+j+1]; the window's last position predicts nothing.
         let scored = engine.scores(group, |w, j, l| match group[w].get(first + j + 1) {
@@ -183,6 +194,7 @@ pub fn perplexity_of_tokens(
         })?;
         for mut v in scored {
             v.truncate(opts.n_ctx - 1 - first);
+            window_nll.push(v.iter().sum::<f64>());
             nll += v.iter().sum::<f64>();
             nll2 += v.iter().map(|x| x * x).sum::<f64>();
             count += v.len();
@@ -196,5 +208,14 @@ pub fn perplexity_of_tokens(
     let var = nll2 / count as f64 - mean * mean;
     let ppl = mean.exp();
     let ppl_stderr = if var > 0.0 { (var / (count - 1) as f64).sqrt() * ppl } else { 0.0 };
-    Ok(PerplexityResult { ppl, ppl_stderr, chunks: windows.len(), scored_tokens: count, running })
+    Ok(PerplexityResult {
+        ppl,
+        ppl_stderr,
+        chunks: windows.len(),
+        scored_tokens: count,
+        running,
+        window_nll,
+        tokens_per_window: opts.n_ctx - 1 - first,
+        tokens_sha256: crate::record::items::tokens_sha256(windows.iter().map(Vec::as_slice)),
+    })
 }

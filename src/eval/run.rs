@@ -6,6 +6,7 @@ use super::data::{self, McItem, Task};
 use super::kld::{kl_divergence, kl_divergence_from_file, save_base_log_probs, BaseLogProbsFile, KldResult};
 use super::perplexity::{perplexity_of_tokens, PerplexityOptions, PerplexityResult};
 use crate::engine::{LoadOptions, Model};
+use crate::record::items::{ItemRecord, Items, Windows};
 use crate::record::rows::MetricRow;
 use crate::util::data::{DataDir, WIKITEXT_TEST};
 use anyhow::{anyhow, bail, Result};
@@ -88,6 +89,35 @@ pub struct EvalOutput {
     pub perplexity: Option<PerplexityResult>,
     pub kld: Option<KldResult>,
     pub tasks: Vec<(String, ChoiceResult)>,
+}
+
+impl EvalOutput {
+    /// What each window and item scored, for the variant's item file (`record::items`): window
+    /// sums of the perplexity pass and of the KL divergence, and per-item correctness of every
+    /// accuracy metric among the rows, keyed by its results.csv column.
+    pub fn item_record(&self, variant: &str) -> ItemRecord {
+        let windows = |sums: &[f64], per: usize, sha: &str| Windows {
+            tokens_sha256: sha.to_string(),
+            tokens_per_window: per,
+            sums: sums.to_vec(),
+        };
+        let mut rec = ItemRecord {
+            variant: variant.to_string(),
+            perplexity: self.perplexity.as_ref().map(|p| windows(&p.window_nll, p.tokens_per_window, &p.tokens_sha256)),
+            kld: self.kld.as_ref().map(|k| windows(&k.window_kld, k.tokens_per_window, &k.tokens_sha256)),
+            ..ItemRecord::default()
+        };
+        for (name, r) in &self.tasks {
+            for (suffix, norm) in [("_acc", false), ("_acc_norm", true)] {
+                let metric = format!("{name}{suffix}");
+                if self.rows.iter().any(|row| row.metric == metric) {
+                    let items = Items { items_sha256: r.items_sha256.clone(), correct: r.correct(norm) };
+                    rec.accuracy.insert(metric.replace('-', "_"), items);
+                }
+            }
+        }
+        rec
+    }
 }
 
 fn row(metric: &str, value: f64, stderr: f64, items: usize, wall_s: f64) -> MetricRow {

@@ -5,10 +5,13 @@
 //! - [`status`]: how a measuring child ended (`fits`, `oom`, `crash`, `error`, `timeout`).
 //! - [`columns`]: the names of the measurements and the columns of results.csv, defined once.
 //! - [`results`]: results.csv read back into typed rows.
+//! - [`items`]: per-variant item files (`OUT/items/NAME.json`): what each window and item scored,
+//!   for paired comparisons.
 //!
 //! Uses `source` (a model's identity), `util`.
 
 pub mod columns;
+pub mod items;
 pub mod results;
 pub mod rows;
 pub mod status;

@@ -1,11 +1,14 @@
 //! `report.md`: the results of a sweep as a readable report, with the sweet spot per device
 //! profile, the full table, failed variants, Pareto frontiers and plots.
 //!
-//! Every number in the report comes from results.csv (or from the options: the quality budget).
+//! Every number in the report comes from results.csv, the item files beside it (`items/`: the
+//! paired 95% intervals) or the options (the quality budget).
 
+use super::paired::{load_paired, Comparison, Paired};
 use super::plots::{scatters, write_png, Scatter};
-use super::sweet_spot::{sweet_spots, Criteria, Objective, SweetSpot};
+use super::sweet_spot::{confidence, interval_check, sweet_spots_paired, Criteria, Objective, SweetSpot};
 use crate::record::results::{read_results, Kind, Results, Variant};
+use crate::util::stats::Bootstrap;
 use anyhow::{Context, Result};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -53,7 +56,8 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<PathBuf> {
     for (file, s) in &plots {
         write_png(&plots_dir.join(file), s)?;
     }
-    let md = render_markdown(&results, opts, &plots);
+    let paired = load_paired(dir, &results)?;
+    let md = render_markdown_paired(&results, &paired, opts, &plots);
     let out = dir.join("report.md");
     crate::util::atomic::write_file(&out, md.as_bytes())?;
     Ok(out)
@@ -111,13 +115,26 @@ fn list_or(v: &[String], none: &str) -> String {
     }
 }
 
-/// The report's markdown. `plots` are the plots written under `plots/` (file name, content).
+/// The report's markdown without item files (verdicts on the point estimates). `plots` are the
+/// plots written under `plots/` (file name, content).
 pub fn render_markdown(r: &Results, opts: &ReportOptions, plots: &[(String, Scatter)]) -> String {
+    render_markdown_paired(r, &Paired::none(r), opts, plots)
+}
+
+/// The report's markdown, verdicts at 95% confidence where `paired` has intervals.
+pub fn render_markdown_paired(
+    r: &Results,
+    paired: &Paired,
+    opts: &ReportOptions,
+    plots: &[(String, Scatter)],
+) -> String {
     let mut md = String::new();
     summary(&mut md, r);
     provenance(&mut md, r);
-    caveats(&mut md, r, opts);
-    sweet_spot_section(&mut md, r, opts);
+    caveats(&mut md, r, paired, opts);
+    sweet_spot_section(&mut md, r, paired, opts);
+    glance_section(&mut md, r, paired, opts);
+    paired_section(&mut md, r, paired, &opts.criteria());
     results_table(&mut md, r);
     for p in &r.profiles {
         profile_table(&mut md, r, p);
@@ -193,12 +210,10 @@ fn provenance(md: &mut String, r: &Results) {
     md.push('\n');
 }
 
-fn caveats(md: &mut String, r: &Results, opts: &ReportOptions) {
+fn caveats(md: &mut String, r: &Results, paired: &Paired, opts: &ReportOptions) {
     let dequant = r.baseline().filter(|b| b.recipe.to_ascii_lowercase().contains("dequant"));
-    if opts.caveats.is_empty() && dequant.is_none() {
-        return;
-    }
     let _ = writeln!(md, "## Caveats\n");
+    let _ = writeln!(md, "- {}", statistics_caveat(paired));
     if let Some(b) = dequant {
         let _ = writeln!(
             md,
@@ -212,6 +227,51 @@ fn caveats(md: &mut String, r: &Results, opts: &ReportOptions) {
         let _ = writeln!(md, "- {}", cav.replace('\n', " "));
     }
     md.push('\n');
+}
+
+/// How the verdicts are judged: on paired 95% intervals, or on the point estimates alone.
+fn statistics_caveat(paired: &Paired) -> String {
+    if !paired.any() {
+        return "No per-item files (`items/`) are beside results.csv (a sweep written before them): the \
+                sweet spots are judged on the point estimates, without confidence intervals; the ± \
+                columns are standard errors of each number alone, not of its difference from the baseline."
+            .into();
+    }
+    format!(
+        "Verdicts are at 95% confidence, from paired comparisons on the same tokens and items (`items/`): \
+         95% percentile intervals of a paired bootstrap ({} resamples, fixed seed). Perplexity: the mean \
+         per-token NLL difference from the baseline, resampling whole {}-token windows (tokens of a window \
+         share their context and are not independent); the PPL ratio's interval is its exponential. KLD: \
+         windows resampled the same way. Accuracies: the per-item difference of correctness, resampling \
+         items. A variant is within budget only when the interval's worse end is (PPL ratio's upper end, \
+         accuracy drop's upper end); \"confidence\" is the least, over the budget's metrics, of the share \
+         of resamples within budget.",
+        crate::util::stats::RESAMPLES,
+        paired.items.iter().flatten().find_map(|i| i.perplexity.as_ref()).map_or(0, |w| w.tokens_per_window)
+    ) + &few_blocks_warning(paired)
+}
+
+/// Below this many windows or items, a bootstrap sees too little of the spread to be trusted.
+const FEW_BLOCKS: usize = 20;
+
+/// A warning when the intervals rest on few windows or items (a bootstrap over n blocks cannot
+/// show more spread than those n blocks have: with 1 window a KLD interval is a single point).
+fn few_blocks_warning(paired: &Paired) -> String {
+    let recs = || paired.items.iter().flatten();
+    let windows = recs().flat_map(|r| [&r.perplexity, &r.kld]).flatten().map(|w| w.sums.len()).min();
+    let items = recs().flat_map(|r| r.accuracy.values()).map(|i| i.correct.len()).min();
+    let few: Vec<String> = [(windows, "window(s)"), (items, "item(s) per task")]
+        .into_iter()
+        .filter_map(|(n, what)| n.filter(|&n| n < FEW_BLOCKS).map(|n| format!("{n} {what}")))
+        .collect();
+    match few.is_empty() {
+        true => String::new(),
+        false => format!(
+            " **These intervals rest on as few as {}**: a bootstrap over so few blocks understates the \
+             uncertainty (it cannot show more spread than they have), so read them as rough.",
+            few.join(" and ")
+        ),
+    }
 }
 
 /// The quality budget in words, from the baseline's numbers.
@@ -243,25 +303,202 @@ fn budget_text(r: &Results, c: &Criteria) -> String {
     }
 }
 
-fn sweet_spot_section(md: &mut String, r: &Results, opts: &ReportOptions) {
+fn sweet_spot_section(md: &mut String, r: &Results, paired: &Paired, opts: &ReportOptions) {
     let c = opts.criteria();
     let _ = writeln!(md, "## Sweet spot per device profile\n");
     let _ = writeln!(
         md,
         "Among the variants that fit the profile (status `fits`) and stay within the quality budget ({}), \
          the pick is the {}. Every kind competes — the baseline, microscale's variants and llama.cpp's stock quants — \
-         and the winner's kind is named.\n",
+         and the winner's kind is named. {}\n",
         budget_text(r, &c),
-        c.objective.describe()
+        c.objective.describe(),
+        if paired.any() {
+            "Within the budget means at 95% confidence: the worse end of each paired 95% interval (see Caveats) \
+             is within it; variants within it on the point estimate only are named, not chosen."
+        } else {
+            "Judged on the point estimates: no per-item files, so no confidence intervals (see Caveats)."
+        }
     );
-    let spots = sweet_spots(r, &c);
+    let spots = sweet_spots_paired(r, paired, &c);
     if spots.is_empty() {
         let _ = writeln!(md, "No device profile was benchmarked (no `P:tg_tps` column).");
     }
     for s in &spots {
         let _ = writeln!(md, "{}", sweet_spot_line(r, s));
+        if let Ok(i) = s.pick {
+            if let Some(line) = verdict_line(r, paired, i, &c) {
+                let _ = writeln!(md, "  - {line}");
+            }
+        }
+        for &i in &s.unpaired {
+            let _ = writeln!(md, "  - `{}`: judged on the point estimate (no item file)", r.variants[i].name);
+        }
+        if !s.point_only.is_empty() {
+            let names: Vec<String> =
+                s.point_only.iter().map(|(i, why)| format!("`{}` ({why})", r.variants[*i].name)).collect();
+            let _ = writeln!(md, "  - within budget on the point estimate only (not chosen): {}", names.join("; "));
+        }
     }
     md.push('\n');
+}
+
+/// Per profile: the smallest file within +1% and within +5% perplexity, and the fastest variant
+/// within the report's budget, each judged as the sweet spots are (at 95% confidence where item
+/// files allow); the method and quant that get there.
+fn glance_section(md: &mut String, r: &Results, paired: &Paired, opts: &ReportOptions) {
+    if r.profiles.is_empty() || usable_baseline(r).is_none() {
+        return;
+    }
+    let _ = writeln!(md, "## At a glance per device profile\n");
+    let _ = writeln!(
+        md,
+        "The smallest file within +1% and within +5% perplexity of the baseline (each accuracy at most {:.1} \
+         point(s) below it), and the fastest generation within the budget above; judged as the sweet spots are. \
+         PPL: point estimate [95% interval] where item files allow.\n",
+        100.0 * opts.max_acc_drop
+    );
+    table_head(
+        md,
+        &["profile", "smallest at ≤ +1% PPL", "smallest at ≤ +5% PPL", "fastest within budget"].map(String::from),
+    );
+    for p in &r.profiles {
+        let at = |max_ppl_increase: f64, objective: Objective| {
+            let c = Criteria { max_ppl_increase, max_acc_drop: opts.max_acc_drop, objective };
+            glance_cell(r, paired, &super::sweet_spot::sweet_spot_paired(r, paired, p, &c), objective)
+        };
+        let row = [
+            p.clone(),
+            at(0.01, Objective::Size),
+            at(0.05, Objective::Size),
+            at(opts.max_ppl_increase, Objective::Speed),
+        ];
+        table_row(md, &row);
+    }
+    md.push('\n');
+}
+
+/// `name` (method, quant): size, PPL change [interval], and tg t/s for the speed objective.
+fn glance_cell(r: &Results, paired: &Paired, s: &SweetSpot, objective: Objective) -> String {
+    let Ok(i) = s.pick else { return "none".into() };
+    let v = &r.variants[i];
+    let mut parts = vec![format!("{} MiB", fmt_mib(v))];
+    let base_ppl = usable_baseline(r).and_then(|b| b.ppl).map(|m| m.value);
+    match (paired.vs_baseline[i].as_ref().and_then(|c| c.nll.as_ref()), v.ppl, base_ppl) {
+        (Some(n), _, _) => parts.push(format!("PPL {}", fmt_interval(n, fmt_ratio_pct))),
+        (None, Some(p), Some(b)) => parts.push(format!("PPL {}", fmt_delta_ppl(p.value, b))),
+        _ => {}
+    }
+    if objective == Objective::Speed {
+        if let Some(t) = v.tg_tps(&s.profile) {
+            parts.push(format!("tg {} t/s", fmt_tps(t)));
+        }
+    }
+    format!("`{}` ({}, {}): {}", cell(&v.name), cell(&v.method), cell(&v.quant), parts.join(", "))
+}
+
+/// The pick's intervals against the baseline and how confident its verdict is.
+fn verdict_line(r: &Results, paired: &Paired, i: usize, c: &Criteria) -> Option<String> {
+    let cmp = paired.vs_baseline[i].as_ref()?;
+    let mut parts = interval_parts(r, cmp, true);
+    if let Some(conf) = confidence(r, cmp, c) {
+        parts.push(format!("confidence within budget {}", fmt_pct(conf)));
+    }
+    Some(format!("at 95% confidence against the baseline: {}", parts.join(", ")))
+}
+
+/// `point [lo, hi]` of a bootstrap, each end through `f`.
+fn fmt_interval(b: &Bootstrap, f: impl Fn(f64) -> String) -> String {
+    let (lo, hi) = b.interval95();
+    format!("{} [{}, {}]", f(b.estimate), f(lo), f(hi))
+}
+
+fn fmt_ratio_pct(nll: f64) -> String {
+    format!("{:+.2}%", 100.0 * (nll.exp() - 1.0))
+}
+
+fn fmt_points(d: f64) -> String {
+    format!("{:+.1}", 100.0 * d)
+}
+
+/// The comparison's intervals in words: PPL ratio, KLD and each primary accuracy's difference.
+fn interval_parts(r: &Results, cmp: &Comparison, kld_from_baseline: bool) -> Vec<String> {
+    let mut parts = Vec::new();
+    if let Some(n) = &cmp.nll {
+        parts.push(format!("PPL {}", fmt_interval(n, fmt_ratio_pct)));
+    }
+    if let Some(k) = &cmp.kld {
+        let what = if kld_from_baseline { "KLD" } else { "ΔKLD" };
+        parts.push(format!("{what} {}", fmt_interval(k, |x| format!("{x:.4}"))));
+    }
+    for m in r.primary_acc_metrics() {
+        if let Some(d) = cmp.acc.get(m) {
+            parts.push(format!("{m} {} points", fmt_interval(d, fmt_points)));
+        }
+    }
+    parts
+}
+
+/// Every paired comparison: each variant against the baseline (with its verdict), each microscale
+/// variant against the stock quant nearest in size. Nothing without item files.
+fn paired_section(md: &mut String, r: &Results, paired: &Paired, c: &Criteria) {
+    if !paired.any() {
+        return;
+    }
+    let _ = writeln!(md, "## Paired comparisons (95% intervals)\n");
+    let _ = writeln!(
+        md,
+        "Each variant against the baseline and each microscale variant against the llama.cpp stock quant \
+         nearest in file size, on the same tokens and items: point estimate [95% interval] of the PPL change, \
+         the KLD from the baseline (against a stock quant: the difference of the two KLDs) and the accuracy \
+         difference in points (see Caveats for the method).\n"
+    );
+    // The primary accuracies some comparison has items for (a column in results.csv may be empty).
+    let compared = || paired.vs_baseline.iter().flatten().chain(paired.vs_stock.iter().flatten().map(|(_, c)| c));
+    let metrics: Vec<&str> =
+        r.primary_acc_metrics().into_iter().filter(|m| compared().any(|c| c.acc.contains_key(*m))).collect();
+    let mut head: Vec<String> = ["variant", "against", "PPL change", "KLD"].map(String::from).to_vec();
+    head.extend(metrics.iter().map(|m| format!("Δ {m} points")));
+    head.push("verdict (vs baseline)".into());
+    table_head(md, &head);
+    let mut notes = Vec::new();
+    let base_name = r.baseline().map_or("baseline".to_string(), |b| b.name.clone());
+    for (i, v) in r.variants.iter().enumerate() {
+        let against = [
+            paired.vs_baseline[i].as_ref().map(|cmp| (base_name.clone(), cmp, true)),
+            paired.vs_stock[i].as_ref().map(|(s, cmp)| (r.variants[*s].name.clone(), cmp, false)),
+        ];
+        for (reference, cmp, is_base) in against.into_iter().flatten() {
+            let mut row = vec![format!("`{}`", cell(&v.name)), format!("`{}`", cell(&reference))];
+            row.push(opt(cmp.nll.as_ref(), |b| fmt_interval(b, fmt_ratio_pct)));
+            row.push(opt(cmp.kld.as_ref(), |b| fmt_interval(b, |x| format!("{x:.4}"))));
+            for m in &metrics {
+                row.push(opt(cmp.acc.get(*m), |b| fmt_interval(b, fmt_points)));
+            }
+            row.push(if is_base { verdict_cell(r, v, cmp, c) } else { "—".into() });
+            table_row(md, &row);
+            notes.extend(cmp.unpaired.iter().map(|n| format!("`{}` against `{reference}`: {n}", v.name)));
+        }
+    }
+    md.push('\n');
+    for n in &notes {
+        let _ = writeln!(md, "- not paired: {}", cell(n));
+    }
+    if !notes.is_empty() {
+        md.push('\n');
+    }
+}
+
+/// Within budget at 95% confidence, on the point estimate only, or not; with the confidence.
+fn verdict_cell(r: &Results, v: &Variant, cmp: &Comparison, c: &Criteria) -> String {
+    let conf = confidence(r, cmp, c).map_or(String::new(), |x| format!(" (confidence {})", fmt_pct(x)));
+    match super::sweet_spot::quality_check(r, v, c) {
+        Err(_) => format!("over budget{conf}"),
+        Ok(()) => match interval_check(r, cmp, c) {
+            Ok(()) => format!("within budget at 95%{conf}"),
+            Err(_) => format!("point estimate only{conf}"),
+        },
+    }
 }
 
 /// A value with its standard error or sd, as `value ± se`.

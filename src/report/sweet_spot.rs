@@ -2,8 +2,15 @@
 //! quality budget relative to the baseline, the smallest file (or the fastest generation).
 //!
 //! Every kind competes: the baseline itself, microscale's variants and llama.cpp's stock quants.
+//!
+//! With the sweep's item files ([`super::paired`]), a variant is within the budget only at 95%
+//! confidence: the upper end of the 95% interval of its perplexity ratio, and the upper end of each
+//! accuracy drop, must be within the budget. A variant within the budget on its point estimates but
+//! not on its intervals is not chosen; it is named (`point_only`). Without item files (sweeps
+//! written before them) the verdicts use the point estimates alone.
 
-use crate::record::results::{Results, Variant};
+use super::paired::{Comparison, Paired};
+use crate::record::results::{Kind, Results, Variant};
 
 /// What "best" means among the variants within the budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -77,6 +84,53 @@ pub fn quality_check(results: &Results, v: &Variant, c: &Criteria) -> Result<(),
     Ok(())
 }
 
+/// Why a variant's 95% intervals are not within the budget (its point estimates having passed
+/// [`quality_check`]): the perplexity ratio's upper end, or an accuracy drop's upper end (the lower
+/// end of the accuracy difference), over the budget. Metrics without a paired interval are judged
+/// by `quality_check` alone.
+pub fn interval_check(results: &Results, cmp: &Comparison, c: &Criteria) -> Result<(), String> {
+    let Some(base) = results.baseline() else { return Err("no baseline row".into()) };
+    if let (Some(_), Some(nll)) = (base.ppl, &cmp.nll) {
+        let hi = nll.interval95().1.exp();
+        if hi > (1.0 + c.max_ppl_increase) * (1.0 + EPS) {
+            return Err(format!(
+                "perplexity ratio's 95% upper end ×{hi:.4} ({:+.2}%) is over {:+.1}%",
+                100.0 * (hi - 1.0),
+                100.0 * c.max_ppl_increase
+            ));
+        }
+    }
+    for m in results.primary_acc_metrics() {
+        let (Some(_), Some(d)) = (base.acc.get(m), cmp.acc.get(m)) else { continue };
+        let lo = d.interval95().0;
+        if lo < -c.max_acc_drop - EPS {
+            return Err(format!(
+                "{m}'s 95% interval reaches {:.1} points below the baseline (budget {:.1})",
+                -100.0 * lo,
+                100.0 * c.max_acc_drop
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// How confident a verdict is: the least, over the budget's metrics with a paired interval, of the
+/// share of bootstrap resamples within the budget (perplexity ratio at most 1 + budget, accuracy
+/// drop at most the budget). `None` when no metric has an interval.
+pub fn confidence(results: &Results, cmp: &Comparison, c: &Criteria) -> Option<f64> {
+    let base = results.baseline()?;
+    let mut shares = Vec::new();
+    if let (Some(_), Some(nll)) = (base.ppl, &cmp.nll) {
+        shares.push(nll.share_at_most((1.0 + c.max_ppl_increase).ln() + EPS));
+    }
+    for m in results.primary_acc_metrics() {
+        if let (Some(_), Some(d)) = (base.acc.get(m), cmp.acc.get(m)) {
+            shares.push(d.share_at_least(-c.max_acc_drop - EPS));
+        }
+    }
+    shares.into_iter().reduce(f64::min)
+}
+
 /// The outcome for one profile.
 #[derive(Clone, Debug)]
 pub struct SweetSpot {
@@ -87,22 +141,35 @@ pub struct SweetSpot {
     pub qualifying: Vec<usize>,
     /// How many non-failed variants fit the profile.
     pub n_fit: usize,
+    /// Variants that fit and are within the budget on their point estimates but not at 95%
+    /// confidence, with why (in file order): not chosen.
+    pub point_only: Vec<(usize, String)>,
+    /// Qualifying variants judged on their point estimates alone although other variants have
+    /// paired intervals (no item file of their own).
+    pub unpaired: Vec<usize>,
 }
 
-/// The sweet spot on `profile`.
+/// The sweet spot on `profile`, on the point estimates alone.
 pub fn sweet_spot(results: &Results, profile: &str, c: &Criteria) -> SweetSpot {
-    let none = |reason: String, n_fit| SweetSpot {
+    sweet_spot_paired(results, &Paired::none(results), profile, c)
+}
+
+/// The sweet spot on `profile`, at 95% confidence where `paired` has intervals.
+pub fn sweet_spot_paired(results: &Results, paired: &Paired, profile: &str, c: &Criteria) -> SweetSpot {
+    let none = |reason: String, n_fit, point_only| SweetSpot {
         profile: profile.to_string(),
         pick: Err(reason),
         qualifying: vec![],
         n_fit,
+        point_only,
+        unpaired: vec![],
     };
-    let Some(base) = results.baseline() else { return none("results.csv has no baseline row".into(), 0) };
+    let Some(base) = results.baseline() else { return none("results.csv has no baseline row".into(), 0, vec![]) };
     if base.failed() {
-        return none(format!("the baseline `{}` failed", base.name), 0);
+        return none(format!("the baseline `{}` failed", base.name), 0, vec![]);
     }
     if base.ppl.is_none() && results.primary_acc_metrics().iter().all(|m| !base.acc.contains_key(*m)) {
-        return none(format!("the baseline `{}` has no quality metric (perplexity or accuracy)", base.name), 0);
+        return none(format!("the baseline `{}` has no quality metric (perplexity or accuracy)", base.name), 0, vec![]);
     }
     let fit: Vec<usize> = (0..results.variants.len())
         .filter(|&i| {
@@ -118,13 +185,23 @@ pub fn sweet_spot(results: &Results, profile: &str, c: &Criteria) -> SweetSpot {
                 n => format!("none of the {n} benchmarked variants fits {profile}"),
             },
             0,
+            vec![],
         );
     }
     let mut ok = Vec::new();
     let mut rejected = Vec::new();
+    let mut point_only = Vec::new();
     for &i in &fit {
         let v = &results.variants[i];
-        match quality_check(results, v, c) {
+        // The point estimates first; then, where the variant has paired intervals, their ends.
+        let at_95 = paired.vs_baseline[i].as_ref().map_or(Ok(()), |cmp| interval_check(results, cmp, c));
+        let verdict = quality_check(results, v, c).and_then(|()| {
+            at_95.map_err(|why| {
+                point_only.push((i, why.clone()));
+                format!("within budget on the point estimate only ({why})")
+            })
+        });
+        match verdict {
             Err(why) => rejected.push(format!("`{}`: {why}", v.name)),
             Ok(()) if v.size_bytes.is_none() => rejected.push(format!("`{}`: file size not recorded", v.name)),
             Ok(()) if c.objective == Objective::Speed && v.tg_tps(profile).is_none() => {
@@ -138,6 +215,7 @@ pub fn sweet_spot(results: &Results, profile: &str, c: &Criteria) -> SweetSpot {
         return none(
             format!("{n_fit} variant(s) fit {profile} but none is within the quality budget ({})", rejected.join("; ")),
             n_fit,
+            point_only,
         );
     }
     let vs = &results.variants;
@@ -151,10 +229,22 @@ pub fn sweet_spot(results: &Results, profile: &str, c: &Criteria) -> SweetSpot {
             tb.total_cmp(&ta).then(vs[a].size_bytes.cmp(&vs[b].size_bytes)).then(vs[a].name.cmp(&vs[b].name))
         }),
     }
-    SweetSpot { profile: profile.to_string(), pick: Ok(ok[0]), qualifying: ok, n_fit }
+    let unpaired = match paired.any() {
+        true => {
+            ok.iter().copied().filter(|&i| vs[i].kind != Kind::Baseline && paired.vs_baseline[i].is_none()).collect()
+        }
+        false => vec![],
+    };
+    SweetSpot { profile: profile.to_string(), pick: Ok(ok[0]), qualifying: ok, n_fit, point_only, unpaired }
 }
 
-/// The sweet spot on every profile, in header order.
+/// The sweet spot on every profile, in header order, on the point estimates alone.
 pub fn sweet_spots(results: &Results, c: &Criteria) -> Vec<SweetSpot> {
-    results.profiles.iter().map(|p| sweet_spot(results, p, c)).collect()
+    sweet_spots_paired(results, &Paired::none(results), c)
+}
+
+/// The sweet spot on every profile, in header order, at 95% confidence where `paired` has
+/// intervals.
+pub fn sweet_spots_paired(results: &Results, paired: &Paired, c: &Criteria) -> Vec<SweetSpot> {
+    results.profiles.iter().map(|p| sweet_spot_paired(results, paired, p, c)).collect()
 }

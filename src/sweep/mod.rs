@@ -3,8 +3,10 @@
 //!
 //! Crash-isolated: each variant is built, calibrated, evaluated and benchmarked in a child process
 //! (`microscale sweep … --variant NAME`, the same binary), which writes its row to
-//! `rows/NAME.json` and its log to `logs/NAME.log`. A child that crashes (a segfault, a failed
-//! `GGML_ASSERT`) or runs out of time becomes a row with that status and the sweep goes on.
+//! `rows/NAME.json`, its log to `logs/NAME.log`, and what each perplexity window and task item
+//! scored to `items/NAME.json` (`record::items`: the report's paired intervals). A child that
+//! crashes (a segfault, a failed `GGML_ASSERT`) or runs out of time becomes a row with that status
+//! and the sweep goes on.
 //!
 //! Resumable and safe: variants already in results.csv are skipped (failed ones too, unless
 //! `retry_failed`); each row is appended and flushed as soon as its variant is measured, so an
@@ -32,6 +34,7 @@ use crate::gguf::imatrix::Imatrix;
 use crate::prune::PruneSpec;
 use crate::quant::mix::Scheme;
 use crate::record::columns::{self, profile_column};
+use crate::record::items::items_path;
 use crate::record::rows::{utc_now, CsvAppender, ModelId};
 use crate::record::status::Status;
 use crate::util::atomic::write_file;
@@ -157,14 +160,21 @@ struct Dirs {
     variants: PathBuf,
     rows: PathBuf,
     logs: PathBuf,
+    /// Per-variant item files (`record::items`), kept with results.csv.
+    items: PathBuf,
 }
 
 impl Dirs {
     /// The folders, made if missing. `clean` removes what an interrupted run left half-written
     /// (only the sweep's own process does: a variant's child must not touch its siblings' files).
     fn create(out: &Path, clean: bool) -> Result<Dirs> {
-        let d = Dirs { variants: out.join("variants"), rows: out.join("rows"), logs: out.join("logs") };
-        for dir in [&d.variants, &d.rows, &d.logs] {
+        let d = Dirs {
+            variants: out.join("variants"),
+            rows: out.join("rows"),
+            logs: out.join("logs"),
+            items: out.join("items"),
+        };
+        for dir in [&d.variants, &d.rows, &d.logs, &d.items] {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
             if clean {
                 clean_partial(dir);
@@ -269,6 +279,8 @@ pub fn run_one_variant(grid: &Grid, name: &str, opts: &SweepOptions) -> Result<B
     let dirs = Dirs::create(&opts.out, false)?;
     let baseline = dirs.variants.join("baseline-f32.gguf");
     let calib = opts.out.join("calib.imatrix.gguf");
+    // An item file left by an earlier attempt must not outlive the row it went with.
+    let _ = std::fs::remove_file(items_path(&opts.out, &v.name));
     let row = match measure(v, grid, opts, &dirs.variants, &baseline, &calib) {
         Ok(row) => row,
         Err(e) => {
@@ -542,6 +554,8 @@ fn measure_file(
         }
     }
     let out = run_eval(path, &spec, true)?;
+    // What each window and item scored, beside results.csv, for the report's paired intervals.
+    out.item_record(&v.name).write(&items_path(&opts.out, &v.name))?;
     for r in &out.rows {
         let col = r.metric.replace('-', "_");
         if col == "ppl" || columns::TASKS.contains(&col.as_str()) {

@@ -1,5 +1,6 @@
 //! Small shared pieces, the lowest stage: atomic outputs, progress bars, memory maps that release
-//! their pages, the data folder, a seeded RNG, dense f64 linear algebra, test-only fault injection.
+//! their pages, the data folder, a seeded RNG, dense f64 linear algebra, paired bootstrap
+//! intervals, test-only fault injection.
 
 pub mod atomic;
 pub mod data;
@@ -10,3 +11,4 @@ pub mod mem;
 pub mod mmap;
 pub mod progress;
 pub mod rng;
+pub mod stats;
