@@ -234,12 +234,13 @@ fn bad_generation_settings_are_one_line_errors() {
 
 /// A chat run in a real pseudo-terminal: type each line after the `> ` prompt, collect what the
 /// program printed in reply, then Ctrl-D.
-fn chat_in_a_terminal(model: &Path, lines: &[&str]) -> Vec<String> {
+fn chat_in_a_terminal(model: &Path, extra: &[&str], lines: &[&str]) -> Vec<String> {
     let (mut master, slave) = openpty();
     let io = |fd: &OwnedFd| Stdio::from(fd.try_clone().unwrap());
     let mut child = KillOnDrop(
         Command::new(EXE)
-            .args(["chat", model.to_str().unwrap(), "--temp", "0", "-t", "2", "-n", "48", "-q"])
+            .args(["chat", model.to_str().unwrap(), "--temp", "0", "-n", "48", "-q"])
+        .args(extra)
             .stdin(io(&slave))
             .stdout(io(&slave))
             .stderr(io(&slave))
@@ -307,7 +308,7 @@ fn chat_keeps_the_conversation_and_reset_clears_it() {
     let model = default_model::gguf();
     let m = model.to_str().unwrap();
     let follow_up = "What is the population of that city?";
-    let replies = chat_in_a_terminal(&model, &[QUESTION, follow_up, "/stats", "/reset", follow_up]);
+    let replies = chat_in_a_terminal(&model, &["-t", "2"], &[QUESTION, follow_up, "/stats", "/reset", follow_up]);
     assert_eq!(replies[0], PARIS);
     // "That city" is resolved from the first exchange: it is in the KV cache.
     assert!(replies[1].contains("Paris"), "{replies:?}");
@@ -329,4 +330,17 @@ fn chat_keeps_the_conversation_and_reset_clears_it() {
     );
     let fresh = ok_json(&["generate", m, "-p", &whole, "--temp", "0", "-n", "48", "-t", "2", "--json"]);
     assert_eq!(fresh["text"].as_str().unwrap().trim(), replies[1]);
+}
+
+#[test]
+fn chat_runs_under_a_profile_and_says_when_it_does_not_fit() {
+    let model = default_model::gguf();
+    // The whole conversation in the capped child, on the same terminal.
+    let replies = chat_in_a_terminal(&model, &["--profile", "phone-6gb"], &[QUESTION, "/stats"]);
+    assert_eq!(replies[0], PARIS);
+    assert!(replies[1].contains("context "), "{replies:?}");
+    let out = run(&["chat", model.to_str().unwrap(), "--profile", "host", "--mem-limit", "40MiB"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not fit in 40 MiB"), "{err}");
 }

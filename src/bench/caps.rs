@@ -234,13 +234,21 @@ fn make_cgroup(caps: &Caps, enf: &mut Enforcement) -> Result<(Option<Cgroup>, bo
 
 /// Run `cmd` under `caps`, killing it after `timeout`; collect its output and resource use.
 pub fn run_capped(cmd: Command, caps: &Caps, timeout: Duration) -> Result<Outcome> {
-    run_capped_with(cmd, caps, timeout, false)
+    run_capped_with(cmd, caps, timeout, Passthrough::default())
 }
 
-/// [`run_capped`], with the child's standard output passed straight through to ours when
-/// `stream_stdout` (a generation printed as it happens; `Outcome::stdout` is then empty). Its
-/// standard error is still collected: that is where a failure's last words are.
-pub fn run_capped_with(mut cmd: Command, caps: &Caps, timeout: Duration, stream_stdout: bool) -> Result<Outcome> {
+/// Which of our standard streams a capped child uses directly (the rest are pipes, or nothing
+/// for its input). Its standard error is always collected: that is where a failure's last words are.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Passthrough {
+    /// Our standard input (an interactive chat under caps).
+    pub stdin: bool,
+    /// Our standard output (a generation printed as it happens; `Outcome::stdout` is then empty).
+    pub stdout: bool,
+}
+
+/// [`run_capped`], with some of the child's standard streams passed straight through to ours.
+pub fn run_capped_with(mut cmd: Command, caps: &Caps, timeout: Duration, io: Passthrough) -> Result<Outcome> {
     let mut enf = Enforcement::default();
     let (cgroup, use_rlimit) = make_cgroup(caps, &mut enf)?;
     enf.cgroups = cgroup.as_ref().map(|c| c.paths().to_vec()).unwrap_or_default();
@@ -254,8 +262,8 @@ pub fn run_capped_with(mut cmd: Command, caps: &Caps, timeout: Duration, stream_
         rlimit: if use_rlimit { caps.memory } else { None },
         parent: std::process::id() as i32,
     };
-    cmd.stdin(Stdio::null())
-        .stdout(if stream_stdout { Stdio::inherit() } else { Stdio::piped() })
+    cmd.stdin(if io.stdin { Stdio::inherit() } else { Stdio::null() })
+        .stdout(if io.stdout { Stdio::inherit() } else { Stdio::piped() })
         .stderr(Stdio::piped());
     // A failed GGML_ASSERT would otherwise attach gdb to print a backtrace: slow, and noise in the
     // stderr the parent reads for the child's last words.

@@ -1,10 +1,11 @@
 //! Generation under a device's caps: `microscale generate --profile pi4-4gb` runs the generation
 //! in the same capped child as `bench` (threads pinned, memory and CPU capped by cgroups), with the
-//! child's text streamed straight through to the terminal. The child ends by writing one line
+//! child's text streamed straight through to the terminal (`chat --profile`: the whole
+//! conversation, the terminal handed to the child). The child ends by writing one line
 //! on stderr, [`STATS_PREFIX`] and a [`GenerationReport`] as JSON; a child that does not get there
 //! ended for a reason [`classify`] names — only the memory cap's kill is "does not fit".
 
-use super::caps::{run_capped_with, Enforcement};
+use super::caps::{run_capped_with, Enforcement, Passthrough};
 use super::failure::classify;
 use super::profiles::{format_bytes, Profile};
 use super::run::caps_for;
@@ -100,13 +101,23 @@ pub struct CappedGeneration {
     pub warnings: Vec<String>,
 }
 
-/// Run `microscale generate MODEL ARGS…` as a child under `profile`'s caps. The child's text goes
-/// straight to our standard output when `stream` (else it is only in the report).
+/// Which command the capped child runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Talk {
+    /// `generate`: its text goes straight to our standard output when `stream` (else it is only
+    /// in the report).
+    Generate { stream: bool },
+    /// `chat`: our terminal is the child's (standard input and output), the conversation runs
+    /// capped for as long as the user talks.
+    Chat,
+}
+
+/// Run `microscale generate|chat MODEL ARGS…` as a child under `profile`'s caps.
 pub fn generate_capped(
     model: &Path,
     profile: &Profile,
     child_args: &[OsString],
-    stream: bool,
+    talk: Talk,
     timeout: Duration,
     child_exe: Option<PathBuf>,
 ) -> Result<CappedGeneration> {
@@ -116,8 +127,12 @@ pub fn generate_capped(
         None => std::env::current_exe().context("cannot find the microscale executable")?,
     };
     let mut cmd = Command::new(exe);
-    cmd.arg("generate").arg(model).args(child_args).args(["--threads", &threads.to_string(), "--capped-child"]);
-    let outcome = run_capped_with(cmd, &caps, timeout, stream)?;
+    let (subcommand, io) = match talk {
+        Talk::Generate { stream } => ("generate", Passthrough { stdin: false, stdout: stream }),
+        Talk::Chat => ("chat", Passthrough { stdin: true, stdout: true }),
+    };
+    cmd.arg(subcommand).arg(model).args(child_args).args(["--threads", &threads.to_string(), "--capped-child"]);
+    let outcome = run_capped_with(cmd, &caps, timeout, io)?;
     let report = outcome
         .stderr
         .lines()
@@ -141,6 +156,8 @@ pub fn generate_capped(
             r.peak_rss = r.peak_rss.max(outcome.max_rss);
             run.report = Some(r);
         }
+        // A chat that ended normally has no single reply to report.
+        None if talk == Talk::Chat && outcome.exit_code == Some(0) => {}
         _ => {
             let cap = profile.memory.map(format_bytes);
             let failure = classify(&outcome, cap.as_deref(), timeout);

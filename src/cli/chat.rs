@@ -1,9 +1,11 @@
-use super::generate::{ContextArgs, SamplingArgs};
+use super::generate::{CapArgs, ContextArgs, SamplingArgs};
 use super::{at_least, output, Global};
 use anyhow::Result;
+use microscale::bench::generate::Talk;
 use microscale::bench::profiles::format_bytes;
 use microscale::engine::generate::{tokenize_chat, Generator, Reply, Stop};
 use microscale::engine::Model;
+use std::ffi::OsString;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
@@ -16,9 +18,14 @@ use std::path::PathBuf;
 /// last reply's speeds and how full the context is, /help lists them; Ctrl-D (end of input)
 /// leaves. Sampling flags are `generate`'s; --temp 0 answers greedily.
 ///
+/// Under a device's caps (--profile, --mem-limit, --cpu-quota) the whole conversation runs
+/// in a capped child process that gets this terminal, as `generate --profile` does: a model
+/// that does not fit says so and the command exits non-zero.
+///
 /// Examples:
 ///   microscale chat q4.gguf
 ///   microscale chat q4.gguf --system "Answer in one sentence." --temp 0.3 --ctx-size 2048
+///   microscale chat q4.gguf --profile pi4-4gb
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -31,6 +38,8 @@ pub struct Args {
     sampling: SamplingArgs,
     #[command(flatten)]
     context: ContextArgs,
+    #[command(flatten)]
+    caps: CapArgs,
 }
 
 const HELP: &str = "/reset  forget the conversation (the system message stays)\n\
@@ -41,19 +50,29 @@ const HELP: &str = "/reset  forget the conversation (the system message stays)\n
 impl Args {
     pub fn run(self, g: Global) -> Result<()> {
         let sampling = self.sampling.sampling()?;
-        let model = Model::load_with(&self.model, &self.context.load_options(true))?;
+        if self.caps.wanted() {
+            return self.run_capped(g);
+        }
+        self.caps.enter_child_mode();
+        let model = Model::load_with(&self.model, &self.context.load_options(self.caps.mmap()))?;
         let opts = self.context.options(sampling);
         let mut generator = Generator::new(&model, &opts)?;
         let mut conversation = self.context.conversation(&model)?;
         if !g.quiet {
             let size = std::fs::metadata(&self.model).map(|m| m.len()).unwrap_or(0);
-            eprintln!(
+            let banner = format!(
                 "chatting with {} ({}), context {} tokens, {} threads. /help for commands, Ctrl-D to leave.",
                 self.model.display(),
                 format_bytes(size),
                 opts.ctx_size,
                 opts.threads
             );
+            // A capped child's stderr goes to its parent, read when it ends: say it on stdout.
+            if self.caps.capped_child {
+                println!("{banner}");
+            } else {
+                eprintln!("{banner}");
+            }
         }
         let stdin = std::io::stdin();
         let mut stdin = stdin.lock();
@@ -116,6 +135,24 @@ impl Args {
                 // A turn that cannot be taken (the context is full) leaves the chat open.
                 Err(e) => println!("error: {}", output::error_line(&e)),
             }
+        }
+    }
+
+    /// The conversation in a child under the profile's caps, on this terminal.
+    fn run_capped(&self, g: Global) -> Result<()> {
+        let mut args: Vec<OsString> = vec![format!("--max-tokens={}", self.max_tokens).into()];
+        args.extend(self.context.to_args());
+        args.extend(self.sampling.to_args());
+        if g.quiet {
+            args.push("-q".into());
+        }
+        let run = self.caps.run_child(&self.model, self.context.threads(), &args, Talk::Chat)?;
+        if !g.quiet || run.reason.is_some() {
+            eprint!("{}", output::capped_generation_stats(&run));
+        }
+        match &run.reason {
+            Some(reason) => anyhow::bail!("{}: {reason}", self.model.display()),
+            None => Ok(()),
         }
     }
 

@@ -1,13 +1,13 @@
 use super::{at_least, output, Global};
 use anyhow::{bail, Context, Result};
-use microscale::bench::generate::{generate_capped, GenerationReport, STATS_PREFIX};
+use microscale::bench::generate::{generate_capped, CappedGeneration, GenerationReport, Talk, STATS_PREFIX};
 use microscale::bench::profiles::{parse_memory, profile, Overrides};
 use microscale::engine::generate::{tokenize_chat, Conversation, GenerateOptions, Generator, Sampling, RANDOM_SEED};
 use microscale::engine::log::{set_mode, LogMode};
 use microscale::engine::{LoadOptions, Model};
 use std::ffi::OsString;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Sampling flags, as llama.cpp's tools spell them (shared by `generate` and `chat`).
@@ -55,7 +55,7 @@ impl SamplingArgs {
     }
 
     /// The same flags for a child process.
-    fn to_args(&self) -> Vec<OsString> {
+    pub fn to_args(&self) -> Vec<OsString> {
         let mut a: Vec<String> = vec![
             format!("--temp={}", self.temp),
             format!("--top-k={}", self.top_k),
@@ -96,6 +96,27 @@ pub struct ContextArgs {
 }
 
 impl ContextArgs {
+    /// The same flags for a capped child, but the thread count (the profile's is given).
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec![
+            format!("--ctx-size={}", self.ctx_size).into(),
+            format!("--batch-size={}", self.batch_size).into(),
+            format!("--gpu-layers={}", self.gpu_layers).into(),
+        ];
+        if let Some(s) = &self.system {
+            a.extend(["--system".into(), s.into()]);
+        }
+        if let Some(t) = &self.chat_template {
+            a.extend(["--chat-template".into(), t.into()]);
+        }
+        a
+    }
+
+    /// `--threads`, when given.
+    pub fn threads(&self) -> Option<usize> {
+        self.threads
+    }
+
     /// How to load the model: memory-mapped unless `mmap` is false, with `--gpu-layers`.
     pub fn load_options(&self, mmap: bool) -> LoadOptions {
         LoadOptions { mmap, gpu_layers: self.gpu_layers }
@@ -163,6 +184,16 @@ pub struct Args {
     sampling: SamplingArgs,
     #[command(flatten)]
     context: ContextArgs,
+    #[command(flatten)]
+    caps: CapArgs,
+    /// Print one JSON document (text, tokens, speeds, memory) instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Device caps (shared by `generate` and `chat`): the run happens in a capped child process.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CapArgs {
     /// Run under this device profile's caps (pi4-4gb, pi5-8gb, jetson-orin-nano-8gb, phone-6gb,
     /// host; `microscale bench --list-profiles`).
     #[arg(long, value_name = "NAME")]
@@ -176,33 +207,72 @@ pub struct Args {
     /// Under caps: memory-map the model instead of reading it into RAM.
     #[arg(long)]
     mmap: bool,
-    /// Under caps: give up after this many seconds.
-    #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
-    timeout: u64,
-    /// Print one JSON document (text, tokens, speeds, memory) instead of streaming text.
-    #[arg(long)]
-    json: bool,
-    /// (internal) This process is the capped child of `generate --profile`.
+    /// Under caps: stop the child after this many seconds (default: 900 for generate, none for chat).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: Option<u64>,
+    /// (internal) This process is the capped child.
     #[arg(long, hide = true)]
-    capped_child: bool,
+    pub capped_child: bool,
+}
+
+impl CapArgs {
+    /// Caps were asked for, and this process is not already the capped child: run one.
+    pub fn wanted(&self) -> bool {
+        (self.profile.is_some() || self.mem_limit.is_some() || self.cpu_quota.is_some()) && !self.capped_child
+    }
+
+    /// The capped child reads the model into RAM (the cap decides whether it fits) unless
+    /// --mmap; an uncapped run maps it.
+    pub fn mmap(&self) -> bool {
+        !self.capped_child || self.mmap
+    }
+
+    /// In the capped child, llama.cpp's log goes to stderr line by line: if the process dies, the
+    /// parent quotes its last line.
+    pub fn enter_child_mode(&self) {
+        if self.capped_child {
+            set_mode(LogMode::Child);
+        }
+    }
+
+    /// Run `talk` in a child under the profile's caps; `--threads` overrides the profile's.
+    pub fn run_child(
+        &self,
+        model: &Path,
+        threads: Option<usize>,
+        child_args: &[OsString],
+        talk: Talk,
+    ) -> Result<CappedGeneration> {
+        microscale::bench::caps::remove_stale_cgroups();
+        let overrides = Overrides {
+            threads,
+            memory: self.mem_limit.as_deref().map(parse_memory).transpose()?,
+            cpu_quota: self.cpu_quota,
+        };
+        let p = profile(self.profile.as_deref().unwrap_or("host"))?.with(&overrides);
+        let default_timeout = match talk {
+            Talk::Generate { .. } => 900,
+            Talk::Chat => 365 * 24 * 3600, // a conversation lasts as long as the user talks
+        };
+        let mut args = child_args.to_vec();
+        if self.mmap {
+            args.push("--mmap".into());
+        }
+        let timeout = Duration::from_secs(self.timeout.unwrap_or(default_timeout));
+        generate_capped(model, &p, &args, talk, timeout, None)
+    }
 }
 
 impl Args {
     pub fn run(self, g: Global) -> Result<()> {
-        let capped = self.profile.is_some() || self.mem_limit.is_some() || self.cpu_quota.is_some();
-        if capped && !self.capped_child {
+        if self.caps.wanted() {
             return self.run_capped(g);
         }
         let prompt = self.prompt_text()?;
         let sampling = self.sampling.sampling()?;
-        if self.capped_child {
-            // llama.cpp's log to stderr line by line: if this process dies, the parent quotes it.
-            set_mode(LogMode::Child);
-        }
-        // Read into RAM under caps (the cap decides whether it fits), memory-mapped otherwise.
-        let mmap = !self.capped_child || self.mmap;
+        self.caps.enter_child_mode();
         let start = Instant::now();
-        let model = Model::load_with(&self.model, &self.context.load_options(mmap))?;
+        let model = Model::load_with(&self.model, &self.context.load_options(self.caps.mmap()))?;
         let load_s = start.elapsed().as_secs_f64();
         let opts = self.context.options(sampling.clone());
         let mut generator = Generator::new(&model, &opts)?;
@@ -230,7 +300,7 @@ impl Args {
                 .with_reply(&reply);
         report.chat = self.chat;
         report.gpu_layers = self.context.gpu_layers;
-        if self.capped_child {
+        if self.caps.capped_child {
             eprintln!("{STATS_PREFIX}{}", serde_json::to_string(&report)?);
             return Ok(());
         }
@@ -259,15 +329,12 @@ impl Args {
         if let Some(f) = &self.file {
             std::fs::metadata(f).with_context(|| format!("{}: cannot read the prompt", f.display()))?;
         }
-        microscale::bench::caps::remove_stale_cgroups();
-        let overrides = Overrides {
-            threads: self.context.threads,
-            memory: self.mem_limit.as_deref().map(parse_memory).transpose()?,
-            cpu_quota: self.cpu_quota,
-        };
-        let p = profile(self.profile.as_deref().unwrap_or("host"))?.with(&overrides);
-        let run =
-            generate_capped(&self.model, &p, &self.child_args(), !self.json, Duration::from_secs(self.timeout), None)?;
+        let run = self.caps.run_child(
+            &self.model,
+            self.context.threads,
+            &self.child_args(),
+            Talk::Generate { stream: !self.json },
+        )?;
         if self.json {
             output::print_json(&run)?;
         } else if !g.quiet || run.report.is_none() {
@@ -291,20 +358,9 @@ impl Args {
         if self.chat {
             a.push("--chat".into());
         }
-        if let Some(s) = &self.context.system {
-            a.extend(["--system".into(), s.into()]);
-        }
-        if let Some(t) = &self.context.chat_template {
-            a.extend(["--chat-template".into(), t.into()]);
-        }
         a.push(format!("--max-tokens={}", self.max_tokens).into());
-        a.push(format!("--ctx-size={}", self.context.ctx_size).into());
-        a.push(format!("--batch-size={}", self.context.batch_size).into());
-        a.push(format!("--gpu-layers={}", self.context.gpu_layers).into());
+        a.extend(self.context.to_args());
         a.extend(self.sampling.to_args());
-        if self.mmap {
-            a.push("--mmap".into());
-        }
         a
     }
 }
