@@ -240,7 +240,7 @@ fn chat_in_a_terminal(model: &Path, extra: &[&str], lines: &[&str]) -> Vec<Strin
     let mut child = KillOnDrop(
         Command::new(EXE)
             .args(["chat", model.to_str().unwrap(), "--temp", "0", "-n", "48", "-q"])
-        .args(extra)
+            .args(extra)
             .stdin(io(&slave))
             .stdout(io(&slave))
             .stderr(io(&slave))

@@ -161,8 +161,12 @@ fn counts(status: &str) -> BTreeMap<String, usize> {
         .collect()
 }
 
+/// The two sweeps through the cluster run one after the other: each counts on the node's CPUs.
+static ONE_SWEEP_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_grid_as_a_job_array_survives_a_cancel_and_a_crash_and_equals_a_local_sweep() {
+    let _serial = ONE_SWEEP_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let conf = cluster();
     let hf = common::default_model::hf_dir();
@@ -298,6 +302,42 @@ fn a_grid_as_a_job_array_survives_a_cancel_and_a_crash_and_equals_a_local_sweep(
     let c = counts(&text(&microscale(&conf, &["sweep", "--status", out_s], &[])));
     assert_eq!((c["ok"], c["failed"], c["without a row"]), (4, 1, 0));
     eprintln!("slurm test: {} variants, {:.0} s", NAMES.len(), started.elapsed().as_secs_f64());
+}
+
+#[test]
+fn the_quick_grid_through_slurm_wait_equals_a_local_run() {
+    let _serial = ONE_SWEEP_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let conf = cluster();
+    let hf = common::default_model::hf_dir();
+    let grid = Path::new(env!("CARGO_MANIFEST_DIR")).join("grids/quick.toml");
+    let tmp = tempfile::tempdir().unwrap();
+    let (slurm_out, local_out) = (tmp.path().join("slurm"), tmp.path().join("local"));
+    let sweep = |out: &Path, extra: &[&str]| {
+        let mut args =
+            vec!["sweep", "-q", "--model", hf.to_str().unwrap(), "--grid", grid.to_str().unwrap(), "--threads", "1"];
+        args.extend(["--out", out.to_str().unwrap()]);
+        args.extend(extra);
+        microscale(&conf, &args, &[])
+    };
+    let o = sweep(&slurm_out, &["--slurm", "--wait", "--cpus-per-task", "1", "--slurm-parallel", "2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = sweep(&local_out, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (got, want) = (results(&slurm_out.join("results.csv")), results(&local_out.join("results.csv")));
+    let grid_names: Vec<String> = names(&want);
+    assert!(grid_names.len() >= 5, "{grid_names:?}");
+    assert_eq!(names(&got), grid_names, "every variant exactly once, in grid order");
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g["status"], "ok", "{g:?}");
+        for c in QUALITY {
+            assert_eq!(g[*c], w[*c], "{}: column {c} differs between SLURM and the local run", g["variant"]);
+        }
+        for c in ["arc_easy_acc", "arc_easy_acc_norm"] {
+            assert_eq!(g[c], w[c], "{}: column {c}", g["variant"]);
+        }
+    }
+    let c = counts(&text(&microscale(&conf, &["sweep", "--status", slurm_out.to_str().unwrap()], &[])));
+    assert_eq!((c["ok"], c["failed"], c["without a row"]), (grid_names.len(), 0, 0));
 }
 
 #[test]
