@@ -18,11 +18,13 @@ scripts/fetch-default-model.sh >/dev/null
 cargo build --release --quiet
 TOOLS=$(scripts/build-llama-tools.sh)
 
-python3 - "$MODEL" "$RUNS" "$THREADS" "$TOOLS" <<'EOF'
+MS=${CARGO_TARGET_DIR:-target}/release/microscale
+
+python3 - "$MODEL" "$RUNS" "$THREADS" "$TOOLS" "$MS" <<'EOF'
 import json, os, re, statistics, subprocess, sys, time
-model, runs, threads, tools = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+model, runs, threads, tools, ms = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 prompt = "The history of the Roman Empire"
-ours = ["target/release/microscale", "generate", model, "-p", prompt, "--temp", "0", "-n", "128",
+ours = [ms, "generate", model, "-p", prompt, "--temp", "0", "-n", "128",
         "-t", threads, "--json", "-q"]
 theirs = [os.path.join(tools, "llama-completion"), "-m", model, "-no-cnv", "-p", prompt, "--temp", "0",
           "-n", "128", "-t", threads, "--ignore-eos"]

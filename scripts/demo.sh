@@ -27,7 +27,7 @@ MAX_TOKENS=${MAX_TOKENS:-64}
 scripts/setup.sh
 scripts/fetch-default-model.sh
 cargo build --release --quiet
-MS=target/release/microscale
+MS=${CARGO_TARGET_DIR:-target}/release/microscale
 SRC=models/smollm2-135m
 mkdir -p "$OUT"
 
