@@ -147,7 +147,7 @@ fn report_renders_with_plots_and_correct_numbers() {
 
     // Plots: exist, are PNGs of the right size, not blank, and are linked from the report.
     let plots = dir.path().join("plots");
-    let mut expected = vec!["ppl_vs_size.png".to_string()];
+    let mut expected = vec!["ppl_vs_size.png".to_string(), "kld_vs_size.png".to_string()];
     for m in ["sst2_acc", "arc_easy_acc", "arc_easy_acc_norm", "arc_challenge_acc", "arc_challenge_acc_norm"] {
         expected.push(format!("{m}_vs_size.png"));
     }
@@ -333,4 +333,51 @@ fn minimal_results_render() {
     assert!(md.contains("No device profile was benchmarked"), "{md}");
     assert!(md.contains("- perplexity: `base` (1.00 MiB, PPL 12.500)"), "{md}");
     check_png(&dir.path().join("plots/ppl_vs_size.png"));
+}
+
+/// Broken variants do not squeeze the useful ones: beyond 2× the baseline's perplexity (or 1 nat
+/// of KL divergence) a point is drawn on the plot's top edge, labelled with its real value, and
+/// the frontier and the report's lists still use the real values.
+#[test]
+fn broken_variants_are_drawn_off_scale_on_the_edge() {
+    let text = std::fs::read_to_string(FIXTURE).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|c| *c == name).unwrap();
+    let (ppl, kld) = (col("ppl"), col("kld"));
+    let broken: String = text
+        .lines()
+        .map(|l| {
+            if !l.starts_with("wanda-0.2-q4_k_m,") {
+                return format!("{l}\n");
+            }
+            let mut f: Vec<String> = l.split(',').map(str::to_string).collect();
+            f[ppl] = "123456.7".into();
+            f[kld] = "7.5".into();
+            format!("{}\n", f.join(","))
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("results.csv"), &broken).unwrap();
+    let r = read_results(&dir.path().join("results.csv")).unwrap();
+    let plots = scatters(&r, &Criteria::default());
+    let get = |f: &str| &plots.iter().find(|(n, _)| n == f).unwrap_or_else(|| panic!("no {f}")).1;
+    let off = |s: &microscale::report::plots::Scatter| -> Vec<String> {
+        (0..s.points.len()).filter(|&i| s.off_scale(i)).map(|i| s.points[i].name.clone()).collect()
+    };
+    let (p, k) = (get("ppl_vs_size.png"), get("kld_vs_size.png"));
+    assert_eq!(p.y_cap.as_ref().unwrap().0, 2.0 * 20.412, "twice the baseline's perplexity");
+    assert_eq!(off(p), ["wanda-0.2-q4_k_m"]);
+    assert_eq!(off(k), ["wanda-0.2-q4_k_m"]);
+    // The KLD plot has every variant with a KL divergence, not the baseline (it has none).
+    let with_kld = r.ok().filter(|v| v.kld.is_some_and(|m| m.value > 0.0)).count();
+    assert_eq!(k.points.len(), with_kld);
+    assert!(k.points.iter().all(|q| q.kind != Kind::Baseline));
+    // The report renders, and its frontier list keeps the real value.
+    write_report(dir.path(), &ReportOptions::default()).unwrap();
+    for f in ["ppl_vs_size.png", "kld_vs_size.png"] {
+        check_png(&dir.path().join("plots").join(f));
+    }
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    let kld_line = md.lines().find(|l| l.starts_with("- KL divergence: ")).expect(&md);
+    assert!(kld_line.contains("`q8_0`"), "{kld_line}");
 }

@@ -54,9 +54,18 @@ pub struct Scatter {
     pub reference: Option<(f64, String)>,
     /// Start the y axis at zero (rates).
     pub y_from_zero: bool,
+    /// The top of the useful region (lower-is-better plots), and what it is: the axis stops
+    /// there, and a variant beyond it is drawn as a marker on the top edge with its value in its
+    /// label, so that broken variants do not squeeze the useful ones into a sliver of the plot.
+    pub y_cap: Option<(f64, String)>,
 }
 
 impl Scatter {
+    /// Is point `i` beyond the useful region (drawn on the edge, off scale)?
+    pub fn off_scale(&self, i: usize) -> bool {
+        self.y_cap.as_ref().is_some_and(|(cap, _)| self.points[i].y > *cap)
+    }
+
     /// Indices of the points on the Pareto frontier (smaller size, better y), by size.
     pub fn frontier(&self) -> Vec<usize> {
         let xy: Vec<(f64, f64)> = self.points.iter().map(|p| (p.size_mib, p.y)).collect();
@@ -72,6 +81,8 @@ impl Scatter {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unit {
     Perplexity,
+    /// Mean KL divergence to the baseline, in nats.
+    Kld,
     /// Accuracy, as a percentage (y is already multiplied by 100).
     Percent,
     TokensPerSecond,
@@ -81,6 +92,7 @@ impl Unit {
     pub fn format(self, y: f64) -> String {
         match self {
             Unit::Perplexity => format!("PPL {y:.3}"),
+            Unit::Kld => format!("KLD {y:.4}"),
             Unit::Percent => format!("{y:.1}%"),
             Unit::TokensPerSecond => format!("{y:.2} t/s"),
         }
@@ -93,6 +105,7 @@ impl Unit {
 pub fn scatters(results: &Results, criteria: &Criteria) -> Vec<(String, Scatter)> {
     let mut out: Vec<(String, Scatter)> = Vec::new();
     out.extend(ppl_scatter(results, criteria));
+    out.extend(kld_scatter(results));
     out.extend(results.acc_metrics.iter().filter_map(|m| acc_scatter(results, criteria, m)));
     out.extend(results.profiles.iter().filter_map(|p| tg_scatter(results, p)));
     out
@@ -126,6 +139,8 @@ fn ppl_scatter(results: &Results, criteria: &Criteria) -> Option<(String, Scatte
         let limit = m.value * (1.0 + criteria.max_ppl_increase);
         (limit, format!("quality budget: baseline {:+.0}%", 100.0 * criteria.max_ppl_increase))
     });
+    // Beyond twice the baseline's perplexity a variant is broken for any use: off scale.
+    let y_cap = base.and_then(|b| b.ppl).map(|m| (PPL_CAP * m.value, format!("PPL above {PPL_CAP}× the baseline's")));
     let scatter = Scatter {
         metric: "perplexity".into(),
         unit: Unit::Perplexity,
@@ -135,8 +150,36 @@ fn ppl_scatter(results: &Results, criteria: &Criteria) -> Option<(String, Scatte
         maximize_y: false,
         reference,
         y_from_zero: false,
+        y_cap,
     };
     Some(("ppl_vs_size.png".to_string(), scatter))
+}
+
+/// The perplexity plot's useful region ends at this multiple of the baseline's perplexity.
+pub const PPL_CAP: f64 = 2.0;
+/// The KL divergence plot's useful region ends here (nats per token: a variant that far from the
+/// baseline no longer behaves like it).
+pub const KLD_CAP: f64 = 1.0;
+
+/// KL divergence to the baseline against size (the baseline itself has none): a log axis when the
+/// values span more than a decade, as llama.cpp's quantization tables are read.
+fn kld_scatter(results: &Results) -> Option<(String, Scatter)> {
+    let pts = points(results, |v| v.kld.filter(|m| m.value > 0.0).map(|m| (m.value, m.stderr)));
+    if pts.is_empty() {
+        return None;
+    }
+    let scatter = Scatter {
+        metric: "KL divergence".into(),
+        unit: Unit::Kld,
+        title: "KL divergence to the baseline vs file size (lower left is better)".into(),
+        y_desc: "mean KL divergence (nats/token)".into(),
+        points: pts,
+        maximize_y: false,
+        reference: None,
+        y_from_zero: false,
+        y_cap: Some((KLD_CAP, format!("KLD above {KLD_CAP} nat"))),
+    };
+    Some(("kld_vs_size.png".to_string(), scatter))
 }
 
 fn acc_scatter(results: &Results, criteria: &Criteria, metric: &str) -> Option<(String, Scatter)> {
@@ -159,6 +202,7 @@ fn acc_scatter(results: &Results, criteria: &Criteria, metric: &str) -> Option<(
         maximize_y: true,
         reference,
         y_from_zero: false,
+        y_cap: None,
     };
     Some((format!("{}_vs_size.png", file_stem(metric)), scatter))
 }
@@ -177,6 +221,7 @@ fn tg_scatter(results: &Results, profile: &str) -> Option<(String, Scatter)> {
         maximize_y: true,
         reference: None,
         y_from_zero: true,
+        y_cap: None,
     };
     Some((format!("tg_vs_size_{}.png", file_stem(profile)), scatter))
 }
@@ -228,7 +273,28 @@ pub fn write_png(path: &Path, s: &Scatter) -> Result<()> {
 
 type DrawResult<T, DB> = std::result::Result<T, DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
+/// The scatter as drawn: points beyond the useful region moved onto its edge (the cap), without
+/// error bars, their labels carrying their real value.
+fn clipped(s: &Scatter) -> Scatter {
+    let mut shown = s.clone();
+    if let Some((cap, _)) = &s.y_cap {
+        for (i, p) in shown.points.iter_mut().enumerate() {
+            if s.off_scale(i) {
+                let value = if p.y >= 1e4 { format!("{:.2e}", p.y) } else { s.unit.format(p.y) };
+                let value = value.trim_start_matches("PPL ").trim_start_matches("KLD ").to_string();
+                p.label = format!("{} ↑ {value}", p.label);
+                p.y = *cap;
+                p.err = None;
+            }
+        }
+    }
+    shown
+}
+
 fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, s: &Scatter) -> DrawResult<(), DB> {
+    let original = s;
+    let shown = clipped(s);
+    let s = &shown;
     let (mut xlo, mut xhi) = bounds(s.points.iter().map(|p| p.size_mib));
     // Log x axis: pad by a ratio, and keep at least a factor 2 of span so ticks exist.
     if xhi / xlo < 2.0 {
@@ -263,10 +329,10 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, s: &Scatter) -> DrawR
             .chain(s.reference.iter().map(|r| r.0))
             .fold(0.0, f64::max);
         let y: LogCoord<f64> = (lo / 1.3..hi * 1.3).log_scale().into();
-        draw_in(root, s, (xlo, xhi), y)
+        draw_in(root, original, s, (xlo, xhi), y)
     } else {
         let y: RangedCoordf64 = (ylo..yhi).into();
-        draw_in(root, s, (xlo, xhi), y)
+        draw_in(root, original, s, (xlo, xhi), y)
     }
 }
 
@@ -309,8 +375,11 @@ fn tick(v: f64) -> String {
     }
 }
 
+/// Draw `s` (the scatter as shown: [`clipped`]); `original` says which points are off scale and
+/// which are on the frontier.
 fn draw_in<DB: DrawingBackend, Y>(
     root: &DrawingArea<DB, Shift>,
+    original: &Scatter,
     s: &Scatter,
     (xlo, xhi): (f64, f64),
     y: Y,
@@ -345,7 +414,16 @@ where
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BUDGET.stroke_width(1)));
     }
 
-    let frontier = s.frontier();
+    let off: Vec<bool> = (0..s.points.len()).map(|i| original.off_scale(i)).collect();
+    if let Some((cap, what)) = original.y_cap.as_ref().filter(|_| off.iter().any(|&o| o)) {
+        chart
+            .draw_series(DashedLineSeries::new([(xlo, *cap), (xhi, *cap)], 3, 4, GREY.stroke_width(1)))?
+            .label(format!("off scale ({what}): ↑ on this line"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREY.stroke_width(1)));
+    }
+
+    // The frontier is the real one; its off-scale points are not drawn as part of the line.
+    let frontier: Vec<usize> = original.frontier().into_iter().filter(|&i| !off[i]).collect();
     let fpts: Vec<(f64, f64)> = frontier.iter().map(|&i| (s.points[i].size_mib, s.points[i].y)).collect();
     if !fpts.is_empty() {
         chart.draw_series(LineSeries::new(fpts.clone(), FRONTIER.stroke_width(2)))?.label("Pareto frontier").legend(
@@ -368,8 +446,19 @@ where
         }
     }
 
+    // Off-scale points: an arrow up, in their kind's colour.
+    for (p, _) in s.points.iter().zip(&off).filter(|(_, &o)| o) {
+        let c = colour(p.kind);
+        chart.draw_series(std::iter::once(
+            EmptyElement::at((p.size_mib, p.y))
+                + Polygon::new(vec![(0, -9), (6, 2), (-6, 2)], c.filled())
+                + PathElement::new(vec![(0, 2), (0, 9)], c.stroke_width(2)),
+        ))?;
+    }
+
     for kind in [Kind::Microscale, Kind::Stock, Kind::Baseline] {
-        let pts: Vec<&Point> = s.points.iter().filter(|p| p.kind == kind).collect();
+        let pts: Vec<&Point> =
+            s.points.iter().zip(&off).filter(|(p, &o)| p.kind == kind && !o).map(|(p, _)| p).collect();
         if pts.is_empty() {
             continue;
         }
@@ -400,15 +489,25 @@ where
 
     // Recipe labels: frontier points first, each placed right or left of its point where it does
     // not overlap a label already placed, else left out.
+    let marks: Vec<(i32, i32)> = s.points.iter().map(|p| chart.backend_coord(&(p.size_mib, p.y))).collect();
+    let (px, py) = chart.plotting_area().get_pixel_range();
     if s.points.len() <= MAX_LABELS {
-        let marks: Vec<(i32, i32)> = s.points.iter().map(|p| chart.backend_coord(&(p.size_mib, p.y))).collect();
-        let (px, py) = chart.plotting_area().get_pixel_range();
-        draw_labels(root, s, &frontier, &marks, (px, py))?;
+        draw_labels(root, s, &frontier, &marks, (px.clone(), py.clone()))?;
     }
 
+    // The legend goes where it hides the fewest points.
+    let mut texts: Vec<String> = vec!["llama.cpp stock".into(), "Pareto frontier".into()];
+    texts.extend(s.reference.iter().map(|r| r.1.clone()));
+    texts.extend(original.y_cap.iter().map(|(_, what)| format!("off scale ({what}): ↑ on this line")));
+    let font = ("sans-serif", 15).into_font().color(&BLACK);
+    let mut w = 0;
+    for t in &texts {
+        w = w.max(root.estimate_text_size(t, &font)?.0 as i32);
+    }
+    let legend = (w + 50, 22 * (texts.len() as i32 + 1) + 20);
     chart
         .configure_series_labels()
-        .position(if s.maximize_y { SeriesLabelPosition::LowerRight } else { SeriesLabelPosition::UpperRight })
+        .position(legend_position(&marks, (px, py), legend, s.maximize_y))
         .label_font(("sans-serif", 15))
         .background_style(WHITE.mix(0.9))
         .border_style(GREY)
@@ -451,6 +550,57 @@ fn draw_labels<DB: DrawingBackend>(
         }
     }
     Ok(())
+}
+
+/// Where the legend box (`w` × `h` pixels) covers the fewest of the points (`marks`) inside the
+/// plotting area; ties go to the usual corner (upper right for lower-is-better plots, lower
+/// right for higher-is-better ones).
+fn legend_position(
+    marks: &[(i32, i32)],
+    (px, py): (std::ops::Range<i32>, std::ops::Range<i32>),
+    (w, h): (i32, i32),
+    maximize_y: bool,
+) -> SeriesLabelPosition {
+    use SeriesLabelPosition::*;
+    const M: i32 = 10; // the legend's margin
+    let (left, right) = (px.start + M, px.end - M - w);
+    let (top, middle, bottom) = (py.start + M, (py.start + py.end - h) / 2, py.end - M - h);
+    let mut spots = vec![
+        (UpperRight, right, top),
+        (MiddleRight, right, middle),
+        (LowerRight, right, bottom),
+        (UpperLeft, left, top),
+        (MiddleLeft, left, middle),
+        (LowerLeft, left, bottom),
+    ];
+    if maximize_y {
+        spots.swap(0, 2);
+    }
+    let covered = |x: i32, y: i32| {
+        marks.iter().filter(|&&(mx, my)| overlap((x, y, x + w, y + h), (mx - 6, my - 6, mx + 6, my + 6))).count()
+    };
+    let best = spots.iter().map(|&(_, x, y)| covered(x, y)).min().unwrap_or(0);
+    spots.into_iter().find(|&(_, x, y)| covered(x, y) == best).map(|(p, _, _)| p).unwrap_or(UpperRight)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_legend_goes_where_it_hides_the_fewest_points() {
+        let area = (0..1000, 0..600);
+        let at = |p: SeriesLabelPosition| format!("{p:?}");
+        // Nothing anywhere: the usual corner.
+        assert_eq!(at(legend_position(&[], area.clone(), (300, 120), false)), "UpperRight");
+        assert_eq!(at(legend_position(&[], area.clone(), (300, 120), true)), "LowerRight");
+        // Points along the top right and the middle right: the lower right is free.
+        let marks = [(900, 40), (800, 60), (850, 300), (950, 280)];
+        assert_eq!(at(legend_position(&marks, area.clone(), (300, 120), false)), "LowerRight");
+        // Points on the whole right side: the left.
+        let right: Vec<(i32, i32)> = (0..12).map(|i| (900, 30 + 50 * i)).collect();
+        assert_eq!(at(legend_position(&right, area, (300, 120), false)), "UpperLeft");
+    }
 }
 
 fn overlap(a: (i32, i32, i32, i32), b: (i32, i32, i32, i32)) -> bool {
