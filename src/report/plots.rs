@@ -583,6 +583,18 @@ fn legend_position(
     spots.into_iter().find(|&(_, x, y)| covered(x, y) == best).map(|(p, _, _)| p).unwrap_or(UpperRight)
 }
 
+fn overlap(a: (i32, i32, i32, i32), b: (i32, i32, i32, i32)) -> bool {
+    a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3
+}
+
+fn colour(kind: Kind) -> RGBColor {
+    match kind {
+        Kind::Microscale => MICROSCALE,
+        Kind::Stock => STOCK,
+        Kind::Baseline => BASELINE,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -600,17 +612,5 @@ mod tests {
         // Points on the whole right side: the left.
         let right: Vec<(i32, i32)> = (0..12).map(|i| (900, 30 + 50 * i)).collect();
         assert_eq!(at(legend_position(&right, area, (300, 120), false)), "UpperLeft");
-    }
-}
-
-fn overlap(a: (i32, i32, i32, i32), b: (i32, i32, i32, i32)) -> bool {
-    a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3
-}
-
-fn colour(kind: Kind) -> RGBColor {
-    match kind {
-        Kind::Microscale => MICROSCALE,
-        Kind::Stock => STOCK,
-        Kind::Baseline => BASELINE,
     }
 }
