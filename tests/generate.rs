@@ -18,6 +18,18 @@ const QUESTION: &str = "What is the capital of France?";
 /// tests also run llama-completion itself on every file they check.
 const PARIS: &str = "The capital of France is Paris.";
 
+/// `generate MODEL --chat -p QUESTION --temp 0 -n N`, then `extra`.
+fn ask(model: &str, n: &str, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> =
+        ["generate", model, "--chat", "-p", QUESTION, "--temp", "0", "-n", n].iter().map(|s| s.to_string()).collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 fn run(args: &[&str]) -> Output {
     Command::new(EXE).args(args).output().expect("microscale runs")
 }
@@ -59,20 +71,7 @@ fn q4_k_m() -> PathBuf {
 }
 
 fn greedy_chat(model: &Path) -> Value {
-    ok_json(&[
-        "generate",
-        model.to_str().unwrap(),
-        "--chat",
-        "-p",
-        QUESTION,
-        "--temp",
-        "0",
-        "-n",
-        "32",
-        "-t",
-        "2",
-        "--json",
-    ])
+    ok_json(&strs(&ask(model.to_str().unwrap(), "32", &["-t", "2", "--json"])))
 }
 
 #[test]
@@ -94,8 +93,7 @@ fn greedy_chat_answers_as_llama_completion_does() {
 #[test]
 fn streamed_text_is_the_reply_and_stats_go_to_stderr() {
     let model = default_model::gguf();
-    let out =
-        run(&["generate", model.to_str().unwrap(), "--chat", "-p", QUESTION, "--temp", "0", "-n", "32", "-t", "2"]);
+    let out = run(&strs(&ask(model.to_str().unwrap(), "32", &["-t", "2"])));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), PARIS);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -149,27 +147,13 @@ fn a_fixed_seed_repeats_and_max_tokens_is_honoured() {
 fn generation_under_a_memory_cap_below_the_model_does_not_fit() {
     let model = default_model::gguf();
     let m = model.to_str().unwrap();
-    let args = [
-        "generate",
-        m,
-        "--chat",
-        "-p",
-        QUESTION,
-        "--temp",
-        "0",
-        "-n",
-        "8",
-        "--profile",
-        "host",
-        "--mem-limit",
-        "40MiB",
-    ];
-    let out = run(&args);
+    let args = ask(m, "8", &["--profile", "host", "--mem-limit", "40MiB"]);
+    let out = run(&strs(&args));
     assert!(!out.status.success(), "a 100 MiB model cannot run in 40 MiB");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not fit in 40 MiB"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    let mut json_args = args.to_vec();
+    let mut json_args = strs(&args);
     json_args.push("--json");
     let out = run(&json_args);
     assert!(!out.status.success());
@@ -182,26 +166,13 @@ fn generation_under_a_memory_cap_below_the_model_does_not_fit() {
 fn generation_under_a_profile_streams_and_reports_the_caps() {
     let model = default_model::gguf();
     let m = model.to_str().unwrap();
-    let out = run(&["generate", m, "--chat", "-p", QUESTION, "--temp", "0", "-n", "32", "--profile", "pi4-4gb"]);
+    let out = run(&strs(&ask(m, "32", &["--profile", "pi4-4gb"])));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), PARIS);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("profile pi4-4gb: 4 threads, memory cap 3.0 GiB"), "{err}");
     assert!(err.contains(": fits"), "{err}");
-    let v = ok_json(&[
-        "generate",
-        m,
-        "--chat",
-        "-p",
-        QUESTION,
-        "--temp",
-        "0",
-        "-n",
-        "32",
-        "--profile",
-        "pi4-4gb",
-        "--json",
-    ]);
+    let v = ok_json(&strs(&ask(m, "32", &["--profile", "pi4-4gb", "--json"])));
     assert_eq!(v["status"], "fits");
     assert_eq!(v["report"]["text"].as_str().unwrap().trim(), PARIS);
     assert_eq!(v["report"]["threads"], 4);

@@ -408,10 +408,7 @@ fn hwm_after_exec(pid: i32, parent_cmdline: &[u8]) -> Option<u64> {
     if cmdline.is_empty() || cmdline == parent_cmdline {
         return None;
     }
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 =
-        status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kb * 1024)
+    crate::util::mem::peak_rss_of(Some(pid))
 }
 
 /// The CPUs this process may run on.

@@ -130,15 +130,6 @@ pub fn run_child(model_path: &Path, a: &ChildArgs) -> Result<ChildReport> {
         ttft_s,
         pp_tps,
         tg_tps,
-        vm_hwm: vm_hwm(),
+        vm_hwm: crate::util::mem::peak_rss(),
     })
-}
-
-fn vm_hwm() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()))
-        .unwrap_or(0)
-        * 1024
 }

@@ -79,7 +79,7 @@ impl GenerationReport {
         self.ttft_s = r.ttft_s;
         self.stop = r.stop;
         self.text = r.text.clone();
-        self.peak_rss = crate::engine::generate::peak_rss();
+        self.peak_rss = crate::util::mem::peak_rss();
         self
     }
 }

@@ -111,7 +111,7 @@ impl Args {
                     println!(
                         "context {used} of {size} tokens, {} turn(s), peak memory {}",
                         conversation.turns(),
-                        format_bytes(microscale::engine::generate::peak_rss())
+                        format_bytes(microscale::util::mem::peak_rss())
                     );
                     continue;
                 }

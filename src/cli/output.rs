@@ -3,6 +3,7 @@
 //! errors. The library returns data; this module turns it into text.
 
 use anyhow::Result;
+use microscale::bench::caps::Enforcement;
 use microscale::bench::generate::{CappedGeneration, GenerationReport};
 use microscale::bench::profiles::{format_bytes, Profile};
 use microscale::bench::quant::QuantBenchRow;
@@ -392,10 +393,7 @@ pub fn bench_table(rows: &[BenchRow]) -> String {
     let mut notes: Vec<String> = rows.iter().flat_map(|r| r.warnings.clone()).collect();
     notes.dedup();
     if let Some(r) = rows.first() {
-        notes.push(format!(
-            "memory cap: {}; CPU quota: {}; affinity: {}",
-            r.enforcement.memory, r.enforcement.cpu_quota, r.enforcement.affinity
-        ));
+        notes.push(enforcement_note(&r.enforcement));
     }
     for n in notes {
         let _ = writeln!(s, "note: {n}");
@@ -461,12 +459,13 @@ pub fn capped_generation_stats(run: &CappedGeneration) -> String {
     for w in &run.warnings {
         let _ = writeln!(s, "note: {w}");
     }
-    let _ = writeln!(
-        s,
-        "note: memory cap: {}; CPU quota: {}; affinity: {}",
-        run.enforcement.memory, run.enforcement.cpu_quota, run.enforcement.affinity
-    );
+    let _ = writeln!(s, "note: {}", enforcement_note(&run.enforcement));
     s
+}
+
+/// How the caps were enforced, for a note under `bench`'s table or a capped generation.
+fn enforcement_note(e: &Enforcement) -> String {
+    format!("memory cap: {}; CPU quota: {}; affinity: {}", e.memory, e.cpu_quota, e.affinity)
 }
 
 /// `bench-quant`: microscale's and ggml's quantizers side by side.

@@ -13,9 +13,8 @@
 //!   handing each piece of text to the caller as soon as it is complete UTF-8, until an
 //!   end-of-generation token, the token budget, or the end of the context.
 
-use super::{engine_error, Model, Session, SessionOptions};
+use super::{engine_error, BatchToken, Model, Session, SessionOptions};
 use anyhow::{bail, Context, Result};
-use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
@@ -197,7 +196,6 @@ pub struct Generator<'m> {
     sampling: Sampling,
     seed: u32,
     n_ctx: usize,
-    n_batch: usize,
     /// Tokens in the KV cache.
     n_past: usize,
     /// A sampled token not decoded yet (the last token of the previous reply).
@@ -228,7 +226,6 @@ impl<'m> Generator<'m> {
             sampling: o.sampling.clone(),
             seed,
             n_ctx: o.ctx_size,
-            n_batch,
             n_past: 0,
             pending: None,
         })
@@ -331,20 +328,17 @@ impl<'m> Generator<'m> {
 
     /// Decode `tokens` at the next positions, `n_batch` at a time; logits of the last one only.
     fn decode(&mut self, tokens: &[LlamaToken]) -> Result<()> {
-        let mut batch = LlamaBatch::new(self.n_batch, 1);
         let n = tokens.len();
-        for (k, piece) in tokens.chunks(self.n_batch).enumerate() {
-            batch.clear();
-            for (i, &t) in piece.iter().enumerate() {
-                let index = k * self.n_batch + i;
-                batch.add(t, (self.n_past + index) as i32, &[0], index + 1 == n)?;
-            }
-            crate::engine::log::clear();
-            self.session
-                .ctx
-                .decode(&mut batch)
-                .map_err(|_| engine_error(&self.model.path, "llama.cpp could not decode"))?;
-        }
+        let batch: Vec<BatchToken> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| BatchToken { token: t.0, pos: self.n_past + i, seqs: vec![0], logits: i + 1 == n })
+            .collect();
+        crate::engine::log::clear();
+        // The sampler reads the last token's logits from the context itself.
+        self.session
+            .decode_with(&batch, |_| Ok(()))
+            .map_err(|_| engine_error(&self.model.path, "llama.cpp could not decode"))?;
         self.n_past += n;
         Ok(())
     }
@@ -486,16 +480,6 @@ impl Conversation {
 /// parsed (`<|im_start|>` is one token), BOS added on the first turn when the vocabulary asks.
 pub fn tokenize_chat(model: &Model, text: &str, first_turn: bool) -> Vec<i32> {
     model.inner.vocab().tokenize(text.as_bytes(), first_turn, true).into_iter().map(|t| t.0).collect()
-}
-
-/// This process's peak resident set (VmHWM), bytes.
-pub fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()))
-        .unwrap_or(0)
-        * 1024
 }
 
 #[cfg(test)]

@@ -2,10 +2,26 @@
 
 /// `MemAvailable` from /proc/meminfo, in bytes (None where there is no such file).
 pub fn available_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    kib_field(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemAvailable")
+}
+
+/// The peak resident set (VmHWM) of a process (`None`: this one), in bytes; None where /proc
+/// has no such process.
+pub fn peak_rss_of(pid: Option<i32>) -> Option<u64> {
+    let path = pid.map_or_else(|| "/proc/self/status".to_string(), |p| format!("/proc/{p}/status"));
+    kib_field(&std::fs::read_to_string(path).ok()?, "VmHWM")
+}
+
+/// This process's peak resident set (VmHWM), in bytes (0 where /proc cannot tell).
+pub fn peak_rss() -> u64 {
+    peak_rss_of(None).unwrap_or(0)
+}
+
+/// A `Key:   1234 kB` line of a /proc file, in bytes.
+fn kib_field(text: &str, key: &str) -> Option<u64> {
     let kb: u64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?
         .trim()
         .trim_end_matches("kB")
         .trim()
