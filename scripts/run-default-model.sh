@@ -4,7 +4,7 @@
 # evaluate it through llama.cpp, benchmark it under each device profile, next to llama.cpp's own
 # quants) and write the report with its plots.
 #
-#   scripts/run-default-model.sh                      # the seed grid (about an hour on 2 cores)
+#   scripts/run-default-model.sh                      # the seed grid (about 2 hours on 2 cores)
 #   GRID=grids/quick.toml OUT=/tmp/quick scripts/run-default-model.sh   # a few minutes
 #
 # Resumable: run it again after an interruption and it carries on where it stopped.
@@ -22,7 +22,17 @@ M=${CARGO_TARGET_DIR:-target}/release/microscale
 
 $M inspect models/smollm2-135m | head -16
 $M sweep --model models/smollm2-135m --grid "$GRID" --out "$OUT"
-$M report "$OUT" \
-  --caveat "The default model ships as a Q4_1 GGUF (Q8_0 token embeddings): the baseline is the exact F32 dequantization of those values, so re-quantizing to Q4_1 would be lossless by construction, and every quantized variant starts from weights that already sit on a 4-bit grid." \
-  --caveat "Speeds are measured on a shared 2-core x86-64 host under each profile's caps (threads, memory); profiles asking for more than 2 threads share 2 cores, so their t/s are lower bounds for the real devices, and absolute numbers differ on ARM."
+# The report's caveats live beside results.csv (OUT/caveats.md), so the report can be regenerated
+# from the directory alone; a new output directory gets the default model's.
+if [ ! -e "$OUT/caveats.md" ]; then
+  cat > "$OUT/caveats.md" <<'EOF'
+- The default model ships as a Q4_1 GGUF (Q8_0 token embeddings): the baseline is the exact F32
+  dequantization of those values, so re-quantizing to Q4_1 would be lossless by construction, and every
+  quantized variant starts from weights that already sit on a 4-bit grid.
+- Speeds are measured on a shared 2-core x86-64 host under each profile's caps (threads, memory); profiles
+  asking for more than 2 threads share 2 cores, so their t/s are lower bounds for the real devices, and
+  absolute numbers differ on ARM.
+EOF
+fi
+$M report "$OUT"
 echo "report: $OUT/report.md"

@@ -6,7 +6,7 @@
 use microscale::record::items::{ItemRecord, Items, Windows};
 use microscale::record::results::read_results;
 use microscale::report::markdown::{write_report, ReportOptions};
-use microscale::report::paired::load_paired;
+use microscale::report::paired::{load_paired, quantization_alone};
 use microscale::report::sweet_spot::{sweet_spot_paired, Criteria, Objective};
 use microscale::util::stats::{block_bootstrap, paired_bootstrap};
 
@@ -278,4 +278,70 @@ fn unpairable_and_malformed_item_files() {
     std::fs::write(dir.path().join("items/q8_0.json"), q4).unwrap();
     let e = format!("{:#}", write_report(dir.path(), &ReportOptions::default()).unwrap_err());
     assert!(e.contains("items/q8_0.json: holds variant `q4_k_m`, not `q8_0`"), "{e}");
+}
+
+fn kld_windows(per_token: impl Fn(usize) -> f64) -> Windows {
+    Windows {
+        tokens_sha256: "fixture-text".into(),
+        tokens_per_window: 255,
+        sums: (0..20).map(|w| 255.0 * per_token(w)).collect(),
+    }
+}
+
+#[test]
+fn pruning_is_judged_against_its_quantization_alone() {
+    let (dir, ..) = sweep_dir();
+    let r = read_results(&dir.path().join("results.csv")).unwrap();
+    let index = |name: &str| r.variants.iter().position(|v| v.name == name).unwrap();
+    // The same type without pruning, never a stock row or another type; a failed variant has none.
+    assert_eq!(quantization_alone(&r, index("wanda-0.2-q4_k_m")), Some(index("q4_k_m")));
+    assert_eq!(quantization_alone(&r, index("layers-2-q8_0")), Some(index("q8_0")));
+    assert_eq!(quantization_alone(&r, index("magnitude-0.5-q4_k_m")), None);
+    assert_eq!(quantization_alone(&r, index("q4_k_m")), None);
+
+    // On the point estimates (no KLD windows yet): both pruned files are smaller and worse.
+    let md = std::fs::read_to_string(write_report(dir.path(), &ReportOptions::default()).unwrap()).unwrap();
+    let row = |md: &str, name: &str| {
+        let section = &md[md.find("## Pruning combined with quantization").expect(md)..];
+        section.lines().find(|l| l.starts_with(&format!("| `{name}` | `"))).unwrap().to_string()
+    };
+    let wanda = row(&md, "wanda-0.2-q4_k_m");
+    let size = format!("{:+.1}%", 100.0 * (89128960.0 / 105471232.0 - 1.0));
+    assert!(wanda.starts_with(&format!("| `wanda-0.2-q4_k_m` | `q4_k_m` | {size} | ")), "{wanda}");
+    assert!(wanda.contains(&format!("| {:+.4} |", 0.1420 - 0.0311)), "{wanda}");
+    assert!(wanda.ends_with("| a trade: a smaller file, but the loss is higher (point estimate) |"), "{wanda}");
+    assert!(md.contains("Pruning beats quantization alone in 0 of 2 pair(s)."), "{md}");
+
+    // Paired: Wanda's KLD windows straddle Q4_K_M's (no worse at 95%), so it beats it; the
+    // dropped layers' KLD is higher on every window, a trade. Intervals as the oracle gives them.
+    let items = dir.path().join("items");
+    let q4 = |w: usize| 0.0311 + if w.is_multiple_of(3) { 0.004 } else { -0.002 };
+    let wanda_kld = |w: usize| q4(w) + 0.0001 + if w.is_multiple_of(2) { 0.001 } else { -0.001 };
+    let mut rec = ItemRecord::read(&items.join("q4_k_m.json")).unwrap().unwrap();
+    rec.kld = Some(kld_windows(q4));
+    rec.write(&items.join("q4_k_m.json")).unwrap();
+    ItemRecord { variant: "wanda-0.2-q4_k_m".into(), kld: Some(kld_windows(wanda_kld)), ..Default::default() }
+        .write(&items.join("wanda-0.2-q4_k_m.json"))
+        .unwrap();
+    let mut rec = ItemRecord::read(&items.join("q8_0.json")).unwrap().unwrap();
+    rec.kld = Some(kld_windows(|_| 0.0004));
+    rec.write(&items.join("q8_0.json")).unwrap();
+    ItemRecord {
+        variant: "layers-2-q8_0".into(),
+        kld: Some(kld_windows(|w| 0.0288 + 0.001 * (w % 2) as f64)),
+        ..Default::default()
+    }
+    .write(&items.join("layers-2-q8_0.json"))
+    .unwrap();
+    let md = std::fs::read_to_string(write_report(dir.path(), &ReportOptions::default()).unwrap()).unwrap();
+    let counts = vec![255.0; 20];
+    let d: Vec<f64> = (0..20).map(|w| 255.0 * (wanda_kld(w) - q4(w))).collect();
+    let (p, lo, hi) = oracle(&d, &counts, 2000, 0x5EED_0015);
+    assert!(lo < 0.0 && hi > 0.0, "fixture: {lo} {hi}");
+    let wanda = row(&md, "wanda-0.2-q4_k_m");
+    assert!(wanda.contains(&format!("| {p:+.4} [{lo:+.4}, {hi:+.4}] |")), "{wanda}");
+    assert!(wanda.ends_with("| beats it: a smaller file and the loss is the same within the interval |"), "{wanda}");
+    let layers = row(&md, "layers-2-q8_0");
+    assert!(layers.ends_with("| a trade: a smaller file, but the loss is higher at 95% |"), "{layers}");
+    assert!(md.contains("Pruning beats quantization alone in 1 of 2 pair(s)."), "{md}");
 }

@@ -381,3 +381,34 @@ fn broken_variants_are_drawn_off_scale_on_the_edge() {
     let kld_line = md.lines().find(|l| l.starts_with("- KL divergence: ")).expect(&md);
     assert!(kld_line.contains("`q8_0`"), "{kld_line}");
 }
+
+#[test]
+fn caveats_beside_results_are_listed_before_the_command_lines_ones() {
+    let dir = fixture_dir();
+    std::fs::write(
+        dir.path().join("caveats.md"),
+        "- The baseline is a dequantization,\n  read it so.\n- Speeds are lower bounds.\n\nA paragraph\nof two lines.\n",
+    )
+    .unwrap();
+    let opts = ReportOptions { caveats: vec!["From the command line.".into()], ..Default::default() };
+    let md = std::fs::read_to_string(write_report(dir.path(), &opts).unwrap()).unwrap();
+    let section = &md[md.find("## Caveats").unwrap()..];
+    let section = &section[..3 + section[3..].find("\n## ").unwrap()];
+    let listed: Vec<&str> = section.lines().filter_map(|l| l.strip_prefix("- ")).collect();
+    assert_eq!(
+        listed[listed.len() - 4..],
+        [
+            "The baseline is a dequantization, read it so.",
+            "Speeds are lower bounds.",
+            "A paragraph of two lines.",
+            "From the command line."
+        ],
+        "{section}"
+    );
+
+    // An unreadable caveats file is an error naming it, not a silently shorter report.
+    std::fs::remove_file(dir.path().join("caveats.md")).unwrap();
+    std::fs::create_dir(dir.path().join("caveats.md")).unwrap();
+    let err = format!("{:#}", write_report(dir.path(), &opts).unwrap_err());
+    assert!(err.contains("caveats.md"), "{err}");
+}

@@ -22,6 +22,9 @@ enum ObjectiveArg {
 /// bootstrap interval (PPL ratio, accuracy drop against the baseline) must be within the budget.
 /// Without them (older sweeps) the verdicts use the point estimates, and the report says so.
 ///
+/// Caveats: the paragraphs of DIR/caveats.md (blank lines or `- ` items separate them), then
+/// each --caveat; keeping them in the directory lets anyone regenerate the report byte for byte.
+///
 /// Example: microscale report bench-results/smollm2-135m --max-ppl-increase 0.05 --max-acc-drop 0.01
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
@@ -41,7 +44,7 @@ pub struct Args {
     /// writing nothing: for scripts (scripts/demo.sh).
     #[arg(long, value_name = "PROFILE")]
     sweet_spot: Option<String>,
-    /// A paragraph for the report's caveats (repeatable).
+    /// A paragraph for the report's caveats, after DIR/caveats.md's (repeatable).
     #[arg(long)]
     caveat: Vec<String>,
 }

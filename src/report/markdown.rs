@@ -44,10 +44,15 @@ impl ReportOptions {
     }
 }
 
-/// Read `dir/results.csv`; write `dir/report.md` and the plots under `dir/plots/`. Returns the
-/// report's path.
+/// Read `dir/results.csv` (and `dir/caveats.md` when there is one); write `dir/report.md` and the
+/// plots under `dir/plots/`. Returns the report's path.
 pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<PathBuf> {
     let results = read_results(&dir.join("results.csv"))?;
+    let mut opts = opts.clone();
+    let mut caveats = read_caveats(&dir.join(CAVEATS_FILE))?;
+    caveats.append(&mut opts.caveats);
+    opts.caveats = caveats;
+    let opts = &opts;
     let plots_dir = dir.join("plots");
     let plots = scatters(&results, &opts.criteria());
     if !plots.is_empty() {
@@ -61,6 +66,33 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<PathBuf> {
     let out = dir.join("report.md");
     crate::util::atomic::write_file(&out, md.as_bytes())?;
     Ok(out)
+}
+
+/// The file beside results.csv whose paragraphs the report lists under "Caveats" (before any
+/// `--caveat`), so that a committed report is regenerated from its directory alone.
+pub const CAVEATS_FILE: &str = "caveats.md";
+
+/// The paragraphs of a caveats file: separated by blank lines, each paragraph's lines joined by
+/// spaces, a leading `- ` dropped (so a Markdown list reads the same). No file: none.
+pub fn read_caveats(path: &Path) -> Result<Vec<String>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
+    };
+    let mut paragraphs = vec![];
+    let mut current: Vec<&str> = vec![];
+    for line in text.lines().map(str::trim).chain(std::iter::once("")) {
+        let starts_item = line.starts_with("- ");
+        if (line.is_empty() || starts_item) && !current.is_empty() {
+            paragraphs.push(current.join(" "));
+            current.clear();
+        }
+        if !line.is_empty() {
+            current.push(line.strip_prefix("- ").unwrap_or(line));
+        }
+    }
+    Ok(paragraphs)
 }
 
 // Number formats, shared by the sweet-spot lines and the tables (and the tests that read them back).
@@ -135,6 +167,7 @@ pub fn render_markdown_paired(
     sweet_spot_section(&mut md, r, paired, opts);
     glance_section(&mut md, r, paired, opts);
     paired_section(&mut md, r, paired, &opts.criteria());
+    combined_section(&mut md, r, paired);
     results_table(&mut md, r);
     for p in &r.profiles {
         profile_table(&mut md, r, p);
@@ -486,6 +519,85 @@ fn paired_section(md: &mut String, r: &Results, paired: &Paired, c: &Criteria) {
     }
     if !notes.is_empty() {
         md.push('\n');
+    }
+}
+
+/// Does pruning on top of quantization pay? Each pruned variant against the same quantization
+/// without pruning (`paired::quantization_alone`): the size it saves and the loss it adds, paired
+/// where item files allow, with a verdict that names the measured reason when it does not pay.
+fn combined_section(md: &mut String, r: &Results, paired: &Paired) {
+    let pairs: Vec<(usize, usize)> =
+        (0..r.variants.len()).filter_map(|i| Some((i, super::paired::quantization_alone(r, i)?))).collect();
+    if pairs.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## Pruning combined with quantization\n");
+    let _ = writeln!(
+        md,
+        "Each pruned variant against the same quantization without pruning (same type, rounding and importance \
+         matrix): the file size it saves, and what it adds to the loss on the same tokens, point estimate [95% \
+         interval] where item files allow. It beats quantization alone when its file is smaller and its KLD is \
+         not worse at 95% confidence.\n"
+    );
+    table_head(
+        md,
+        &["pruned variant", "quantization alone", "size change", "PPL change", "ΔKLD", "verdict"].map(String::from),
+    );
+    let mut beats = 0;
+    for &(i, q) in &pairs {
+        let (v, alone) = (&r.variants[i], &r.variants[q]);
+        let cmp = paired.vs_quant_alone[i].as_ref().filter(|(j, _)| *j == q).map(|(_, c)| c);
+        let size_change = match (v.size_bytes, alone.size_bytes) {
+            (Some(a), Some(b)) if b > 0 => Some(a as f64 / b as f64 - 1.0),
+            _ => None,
+        };
+        let ppl = match (cmp.and_then(|c| c.nll.as_ref()), v.ppl, alone.ppl) {
+            (Some(n), _, _) => fmt_interval(n, fmt_ratio_pct),
+            (None, Some(a), Some(b)) => fmt_delta_ppl(a.value, b.value),
+            _ => "—".into(),
+        };
+        // ΔKLD: its interval when paired, else the difference of the point estimates.
+        let (dkld, kld_text) = match (cmp.and_then(|c| c.kld.as_ref()), v.kld, alone.kld) {
+            (Some(k), _, _) => (Some(k.interval95()), fmt_interval(k, |x| format!("{x:+.4}"))),
+            (None, Some(a), Some(b)) => {
+                (Some((a.value - b.value, a.value - b.value)), format!("{:+.4}", a.value - b.value))
+            }
+            _ => (None, "—".into()),
+        };
+        let verdict = combined_verdict(size_change, dkld, cmp.is_some());
+        beats += usize::from(verdict.starts_with("beats"));
+        let row = [
+            format!("`{}`", cell(&v.name)),
+            format!("`{}`", cell(&alone.name)),
+            opt(size_change, |x| format!("{:+.1}%", 100.0 * x)),
+            ppl,
+            kld_text,
+            verdict,
+        ];
+        table_row(md, &row);
+    }
+    let _ = writeln!(md, "\nPruning beats quantization alone in {beats} of {} pair(s).\n", pairs.len());
+}
+
+/// The verdict on one pruned variant: smaller and no worse, or the measured reason it is not.
+/// `dkld` is the KLD difference's (low, high) interval (a point when not paired).
+fn combined_verdict(size_change: Option<f64>, dkld: Option<(f64, f64)>, paired: bool) -> String {
+    // Below half a percent the file is the same size: pruned weights kept as zeros in a dense type.
+    let smaller = size_change.is_some_and(|x| x < -0.005);
+    let at = if paired { " at 95%" } else { " (point estimate)" };
+    let loss = match dkld {
+        Some((lo, _)) if lo > 0.0 => format!("the loss is higher{at}"),
+        Some((_, hi)) if hi < 0.0 => format!("the loss is lower{at}"),
+        Some(_) => "the loss is the same within the interval".into(),
+        None => "no KLD to compare".into(),
+    };
+    let worse = dkld.is_none_or(|(lo, _)| lo > 0.0);
+    match (smaller, worse) {
+        (true, false) => format!("beats it: a smaller file and {loss}"),
+        (true, true) => format!("a trade: a smaller file, but {loss}"),
+        (false, _) => {
+            format!("does not beat it: the file is no smaller (its zeros are stored like any other weight), and {loss}")
+        }
     }
 }
 

@@ -1,6 +1,7 @@
-//! Paired comparisons: each variant against the baseline, and each microscale variant against the
-//! llama.cpp stock quant nearest in file size, on the same tokens and the same items, with 95%
-//! bootstrap intervals (`util::stats`) from the sweep's item files (`record::items`).
+//! Paired comparisons: each variant against the baseline, each microscale variant against the
+//! llama.cpp stock quant nearest in file size, and each pruned variant against the same
+//! quantization without pruning, on the same tokens and the same items, with 95% bootstrap
+//! intervals (`util::stats`) from the sweep's item files (`record::items`).
 //!
 //! - Perplexity: the mean per-token NLL difference (variant − reference) over the perplexity
 //!   windows, resampling whole windows (tokens of one window share their context, so they are not
@@ -43,13 +44,21 @@ pub struct Paired {
     pub vs_baseline: Vec<Option<Comparison>>,
     /// Microscale variants against the nearest-size stock quant: (its index, the comparison).
     pub vs_stock: Vec<Option<(usize, Comparison)>>,
+    /// Pruned microscale variants against their quantization alone (`quantization_alone`): (its
+    /// index, the comparison; KLD as the difference of the two).
+    pub vs_quant_alone: Vec<Option<(usize, Comparison)>>,
 }
 
 impl Paired {
     /// No item file at all: every verdict falls back to the point estimates.
     pub fn none(results: &Results) -> Paired {
         let n = results.variants.len();
-        Paired { items: vec![None; n], vs_baseline: vec![None; n], vs_stock: vec![None; n] }
+        Paired {
+            items: vec![None; n],
+            vs_baseline: vec![None; n],
+            vs_stock: vec![None; n],
+            vs_quant_alone: vec![None; n],
+        }
     }
 
     /// Whether any comparison with the baseline could be made.
@@ -80,6 +89,7 @@ pub fn paired_from_items(results: &Results, items: Vec<Option<ItemRecord>>) -> P
     let base_items = base.and_then(|b| items[b].as_ref());
     let mut vs_baseline = Vec::with_capacity(items.len());
     let mut vs_stock = Vec::with_capacity(items.len());
+    let mut vs_quant_alone = Vec::with_capacity(items.len());
     for (i, rec) in items.iter().enumerate() {
         vs_baseline.push(match (rec, base_items) {
             (Some(r), Some(b)) if Some(i) != base => Some(compare(r, b, KldAs::FromBaseline)),
@@ -89,8 +99,35 @@ pub fn paired_from_items(results: &Results, items: Vec<Option<ItemRecord>>) -> P
             (Some(r), Some(s)) => Some((s, compare(r, items[s].as_ref().unwrap(), KldAs::Difference))),
             _ => None,
         });
+        let alone = quantization_alone(results, i).filter(|&q| items[q].is_some());
+        vs_quant_alone.push(match (rec, alone) {
+            (Some(r), Some(q)) => Some((q, compare(r, items[q].as_ref().unwrap(), KldAs::Difference))),
+            _ => None,
+        });
     }
-    Paired { items, vs_baseline, vs_stock }
+    Paired { items, vs_baseline, vs_stock, vs_quant_alone }
+}
+
+/// For a pruned microscale variant, the microscale row that quantizes the same way without
+/// pruning: the same type, the same rounding (GPTQ or not) and importance matrix, no size budget.
+/// What pruning adds to quantization is measured against it.
+pub fn quantization_alone(results: &Results, i: usize) -> Option<usize> {
+    let vs = &results.variants;
+    let v = &vs[i];
+    if v.kind != Kind::Microscale || v.method == "none" || v.failed() {
+        return None;
+    }
+    let gptq = |recipe: &str| recipe.contains("(GPTQ)");
+    let imatrix = |recipe: &str| recipe.contains("+ imatrix");
+    vs.iter().position(|q| {
+        q.kind == Kind::Microscale
+            && q.method == "none"
+            && q.quant == v.quant
+            && !q.failed()
+            && gptq(&q.recipe) == gptq(&v.recipe)
+            && imatrix(&q.recipe) == imatrix(&v.recipe)
+            && !q.recipe.contains(" @ ")
+    })
 }
 
 /// For a microscale variant, the stock row (with an item file) nearest in file size; ties go to
