@@ -7,7 +7,7 @@ use microscale::record::items::{ItemRecord, Items, Windows};
 use microscale::record::results::read_results;
 use microscale::report::markdown::{write_report, ReportOptions};
 use microscale::report::paired::{load_paired, quantization_alone};
-use microscale::report::sweet_spot::{sweet_spot_paired, Criteria, Objective};
+use microscale::report::sweet_spot::{sweet_spot_paired, AccBudget, Criteria, Objective};
 use microscale::util::stats::{block_bootstrap, paired_bootstrap};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/results.csv");
@@ -204,7 +204,12 @@ fn the_report_refuses_a_variant_within_budget_on_its_point_estimate_only() {
     assert!(section[pi4 + 1].starts_with("  - at 95% confidence against the baseline: "), "{}", section[pi4 + 1]);
     assert!(section[pi4 + 1].contains(&expected), "{} lacks {expected}", section[pi4 + 1]);
     assert!(section[pi4 + 1].contains("confidence within budget 100.0%"), "{}", section[pi4 + 1]);
-    let refused = section[pi4 + 2];
+    // (Below it, layers-2-q8_0 is within the mean-accuracy budget on its point estimates, without an
+    // item file, and said so.)
+    let refused = section[pi4 + 2..pi4 + 4]
+        .iter()
+        .find(|l| l.starts_with("  - within budget on the point estimate only"))
+        .expect(&section[pi4 + 2]);
     assert!(refused.starts_with("  - within budget on the point estimate only (not chosen): `q4_k_s` ("), "{refused}");
     assert!(refused.contains(&format!("upper end ×{:.4}", hi.exp())), "{refused}");
     assert!(md.contains("Verdicts are at 95% confidence"), "{md}");
@@ -222,7 +227,8 @@ fn the_report_refuses_a_variant_within_budget_on_its_point_estimate_only() {
     let acc_diffs: Vec<f64> = sst2(true).outcomes().iter().zip(sst2(false).outcomes()).map(|(a, b)| a - b).collect();
     let (d, lo, _) = oracle(&acc_diffs, &vec![1.0; acc_diffs.len()], 2000, 0x5EED_0015);
     assert!(d > -0.01 && lo < -0.01, "fixture: {d} {lo}");
-    assert!(why.contains(&format!("sst2_acc's 95% interval reaches {:.1} points", -100.0 * lo)), "{why}");
+    // One task only: the mean accuracy is SST-2's, its interval the item bootstrap's.
+    assert!(why.contains(&format!("the mean accuracy's 95% interval reaches {:.1} points", -100.0 * lo)), "{why}");
 
     // At a glance: the smallest within +1% is q8_0, within +5% q4_k_m (q4_k_s refused as above),
     // with the intervals the independent resampler gives.
@@ -344,4 +350,97 @@ fn pruning_is_judged_against_its_quantization_alone() {
     let layers = row(&md, "layers-2-q8_0");
     assert!(layers.ends_with("| a trade: a smaller file, but the loss is higher at 95% |"), "{layers}");
     assert!(md.contains("Pruning beats quantization alone in 1 of 2 pair(s)."), "{md}");
+}
+
+/// The mean of several tasks' mean differences, bootstrapped as documented, written again from the
+/// statement: per resample, each group in turn draws its `n_g` items (`next % n_g`) from one
+/// xorshift64 stream; the statistic is the unweighted mean of the group means.
+fn oracle_mean(groups: &[Vec<f64>], b: usize, seed: u64) -> (f64, f64, f64) {
+    let mut x = seed;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut stats = Vec::new();
+    for _ in 0..b {
+        let mut total = 0.0;
+        for g in groups {
+            let n = g.len() as u64;
+            total += (0..g.len()).map(|_| g[(next() % n) as usize]).sum::<f64>() / g.len() as f64;
+        }
+        stats.push(total / groups.len() as f64);
+    }
+    stats.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let q = |p: f64| {
+        let h = p * (b - 1) as f64;
+        let lo = h.floor() as usize;
+        stats[lo] + (h - lo as f64) * (stats[(lo + 1).min(b - 1)] - stats[lo])
+    };
+    let est = groups.iter().map(|g| g.iter().sum::<f64>() / g.len() as f64).sum::<f64>() / groups.len() as f64;
+    (est, q(0.025), q(0.975))
+}
+
+fn outcomes(right: impl Fn(usize) -> bool, n: usize) -> Items {
+    let correct = (0..n).map(|i| if right(i) { '1' } else { '0' }).collect();
+    Items { items_sha256: format!("fixture-{n}"), correct }
+}
+
+#[test]
+fn a_mean_accuracy_budget_resolves_what_each_task_alone_cannot() {
+    let (dir, ..) = sweep_dir();
+    let items = dir.path().join("items");
+    // q4_k_m against the baseline, no better and no worse on average: SST-2 (10,000 items) with
+    // 1000 items flipped each way, ARC-Easy (1000 items) with 20 flipped each way.
+    let base_arc = |i: usize| i < 520;
+    let q4_arc = |i: usize| (20..540).contains(&i);
+    let q4_sst2 = |i: usize| (1000..9853).contains(&i);
+    let mut base = ItemRecord::read(&items.join("smollm2-135m-f32.json")).unwrap().unwrap();
+    base.accuracy.insert("arc_easy_acc".into(), outcomes(base_arc, 1000));
+    base.write(&items.join("smollm2-135m-f32.json")).unwrap();
+    let mut q4 = ItemRecord::read(&items.join("q4_k_m.json")).unwrap().unwrap();
+    q4.accuracy.insert("arc_easy_acc".into(), outcomes(q4_arc, 1000));
+    q4.accuracy.insert("sst2_acc".into(), Items { items_sha256: "fixture-sst2".into(), ..outcomes(q4_sst2, 10_000) });
+    q4.write(&items.join("q4_k_m.json")).unwrap();
+
+    // By the independent resamplers: each task alone cannot show a drop within 1 point at 95%
+    // (ARC-Easy's interval reaches past it), their mean can.
+    let diff = |v: &dyn Fn(usize) -> bool, b: &dyn Fn(usize) -> bool, n: usize| -> Vec<f64> {
+        (0..n).map(|i| f64::from(u8::from(v(i))) - f64::from(u8::from(b(i)))).collect()
+    };
+    let arc = diff(&q4_arc, &base_arc, 1000);
+    let sst2 = diff(&q4_sst2, &|i| i < 8853, 10_000);
+    let (_, arc_lo, _) = oracle(&arc, &vec![1.0; 1000], 2000, 0x5EED_0015);
+    let (_, sst2_lo, _) = oracle(&sst2, &vec![1.0; 10_000], 2000, 0x5EED_0015);
+    // The groups in the item file's (sorted) metric order.
+    let (mean, lo, hi) = oracle_mean(&[arc, sst2], 2000, 0x5EED_0015);
+    assert!(arc_lo < -0.01 && sst2_lo > -0.01 && lo > -0.01, "fixture: {arc_lo} {sst2_lo} {lo}");
+
+    let r = read_results(&dir.path().join("results.csv")).unwrap();
+    let paired = load_paired(dir.path(), &r).unwrap();
+    let name = |i: usize| r.variants[i].name.as_str();
+    let q4_index = r.variants.iter().position(|v| v.name == "q4_k_m").unwrap();
+    let cmp = paired.vs_baseline[q4_index].as_ref().unwrap();
+    let boot = cmp.acc_mean.as_ref().unwrap();
+    assert!(close(boot.estimate, mean, 1e-12) && close(boot.interval95().0, lo, 1e-12), "{boot:?}");
+    assert!(close(boot.interval95().1, hi, 1e-12));
+
+    // The default budget (the mean) picks q4_k_m; a per-task budget refuses it for ARC-Easy.
+    let mean_pick = sweet_spot_paired(&r, &paired, "pi4-4gb", &Criteria::default());
+    assert_eq!(name(mean_pick.pick.clone().unwrap()), "q4_k_m");
+    let each = Criteria { acc_budget: AccBudget::Each, ..Criteria::default() };
+    let each_pick = sweet_spot_paired(&r, &paired, "pi4-4gb", &each);
+    assert_ne!(name(each_pick.pick.clone().unwrap()), "q4_k_m");
+    let why = &each_pick.point_only.iter().find(|(i, _)| name(*i) == "q4_k_m").unwrap().1;
+    assert!(why.contains(&format!("arc_easy_acc's 95% interval reaches {:.1} points", -100.0 * arc_lo)), "{why}");
+
+    // The report states the budget and the mean's interval.
+    let md = std::fs::read_to_string(write_report(dir.path(), &ReportOptions::default()).unwrap()).unwrap();
+    assert!(md.contains("the mean of sst2_acc, arc_easy_acc, arc_challenge_acc at most 1.0 point(s) below"), "{md}");
+    let pts = |x: f64| format!("{:+.1}", 100.0 * x);
+    let expected = format!("mean accuracy {} [{}, {}] points", pts(mean), pts(lo), pts(hi));
+    let line = md.lines().find(|l| l.starts_with("- **pi4-4gb**: `q4_k_m`")).expect(&md);
+    let verdict = md.lines().skip_while(|l| *l != line).nth(1).unwrap();
+    assert!(verdict.contains(&expected), "{verdict} lacks {expected}");
 }

@@ -146,13 +146,44 @@ fn grids_parse_and_expand() {
 }
 
 #[test]
-fn the_committed_results_match_the_seed_grid_header() {
-    // The committed sweep must be resumable by the current code: same columns, same order.
+fn the_committed_results_are_the_seed_grid_and_regenerate_the_committed_report() {
+    // results.csv is the committed grid: the current header (so the sweep can resume it), and every
+    // variant exactly once, in the grid's order, measured with the grid's evaluation settings.
+    let committed = Path::new("bench-results/smollm2-135m");
     let grid = load_grid(Path::new("grids/seed.toml")).unwrap();
-    let text = std::fs::read_to_string("bench-results/smollm2-135m/results.csv").unwrap();
+    let text = std::fs::read_to_string(committed.join("results.csv")).unwrap();
     assert_eq!(text.lines().next().unwrap(), microscale::sweep::header(&grid).join(","));
-    let parsed = read_results(Path::new("bench-results/smollm2-135m/results.csv")).unwrap();
-    assert_eq!(parsed.variants.len(), grid.variants.len());
+    let names: Vec<String> = grid.variants.iter().map(|v| v.name.clone()).collect();
+    assert_eq!(rows(&committed.join("results.csv")), names);
+    let parsed = read_results(&committed.join("results.csv")).unwrap();
+    for v in &parsed.variants {
+        assert_eq!(v.eval_chunks.as_deref(), Some(grid.eval.ppl_chunks.to_string().as_str()), "{}", v.name);
+        assert_eq!(v.eval_limit.as_deref().filter(|l| !l.is_empty()), None, "{}: the full dev sets", v.name);
+        if !v.failed() {
+            assert!(committed.join("items").join(format!("{}.json", v.name)).is_file(), "{}: no items file", v.name);
+        }
+    }
+
+    // report.md is what `microscale report` writes from the directory alone (results.csv, items/,
+    // caveats.md), byte for byte.
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path();
+    std::fs::copy(committed.join("results.csv"), copy.join("results.csv")).unwrap();
+    std::fs::copy(committed.join("caveats.md"), copy.join("caveats.md")).unwrap();
+    std::fs::create_dir(copy.join("items")).unwrap();
+    for e in std::fs::read_dir(committed.join("items")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), copy.join("items").join(e.file_name())).unwrap();
+    }
+    let st = Command::new(env!("CARGO_BIN_EXE_microscale")).args(["report", "-q"]).arg(copy).status().unwrap();
+    assert!(st.success());
+    let regenerated = std::fs::read(copy.join("report.md")).unwrap();
+    let expected = std::fs::read(committed.join("report.md")).unwrap();
+    assert!(regenerated == expected, "bench-results/smollm2-135m/report.md is not what `microscale report` writes");
+    for plot in std::fs::read_dir(committed.join("plots")).unwrap() {
+        let name = plot.unwrap().file_name();
+        assert!(copy.join("plots").join(&name).is_file(), "{name:?} is not regenerated");
+    }
 }
 
 /// A grid that exercises every way a variant can end: measured, crashed (through the test-only

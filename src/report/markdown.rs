@@ -6,7 +6,7 @@
 
 use super::paired::{load_paired, Comparison, Paired};
 use super::plots::{scatters, write_png, Scatter};
-use super::sweet_spot::{confidence, interval_check, sweet_spots_paired, Criteria, Objective, SweetSpot};
+use super::sweet_spot::{confidence, interval_check, sweet_spots_paired, AccBudget, Criteria, Objective, SweetSpot};
 use crate::record::results::{read_results, Kind, Results, Variant};
 use crate::util::stats::Bootstrap;
 use anyhow::{Context, Result};
@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 pub struct ReportOptions {
     /// Largest allowed relative perplexity increase over the baseline (0.05 = +5%).
     pub max_ppl_increase: f64,
-    /// Largest allowed absolute drop of each accuracy metric (0.01 = 1 point).
+    /// Largest allowed absolute accuracy drop (0.01 = 1 point), of the tasks' mean or of each.
     pub max_acc_drop: f64,
+    pub acc_budget: AccBudget,
     pub objective: Objective,
     /// Paragraphs printed under "Caveats".
     pub caveats: Vec<String>,
@@ -32,6 +33,7 @@ impl Default for ReportOptions {
         ReportOptions {
             max_ppl_increase: c.max_ppl_increase,
             max_acc_drop: c.max_acc_drop,
+            acc_budget: c.acc_budget,
             objective: c.objective,
             caveats: vec![],
         }
@@ -40,7 +42,12 @@ impl Default for ReportOptions {
 
 impl ReportOptions {
     pub fn criteria(&self) -> Criteria {
-        Criteria { max_ppl_increase: self.max_ppl_increase, max_acc_drop: self.max_acc_drop, objective: self.objective }
+        Criteria {
+            max_ppl_increase: self.max_ppl_increase,
+            max_acc_drop: self.max_acc_drop,
+            acc_budget: self.acc_budget,
+            objective: self.objective,
+        }
     }
 }
 
@@ -319,7 +326,20 @@ fn budget_text(r: &Results, c: &Criteria) -> String {
             fmt_ppl(bp.value * (1.0 + c.max_ppl_increase))
         ));
     }
-    for m in &r.primary_acc_metrics() {
+    let metrics: Vec<&str> =
+        r.primary_acc_metrics().into_iter().filter(|m| base_ok.is_some_and(|b| b.acc.contains_key(*m))).collect();
+    if let (AccBudget::Mean, Some(b), false) = (c.acc_budget, base_ok, metrics.is_empty()) {
+        let mean = metrics.iter().map(|m| b.acc[*m].value).sum::<f64>() / metrics.len() as f64;
+        budget.push(format!(
+            "the mean of {} at most {:.1} point(s) below the baseline's {} (≥ {})",
+            metrics.join(", "),
+            100.0 * c.max_acc_drop,
+            fmt_pct(mean),
+            fmt_pct(mean - c.max_acc_drop)
+        ));
+        return budget.join("; ");
+    }
+    for m in &metrics {
         if let Some(ba) = base_ok.and_then(|b| b.acc.get(*m)) {
             budget.push(format!(
                 "{m} at most {:.1} point(s) below the baseline's {} (≥ {})",
@@ -386,9 +406,13 @@ fn glance_section(md: &mut String, r: &Results, paired: &Paired, opts: &ReportOp
     let _ = writeln!(md, "## At a glance per device profile\n");
     let _ = writeln!(
         md,
-        "The smallest file within +1% and within +5% perplexity of the baseline (each accuracy at most {:.1} \
-         point(s) below it), and the fastest generation within the budget above; judged as the sweet spots are. \
-         PPL: point estimate [95% interval] where item files allow.\n",
+        "The smallest file within +1% and within +5% perplexity of the baseline ({} at most {:.1} point(s) below \
+         it), and the fastest generation within the budget above; judged as the sweet spots are. PPL: point \
+         estimate [95% interval] where item files allow.\n",
+        match opts.acc_budget {
+            AccBudget::Mean => "the mean accuracy",
+            AccBudget::Each => "each accuracy",
+        },
         100.0 * opts.max_acc_drop
     );
     table_head(
@@ -397,7 +421,7 @@ fn glance_section(md: &mut String, r: &Results, paired: &Paired, opts: &ReportOp
     );
     for p in &r.profiles {
         let at = |max_ppl_increase: f64, objective: Objective| {
-            let c = Criteria { max_ppl_increase, max_acc_drop: opts.max_acc_drop, objective };
+            let c = Criteria { max_ppl_increase, objective, ..opts.criteria() };
             glance_cell(r, paired, &super::sweet_spot::sweet_spot_paired(r, paired, p, &c), objective)
         };
         let row = [
@@ -469,6 +493,9 @@ fn interval_parts(r: &Results, cmp: &Comparison, kld_from_baseline: bool) -> Vec
             parts.push(format!("{m} {} points", fmt_interval(d, fmt_points)));
         }
     }
+    if let Some(d) = &cmp.acc_mean {
+        parts.push(format!("mean accuracy {} points", fmt_interval(d, fmt_points)));
+    }
     parts
 }
 
@@ -492,6 +519,10 @@ fn paired_section(md: &mut String, r: &Results, paired: &Paired, c: &Criteria) {
         r.primary_acc_metrics().into_iter().filter(|m| compared().any(|c| c.acc.contains_key(*m))).collect();
     let mut head: Vec<String> = ["variant", "against", "PPL change", "KLD"].map(String::from).to_vec();
     head.extend(metrics.iter().map(|m| format!("Δ {m} points")));
+    let with_mean = compared().any(|c| c.acc_mean.is_some());
+    if with_mean {
+        head.push("Δ mean accuracy points".into());
+    }
     head.push("verdict (vs baseline)".into());
     table_head(md, &head);
     let mut notes = Vec::new();
@@ -507,6 +538,9 @@ fn paired_section(md: &mut String, r: &Results, paired: &Paired, c: &Criteria) {
             row.push(opt(cmp.kld.as_ref(), |b| fmt_interval(b, |x| format!("{x:.4}"))));
             for m in &metrics {
                 row.push(opt(cmp.acc.get(*m), |b| fmt_interval(b, fmt_points)));
+            }
+            if with_mean {
+                row.push(opt(cmp.acc_mean.as_ref(), |b| fmt_interval(b, fmt_points)));
             }
             row.push(if is_base { verdict_cell(r, v, cmp, c) } else { "—".into() });
             table_row(md, &row);

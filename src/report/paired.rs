@@ -17,7 +17,7 @@
 
 use crate::record::items::{items_path, ItemRecord, Windows};
 use crate::record::results::{Kind, Results};
-use crate::util::stats::{paired_bootstrap, Bootstrap};
+use crate::util::stats::{paired_bootstrap, stratified_mean_bootstrap, Bootstrap, RESAMPLES, SEED};
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -31,6 +31,9 @@ pub struct Comparison {
     pub kld: Option<Bootstrap>,
     /// Mean per-item accuracy difference (fraction), by results.csv column.
     pub acc: BTreeMap<String, Bootstrap>,
+    /// The mean over the primary accuracy metrics (`*_acc`) of their differences, each task's
+    /// items resampled separately (`util::stats::stratified_mean_bootstrap`).
+    pub acc_mean: Option<Bootstrap>,
     /// What could not be paired, and why.
     pub unpaired: Vec<String>,
 }
@@ -171,6 +174,7 @@ fn compare(a: &ItemRecord, b: &ItemRecord, kld_as: KldAs) -> Comparison {
         },
         _ => {}
     }
+    let mut primary = Vec::new();
     for (m, x) in &a.accuracy {
         let Some(y) = b.accuracy.get(m) else { continue };
         if x.items_sha256 != y.items_sha256 || x.correct.len() != y.correct.len() {
@@ -181,8 +185,18 @@ fn compare(a: &ItemRecord, b: &ItemRecord, kld_as: KldAs) -> Comparison {
         if let Some(boot) = paired_bootstrap(&diffs, &vec![1.0; diffs.len()]) {
             c.acc.insert(m.clone(), boot);
         }
+        if is_primary(m) {
+            primary.push(diffs);
+        }
     }
+    let groups: Vec<&[f64]> = primary.iter().map(Vec::as_slice).collect();
+    c.acc_mean = stratified_mean_bootstrap(&groups, RESAMPLES, SEED);
     c
+}
+
+/// A task's primary accuracy (`sst2_acc`, not `arc_easy_acc_norm`), as results.csv names it.
+fn is_primary(metric: &str) -> bool {
+    metric.ends_with("_acc")
 }
 
 /// The bootstrap of window differences `x − y`, when both passes scored the same tokens.

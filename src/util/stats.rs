@@ -106,6 +106,34 @@ pub fn paired_bootstrap(sums: &[f64], counts: &[f64]) -> Option<Bootstrap> {
     block_bootstrap(sums, counts, RESAMPLES, SEED)
 }
 
+/// Bootstrap the unweighted mean of several groups' means (a mean accuracy over tasks, each task's
+/// items a group): each of `resamples` times, draw each group's items with replacement in group
+/// order from one [`XorShift64`] stream seeded with `seed` (`rng.below(n_g)`, item after item), and
+/// average the groups' means. Groups are resampled separately because their items are different
+/// questions of different sizes: pooling them would weight the largest task most.
+///
+/// `None` when there is no group or a group is empty.
+pub fn stratified_mean_bootstrap(groups: &[&[f64]], resamples: usize, seed: u64) -> Option<Bootstrap> {
+    if groups.is_empty() || groups.iter().any(|g| g.is_empty()) {
+        return None;
+    }
+    let mean_of_means = |means: &mut dyn Iterator<Item = f64>| means.sum::<f64>() / groups.len() as f64;
+    let estimate = mean_of_means(&mut groups.iter().map(|g| g.iter().sum::<f64>() / g.len() as f64));
+    let mut rng = XorShift64::new(seed);
+    let mut samples = Vec::with_capacity(resamples);
+    for _ in 0..resamples {
+        let mut means = Vec::with_capacity(groups.len());
+        for g in groups {
+            let n = g.len() as u64;
+            let s: f64 = (0..g.len()).map(|_| g[rng.below(n) as usize]).sum();
+            means.push(s / g.len() as f64);
+        }
+        samples.push(mean_of_means(&mut means.into_iter()));
+    }
+    samples.sort_by(f64::total_cmp);
+    Some(Bootstrap { estimate, samples })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +145,14 @@ mod tests {
         assert!(b.samples.iter().all(|&s| (s - 2.0).abs() < 1e-12));
         assert_eq!(b.share_at_most(2.0), 1.0);
         assert_eq!(b.share_at_most(1.999), 0.0);
+    }
+
+    #[test]
+    fn one_group_is_the_item_bootstrap() {
+        let items = [1.0, 0.0, -1.0, 0.0, 1.0, 1.0];
+        let one = stratified_mean_bootstrap(&[&items], 200, 9).unwrap();
+        assert_eq!(one, block_bootstrap(&items, &[1.0; 6], 200, 9).unwrap());
+        assert!(stratified_mean_bootstrap(&[&items, &[]], 10, 1).is_none());
     }
 
     #[test]
