@@ -209,7 +209,7 @@ fn the_report_refuses_a_variant_within_budget_on_its_point_estimate_only() {
     let refused = section[pi4 + 2..pi4 + 4]
         .iter()
         .find(|l| l.starts_with("  - within budget on the point estimate only"))
-        .expect(&section[pi4 + 2]);
+        .expect(section[pi4 + 2]);
     assert!(refused.starts_with("  - within budget on the point estimate only (not chosen): `q4_k_s` ("), "{refused}");
     assert!(refused.contains(&format!("upper end ×{:.4}", hi.exp())), "{refused}");
     assert!(md.contains("Verdicts are at 95% confidence"), "{md}");
