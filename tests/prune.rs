@@ -541,6 +541,10 @@ fn impossible_requests_are_errors_before_anything_is_written() {
         (spec(|s| s.prune_ffn = Some(1.5)), "impossible"),
         (spec(|s| s.prune_heads = Some(0.9)), "every head"),
         (spec(|s| s.drop_layers = Some(DropLayers::Count(4))), "leaves none"),
+        // Ratios that round to nothing: the unpruned model under a pruned name, refused.
+        (spec(|s| s.prune_heads = Some(0.1)), "removes no head: 4 query heads share 2 KV heads"),
+        (spec(|s| s.prune_ffn = Some(0.001)), "removes no channel of 128"),
+        (spec(|s| s.drop_layers = Some(DropLayers::Ratio(0.1))), "drops no block of 4"),
         (spec(|s| s.drop_layers_list = Some(vec![7])), "does not exist"),
         (
             spec(|s| {

@@ -246,6 +246,17 @@ pub fn plan(spec: &PruneSpec, dims: &Dims, calib: Option<&Calibration>, read: &T
                 DropLayers::Count(n) => *n,
                 DropLayers::Ratio(r) => (r * dims.n_layer as f64).round() as usize,
             };
+            if n == 0 {
+                bail!(
+                    "--drop-layers {} drops no block of {} (one block is {:.1}% of them): ask for more",
+                    match d {
+                        DropLayers::Count(n) => n.to_string(),
+                        DropLayers::Ratio(r) => r.to_string(),
+                    },
+                    dims.n_layer,
+                    100.0 / dims.n_layer as f64
+                );
+            }
             let bi = calib.map(|c| &c.block_influence).ok_or_else(|| anyhow!("--drop-layers needs calibration"))?;
             let neg: Vec<f64> = bi.iter().map(|b| -b).collect();
             top_k(&neg, n)
@@ -276,6 +287,14 @@ pub fn plan(spec: &PruneSpec, dims: &Dims, calib: Option<&Calibration>, read: &T
         for ((l, s), w) in p.layers.iter_mut().zip(&scores).zip(widths) {
             l.ffn = top_k(s, w);
         }
+        // A request that rounds to nothing would write the unpruned model under a pruned name.
+        if p.layers.iter().all(|l| l.ffn.len() == dims.n_ff) {
+            bail!(
+                "--prune-ffn {r} removes no channel of {} (after rounding to --align {}): ask for more",
+                dims.n_ff,
+                spec.align
+            );
+        }
     }
 
     if let Some(r) = spec.prune_heads.filter(|r| *r > 0.0) {
@@ -287,6 +306,16 @@ pub fn plan(spec: &PruneSpec, dims: &Dims, calib: Option<&Calibration>, read: &T
         }
         let calib = calib.ok_or_else(|| anyhow!("--prune-heads needs calibration"))?;
         plan_heads(&mut p, spec, r, calib, read)?;
+        if p.layers.iter().all(|l| l.heads.len() == dims.n_head) {
+            bail!(
+                "--prune-heads {r} removes no head: {} query heads share {} KV heads ({} each), and removing one \
+                 head from each group is {:.0}% of them: ask for more",
+                dims.n_head,
+                dims.n_head_kv,
+                dims.n_head / dims.n_head_kv.max(1),
+                100.0 * dims.n_head_kv as f64 / dims.n_head as f64
+            );
+        }
     }
 
     if !p.uniform() {

@@ -575,9 +575,18 @@ fn combined_section(md: &mut String, r: &Results, paired: &Paired) {
     );
     table_head(
         md,
-        &["pruned variant", "quantization alone", "size change", "PPL change", "ΔKLD", "verdict"].map(String::from),
+        &[
+            "pruned variant",
+            "quantization alone",
+            "size change",
+            "PPL change",
+            "ΔKLD",
+            "verdict",
+            "lowest KLD without pruning, no larger",
+        ]
+        .map(String::from),
     );
-    let mut beats = 0;
+    let (mut beats, mut frontier) = (0, 0);
     for &(i, q) in &pairs {
         let (v, alone) = (&r.variants[i], &r.variants[q]);
         let cmp = paired.vs_quant_alone[i].as_ref().filter(|(j, _)| *j == q).map(|(_, c)| c);
@@ -598,8 +607,19 @@ fn combined_section(md: &mut String, r: &Results, paired: &Paired) {
             }
             _ => (None, "—".into()),
         };
-        let verdict = combined_verdict(size_change, dkld, cmp.is_some());
+        let unstructured = ["magnitude", "wanda", "sparsegpt"].contains(&v.method.as_str());
+        let verdict = combined_verdict(size_change, dkld, cmp.is_some(), unstructured);
         beats += usize::from(verdict.starts_with("beats"));
+        let rival = match (best_unpruned_no_larger(r, v), v.kld) {
+            (Some(u), Some(k)) => {
+                let (u, uk) = (&r.variants[u], r.variants[u].kld.map_or(f64::NAN, |m| m.value));
+                let word = if uk < k.value { "lower: pruning is dominated" } else { "higher: pruning is ahead" };
+                format!("`{}` ({} MiB), KLD {uk:.4}, {word}", cell(&u.name), fmt_mib(u))
+            }
+            (None, Some(_)) => "none that small: pruning is ahead".into(),
+            _ => "—".into(),
+        };
+        frontier += usize::from(rival.ends_with("ahead"));
         let row = [
             format!("`{}`", cell(&v.name)),
             format!("`{}`", cell(&alone.name)),
@@ -607,16 +627,36 @@ fn combined_section(md: &mut String, r: &Results, paired: &Paired) {
             ppl,
             kld_text,
             verdict,
+            rival,
         ];
         table_row(md, &row);
     }
-    let _ = writeln!(md, "\nPruning beats quantization alone in {beats} of {} pair(s).\n", pairs.len());
+    let _ = writeln!(
+        md,
+        "\nPruning beats its own quantization alone in {beats} of {} pair(s); {frontier} pruned variant(s) have a lower \
+         KLD than every variant without pruning whose file is no larger (point estimates).\n",
+        pairs.len()
+    );
+}
+
+/// Among the measured variants without pruning (microscale or stock, not the baseline) whose file
+/// is no larger than `v`'s, the one with the lowest KLD: what quantization alone reaches at that size.
+fn best_unpruned_no_larger(r: &Results, v: &Variant) -> Option<usize> {
+    let size = v.size_bytes?;
+    (0..r.variants.len())
+        .filter(|&u| {
+            let x = &r.variants[u];
+            x.kind != Kind::Baseline && x.method == "none" && !x.failed() && x.size_bytes.is_some_and(|s| s <= size)
+        })
+        .filter_map(|u| Some((u, r.variants[u].kld?.value)))
+        .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
+        .map(|(u, _)| u)
 }
 
 /// The verdict on one pruned variant: smaller and no worse, or the measured reason it is not.
 /// `dkld` is the KLD difference's (low, high) interval (a point when not paired).
-fn combined_verdict(size_change: Option<f64>, dkld: Option<(f64, f64)>, paired: bool) -> String {
-    // Below half a percent the file is the same size: pruned weights kept as zeros in a dense type.
+fn combined_verdict(size_change: Option<f64>, dkld: Option<(f64, f64)>, paired: bool, unstructured: bool) -> String {
+    // Within half a percent the file is the same size.
     let smaller = size_change.is_some_and(|x| x < -0.005);
     let at = if paired { " at 95%" } else { " (point estimate)" };
     let loss = match dkld {
@@ -630,7 +670,16 @@ fn combined_verdict(size_change: Option<f64>, dkld: Option<(f64, f64)>, paired: 
         (true, false) => format!("beats it: a smaller file and {loss}"),
         (true, true) => format!("a trade: a smaller file, but {loss}"),
         (false, _) => {
-            format!("does not beat it: the file is no smaller (its zeros are stored like any other weight), and {loss}")
+            let why = match size_change {
+                Some(x) if x > 0.005 => format!(
+                    "the file is {:.1}% larger (widths that are not a multiple of the type's block fall back to a \
+                     wider type; `--align` avoids it)",
+                    100.0 * x
+                ),
+                _ if unstructured => "the file is no smaller (its zeros are stored like any other weight)".into(),
+                _ => "the file is no smaller".into(),
+            };
+            format!("does not beat it: {why}, and {loss}")
         }
     }
 }
