@@ -491,11 +491,13 @@ where
     // not overlap a label already placed, else left out.
     let marks: Vec<(i32, i32)> = s.points.iter().map(|p| chart.backend_coord(&(p.size_mib, p.y))).collect();
     let (px, py) = chart.plotting_area().get_pixel_range();
-    if s.points.len() <= MAX_LABELS {
-        draw_labels(root, s, &frontier, &marks, (px.clone(), py.clone()))?;
-    }
+    let labels = if s.points.len() <= MAX_LABELS {
+        draw_labels(root, s, &frontier, &marks, (px.clone(), py.clone()))?
+    } else {
+        vec![]
+    };
 
-    // The legend goes where it hides the fewest points.
+    // The legend goes where it hides the fewest points, then the fewest labels.
     let mut texts: Vec<String> = vec!["llama.cpp stock".into(), "Pareto frontier".into()];
     texts.extend(s.reference.iter().map(|r| r.1.clone()));
     texts.extend(original.y_cap.iter().map(|(_, what)| format!("off scale ({what}): ↑ on this line")));
@@ -507,7 +509,7 @@ where
     let legend = (w + 50, 22 * (texts.len() as i32 + 1) + 20);
     chart
         .configure_series_labels()
-        .position(legend_position(&marks, (px, py), legend, s.maximize_y))
+        .position(legend_position(&marks, &labels, (px, py), legend, s.maximize_y))
         .label_font(("sans-serif", 15))
         .background_style(WHITE.mix(0.9))
         .border_style(GREY)
@@ -518,13 +520,14 @@ where
 
 /// Each point's label where it overlaps no label already placed, no marker and no edge of the
 /// plotting area (`area`, in pixels), frontier points first; a label with no such spot is left out.
+/// Returns the labels' boxes (pixels: left, top, right, bottom).
 fn draw_labels<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     s: &Scatter,
     frontier: &[usize],
     marks: &[(i32, i32)],
     (px, py): (std::ops::Range<i32>, std::ops::Range<i32>),
-) -> DrawResult<(), DB> {
+) -> DrawResult<Vec<(i32, i32, i32, i32)>, DB> {
     let font = ("sans-serif", 13).into_font().color(&RGBColor(60, 60, 60));
     let mut order: Vec<usize> = frontier.to_vec();
     order.extend((0..s.points.len()).filter(|i| !frontier.contains(i)));
@@ -549,14 +552,15 @@ fn draw_labels<DB: DrawingBackend>(
             placed.push((x, y, x + w, y + h));
         }
     }
-    Ok(())
+    Ok(placed)
 }
 
 /// Where the legend box (`w` × `h` pixels) covers the fewest of the points (`marks`) inside the
-/// plotting area; ties go to the usual corner (upper right for lower-is-better plots, lower
-/// right for higher-is-better ones).
+/// plotting area, then the fewest labels (boxes); ties go to the usual corner (upper right for
+/// lower-is-better plots, lower right for higher-is-better ones).
 fn legend_position(
     marks: &[(i32, i32)],
+    labels: &[(i32, i32, i32, i32)],
     (px, py): (std::ops::Range<i32>, std::ops::Range<i32>),
     (w, h): (i32, i32),
     maximize_y: bool,
@@ -576,8 +580,12 @@ fn legend_position(
     if maximize_y {
         spots.swap(0, 2);
     }
+    // A hidden point costs more than any number of hidden labels.
     let covered = |x: i32, y: i32| {
-        marks.iter().filter(|&&(mx, my)| overlap((x, y, x + w, y + h), (mx - 6, my - 6, mx + 6, my + 6))).count()
+        let r = (x, y, x + w, y + h);
+        let points = marks.iter().filter(|&&(mx, my)| overlap(r, (mx - 6, my - 6, mx + 6, my + 6))).count();
+        let texts = labels.iter().filter(|&&l| overlap(r, l)).count();
+        points * 10_000 + texts
     };
     let best = spots.iter().map(|&(_, x, y)| covered(x, y)).min().unwrap_or(0);
     spots.into_iter().find(|&(_, x, y)| covered(x, y) == best).map(|(p, _, _)| p).unwrap_or(UpperRight)
@@ -604,13 +612,18 @@ mod tests {
         let area = (0..1000, 0..600);
         let at = |p: SeriesLabelPosition| format!("{p:?}");
         // Nothing anywhere: the usual corner.
-        assert_eq!(at(legend_position(&[], area.clone(), (300, 120), false)), "UpperRight");
-        assert_eq!(at(legend_position(&[], area.clone(), (300, 120), true)), "LowerRight");
+        assert_eq!(at(legend_position(&[], &[], area.clone(), (300, 120), false)), "UpperRight");
+        assert_eq!(at(legend_position(&[], &[], area.clone(), (300, 120), true)), "LowerRight");
         // Points along the top right and the middle right: the lower right is free.
         let marks = [(900, 40), (800, 60), (850, 300), (950, 280)];
-        assert_eq!(at(legend_position(&marks, area.clone(), (300, 120), false)), "LowerRight");
+        assert_eq!(at(legend_position(&marks, &[], area.clone(), (300, 120), false)), "LowerRight");
         // Points on the whole right side: the left.
         let right: Vec<(i32, i32)> = (0..12).map(|i| (900, 30 + 50 * i)).collect();
-        assert_eq!(at(legend_position(&right, area, (300, 120), false)), "UpperLeft");
+        assert_eq!(at(legend_position(&right, &[], area.clone(), (300, 120), false)), "UpperLeft");
+        // No point in the way, but a label in the upper right: the next free corner.
+        let label = [(750, 20, 990, 40)];
+        assert_eq!(at(legend_position(&[], &label, area.clone(), (300, 120), false)), "MiddleRight");
+        // Labels never outweigh a point.
+        assert_eq!(at(legend_position(&marks, &label, area, (300, 120), false)), "LowerRight");
     }
 }
