@@ -11,9 +11,10 @@
 //!
 //! With the sweep's item files ([`super::paired`]), a variant is within the budget only at 95%
 //! confidence: the upper end of the 95% interval of its perplexity ratio, and the upper end of the
-//! accuracy drop (the mean's, or each task's), must be within the budget. A variant within the budget on its point estimates but
-//! not on its intervals is not chosen; it is named (`point_only`). Without item files (sweeps
-//! written before them) the verdicts use the point estimates alone.
+//! accuracy drop (the mean's, or each task's), must be within the budget. A variant within the
+//! budget on its point estimates but not on its intervals is not chosen; it is named
+//! (`point_only`). Without item files (sweeps written before them) the verdicts use the point
+//! estimates alone.
 
 use super::paired::{Comparison, Paired};
 use crate::record::results::{Kind, Results, Variant};
