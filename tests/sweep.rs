@@ -111,15 +111,24 @@ fn quick_grid_runs_resumes_after_a_kill_and_reports() {
 #[test]
 fn grids_parse_and_expand() {
     let seed = load_grid(Path::new("grids/seed.toml")).unwrap();
-    // baseline + 3 quants + 5 methods × 3 ratios × 2 quants + 3 stock
-    assert_eq!(seed.variants.len(), 1 + 3 + 30 + 3);
+    // baseline + 15 variants + sparsegpt at 3 ratios + 4 structured methods + 5 stock rows
+    assert_eq!(seed.variants.len(), 1 + 15 + 3 + 4 + 5);
     assert_eq!(seed.variants[0].name, "baseline-f32");
-    assert!(seed.variants.iter().any(|v| v.name == "wanda50-q4_k_m"));
+    for name in ["q4_k_m-gptq", "sparsegpt90-q8_0", "ffn-heal10-q8_0", "heads-heal33-q8_0", "stock-q3_k_m-noimatrix"] {
+        assert!(seed.variants.iter().any(|v| v.name == name), "the seed grid lacks {name}");
+    }
+    let joint = seed.variant("sparsegpt10-q4_k_m-gptq").unwrap();
+    assert_eq!(joint.quant_method, microscale::quant::gptq::QuantMethod::Gptq);
+    assert!(joint.needs_moments());
     assert!(microscale::sweep::grid::parse_grid(
         "[eval]\n[bench]\n[[matrix]]\nmethods=[\"prune-it\"]\nratios=[0.5]\nquants=[\"q8_0\"]\n"
     )
     .is_err());
-    assert!(seed.variants.iter().all(|v| !v.imatrix), "the seed grid's committed results predate imatrix sweeps");
+    // Every quantized row uses the sweep's importance matrix, except the stock rows asked for without.
+    for v in &seed.variants {
+        let plain = v.name.ends_with("-noimatrix") || v.quant.is_float();
+        assert_eq!(v.imatrix, !plain, "{}", v.name);
+    }
 
     // The quantization grid: every quantized variant and stock row uses the imatrix, except the
     // `plain` stock rows; budgets parse; a float type with a budget is refused.
