@@ -18,6 +18,7 @@
 
 use super::paired::{Comparison, Paired};
 use crate::record::results::{Kind, Results, Variant};
+use crate::util::stats::Bootstrap;
 
 /// What "best" means among the variants within the budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -133,31 +134,32 @@ pub fn interval_check(results: &Results, cmp: &Comparison, c: &Criteria) -> Resu
             ));
         }
     }
-    if c.acc_budget == AccBudget::Mean {
-        if let Some(d) = &cmp.acc_mean {
-            let lo = d.interval95().0;
-            if lo < -c.max_acc_drop - EPS {
-                return Err(format!(
-                    "the mean accuracy's 95% interval reaches {:.1} points below the baseline (budget {:.1})",
-                    -100.0 * lo,
-                    100.0 * c.max_acc_drop
-                ));
-            }
-        }
-        return Ok(());
-    }
-    for m in results.primary_acc_metrics() {
-        let (Some(_), Some(d)) = (base.acc.get(m), cmp.acc.get(m)) else { continue };
+    for (what, d) in acc_intervals(results, cmp, c) {
         let lo = d.interval95().0;
         if lo < -c.max_acc_drop - EPS {
             return Err(format!(
-                "{m}'s 95% interval reaches {:.1} points below the baseline (budget {:.1})",
+                "{what}'s 95% interval reaches {:.1} points below the baseline (budget {:.1})",
                 -100.0 * lo,
                 100.0 * c.max_acc_drop
             ));
         }
     }
     Ok(())
+}
+
+/// The paired accuracy differences the budget bounds, each with its name in words: the tasks'
+/// mean, or each primary metric the baseline has.
+fn acc_intervals<'c>(results: &Results, cmp: &'c Comparison, c: &Criteria) -> Vec<(String, &'c Bootstrap)> {
+    let Some(base) = results.baseline() else { return vec![] };
+    match c.acc_budget {
+        AccBudget::Mean => cmp.acc_mean.iter().map(|d| ("the mean accuracy".to_string(), d)).collect(),
+        AccBudget::Each => results
+            .primary_acc_metrics()
+            .into_iter()
+            .filter(|m| base.acc.contains_key(*m))
+            .filter_map(|m| Some((m.to_string(), cmp.acc.get(m)?)))
+            .collect(),
+    }
 }
 
 /// How confident a verdict is: the least, over the budget's metrics with a paired interval, of the
@@ -169,17 +171,7 @@ pub fn confidence(results: &Results, cmp: &Comparison, c: &Criteria) -> Option<f
     if let (Some(_), Some(nll)) = (base.ppl, &cmp.nll) {
         shares.push(nll.share_at_most((1.0 + c.max_ppl_increase).ln() + EPS));
     }
-    match (c.acc_budget, &cmp.acc_mean) {
-        (AccBudget::Mean, Some(d)) => shares.push(d.share_at_least(-c.max_acc_drop - EPS)),
-        (AccBudget::Mean, None) => {}
-        (AccBudget::Each, _) => {
-            for m in results.primary_acc_metrics() {
-                if let (Some(_), Some(d)) = (base.acc.get(m), cmp.acc.get(m)) {
-                    shares.push(d.share_at_least(-c.max_acc_drop - EPS));
-                }
-            }
-        }
-    }
+    shares.extend(acc_intervals(results, cmp, c).into_iter().map(|(_, d)| d.share_at_least(-c.max_acc_drop - EPS)));
     shares.into_iter().reduce(f64::min)
 }
 
