@@ -253,6 +253,117 @@ fn healed_llama_variants_match_the_reference_and_lower_the_output_error() {
     assert!(!out.exists());
 }
 
+/// Sequential healing (`--heal --sequential 2`): the plan is the one-shot one; the block before
+/// the gap and the second stage's first block are healed towards the teacher's residual stream
+/// (the latter against the student's own, so differently from one-shot healing); every healed
+/// projection's error drops; and llama.cpp runs the file as the reference forward computes it on
+/// the sliced checkpoint carrying the healed projections and biases.
+#[test]
+fn sequential_healing_heals_each_stage_against_the_teacher_and_matches_the_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_llama(tmp.path());
+    let calib = tmp.path().join("calib-moments.gguf");
+    let prune = |k: usize| {
+        spec(|s| {
+            s.calib = Some(calib.clone());
+            s.heal = true;
+            s.prune_ffn = Some(0.5);
+            s.drop_layers_list = Some(vec![1]);
+            s.sequential = k;
+        })
+    };
+    let one_shot = opts(Scheme::F32, prune(1));
+    let plan = plan_only(&dir, &one_shot).unwrap().structure.expect("a structured plan");
+    let once = tmp.path().join("heal-once.gguf");
+    convert(&dir, &once, &one_shot).unwrap();
+    let staged = tmp.path().join("heal-staged.gguf");
+    let report = convert(&dir, &staged, &opts(Scheme::F32, prune(2))).unwrap();
+    assert_eq!(report.structure.as_ref(), Some(&plan), "the stages keep the one-shot plan");
+
+    // Blocks 0, 2, 3 are written as 0, 1, 2: block 0 before the gap, block 2 the stage's first.
+    let mut against: Vec<&str> =
+        report.compensation.iter().filter(|s| s.method == "heal-gap+bias").map(|s| s.tensor.as_str()).collect();
+    against.sort_unstable();
+    assert_eq!(against, ["blk.0.ffn_down.weight", "blk.1.ffn_down.weight"]);
+    let healed: Vec<_> = report.compensation.iter().filter(|s| s.method.starts_with("heal")).collect();
+    assert_eq!(healed.len(), 3, "the 3 kept blocks' narrowed down projections");
+    for h in &healed {
+        assert!(h.error_compensated < h.error_plain, "{} {} → {}", h.tensor, h.error_plain, h.error_compensated);
+    }
+    // Stage 0 (block 0) heals as one-shot healing does; the second stage's first block differs.
+    let read = |f: &Path, t: &str| GgufSource::new(GgufFile::open(f).unwrap()).read_f32(t).unwrap();
+    assert_eq!(read(&once, "blk.0.ffn_down.weight"), read(&staged, "blk.0.ffn_down.weight"));
+    assert_ne!(read(&once, "blk.1.ffn_down.weight"), read(&staged, "blk.1.ffn_down.weight"));
+
+    let sliced = tmp.path().join("staged-hf");
+    write_pruned_hf(&dir, &sliced, &plan);
+    assert_eq!(take_healed(&sliced, &staged), 2 * healed.len(), "each healed weight and its new bias");
+    let tokens: Vec<u32> = PROMPT.iter().map(|&t| t as u32).collect();
+    let want = llama_forward(&sliced, &tokens).unwrap();
+    let err = max_rel_err(&llama_cpp_logits(&staged), &want);
+    assert!(err < 1e-5, "relative logit error {err:e}");
+    // No scratch model or calibration is left beside the output.
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("sequential"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // Sequential healing does not combine with unstructured pruning.
+    let mut mixed = prune(2);
+    mixed.sparsity = Some(0.5);
+    let out = tmp.path().join("refused.gguf");
+    let e = convert(&dir, &out, &opts(Scheme::F32, mixed)).unwrap_err();
+    assert!(format!("{e:#}").contains("--sequential 2 with --heal"), "{e:#}");
+    assert!(!out.exists());
+}
+
+/// The paired pass against an oracle: with the teacher as its own student, δ against the student's
+/// output is exactly zero, and δ against the teacher's own block (one block ahead) has the moments
+/// the one-shot gap pass measures for that gap on the single model.
+#[test]
+fn the_paired_pass_agrees_with_the_one_shot_gap_pass_on_the_same_model() {
+    use microscale::calib::gaps::Gap;
+    use microscale::calib::paired::PairTarget;
+    use microscale::calib::{measure_gaps, measure_paired, CalibModel, CalibOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_llama(tmp.path());
+    let gguf = tmp.path().join("f32.gguf");
+    convert(&dir, &gguf, &opts(Scheme::F32, PruneSpec::default())).unwrap();
+    let copts = CalibOptions {
+        text: PruneSpec::default().calib_text_path().unwrap(),
+        chunks: 2,
+        n_ctx: 64,
+        threads: 2,
+        moments: None,
+    };
+    let targets = [
+        PairTarget { block: 1, student: 1, teacher_out: 1, against_student: true },
+        PairTarget { block: 1, student: 1, teacher_out: 2, against_student: false },
+        PairTarget { block: 1, student: 1, teacher_out: 2, against_student: true },
+    ];
+    let paired = measure_paired(CalibModel::File(&gguf), &gguf, &targets, &copts, true).unwrap();
+    let gap = measure_gaps(CalibModel::File(&gguf), &[Gap { kept: 1, last: 2 }], &copts, true).unwrap();
+    assert_eq!(paired[0].tokens, 128);
+    assert_eq!((paired[0].sq, paired[0].sum.iter().any(|&s| s != 0.0)), (0.0, false));
+    assert!(paired[0].cross.iter().all(|&c| c == 0.0));
+    // Against the teacher's block 1 or the student's (the same model): the gap's moments.
+    let g = &gap[0];
+    let scale = g.cross.iter().fold(0f32, |m, x| m.max(x.abs()));
+    assert!(scale > 0.0);
+    for p in &paired[1..] {
+        assert_eq!((p.tokens, p.rows, p.n, p.gap), (g.tokens, g.rows, g.n, g.gap));
+        for (a, b) in p.cross.iter().zip(&g.cross) {
+            assert!((a - b).abs() <= 1e-5 * scale, "{a} vs {b}");
+        }
+        assert!((p.sq - g.sq).abs() <= 1e-9 * g.sq, "{} vs {}", p.sq, g.sq);
+        for (a, b) in p.sum.iter().zip(&g.sum) {
+            assert!((a - b).abs() <= 1e-6 * g.sq.sqrt(), "{a} vs {b}");
+        }
+    }
+}
+
 fn tiny_llama(work: &Path) -> PathBuf {
     let dir = work.join("llama");
     std::fs::create_dir_all(&dir).unwrap();

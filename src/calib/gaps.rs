@@ -59,15 +59,14 @@ pub struct GapCollector {
 impl GapCollector {
     pub fn new(gaps: &[Gap]) -> GapCollector {
         GapCollector {
-            moments: gaps
-                .iter()
-                .map(|&gap| GapMoments { gap, rows: 0, n: 0, cross: vec![], sum: vec![], sq: 0.0, tokens: 0 })
-                .collect(),
+            moments: gaps.iter().map(|&gap| GapMoments::empty(gap)).collect(),
             input: vec![None; gaps.len()],
             output: vec![None; gaps.len()],
         }
     }
+}
 
+impl DownAndOutput for GapCollector {
     fn down_input(&mut self, layer: usize, x: &sys::ggml_tensor) {
         let Some(rows) = f32_rows(x) else { return };
         let n = rows.first().map_or(0, |r| r.len());
@@ -94,8 +93,12 @@ impl GapCollector {
 }
 
 impl GapMoments {
+    pub fn empty(gap: Gap) -> GapMoments {
+        GapMoments { gap, rows: 0, n: 0, cross: vec![], sum: vec![], sq: 0.0, tokens: 0 }
+    }
+
     /// Add one batch: `delta` is tokens × `width`, `a` tokens × n.
-    fn add(&mut self, delta: &[f32], width: usize, a: &[f32]) {
+    pub(super) fn add(&mut self, delta: &[f32], width: usize, a: &[f32]) {
         let tokens = delta.len() / width.max(1);
         if width == 0 || self.n == 0 || a.len() != tokens * self.n {
             return;
@@ -120,11 +123,11 @@ impl GapMoments {
 }
 
 /// `blk.N.ffn_down.weight` → N.
-fn down_layer(weight: &str) -> Option<usize> {
+pub(super) fn down_layer(weight: &str) -> Option<usize> {
     weight.strip_prefix("blk.")?.strip_suffix(".ffn_down.weight")?.parse().ok()
 }
 
-fn weight_of(t: &sys::ggml_tensor) -> &str {
+pub(super) fn weight_of(t: &sys::ggml_tensor) -> &str {
     if t.src[0].is_null() {
         ""
     } else {
@@ -132,7 +135,7 @@ fn weight_of(t: &sys::ggml_tensor) -> &str {
     }
 }
 
-fn output_layer(t: &sys::ggml_tensor) -> Option<usize> {
+pub(super) fn output_layer(t: &sys::ggml_tensor) -> Option<usize> {
     tensor_name(t).strip_prefix("l_out-")?.parse().ok()
 }
 
@@ -146,13 +149,24 @@ impl TensorObserver for GapCollector {
     }
 
     fn seen(&mut self, t: &sys::ggml_tensor) {
-        if t.op == sys::GGML_OP_MUL_MAT {
-            if let (Some(l), false) = (down_layer(weight_of(t)), t.src[1].is_null()) {
-                self.down_input(l, unsafe { &*t.src[1] });
-            }
-        } else if let Some(l) = output_layer(t) {
-            self.block_output(l, t);
+        route(self, t);
+    }
+}
+
+/// An observer of down projections' inputs and blocks' outputs (the gap and paired passes).
+pub(super) trait DownAndOutput {
+    fn down_input(&mut self, layer: usize, x: &sys::ggml_tensor);
+    fn block_output(&mut self, layer: usize, t: &sys::ggml_tensor);
+}
+
+/// Hand a seen tensor to `obs`: a down projection's product as its input, a block's output.
+pub(super) fn route(obs: &mut impl DownAndOutput, t: &sys::ggml_tensor) {
+    if t.op == sys::GGML_OP_MUL_MAT {
+        if let (Some(l), false) = (down_layer(weight_of(t)), t.src[1].is_null()) {
+            obs.down_input(l, unsafe { &*t.src[1] });
         }
+    } else if let Some(l) = output_layer(t) {
+        obs.block_output(l, t);
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod collect;
 pub mod gaps;
 pub mod moments;
+pub mod paired;
 
 use crate::engine::raw::{ObservedContext, TensorObserver};
 use crate::engine::user_model::{model_from_parts, Filler};
@@ -111,25 +112,56 @@ impl Calibration {
         for (name, e) in update.imatrix.entries.iter().filter(|(n, _)| replace(n)) {
             c.imatrix.entries.insert(name.clone(), e.clone());
         }
+        if self.moments.is_none() && update.moments.is_none() {
+            return Ok(c);
+        }
+        c.with_moments_from(update, |n| replace(n).then(|| n.to_string()), path)
+    }
+
+    /// This calibration with the second moments of `update`'s weights that `rename` maps to one
+    /// of ours (a model numbered otherwise: a sequential healing stage's, whose dropped blocks
+    /// shift the rest), saved to `path`. The importance matrix stays ours.
+    pub fn with_moments_from(
+        &self,
+        update: &Calibration,
+        rename: impl Fn(&str) -> Option<String>,
+        path: &Path,
+    ) -> Result<Calibration> {
         let (base, new) = match (&self.moments, &update.moments) {
-            (None, None) => return Ok(c),
             (Some(b), Some(n)) => (b, n),
             _ => bail!("{}: one calibration has second moments and the other not", path.display()),
         };
-        let mut readers: std::collections::BTreeMap<String, String> =
-            base.readers().filter(|(r, _)| !replace(r)).map(|(r, o)| (r.to_string(), o.to_string())).collect();
-        readers.extend(new.readers().filter(|(r, _)| replace(r)).map(|(r, o)| (r.to_string(), o.to_string())));
+        // Our name of each of update's owners taken, and the owner's name in update.
+        let mut taken: std::collections::BTreeMap<String, String> = Default::default();
+        let mut readers: std::collections::BTreeMap<String, String> = Default::default();
+        for (r, o) in new.readers() {
+            if let (Some(ours), Some(owner)) = (rename(r), rename(o)) {
+                readers.insert(ours, owner.clone());
+                taken.insert(owner, o.to_string());
+            }
+        }
+        for (r, o) in base.readers() {
+            if !readers.contains_key(r) {
+                readers.insert(r.to_string(), o.to_string());
+            }
+        }
         let owners: std::collections::BTreeSet<&String> = readers.values().collect();
         let mut tensors = Vec::new();
         for owner in owners {
-            let from = if replace(owner) { new } else { base };
+            let (from, theirs) = match taken.get(owner) {
+                Some(theirs) => (new, theirs.as_str()),
+                None => (base, owner.as_str()),
+            };
             for suffix in [moments::XTX_SUFFIX, moments::SUM_SUFFIX] {
-                let name = format!("{owner}{suffix}");
+                let name = format!("{theirs}{suffix}");
                 let info =
                     from.file().tensor(&name).ok_or_else(|| anyhow!("{}: no {name}", from.file().path.display()))?;
-                tensors.push((info.clone(), MomentBytes::Part(from.file().clone(), name)));
+                let mut ours = info.clone();
+                ours.name = format!("{owner}{suffix}");
+                tensors.push((ours, MomentBytes::Part(from.file().clone(), name)));
             }
         }
+        let mut c = self.clone();
         c.save_with_moments(path, tensors, Some(MomentCollector::readers_value(&readers)))?;
         c.moments = MomentsFile::open(path)?.map(Arc::new);
         Ok(c)
@@ -363,4 +395,36 @@ pub fn measure_gaps(
         }
     }
     Ok(collector.moments)
+}
+
+/// The paired pass of sequential healing ([`paired`]): the unpruned `teacher` and the `student`
+/// (a stage's partly compressed model) over the same calibration chunks, measuring each target's
+/// moments against the student's own down-projection inputs.
+pub fn measure_paired(
+    teacher: CalibModel,
+    student: &Path,
+    targets: &[paired::PairTarget],
+    opts: &CalibOptions,
+    quiet: bool,
+) -> Result<Vec<gaps::GapMoments>> {
+    let (teacher_side, student_side) = paired::observers(targets);
+    let (mut teacher, chunks) = observed(teacher, opts, teacher_side)?;
+    let mut student_ctx = ObservedContext::new(student, opts.n_ctx, opts.threads, student_side)?;
+    let progress = Progress::new(chunks.len() as u64, "measuring against the teacher", quiet);
+    for chunk in &chunks {
+        paired::decode_pair(&mut teacher, &mut student_ctx, chunk)?;
+        progress.inc(1);
+    }
+    progress.finish();
+    let moments = paired::into_moments(student_ctx);
+    let expected: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+    if let Some(m) = moments.iter().find(|m| m.tokens != expected) {
+        bail!(
+            "{}: the paired pass saw {} of {expected} tokens for block {} (no blk.N.ffn_down input or l_out-N output in llama.cpp's graph?)",
+            student.display(),
+            m.tokens,
+            m.gap.kept
+        );
+    }
+    Ok(moments)
 }

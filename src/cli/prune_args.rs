@@ -72,6 +72,9 @@ pub struct PruneArgs {
     /// already compressed, so later blocks compensate for what earlier ones lost (K = the number
     /// of blocks is the papers' block-by-block order). For wanda, sparsegpt and --quant-method
     /// gptq; costs K − 1 more conversions and calibration passes. --calib keeps the one-shot stage.
+    /// With --heal: each stage's healed projections are refit on the partly pruned model's own
+    /// inputs, and each stage's first block is refit so the residual stream after it matches the
+    /// unpruned model's (taking the error the pruned blocks before it left); 3(K − 1) passes.
     #[arg(long, value_name = "K", default_value_t = 1, value_parser = at_least::<1>(), help_heading = "Pruning")]
     sequential: usize,
 }

@@ -80,6 +80,12 @@ pub struct ConvertOptions {
     /// A calibration already made (a sequential one), used instead of calibrating or loading
     /// `prune.calib`.
     pub calibration: Option<crate::calib::Calibration>,
+    /// Healing's targets already measured (sequential healing: each stage's against its own
+    /// partly compressed model), used instead of the one-shot gap pass.
+    pub heal_targets: Option<Vec<std::sync::Arc<crate::calib::gaps::GapMoments>>>,
+    /// Write the blocks from this one on uncompressed (F32, not pruned, compensated or
+    /// quantized): a sequential stage's model.
+    pub open_from: Option<usize>,
     pub threads: usize,
     pub quiet: bool,
 }
@@ -97,6 +103,8 @@ impl ConvertOptions {
             budget: None,
             quant_method: Default::default(),
             calibration: None,
+            heal_targets: None,
+            open_from: None,
             threads: crate::engine::default_threads(),
             quiet: true,
         }
@@ -195,26 +203,33 @@ impl Job {
 pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
     refuse_overwrite(input, output)?;
     if opts.prune.sequential > 1 && opts.calibration.is_none() {
+        if opts.prune.heal {
+            let (calibration, targets) = sequential::healing(input, output, opts)?;
+            let opts = ConvertOptions { calibration: Some(calibration), heal_targets: Some(targets), ..opts.clone() };
+            return write(input, output, &opts);
+        }
         let calibration = Some(sequential::calibration(input, output, opts)?);
-        return write(input, output, &ConvertOptions { calibration, ..opts.clone() }, None);
+        return write(input, output, &ConvertOptions { calibration, ..opts.clone() });
     }
-    write(input, output, opts, None)
+    write(input, output, opts)
 }
 
-/// Convert; with `open_from`, the blocks from that one on are written uncompressed (F32: not
+/// Convert; with `opts.open_from`, the blocks from that one on are written uncompressed (F32: not
 /// pruned, compensated or quantized), as a sequential calibration stage runs them.
-fn write(input: &Path, output: &Path, opts: &ConvertOptions, open_from: Option<usize>) -> Result<ConvertReport> {
+fn write(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
     let source = Source::open(input)?;
     let SourcePlan { metadata, planned, arch, generated } = plan_source(&source, opts)?;
     let overlay = with_generated(&source, &generated);
     let tensors: &dyn TensorSource = &overlay;
     // Pruning, types and budget are planned (and checked) completely before the output exists.
     let Plan { metadata, mut jobs, structure } = plan_jobs(input, tensors, metadata, planned, opts)?;
-    if let Some(first) = open_from {
+    if let Some(first) = opts.open_from {
+        // Named by the output's block numbers: blocks dropped before `first` shift the rest down.
+        let first = first - structure.as_ref().map_or(0, |s| s.dropped.len());
         let open =
             jobs.iter_mut().filter(|j| crate::calib::moments::layer_of(&j.planned.name).is_some_and(|l| l >= first));
         for j in open {
-            (j.ty, j.weights, j.sparsity, j.compensation) = (GgmlType::F32, None, None, None);
+            (j.ty, j.weights, j.sparsity, j.compensation, j.heal) = (GgmlType::F32, None, None, None, None);
         }
     }
     if !opts.allow_requantize {
@@ -297,6 +312,19 @@ fn one_shot(
     check(&dims)?;
     let c = pruning::calibration(input, &overlay, &metadata, &dims, &planned, opts)?;
     Ok((c, dims, planned))
+}
+
+/// Run `f` on the unpruned model of `input` as llama.cpp loads it (the input GGUF, or a model
+/// built from a checkpoint's plan): the teacher of sequential healing.
+fn with_unpruned<R>(
+    input: &Path,
+    opts: &ConvertOptions,
+    f: impl FnOnce(crate::calib::CalibModel) -> Result<R>,
+) -> Result<R> {
+    let source = Source::open(input)?;
+    let SourcePlan { metadata, planned, generated, .. } = plan_source(&source, opts)?;
+    let overlay = with_generated(&source, &generated);
+    pruning::run_unpruned(input, &overlay, &metadata, &planned, f)
 }
 
 fn plan_from_hf(ckpt: &HfCheckpoint, opts: &ConvertOptions) -> Result<SourcePlan> {

@@ -126,10 +126,21 @@ pub fn plan(
             let data = src.read_f32(&p.source)?;
             apply_transform(p.transform, data, &info.shape.clone())
         };
-        let plan = structured::plan(spec, &dims, calib.as_ref(), &read)?;
+        let mut plan = structured::plan(spec, &dims, calib.as_ref(), &read)?;
+        if let Some(first) = opts.open_from {
+            plan = plan.opened_from(first);
+        }
         if spec.heal {
-            let model = Unpruned { input, src, meta, planned: &planned };
-            gap_moments = gap_pass(&model, &dims, &plan, calib.as_ref(), opts)?;
+            gap_moments = match &opts.heal_targets {
+                // A stage's model heals only the blocks before its open ones.
+                Some(targets) => {
+                    targets.iter().filter(|t| opts.open_from.is_none_or(|f| t.gap.kept < f)).cloned().collect()
+                }
+                None => {
+                    let model = Unpruned { input, src, meta, planned: &planned };
+                    gap_pass(&model, &dims, &plan, calib.as_ref(), opts)?
+                }
+            };
         }
         plan.rewrite_metadata(meta);
         let mut out = Vec::new();
@@ -286,6 +297,17 @@ impl Unpruned<'_> {
         let mut filler = |name: &str, ty: GgmlType, ne: &[u64], out: &mut [u8]| fill(src, planned, name, ty, ne, out);
         f(CalibModel::Parts { metadata: &meta, tensors: &tensors, filler: &mut filler })
     }
+}
+
+/// Run `f` on the unpruned model (see [`Unpruned::run`]).
+pub(super) fn run_unpruned<R>(
+    input: &Path,
+    src: &dyn TensorSource,
+    meta: &Metadata,
+    planned: &[PlannedTensor],
+    f: impl FnOnce(CalibModel) -> Result<R>,
+) -> Result<R> {
+    Unpruned { input, src, meta, planned }.run(f)
 }
 
 /// `--heal` with dropped blocks: the moments of each gap, from one more pass over the

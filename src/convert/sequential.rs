@@ -15,14 +15,22 @@
 //!
 //! Cost: K − 1 more conversions (of the compressed groups so far) and calibration passes, each
 //! collecting only its group's moments; K = the number of blocks is the papers' order.
+//!
+//! With `--heal` the stages serve healing instead ([`healing`]): each stage's healed blocks are
+//! refit on the student's own inputs, and the stage's first block against the teacher's residual
+//! stream (`calib::paired`), so that it takes the error the pruned blocks before it left.
 
 use super::{pruning, ConvertOptions};
-use crate::calib::{calibrate, moments::layer_of, CalibModel, Calibration};
+use crate::calib::gaps::{Gap, GapMoments};
+use crate::calib::paired::PairTarget;
+use crate::calib::{calibrate, measure_gaps, measure_paired, moments::layer_of, CalibModel, CalibOptions, Calibration};
 use crate::prune::structured::Dims;
+use crate::quant::gptq::QuantMethod;
 use crate::util::atomic::TempDir;
 use anyhow::{bail, Result};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// `n_layer` blocks in `stages` consecutive groups of (nearly) equal size, earlier groups larger.
 pub fn groups(n_layer: usize, stages: usize) -> Vec<Range<usize>> {
@@ -40,16 +48,28 @@ pub fn groups(n_layer: usize, stages: usize) -> Vec<Range<usize>> {
 }
 
 /// Check a `--sequential` request against the model: a calibrated unstructured method or GPTQ,
-/// no structured pruning, no more stages than blocks.
+/// or healing after structured pruning; no more stages than blocks.
 pub fn check(opts: &ConvertOptions, dims: &Dims) -> Result<()> {
     let spec = &opts.prune;
     let k = spec.sequential;
-    if spec.wants_structured() || spec.heal {
-        bail!("--sequential {k} applies to unstructured pruning and GPTQ, not to removing blocks, channels or heads");
+    if spec.heal {
+        if spec.wants_unstructured() || opts.quant_method == QuantMethod::Gptq {
+            bail!("--sequential {k} with --heal heals stage by stage; it does not combine with --sparsity or --quant-method gptq (give those in another conversion)");
+        }
+        let narrows = spec.prune_ffn.is_some_and(|r| r > 0.0) || spec.prune_heads.is_some_and(|r| r > 0.0);
+        if narrows && dims.arch != "llama" {
+            bail!(
+                "--sequential {k} --heal: a stage's model has narrowed blocks before whole ones, unequal widths llama.cpp's {} cannot hold (only llama has the per-layer form); heal {} in one shot",
+                dims.arch,
+                dims.arch
+            );
+        }
+    } else if spec.wants_structured() {
+        bail!("--sequential {k} applies to unstructured pruning, GPTQ and --heal, not to removing blocks, channels or heads alone");
     }
     if !pruning::needs_moments(opts) && !spec.needs_calibration() {
         bail!(
-            "--sequential {k} re-calibrates for a calibrated method: give --sparsity-method wanda or sparsegpt, or --quant-method gptq"
+            "--sequential {k} re-calibrates for a calibrated method: give --sparsity-method wanda or sparsegpt, --quant-method gptq, or --heal"
         );
     }
     if k > dims.n_layer {
@@ -68,18 +88,8 @@ pub fn calibration(input: &Path, output: &Path, opts: &ConvertOptions) -> Result
     let groups = groups(dims.n_layer, opts.prune.sequential);
     let scratch = TempDir::create(&scratch_path(output))?;
     for (s, layers) in groups.iter().enumerate().skip(1) {
-        if !opts.quiet {
-            eprintln!(
-                "sequential calibration, stage {s} of {}: blocks {}–{} on the model compressed up to block {}",
-                groups.len() - 1,
-                layers.start,
-                layers.end - 1,
-                layers.start - 1
-            );
-        }
-        let model = scratch.path().join(format!("stage-{s}.gguf"));
-        let stage_opts = ConvertOptions { calibration: Some(merged.clone()), quiet: true, ..opts.clone() };
-        super::write(input, &model, &stage_opts, Some(layers.start))?;
+        announce(opts, s, groups.len(), layers, "on the model compressed");
+        let model = write_stage(input, scratch.path(), s, layers.start, &merged, None, opts)?;
         let mut copts = pruning::calib_options(opts, &dims)?;
         pruning::same_chunks(&mut copts, &merged);
         if merged.moments.is_some() {
@@ -106,10 +116,150 @@ pub fn calibration(input: &Path, output: &Path, opts: &ConvertOptions) -> Result
     Ok(merged)
 }
 
+/// Say which stage runs (unless quiet).
+fn announce(opts: &ConvertOptions, s: usize, stages: usize, layers: &Range<usize>, what: &str) {
+    if !opts.quiet {
+        let (first, last) = (layers.start, layers.end - 1);
+        let kind = if opts.prune.heal { "healing" } else { "calibration" };
+        eprintln!(
+            "sequential {kind}, stage {s} of {}: blocks {first}–{last} {what} up to block {}",
+            stages - 1,
+            first - 1
+        );
+    }
+}
+
+/// Write stage `s`'s model into `scratch`: the blocks before `first` compressed with
+/// `calibration` (and healed towards `heal_targets`), the rest whole.
+fn write_stage(
+    input: &Path,
+    scratch: &Path,
+    s: usize,
+    first: usize,
+    calibration: &Calibration,
+    heal_targets: Option<Vec<Arc<GapMoments>>>,
+    opts: &ConvertOptions,
+) -> Result<PathBuf> {
+    let model = scratch.join(format!("stage-{s}.gguf"));
+    let stage_opts = ConvertOptions {
+        calibration: Some(calibration.clone()),
+        heal_targets,
+        open_from: Some(first),
+        quiet: true,
+        ..opts.clone()
+    };
+    super::write(input, &model, &stage_opts)?;
+    Ok(model)
+}
+
 /// The scratch directory beside the output (hidden: [`TempDir`] gives it a dot and a suffix).
 fn scratch_path(output: &Path) -> PathBuf {
     let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     output.with_file_name(format!("{name}.sequential"))
+}
+
+/// The stages of sequential healing: [`groups`], each starting at a kept block, so that a gap of
+/// dropped blocks stays in the stage of the block healed for it. (Extra stages starting right
+/// after each gap did not help on the default model: bench-results/pruning.md.)
+pub fn healing_groups(n_layer: usize, stages: usize, dropped: &[usize]) -> Vec<Range<usize>> {
+    let mut starts: Vec<usize> = groups(n_layer, stages).iter().map(|g| g.start).collect();
+    for start in starts.iter_mut().skip(1) {
+        while *start < n_layer && dropped.contains(start) {
+            *start += 1;
+        }
+    }
+    starts.retain(|&s| s < n_layer);
+    starts.dedup();
+    let ends = starts.iter().skip(1).copied().chain([n_layer]);
+    starts.iter().zip(ends).map(|(&s, e)| s..e).collect()
+}
+
+/// What the paired pass measures for the stage of blocks `layers`, the student numbering them
+/// `shift` lower: the stage's first block takes the error the blocks before it left (and the gap
+/// after it, if any); every other block before a gap takes that gap's addition.
+pub fn stage_targets(layers: &Range<usize>, gaps: &[Gap], shift: usize) -> Vec<PairTarget> {
+    let gap_after = |l: usize| gaps.iter().find(|g| g.kept == l).map_or(l, |g| g.last);
+    let first = PairTarget {
+        block: layers.start,
+        student: layers.start - shift,
+        teacher_out: gap_after(layers.start),
+        against_student: true,
+    };
+    let others = gaps.iter().filter(|g| layers.contains(&g.kept) && g.kept != layers.start).map(|g| PairTarget {
+        block: g.kept,
+        student: g.kept - shift,
+        teacher_out: g.last,
+        against_student: false,
+    });
+    std::iter::once(first).chain(others).collect()
+}
+
+/// `blk.N.rest` renumbered `blk.{to}.rest`.
+fn renumbered(name: &str, to: usize) -> Option<String> {
+    let rest = name.strip_prefix("blk.")?.split_once('.')?.1;
+    Some(format!("blk.{to}.{rest}"))
+}
+
+/// Sequential healing (`--heal --sequential K`): the calibration whose second moments, for the
+/// blocks from the second stage on, are the student's, and every healed block's target.
+///
+/// The structured plan is the one-shot calibration's and stays fixed. Stage 0 heals its blocks on
+/// the unpruned model, as one-shot healing does (its gaps from the one-shot gap pass). At stage s
+/// the student is written: the blocks before the stage pruned and healed with what the stages
+/// before measured, the rest whole (F32). Over the same calibration chunks, the student gives the
+/// stage's blocks' input moments (which replace the one-shot ones), and the paired pass beside
+/// the unpruned teacher gives each target ([`crate::calib::paired`]): the stage's first block is
+/// refit so the student's residual stream after it matches the teacher's, which undoes, as far as
+/// a linear map of its FFN activations can, what the compressed blocks before it lost.
+///
+/// Cost: K − 1 more conversions and 3(K − 1) passes over the calibration text (the student's
+/// moments, then teacher and student side by side).
+pub fn healing(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<(Calibration, Vec<Arc<GapMoments>>)> {
+    let (mut merged, dims, planned) = super::one_shot(input, opts, |dims| check(opts, dims))?;
+    let plan_opts =
+        ConvertOptions { calibration: Some(merged.clone()), heal_targets: Some(vec![]), quiet: true, ..opts.clone() };
+    let dropped = super::plan_only(input, &plan_opts)?.structure.map_or(vec![], |s| s.dropped);
+    let gaps = crate::calib::gaps::gaps(&dropped, dims.n_layer);
+    let groups = healing_groups(dims.n_layer, opts.prune.sequential, &dropped);
+    let mut copts = pruning::calib_options(opts, &dims)?;
+    pruning::same_chunks(&mut copts, &merged);
+
+    let first_gaps: Vec<Gap> = gaps.iter().filter(|g| groups[0].contains(&g.kept)).copied().collect();
+    let mut targets: Vec<Arc<GapMoments>> = vec![];
+    if !first_gaps.is_empty() {
+        let measured = super::with_unpruned(input, opts, |m| measure_gaps(m, &first_gaps, &copts, opts.quiet))?;
+        targets.extend(measured.into_iter().map(Arc::new));
+    }
+    let scratch = TempDir::create(&scratch_path(output))?;
+    for (s, layers) in groups.iter().enumerate().skip(1) {
+        let shift = dropped.iter().filter(|&&l| l < layers.start).count();
+        announce(opts, s, groups.len(), layers, "against the teacher, on the model pruned and healed");
+        let model = write_stage(input, scratch.path(), s, layers.start, &merged, Some(targets.clone()), opts)?;
+
+        // The student's inputs of the stage's blocks, numbered as the student numbers them.
+        let student_layers = dims.n_layer - shift;
+        let moments_path = scratch.path().join(format!("stage-{s}.calib.gguf"));
+        let mut request = pruning::moments_request(Some(&moments_path), &planned, dims.n_layer);
+        request.per_block = (0..student_layers).map(|i| request.per_block[i + shift]).collect();
+        request.layers = layers.start - shift..layers.end - shift;
+        let student_block = request.layers.clone();
+        let stage_copts = CalibOptions { moments: Some(request), ..copts.clone() };
+        let update =
+            calibrate(CalibModel::File(&model), &merged.fingerprint, student_layers, &stage_copts, opts.quiet)?;
+        let rename = |name: &str| {
+            let l = layer_of(name).filter(|l| student_block.contains(l))?;
+            renumbered(name, l + shift)
+        };
+        merged = merged.with_moments_from(&update, rename, &scratch.path().join(format!("merged-{s}.gguf")))?;
+
+        let stage = stage_targets(layers, &gaps, shift);
+        let measured = super::with_unpruned(input, opts, |m| measure_paired(m, &model, &stage, &copts, opts.quiet))?;
+        targets.extend(measured.into_iter().map(Arc::new));
+        for done in [model, moments_path, scratch.path().join(format!("merged-{}.gguf", s - 1))] {
+            let _ = std::fs::remove_file(done);
+        }
+    }
+    Ok((merged, targets))
 }
 
 #[cfg(test)]
@@ -121,5 +271,35 @@ mod tests {
         assert_eq!(groups(30, 4), vec![0..8, 8..16, 16..23, 23..30]);
         assert_eq!(groups(3, 3), vec![0..1, 1..2, 2..3]);
         assert_eq!(groups(5, 1), vec![0..5]);
+    }
+
+    #[test]
+    fn healing_stages_start_at_kept_blocks() {
+        // groups(30, 4) starts at 0, 8, 16, 23; 16 and 17 are dropped, so that stage starts at 18
+        // (the gap stays with block 15, healed for it); 23 is dropped and 24 too: the last stage
+        // starts at 25.
+        let dropped = [16, 17, 23, 24];
+        assert_eq!(healing_groups(30, 4, &dropped), vec![0..8, 8..18, 18..25, 25..30]);
+        assert_eq!(healing_groups(4, 2, &[2, 3]), vec![0..4], "no kept block left to start a stage");
+        assert_eq!(healing_groups(4, 2, &[1]), vec![0..2, 2..4]);
+        assert_eq!(healing_groups(6, 1, &[]), vec![0..6]);
+    }
+
+    #[test]
+    fn a_stage_s_first_block_takes_the_error_before_it_and_the_others_only_their_gaps() {
+        let gaps = [Gap { kept: 8, last: 9 }, Gap { kept: 12, last: 14 }];
+        // Block 9 is dropped before the stage 10..16: the student numbers its blocks one lower.
+        let t = stage_targets(&(10..16), &gaps, 1);
+        assert_eq!(
+            t,
+            vec![
+                PairTarget { block: 10, student: 9, teacher_out: 10, against_student: true },
+                PairTarget { block: 12, student: 11, teacher_out: 14, against_student: false },
+            ]
+        );
+        let t = stage_targets(&(12..20), &gaps, 1);
+        assert_eq!(t, vec![PairTarget { block: 12, student: 11, teacher_out: 14, against_student: true }]);
+        assert_eq!(renumbered("blk.11.ffn_down.weight", 12).as_deref(), Some("blk.12.ffn_down.weight"));
+        assert_eq!(renumbered("output.weight", 3), None);
     }
 }

@@ -12,6 +12,11 @@ use std::path::Path;
 pub trait TensorObserver {
     fn wants(&mut self, t: &sys::ggml_tensor) -> bool;
     fn seen(&mut self, t: &sys::ggml_tensor);
+    /// True once the observer has all it needs from this evaluation: llama.cpp then skips the
+    /// rest of the graph (the later blocks, the output head), and the logits are not computed.
+    fn finished(&self) -> bool {
+        false
+    }
 }
 
 unsafe extern "C" fn trampoline(t: *mut sys::ggml_tensor, ask: bool, user: *mut c_void) -> bool {
@@ -23,7 +28,7 @@ unsafe extern "C" fn trampoline(t: *mut sys::ggml_tensor, ask: bool, user: *mut 
         obs.wants(t)
     } else {
         obs.seen(t);
-        true // keep computing
+        !obs.finished() // false stops computing the graph
     }
 }
 

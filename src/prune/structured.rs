@@ -131,6 +131,19 @@ impl StructuredPlan {
         })
     }
 
+    /// This plan applied to the blocks before `first` only: the blocks from `first` on are kept
+    /// whole (a sequential healing stage's model, whose later blocks are not pruned yet).
+    pub fn opened_from(&self, first: usize) -> StructuredPlan {
+        let mut p = self.clone();
+        p.dropped.retain(|&l| l < first);
+        let full = StructuredPlan::identity(&self.dims);
+        p.layers.retain(|l| l.source < first);
+        p.layers.extend(full.layers.into_iter().filter(|l| l.source >= first));
+        // Pruned blocks before whole ones have unequal widths: LLaMA's per-layer (deci) form.
+        p.out_arch = if p.uniform() { self.dims.arch.clone() } else { "deci".into() };
+        p
+    }
+
     pub fn heads_changed(&self) -> bool {
         self.layers.iter().any(|l| l.heads.len() != self.dims.n_head || l.kv_heads.len() != self.dims.n_head_kv)
     }
@@ -444,4 +457,46 @@ fn plan_heads(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dims() -> Dims {
+        Dims {
+            arch: "llama".into(),
+            n_layer: 5,
+            n_embd: 8,
+            n_head: 4,
+            n_head_kv: 2,
+            n_ff: 6,
+            head_dim: 2,
+            n_ctx_train: 64,
+        }
+    }
+
+    #[test]
+    fn a_plan_opened_from_a_block_prunes_only_the_blocks_before_it() {
+        let d = dims();
+        let mut plan = StructuredPlan::identity(&d);
+        plan.layers.retain(|l| l.source != 1 && l.source != 3);
+        plan.dropped = vec![1, 3];
+        for l in &mut plan.layers {
+            l.ffn = vec![0, 2, 5];
+        }
+        let open = plan.opened_from(2);
+        assert_eq!(open.dropped, vec![1]);
+        assert_eq!(open.layers.iter().map(|l| l.source).collect::<Vec<_>>(), vec![0, 2, 3, 4]);
+        assert_eq!(open.layers[0].ffn, vec![0, 2, 5]);
+        assert!(open.layers[1..].iter().all(|l| l.ffn.len() == d.n_ff), "blocks 2.. whole");
+        assert_eq!(open.out_arch, "deci", "narrowed blocks before whole ones");
+        // Block 3 (source) is written as blk.2, whole; block 2 as blk.1.
+        assert_eq!(open.tensor_op("blk.3.ffn_down.weight").unwrap().new_name, "blk.2.ffn_down.weight");
+        assert_eq!(open.tensor_op("blk.3.ffn_down.weight").unwrap().cols, None);
+        assert_eq!(open.tensor_op("blk.0.ffn_down.weight").unwrap().cols, Some(vec![0, 2, 5]));
+        // Opened before any pruned block: the unpruned model, in its own architecture.
+        let whole = plan.opened_from(0);
+        assert_eq!((whole.dropped.len(), whole.layers.len(), whole.out_arch.as_str()), (0, 5, "llama"));
+    }
 }

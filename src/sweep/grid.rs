@@ -26,7 +26,7 @@
 //! [[variant]]                 # error-compensated: GPTQ rounding, SparseGPT, healing
 //! quant = "q4_k_m"
 //! quant_method = "gptq"       # rtn (default) | gptq
-//! sequential = 4              # calibrate in 4 stages on the compressed blocks (wanda, sparsegpt, gptq)
+//! sequential = 4              # calibrate in 4 stages on the compressed blocks (wanda, sparsegpt, gptq, heal)
 //!
 //! [[matrix]]                  # every method × ratio × quant
 //! methods = ["magnitude", "wanda", "sparsegpt", "layers", "layers-heal", "ffn", "ffn-heal", "heads", "heads-heal"]
