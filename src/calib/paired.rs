@@ -18,8 +18,8 @@
 //! block per stage takes the accumulated error: the others are measured with the stage's blocks
 //! still whole, so each would take the same error again (`prune::heal` has the refit they feed).
 //!
-//! Memory: the teacher's outputs of the targets' blocks for one chunk, and one n_embd × n_ff
-//! cross moment per target.
+//! Memory: both models at once (the student in F32 from the stage on), the teacher's outputs of
+//! the targets' blocks for one chunk, and one n_embd × n_ff cross moment per target.
 
 use super::gaps::{down_layer, output_layer, route, weight_of, DownAndOutput, Gap, GapMoments};
 use crate::engine::raw::{f32_rows, ObservedContext, TensorObserver};
@@ -128,6 +128,11 @@ impl TensorObserver for StudentSide {
         route(self, t);
         let last = self.targets.iter().map(|p| p.student).max();
         self.done = t.op != sys::GGML_OP_MUL_MAT && output_layer(t).is_some_and(|l| Some(l) == last);
+        if self.done {
+            // This chunk's teacher rows are used up: a block the teacher fails to give for the next
+            // chunk then adds no tokens (and the pass's token count says so) instead of old rows.
+            self.shared.lock().unwrap().rows.clear();
+        }
     }
 
     fn finished(&self) -> bool {
@@ -136,7 +141,7 @@ impl TensorObserver for StudentSide {
 }
 
 /// The observers of one paired pass, to install in the teacher's and the student's contexts.
-pub fn observers(targets: &[PairTarget]) -> (Box<dyn TensorObserver>, Box<dyn TensorObserver>) {
+pub(super) fn observers(targets: &[PairTarget]) -> (Box<dyn TensorObserver>, Box<dyn TensorObserver>) {
     let shared = Arc::new(Mutex::new(TeacherRows::default()));
     let mut wanted: Vec<usize> = targets.iter().flat_map(|t| [t.teacher_out, t.block]).collect();
     wanted.sort_unstable();
@@ -149,13 +154,17 @@ pub fn observers(targets: &[PairTarget]) -> (Box<dyn TensorObserver>, Box<dyn Te
 }
 
 /// Run one chunk through the teacher, then the student.
-pub fn decode_pair(teacher: &mut ObservedContext, student: &mut ObservedContext, chunk: &[i32]) -> anyhow::Result<()> {
+pub(super) fn decode_pair(
+    teacher: &mut ObservedContext,
+    student: &mut ObservedContext,
+    chunk: &[i32],
+) -> anyhow::Result<()> {
     teacher.decode_all(chunk)?;
     student.decode_all(chunk)
 }
 
 /// The moments collected by the student's observer (from [`observers`]), in the targets' order.
-pub fn into_moments(student: ObservedContext) -> Vec<GapMoments> {
+pub(super) fn into_moments(student: ObservedContext) -> Vec<GapMoments> {
     let observer = student.into_observer();
     // SAFETY: the student's observer is the StudentSide boxed by `observers`.
     let side = unsafe { Box::from_raw(Box::into_raw(observer) as *mut StudentSide) };

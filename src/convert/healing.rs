@@ -156,7 +156,13 @@ pub fn apply(
                 ggml_type: "F32".into(),
                 method: format!(
                     "heal{}{}",
-                    if gap.is_some() { "-gap" } else { "" },
+                    match gap {
+                        // A sequential stage's first block with no gap after it: towards the
+                        // teacher's residual stream after the block itself.
+                        Some(g) if g.gap.last == g.gap.kept => "-stream",
+                        Some(_) => "-gap",
+                        None => "",
+                    },
                     if bias.is_some() { "+bias" } else { "" }
                 ),
                 error_plain: errors[0],

@@ -170,12 +170,14 @@ pub struct Job {
 
 impl Job {
     /// How the tensor's error is compensated, as `prune-plan` shows it: `heal`, `heal (+ blocks
-    /// 13–14)` before a gap of dropped blocks, `sparsegpt`, `gptq`, or several joined by ` + `;
+    /// 13–14)` before a gap of dropped blocks, `heal (to the unpruned stream)` for a sequential
+    /// healing stage's first block, `sparsegpt`, `gptq`, or several joined by ` + `;
     /// None when plain.
     pub fn compensation_method(&self) -> Option<String> {
         let mut parts: Vec<String> = vec![];
         if let Some(healing::Healing::Weight { gap, .. }) = &self.heal {
             parts.push(match gap {
+                Some(g) if g.gap.last == g.gap.kept => "heal (to the unpruned stream)".into(),
                 Some(g) if g.gap.last == g.gap.kept + 1 => format!("heal (+ block {})", g.gap.last),
                 Some(g) => format!("heal (+ blocks {}–{})", g.gap.kept + 1, g.gap.last),
                 None => "heal".into(),

@@ -13,7 +13,9 @@ pub trait TensorObserver {
     fn wants(&mut self, t: &sys::ggml_tensor) -> bool;
     fn seen(&mut self, t: &sys::ggml_tensor);
     /// True once the observer has all it needs from this evaluation: llama.cpp then skips the
-    /// rest of the graph (the later blocks, the output head), and the logits are not computed.
+    /// rest of the current scheduler split (on the CPU, the rest of the graph: the later blocks
+    /// and the output head; later splits of a partly offloaded model still run), and the logits
+    /// it returns are meaningless.
     fn finished(&self) -> bool {
         false
     }

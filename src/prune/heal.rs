@@ -2,8 +2,9 @@
 //! as teacher, solved in closed form from the calibration's second moments.
 //!
 //! When FFN channels are removed, the block's down projection loses some of its inputs; when
-//! attention heads are removed, the output projection loses those heads' outputs. The layers
-//! before it are unchanged, so the inputs it keeps (`x_K`) are exactly the teacher's. Healing
+//! attention heads are removed, the output projection loses those heads' outputs. In one-shot
+//! healing the moments are the unpruned model's, so the inputs it keeps (`x_K`) are the
+//! teacher's (with `--sequential`, the partly pruned model's own: `convert::sequential`). Healing
 //! refits the projection on the kept inputs so that its output matches the teacher's over the
 //! calibration tokens (ridge least squares, pulled towards the plain selection W_K):
 //!
@@ -40,7 +41,9 @@
 //! ```
 //!
 //! with C = Σ_t δ·aᵀ ([`crate::calib::gaps`]); K is every input unless the block's FFN was
-//! pruned too. The refit sees only block l's FFN output, so it can absorb the gap's average linear
+//! pruned too. Sequential healing solves the same problem with the partly pruned model's inputs a
+//! and, for a stage's first block, δ = the teacher's stream minus the student's
+//! ([`crate::calib::paired`]): the target is then the teacher's residual stream itself. The refit sees only block l's FFN output, so it can absorb the gap's average linear
 //! effect given a, not what the dropped blocks computed from attention over other tokens.
 
 use crate::calib::gaps::GapMoments;

@@ -297,9 +297,29 @@ fn to_f32_rows(rows: Vec<Vec<f64>>) -> Vec<Vec<f32>> {
 // LLaMA
 // ---------------------------------------------------------------------------
 
+/// One block's activations per token: its down projection's input and its output (the residual
+/// stream after it).
+#[allow(dead_code)] // not every test binary reads them
+pub struct BlockTrace {
+    pub down_input: Vec<Vec<f64>>,
+    pub output: Vec<Vec<f64>>,
+}
+
 /// Logits `[n_tokens][vocab]` of a HF LLaMA-family checkpoint (LLaMA, Mistral, Qwen2, Qwen3),
 /// causal, positions 0..n: biases and Qwen3's q/k norms are applied where the checkpoint has them.
 pub fn llama_forward(dir: &Path, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+    llama_run(dir, tokens, None)
+}
+
+/// [`llama_forward`]'s activations, block by block.
+#[allow(dead_code)]
+pub fn llama_trace(dir: &Path, tokens: &[u32]) -> Result<Vec<BlockTrace>> {
+    let mut trace = Vec::new();
+    llama_run(dir, tokens, Some(&mut trace))?;
+    Ok(trace)
+}
+
+fn llama_run(dir: &Path, tokens: &[u32], mut trace: Option<&mut Vec<BlockTrace>>) -> Result<Vec<Vec<f32>>> {
     let cfg = load_config(dir)?;
     let w = Weights(load_tensors(dir)?);
     let e = cfg_usize(&cfg, "hidden_size")?;
@@ -370,6 +390,7 @@ pub fn llama_forward(dir: &Path, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
             v.push(vt);
         }
         let att = causal_attention(&q, &k, &v, n_head, n_head_kv, hd);
+        let mut block = BlockTrace { down_input: vec![], output: vec![] };
         for (xt, at) in x.iter_mut().zip(&att) {
             let mut o = linear(wo, at, e);
             add_bias(&mut o, b("self_attn.o_proj"));
@@ -387,6 +408,13 @@ pub fn llama_forward(dir: &Path, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
             for (a, b) in xt.iter_mut().zip(&d) {
                 *a += b;
             }
+            if trace.is_some() {
+                block.down_input.push(act);
+                block.output.push(xt.clone());
+            }
+        }
+        if let Some(t) = trace.as_deref_mut() {
+            t.push(block);
         }
     }
 
