@@ -54,6 +54,8 @@ pub struct GapCollector {
     pub moments: Vec<GapMoments>,
     input: Vec<Option<Vec<f32>>>,
     output: Vec<Option<Vec<f32>>>,
+    /// The last gap's last block was seen: the blocks after it need not run.
+    done: bool,
 }
 
 impl GapCollector {
@@ -62,6 +64,7 @@ impl GapCollector {
             moments: gaps.iter().map(|&gap| GapMoments::empty(gap)).collect(),
             input: vec![None; gaps.len()],
             output: vec![None; gaps.len()],
+            done: false,
         }
     }
 }
@@ -141,6 +144,7 @@ pub(super) fn output_layer(t: &sys::ggml_tensor) -> Option<usize> {
 
 impl TensorObserver for GapCollector {
     fn wants(&mut self, t: &sys::ggml_tensor) -> bool {
+        self.done = false;
         let watched = |l: usize| self.moments.iter().any(|m| m.gap.kept == l || m.gap.last == l);
         if t.op == sys::GGML_OP_MUL_MAT {
             return down_layer(weight_of(t)).is_some_and(|l| self.moments.iter().any(|m| m.gap.kept == l));
@@ -150,7 +154,18 @@ impl TensorObserver for GapCollector {
 
     fn seen(&mut self, t: &sys::ggml_tensor) {
         route(self, t);
+        self.done = is_output_of(t, self.moments.iter().map(|m| m.gap.last).max());
     }
+
+    fn finished(&self) -> bool {
+        self.done
+    }
+}
+
+/// Is `t` the output of block `last` (the last block an observer needs: the graph may stop
+/// after it, [`TensorObserver::finished`])?
+pub(super) fn is_output_of(t: &sys::ggml_tensor, last: Option<usize>) -> bool {
+    t.op != sys::GGML_OP_MUL_MAT && last.is_some() && output_layer(t) == last
 }
 
 /// An observer of down projections' inputs and blocks' outputs (the gap and paired passes).

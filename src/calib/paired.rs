@@ -21,7 +21,7 @@
 //! Memory: both models at once (the student in F32 from the stage on), the teacher's outputs of
 //! the targets' blocks for one chunk, and one n_embd × n_ff cross moment per target.
 
-use super::gaps::{down_layer, output_layer, route, weight_of, DownAndOutput, Gap, GapMoments};
+use super::gaps::{down_layer, is_output_of, output_layer, route, weight_of, DownAndOutput, Gap, GapMoments};
 use crate::engine::raw::{f32_rows, ObservedContext, TensorObserver};
 use llama_cpp_sys_2 as sys;
 use std::collections::HashMap;
@@ -62,11 +62,11 @@ impl TensorObserver for TeacherSide {
     }
 
     fn seen(&mut self, t: &sys::ggml_tensor) {
+        self.done = is_output_of(t, self.wanted.last().copied());
         let (Some(l), Some(rows)) = (output_layer(t), f32_rows(t)) else { return };
         let mut shared = self.shared.lock().unwrap();
         shared.width = rows.first().map_or(0, |r| r.len());
         shared.rows.insert(l, rows.concat());
-        self.done = self.wanted.last() == Some(&l);
     }
 
     fn finished(&self) -> bool {
@@ -126,8 +126,7 @@ impl TensorObserver for StudentSide {
 
     fn seen(&mut self, t: &sys::ggml_tensor) {
         route(self, t);
-        let last = self.targets.iter().map(|p| p.student).max();
-        self.done = t.op != sys::GGML_OP_MUL_MAT && output_layer(t).is_some_and(|l| Some(l) == last);
+        self.done = is_output_of(t, self.targets.iter().map(|p| p.student).max());
         if self.done {
             // This chunk's teacher rows are used up: a block the teacher fails to give for the next
             // chunk then adds no tokens (and the pass's token count says so) instead of old rows.
