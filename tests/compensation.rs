@@ -14,7 +14,7 @@ mod common;
 use common::ggml;
 use microscale::calib::gaps::{Gap, GapMoments};
 use microscale::calib::moments::InputMoments;
-use microscale::prune::heal::{refit_kept_inputs, relative_errors, Refit};
+use microscale::prune::heal::{refit_kept_inputs, relative_errors, Refit, DAMPING as HEAL_DAMPING, GAP_DAMPING};
 use microscale::prune::sparsegpt::SparseGptMask;
 use microscale::prune::unstructured::{prune_row, NM};
 use microscale::quant::gptq::{compensate, Grid, InverseHessian, MaskRule, DAMPING};
@@ -433,7 +433,8 @@ fn healing_equals_least_squares_on_the_tokens() {
                     }
                 }
             }
-            let lambda = DAMPING * (0..k).map(|i| a[i * dim + i]).sum::<f64>() / k as f64;
+            let damping = if gap.is_some() { GAP_DAMPING } else { HEAL_DAMPING };
+            let lambda = damping * (0..k).map(|i| a[i * dim + i]).sum::<f64>() / k as f64;
             // The ridge pulls towards the plain selection W_K: λ·W_K joins the right-hand side.
             for i in 0..k {
                 a[i * dim + i] += lambda;

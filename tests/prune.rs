@@ -507,22 +507,30 @@ fn structured_llama_variants_match_the_reference() {
 fn deci_with_unequal_widths_and_head_counts_matches_the_reference() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tiny_llama(tmp.path());
-    let prune = spec(|s| {
-        s.prune_ffn = Some(0.5);
-        s.prune_heads = Some(0.25);
-        s.heads_mode = HeadsMode::KvGroups;
-        s.allocation = Allocation::Global;
-    });
-    let p = check_structured(&dir, false, prune, tmp.path(), "deci");
-    assert_eq!(p.out_arch, "deci");
-    let ffn: Vec<usize> = p.layers.iter().map(|l| l.ffn.len()).collect();
-    let heads: Vec<usize> = p.layers.iter().map(|l| l.heads.len()).collect();
-    assert!(ffn.iter().any(|&w| w != ffn[0]), "FFN widths should differ: {ffn:?}");
-    assert!(heads.iter().any(|&h| h != heads[0]), "head counts should differ: {heads:?}");
-    let f = GgufFile::open(&tmp.path().join("deci.gguf")).unwrap();
-    assert_eq!(f.get_str("general.architecture"), Some("deci"));
-    let arr = f.get("deci.feed_forward_length").and_then(|v| v.as_array()).unwrap();
-    assert_eq!(arr.iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>(), ffn);
+    let mut widths = vec![];
+    for allocation in [Allocation::Global, Allocation::Standardized] {
+        let prune = spec(|s| {
+            s.prune_ffn = Some(0.5);
+            s.prune_heads = Some(0.25);
+            s.heads_mode = HeadsMode::KvGroups;
+            s.allocation = allocation;
+        });
+        let tag = format!("deci-{allocation:?}");
+        let p = check_structured(&dir, false, prune, tmp.path(), &tag);
+        assert_eq!(p.out_arch, "deci");
+        let ffn: Vec<usize> = p.layers.iter().map(|l| l.ffn.len()).collect();
+        let heads: Vec<usize> = p.layers.iter().map(|l| l.heads.len()).collect();
+        assert!(ffn.iter().any(|&w| w != ffn[0]), "{tag}: FFN widths should differ: {ffn:?}");
+        assert!(heads.iter().any(|&h| h != heads[0]), "{tag}: head counts should differ: {heads:?}");
+        assert_eq!(ffn.iter().sum::<usize>(), p.dims.n_ff * p.dims.n_layer / 2, "{tag}: half the channels in all");
+        let f = GgufFile::open(&tmp.path().join(format!("{tag}.gguf"))).unwrap();
+        assert_eq!(f.get_str("general.architecture"), Some("deci"));
+        let arr = f.get("deci.feed_forward_length").and_then(|v| v.as_array()).unwrap();
+        assert_eq!(arr.iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>(), ffn);
+        widths.push(ffn);
+    }
+    // Standardizing each layer's scores moves channels between layers.
+    assert_ne!(widths[0], widths[1], "global and standardized allocations");
 }
 
 /// The rest of the family: biases sliced with their rows (LLaMA's `attention_bias`/`mlp_bias`,

@@ -152,6 +152,23 @@ fn grids_parse_and_expand() {
     assert_eq!(seq.variants[1].prune_spec(16).unwrap().sequential, 4);
     assert_eq!(seq.variants[2].prune_spec(16).unwrap().sequential, 3);
     assert!(seq.variants[2].recipe().contains("sequential ×3"), "{}", seq.variants[2].recipe());
+
+    // `allocation` reaches the pruning request, the name and the recipe; it only applies to widths.
+    let alloc = microscale::sweep::grid::parse_grid(
+        "[eval]\n[bench]\n[[variant]]\nquant=\"q8_0\"\nmethod=\"ffn-heal\"\nratio=0.25\nallocation=\"standardized\"\n\
+         [[matrix]]\nmethods=[\"heads\"]\nratios=[0.5]\nquants=[\"q8_0\"]\nallocation=\"global\"\n",
+    )
+    .unwrap();
+    let names: Vec<_> = alloc.variants.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["baseline-f32", "ffn-heal25-q8_0-std", "heads50-q8_0-global"]);
+    use microscale::prune::Allocation;
+    assert_eq!(alloc.variants[1].prune_spec(16).unwrap().allocation, Allocation::Standardized);
+    assert_eq!(alloc.variants[2].prune_spec(16).unwrap().allocation, Allocation::Global);
+    assert!(alloc.variants[1].recipe().contains("standardized widths"), "{}", alloc.variants[1].recipe());
+    let misplaced =
+        "[eval]\n[bench]\n[[variant]]\nquant=\"q8_0\"\nmethod=\"wanda\"\nratio=0.5\nallocation=\"global\"\n";
+    let err = microscale::sweep::grid::parse_grid(misplaced).unwrap_err();
+    assert!(format!("{err:#}").contains("not wanda pruning"), "{err:#}");
 }
 
 #[test]

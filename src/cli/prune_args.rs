@@ -38,8 +38,9 @@ pub struct PruneArgs {
     /// With GQA: remove query heads evenly from every KV group, or whole KV groups.
     #[arg(long, value_enum, default_value = "per-group", help_heading = "Pruning")]
     heads_mode: HeadsMode,
-    /// uniform: same width in every layer (keeps llama/gpt2); global: by score across layers,
-    /// written as llama.cpp's `deci` architecture when widths differ.
+    /// uniform: same width in every layer (keeps llama/gpt2); global: by score across layers;
+    /// standardized: by each layer's standardized scores across layers (FLAP's adaptive
+    /// structure). Unequal widths are written as llama.cpp's `deci` architecture.
     #[arg(long, value_enum, default_value = "uniform", help_heading = "Pruning")]
     width_allocation: Allocation,
     /// Round kept widths to multiples of N (256 lets K-quants apply).

@@ -48,12 +48,17 @@ pub enum HeadsMode {
     KvGroups,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Allocation {
     /// The same width in every layer (keeps the llama / gpt2 architecture).
+    #[default]
     Uniform,
     /// Widths allocated across layers by score (unequal: written as `deci`).
     Global,
+    /// FLAP's adaptive structure: each layer's scores standardized (minus their mean, over their
+    /// standard deviation), then ranked across layers (unequal: written as `deci`).
+    Standardized,
 }
 
 /// Everything the pruning flags ask for.

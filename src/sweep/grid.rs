@@ -33,6 +33,7 @@
 //! ratios = [0.1, 0.5, 0.9]
 //! quants = ["q8_0", "q4_k_m"]
 //! quant_method = "rtn"
+//! allocation = "uniform"      # widths of ffn/heads: uniform | global | standardized (FLAP; `deci` file)
 //!
 //! [stock]                     # llama.cpp's own quants of the baseline, as their own rows
 //! quants = ["q8_0", "q4_k_m", "q4_k_s"]   # with the same importance matrix as ours
@@ -48,7 +49,7 @@
 use crate::bench::profiles::Profile;
 use crate::convert::budget::Budget;
 use crate::prune::unstructured::SparsityMethod;
-use crate::prune::{DropLayers, PruneSpec};
+use crate::prune::{Allocation, DropLayers, PruneSpec};
 use crate::quant::gptq::QuantMethod;
 use crate::quant::mix::Scheme;
 use anyhow::{bail, Context, Result};
@@ -132,6 +133,8 @@ struct RawVariant {
     quant_method: QuantMethodName,
     #[serde(default)]
     sequential: usize,
+    #[serde(default)]
+    allocation: Allocation,
 }
 
 /// `quant_method` in a grid: how the levels are chosen.
@@ -167,6 +170,8 @@ struct RawMatrix {
     quant_method: QuantMethodName,
     #[serde(default)]
     sequential: usize,
+    #[serde(default)]
+    allocation: Allocation,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -212,6 +217,8 @@ pub struct Variant {
     pub budget: Option<Budget>,
     /// Calibration stages (`--sequential`; 0 or 1: one-shot).
     pub sequential: usize,
+    /// How FFN and head widths are spread over the layers (`--width-allocation`).
+    pub allocation: Allocation,
 }
 
 impl Variant {
@@ -226,6 +233,9 @@ impl Variant {
         };
         if self.sequential > 1 {
             budget.push_str(&format!(", sequential ×{}", self.sequential));
+        }
+        if self.allocation != Allocation::Uniform {
+            budget.push_str(&format!(", {:?} widths", self.allocation).to_lowercase());
         }
         match (self.kind, self.method.as_str()) {
             (Kind::Baseline, _) => "f32 (uncompressed baseline)".into(),
@@ -259,6 +269,7 @@ impl Variant {
         }
         s.heal = self.method.ends_with("-heal");
         s.sequential = self.sequential;
+        s.allocation = self.allocation;
         Ok(s)
     }
 
@@ -310,22 +321,40 @@ struct Recipe {
     ratio: f64,
     quant_method: QuantMethod,
     sequential: usize,
+    allocation: Allocation,
 }
 
 impl Recipe {
     fn variant(self, name: String, quant: Scheme, imatrix: bool, budget: Option<Budget>) -> Variant {
-        let Recipe { method, ratio, quant_method, sequential } = self;
-        Variant { name, kind: Kind::Microscale, quant, method, ratio, quant_method, imatrix, budget, sequential }
+        let Recipe { method, ratio, quant_method, sequential, allocation } = self;
+        Variant {
+            name,
+            kind: Kind::Microscale,
+            quant,
+            method,
+            ratio,
+            quant_method,
+            imatrix,
+            budget,
+            sequential,
+            allocation,
+        }
     }
-}
 
-fn variant_name(method: &str, ratio: f64, quant: Scheme, qm: QuantMethodName, sequential: usize) -> String {
-    let seq = if sequential > 1 { format!("-seq{sequential}") } else { String::new() };
-    let gptq = format!("{}{seq}", if qm == QuantMethodName::Gptq { "-gptq" } else { "" });
-    if method == "none" {
-        format!("{}{gptq}", quant.name())
-    } else {
-        format!("{method}{:.0}-{}{gptq}", 100.0 * ratio, quant.name())
+    /// The default name: method, ratio, type, then what differs from one-shot, uniform RTN.
+    fn name(&self, quant: Scheme) -> String {
+        let seq = if self.sequential > 1 { format!("-seq{}", self.sequential) } else { String::new() };
+        let widths = match self.allocation {
+            Allocation::Uniform => "",
+            Allocation::Global => "-global",
+            Allocation::Standardized => "-std",
+        };
+        let suffix = format!("{}{seq}{widths}", if self.quant_method == QuantMethod::Gptq { "-gptq" } else { "" });
+        if self.method == "none" {
+            format!("{}{suffix}", quant.name())
+        } else {
+            format!("{}{:.0}-{}{suffix}", self.method, 100.0 * self.ratio, quant.name())
+        }
     }
 }
 
@@ -347,12 +376,16 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
         imatrix: false,
         budget: None,
         sequential: 0,
+        allocation: Allocation::Uniform,
     }];
     let mut push = |v: Variant| -> Result<()> {
         if variants.iter().any(|x| x.name == v.name) {
             bail!("variant {:?} appears twice", v.name);
         }
         v.prune_spec(1)?; // reject unknown methods now
+        if v.allocation != Allocation::Uniform && !(v.method.starts_with("ffn") || v.method.starts_with("heads")) {
+            bail!("variant {:?}: allocation spreads FFN and head widths, not {} pruning", v.name, v.method);
+        }
         if v.quant_method == QuantMethod::Gptq && v.quant.is_float() {
             bail!("variant {:?}: GPTQ rounds onto a quantized type's grid, not {}", v.name, v.quant.name());
         }
@@ -371,7 +404,14 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
         if budget.is_some() && quant.is_float() {
             bail!("a size budget needs a quantized type, not {}", quant.name());
         }
-        let default_name = variant_name(&v.method, v.ratio, quant, v.quant_method, v.sequential);
+        let recipe = Recipe {
+            method: v.method,
+            ratio: v.ratio,
+            quant_method: v.quant_method.into(),
+            sequential: v.sequential,
+            allocation: v.allocation,
+        };
+        let default_name = recipe.name(quant);
         let mut name = v.name.unwrap_or_else(|| default_name.clone());
         if let (Some(s), true) = (&v.target_size, name == default_name) {
             name = format!("{name}-{}", s.to_ascii_lowercase());
@@ -379,8 +419,6 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
             name = format!("{name}-{b}bpw");
         }
         let imatrix = v.imatrix.unwrap_or(with_imatrix) && !quant.is_float();
-        let recipe =
-            Recipe { method: v.method, ratio: v.ratio, quant_method: v.quant_method.into(), sequential: v.sequential };
         push(recipe.variant(name, quant, imatrix, budget))?;
     }
     for m in raw.matrix {
@@ -388,14 +426,15 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
             for &ratio in &m.ratios {
                 for q in &m.quants {
                     let quant = Scheme::parse(q)?;
-                    let name = variant_name(method, ratio, quant, m.quant_method, m.sequential);
                     let imatrix = m.imatrix.unwrap_or(with_imatrix) && !quant.is_float();
                     let recipe = Recipe {
                         method: method.clone(),
                         ratio,
                         quant_method: m.quant_method.into(),
                         sequential: m.sequential,
+                        allocation: m.allocation,
                     };
+                    let name = recipe.name(quant);
                     push(recipe.variant(name, quant, imatrix, None))?;
                 }
             }
@@ -417,6 +456,7 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
                 imatrix,
                 budget: None,
                 sequential: 0,
+                allocation: Allocation::Uniform,
             })?;
         }
     }
