@@ -60,7 +60,9 @@ pub const DAMPING: f64 = 0.01;
 /// a stronger pull towards W_K generalizes better. Chosen on held-out text (the tail of WikiText-2
 /// validation, disjoint from the calibration chunks), 3 blocks dropped from the default model:
 /// PPL 30.20 at 0.01, 30.17 at 0.03, 30.17 at 0.1, 30.24 at 0.2, 30.32 at 0.3 (bench-results/pruning.md).
-/// The narrowed projections' refits are insensitive to it (FFN 25%: the same test PPL at 0.01 and 0.1).
+/// For the narrowed projections' own refits (no δ) 1% stays: one-shot FFN 25% healed gives the same
+/// test PPL at 1% and 10%. A narrowed projection whose target carries a δ (an FFN-pruned block before
+/// a gap, a sequential stage's first block) takes the 10%.
 pub const GAP_DAMPING: f64 = 0.1;
 
 /// A refit projection: the weights on the kept inputs, and the bias to add.

@@ -346,10 +346,15 @@ fn allocate(scores: &[Vec<f64>], keep: f64, allocation: Allocation, align: usize
     if align > full {
         bail!("--align {align} is wider than the layer ({full})");
     }
+    if let Some(l) = scores.iter().position(|s| s.iter().any(|v| !v.is_finite())) {
+        bail!("layer {l}'s pruning scores are not finite (a calibration with NaN or infinite activations?)");
+    }
     let widths: Vec<usize> = match allocation {
         Allocation::Uniform => vec![(keep * full as f64).round() as usize; scores.len()],
-        Allocation::Global => ranked_widths(scores, keep),
-        Allocation::Standardized => ranked_widths(&scores.iter().map(|s| standardized(s)).collect::<Vec<_>>(), keep),
+        Allocation::Global => ranked_widths(scores, scores, keep),
+        Allocation::Standardized => {
+            ranked_widths(&scores.iter().map(|s| standardized(s)).collect::<Vec<_>>(), scores, keep)
+        }
     };
     if widths.contains(&0) {
         bail!("the request would remove every channel of a layer");
@@ -357,18 +362,20 @@ fn allocate(scores: &[Vec<f64>], keep: f64, allocation: Allocation, align: usize
     Ok(widths.into_iter().map(|w| align_width(w, align, full)).collect())
 }
 
-/// Every layer keeps its best unit; the rest go to the highest scores across layers.
-fn ranked_widths(scores: &[Vec<f64>], keep: f64) -> Vec<usize> {
-    let total: usize = scores.iter().map(Vec::len).sum();
-    let k = ((keep * total as f64).round() as usize).max(scores.len());
-    let mut w = vec![1usize; scores.len()];
-    let mut rest: Vec<(f64, usize)> = Vec::new();
-    for (l, s) in scores.iter().enumerate() {
-        let best = top_k(s, 1)[0];
-        rest.extend(s.iter().enumerate().filter(|(i, _)| *i != best).map(|(_, &x)| (x, l)));
+/// Every layer keeps its best unit; the rest go to the highest `keys` across layers, equal keys
+/// to the higher raw `scores` (with two units per layer, z-scores are always ±1: the raw scores
+/// decide between layers, not the layer order).
+fn ranked_widths(keys: &[Vec<f64>], scores: &[Vec<f64>], keep: f64) -> Vec<usize> {
+    let total: usize = keys.iter().map(Vec::len).sum();
+    let k = ((keep * total as f64).round() as usize).max(keys.len());
+    let mut w = vec![1usize; keys.len()];
+    let mut rest: Vec<(f64, f64, usize)> = Vec::new();
+    for (l, (key, raw)) in keys.iter().zip(scores).enumerate() {
+        let best = top_k(key, 1)[0];
+        rest.extend((0..key.len()).filter(|&i| i != best).map(|i| (key[i], raw[i], l)));
     }
-    rest.sort_by(|a, b| b.0.total_cmp(&a.0));
-    for &(_, l) in rest.iter().take(k - scores.len()) {
+    rest.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.total_cmp(&a.1)));
+    for &(_, _, l) in rest.iter().take(k - keys.len()) {
         w[l] += 1;
     }
     w
@@ -376,8 +383,10 @@ fn ranked_widths(scores: &[Vec<f64>], keep: f64) -> Vec<usize> {
 
 /// A layer's scores as z-scores, FLAP's standardization: raw scores are not comparable across
 /// layers (on the default model a raw global ranking empties a few layers and the PPL ratio
-/// reaches 4.7 at 25% of FFN channels); a layer whose scores are spread widely, with a few units
-/// far above the rest, gives up more of its low ones. Equal scores are all 0.
+/// reaches 4.7 at 25% of FFN channels). Scores are ≥ 0, so a layer's lowest z-score is
+/// −mean/sd: a heavy-tailed layer has its bulk just below 0 and, at a mild ratio, is kept almost
+/// whole while evenly spread layers give up more (on the default model FFN 25% keeps 10 of 30
+/// blocks whole); at a high ratio it is the other way round. Equal scores are all 0.
 fn standardized(s: &[f64]) -> Vec<f64> {
     let n = s.len().max(1) as f64;
     let mean = s.iter().sum::<f64>() / n;
@@ -500,12 +509,16 @@ mod tests {
         let scores = vec![vec![100.0, 100.0, 100.0, 400.0], vec![1.0, 2.0, 3.0, 4.0]];
         // Raw: layer 1 keeps only its best unit, whatever its spread.
         assert_eq!(allocate(&scores, 0.5, Allocation::Global, 1, 4).unwrap(), vec![3, 1]);
-        // z-scores: layer 0's three low units are at −0.58 and layer 1's at −1.34, −0.45, 0.45, 1.34;
-        // the four kept are layer 1's top two (1.34, 0.45) and each layer's best.
+        // z-scores: layer 0's are −0.58 (three) and 1.73, layer 1's −1.34, −0.45, 0.45, 1.34; the
+        // four kept are each layer's best (1.73, 1.34) and layer 1's next two (0.45, −0.45).
         let z = standardized(&scores[0]);
         assert!((z[0] + 1.0 / 3f64.sqrt()).abs() < 1e-12 && (z[3] - 3f64.sqrt()).abs() < 1e-12, "{z:?}");
         assert_eq!(allocate(&scores, 0.5, Allocation::Standardized, 1, 4).unwrap(), vec![1, 3]);
         assert_eq!(standardized(&[2.0, 2.0]), vec![0.0, 0.0], "equal scores");
+        // Two units per layer: z-scores are ±1 everywhere, and the raw scores break the tie.
+        let pairs = vec![vec![1.0, 2.0], vec![10.0, 20.0], vec![5.0, 6.0]];
+        assert_eq!(allocate(&pairs, 2.0 / 3.0, Allocation::Standardized, 1, 2).unwrap(), vec![1, 2, 1]);
+        assert!(allocate(&[vec![1.0, f64::NAN]], 0.5, Allocation::Standardized, 1, 2).is_err(), "NaN scores");
     }
 
     #[test]

@@ -33,7 +33,8 @@
 //! ratios = [0.1, 0.5, 0.9]
 //! quants = ["q8_0", "q4_k_m"]
 //! quant_method = "rtn"
-//! allocation = "uniform"      # widths of ffn/heads: uniform | global | standardized (FLAP; `deci` file)
+//! allocation = "uniform"      # ffn/heads widths: uniform | global | standardized (FLAP; a `deci` file);
+//!                             # other than uniform only in a matrix of ffn* and heads* methods
 //!
 //! [stock]                     # llama.cpp's own quants of the baseline, as their own rows
 //! quants = ["q8_0", "q4_k_m", "q4_k_s"]   # with the same importance matrix as ours
