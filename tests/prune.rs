@@ -160,6 +160,17 @@ fn max_rel_err(got: &[f32], want: &[Vec<f32>]) -> f64 {
 }
 
 /// Convert with `prune`, then check llama.cpp against the reference on independently sliced weights.
+/// Calibration over two chunks of `n_ctx` tokens of the shipped text, without moments.
+fn two_chunks_of(n_ctx: usize) -> microscale::calib::CalibOptions {
+    microscale::calib::CalibOptions {
+        text: PruneSpec::default().calib_text_path().unwrap(),
+        chunks: 2,
+        n_ctx,
+        threads: 2,
+        moments: None,
+    }
+}
+
 fn check_structured(dir: &Path, gpt2: bool, prune: PruneSpec, work: &Path, tag: &str) -> StructuredPlan {
     let o = opts(Scheme::F32, prune);
     let plan = plan_only(dir, &o).unwrap().structure;
@@ -326,18 +337,12 @@ fn sequential_healing_heals_each_stage_against_the_teacher_and_matches_the_refer
 fn the_paired_pass_agrees_with_the_one_shot_gap_pass_on_the_same_model() {
     use microscale::calib::gaps::Gap;
     use microscale::calib::paired::PairTarget;
-    use microscale::calib::{measure_gaps, measure_paired, CalibModel, CalibOptions};
+    use microscale::calib::{measure_gaps, measure_paired, CalibModel};
     let tmp = tempfile::tempdir().unwrap();
     let dir = tiny_llama(tmp.path());
     let gguf = tmp.path().join("f32.gguf");
     convert(&dir, &gguf, &opts(Scheme::F32, PruneSpec::default())).unwrap();
-    let copts = CalibOptions {
-        text: PruneSpec::default().calib_text_path().unwrap(),
-        chunks: 2,
-        n_ctx: 64,
-        threads: 2,
-        moments: None,
-    };
+    let copts = two_chunks_of(64);
     let targets = [
         PairTarget { block: 1, student: 1, teacher_out: 1, against_student: true },
         PairTarget { block: 1, student: 1, teacher_out: 2, against_student: false },
@@ -374,7 +379,7 @@ fn the_paired_pass_agrees_with_the_one_shot_gap_pass_on_the_same_model() {
 fn the_paired_pass_matches_a_reference_forward_of_the_teacher_and_a_renumbered_student() {
     use common::reference::llama_trace;
     use microscale::calib::paired::PairTarget;
-    use microscale::calib::{measure_paired, CalibModel, CalibOptions};
+    use microscale::calib::{measure_paired, CalibModel};
     let tmp = tempfile::tempdir().unwrap();
     let dir = tiny_llama(tmp.path());
     let teacher = tmp.path().join("teacher.gguf");
@@ -385,13 +390,7 @@ fn the_paired_pass_matches_a_reference_forward_of_the_teacher_and_a_renumbered_s
     let sliced = tmp.path().join("student-hf");
     write_pruned_hf(&dir, &sliced, &plan);
 
-    let copts = CalibOptions {
-        text: PruneSpec::default().calib_text_path().unwrap(),
-        chunks: 2,
-        n_ctx: 32,
-        threads: 2,
-        moments: None,
-    };
+    let copts = two_chunks_of(32);
     let targets = [
         PairTarget { block: 2, student: 1, teacher_out: 2, against_student: true },
         PairTarget { block: 0, student: 0, teacher_out: 1, against_student: false },

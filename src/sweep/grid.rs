@@ -383,8 +383,8 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
         if variants.iter().any(|x| x.name == v.name) {
             bail!("variant {:?} appears twice", v.name);
         }
-        v.prune_spec(1)?; // reject unknown methods now
-        if v.allocation != Allocation::Uniform && !(v.method.starts_with("ffn") || v.method.starts_with("heads")) {
+        let spec = v.prune_spec(1)?; // reject unknown methods now
+        if v.allocation != Allocation::Uniform && spec.prune_ffn.is_none() && spec.prune_heads.is_none() {
             bail!("variant {:?}: allocation spreads FFN and head widths, not {} pruning", v.name, v.method);
         }
         if v.quant_method == QuantMethod::Gptq && v.quant.is_float() {
