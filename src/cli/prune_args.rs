@@ -2,7 +2,7 @@
 
 use super::at_least;
 use microscale::prune::unstructured::{SparsityMethod, NM};
-use microscale::prune::{Allocation, DropLayers, HeadsMode, PruneSpec};
+use microscale::prune::{Allocation, DropLayers, HeadsMode, PruneSpec, CALIB_CHUNKS, HEAL_CALIB_CHUNKS};
 use microscale::util::data::DataDir;
 use std::path::PathBuf;
 
@@ -65,9 +65,13 @@ pub struct PruneArgs {
     /// The data folder (default: $MICROSCALE_DATA, else the one shipped with microscale).
     #[arg(long, value_name = "DIR", help_heading = "Pruning")]
     data_dir: Option<PathBuf>,
-    /// Calibration chunks of 512 tokens.
-    #[arg(long, default_value_t = 16, value_name = "N", value_parser = at_least::<1>(), help_heading = "Pruning")]
-    calib_chunks: usize,
+    /// Calibration chunks of 512 tokens [default: 16; 256 with --heal]. An importance matrix
+    /// settles with few; the second moments the refits solve from want many more: on the default
+    /// model, FFN 25% healed (standardized widths) has a PPL ratio of 1.474 with 64 chunks, 1.398
+    /// with 256 and 1.390 with 448 (SparseGPT and GPTQ calibrate on 128 × 2048 tokens, 512
+    /// chunks). Calibration time grows with the count; memory does not.
+    #[arg(long, value_name = "N", value_parser = at_least::<1>(), help_heading = "Pruning")]
+    calib_chunks: Option<usize>,
     /// Calibrate sequentially in K stages, as SparseGPT and GPTQ do: the blocks are split into K
     /// groups, and each group's statistics are measured on the output of the groups before it,
     /// already compressed, so later blocks compensate for what earlier ones lost (K = the number
@@ -97,10 +101,36 @@ impl PruneArgs {
             heal: self.heal,
             calib: self.calib.clone(),
             calib_text: self.calib_text.clone(),
-            calib_chunks: self.calib_chunks,
+            calib_chunks: self.calib_chunks.unwrap_or(if self.heal { HEAL_CALIB_CHUNKS } else { CALIB_CHUNKS }),
             calib_ctx: None,
             sequential: self.sequential,
             data: DataDir::resolve(self.data_dir.as_deref()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        prune: PruneArgs,
+    }
+
+    fn chunks(args: &[&str]) -> usize {
+        let all: Vec<&str> = std::iter::once("convert").chain(args.iter().copied()).collect();
+        Wrapper::try_parse_from(all).unwrap().prune.spec().calib_chunks
+    }
+
+    #[test]
+    fn healing_calibrates_on_more_chunks_unless_told() {
+        assert_eq!(chunks(&[]), 16);
+        assert_eq!(chunks(&["--sparsity", "0.5", "--sparsity-method", "wanda"]), 16);
+        assert_eq!(chunks(&["--prune-ffn", "0.25", "--heal"]), 256);
+        assert_eq!(chunks(&["--prune-ffn", "0.25", "--heal", "--calib-chunks", "32"]), 32);
+        assert_eq!(chunks(&["--calib-chunks", "8"]), 8);
     }
 }

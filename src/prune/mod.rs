@@ -82,6 +82,7 @@ pub struct PruneSpec {
     pub calib: Option<PathBuf>,
     /// Calibration text (None: the data folder's WikiText-2 validation split).
     pub calib_text: Option<PathBuf>,
+    /// Calibration chunks ([`CALIB_CHUNKS`] unless asked; the CLI's `--heal` takes [`HEAL_CALIB_CHUNKS`]).
     pub calib_chunks: usize,
     /// Tokens per calibration chunk (None: 512, or the model's context if shorter).
     pub calib_ctx: Option<usize>,
@@ -91,6 +92,14 @@ pub struct PruneSpec {
     /// The data folder, for the default calibration text.
     pub data: crate::util::data::DataDir,
 }
+
+/// Calibration chunks by default: enough for an importance matrix and Wanda's norms.
+pub const CALIB_CHUNKS: usize = 16;
+
+/// Calibration chunks by default with `--heal`: the refits solve from the inputs' full second
+/// moments, and on the default model FFN 25% healed gains most of what more text gives by 256
+/// chunks of 512 tokens (PPL ratio 1.474 at 64, 1.398 at 256, 1.390 at 448; bench-results/pruning.md).
+pub const HEAL_CALIB_CHUNKS: usize = 256;
 
 impl Default for PruneSpec {
     fn default() -> Self {
@@ -109,7 +118,7 @@ impl Default for PruneSpec {
             heal: false,
             calib: None,
             calib_text: None,
-            calib_chunks: 16,
+            calib_chunks: CALIB_CHUNKS,
             calib_ctx: None,
             sequential: 0,
             data: crate::util::data::DataDir::resolve(None),
