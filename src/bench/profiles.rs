@@ -58,9 +58,12 @@ impl RawProfile {
     pub fn into_profile(self, name: &str) -> Result<Profile> {
         let memory = parse_memory(&self.memory).with_context(|| format!("profile {name}"))?;
         if let Some(q) = self.cpu_quota {
-            if !(q > 0.0 && q.is_finite()) {
-                bail!("profile {name}: cpu_quota must be positive");
+            if !(0.01..=4096.0).contains(&q) {
+                bail!("profile {name}: cpu_quota {q} is outside 0.01..=4096 CPUs");
             }
+        }
+        if self.threads > crate::engine::MAX_THREADS {
+            bail!("profile {name}: {} threads; llama.cpp runs at most {}", self.threads, crate::engine::MAX_THREADS);
         }
         if self.note.trim().is_empty() {
             bail!("profile {name}: empty note");

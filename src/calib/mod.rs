@@ -179,12 +179,16 @@ impl Calibration {
                 fingerprint
             );
         }
-        let bi = crate::gguf::meta_get(&m.extra, KEY_BLOCK_INFLUENCE)
+        let bi: Vec<f64> = crate::gguf::meta_get(&m.extra, KEY_BLOCK_INFLUENCE)
             .and_then(|v| v.as_array())
             .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
             .ok_or_else(|| {
                 anyhow!("{}: no {KEY_BLOCK_INFLUENCE} (not a microscale calibration file)", path.display())
             })?;
+        // Block influence is 1 − cosine similarity: finite, within [0, 2].
+        if let Some((i, b)) = bi.iter().enumerate().find(|(_, b)| !(-1e-6..=2.0 + 1e-6).contains(*b)) {
+            bail!("{}: block {i}'s influence is {b}, outside 0..=2 (a damaged calibration file)", path.display());
+        }
         let moments = MomentsFile::open(path)?.map(std::sync::Arc::new);
         Ok(Calibration { imatrix: m, block_influence: bi, fingerprint: fp, moments })
     }

@@ -1,8 +1,9 @@
-use super::{at_least, output, Global};
+use super::{at_least, output, threads_arg, Global};
 use anyhow::{bail, Result};
 use microscale::bench::profiles::{parse_memory, profile, profiles, Overrides};
 use microscale::bench::run::{bench_model, metric_rows, BenchOptions};
 use microscale::record::rows::{append_csv, ModelId};
+use microscale::util::paths::{IoPaths, OutputKind};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -36,13 +37,13 @@ pub struct Args {
     #[arg(long)]
     list_profiles: bool,
     /// Override the profile's thread count.
-    #[arg(short, long, value_parser = at_least::<1>())]
+    #[arg(short, long, value_parser = threads_arg())]
     threads: Option<usize>,
     /// Override the profile's memory cap (e.g. 3GiB, 512MiB, none).
     #[arg(long)]
     mem_limit: Option<String>,
     /// CPU bandwidth in CPUs (0.5 = half a core), through the cpu cgroup.
-    #[arg(long)]
+    #[arg(long, value_name = "CPUS", value_parser = super::cpu_quota_arg)]
     cpu_quota: Option<f64>,
     /// Repetitions of each test.
     #[arg(long, default_value_t = 3, value_parser = at_least::<1>())]
@@ -79,6 +80,10 @@ impl Args {
         if self.models.is_empty() {
             bail!("no model given (usage: microscale bench MODEL.gguf... --profile NAME)");
         }
+        IoPaths::new()
+            .inputs("MODEL", &self.models)
+            .output_opt("--csv", self.csv.as_ref(), OutputKind::Append)
+            .check()?;
         microscale::bench::caps::remove_stale_cgroups();
         let names = if self.profiles.is_empty() { vec!["host".to_string()] } else { self.profiles };
         let overrides = Overrides {

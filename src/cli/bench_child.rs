@@ -1,6 +1,7 @@
 use super::{output, Global};
 use anyhow::Result;
 use microscale::bench::child::{run_child, ChildArgs};
+use microscale::util::paths::IoPaths;
 use std::path::PathBuf;
 
 /// (internal) The measuring child of `bench`.
@@ -23,6 +24,7 @@ pub struct Args {
 
 impl Args {
     pub fn run(self, _: Global) -> Result<()> {
+        IoPaths::new().input("MODEL", &self.model).check()?;
         let a = ChildArgs {
             threads: self.threads,
             n_prompt: self.pp,

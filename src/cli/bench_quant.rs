@@ -1,4 +1,4 @@
-use super::{at_least, output, Global};
+use super::{at_least, output, threads_arg, Global};
 use anyhow::Result;
 use microscale::bench::quant::{bench_type, imatrix_settings, BENCH_TYPES};
 use microscale::quant::GgmlType;
@@ -20,7 +20,7 @@ pub struct Args {
     #[arg(long, default_value_t = 4096, value_parser = at_least::<256>())]
     row_len: usize,
     /// Threads for both sides (default: all cores).
-    #[arg(short, long, value_parser = at_least::<1>())]
+    #[arg(short, long, value_parser = threads_arg())]
     threads: Option<usize>,
     /// Repetitions (the median is reported).
     #[arg(long, default_value_t = 5, value_parser = at_least::<1>())]

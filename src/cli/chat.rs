@@ -1,10 +1,11 @@
 use super::generate::{CapArgs, ContextArgs, SamplingArgs};
-use super::{at_least, output, Global};
+use super::{output, tokens_arg, Global};
 use anyhow::Result;
 use microscale::bench::generate::Talk;
 use microscale::bench::profiles::format_bytes;
 use microscale::engine::generate::{tokenize_chat, Generator, Reply, Stop};
 use microscale::engine::Model;
+use microscale::util::paths::IoPaths;
 use std::ffi::OsString;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -32,7 +33,7 @@ pub struct Args {
     /// The GGUF model.
     model: PathBuf,
     /// Stop a reply after this many tokens.
-    #[arg(short = 'n', long, visible_alias = "n-predict", default_value_t = 512, value_parser = at_least::<1>())]
+    #[arg(short = 'n', long, visible_alias = "n-predict", default_value_t = 512, value_parser = tokens_arg::<1>())]
     max_tokens: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
@@ -49,6 +50,7 @@ const HELP: &str = "/reset  forget the conversation (the system message stays)\n
 
 impl Args {
     pub fn run(self, g: Global) -> Result<()> {
+        IoPaths::new().input("MODEL", &self.model).check()?;
         let sampling = self.sampling.sampling()?;
         if self.caps.wanted() {
             return self.run_capped(g);

@@ -5,6 +5,7 @@ use anyhow::Result;
 use microscale::convert::{convert, ConvertOptions};
 use microscale::gguf::imatrix::Imatrix;
 use microscale::quant::mix::Scheme;
+use microscale::util::paths::{IoPaths, OutputKind};
 use std::path::PathBuf;
 
 /// Convert a Hugging Face directory or a GGUF file to GGUF, quantizing in the same pass.
@@ -65,6 +66,8 @@ pub struct Args {
 
 impl Args {
     pub fn run(self, g: Global) -> Result<()> {
+        let io = IoPaths::new().input("SRC", &self.src).input_opt("--imatrix", self.imatrix.as_ref());
+        self.prune.io(io).output("--output", &self.output, OutputKind::File).check()?;
         let opts = ConvertOptions {
             tensor_types: self.mix.tensor_types.clone(),
             mix_flags: self.mix.flags(),

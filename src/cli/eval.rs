@@ -1,9 +1,10 @@
-use super::{at_least, output, Global};
+use super::{at_least, output, threads_arg, tokens_arg, Global};
 use anyhow::Result;
 use microscale::eval::data::Task;
 use microscale::eval::run::{run, EvalSpec};
 use microscale::record::rows::{append_csv, ModelId};
 use microscale::util::data::{DataDir, WIKITEXT_TEST};
+use microscale::util::paths::{IoPaths, OutputKind};
 use std::path::PathBuf;
 
 /// Evaluate a GGUF model through llama.cpp: perplexity, KL divergence, SST-2, multiple choice.
@@ -46,10 +47,10 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     shots: usize,
     /// Tokens per perplexity window.
-    #[arg(short = 'c', long, default_value_t = 512, value_parser = at_least::<4>())]
+    #[arg(short = 'c', long, default_value_t = 512, value_parser = tokens_arg::<4>())]
     ctx_size: usize,
     /// Tokens per llama.cpp decode (perplexity runs batch/ctx windows at once).
-    #[arg(short = 'b', long, default_value_t = 2048, value_parser = at_least::<1>())]
+    #[arg(short = 'b', long, default_value_t = 2048, value_parser = tokens_arg::<1>())]
     batch_size: usize,
     /// Score at most this many perplexity windows (default: all).
     #[arg(long, value_parser = at_least::<1>())]
@@ -61,7 +62,7 @@ pub struct Args {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Threads (default: all cores).
-    #[arg(short, long, value_parser = at_least::<1>())]
+    #[arg(short, long, value_parser = threads_arg())]
     threads: Option<usize>,
     /// The data folder holding wikitext-2/, sst2/ and arc/ (default: $MICROSCALE_DATA, else
     /// the one shipped with microscale).
@@ -106,7 +107,24 @@ impl Args {
         })
     }
 
+    /// Every file `eval` reads and writes, by flag.
+    fn io(&self) -> IoPaths {
+        let task_files = self.tasks.iter().filter_map(|t| match t {
+            Task::Mc(path) => Some(path),
+            _ => None,
+        });
+        IoPaths::new()
+            .input("MODEL", &self.model)
+            .input_opt("--ppl", self.ppl.as_ref().and_then(|p| p.as_ref()))
+            .input_opt("--kld-base", self.kld_base.as_ref())
+            .inputs("--task", task_files)
+            .input_opt("--data-dir", self.data_dir.as_ref())
+            .output_opt("--save-kld-base", self.save_kld_base.as_ref(), OutputKind::File)
+            .output_opt("--csv", self.csv.as_ref(), OutputKind::Append)
+    }
+
     pub fn run(self, g: Global) -> Result<()> {
+        self.io().check()?;
         let (model, csv, json, gpu_layers) = (self.model.clone(), self.csv.clone(), self.json, self.gpu_layers);
         let out = run(&model, &self.spec()?, g.quiet)?;
         let id = ModelId::of(&model)?;

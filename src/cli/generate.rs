@@ -1,10 +1,11 @@
-use super::{at_least, output, Global};
+use super::{output, threads_arg, tokens_arg, Global};
 use anyhow::{bail, Context, Result};
 use microscale::bench::generate::{generate_capped, CappedGeneration, GenerationReport, Talk, STATS_PREFIX};
 use microscale::bench::profiles::{parse_memory, profile, Overrides};
 use microscale::engine::generate::{tokenize_chat, Conversation, GenerateOptions, Generator, Sampling, RANDOM_SEED};
 use microscale::engine::log::{set_mode, LogMode};
 use microscale::engine::{LoadOptions, Model};
+use microscale::util::paths::IoPaths;
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -75,13 +76,13 @@ impl SamplingArgs {
 #[derive(clap::Args, Clone, Debug)]
 pub struct ContextArgs {
     /// Context size in tokens: the prompt, the conversation so far and the reply must fit.
-    #[arg(short = 'c', long, default_value_t = 4096, value_parser = at_least::<2>())]
+    #[arg(short = 'c', long, default_value_t = 4096, value_parser = tokens_arg::<2>())]
     ctx_size: usize,
     /// Prompt tokens decoded per batch.
-    #[arg(short = 'b', long, default_value_t = 2048, value_parser = at_least::<1>())]
+    #[arg(short = 'b', long, default_value_t = 2048, value_parser = tokens_arg::<1>())]
     batch_size: usize,
     /// Threads (default: all cores; under --profile: the profile's).
-    #[arg(short, long, value_parser = at_least::<1>())]
+    #[arg(short, long, value_parser = threads_arg())]
     threads: Option<usize>,
     /// The chat template: a name llama.cpp knows (chatml, llama2, llama3, phi3, gemma, …) or a
     /// template's text (default: the model's own, tokenizer.chat_template).
@@ -178,7 +179,7 @@ pub struct Args {
     chat: bool,
     /// Stop after this many generated tokens (generation also stops at an end-of-generation
     /// token and at the end of the context).
-    #[arg(short = 'n', long, visible_alias = "n-predict", default_value_t = 256, value_parser = at_least::<1>())]
+    #[arg(short = 'n', long, visible_alias = "n-predict", default_value_t = 256, value_parser = tokens_arg::<1>())]
     max_tokens: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
@@ -202,7 +203,7 @@ pub struct CapArgs {
     #[arg(long)]
     mem_limit: Option<String>,
     /// CPU bandwidth in CPUs (0.5 = half a core); overrides the profile's.
-    #[arg(long)]
+    #[arg(long, value_name = "CPUS", value_parser = super::cpu_quota_arg)]
     cpu_quota: Option<f64>,
     /// Under caps: memory-map the model instead of reading it into RAM.
     #[arg(long)]
@@ -265,6 +266,7 @@ impl CapArgs {
 
 impl Args {
     pub fn run(self, g: Global) -> Result<()> {
+        IoPaths::new().input("MODEL", &self.model).input_opt("--file", self.file.as_ref()).check()?;
         if self.caps.wanted() {
             return self.run_capped(g);
         }

@@ -1,11 +1,11 @@
-use super::{at_least, output, Global};
+use super::{at_least, output, threads_arg, tokens_arg, Global};
 use anyhow::{bail, Result};
 use microscale::convert::{calibrate_model, ConvertOptions};
 use microscale::gguf::imatrix::Imatrix;
 use microscale::prune::PruneSpec;
 use microscale::quant::mix::Scheme;
-use microscale::util::atomic::refuse_overwrite;
 use microscale::util::data::DataDir;
+use microscale::util::paths::{IoPaths, OutputKind};
 use std::path::PathBuf;
 
 /// Compute an importance matrix, as llama-imatrix does, in its GGUF format.
@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = at_least::<1>())]
     chunks: Option<usize>,
     /// Tokens per chunk.
-    #[arg(short = 'c', long, default_value_t = 512, value_name = "N", value_parser = at_least::<16>())]
+    #[arg(short = 'c', long, default_value_t = 512, value_name = "N", value_parser = tokens_arg::<16>())]
     ctx_size: usize,
     /// Start from (and add to) these imatrix files; repeatable. Alone, merges them.
     #[arg(long = "in-file", value_name = "FILE")]
@@ -48,7 +48,7 @@ pub struct Args {
     #[arg(long, requires = "show_statistics")]
     json: bool,
     /// Threads (default: all cores).
-    #[arg(short, long, value_parser = at_least::<1>())]
+    #[arg(short, long, value_parser = threads_arg())]
     threads: Option<usize>,
     /// The data folder (default: $MICROSCALE_DATA, else the one shipped with microscale).
     #[arg(long, value_name = "DIR")]
@@ -58,6 +58,7 @@ pub struct Args {
 impl Args {
     pub fn run(self, g: Global) -> Result<()> {
         if self.show_statistics {
+            IoPaths::new().inputs("--in-file", &self.in_files).check()?;
             let [file] = self.in_files.as_slice() else {
                 bail!("--show-statistics needs exactly one --in-file (got {})", self.in_files.len())
             };
@@ -69,16 +70,19 @@ impl Args {
             }
             return Ok(());
         }
-        for f in &self.in_files {
-            refuse_overwrite(f, &self.output)?;
-        }
+        IoPaths::new()
+            .input_opt("MODEL", self.model.as_ref())
+            .input_opt("--file", self.text.as_ref())
+            .inputs("--in-file", &self.in_files)
+            .input_opt("--data-dir", self.data_dir.as_ref())
+            .output("--output", &self.output, OutputKind::File)
+            .check()?;
         let mut merged = Imatrix::default();
         for f in &self.in_files {
             merged.merge(&Imatrix::load(f)?)?;
         }
         let result = match &self.model {
             Some(model) => {
-                refuse_overwrite(model, &self.output)?;
                 let calib = calibrate_model(model, &self.convert_options(g))?;
                 let mut m = calib.imatrix.clone();
                 if self.in_files.is_empty() {

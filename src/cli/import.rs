@@ -1,6 +1,7 @@
 use super::Global;
 use anyhow::Result;
 use microscale::convert::{import::import, OutType};
+use microscale::util::paths::{IoPaths, OutputKind};
 use std::path::PathBuf;
 
 /// Write a Hugging Face directory (config.json, model.safetensors, tokenizer files) from a GGUF.
@@ -25,6 +26,7 @@ pub struct Args {
 
 impl Args {
     pub fn run(self, g: Global) -> Result<()> {
+        IoPaths::new().input("GGUF", &self.gguf).output("--output", &self.output, OutputKind::Dir).check()?;
         import(&self.gguf, &self.output, self.dtype, g.quiet)?;
         if !g.quiet {
             eprintln!("wrote {}", self.output.display());

@@ -1,6 +1,7 @@
 use super::{output, Global};
 use anyhow::Result;
 use microscale::source::inspect::inspect;
+use microscale::util::paths::IoPaths;
 use std::path::PathBuf;
 
 /// Show a model's architecture, hyper-parameters and tensors.
@@ -17,6 +18,7 @@ pub struct Args {
 
 impl Args {
     pub fn run(self, _: Global) -> Result<()> {
+        IoPaths::new().input("SRC", &self.src).check()?;
         let summary = inspect(&self.src)?;
         if self.json {
             output::print_json(&output::summary_json(&summary))

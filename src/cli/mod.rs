@@ -104,10 +104,39 @@ impl Command {
     }
 }
 
-/// Counts that must be at least `MIN` (threads, repetitions, windows, items, seconds).
+/// Counts that must be at least `MIN` (repetitions, windows, items, seconds).
 pub fn at_least<const MIN: u64>() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::<usize>::new().range(MIN..)
 }
+
+/// `--threads`: 1 to the size of ggml's thread pool (more overruns it and crashes).
+pub fn threads_arg() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=engine::MAX_THREADS as u64)
+}
+
+/// Token counts handed to llama.cpp (contexts, batches): `MIN` to the largest context microscale
+/// asks for, so that no count wraps on its way into llama.cpp's 32-bit fields.
+pub fn tokens_arg<const MIN: u64>() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(MIN..=engine::MAX_CONTEXT as u64)
+}
+
+/// `--cpu-quota`: CPU bandwidth in CPUs, from the cgroup's smallest quantum (1% of a CPU) to
+/// the CPUs a cgroup can name.
+pub fn cpu_quota_arg(s: &str) -> Result<f64, String> {
+    let q: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of CPUs (e.g. 0.5, 2)"))?;
+    match q {
+        q if !q.is_finite() => Err(format!("{s} is not a number of CPUs")),
+        q if q < MIN_CPU_QUOTA => {
+            Err(format!("{q} CPUs is below the smallest quota a cgroup enforces ({MIN_CPU_QUOTA})"))
+        }
+        q if q > MAX_CPU_QUOTA => Err(format!("{q} CPUs is more than a quota can give ({MAX_CPU_QUOTA})")),
+        q => Ok(q),
+    }
+}
+
+/// cgroups take quotas of at least 1 ms per 100 ms period.
+const MIN_CPU_QUOTA: f64 = 0.01;
+const MAX_CPU_QUOTA: f64 = 4096.0;
 
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

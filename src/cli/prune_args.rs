@@ -4,6 +4,7 @@ use super::at_least;
 use microscale::prune::unstructured::{SparsityMethod, NM};
 use microscale::prune::{Allocation, DropLayers, HeadsMode, PruneSpec, CALIB_CHUNKS, HEAL_CALIB_CHUNKS};
 use microscale::util::data::DataDir;
+use microscale::util::paths::IoPaths;
 use std::path::PathBuf;
 
 /// Pruning flags (shared by `convert` and `prune-plan`).
@@ -85,6 +86,13 @@ pub struct PruneArgs {
 }
 
 impl PruneArgs {
+    /// The calibration file (read when it exists, written when not) and the text it is made from.
+    pub fn io(&self, io: IoPaths) -> IoPaths {
+        io.reused_or_written("--calib", self.calib.as_ref())
+            .input_opt("--calib-text", self.calib_text.as_ref())
+            .input_opt("--data-dir", self.data_dir.as_ref())
+    }
+
     pub fn spec(&self) -> PruneSpec {
         PruneSpec {
             sparsity: self.sparsity,

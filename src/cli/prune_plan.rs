@@ -5,6 +5,7 @@ use anyhow::Result;
 use microscale::convert::{plan_only, ConvertOptions};
 use microscale::gguf::imatrix::Imatrix;
 use microscale::quant::mix::Scheme;
+use microscale::util::paths::IoPaths;
 use std::path::PathBuf;
 
 /// Show what pruning would remove, and the resulting shapes, types and size, without writing.
@@ -40,6 +41,8 @@ pub struct Args {
 
 impl Args {
     pub fn run(self, g: Global) -> Result<()> {
+        let io = IoPaths::new().input("SRC", &self.src).input_opt("--imatrix", self.imatrix.as_ref());
+        self.prune.io(io).check()?;
         let opts = ConvertOptions {
             prune: self.prune.spec(),
             imatrix: self.imatrix.as_deref().map(Imatrix::load).transpose()?,

@@ -5,6 +5,7 @@ use microscale::report::markdown::{write_report, ReportOptions};
 use microscale::report::paired::load_paired;
 use microscale::report::sweet_spot::sweet_spot_paired;
 use microscale::report::sweet_spot::{AccBudget, Objective};
+use microscale::util::paths::IoPaths;
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -63,6 +64,8 @@ pub struct Args {
 
 impl Args {
     pub fn run(self, g: Global) -> Result<()> {
+        // The report is written into DIR, beside the results it reads, by design.
+        IoPaths::new().input("DIR", &self.dir).check()?;
         let opts = ReportOptions {
             max_ppl_increase: self.max_ppl_increase,
             max_acc_drop: self.max_acc_drop,

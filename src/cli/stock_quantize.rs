@@ -1,9 +1,10 @@
 use super::mix_args::MixArgs;
-use super::{at_least, Global};
+use super::{threads_arg, Global};
 use anyhow::Result;
 use microscale::engine::quantize::{stock_quantize, StockOptions};
 use microscale::gguf::imatrix::Imatrix;
 use microscale::quant::mix::Scheme;
+use microscale::util::paths::{IoPaths, OutputKind};
 use std::path::PathBuf;
 
 /// Quantize a GGUF with llama.cpp's own quantizer (llama_model_quantize, as llama-quantize).
@@ -31,18 +32,24 @@ pub struct Args {
     #[arg(long)]
     allow_requantize: bool,
     /// Threads (default: all cores).
-    #[arg(short, long, value_parser = at_least::<1>())]
+    #[arg(short, long, value_parser = threads_arg())]
     threads: Option<usize>,
 }
 
 impl Args {
     pub fn run(self, g: Global) -> Result<()> {
+        IoPaths::new()
+            .input("INPUT", &self.input)
+            .input_opt("--imatrix", self.imatrix.as_ref())
+            .output("OUTPUT", &self.output, OutputKind::File)
+            .check()?;
         let imatrix = self.imatrix.as_deref().map(Imatrix::load).transpose()?;
         let opts = StockOptions {
             threads: self.threads.unwrap_or_else(microscale::engine::default_threads),
             allow_requantize: self.allow_requantize,
             tensor_types: self.mix.tensor_types.clone(),
             mix_flags: self.mix.flags(),
+            quiet: g.quiet,
         };
         stock_quantize(&self.input, &self.output, self.scheme, imatrix.as_ref(), &opts)?;
         if !g.quiet {

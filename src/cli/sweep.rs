@@ -1,4 +1,4 @@
-use super::{at_least, output, Global};
+use super::{at_least, output, threads_arg, Global};
 use anyhow::{bail, Result};
 use microscale::engine::log::{set_mode, LogMode};
 use microscale::sweep::grid::load_grid;
@@ -7,6 +7,7 @@ use microscale::sweep::{
     build_variant, prepare_shared, run_one_variant, run_sweep, run_variant_task, SweepOptions, STATUS_OK,
 };
 use microscale::util::data::DataDir;
+use microscale::util::paths::{IoPaths, OutputKind};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -65,7 +66,7 @@ pub struct Args {
     #[arg(long, hide = true)]
     child_exe: Option<PathBuf>,
     /// Threads (default: all cores; with --slurm: --cpus-per-task, else 4).
-    #[arg(short, long, value_parser = at_least::<1>())]
+    #[arg(short, long, value_parser = threads_arg())]
     threads: Option<usize>,
     /// Offload N layers to the GPU when evaluating and benchmarking (llama.cpp's -ngl; needs a
     /// build with --features cuda; 0: CPU only). Recorded in every row (gpu_layers).
@@ -134,6 +135,13 @@ impl Args {
         else {
             bail!("--model, --grid and --out are required");
         };
+        IoPaths::new()
+            .input("--model", &model)
+            .input("--grid", &grid_path)
+            .input_opt("--data-dir", self.data_dir.as_ref())
+            .input_opt("--child-exe", self.child_exe.as_ref())
+            .output("--out", &out, OutputKind::Dir)
+            .check()?;
         let grid = load_grid(&grid_path)?;
         let threads = match (self.threads, self.cpus_per_task) {
             (Some(t), _) => t,
@@ -152,6 +160,7 @@ impl Args {
             gpu_layers: self.gpu_layers,
             ..SweepOptions::new(&model, &grid_path, &out)
         };
+        microscale::sweep::check_before_work(&grid, &opts)?;
         if let (true, Some(name)) = (self.build_only, &self.variant) {
             println!("{}", build_variant(&grid, name, &opts)?.display());
             return Ok(());

@@ -278,6 +278,9 @@ fn plan_jobs(
     planned: Vec<PlannedTensor>,
     opts: &ConvertOptions,
 ) -> Result<Plan> {
+    if let Some(m) = opts.imatrix.as_ref().filter(|_| !opts.scheme.is_float()) {
+        m.check_names(planned.iter().map(|p| p.stats_name.as_str()), opts.quiet)?;
+    }
     let pruned = pruning::plan(input, tensors, &mut metadata, planned, opts)?;
     let pruning::Pruned { planned, calibration, sparsity, structure, healing } = pruned;
     let imatrix = calibrated_imatrix(opts, calibration.as_ref());

@@ -80,7 +80,7 @@ pub fn llama_cpp_version() -> String {
 }
 
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(MAX_THREADS)
 }
 
 /// A model loaded by llama.cpp.
@@ -190,6 +190,7 @@ impl Model {
     /// which a prefix shared by several sequences (multiple-choice scoring) needs.
     pub fn session_with(&self, o: &SessionOptions) -> Result<Session<'_>> {
         let backend = init(false);
+        self.check_session(o)?;
         // Learned absolute positions (GPT-2) end at the training context: llama.cpp would abort.
         let per_seq = if o.unified_kv { o.n_ctx } else { o.n_ctx / o.n_seq.max(1) };
         if let Some(limit) = self.max_positions().filter(|&l| per_seq > l) {
@@ -223,6 +224,64 @@ impl Model {
             .map_err(|_| engine_error(&self.path, &format!("cannot create a llama.cpp context of {n_ctx} tokens")))?;
         Ok(Session { ctx, n_batch, n_vocab: self.n_vocab() })
     }
+}
+
+impl Model {
+    /// Refuse a session llama.cpp cannot hold: counts past what its C types and ggml's thread pool
+    /// take (they would wrap or overrun, and end in a crash), and a context whose KV cache and
+    /// logits alone exceed the memory this machine has free (an out-of-memory error, not a kill).
+    fn check_session(&self, o: &SessionOptions) -> Result<()> {
+        let shown = self.path.display();
+        check_threads(o.threads)?;
+        if o.n_ctx == 0 || o.n_ctx > MAX_CONTEXT {
+            bail!("{shown}: a context of {} tokens is outside 1..={MAX_CONTEXT} (--ctx-size)", o.n_ctx);
+        }
+        if o.n_batch == 0 || o.n_batch > MAX_CONTEXT || o.n_seq == 0 || o.n_seq > MAX_SEQUENCES {
+            bail!(
+                "{shown}: a batch of {} tokens over {} sequences is outside llama.cpp's limits (1..={MAX_CONTEXT} tokens, 1..={MAX_SEQUENCES} sequences)",
+                o.n_batch,
+                o.n_seq
+            );
+        }
+        let needed = self.session_bytes(o);
+        if let Some(free) = crate::util::mem::available_bytes().filter(|&free| needed > free) {
+            return Err(anyhow::Error::new(OutOfMemory(format!(
+                "{shown}: a context of {} tokens (batch {}) needs {} for its KV cache and logits; this machine has {} free",
+                o.n_ctx,
+                o.n_batch,
+                crate::util::mem::format_size(needed),
+                crate::util::mem::format_size(free)
+            ))));
+        }
+        Ok(())
+    }
+
+    /// The KV cache (F16, or F32) and the logits buffer of a session: what grows with its sizes.
+    fn session_bytes(&self, o: &SessionOptions) -> u64 {
+        let m = &self.inner;
+        let head_dim = (m.n_embd().max(0) as u64) / u64::from(m.n_head().max(1));
+        let kv_width = head_dim * u64::from(m.n_head_kv().max(1));
+        let per_value = if o.f32_kv { 4 } else { 2 };
+        let kv = (o.n_ctx as u64).saturating_mul(u64::from(m.n_layer()) * 2 * kv_width * per_value);
+        let logits = (o.n_batch as u64).saturating_mul(self.n_vocab() as u64 * 4);
+        kv.saturating_add(logits)
+    }
+}
+
+/// ggml's `GGML_MAX_N_THREADS`: its thread pool holds this many threads; more overrun it.
+pub const MAX_THREADS: usize = 512;
+/// The largest context microscale asks llama.cpp for (llama.cpp counts positions in 32 bits;
+/// 2^24 tokens is 16 times the longest trained context of the models microscale targets).
+pub const MAX_CONTEXT: usize = 1 << 24;
+/// llama.cpp's `LLAMA_MAX_SEQ`.
+pub const MAX_SEQUENCES: usize = 256;
+
+/// Refuse a thread count ggml cannot run.
+pub fn check_threads(threads: usize) -> Result<()> {
+    if threads == 0 || threads > MAX_THREADS {
+        bail!("{threads} threads: llama.cpp runs 1 to {MAX_THREADS} (--threads)");
+    }
+    Ok(())
 }
 
 /// How to build a [`Session`].

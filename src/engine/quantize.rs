@@ -17,6 +17,8 @@ pub struct StockOptions {
     pub tensor_types: Vec<TensorTypeOverride>,
     /// `--output-tensor-type`, `--token-embedding-type`, `--leave-output-tensor`, `--pure`.
     pub mix_flags: MixFlags,
+    /// No warnings (importance-matrix entries that name no tensor).
+    pub quiet: bool,
 }
 
 /// Quantize `input` (a GGUF) to `output` with llama.cpp. The output appears only when complete.
@@ -31,6 +33,10 @@ pub fn stock_quantize(
         bail!("{}: no such file", input.display());
     }
     refuse_overwrite(input, output)?;
+    if let Some(m) = imatrix {
+        let model = crate::gguf::GgufFile::open(input)?;
+        m.check_names(model.tensors.iter().map(|t| t.name.as_str()), opts.quiet)?;
+    }
     super::init(false);
     // llama.cpp writes the file itself: give it our temporary path, and rename only on success.
     let temp = TempOutput::create(output)?;
@@ -38,8 +44,12 @@ pub fn stock_quantize(
     let c_out = CString::new(temp.path().to_string_lossy().as_bytes())?;
 
     // The imatrix and override arrays must outlive the call; both are terminated by a null name.
-    let names: Vec<CString> =
-        imatrix.map_or(vec![], |m| m.entries.keys().map(|k| CString::new(k.as_str()).unwrap()).collect());
+    let names: Vec<CString> = imatrix.map_or(Ok(vec![]), |m| {
+        m.entries
+            .keys()
+            .map(|k| CString::new(k.as_str()).map_err(|_| anyhow!("{}: entry {k:?} holds a NUL byte", m.shown())))
+            .collect::<Result<_>>()
+    })?;
     let values: Vec<Vec<f32>> = imatrix.map_or(vec![], |m| {
         m.entries
             .keys()
@@ -56,7 +66,13 @@ pub fn stock_quantize(
         .map(|(n, v)| sys::llama_model_imatrix_data { name: n.as_ptr(), data: v.as_ptr(), size: v.len() })
         .collect();
     im.push(sys::llama_model_imatrix_data { name: std::ptr::null(), data: std::ptr::null(), size: 0 });
-    let patterns: Vec<CString> = opts.tensor_types.iter().map(|o| CString::new(o.pattern.as_str()).unwrap()).collect();
+    let patterns: Vec<CString> = opts
+        .tensor_types
+        .iter()
+        .map(|o| {
+            CString::new(o.pattern.as_str()).map_err(|_| anyhow!("--tensor-type {:?} holds a NUL byte", o.pattern))
+        })
+        .collect::<Result<_>>()?;
     let mut tt: Vec<sys::llama_model_tensor_override> = patterns
         .iter()
         .zip(&opts.tensor_types)

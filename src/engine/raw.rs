@@ -93,6 +93,13 @@ impl ObservedContext {
         threads: usize,
         observer: Box<dyn TensorObserver>,
     ) -> Result<ObservedContext> {
+        if let Err(e) = super::check_threads(threads).and_then(|()| match n_ctx {
+            1..=super::MAX_CONTEXT => Ok(()),
+            _ => Err(anyhow!("a context of {n_ctx} tokens is outside 1..={}", super::MAX_CONTEXT)),
+        }) {
+            unsafe { sys::llama_model_free(model) };
+            return Err(e);
+        }
         let observer = Box::into_raw(Box::new(observer));
         let mut p = unsafe { sys::llama_context_default_params() };
         p.n_ctx = n_ctx as u32;

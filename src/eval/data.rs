@@ -150,6 +150,9 @@ pub fn load_arc(path: &Path) -> Result<Vec<McItem>> {
             for (j, c) in choices.iter().enumerate() {
                 let text = c["text"].as_str().ok_or_else(|| at("a choice without text"))?;
                 if c["label"].as_str() == Some(key) {
+                    if label.is_some() {
+                        return Err(at(&format!("answerKey {key:?} matches two choice labels")));
+                    }
                     label = Some(j);
                 }
                 texts.push(format!(" {text}"));

@@ -334,6 +334,20 @@ pub fn save_base_log_probs(
     file.commit()
 }
 
+/// Every saved row's scale and smallest log-probability, checked before any window is compared:
+/// the scale of quantized log-probabilities is finite and non-negative, the minimum finite and
+/// at most 0 (a NaN there would turn every KL divergence into NaN).
+fn check_rows(rows: &[u8], per_row: usize) -> Result<()> {
+    for (i, r) in rows.chunks_exact(per_row).enumerate() {
+        let scale = f32::from_le_bytes(r[..4].try_into().unwrap());
+        let min = f32::from_le_bytes(r[4..8].try_into().unwrap());
+        if !(scale.is_finite() && scale >= 0.0 && min.is_finite() && min <= 0.0) {
+            bail!("saved row {i} has scale {scale} and minimum log-probability {min} (a damaged file)");
+        }
+    }
+    Ok(())
+}
+
 /// A base log-probabilities file, memory-mapped and checked against its own header.
 pub struct BaseLogProbsFile {
     pub path: std::path::PathBuf,
@@ -387,6 +401,7 @@ impl BaseLogProbsFile {
         if let Some(t) = tokens.iter().find(|&&t| t < 0 || t as usize >= n_vocab) {
             bail!("{shown}: token {t} is outside the vocabulary of {n_vocab}");
         }
+        check_rows(&map[rows_at..], 2 * row_u16s(n_vocab)).map_err(|e| anyhow!("{shown}: {e}"))?;
         Ok(BaseLogProbsFile { path: path.to_path_buf(), n_ctx, n_vocab, n_chunk, tokens, map, rows_at })
     }
 

@@ -62,12 +62,10 @@ pub fn perplexity(model: &Model, text: &str, opts: &PerplexityOptions, quiet: bo
 
 /// Windows of `n_ctx` tokens, in order; the first token of each becomes BOS when the model adds one.
 pub fn windows(model: &Model, tokens: &[i32], n_ctx: usize, chunks: Option<usize>) -> Result<Vec<Vec<i32>>> {
-    if tokens.len() < 2 * n_ctx {
-        bail!(
-            "the text has {} tokens; perplexity with a context of {n_ctx} needs at least {}",
-            tokens.len(),
-            2 * n_ctx
-        );
+    // Saturating: a context near usize::MAX must not wrap to a need of 0 tokens.
+    let needed = n_ctx.saturating_mul(2);
+    if tokens.len() < needed {
+        bail!("the text has {} tokens; perplexity with a context of {n_ctx} needs at least {needed}", tokens.len());
     }
     let available = tokens.len() / n_ctx;
     Ok(split_windows(model, tokens, n_ctx, chunks.map_or(available, |c| c.min(available))))

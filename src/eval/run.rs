@@ -126,6 +126,9 @@ fn row(metric: &str, value: f64, stderr: f64, items: usize, wall_s: f64) -> Metr
 
 pub fn run(model_path: &Path, spec: &EvalSpec, quiet: bool) -> Result<EvalOutput> {
     spec.validate()?;
+    // Every task file is read and checked before the model runs: a malformed one is not found
+    // after the perplexity pass.
+    let task_items = spec.tasks.iter().map(|t| load_task(t, spec)).collect::<Result<Vec<_>>>()?;
     let model = Model::load_with(model_path, &spec.load_options())?;
     let mut out = EvalOutput::default();
     let ppl_opts =
@@ -179,8 +182,7 @@ pub fn run(model_path: &Path, spec: &EvalSpec, quiet: bool) -> Result<EvalOutput
             out.perplexity = Some(p);
         }
     }
-    for task in &spec.tasks {
-        let items = load_task(task, spec)?;
+    for (task, items) in spec.tasks.iter().zip(task_items) {
         let t = Instant::now();
         let name = task_metric_name(task, spec.shots);
         let r = score_items(&model, &items, &ChoiceOptions::new(spec.threads), &name, quiet)?;

@@ -65,15 +65,85 @@ impl Imatrix {
     }
 
     pub fn load(path: &Path) -> Result<Imatrix> {
+        let shown = path.display();
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => bail!("{shown}: not a regular file (an importance matrix is a GGUF or .dat file)"),
+            Err(e) => bail!("{shown}: cannot read ({e})"),
+        }
         let mut magic = [0u8; 4];
         let n = std::io::Read::read(
-            &mut std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?,
+            &mut std::fs::File::open(path).with_context(|| format!("{shown}: cannot open"))?,
             &mut magic,
-        )?;
+        )
+        .with_context(|| format!("{shown}: cannot read"))?;
         let m = if n == 4 && &magic == b"GGUF" { load_gguf(path) } else { load_legacy(path) };
-        let mut m = m.map_err(|e| anyhow!("{}: not a usable imatrix: {e:#}", path.display()))?;
+        let mut m = m
+            .and_then(|m| m.validate().map(|()| m))
+            .map_err(|e| anyhow!("{}: not a usable imatrix: {e:#}", path.display()))?;
         m.path = Some(path.to_path_buf());
         Ok(m)
+    }
+
+    /// Refuse statistics no calibration can produce, as llama.cpp's quantizer does: a sum of
+    /// squared activations or a token count that is NaN, infinite or negative (the quantizers
+    /// would divide by it and write NaN scales), and entries whose sums do not split into their
+    /// matrices.
+    pub fn validate(&self) -> Result<()> {
+        for (name, e) in &self.entries {
+            if e.counts.is_empty() || !e.sums.len().is_multiple_of(e.counts.len()) {
+                bail!("entry {name}: {} sums do not split into {} matrices", e.sums.len(), e.counts.len());
+            }
+            let bad = |v: &[f32]| v.iter().position(|x| !x.is_finite() || *x < 0.0);
+            if let Some(i) = bad(&e.sums) {
+                bail!(
+                    "entry {name}: sum {i} is {} (sums of squared activations are finite and non-negative; llama.cpp refuses this too)",
+                    e.sums[i]
+                );
+            }
+            if let Some(i) = bad(&e.counts) {
+                bail!("entry {name}: token count {i} is {} (counts are finite and non-negative)", e.counts[i]);
+            }
+        }
+        Ok(())
+    }
+
+    /// How many of the entries name one of `tensors`, and the names of those that name none.
+    pub fn coverage<'a>(&self, tensors: impl IntoIterator<Item = &'a str>) -> (usize, Vec<&str>) {
+        let known: std::collections::HashSet<&str> = tensors.into_iter().collect();
+        let (matched, unmatched): (Vec<&str>, Vec<&str>) =
+            self.entries.keys().map(String::as_str).partition(|n| known.contains(n));
+        (matched.len(), unmatched)
+    }
+
+    /// Refuse an importance matrix none of whose entries names one of the model's `tensors` (one
+    /// made for another model would otherwise quantize as if absent), and warn with counts about
+    /// entries that name none (unless `quiet`).
+    pub fn check_names<'a>(&self, tensors: impl IntoIterator<Item = &'a str>, quiet: bool) -> Result<()> {
+        let (matched, unmatched) = self.coverage(tensors);
+        if matched == 0 {
+            bail!(
+                "{}: none of its {} entries names a tensor of this model (e.g. {:?}); an imatrix of another model?",
+                self.shown(),
+                self.entries.len(),
+                unmatched.first().copied().unwrap_or_default()
+            );
+        }
+        if !unmatched.is_empty() && !quiet {
+            eprintln!(
+                "warning: {}: {} of its {} entries name no tensor of this model and are ignored (e.g. {:?})",
+                self.shown(),
+                unmatched.len(),
+                self.entries.len(),
+                unmatched[0]
+            );
+        }
+        Ok(())
+    }
+
+    /// The file it came from, for messages.
+    pub fn shown(&self) -> String {
+        self.path.as_ref().map_or("the importance matrix".to_string(), |p| p.display().to_string())
     }
 
     /// The `quantize.imatrix.*` keys llama-quantize adds to a file it quantized with this
@@ -110,6 +180,14 @@ impl Imatrix {
         if self.chunk_size == 0 {
             self.chunk_size = other.chunk_size;
         }
+        // Two calibrations of one model share their entries' names; none in common is two models.
+        if !self.entries.is_empty() && !other.entries.keys().any(|k| self.entries.contains_key(k)) {
+            bail!(
+                "{}: none of its {} entries is in {my_name} (imatrices of different models?)",
+                name(other),
+                other.entries.len()
+            );
+        }
         for (tensor, e) in &other.entries {
             let mine = self
                 .entries
@@ -127,6 +205,8 @@ impl Imatrix {
             mine.sums.iter_mut().zip(&e.sums).for_each(|(a, b)| *a += b);
             mine.counts.iter_mut().zip(&e.counts).for_each(|(a, b)| *a += b);
         }
+        // Two valid files can still add up past f32's range.
+        self.validate().map_err(|e| anyhow!("{my_name} + {}: {e:#}", name(other)))?;
         self.datasets.extend(other.datasets.iter().cloned());
         let max_count = self.entries.values().flat_map(|e| e.counts.iter().copied()).fold(0.0f32, f32::max);
         if self.chunk_size > 0 {

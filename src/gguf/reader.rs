@@ -48,6 +48,9 @@ pub struct GgufFile {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<GgufFile> {
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            bail!("{}: not a regular file", path.display());
+        }
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         // SAFETY: the map is read-only; a file truncated under us is the usual mmap caveat.
         let map = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;

@@ -44,6 +44,21 @@ pub fn ladder(has_imatrix: bool) -> Vec<GgmlType> {
 
 /// The allocation for a budget of `budget` bytes of tensor data: one candidate index per tensor.
 pub fn allocate(tensors: &[TensorOptions], budget: u64) -> Result<Vec<usize>> {
+    // A NaN loss compares as neither better nor worse than anything: the search would never
+    // settle. It comes from NaN or infinite weights or importance statistics.
+    for t in tensors {
+        if t.candidates.is_empty() {
+            bail!("tensor {}: no type to choose from", t.name);
+        }
+        if let Some(c) = t.candidates.iter().find(|c| !(c.loss.is_finite() && c.loss >= 0.0)) {
+            bail!(
+                "tensor {}: its quantization loss in {} is {} (NaN or infinite weights or importance statistics)",
+                t.name,
+                c.ty.name(),
+                c.loss
+            );
+        }
+    }
     let min: u64 = tensors.iter().map(|t| t.candidates.iter().map(|c| c.bytes).min().unwrap_or(0)).sum();
     if min > budget {
         bail!(
@@ -98,8 +113,11 @@ fn smallest(t: &TensorOptions) -> usize {
 }
 
 /// Greedy: while some upgrade fits in what is left, take the one removing the most loss per byte.
+/// Each step lowers one tensor's loss strictly, so no tensor takes a candidate twice: the steps
+/// are bounded by the number of candidates.
 fn spend_the_rest(tensors: &[TensorOptions], choice: &mut [usize], mut left: u64) {
-    loop {
+    let max_steps: usize = tensors.iter().map(|t| t.candidates.len()).sum();
+    for _ in 0..max_steps {
         let mut best: Option<(usize, usize, f64)> = None;
         for (ti, t) in tensors.iter().enumerate() {
             let cur = t.candidates[choice[ti]];
@@ -167,6 +185,15 @@ mod tests {
             assert!(used <= budget, "case {case}: {used} > {budget}");
             let best = brute_force(&t, budget);
             assert!(loss <= best * 1.5 + 1e-12, "case {case}: loss {loss} vs optimum {best}");
+        }
+    }
+
+    #[test]
+    fn a_non_finite_loss_is_an_error_not_an_endless_search() {
+        for bad in [f64::NAN, f64::INFINITY, -1.0] {
+            let t = vec![opts("a", &[(100, 1.0), (200, 0.5)]), opts("blk.0.attn_q.weight", &[(100, 1.0), (200, bad)])];
+            let e = allocate(&t, 400).unwrap_err().to_string();
+            assert!(e.contains("blk.0.attn_q.weight") && e.contains("loss"), "{e}");
         }
     }
 

@@ -88,6 +88,7 @@ pub struct CsvAppender {
 
 impl CsvAppender {
     pub fn open<H: AsRef<[u8]>>(path: &Path, header: impl IntoIterator<Item = H>) -> Result<CsvAppender> {
+        crate::util::atomic::refuse_non_regular(path)?;
         let new = !path.exists() || std::fs::metadata(path)?.len() == 0;
         let file = std::fs::OpenOptions::new()
             .create(true)

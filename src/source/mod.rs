@@ -102,6 +102,10 @@ impl Source {
         if !path.exists() {
             bail!("{}: no such file or directory", path.display());
         }
+        if !path.is_file() {
+            // A FIFO or a device would block or stream: a model is a file read twice (magic, map).
+            bail!("{}: not a regular file (a model is a GGUF file or a Hugging Face directory)", path.display());
+        }
         let mut magic = [0u8; 4];
         let n = std::io::Read::read(&mut std::fs::File::open(path)?, &mut magic).unwrap_or(0);
         if n == 4 && &magic == b"GGUF" {

@@ -364,6 +364,54 @@ pub fn load_grid(path: &Path) -> Result<Grid> {
     parse_grid(&text).with_context(|| format!("{}", path.display()))
 }
 
+/// The most variants a grid may hold: far more than anyone measures (each takes minutes), few
+/// enough that a mistyped matrix is refused at once rather than expanded.
+pub const MAX_VARIANTS: usize = 10_000;
+
+/// Settings that must be positive, and the size of the matrices' expansion, before it is made.
+fn check_settings(raw: &RawGrid) -> Result<()> {
+    let e = &raw.eval;
+    if e.ppl_chunks == 0 {
+        bail!("[eval] ppl_chunks = 0: every variant's perplexity needs at least 1 window");
+    }
+    if e.limit == Some(0) {
+        bail!("[eval] limit = 0 leaves no item to evaluate (omit it for all)");
+    }
+    if raw.bench.reps == 0 {
+        bail!("[bench] reps = 0 measures nothing (at least 1)");
+    }
+    if !raw.bench.profiles.is_empty() && raw.bench.pp == 0 && raw.bench.tg == 0 {
+        bail!("[bench] pp = 0 and tg = 0 measure nothing (give profiles = [] to skip benchmarks)");
+    }
+    if raw.calib.as_ref().is_some_and(|c| c.chunks == 0) {
+        bail!("[calib] chunks = 0: calibration needs at least 1 chunk");
+    }
+    let mut total = raw.variant.len() + raw.stock.as_ref().map_or(0, |s| s.quants.len() + s.plain.len());
+    for m in &raw.matrix {
+        let n = m.methods.len().checked_mul(m.ratios.len()).and_then(|n| n.checked_mul(m.quants.len()));
+        total = n.and_then(|n| n.checked_add(total)).unwrap_or(usize::MAX);
+        if m.methods.is_empty() || m.ratios.is_empty() || m.quants.is_empty() {
+            bail!("a [[matrix]] with no methods, ratios or quants expands to nothing");
+        }
+    }
+    if total > MAX_VARIANTS {
+        bail!("the grid expands to {total} variants, more than {MAX_VARIANTS}: split it");
+    }
+    Ok(())
+}
+
+/// A variant's name becomes a file name (`variants/NAME.gguf`, `rows/NAME.json`): one plain
+/// component, no path, nothing hidden.
+fn check_variant_name(name: &str) -> Result<()> {
+    let plain = name.chars().all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
+    if name.is_empty() || name.len() > 200 || !plain || name.starts_with(['.', '-']) {
+        bail!(
+            "variant name {name:?} is not a plain file name (1 to 200 of A-Z a-z 0-9 . _ + -, not starting with . or -)"
+        );
+    }
+    Ok(())
+}
+
 pub fn parse_grid(text: &str) -> Result<Grid> {
     let raw: RawGrid = toml::from_str(text)?;
     let with_imatrix = raw.calib.as_ref().is_none_or(|c| c.imatrix);
@@ -379,11 +427,19 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
         sequential: 0,
         allocation: Allocation::Uniform,
     }];
+    check_settings(&raw)?;
+    let mut names: std::collections::HashSet<String> = ["baseline-f32".to_string()].into();
     let mut push = |v: Variant| -> Result<()> {
-        if variants.iter().any(|x| x.name == v.name) {
+        check_variant_name(&v.name)?;
+        if !names.insert(v.name.clone()) {
             bail!("variant {:?} appears twice", v.name);
         }
-        let spec = v.prune_spec(1)?; // reject unknown methods now
+        // Unknown methods and impossible ratios are refused now, before any work.
+        let spec =
+            v.prune_spec(1).and_then(|s| s.validate().map(|()| s)).with_context(|| format!("variant {:?}", v.name))?;
+        if v.method == "none" && v.ratio != 0.0 {
+            bail!("variant {:?}: ratio {} without a pruning method", v.name, v.ratio);
+        }
         if v.allocation != Allocation::Uniform && spec.prune_ffn.is_none() && spec.prune_heads.is_none() {
             bail!("variant {:?}: allocation spreads FFN and head widths, not {} pruning", v.name, v.method);
         }
@@ -474,4 +530,59 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
         grid.profile(p)?;
     }
     Ok(grid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "[eval]\n[bench]\n";
+
+    fn err(text: &str) -> String {
+        format!("{:#}", parse_grid(text).unwrap_err())
+    }
+
+    #[test]
+    fn variant_names_are_plain_file_names() {
+        for bad in ["../../x", "/abs", "", ".hidden", "a/b", "a\\\\b", "-x", "a b"] {
+            let e = err(&format!("{BASE}[[variant]]\nname = \"{bad}\"\nquant = \"q8_0\"\n"));
+            assert!(e.contains("not a plain file name"), "{bad:?}: {e}");
+        }
+        let g = parse_grid(&format!("{BASE}[[variant]]\nname = \"q8_0-mine+1.5\"\nquant = \"q8_0\"\n")).unwrap();
+        assert_eq!(g.variants[1].name, "q8_0-mine+1.5");
+    }
+
+    #[test]
+    fn a_huge_expansion_is_refused_before_it_is_made() {
+        let ratios: Vec<String> = (1..=1000).map(|i| format!("{}", i as f64 / 1001.0)).collect();
+        let quants = vec!["\"q8_0\""; 1000].join(", ");
+        let text = format!(
+            "{BASE}[[matrix]]\nmethods = [\"magnitude\"]\nratios = [{}]\nquants = [{quants}]\n",
+            ratios.join(", ")
+        );
+        let e = err(&text);
+        assert!(e.contains("1000000 variants") && e.contains(&MAX_VARIANTS.to_string()), "{e}");
+        // Duplicates are found in one pass, whatever the grid's size.
+        let dup = format!(
+            "{BASE}[[matrix]]\nmethods = [\"magnitude\", \"magnitude\"]\nratios = [0.5]\nquants = [\"q8_0\"]\n"
+        );
+        assert!(err(&dup).contains("appears twice"));
+    }
+
+    #[test]
+    fn settings_and_ratios_are_checked_when_read() {
+        let cases = [
+            ("[eval]\nppl_chunks = 0\n[bench]\n", "ppl_chunks"),
+            ("[eval]\nlimit = 0\n[bench]\n", "limit"),
+            ("[eval]\n[bench]\nprofiles = [\"host\"]\nreps = 0\n", "reps"),
+            ("[eval]\n[bench]\n[calib]\nchunks = 0\n", "chunks"),
+            ("[eval]\n[bench]\n[[matrix]]\nmethods = [\"wanda\"]\nratios = [nan]\nquants = [\"q8_0\"]\n", "NaN"),
+            ("[eval]\n[bench]\n[[matrix]]\nmethods = [\"ffn\"]\nratios = [1.0]\nquants = [\"q8_0\"]\n", "impossible"),
+            ("[eval]\n[bench]\n[[variant]]\nquant = \"q8_0\"\nratio = 0.5\n", "without a pruning method"),
+        ];
+        for (text, needle) in cases {
+            let e = err(text);
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+    }
 }

@@ -188,6 +188,24 @@ impl Dirs {
     }
 }
 
+/// Everything the grid's variants will read, checked before any work: the evaluation text, the
+/// calibration text, and every task's items (parsed as evaluation parses them, with the grid's
+/// shots, limit and seed), so that a malformed task file is not found after the baseline is built.
+pub fn check_before_work(grid: &Grid, opts: &SweepOptions) -> Result<()> {
+    opts.data.file(crate::util::data::WIKITEXT_TEST)?;
+    if grid.variants.iter().any(|v| v.imatrix || v.needs_moments()) {
+        opts.data.file(crate::util::data::CALIB_TEXT)?;
+    }
+    let mut spec = EvalSpec::new(opts.threads);
+    spec.data = opts.data.clone();
+    spec.limit = grid.eval.limit;
+    spec.shots = grid.eval.shots;
+    for t in &grid.eval.tasks {
+        crate::eval::run::load_task(&t.parse()?, &spec)?;
+    }
+    Ok(())
+}
+
 /// Run every variant not yet recorded, each in its own child process; returns results.csv's path.
 pub fn run_sweep(grid: &Grid, opts: &SweepOptions) -> Result<PathBuf> {
     let dirs = Dirs::create(&opts.out, true)?;
@@ -450,7 +468,7 @@ fn build(v: &Variant, opts: &SweepOptions, grid: &Grid, dir: &Path, baseline: &P
     match v.kind {
         Kind::Stock => {
             let imatrix = if v.imatrix { Some(calibration_imatrix(opts, grid, calib)?) } else { None };
-            let sopts = StockOptions { threads: opts.threads, ..Default::default() };
+            let sopts = StockOptions { threads: opts.threads, quiet: true, ..Default::default() };
             stock_quantize(baseline, &path, v.quant, imatrix.as_ref(), &sopts)?
         }
         _ => {

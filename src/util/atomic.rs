@@ -33,6 +33,7 @@ impl TempOutput {
         if !dir.is_dir() {
             bail!("{}: the output directory does not exist", dir.display());
         }
+        refuse_non_regular(target)?;
         let name = target
             .file_name()
             .with_context(|| format!("{}: not a file name", target.display()))?
@@ -94,16 +95,22 @@ pub fn write_file(target: &Path, bytes: &[u8]) -> Result<()> {
     out.commit()
 }
 
-/// Refuse to write `output` when it is the same file as `input` (even through another path).
-pub fn refuse_overwrite(input: &Path, output: &Path) -> Result<()> {
-    let same = match (fs::canonicalize(input), fs::canonicalize(output)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    if same {
-        bail!("{}: refusing to overwrite the input; choose another output path", output.display());
+/// Refuse a target that exists and is not a regular file: renaming over a device node or a FIFO
+/// would replace it (the commands check this earlier, with [`super::paths::IoPaths`]; this
+/// guards every writer).
+pub fn refuse_non_regular(target: &Path) -> Result<()> {
+    if let Ok(meta) = fs::metadata(target) {
+        if !meta.is_file() {
+            bail!("{}: exists and is not a regular file; microscale writes regular files only", target.display());
+        }
     }
     Ok(())
+}
+
+/// Refuse to write `output` over `input`, inside it or around it (the library's own entry points
+/// check this; the commands check every flag at once with [`super::paths::IoPaths`]).
+pub fn refuse_overwrite(input: &Path, output: &Path) -> Result<()> {
+    super::paths::IoPaths::new().input("input", input).output("output", output, super::paths::OutputKind::File).check()
 }
 
 /// A directory built under a hidden temporary name and renamed into place when complete.

@@ -1,5 +1,5 @@
 //! Small shared pieces, the lowest stage: atomic outputs, progress bars, memory maps that release
-//! their pages, the data folder, a seeded RNG, dense f64 linear algebra, paired bootstrap
+//! their pages, the output policy (paths), the data folder, a seeded RNG, dense f64 linear algebra, paired bootstrap
 //! intervals, test-only fault injection.
 
 pub mod atomic;
@@ -9,6 +9,7 @@ pub mod fault;
 pub mod linalg;
 pub mod mem;
 pub mod mmap;
+pub mod paths;
 pub mod progress;
 pub mod rng;
 pub mod stats;
