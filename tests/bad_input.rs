@@ -405,3 +405,25 @@ fn impossible_flag_values_are_one_line_usage_errors() {
         assert_eq!(before.len(), std::fs::read_dir(tmp.path()).unwrap().count());
     }
 }
+
+/// A context whose KV cache alone exceeds the machine's memory is refused before llama.cpp
+/// allocates it, as out of memory (the exit code a measuring parent reads as "does not fit"), in
+/// one line that says what it needs and what is free; a thread count past ggml's thread pool is
+/// a usage error.
+#[test]
+fn a_context_past_the_free_memory_is_out_of_memory_before_allocation() {
+    let model = common::default_model::gguf();
+    let m = model.to_str().unwrap();
+    // SmolLM2-135M: 30 blocks × 2 × 192 KV values × 2 bytes = 23 KB a token; 2^24 tokens is 386 GB.
+    let (code, stderr) = microscale(&["generate", m, "-p", "hi", "-n", "1", "-c", "16777216", "-q"]);
+    assert_eq!(code, microscale::record::status::EXIT_OUT_OF_MEMORY, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("16777216 tokens") && lines[0].contains("needs") && lines[0].contains("free"),
+        "{stderr}"
+    );
+    let (code, stderr) = microscale(&["generate", m, "-p", "hi", "-n", "1", "-t", "513"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--threads") && stderr.contains("512"), "{stderr}");
+}

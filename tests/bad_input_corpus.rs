@@ -415,12 +415,11 @@ fn listing(dir: &Path) -> Vec<String> {
     out
 }
 
-/// Run the binary on `args`; a problem if it panicked, died on a signal, hung, exited with an
-/// unexpected code, or failed without exactly one `error:` line.
-fn run_one(args: &[String]) -> Option<String> {
+/// Run the binary on `args` (stdin closed, stdout discarded): its exit status and stderr, or
+/// that it hung and was killed after [`CASE_TIMEOUT`].
+fn run_binary(args: &[String]) -> Result<(std::process::ExitStatus, String), String> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_microscale"))
         .args(args)
-        .arg("-q")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -434,12 +433,23 @@ fn run_one(args: &[String]) -> Option<String> {
         if start.elapsed() > CASE_TIMEOUT {
             let _ = child.kill();
             let _ = child.wait();
-            return Some(format!("hung (killed after {} s)", CASE_TIMEOUT.as_secs()));
+            return Err(format!("hung (killed after {} s)", CASE_TIMEOUT.as_secs()));
         }
         std::thread::sleep(Duration::from_millis(5));
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    Ok((status, stderr))
+}
+
+/// Run the binary on `args` (quiet); a problem if it panicked, died on a signal, hung, exited with an
+/// unexpected code, or failed without exactly one `error:` line.
+fn run_one(args: &[String]) -> Option<String> {
+    let quiet: Vec<String> = args.iter().cloned().chain(["-q".to_string()]).collect();
+    let (status, stderr) = match run_binary(&quiet) {
+        Ok(done) => done,
+        Err(hung) => return Some(hung),
+    };
     if stderr.contains("panicked") || stderr.contains("RUST_BACKTRACE") {
         return Some(format!("panic: {stderr}"));
     }
@@ -600,6 +610,8 @@ struct Run {
     expect: Expect,
     /// The run's own outputs: none may exist after a refusal.
     outputs: Vec<PathBuf>,
+    /// What a refusal's line must name (the flag at fault), where the case knows it.
+    names: Option<String>,
 }
 
 /// The fixture: every input a case may name, under `root/in` (hashed around every run).
@@ -755,27 +767,10 @@ fn good_imatrix(gguf: &Path) -> Imatrix {
 fn check_run(run: &Run, inputs: &Inputs) -> Option<String> {
     let label = format!("[{}] {}", run.class, run.what);
     let before = sha_tree(&inputs.dir());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_microscale"))
-        .args(&run.args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if start.elapsed() > CASE_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Some(format!("{label}: hung (killed after {} s)", CASE_TIMEOUT.as_secs()));
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    let (status, stderr) = match run_binary(&run.args) {
+        Ok(done) => done,
+        Err(hung) => return Some(format!("{label}: {hung}")),
     };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     if sha_tree(&inputs.dir()) != before {
         return Some(format!("{label}: an input changed: {:?}", run.args));
     }
@@ -793,9 +788,10 @@ fn check_run(run: &Run, inputs: &Inputs) -> Option<String> {
         (Some(0), Expect::WarnedOk) if stderr.contains("warning:") => None,
         (Some(0), Expect::WarnedOk) => Some("accepted without a warning".to_string()),
         (Some(0), Expect::Refused) => Some("silently accepted".to_string()),
-        (_, Expect::Refused | Expect::Either) if refused => {
-            run.outputs.iter().find(|o| o.exists()).map(|o| format!("refused, but left {}", o.display()))
-        }
+        (_, Expect::Refused | Expect::Either) if refused => match &run.names {
+            Some(n) if !lines[0].contains(n.as_str()) => Some(format!("the error does not name {n}")),
+            _ => run.outputs.iter().find(|o| o.exists()).map(|o| format!("refused, but left {}", o.display())),
+        },
         (Some(c), _) => Some(format!("exit {c}, not one error line")),
     };
     problem.map(|p| format!("{label}: {p}: {:?}\n    stderr: {}", run.args, stderr.trim()))
@@ -808,7 +804,10 @@ fn check_run(run: &Run, inputs: &Inputs) -> Option<String> {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Out {
     File,
+    /// A directory made whole.
     Dir,
+    /// A directory the command fills with its own entries (a sweep's `variants/`, `rows/`, ...).
+    Filled,
 }
 
 /// One argument of a command's template: literal, an input (flag, value prefix, fixture key),
@@ -973,10 +972,10 @@ fn writing_commands() -> Vec<(&'static str, bool, Vec<A>)> {
                 L("2"),
             ],
         ),
-        // A whole sweep is minutes: its template is not run (its grid is shown sound in class 4).
+        // A whole sweep is minutes: the template builds only the baseline, through the same checks.
         (
             "sweep",
-            false,
+            true,
             vec![
                 L("sweep"),
                 L("--model"),
@@ -984,9 +983,12 @@ fn writing_commands() -> Vec<(&'static str, bool, Vec<A>)> {
                 L("--grid"),
                 I("--grid", "", "grid"),
                 L("--out"),
-                O("--out", Out::Dir),
+                O("--out", Out::Filled),
                 L("--data-dir"),
                 I("--data-dir", "", "data"),
+                L("--variant"),
+                L("baseline-f32"),
+                L("--build-only"),
             ],
         ),
     ]
@@ -1150,6 +1152,7 @@ fn output_policy_runs(inputs: &Inputs, scratch: &Path) -> Vec<Run> {
                 args,
                 expect: Expect::Ok,
                 outputs: vec![],
+                names: None,
             });
         }
         for &(oflag, kind) in &outputs {
@@ -1163,6 +1166,8 @@ fn output_policy_runs(inputs: &Inputs, scratch: &Path) -> Vec<Run> {
                         targets.push((format!("{oflag} = a file inside the {iflag} directory"), PathBuf::from(first)));
                     }
                 } else if kind == Out::Dir {
+                    // A directory made whole must not hold an input (a filled one may, beside its
+                    // entries: that case is below).
                     targets.push((
                         format!("{oflag} = the directory around the {iflag} input"),
                         p.parent().unwrap().to_path_buf(),
@@ -1184,6 +1189,7 @@ fn output_policy_runs(inputs: &Inputs, scratch: &Path) -> Vec<Run> {
                     args,
                     expect: Expect::Refused,
                     outputs: others,
+                    names: Some(oflag.to_string()),
                 });
             }
         }
@@ -1194,7 +1200,14 @@ fn output_policy_runs(inputs: &Inputs, scratch: &Path) -> Vec<Run> {
             outs.insert(outputs[1].0, shared.clone());
             let args = template_args(&t, inputs, &outs);
             let what = format!("{cmd}: {} and {} at one path", outputs[0].0, outputs[1].0);
-            runs.push(Run { class: "output-policy", what, args, expect: Expect::Refused, outputs: vec![shared] });
+            runs.push(Run {
+                class: "output-policy",
+                what,
+                args,
+                expect: Expect::Refused,
+                outputs: vec![shared],
+                names: Some(outputs[1].0.to_string()),
+            });
         }
     }
     for (cmd, t) in reading_commands() {
@@ -1208,10 +1221,12 @@ fn output_policy_runs(inputs: &Inputs, scratch: &Path) -> Vec<Run> {
                     args,
                     expect: Expect::Refused,
                     outputs: vec![],
+                    names: Some(flag.to_string()),
                 });
             }
         }
     }
+    runs.extend(sound_paths(inputs, scratch));
     // A FIFO as every writing command's inputs, too.
     for (cmd, _, t) in writing_commands() {
         for (i, a) in t.iter().enumerate() {
@@ -1227,11 +1242,72 @@ fn output_policy_runs(inputs: &Inputs, scratch: &Path) -> Vec<Run> {
                     args,
                     expect: Expect::Refused,
                     outputs,
+                    names: Some(flag.to_string()),
                 });
             }
         }
     }
     runs
+}
+
+/// Paths the policy must accept, and a filled directory holding an input under one of its entries.
+fn sound_paths(inputs: &Inputs, scratch: &Path) -> Vec<Run> {
+    let elsewhere = scratch.join("elsewhere");
+    std::fs::create_dir_all(elsewhere.join("sub")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, scratch.join("linked")).unwrap();
+    let convert = |out: PathBuf, extra: &[&str]| -> Vec<String> {
+        let mut a = vec![
+            "convert".into(),
+            "-q".into(),
+            inputs.s("hf"),
+            "-o".into(),
+            s(&out),
+            "--outtype".into(),
+            "q8_0".into(),
+        ];
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let calib = scratch.join("reused.calib.gguf");
+    let wanda = ["--sparsity", "0.5", "--sparsity-method", "wanda", "--calib-chunks", "1", "--calib-text"];
+    let mut with_calib: Vec<String> = wanda.iter().map(|x| x.to_string()).collect();
+    with_calib.extend([inputs.s("text"), "--calib".into(), s(&calib)]);
+    let with_calib: Vec<&str> = with_calib.iter().map(String::as_str).collect();
+    let ok = |what: &str, args: Vec<String>| Run {
+        class: "output-policy",
+        what: what.to_string(),
+        args,
+        expect: Expect::Ok,
+        outputs: vec![],
+        names: None,
+    };
+    let filled = inputs.dir().join("mutated/filled");
+    let grid_inside = inputs.add("filled/variants/grid.toml", &std::fs::read(inputs.get("grid")).unwrap());
+    vec![
+        ok("convert -o through a linked directory", convert(scratch.join("linked/a.gguf"), &[])),
+        ok("convert -o with `..`", convert(elsewhere.join("sub/../b.gguf"), &[])),
+        ok("convert --calib written", convert(scratch.join("c1.gguf"), &with_calib)),
+        ok("convert --calib reused", convert(scratch.join("c2.gguf"), &with_calib)),
+        Run {
+            class: "output-policy",
+            what: "sweep --out holds the --grid under its variants/".into(),
+            args: vec![
+                "sweep".into(),
+                "-q".into(),
+                "--model".into(),
+                inputs.s("hf"),
+                "--grid".into(),
+                s(&grid_inside),
+                "--out".into(),
+                s(&filled),
+                "--data-dir".into(),
+                inputs.s("data"),
+            ],
+            expect: Expect::Refused,
+            outputs: vec![filled.join("results.csv"), filled.join("rows")],
+            names: Some("--out".into()),
+        },
+    ]
 }
 
 /// Every subcommand's path flags are in the tables above: a new flag that takes a path cannot
@@ -1353,7 +1429,14 @@ fn statistics_runs(inputs: &Inputs, scratch: &Path) -> Vec<Run> {
         let quiet = if *expect == Expect::WarnedOk { None } else { Some("-q") };
         let mut push = |cmd: &str, mut args: Vec<String>, outputs: Vec<PathBuf>| {
             args.extend(quiet.map(String::from));
-            runs.push(Run { class: "statistics", what: format!("{what}: {cmd}"), args, expect: *expect, outputs });
+            runs.push(Run {
+                class: "statistics",
+                what: format!("{what}: {cmd}"),
+                args,
+                expect: *expect,
+                outputs,
+                names: None,
+            });
         };
         let o = out("gguf");
         push(
@@ -1412,6 +1495,7 @@ fn statistics_runs(inputs: &Inputs, scratch: &Path) -> Vec<Run> {
             args,
             expect: expect_merge,
             outputs: vec![o],
+            names: None,
         });
     }
     // Two finite matrices whose sums add up past f32's range.
@@ -1435,6 +1519,7 @@ fn statistics_runs(inputs: &Inputs, scratch: &Path) -> Vec<Run> {
         ],
         expect: Expect::Refused,
         outputs: vec![o],
+        names: None,
     });
 
     // Saved KLD bases: a row whose scale or minimum no log-softmax gives.
@@ -1478,6 +1563,7 @@ fn statistics_runs(inputs: &Inputs, scratch: &Path) -> Vec<Run> {
                 ],
                 expect,
                 outputs: vec![csv],
+                names: None,
             });
         }
     }
@@ -1545,6 +1631,7 @@ fn grid_runs(inputs: &Inputs, scratch: &Path) -> Vec<Run> {
             ],
             expect: Expect::Refused,
             outputs: vec![out],
+            names: None,
         });
     }
     // The unmutated grid is sound: its baseline builds.
@@ -1569,6 +1656,7 @@ fn grid_runs(inputs: &Inputs, scratch: &Path) -> Vec<Run> {
         ],
         expect: Expect::Ok,
         outputs: vec![],
+        names: None,
     });
     runs
 }
@@ -1632,6 +1720,7 @@ fn task_runs(inputs: &Inputs, scratch: &Path) -> Vec<Run> {
             args,
             expect: Expect::Refused,
             outputs: vec![saved],
+            names: None,
         });
     }
     for (i, (what, bad)) in arc.into_iter().enumerate() {
@@ -1645,6 +1734,7 @@ fn task_runs(inputs: &Inputs, scratch: &Path) -> Vec<Run> {
             args,
             expect: Expect::Refused,
             outputs: vec![saved],
+            names: None,
         });
     }
     runs
@@ -1716,7 +1806,7 @@ fn flag_runs(inputs: &Inputs, scratch: &Path) -> Vec<Run> {
             args.extend([flag.to_string(), values[0].to_string()]);
         }
         let what = format!("{} {flag} {}", base[0], values[0]);
-        runs.push(Run { class: "flags", what, args, expect, outputs: vec![out] });
+        runs.push(Run { class: "flags", what, args, expect, outputs: vec![out], names: None });
     }
     runs
 }

@@ -81,7 +81,7 @@ impl Args {
             bail!("no model given (usage: microscale bench MODEL.gguf... --profile NAME)");
         }
         IoPaths::new()
-            .inputs("MODEL", &self.models)
+            .inputs("MODELS", &self.models)
             .output_opt("--csv", self.csv.as_ref(), OutputKind::Append)
             .check()?;
         microscale::bench::caps::remove_stale_cgroups();

@@ -1,6 +1,6 @@
 use super::{at_least, output, threads_arg, tokens_arg, Global};
 use anyhow::{bail, Result};
-use microscale::convert::{calibrate_model, ConvertOptions};
+use microscale::convert::{calibrate_model, model_tensor_names, ConvertOptions};
 use microscale::gguf::imatrix::Imatrix;
 use microscale::prune::PruneSpec;
 use microscale::quant::mix::Scheme;
@@ -77,9 +77,18 @@ impl Args {
             .input_opt("--data-dir", self.data_dir.as_ref())
             .output("--output", &self.output, OutputKind::File)
             .check()?;
+        // With a MODEL, files of another model are refused before the calibration, not after it.
+        let model_names = match (&self.model, self.in_files.is_empty()) {
+            (Some(model), false) => Some(model_tensor_names(model)?),
+            _ => None,
+        };
         let mut merged = Imatrix::default();
         for f in &self.in_files {
-            merged.merge(&Imatrix::load(f)?)?;
+            let m = Imatrix::load(f)?;
+            if let Some(names) = &model_names {
+                m.check_names(names.iter().map(String::as_str), g.quiet)?;
+            }
+            merged.merge(&m)?;
         }
         let result = match &self.model {
             Some(model) => {

@@ -101,7 +101,7 @@ pub struct Args {
     #[arg(long, requires = "slurm", help_heading = "SLURM")]
     time: Option<String>,
     /// sbatch --cpus-per-task (default: --threads, else 4); the jobs use as many threads.
-    #[arg(long, value_name = "N", requires = "slurm", value_parser = at_least::<1>(), help_heading = "SLURM")]
+    #[arg(long, value_name = "N", requires = "slurm", value_parser = threads_arg(), help_heading = "SLURM")]
     cpus_per_task: Option<usize>,
     /// sbatch --mem: memory per job (e.g. 16G).
     #[arg(long, requires = "slurm", help_heading = "SLURM")]
@@ -126,6 +126,7 @@ pub struct Args {
 impl Args {
     pub fn run(self, g: Global) -> Result<()> {
         if let Some(out) = &self.status {
+            IoPaths::new().input("--status", out).check()?;
             let st = slurm::status(out)?;
             print!("{}", output::sweep_status_text(&st));
             return Ok(());
@@ -135,14 +136,18 @@ impl Args {
         else {
             bail!("--model, --grid and --out are required");
         };
+        IoPaths::new().input("--grid", &grid_path).check()?;
+        let grid = load_grid(&grid_path)?;
+        let data = DataDir::resolve(self.data_dir.as_deref());
+        // The data folder as resolved, not only as given: every child is handed it explicitly.
         IoPaths::new()
             .input("--model", &model)
             .input("--grid", &grid_path)
-            .input_opt("--data-dir", self.data_dir.as_ref())
+            .inputs("the grid's mc: task", grid.task_files())
+            .input("--data-dir", &data.root)
             .input_opt("--child-exe", self.child_exe.as_ref())
-            .output("--out", &out, OutputKind::Dir)
+            .output("--out", &out, OutputKind::Filled(microscale::sweep::OUT_ENTRIES))
             .check()?;
-        let grid = load_grid(&grid_path)?;
         let threads = match (self.threads, self.cpus_per_task) {
             (Some(t), _) => t,
             (None, Some(c)) if self.slurm => c,
@@ -153,14 +158,14 @@ impl Args {
             keep: self.keep,
             threads,
             quiet: g.quiet,
-            data: DataDir::resolve(self.data_dir.as_deref()),
+            data,
             child_exe: self.child_exe.clone(),
             retry_failed: self.retry_failed,
             variant_timeout: Duration::from_secs(self.variant_timeout),
             gpu_layers: self.gpu_layers,
             ..SweepOptions::new(&model, &grid_path, &out)
         };
-        microscale::sweep::check_before_work(&grid, &opts)?;
+        microscale::sweep::check_before_work(&grid, &opts, !self.build_only)?;
         if let (true, Some(name)) = (self.build_only, &self.variant) {
             println!("{}", build_variant(&grid, name, &opts)?.display());
             return Ok(());

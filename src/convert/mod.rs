@@ -204,6 +204,7 @@ impl Job {
 
 pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
     refuse_overwrite(input, output)?;
+    check_imatrix_names(input, opts)?;
     if opts.prune.sequential > 1 && opts.calibration.is_none() {
         if opts.prune.heal {
             let (calibration, targets) = sequential::healing(input, output, opts)?;
@@ -263,10 +264,25 @@ pub struct Plan {
 /// Plan a conversion without writing: metadata and every tensor's name, shape and type (for
 /// `prune-plan` and dry runs).
 pub fn plan_only(input: &Path, opts: &ConvertOptions) -> Result<Plan> {
+    check_imatrix_names(input, opts)?;
     let source = Source::open(input)?;
     let SourcePlan { metadata, planned, generated, .. } = plan_source(&source, opts)?;
     let overlay = with_generated(&source, &generated);
     plan_jobs(input, &overlay, metadata, planned, opts)
+}
+
+/// Refuse an `--imatrix` none of whose entries names a tensor of the model, and warn about
+/// entries that name none, once, before any calibration (a float output does not use it).
+fn check_imatrix_names(input: &Path, opts: &ConvertOptions) -> Result<()> {
+    let Some(m) = opts.imatrix.as_ref().filter(|_| !opts.scheme.is_float()) else { return Ok(()) };
+    m.check_names(model_tensor_names(input)?.iter().map(String::as_str), opts.quiet)
+}
+
+/// The GGUF names of a model's tensors (what importance matrices are keyed by), from its plan.
+pub fn model_tensor_names(input: &Path) -> Result<Vec<String>> {
+    let source = Source::open(input)?;
+    let plan = plan_source(&source, &ConvertOptions::new(Scheme::F32))?;
+    Ok(plan.planned.into_iter().map(|p| p.stats_name).collect())
 }
 
 /// From the source's plan to every output tensor's job: pruning (with calibration when needed),
@@ -278,9 +294,6 @@ fn plan_jobs(
     planned: Vec<PlannedTensor>,
     opts: &ConvertOptions,
 ) -> Result<Plan> {
-    if let Some(m) = opts.imatrix.as_ref().filter(|_| !opts.scheme.is_float()) {
-        m.check_names(planned.iter().map(|p| p.stats_name.as_str()), opts.quiet)?;
-    }
     let pruned = pruning::plan(input, tensors, &mut metadata, planned, opts)?;
     let pruning::Pruned { planned, calibration, sparsity, structure, healing } = pruned;
     let imatrix = calibrated_imatrix(opts, calibration.as_ref());

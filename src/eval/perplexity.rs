@@ -102,7 +102,8 @@ impl<'m> WindowLogits<'m> {
         if n_batch >= n_ctx && !n_batch.is_multiple_of(n_ctx) {
             bail!("--batch-size {n_batch} must be below --ctx-size {n_ctx} or a multiple of it");
         }
-        let n_seq = (n_batch / n_ctx).max(1);
+        // llama.cpp holds at most LLAMA_MAX_SEQ sequences: short windows fill a batch in several decodes.
+        let n_seq = (n_batch / n_ctx).clamp(1, crate::engine::MAX_SEQUENCES);
         let session = model.session_with(&SessionOptions {
             n_ctx: n_seq * n_ctx,
             n_batch: n_batch.min(n_seq * n_ctx),

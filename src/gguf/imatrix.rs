@@ -175,7 +175,8 @@ impl Imatrix {
     /// and counts add up entry by entry, datasets are listed one after the other, and the chunk
     /// count becomes the most tokens any entry saw divided by the chunk size.
     pub fn merge(&mut self, other: &Imatrix) -> Result<()> {
-        let name = |m: &Imatrix| m.path.as_ref().map_or("imatrix".to_string(), |p| p.display().to_string());
+        let name =
+            |m: &Imatrix| m.path.as_ref().map_or("the files merged so far".to_string(), |p| p.display().to_string());
         let my_name = name(self);
         if self.chunk_size == 0 {
             self.chunk_size = other.chunk_size;

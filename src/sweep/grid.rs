@@ -300,6 +300,12 @@ impl Grid {
         }
     }
 
+    /// The JSONL files its `mc:` tasks name.
+    pub fn task_files(&self) -> Vec<std::path::PathBuf> {
+        let tasks = self.eval.tasks.iter().filter_map(|t| t.parse::<crate::eval::data::Task>().ok());
+        tasks.filter_map(|t| if let crate::eval::data::Task::Mc(p) = t { Some(p) } else { None }).collect()
+    }
+
     /// A variant by name, or by its 0-based index in the grid.
     pub fn variant(&self, name_or_index: &str) -> Result<&Variant> {
         if let Some(v) = self.variants.iter().find(|v| v.name == name_or_index) {
@@ -377,7 +383,7 @@ fn check_settings(raw: &RawGrid) -> Result<()> {
     if e.limit == Some(0) {
         bail!("[eval] limit = 0 leaves no item to evaluate (omit it for all)");
     }
-    if raw.bench.reps == 0 {
+    if raw.bench.reps == 0 && !raw.bench.profiles.is_empty() {
         bail!("[bench] reps = 0 measures nothing (at least 1)");
     }
     if !raw.bench.profiles.is_empty() && raw.bench.pp == 0 && raw.bench.tg == 0 {
@@ -471,7 +477,7 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
         let default_name = recipe.name(quant);
         let mut name = v.name.unwrap_or_else(|| default_name.clone());
         if let (Some(s), true) = (&v.target_size, name == default_name) {
-            name = format!("{name}-{}", s.to_ascii_lowercase());
+            name = format!("{name}-{}", s.to_ascii_lowercase().replace(char::is_whitespace, ""));
         } else if let (Some(b), true) = (v.target_bpw, name == default_name) {
             name = format!("{name}-{b}bpw");
         }

@@ -188,14 +188,23 @@ impl Dirs {
     }
 }
 
-/// Everything the grid's variants will read, checked before any work: the evaluation text, the
-/// calibration text, and every task's items (parsed as evaluation parses them, with the grid's
-/// shots, limit and seed), so that a malformed task file is not found after the baseline is built.
-pub fn check_before_work(grid: &Grid, opts: &SweepOptions) -> Result<()> {
-    opts.data.file(crate::util::data::WIKITEXT_TEST)?;
+/// What a sweep writes in its output directory, and nothing else (the report adds `report.md`
+/// and `plots/`): an input elsewhere in that directory is safe.
+pub const OUT_ENTRIES: &[&str] =
+    &["results.csv", "variants", "rows", "logs", "items", "calib.imatrix.gguf", "calib.imatrix.moments.gguf", "slurm"];
+
+/// Everything the grid's variants will read, checked before any work: the calibration text and,
+/// when the variants are to be evaluated, the evaluation text and every task's items (parsed as
+/// evaluation parses them, with the grid's shots, limit and seed), so that a malformed task file
+/// is not found after the baseline is built.
+pub fn check_before_work(grid: &Grid, opts: &SweepOptions, evaluates: bool) -> Result<()> {
     if grid.variants.iter().any(|v| v.imatrix || v.needs_moments()) {
         opts.data.file(crate::util::data::CALIB_TEXT)?;
     }
+    if !evaluates {
+        return Ok(());
+    }
+    opts.data.file(crate::util::data::WIKITEXT_TEST)?;
     let mut spec = EvalSpec::new(opts.threads);
     spec.data = opts.data.clone();
     spec.limit = grid.eval.limit;

@@ -24,8 +24,11 @@ pub enum OutputKind {
     File,
     /// A file appended to (CSV rows).
     Append,
-    /// A directory created or filled.
+    /// A directory created whole (it must not contain an input).
     Dir,
+    /// A directory the command fills with these entries only (a sweep's `results.csv`,
+    /// `variants/`, ...): an input elsewhere in it is safe, one at or under an entry is not.
+    Filled(&'static [&'static str]),
 }
 
 #[derive(Clone, Debug)]
@@ -39,6 +42,8 @@ struct Named {
 pub struct IoPaths {
     inputs: Vec<Named>,
     outputs: Vec<(Named, OutputKind)>,
+    /// Files read when they exist, written when not, that belong to no other flag.
+    reused: Vec<Named>,
 }
 
 /// An existing path, resolved: where it is and which file it is.
@@ -85,7 +90,11 @@ impl IoPaths {
     /// A file that is read when it exists and written when it does not (`--calib`).
     pub fn reused_or_written(self, flag: &str, path: Option<impl AsRef<Path>>) -> IoPaths {
         match path {
-            Some(p) if fs::symlink_metadata(p.as_ref()).is_ok() => self.input(flag, p),
+            Some(p) if fs::symlink_metadata(p.as_ref()).is_ok() => {
+                let mut io = self.input(flag, p.as_ref());
+                io.reused.push(Named { flag: flag.to_string(), path: p.as_ref().to_path_buf() });
+                io
+            }
             Some(p) => self.output(flag, p, OutputKind::File),
             None => self,
         }
@@ -97,6 +106,24 @@ impl IoPaths {
         for i in &self.inputs {
             if let Some(r) = resolve_input(i)? {
                 inputs.push((i, r));
+            }
+        }
+        // An existing file reused (`--calib`) is read as it is, but must be a file of its own:
+        // another input's file, or one inside another input's directory, is not one.
+        for r in &self.reused {
+            let Some(resolved) = resolve_input(r)? else { continue };
+            let other = inputs.iter().find(|(i, ri)| {
+                !(i.flag == r.flag && i.path == r.path)
+                    && (same(ri, &resolved) || (ri.is_dir && resolved.path.starts_with(&ri.path)))
+            });
+            if let Some((i, _)) = other {
+                bail!(
+                    "{}: {} names the {} input {} (or a file inside it), not a file of its own; choose another path",
+                    r.path.display(),
+                    r.flag,
+                    i.flag,
+                    i.path.display()
+                );
             }
         }
         let mut outputs: Vec<(&Named, Resolved)> = Vec::new();
@@ -163,12 +190,9 @@ fn resolve_output(o: &Named, kind: OutputKind) -> Result<Resolved> {
         let Ok(meta) = fs::metadata(&o.path) else {
             bail!("{shown}: a symbolic link to nothing ({}); remove it or choose another path", o.flag)
         };
-        let fits = match kind {
-            OutputKind::File | OutputKind::Append => meta.is_file(),
-            OutputKind::Dir => meta.is_dir(),
-        };
-        if !fits {
-            let wanted = if kind == OutputKind::Dir { "a directory" } else { "a regular file" };
+        let wants_dir = matches!(kind, OutputKind::Dir | OutputKind::Filled(_));
+        if meta.is_dir() != wants_dir || !(meta.is_dir() || meta.is_file()) {
+            let wanted = if wants_dir { "a directory" } else { "a regular file" };
             bail!(
                 "{shown}: is {} ({}), and microscale writes {wanted} there; choose another path",
                 file_kind(meta.file_type()),
@@ -178,33 +202,29 @@ fn resolve_output(o: &Named, kind: OutputKind) -> Result<Resolved> {
         let path = fs::canonicalize(&o.path).unwrap_or_else(|_| o.path.clone());
         return Ok(Resolved { path, id: Some((meta.dev(), meta.ino())), is_dir: meta.is_dir() });
     }
-    Ok(Resolved { path: resolve_missing(&o.path), id: None, is_dir: kind == OutputKind::Dir })
+    let is_dir = !matches!(kind, OutputKind::File | OutputKind::Append);
+    Ok(Resolved { path: resolve_missing(&o.path), id: None, is_dir })
 }
 
-/// A path that does not exist yet: its nearest existing ancestor resolved, the rest appended
-/// (`..` taken lexically: what does not exist holds no links).
+/// A path that does not exist (yet), resolved component by component from the root: what exists
+/// is followed through its links, what does not is taken as written, `..` stepping back over it
+/// (as `create_dir_all` and the final rename will).
 fn resolve_missing(path: &Path) -> PathBuf {
     let absolute =
         if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(path) };
-    let mut existing = absolute.as_path();
-    let mut rest = Vec::new();
-    while fs::symlink_metadata(existing).is_err() {
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_os_string());
-                existing = parent;
-            }
-            _ => break,
-        }
-    }
-    let mut out = fs::canonicalize(existing).unwrap_or_else(|_| existing.to_path_buf());
-    for part in rest.iter().rev() {
-        match Path::new(part).components().next() {
-            Some(Component::ParentDir) => {
+    let mut out = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
                 out.pop();
             }
-            Some(Component::CurDir) => {}
-            _ => out.push(part),
+            other => {
+                out.push(other);
+                if fs::symlink_metadata(&out).is_ok() {
+                    out = fs::canonicalize(&out).unwrap_or(out);
+                }
+            }
         }
     }
     out
@@ -213,13 +233,23 @@ fn resolve_missing(path: &Path) -> PathBuf {
 fn refuse_overlap(o: &Named, out: &Resolved, kind: OutputKind, i: &Named, input: &Resolved) -> Result<()> {
     let (op, ip) = (o.path.display(), i.path.display());
     if same(out, input) {
-        bail!("{op}: is the input {ip} ({}), which {} would overwrite; choose another output path", i.flag, o.flag);
+        bail!("{op}: {} would overwrite the input {ip} ({}); choose another output path", o.flag, i.flag);
     }
     if input.is_dir && out.path.starts_with(&input.path) {
         bail!("{op}: lies inside the input directory {ip} ({}); write {} somewhere else", i.flag, o.flag);
     }
-    if (out.is_dir || kind == OutputKind::Dir) && input.path.starts_with(&out.path) {
-        bail!("{op}: contains the input {ip} ({}); choose another directory for {}", i.flag, o.flag);
+    let written: Vec<PathBuf> = match kind {
+        OutputKind::Filled(entries) => entries.iter().map(|e| out.path.join(e)).collect(),
+        OutputKind::Dir => vec![out.path.clone()],
+        OutputKind::File | OutputKind::Append => vec![],
+    };
+    if let Some(w) = written.iter().find(|w| input.path.starts_with(w)) {
+        bail!(
+            "{op}: contains the input {ip} ({}) where {} writes {}; choose another directory",
+            i.flag,
+            o.flag,
+            w.display()
+        );
     }
     Ok(())
 }
@@ -244,14 +274,14 @@ mod tests {
         let e = err(io().output("-o", model.join("model.safetensors"), OutputKind::File));
         assert!(e.contains("lies inside the input directory") && e.contains("SRC"), "{e}");
         let e = err(io().output("-o", &im, OutputKind::File));
-        assert!(e.contains("is the input") && e.contains("--imatrix") && e.contains("-o"), "{e}");
+        assert!(e.contains("overwrite the input") && e.contains("--imatrix") && e.contains("-o"), "{e}");
         // Through a relative path with `..`, a symbolic link and a hard link.
         let e = err(io().output("-o", model.join("../im.gguf"), OutputKind::File));
-        assert!(e.contains("is the input"), "{e}");
+        assert!(e.contains("overwrite the input"), "{e}");
         std::os::unix::fs::symlink(&im, d.path().join("link.gguf")).unwrap();
-        assert!(err(io().output("-o", d.path().join("link.gguf"), OutputKind::File)).contains("is the input"));
+        assert!(err(io().output("-o", d.path().join("link.gguf"), OutputKind::File)).contains("overwrite the input"));
         fs::hard_link(&im, d.path().join("hard.gguf")).unwrap();
-        assert!(err(io().output("-o", d.path().join("hard.gguf"), OutputKind::File)).contains("is the input"));
+        assert!(err(io().output("-o", d.path().join("hard.gguf"), OutputKind::File)).contains("overwrite the input"));
         // A new file inside a directory that does not exist yet, inside the input.
         let e = err(io().output("-o", model.join("new/sub/x.gguf"), OutputKind::File));
         assert!(e.contains("inside the input directory"), "{e}");
@@ -262,9 +292,35 @@ mod tests {
         let out = d.path().join("out.csv");
         let e = err(io().output("--save-kld-base", &out, OutputKind::File).output("--csv", &out, OutputKind::Append));
         assert!(e.contains("two outputs") && e.contains("--csv"), "{e}");
-        // What is fine.
+        // A directory filled with named entries may hold inputs elsewhere, not under an entry.
+        let filled = OutputKind::Filled(&["results.csv", "variants"]);
+        io().output("--out", d.path(), filled).check().unwrap();
+        fs::create_dir(d.path().join("variants")).unwrap();
+        fs::write(d.path().join("variants/grid.toml"), b"g").unwrap();
+        let e = err(io().input("--grid", d.path().join("variants/grid.toml")).output("--out", d.path(), filled));
+        assert!(e.contains("contains the input") && e.contains("--grid") && e.contains("variants"), "{e}");
+        // `..` over a directory that does not exist yet steps back into the input.
+        let e = err(io().output("--out", d.path().join("nothere/../model/runs"), OutputKind::Dir));
+        assert!(e.contains("inside the input directory"), "{e}");
+        // A reused file (`--calib`) must be one of its own, not another input or inside one.
+        let e = err(io().reused_or_written("--calib", Some(&im)));
+        assert!(e.contains("--calib") && e.contains("--imatrix"), "{e}");
+        let e = err(io().reused_or_written("--calib", Some(model.join("model.safetensors"))));
+        assert!(e.contains("--calib") && e.contains("SRC"), "{e}");
+        let own = d.path().join("calib.gguf");
+        fs::write(&own, b"c").unwrap();
+        io().reused_or_written("--calib", Some(&own)).check().unwrap();
+        // What is fine: new paths, through a linked directory and a `..`.
         io().output("-o", d.path().join("new.gguf"), OutputKind::File).check().unwrap();
         io().output("--out", d.path().join("sweep/run1"), OutputKind::Dir).check().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), d.path().join("linked")).unwrap();
+        io().output("-o", d.path().join("linked/x.gguf"), OutputKind::File).check().unwrap();
+        io().output("-o", model.join("../y.gguf"), OutputKind::File).check().unwrap();
+        // ... and a linked directory that leads into the input does not escape the check.
+        std::os::unix::fs::symlink(&model, elsewhere.path().join("into-model")).unwrap();
+        let e = err(io().output("-o", elsewhere.path().join("into-model/z.gguf"), OutputKind::File));
+        assert!(e.contains("inside the input directory"), "{e}");
     }
 
     #[test]
