@@ -115,7 +115,7 @@ fn yes() -> bool {
 }
 
 fn default_calib_chunks() -> usize {
-    16
+    crate::prune::CALIB_CHUNKS
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -530,8 +530,13 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
     for (name, p) in raw.profiles {
         profiles.insert(name.clone(), p.into_profile(&name)?);
     }
-    let grid =
-        Grid { eval: raw.eval, bench: raw.bench, calib_chunks: raw.calib.map_or(16, |c| c.chunks), variants, profiles };
+    let grid = Grid {
+        eval: raw.eval,
+        bench: raw.bench,
+        calib_chunks: raw.calib.map_or(default_calib_chunks(), |c| c.chunks),
+        variants,
+        profiles,
+    };
     for p in &grid.bench.profiles {
         grid.profile(p)?;
     }
