@@ -26,14 +26,15 @@ pub fn nearest_int(fval: f32) -> i32 {
     (val.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
 }
 
-/// C's `(int)f` as x86-64 compiles it (`cvttss2si`/`cvttps2dq`): truncation toward zero, and the
-/// "integer indefinite" `INT_MIN` for NaN and out-of-range values. Rust's `as` saturates and maps
-/// NaN to 0 instead, which would differ on degenerate blocks (e.g. a subnormal scale whose
-/// reciprocal is infinite). Narrower C casts (`(int8_t)f`, `(uint8_t)f`) are this conversion
-/// followed by keeping the low byte, which is what the vectorised and scalar code both do.
+/// C's `(int)f` as the engine's compiler emits it on this CPU, so that degenerate blocks (e.g. a
+/// subnormal scale whose reciprocal is infinite) give ggml's bytes on each: on x86-64
+/// (`cvttss2si`/`cvttps2dq`) truncation toward zero and the "integer indefinite" `INT_MIN` for NaN
+/// and out-of-range values; on aarch64 (`fcvtzs`) truncation that saturates and maps NaN to 0,
+/// which is Rust's `as`. Narrower C casts (`(int8_t)f`, `(uint8_t)f`) are this conversion followed
+/// by keeping the low byte, which is what the vectorised and scalar code both do.
 #[inline(always)]
 pub fn c_float_to_int(f: f32) -> i32 {
-    if (-2_147_483_648.0..2_147_483_648.0).contains(&f) {
+    if cfg!(target_arch = "aarch64") || (-2_147_483_648.0..2_147_483_648.0).contains(&f) {
         f as i32
     } else {
         i32::MIN
@@ -1091,6 +1092,17 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_arch = "aarch64")]
+    fn c_float_to_int_is_aarch64_saturation() {
+        assert_eq!(c_float_to_int(-7.9), -7);
+        assert_eq!(c_float_to_int(f32::NAN), 0);
+        assert_eq!(c_float_to_int(f32::INFINITY), i32::MAX);
+        assert_eq!(c_float_to_int(-3e9), i32::MIN);
+        assert_eq!(c_float_to_int(3e9), i32::MAX);
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
     fn c_float_to_int_is_x86_truncation() {
         assert_eq!(c_float_to_int(-7.9), -7);
         assert_eq!(c_float_to_int(f32::NAN), i32::MIN);

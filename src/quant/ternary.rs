@@ -57,12 +57,13 @@ impl BlockTq2_0 {
     }
 }
 
-/// C's `int xi = lroundf(v)` with glibc on x86-64: round half away from zero, the `long`
-/// truncated to `int`; NaN, infinities and magnitudes from 2^63 up give `(long)v`, the
-/// "integer indefinite" `LONG_MIN`, whose low 32 bits are 0.
+/// C's `int xi = lroundf(v)` with glibc: round half away from zero, the `long` truncated to `int`.
+/// On x86-64, NaN, infinities and magnitudes from 2^63 up give `(long)v`, the "integer indefinite"
+/// `LONG_MIN`, whose low 32 bits are 0; on aarch64 (`fcvtas`) the `long` saturates and NaN is 0,
+/// which is Rust's `as i64`.
 #[inline(always)]
 fn lroundf_int(v: f32) -> i32 {
-    if v.is_nan() || v.abs() >= 9_223_372_036_854_775_808.0 {
+    if !cfg!(target_arch = "aarch64") && (v.is_nan() || v.abs() >= 9_223_372_036_854_775_808.0) {
         0
     } else {
         v.round() as i64 as i32
