@@ -5,9 +5,11 @@
 # (scripts/build-llama-tools.sh, once), start a one-node SLURM cluster on this machine for the
 # `sweep --slurm` tests (scripts/slurm-local.sh: installs slurmctld/slurmd/slurm-client with
 # apt-get if missing, stopped again when the tests end), then run every test against the real engine.
+# Then the aarch64 part (scripts/test-aarch64.sh): the unit tests and the quantizer oracle cross-built for
+# aarch64 and run under qemu; tests/aarch64.rs, among the x86-64 tests, runs the aarch64 binary end to end.
 #
 #   scripts/test.sh                 # everything
-#   scripts/test.sh --test bench    # arguments go to `cargo test --release`
+#   scripts/test.sh --test bench    # arguments go to `cargo test --release` (the aarch64 part is skipped)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -19,3 +21,7 @@ SLURM_CONF=$(scripts/slurm-local.sh start)
 export SLURM_CONF
 trap 'scripts/slurm-local.sh stop' EXIT
 cargo test --release "$@"
+# On an aarch64 machine the tests above already ran natively there: nothing to emulate.
+if [ $# -eq 0 ] && [ "$(uname -m)" = x86_64 ]; then
+  scripts/test-aarch64.sh
+fi

@@ -964,6 +964,8 @@ fn writing_commands() -> Vec<(&'static str, bool, Vec<A>)> {
                 I("MODELS", "", "gguf"),
                 L("--csv"),
                 O("--csv", f),
+                L("--out"),
+                O("--out", f),
                 L("--reps"),
                 L("1"),
                 L("--pp"),
@@ -1005,6 +1007,7 @@ fn reading_commands() -> Vec<(&'static str, Vec<A>)> {
         ),
         ("chat", vec![L("chat"), I("MODEL", "", "gguf")]),
         ("report", vec![L("report"), I("DIR", "", "data")]),
+        ("report", vec![L("report"), I("DIR", "", "data"), L("--device-rows"), I("--device-rows", "", "text")]),
     ]
 }
 
@@ -1040,6 +1043,7 @@ const NOT_PATHS: &[&str] = &[
     "--profile",
     "--mem-limit",
     "--cpu-quota",
+    "--device",
     "--reps",
     "--pp",
     "--tg",

@@ -214,3 +214,65 @@ fn csv_rows_carry_the_status() {
     assert!(!rows.iter().any(|r| r[metric].ends_with("_tps")), "an oom run has no speeds: {text}");
     assert!(rows.iter().all(|r| &r[status] == "oom"), "{text}");
 }
+
+/// Raspberry Pi OS's kernels boot with `cgroup_disable=memory`: no memory cgroup, so no cap can be
+/// enforced. `bench` and `generate` under a profile then say so and why, and run with the device's own
+/// memory as the cap: not an error, not an RLIMIT_AS that pretends. This machine is made to look like
+/// such a Pi inside a private mount namespace (`unshare --mount`): its cgroup filesystem without the
+/// memory controller, /proc/cgroups with it disabled, /proc/cmdline with `cgroup_disable=memory`.
+#[test]
+fn without_a_memory_cgroup_controller_the_cap_is_not_enforced_and_said_so() {
+    let (_, model) = model();
+    let tmp = tempfile::tempdir().unwrap();
+    let cg = tmp.path().join("cgroup");
+    std::fs::create_dir(&cg).unwrap();
+    std::fs::write(cg.join("cgroup.controllers"), "cpuset cpu io pids\n").unwrap();
+    std::fs::write(cg.join("cgroup.subtree_control"), "cpuset cpu io pids\n").unwrap();
+    std::fs::write(cg.join("cgroup.procs"), "").unwrap();
+    let proc_cgroups = tmp.path().join("cgroups");
+    std::fs::write(
+        &proc_cgroups,
+        "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpuset\t0\t60\t1\ncpu\t0\t60\t1\nmemory\t0\t60\t0\npids\t0\t60\t1\n",
+    )
+    .unwrap();
+    let cmdline = tmp.path().join("cmdline");
+    std::fs::write(
+        &cmdline,
+        "coherent_pool=1M 8250.nr_uarts=0 cgroup_disable=memory console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 rootwait\n",
+    )
+    .unwrap();
+    let pi = |args: &str| {
+        let script = format!(
+            "mount --bind {cg} /sys/fs/cgroup && mount --bind {pc} /proc/cgroups && mount --bind {cl} /proc/cmdline && exec {exe} {args}",
+            cg = cg.display(),
+            pc = proc_cgroups.display(),
+            cl = cmdline.display(),
+            exe = env!("CARGO_BIN_EXE_microscale"),
+        );
+        let o = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args}: {}", String::from_utf8_lossy(&o.stderr));
+        (String::from_utf8(o.stdout).unwrap(), String::from_utf8(o.stderr).unwrap())
+    };
+    let total = microscale::util::mem::total_memory().unwrap();
+
+    let (out, _) = pi(&format!("bench {} --profile pi4-4gb --pp 8 --tg 2 --reps 1 --json -q", model.display()));
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let row = &rows[0];
+    assert_eq!(row["status"], "fits", "{row}");
+    assert_eq!(row["memory_cap"].as_u64(), Some(total), "the device's own memory is the cap: {row}");
+    let enforced = row["enforcement"]["memory"].as_str().unwrap();
+    assert!(enforced.starts_with("not enforced: the kernel boots with cgroup_disable=memory"), "{enforced}");
+    assert!(row["enforcement"]["cgroups"].as_array().unwrap().is_empty(), "{row}");
+    let warning = row["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect::<Vec<_>>().join(" ");
+    assert!(
+        warning.contains("pi4-4gb's memory cap of 3.0 GiB cannot be enforced")
+            && warning.contains("cgroup_enable=memory"),
+        "{warning}"
+    );
+
+    let (_, err) = pi(&format!("generate {} --profile pi4-4gb -p Hello -n 2 --temp 0", model.display()));
+    assert!(err.contains("cannot be enforced") && err.contains("cgroup_disable=memory"), "{err}");
+}

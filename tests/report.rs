@@ -423,3 +423,132 @@ fn caveats_beside_results_are_listed_before_the_command_lines_ones() {
     let err = format!("{:#}", write_report(dir.path(), &opts).unwrap_err());
     assert!(err.contains("caveats.md"), "{err}");
 }
+
+// Rows measured on a device (`bench --out`), folded in by `report --device-rows`. The flow with a real
+// aarch64 build under qemu is tests/aarch64.rs; these run on any CPU.
+
+use microscale::record::device_rows::{read_device_rows, write_device_rows, Device, DeviceRow, DeviceRows};
+use microscale::record::Status;
+
+fn device_row(variant: &str, size: u64, status: Status, tg: Option<f64>) -> DeviceRow {
+    DeviceRow {
+        line: 0,
+        variant: variant.into(),
+        sha256: "0123456789ab".into(),
+        size_bytes: size,
+        profile: "native".into(),
+        threads: 4,
+        mem_cap_mib: None,
+        mem_enforcement: "none".into(),
+        status,
+        reason: if status == Status::Fits { String::new() } else { "killed by the memory cap".into() },
+        pp_tps: tg.map(|t| 10.0 * t),
+        pp_tps_sd: tg.map(|_| 0.5),
+        tg_tps: tg,
+        tg_tps_sd: tg.map(|_| 0.1),
+        peak_rss_mib: Some(150.0),
+        load_s: tg.map(|_| 0.4),
+        ttft_s: tg.map(|_| 0.9),
+        repacked: Some(variant.contains("q4_0")),
+        repacked_mib: Some(if variant.contains("q4_0") { 60.0 } else { 0.0 }),
+        microscale: "0.1.0".into(),
+        llama_cpp: "llama-cpp-sys-2 0.1.161".into(),
+        date: "2026-12-07T00:00:00Z".into(),
+    }
+}
+
+fn pi5(rows: Vec<DeviceRow>) -> DeviceRows {
+    DeviceRows {
+        device: Device {
+            name: "pi5-8gb".into(),
+            cpu: "Cortex-A76 (Raspberry Pi 5 Model B Rev 1.0)".into(),
+            arch: "aarch64".into(),
+            cpu_features: "NEON ARM_FMA FP16_VA DOTPROD".into(),
+            cpus: 4,
+            memory_mib: 8064.0,
+        },
+        rows,
+    }
+}
+
+#[test]
+fn device_rows_round_trip_and_bad_rows_name_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rows.csv");
+    let written = pi5(vec![
+        device_row("q8_0", 144890880, Status::Fits, Some(9.5)),
+        device_row("stock-q4_0", 96235520, Status::Oom, None),
+    ]);
+    write_device_rows(&path, &written).unwrap();
+    let read = read_device_rows(&path).unwrap();
+    assert_eq!(read.device, written.device);
+    assert_eq!(read.rows.len(), 2);
+    assert_eq!((read.rows[0].line, read.rows[1].line), (2, 3));
+    assert_eq!(read.rows[1].status, Status::Oom);
+    assert_eq!((read.rows[0].tg_tps, read.rows[1].repacked), (Some(9.5), Some(true)));
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let err = |body: String| {
+        std::fs::write(&path, body).unwrap();
+        format!("{:#}", read_device_rows(&path).unwrap_err())
+    };
+    let e = err(format!("{}\n{}\n", lines[0], lines[1].replace(",fits,", ",maybe,")));
+    assert!(e.contains("rows.csv:2") && e.contains("`status`"), "{e}");
+    let e = err(format!("{}\n{}\n{}\n", lines[0], lines[1], lines[1]));
+    assert!(e.contains("rows.csv:3") && e.contains("`q8_0` again"), "{e}");
+    let e = err(format!("{}\n{}\n{}\n", lines[0], lines[1], lines[2].replacen("pi5-8gb", "pi4-4gb", 1)));
+    assert!(e.contains("rows.csv:3") && e.contains("one file per device"), "{e}");
+    let e = err(format!("{}\n{}\n", lines[0], lines[1].replace(",9.50,", ",NaN,")));
+    assert!(e.contains("rows.csv:2") && e.contains("`tg_tps`"), "{e}");
+    let e = err(format!("{}\n", lines[0]));
+    assert!(e.contains("no rows"), "{e}");
+    let e = err("variant,kind\nq8_0,microscale\n".into());
+    assert!(e.contains("rows.csv:1") && e.contains("not a device rows file"), "{e}");
+}
+
+/// A device measured as `pi5-8gb`: its rows become the profile `pi5-8gb (measured)`, the emulated
+/// `pi5-8gb` stays beside it, and the device's sweet spot follows its own rows (here: the smaller
+/// stock-q4_0 does not fit on the device, so the pick is another file).
+#[test]
+fn device_rows_fold_in_and_decide_that_devices_sweet_spot() {
+    let dir = fixture_dir();
+    let opts = ReportOptions { max_ppl_increase: 0.5, max_acc_drop: 0.5, ..Default::default() };
+    let emulated = microscale::report::markdown::read_study(dir.path(), &[], false).unwrap();
+    let c = opts.criteria();
+    let emulated_pick = microscale::report::sweet_spot::sweet_spot(&emulated, "pi5-8gb", &c).pick.unwrap();
+    assert_eq!(emulated.variants[emulated_pick].name, "wanda-0.2-q4_k_m");
+
+    let rows = dir.path().join("pi5.csv");
+    write_device_rows(
+        &rows,
+        &pi5(vec![
+            device_row("q8_0", 144890880, Status::Fits, Some(9.5)),
+            device_row("q4_k_m", 105471232, Status::Fits, Some(11.0)),
+            device_row("wanda-0.2-q4_k_m", 89128960, Status::Oom, None),
+        ]),
+    )
+    .unwrap();
+    let opts = ReportOptions { device_rows: vec![rows.clone()], ..opts };
+    let folded = microscale::report::markdown::read_study(dir.path(), &opts.device_rows, false).unwrap();
+    assert_eq!(folded.profiles.last().map(String::as_str), Some("pi5-8gb (measured)"));
+    let pick = microscale::report::sweet_spot::sweet_spot(&folded, "pi5-8gb (measured)", &c).pick.unwrap();
+    assert_eq!(folded.variants[pick].name, "q4_k_m", "the smallest within budget that fits on the device");
+
+    write_report(dir.path(), &opts).unwrap();
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(md.contains("- **pi5-8gb (measured) — measured on device: Cortex-A76 (Raspberry Pi 5 Model B Rev 1.0), aarch64**: `q4_k_m`"), "{md}");
+    assert!(
+        md.contains("- **pi5-8gb (emulated on this host; measured on the device below)**: `wanda-0.2-q4_k_m`"),
+        "{md}"
+    );
+    assert!(md.contains("llama.cpp's CPU features there: NEON ARM_FMA FP16_VA DOTPROD"), "{md}");
+    assert!(md.contains("| `wanda-0.2-q4_k_m` | microscale | 85.00 | oom (does not fit) |"), "{md}");
+    assert!(dir.path().join("device-rows/pi5-8gb.csv").is_file(), "kept in the study");
+
+    // A row of a file the study does not have is refused.
+    let stranger = dir.path().join("stranger.csv");
+    write_device_rows(&stranger, &pi5(vec![device_row("q9_9", 1, Status::Fits, Some(1.0))])).unwrap();
+    let e = format!("{:#}", microscale::report::markdown::read_study(dir.path(), &[stranger], false).unwrap_err());
+    assert!(e.contains("stranger.csv:2") && e.contains("`q9_9` is not in"), "{e}");
+}

@@ -33,6 +33,64 @@ pub struct Enforcement {
     pub affinity: String,
     /// The cgroup directories made for the child (removed once it is gone).
     pub cgroups: Vec<PathBuf>,
+    /// The memory cap asked for could not be enforced (a kernel without the memory cgroup
+    /// controller, as Raspberry Pi OS ships): the run had the device's own memory.
+    pub memory_unenforced: Option<Unenforced>,
+}
+
+/// A memory cap that could not be enforced, and why.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Unenforced {
+    /// The cap asked for, bytes.
+    pub requested: u64,
+    pub reason: String,
+    /// The device's own memory (MemTotal), the cap the run really had.
+    pub device_memory: Option<u64>,
+}
+
+impl Unenforced {
+    pub fn warning(&self, profile: &str) -> String {
+        use super::profiles::format_bytes;
+        format!(
+            "{profile}'s memory cap of {} cannot be enforced: {}; the run had the device's own memory ({}) as its cap",
+            format_bytes(self.requested),
+            self.reason,
+            self.device_memory.map_or_else(|| "unknown".into(), format_bytes)
+        )
+    }
+}
+
+/// Why this machine cannot cap memory with a cgroup although it has a cgroup filesystem: its kernel
+/// has no memory controller, or has it disabled (Raspberry Pi OS's kernels boot with
+/// `cgroup_disable=memory`; Docker's and k3s's guides have users add `cgroup_enable=memory`). None:
+/// the controller is there (or there is no cgroup filesystem at all, where RLIMIT_AS stands in).
+pub fn memory_controller_missing() -> Option<String> {
+    let v2 = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .filter_map(|b| fs::read_to_string(Path::new(b).join("cgroup.controllers")).ok())
+        .collect::<Vec<_>>();
+    let v1_any = ["cpu", "cpuset", "pids", "cpu,cpuacct"].iter().any(|c| Path::new("/sys/fs/cgroup").join(c).is_dir());
+    let v1_memory = Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists();
+    if v1_memory || v2.iter().any(|c| c.split_whitespace().any(|x| x == "memory")) || (v2.is_empty() && !v1_any) {
+        return None;
+    }
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let cgroups = fs::read_to_string("/proc/cgroups").unwrap_or_default();
+    let disabled_in_proc = cgroups.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 4 && f[0] == "memory" && f[3] == "0"
+    });
+    let why = if cmdline.split_whitespace().any(|w| w == "cgroup_disable=memory") {
+        "the kernel boots with cgroup_disable=memory (/proc/cmdline)"
+    } else if disabled_in_proc {
+        "the kernel's memory cgroup controller is disabled (/proc/cgroups)"
+    } else {
+        "this kernel has no memory cgroup controller"
+    };
+    Some(format!(
+        "{why}; on a Raspberry Pi, add `cgroup_enable=memory` to the kernel command line \
+         (/boot/firmware/cmdline.txt, or /boot/cmdline.txt on older images) and reboot"
+    ))
 }
 
 /// How the child ended.
@@ -197,10 +255,20 @@ fn make_cgroup(caps: &Caps, enf: &mut Enforcement) -> Result<(Option<Cgroup>, bo
                 cg.memory_dir = Some((dir.clone(), 1));
                 cg.dirs.push(dir);
             }
-            None => {
-                use_rlimit = true;
-                enf.memory = format!("RLIMIT_AS = {limit} (no writable memory cgroup; caps address space, not RSS)");
-            }
+            None => match memory_controller_missing() {
+                // Not RLIMIT_AS here: on such a device the cap would bound address space, not
+                // memory, and a model that fits could be refused for its reservations.
+                Some(reason) => {
+                    let device_memory = crate::util::mem::total_memory();
+                    enf.memory = format!("not enforced: {reason}");
+                    enf.memory_unenforced = Some(Unenforced { requested: limit, reason, device_memory });
+                }
+                None => {
+                    use_rlimit = true;
+                    enf.memory =
+                        format!("RLIMIT_AS = {limit} (no writable memory cgroup; caps address space, not RSS)");
+                }
+            },
         }
     } else {
         enf.memory = "none".into();

@@ -150,6 +150,10 @@ pub fn generate_capped(
         report: None,
         warnings,
     };
+    if let Some(cap) = outcome.enforcement.memory_unenforced.as_ref() {
+        run.memory_cap = cap.device_memory;
+        run.warnings.push(cap.warning(&profile.name));
+    }
     match report {
         Some(mut r) if outcome.exit_code == Some(0) => {
             // The parent's sampling may miss the last moments; the child's VmHWM does not.

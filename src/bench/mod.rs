@@ -6,6 +6,7 @@
 
 pub mod caps;
 pub mod child;
+pub mod device;
 pub mod failure;
 pub mod generate;
 pub mod profiles;

@@ -93,6 +93,9 @@ pub struct BenchRow {
     pub gpu_layers: u32,
     /// Peak resident set of the child, bytes.
     pub peak_rss: u64,
+    /// MiB of weights llama.cpp repacked into its interleaved CPU layouts at load (0: none; None: the
+    /// model never loaded). Repacking depends on the CPU (see [`super::device`]).
+    pub repacked_mib: Option<f64>,
     pub child_threads: Option<usize>,
     pub child_os_threads: Option<usize>,
     pub child_affinity: Option<Vec<usize>>,
@@ -141,6 +144,7 @@ pub fn bench_model(model: &Path, profile: &Profile, opts: &BenchOptions) -> Resu
         n_gen: opts.n_gen,
         gpu_layers: opts.gpu_layers,
         peak_rss: 0,
+        repacked_mib: None,
         child_threads: None,
         child_os_threads: None,
         child_affinity: None,
@@ -175,6 +179,11 @@ pub fn bench_model(model: &Path, profile: &Profile, opts: &BenchOptions) -> Resu
     }
     let outcome = run_capped(cmd, &caps, opts.timeout)?;
     row.enforcement = outcome.enforcement.clone();
+    if let Some(cap) = outcome.enforcement.memory_unenforced.as_ref() {
+        row.memory_cap = cap.device_memory;
+        row.warnings.push(cap.warning(&profile.name));
+    }
+    row.repacked_mib = super::device::repacked_mib(&outcome.stderr);
     row.peak_rss = outcome.max_rss;
     let report: Option<ChildReport> = outcome.stdout.lines().last().and_then(|l| serde_json::from_str(l).ok());
     match report {

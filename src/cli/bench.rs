@@ -1,8 +1,10 @@
 use super::{at_least, output, threads_arg, Global};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use microscale::bench::device::{device_row, this_device};
 use microscale::bench::profiles::{parse_memory, profile, profiles, Overrides};
 use microscale::bench::run::{bench_model, metric_rows, BenchOptions};
-use microscale::record::rows::{append_csv, ModelId};
+use microscale::record::device_rows::{write_device_rows, DeviceRows};
+use microscale::record::rows::{append_csv, sha256_prefix, ModelId};
 use microscale::util::paths::{IoPaths, OutputKind};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,7 +21,15 @@ use std::time::Duration;
 ///
 /// The model is read into RAM (no mmap) so that the memory cap measures whether it fits; pass
 /// --mmap for llama.cpp's default. On a host with fewer cores than the profile, the threads
-/// share the cores and the output says so.
+/// share the cores and the output says so. A kernel without the memory cgroup controller (as
+/// Raspberry Pi OS ships) cannot enforce a cap: the run says so and has the device's own memory.
+/// Each row says whether llama.cpp repacked the weights at load (Q4_0, IQ4_NL, Q4_K on CPUs with
+/// AVX2, or dotprod/i8mm on ARM): that changes which file is fastest on a device.
+///
+/// On the device itself: copy a sweep's folder (or just its variants/) there and run
+///   microscale bench DIR --profile native --device pi5 --out pi5-rows.csv
+/// then fold the rows into the study on the workstation:
+///   microscale report DIR --device-rows pi5-rows.csv
 ///
 /// Examples:
 ///   microscale bench --list-profiles
@@ -28,9 +38,9 @@ use std::time::Duration;
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// GGUF models.
+    /// GGUF models, or folders of them (a sweep's output folder: its variants/).
     models: Vec<PathBuf>,
-    /// Device profile(s): pi4-4gb, pi5-8gb, jetson-orin-nano-8gb, phone-6gb, host (repeatable).
+    /// Device profile(s): pi4-4gb, pi5-8gb, jetson-orin-nano-8gb, phone-6gb, host, native (repeatable).
     #[arg(long = "profile", value_name = "NAME")]
     profiles: Vec<String>,
     /// List the profiles and exit.
@@ -66,6 +76,15 @@ pub struct Args {
     /// Append one row per metric to this CSV file.
     #[arg(long, value_name = "FILE")]
     csv: Option<PathBuf>,
+    /// Write rows measured on this device, for `microscale report DIR --device-rows FILE`: one per
+    /// model, with the device's CPU model, architecture and llama.cpp's CPU features (rewritten
+    /// whole after each model, so an interrupted run keeps the rows so far).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// The device's name in those rows and in the report (default: the host name). Name it after a
+    /// profile (pi4-4gb) to see the emulated profile's speeds beside the measured ones.
+    #[arg(long, value_name = "NAME", value_parser = device_name_arg)]
+    device: Option<String>,
     /// Offload N layers to the GPU (llama.cpp's -ngl; needs a build with --features cuda; 0: CPU only).
     #[arg(long, value_name = "N", default_value_t = 0)]
     gpu_layers: u32,
@@ -78,11 +97,16 @@ impl Args {
             return Ok(());
         }
         if self.models.is_empty() {
-            bail!("no model given (usage: microscale bench MODEL.gguf... --profile NAME)");
+            bail!("no model given (usage: microscale bench MODEL.gguf|DIR... --profile NAME)");
         }
+        if self.device.is_some() && self.out.is_none() {
+            bail!("--device names the rows of --out FILE: give --out too");
+        }
+        let models = expand_model_dirs(&self.models)?;
         IoPaths::new()
-            .inputs("MODELS", &self.models)
+            .inputs("MODELS", &models)
             .output_opt("--csv", self.csv.as_ref(), OutputKind::Append)
+            .output_opt("--out", self.out.as_ref(), OutputKind::File)
             .check()?;
         microscale::bench::caps::remove_stale_cgroups();
         let names = if self.profiles.is_empty() { vec!["host".to_string()] } else { self.profiles };
@@ -101,8 +125,10 @@ impl Args {
             child_exe: None,
             gpu_layers: self.gpu_layers,
         };
+        let mut device_rows =
+            self.out.as_ref().map(|_| DeviceRows { device: this_device(self.device.as_deref()), rows: vec![] });
         let mut rows = Vec::new();
-        for m in &self.models {
+        for m in &models {
             for p in &selected {
                 if !g.quiet {
                     eprintln!("benchmarking {} under {} ...", m.display(), p.name);
@@ -116,8 +142,18 @@ impl Args {
                         self.gpu_layers,
                     )?;
                 }
+                if let (Some(path), Some(d)) = (&self.out, device_rows.as_mut()) {
+                    d.rows.push(device_row(&row, &sha256_prefix(m)?));
+                    write_device_rows(path, d)?;
+                }
                 rows.push(row);
             }
+        }
+        if let (Some(path), false) = (&self.out, g.quiet) {
+            eprintln!(
+                "wrote {} (fold it into a study with `microscale report DIR --device-rows FILE`)",
+                path.display()
+            );
         }
         if self.json {
             output::print_json(&rows)
@@ -126,4 +162,32 @@ impl Args {
             Ok(())
         }
     }
+}
+
+fn device_name_arg(s: &str) -> Result<String, String> {
+    microscale::util::names::check_plain_name(s).map(|_| s.to_string()).map_err(|e| e.to_string())
+}
+
+/// Folders replaced by the GGUF files in them, sorted: a sweep's folder by its variants/.
+fn expand_model_dirs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut models = Vec::new();
+    for p in paths {
+        if !p.is_dir() {
+            models.push(p.clone());
+            continue;
+        }
+        let variants = p.join("variants");
+        let dir = if variants.is_dir() { variants } else { p.clone() };
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("{}: cannot read", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|f| f.is_file() && f.extension().is_some_and(|x| x == "gguf"))
+            .collect();
+        if found.is_empty() {
+            bail!("{}: no .gguf file in this folder", dir.display());
+        }
+        found.sort();
+        models.extend(found);
+    }
+    Ok(models)
 }

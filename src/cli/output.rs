@@ -354,9 +354,9 @@ pub fn profile_list<'a>(profiles: impl Iterator<Item = &'a Profile>) -> String {
 /// that cannot be honoured, and how the caps were enforced).
 pub fn bench_table(rows: &[BenchRow]) -> String {
     let mut s = String::from(
-        "| model | size | params | profile | threads | mem cap | test | t/s | load s | TTFT s | peak RSS | status |\n",
+        "| model | size | params | profile | threads | mem cap | test | t/s | load s | TTFT s | peak RSS | repacked | status |\n",
     );
-    s += "| --- | ---: | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |\n";
+    s += "| --- | ---: | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |\n";
     for r in rows {
         let name = Path::new(&r.model).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
         let common = format!(
@@ -369,10 +369,11 @@ pub fn bench_table(rows: &[BenchRow]) -> String {
         );
         let tail = |load: Option<f64>, ttft: Option<f64>| {
             format!(
-                " {} | {} | {} | {} |",
+                " {} | {} | {} | {} | {} |",
                 load.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into()),
                 ttft.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into()),
                 format_bytes(r.peak_rss),
+                repacked_cell(r.repacked_mib),
                 match &r.reason {
                     None => r.status.to_string(),
                     Some(why) => format!("{}: {why}", r.status),
@@ -461,6 +462,15 @@ pub fn capped_generation_stats(run: &CappedGeneration) -> String {
     }
     let _ = writeln!(s, "note: {}", enforcement_note(&run.enforcement));
     s
+}
+
+/// Whether llama.cpp repacked the model's weights at load, and how much.
+pub fn repacked_cell(mib: Option<f64>) -> String {
+    match mib {
+        None => "-".into(),
+        Some(m) if m > 0.0 => format!("yes, {m:.1} MiB"),
+        Some(_) => "no".into(),
+    }
 }
 
 /// How the caps were enforced, for a note under `bench`'s table or a capped generation.

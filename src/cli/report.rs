@@ -1,7 +1,7 @@
 use super::Global;
 use anyhow::{bail, Result};
-use microscale::record::results::read_results;
-use microscale::report::markdown::{write_report, ReportOptions};
+use microscale::report::devices::measured_key;
+use microscale::report::markdown::{read_study, write_report, ReportOptions};
 use microscale::report::paired::load_paired;
 use microscale::report::sweet_spot::sweet_spot_paired;
 use microscale::report::sweet_spot::{AccBudget, Objective};
@@ -30,10 +30,19 @@ enum ObjectiveArg {
 /// budget.
 /// Without them (older sweeps) the verdicts use the point estimates, and the report says so.
 ///
+/// Rows measured on a device (`microscale bench DIR --profile native --device NAME --out rows.csv`,
+/// run on the Pi, Jetson or phone itself): --device-rows rows.csv folds them in as the profile
+/// `NAME (measured)`, labelled with the device's CPU, architecture and llama.cpp's CPU features, next
+/// to the emulated profile of the same name; that device's sweet spot uses them. They are checked
+/// against the study (same variants, sizes and, where variants/ is here, sha256) and kept in
+/// DIR/device-rows/, so later reports include them without the flag.
+///
 /// Caveats: the paragraphs of DIR/caveats.md (blank lines or `- ` items separate them), then
 /// each --caveat; keeping them in the directory lets anyone regenerate the report byte for byte.
 ///
-/// Example: microscale report bench-results/smollm2-135m --max-ppl-increase 0.05 --max-acc-drop 0.01
+/// Examples:
+///   microscale report bench-results/smollm2-135m --max-ppl-increase 0.05 --max-acc-drop 0.01
+///   microscale report study --device-rows pi5-rows.csv
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -60,12 +69,15 @@ pub struct Args {
     /// A paragraph for the report's caveats, after DIR/caveats.md's (repeatable).
     #[arg(long)]
     caveat: Vec<String>,
+    /// Rows measured on a device by `microscale bench ... --out FILE` (repeatable, one per device).
+    #[arg(long, value_name = "FILE")]
+    device_rows: Vec<PathBuf>,
 }
 
 impl Args {
     pub fn run(self, g: Global) -> Result<()> {
         // The report is written into DIR, beside the results it reads, by design.
-        IoPaths::new().input("DIR", &self.dir).check()?;
+        IoPaths::new().input("DIR", &self.dir).inputs("--device-rows", &self.device_rows).check()?;
         let opts = ReportOptions {
             max_ppl_increase: self.max_ppl_increase,
             max_acc_drop: self.max_acc_drop,
@@ -78,11 +90,15 @@ impl Args {
                 ObjectiveArg::Speed => Objective::Speed,
             },
             caveats: self.caveat,
+            device_rows: self.device_rows,
         };
         if let Some(profile) = &self.sweet_spot {
-            let results = read_results(&self.dir.join("results.csv"))?;
+            let results = read_study(&self.dir, &opts.device_rows, false)?;
             let paired = load_paired(&self.dir, &results)?;
-            let spot = sweet_spot_paired(&results, &paired, profile, &opts.criteria());
+            // A device measured on itself is judged on those rows.
+            let measured = measured_key(profile);
+            let key = if results.measured.contains_key(&measured) { &measured } else { profile };
+            let spot = sweet_spot_paired(&results, &paired, key, &opts.criteria());
             return match spot.pick {
                 Ok(i) => {
                     println!("{}", results.variants[i].name);

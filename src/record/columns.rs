@@ -35,9 +35,22 @@ pub const TASKS: &[&str] = &[
 
 /// One device profile's measurements, as `P:NAME` columns (and `bench --csv` metrics):
 /// the run's status, peak RSS, prompt and generation tokens/s with their sd, load time, time to
-/// first token, and the memory cap.
-pub const PROFILE: &[&str] =
-    &["status", "peak_rss_mib", "pp_tps", "pp_tps_sd", "tg_tps", "tg_tps_sd", "load_s", "ttft_s", "mem_cap_mib"];
+/// first token, the memory cap, and whether llama.cpp repacked the weights at load (`yes`/`no`).
+pub const PROFILE: &[&str] = &[
+    "status",
+    "peak_rss_mib",
+    "pp_tps",
+    "pp_tps_sd",
+    "tg_tps",
+    "tg_tps_sd",
+    "load_s",
+    "ttft_s",
+    "mem_cap_mib",
+    "repacked",
+];
+
+/// Profile columns a results.csv written by an earlier microscale lacks.
+pub const PROFILE_OPTIONAL: &[&str] = &["repacked"];
 
 /// The columns after the profiles: how the variant ended, how it was run (the sampling behind the
 /// numbers, the layers offloaded to a GPU), and provenance.

@@ -5,12 +5,14 @@
 //! - [`status`]: how a measuring child ended (`fits`, `oom`, `crash`, `error`, `timeout`).
 //! - [`columns`]: the names of the measurements and the columns of results.csv, defined once.
 //! - [`results`]: results.csv read back into typed rows.
+//! - [`device_rows`]: rows measured on the device itself (`bench --out`), read by `report --device-rows`.
 //! - [`items`]: per-variant item files (`OUT/items/NAME.json`): what each window and item scored,
 //!   for paired comparisons.
 //!
 //! Uses `source` (a model's identity), `util`.
 
 pub mod columns;
+pub mod device_rows;
 pub mod items;
 pub mod results;
 pub mod rows;

@@ -51,6 +51,8 @@ pub struct Bench {
     pub load_s: Option<f64>,
     pub ttft_s: Option<f64>,
     pub mem_cap_mib: Option<f64>,
+    /// llama.cpp repacked the weights into its interleaved CPU layouts at load (None: not recorded).
+    pub repacked: Option<bool>,
 }
 
 impl Bench {
@@ -127,6 +129,9 @@ pub struct Results {
     /// Accuracy metric columns in header order (`*_acc`, `*_acc_norm`).
     pub acc_metrics: Vec<String>,
     pub variants: Vec<Variant>,
+    /// Profiles measured on a device itself (`report --device-rows`), by profile name: the
+    /// device and its rows. Empty as read from results.csv.
+    pub measured: BTreeMap<String, super::device_rows::DeviceRows>,
 }
 
 impl Results {
@@ -190,7 +195,7 @@ pub fn parse_results(text: &str, path: &Path) -> Result<Results> {
     let col = column_index(&header, path)?;
     let profiles: Vec<String> = header.iter().filter_map(|h| h.strip_suffix(":tg_tps")).map(str::to_string).collect();
     for p in &profiles {
-        for s in super::columns::PROFILE {
+        for s in super::columns::PROFILE.iter().filter(|s| !super::columns::PROFILE_OPTIONAL.contains(s)) {
             if !col.contains_key(super::columns::profile_column(p, s).as_str()) {
                 bail!("{}:1: profile `{p}` has no `{p}:{s}` column", path.display());
             }
@@ -215,7 +220,7 @@ pub fn parse_results(text: &str, path: &Path) -> Result<Results> {
         }
         variants.push(v);
     }
-    Ok(Results { path: path.to_path_buf(), profiles, acc_metrics, variants })
+    Ok(Results { path: path.to_path_buf(), profiles, acc_metrics, variants, measured: BTreeMap::new() })
 }
 
 /// Column name → index, checking no name repeats and every required column is there.
@@ -324,6 +329,17 @@ fn parse_bench(row: &Row, p: &str) -> Result<Bench> {
         load_s: row.num(&c("load_s"))?,
         ttft_s: row.num(&c("ttft_s"))?,
         mem_cap_mib: row.num(&c("mem_cap_mib"))?,
+        repacked: match row.col.contains_key(c("repacked").as_str()).then(|| row.text(&c("repacked"))) {
+            None | Some("") => None,
+            Some("yes") => Some(true),
+            Some("no") => Some(false),
+            Some(other) => bail!(
+                "{}:{}: column `{}`: `{other}` is not yes, no or empty",
+                row.path.display(),
+                row.line,
+                c("repacked")
+            ),
+        },
     })
 }
 

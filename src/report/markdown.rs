@@ -25,6 +25,8 @@ pub struct ReportOptions {
     pub objective: Objective,
     /// Paragraphs printed under "Caveats".
     pub caveats: Vec<String>,
+    /// Rows measured on devices (`bench --out`) to fold in and keep in the study's folder.
+    pub device_rows: Vec<PathBuf>,
 }
 
 impl Default for ReportOptions {
@@ -36,6 +38,7 @@ impl Default for ReportOptions {
             acc_budget: c.acc_budget,
             objective: c.objective,
             caveats: vec![],
+            device_rows: vec![],
         }
     }
 }
@@ -54,7 +57,7 @@ impl ReportOptions {
 /// Read `dir/results.csv` (and `dir/caveats.md` when there is one); write `dir/report.md` and the
 /// plots under `dir/plots/`. Returns the report's path.
 pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<PathBuf> {
-    let results = read_results(&dir.join("results.csv"))?;
+    let results = read_study(dir, &opts.device_rows, true)?;
     let mut opts = opts.clone();
     let mut caveats = read_caveats(&dir.join(CAVEATS_FILE))?;
     caveats.append(&mut opts.caveats);
@@ -73,6 +76,18 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<PathBuf> {
     let out = dir.join("report.md");
     crate::util::atomic::write_file(&out, md.as_bytes())?;
     Ok(out)
+}
+
+/// `dir/results.csv` with the rows measured on devices folded in: those stored in the study and
+/// `device_rows` (checked against the study first; kept in it when `store`).
+pub fn read_study(dir: &Path, device_rows: &[PathBuf], store: bool) -> Result<Results> {
+    let mut results = read_results(&dir.join("results.csv"))?;
+    let loaded = super::devices::load_device_rows(dir, &results, device_rows)?;
+    if store {
+        super::devices::store_device_rows(dir, &loaded)?;
+    }
+    super::devices::fold_into(&mut results, &loaded);
+    Ok(results)
 }
 
 /// The file beside results.csv whose paragraphs the report lists under "Caveats" (before any
@@ -172,6 +187,7 @@ pub fn render_markdown_paired(
     provenance(&mut md, r);
     caveats(&mut md, r, paired, opts);
     sweet_spot_section(&mut md, r, paired, opts);
+    measured_section(&mut md, r);
     glance_section(&mut md, r, paired, opts);
     paired_section(&mut md, r, paired, &opts.criteria());
     combined_section(&mut md, r, paired);
@@ -263,11 +279,24 @@ fn caveats(md: &mut String, r: &Results, paired: &Paired, opts: &ReportOptions) 
             cell(&b.recipe)
         );
     }
+    if !r.profiles.is_empty() {
+        let _ = writeln!(md, "- {}", REPACK_CAVEAT);
+    }
     for cav in &opts.caveats {
         let _ = writeln!(md, "- {}", cav.replace('\n', " "));
     }
     md.push('\n');
 }
+
+/// Why profiles emulated on an x86-64 host cannot stand in for an ARM device's speeds.
+pub const REPACK_CAVEAT: &str =
+    "Profiles emulated on this host cap its threads and memory, not its CPU: llama.cpp repacks \
+     Q4_0, IQ4_NL and Q4_K weights into interleaved layouts at load where the CPU has the instructions for them \
+     (AVX2 on x86-64; dotprod and i8mm on ARM, as on a Pi 5 or a Jetson Orin, not on a Pi 4's Cortex-A72), which \
+     makes those types faster there than their size alone says. An emulated profile repacks as this host does, not \
+     as the device would, so which file is fastest on a device shows only in rows measured on it (`repacked` \
+     column; `microscale bench DIR --profile native --out rows.csv` on the device, `report DIR --device-rows \
+     rows.csv` here).";
 
 /// How the verdicts are judged: on paired 95% intervals, or on the point estimates alone.
 fn statistics_caveat(paired: &Paired) -> String {
@@ -374,6 +403,13 @@ fn sweet_spot_section(md: &mut String, r: &Results, paired: &Paired, opts: &Repo
         }
     );
     let spots = sweet_spots_paired(r, paired, &c);
+    if !r.measured.is_empty() {
+        let _ = writeln!(
+            md,
+            "A device with rows measured on it is judged on them (`NAME (measured)`); an emulated profile of the same \
+             name is kept for comparison, marked as such.\n"
+        );
+    }
     if spots.is_empty() {
         let _ = writeln!(md, "No device profile was benchmarked (no `P:tg_tps` column).");
     }
@@ -773,10 +809,11 @@ fn results_table(md: &mut String, r: &Results) {
 }
 
 fn profile_table(md: &mut String, r: &Results, p: &str) {
-    let _ = writeln!(md, "### {p}\n");
+    let _ = writeln!(md, "### {}\n", profile_label(r, p));
     table_head(
         md,
-        &["variant", "status", "peak RSS MiB", "mem cap MiB", "pp t/s", "tg t/s", "load s"].map(String::from),
+        &["variant", "status", "peak RSS MiB", "mem cap MiB", "pp t/s", "tg t/s", "load s", "repacked"]
+            .map(String::from),
     );
     for v in r.ok() {
         let Some(b) = v.bench(p) else { continue };
@@ -795,10 +832,110 @@ fn profile_table(md: &mut String, r: &Results, p: &str) {
                 opt(b.pp_tps, |t| with_spread(fmt_tps(t), b.pp_tps_sd.map(fmt_tps))),
                 opt(b.tg_tps, |t| with_spread(fmt_tps(t), b.tg_tps_sd.map(fmt_tps))),
                 opt(b.load_s, |x| format!("{x:.2}")),
+                repacked_cell(b.repacked),
             ],
         );
     }
     md.push('\n');
+}
+
+fn repacked_cell(repacked: Option<bool>) -> String {
+    match repacked {
+        Some(true) => "yes".into(),
+        Some(false) => "no".into(),
+        None => "—".into(),
+    }
+}
+
+/// A profile as the report names it: a device's measured rows say so (with the CPU), and an
+/// emulated profile a device was measured as says that it is emulated.
+pub fn profile_label(r: &Results, p: &str) -> String {
+    if let Some(d) = r.measured.get(p) {
+        return format!("{p} — measured on device: {}, {}", d.device.cpu, d.device.arch);
+    }
+    if r.measured.contains_key(&super::devices::measured_key(p)) {
+        return format!("{p} (emulated on this host; measured on the device below)");
+    }
+    p.to_string()
+}
+
+/// Per device measured: what it is (CPU, architecture, llama.cpp's CPU features, memory), how its
+/// caps were enforced, and every row next to the emulated profile of the same name, if any.
+fn measured_section(md: &mut String, r: &Results) {
+    if r.measured.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## Measured on device
+"
+    );
+    for (key, d) in &r.measured {
+        let dev = &d.device;
+        let emulated =
+            r.profiles.iter().find(|p| !r.measured.contains_key(*p) && super::devices::measured_key(p) == *key);
+        let _ = writeln!(md, "### {} — measured on device\n", dev.name);
+        let _ = writeln!(
+            md,
+            "- CPU: {} ({}, {} CPUs, {:.0} MiB of memory)\n- llama.cpp's CPU features there: {}\n- Profile: {}, {} \
+             thread(s); memory cap: {}\n- {} of {} variants measured{}\n",
+            dev.cpu,
+            dev.arch,
+            dev.cpus,
+            dev.memory_mib,
+            if dev.cpu_features.is_empty() { "none reported" } else { &dev.cpu_features },
+            distinct_profiles(d),
+            d.rows.first().map_or(0, |x| x.threads),
+            d.rows.first().map_or("—".to_string(), |x| cell(&x.mem_enforcement)),
+            d.rows.len(),
+            r.variants.len(),
+            match emulated {
+                Some(p) => format!("; beside them, the profile `{p}` as emulated on the workstation"),
+                None => String::new(),
+            }
+        );
+        let mut head: Vec<String> =
+            ["variant", "kind", "size MiB", "status", "pp t/s", "tg t/s"].map(String::from).to_vec();
+        if let Some(p) = emulated {
+            head.push(format!("{p} (emulated) tg t/s"));
+        }
+        head.extend(["peak RSS MiB", "repacked"].map(String::from));
+        table_head(md, &head);
+        for row in &d.rows {
+            let Some(v) = r.variants.iter().find(|v| v.name == row.variant) else { continue };
+            let b = v.bench(key).cloned().unwrap_or_default();
+            let mut cells = vec![
+                format!("`{}`", cell(&v.name)),
+                kind_label(v.kind).to_string(),
+                fmt_mib(v),
+                match b.status {
+                    Some(crate::record::results::Status::Oom) => "oom (does not fit)".into(),
+                    Some(st) if !row.reason.is_empty() && st != crate::record::results::Status::Fits => {
+                        format!("{st}: {}", cell(&row.reason))
+                    }
+                    Some(st) => st.to_string(),
+                    None => "—".into(),
+                },
+                opt(b.pp_tps, |t| with_spread(fmt_tps(t), b.pp_tps_sd.map(fmt_tps))),
+                opt(b.tg_tps, |t| with_spread(fmt_tps(t), b.tg_tps_sd.map(fmt_tps))),
+            ];
+            if let Some(p) = emulated {
+                cells.push(v.bench(p).map_or_else(|| "—".into(), tg_cell));
+            }
+            cells.push(opt(b.peak_rss_mib, |x| format!("{x:.1}")));
+            cells.push(match (row.repacked, row.repacked_mib) {
+                (Some(true), Some(m)) => format!("yes ({m:.1} MiB)"),
+                (x, _) => repacked_cell(x),
+            });
+            table_row(md, &cells);
+        }
+        md.push('\n');
+    }
+}
+
+fn distinct_profiles(d: &crate::record::device_rows::DeviceRows) -> String {
+    let names: BTreeSet<&str> = d.rows.iter().map(|x| x.profile.as_str()).collect();
+    names.into_iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
 }
 
 fn failures(md: &mut String, r: &Results) {
@@ -872,7 +1009,7 @@ fn table_row(md: &mut String, row: &[String]) {
 fn sweet_spot_line(r: &Results, s: &SweetSpot) -> String {
     let i = match &s.pick {
         Ok(i) => *i,
-        Err(reason) => return format!("- **{}**: none — {}", s.profile, reason.replace('\n', " ")),
+        Err(reason) => return format!("- **{}**: none — {}", profile_label(r, &s.profile), reason.replace('\n', " ")),
     };
     let v = &r.variants[i];
     let base = r.baseline();
@@ -914,7 +1051,7 @@ fn sweet_spot_line(r: &Results, s: &SweetSpot) -> String {
     }
     format!(
         "- **{}**: `{}` ({}) — {}; {} of {} fitting variant(s) within the budget",
-        s.profile,
+        profile_label(r, &s.profile),
         v.name,
         kind_label(v.kind),
         parts.join(", "),

@@ -6,6 +6,7 @@
 //! Uses `record` and `util` only: a report can be written on any machine from a results.csv (and
 //! its `items/`).
 
+pub mod devices;
 pub mod markdown;
 pub mod paired;
 pub mod pareto;

@@ -409,13 +409,7 @@ fn check_settings(raw: &RawGrid) -> Result<()> {
 /// A variant's name becomes a file name (`variants/NAME.gguf`, `rows/NAME.json`): one plain
 /// component, no path, nothing hidden.
 fn check_variant_name(name: &str) -> Result<()> {
-    let plain = name.chars().all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
-    if name.is_empty() || name.len() > 200 || !plain || name.starts_with(['.', '-']) {
-        bail!(
-            "variant name {name:?} is not a plain file name (1 to 200 of A-Z a-z 0-9 . _ + -, not starting with . or -)"
-        );
-    }
-    Ok(())
+    crate::util::names::check_plain_name(name).map_err(|e| anyhow::anyhow!("variant name {e}"))
 }
 
 pub fn parse_grid(text: &str) -> Result<Grid> {
@@ -557,7 +551,7 @@ mod tests {
     fn variant_names_are_plain_file_names() {
         for bad in ["../../x", "/abs", "", ".hidden", "a/b", "a\\\\b", "-x", "a b"] {
             let e = err(&format!("{BASE}[[variant]]\nname = \"{bad}\"\nquant = \"q8_0\"\n"));
-            assert!(e.contains("not a plain file name"), "{bad:?}: {e}");
+            assert!(e.contains("not a plain name"), "{bad:?}: {e}");
         }
         let g = parse_grid(&format!("{BASE}[[variant]]\nname = \"q8_0-mine+1.5\"\nquant = \"q8_0\"\n")).unwrap();
         assert_eq!(g.variants[1].name, "q8_0-mine+1.5");

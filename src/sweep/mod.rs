@@ -628,6 +628,9 @@ fn measure_file(
         if let Some(t) = b.ttft_s {
             row.insert(c("ttft_s"), format!("{t:.3}"));
         }
+        if let Some(m) = b.repacked_mib {
+            row.insert(c("repacked"), if m > 0.0 { "yes" } else { "no" }.to_string());
+        }
     }
     Ok(())
 }

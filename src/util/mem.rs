@@ -5,6 +5,11 @@ pub fn available_bytes() -> Option<u64> {
     kib_field(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemAvailable")
 }
 
+/// `MemTotal` from /proc/meminfo, in bytes: the machine's own memory.
+pub fn total_memory() -> Option<u64> {
+    kib_field(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemTotal")
+}
+
 /// The peak resident set (VmHWM) of a process (`None`: this one), in bytes; None where /proc
 /// has no such process.
 pub fn peak_rss_of(pid: Option<i32>) -> Option<u64> {

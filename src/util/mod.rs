@@ -9,6 +9,7 @@ pub mod fault;
 pub mod linalg;
 pub mod mem;
 pub mod mmap;
+pub mod names;
 pub mod paths;
 pub mod progress;
 pub mod rng;

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod default_model;
+pub mod digests;
 pub mod ggml;
 pub mod llama_tools;
 pub mod reference;
