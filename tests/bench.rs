@@ -215,11 +215,13 @@ fn csv_rows_carry_the_status() {
     assert!(rows.iter().all(|r| &r[status] == "oom"), "{text}");
 }
 
-/// Raspberry Pi OS's kernels boot with `cgroup_disable=memory`: no memory cgroup, so no cap can be
-/// enforced. `bench` and `generate` under a profile then say so and why, and run with the device's own
-/// memory as the cap: not an error, not an RLIMIT_AS that pretends. This machine is made to look like
-/// such a Pi inside a private mount namespace (`unshare --mount`): its cgroup filesystem without the
-/// memory controller, /proc/cgroups with it disabled, /proc/cmdline with `cgroup_disable=memory`.
+/// Raspberry Pi OS's kernels disable the memory cgroup controller unless the command line enables it
+/// (other images boot with `cgroup_disable=memory`): no cap can be enforced. `bench` and `generate`
+/// under a profile then say so and why, and run with the device's own memory as the cap: not an error,
+/// not an RLIMIT_AS that pretends. This machine is made to look like such a Pi inside a private mount
+/// namespace (`unshare --mount`): its cgroup filesystem without the memory controller, /proc/cgroups
+/// with it disabled, and a Pi's /proc/cmdline, first as Raspberry Pi OS boots, then with
+/// `cgroup_disable=memory`.
 #[test]
 fn without_a_memory_cgroup_controller_the_cap_is_not_enforced_and_said_so() {
     let (_, model) = model();
@@ -236,11 +238,8 @@ fn without_a_memory_cgroup_controller_the_cap_is_not_enforced_and_said_so() {
     )
     .unwrap();
     let cmdline = tmp.path().join("cmdline");
-    std::fs::write(
-        &cmdline,
-        "coherent_pool=1M 8250.nr_uarts=0 cgroup_disable=memory console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 rootwait\n",
-    )
-    .unwrap();
+    let pi_cmdline = "coherent_pool=1M 8250.nr_uarts=0 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 rootwait";
+    std::fs::write(&cmdline, format!("{pi_cmdline}\n")).unwrap();
     let pi = |args: &str| {
         let script = format!(
             "mount --bind {cg} /sys/fs/cgroup && mount --bind {pc} /proc/cgroups && mount --bind {cl} /proc/cmdline && exec {exe} {args}",
@@ -264,15 +263,19 @@ fn without_a_memory_cgroup_controller_the_cap_is_not_enforced_and_said_so() {
     assert_eq!(row["status"], "fits", "{row}");
     assert_eq!(row["memory_cap"].as_u64(), Some(total), "the device's own memory is the cap: {row}");
     let enforced = row["enforcement"]["memory"].as_str().unwrap();
-    assert!(enforced.starts_with("not enforced: the kernel boots with cgroup_disable=memory"), "{enforced}");
+    assert!(
+        enforced.starts_with("not enforced: the kernel's memory cgroup controller is disabled (/proc/cgroups"),
+        "{enforced}"
+    );
     assert!(row["enforcement"]["cgroups"].as_array().unwrap().is_empty(), "{row}");
     let warning = row["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect::<Vec<_>>().join(" ");
     assert!(
         warning.contains("pi4-4gb's memory cap of 3.0 GiB cannot be enforced")
-            && warning.contains("cgroup_enable=memory"),
+            && warning.contains("cgroup_memory=1 cgroup_enable=memory"),
         "{warning}"
     );
 
+    std::fs::write(&cmdline, format!("cgroup_disable=memory {pi_cmdline}\n")).unwrap();
     let (_, err) = pi(&format!("generate {} --profile pi4-4gb -p Hello -n 2 --temp 0", model.display()));
-    assert!(err.contains("cannot be enforced") && err.contains("cgroup_disable=memory"), "{err}");
+    assert!(err.contains("cannot be enforced: the kernel boots with cgroup_disable=memory (/proc/cmdline)"), "{err}");
 }

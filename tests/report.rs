@@ -441,7 +441,8 @@ fn device_row(variant: &str, size: u64, status: Status, tg: Option<f64>) -> Devi
         mem_cap_mib: None,
         mem_enforcement: "none".into(),
         status,
-        reason: if status == Status::Fits { String::new() } else { "killed by the memory cap".into() },
+        // Commas and quotes in a field survive the round trip (CSV quoting).
+        reason: if status == Status::Fits { String::new() } else { "killed by the \"memory\" cap, at load".into() },
         pp_tps: tg.map(|t| 10.0 * t),
         pp_tps_sd: tg.map(|_| 0.5),
         tg_tps: tg,
@@ -486,6 +487,7 @@ fn device_rows_round_trip_and_bad_rows_name_file_and_line() {
     assert_eq!((read.rows[0].line, read.rows[1].line), (2, 3));
     assert_eq!(read.rows[1].status, Status::Oom);
     assert_eq!((read.rows[0].tg_tps, read.rows[1].repacked), (Some(9.5), Some(true)));
+    assert_eq!(read.rows[1].reason, "killed by the \"memory\" cap, at load");
 
     let text = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -514,7 +516,7 @@ fn device_rows_round_trip_and_bad_rows_name_file_and_line() {
 fn device_rows_fold_in_and_decide_that_devices_sweet_spot() {
     let dir = fixture_dir();
     let opts = ReportOptions { max_ppl_increase: 0.5, max_acc_drop: 0.5, ..Default::default() };
-    let emulated = microscale::report::markdown::read_study(dir.path(), &[], false).unwrap();
+    let emulated = microscale::report::markdown::read_study(dir.path(), &[]).unwrap();
     let c = opts.criteria();
     let emulated_pick = microscale::report::sweet_spot::sweet_spot(&emulated, "pi5-8gb", &c).pick.unwrap();
     assert_eq!(emulated.variants[emulated_pick].name, "wanda-0.2-q4_k_m");
@@ -530,7 +532,7 @@ fn device_rows_fold_in_and_decide_that_devices_sweet_spot() {
     )
     .unwrap();
     let opts = ReportOptions { device_rows: vec![rows.clone()], ..opts };
-    let folded = microscale::report::markdown::read_study(dir.path(), &opts.device_rows, false).unwrap();
+    let folded = microscale::report::markdown::read_study(dir.path(), &opts.device_rows).unwrap();
     assert_eq!(folded.profiles.last().map(String::as_str), Some("pi5-8gb (measured)"));
     let pick = microscale::report::sweet_spot::sweet_spot(&folded, "pi5-8gb (measured)", &c).pick.unwrap();
     assert_eq!(folded.variants[pick].name, "q4_k_m", "the smallest within budget that fits on the device");
@@ -549,6 +551,6 @@ fn device_rows_fold_in_and_decide_that_devices_sweet_spot() {
     // A row of a file the study does not have is refused.
     let stranger = dir.path().join("stranger.csv");
     write_device_rows(&stranger, &pi5(vec![device_row("q9_9", 1, Status::Fits, Some(1.0))])).unwrap();
-    let e = format!("{:#}", microscale::report::markdown::read_study(dir.path(), &[stranger], false).unwrap_err());
+    let e = format!("{:#}", microscale::report::markdown::read_study(dir.path(), &[stranger]).unwrap_err());
     assert!(e.contains("stranger.csv:2") && e.contains("`q9_9` is not in"), "{e}");
 }

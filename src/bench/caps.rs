@@ -61,8 +61,8 @@ impl Unenforced {
 }
 
 /// Why this machine cannot cap memory with a cgroup although it has a cgroup filesystem: its kernel
-/// has no memory controller, or has it disabled (Raspberry Pi OS's kernels boot with
-/// `cgroup_disable=memory`; Docker's and k3s's guides have users add `cgroup_enable=memory`). None:
+/// has no memory controller, or has it disabled (Raspberry Pi OS's kernels disable it by default;
+/// Docker's and k3s's guides have users add `cgroup_memory=1 cgroup_enable=memory`). None:
 /// the controller is there (or there is no cgroup filesystem at all, where RLIMIT_AS stands in).
 pub fn memory_controller_missing() -> Option<String> {
     let v2 = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
@@ -83,12 +83,12 @@ pub fn memory_controller_missing() -> Option<String> {
     let why = if cmdline.split_whitespace().any(|w| w == "cgroup_disable=memory") {
         "the kernel boots with cgroup_disable=memory (/proc/cmdline)"
     } else if disabled_in_proc {
-        "the kernel's memory cgroup controller is disabled (/proc/cgroups)"
+        "the kernel's memory cgroup controller is disabled (/proc/cgroups: Raspberry Pi OS's kernels disable it unless told otherwise)"
     } else {
         "this kernel has no memory cgroup controller"
     };
     Some(format!(
-        "{why}; on a Raspberry Pi, add `cgroup_enable=memory` to the kernel command line \
+        "{why}; on a Raspberry Pi, add `cgroup_memory=1 cgroup_enable=memory` to the kernel command line \
          (/boot/firmware/cmdline.txt, or /boot/cmdline.txt on older images) and reboot"
     ))
 }

@@ -2,9 +2,10 @@
 //! its CPU model and architecture, the CPU features llama.cpp's kernels were compiled with there, and
 //! whether llama.cpp repacked a model's weights at load.
 //!
-//! Repacking: on CPUs with the instructions for it (AVX2 on x86-64; dotprod and i8mm on aarch64),
-//! llama.cpp's CPU backend copies Q4_0, IQ4_NL and Q4_K weights into interleaved layouts when it loads
-//! a model (its `CPU_REPACK` buffer type), which makes those types faster there than their size says.
+//! Repacking: llama.cpp's CPU backend copies some weight types into interleaved layouts when it loads
+//! a model (its `CPU_REPACK` buffer type), by CPU: with AVX2, Q4_0, Q4_K, IQ4_NL and MXFP4 (Q2_K with
+//! AVX-512); with ARM's dotprod or i8mm, also Q5_K, Q6_K and Q8_0. That makes those types faster there
+//! than their size says.
 //! Which rows were repacked depends on the CPU, so it is read from each run's own load log.
 
 use super::run::BenchRow;

@@ -163,7 +163,7 @@ pub fn generate_capped(
         // A chat that ended normally has no single reply to report.
         None if talk == Talk::Chat && outcome.exit_code == Some(0) => {}
         _ => {
-            let cap = profile.memory.map(format_bytes);
+            let cap = profile.memory.filter(|_| outcome.enforcement.memory_unenforced.is_none()).map(format_bytes);
             let failure = classify(&outcome, cap.as_deref(), timeout);
             run.status = failure.status;
             run.reason = Some(failure.reason);

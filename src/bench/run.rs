@@ -158,6 +158,8 @@ pub fn bench_model(model: &Path, profile: &Profile, opts: &BenchOptions) -> Resu
             row.size_bytes = std::fs::metadata(model).map(|m| m.len()).unwrap_or(0);
         }
         Err(e) => {
+            // The size still identifies the file (device rows are matched on it).
+            row.size_bytes = std::fs::metadata(model).map(|m| m.len()).unwrap_or(0);
             row.reason = Some(format!("{e:#}").replace('\n', " "));
             return Ok(row);
         }
@@ -201,7 +203,8 @@ pub fn bench_model(model: &Path, profile: &Profile, opts: &BenchOptions) -> Resu
             row.child_affinity = Some(r.affinity);
         }
         _ => {
-            let cap = profile.memory.map(format_bytes);
+            // Only a cap that was enforced can have killed it.
+            let cap = profile.memory.filter(|_| outcome.enforcement.memory_unenforced.is_none()).map(format_bytes);
             let failure = classify(&outcome, cap.as_deref(), opts.timeout);
             row.status = failure.status;
             row.reason = Some(failure.reason);

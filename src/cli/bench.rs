@@ -23,8 +23,8 @@ use std::time::Duration;
 /// --mmap for llama.cpp's default. On a host with fewer cores than the profile, the threads
 /// share the cores and the output says so. A kernel without the memory cgroup controller (as
 /// Raspberry Pi OS ships) cannot enforce a cap: the run says so and has the device's own memory.
-/// Each row says whether llama.cpp repacked the weights at load (Q4_0, IQ4_NL, Q4_K on CPUs with
-/// AVX2, or dotprod/i8mm on ARM): that changes which file is fastest on a device.
+/// Each row says whether llama.cpp repacked the weights at load (which types it repacks depends on
+/// the CPU: AVX2, or dotprod/i8mm on ARM): that changes which file is fastest on a device.
 ///
 /// On the device itself: copy a sweep's folder (or just its variants/) there and run
 ///   microscale bench DIR --profile native --device pi5 --out pi5-rows.csv
@@ -103,6 +103,9 @@ impl Args {
             bail!("--device names the rows of --out FILE: give --out too");
         }
         let models = expand_model_dirs(&self.models)?;
+        if self.out.is_some() {
+            check_one_row_per_variant(&models, &self.profiles)?;
+        }
         IoPaths::new()
             .inputs("MODELS", &models)
             .output_opt("--csv", self.csv.as_ref(), OutputKind::Append)
@@ -190,4 +193,20 @@ fn expand_model_dirs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         models.extend(found);
     }
     Ok(models)
+}
+
+/// Device rows hold one row per variant (a file's stem): checked before any model is benched, not
+/// found by `report` after hours on the device.
+fn check_one_row_per_variant(models: &[PathBuf], profiles: &[String]) -> Result<()> {
+    if profiles.len() > 1 {
+        bail!("--out holds one profile's rows (one row per variant): give one --profile, not {}", profiles.len());
+    }
+    let mut seen: std::collections::BTreeMap<String, &PathBuf> = std::collections::BTreeMap::new();
+    for m in models {
+        let stem = m.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        if let Some(first) = seen.insert(stem.clone(), m) {
+            bail!("--out: {} and {} are both variant `{stem}` (one row per variant)", first.display(), m.display());
+        }
+    }
+    Ok(())
 }

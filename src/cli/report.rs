@@ -93,7 +93,7 @@ impl Args {
             device_rows: self.device_rows,
         };
         if let Some(profile) = &self.sweet_spot {
-            let results = read_study(&self.dir, &opts.device_rows, false)?;
+            let results = read_study(&self.dir, &opts.device_rows)?;
             let paired = load_paired(&self.dir, &results)?;
             // A device measured on itself is judged on those rows.
             let measured = measured_key(profile);

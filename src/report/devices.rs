@@ -26,24 +26,31 @@ pub fn measured_key(device: &str) -> String {
 /// The study's stored rows (`DIR/device-rows/*.csv`), then `given` (each replacing a stored file of
 /// the same device), checked against `results`. Returns each device's rows and the file it came from.
 pub fn load_device_rows(dir: &Path, results: &Results, given: &[PathBuf]) -> Result<Vec<(PathBuf, DeviceRows)>> {
-    let mut by_device: BTreeMap<String, (PathBuf, DeviceRows)> = BTreeMap::new();
+    let mut stored: BTreeMap<String, (PathBuf, DeviceRows)> = BTreeMap::new();
     for path in stored_files(dir)? {
         let rows = read_device_rows(&path)?;
-        by_device.insert(rows.device.name.clone(), (path, rows));
+        let name = rows.device.name.clone();
+        if let Some((first, _)) = stored.get(&name) {
+            bail!("{}: device `{name}` again (also in {}): one rows file per device", path.display(), first.display());
+        }
+        stored.insert(name, (path, rows));
     }
-    let mut given_names: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut fresh: BTreeMap<String, (PathBuf, DeviceRows)> = BTreeMap::new();
     for path in given {
         let rows = read_device_rows(path)?;
         let name = rows.device.name.clone();
-        if let Some(first) = given_names.insert(name.clone(), path.clone()) {
+        if let Some((first, _)) = fresh.get(&name) {
             bail!("{}: device `{name}` again (also in {}): one rows file per device", path.display(), first.display());
         }
-        by_device.insert(name, (path.clone(), rows));
+        // Files are hashed once, when their rows come in; stored rows were checked then.
+        check_against_study(dir, results, path, &rows, true)?;
+        fresh.insert(name, (path.clone(), rows));
     }
-    for (path, rows) in by_device.values() {
-        check_against_study(dir, results, path, rows)?;
+    for (path, rows) in stored.values() {
+        check_against_study(dir, results, path, rows, false)?;
     }
-    Ok(by_device.into_values().collect())
+    stored.extend(fresh);
+    Ok(stored.into_values().collect())
 }
 
 fn stored_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -60,8 +67,9 @@ fn stored_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Every row is one of the study's files: known variant, same size, same sha256 where the file is here.
-fn check_against_study(dir: &Path, results: &Results, path: &Path, rows: &DeviceRows) -> Result<()> {
+/// Every row is one of the study's files: known variant, same size, and (when `hash`) the same sha256
+/// where the file is here.
+fn check_against_study(dir: &Path, results: &Results, path: &Path, rows: &DeviceRows, hash: bool) -> Result<()> {
     let name = &rows.device.name;
     if results.profiles.iter().any(|p| *p == measured_key(name)) {
         bail!("{}: device `{name}`: results.csv already has a profile `{}`", path.display(), measured_key(name));
@@ -87,7 +95,7 @@ fn check_against_study(dir: &Path, results: &Results, path: &Path, rows: &Device
             );
         }
         let here = dir.join("variants").join(format!("{}.gguf", r.variant));
-        if here.is_file() {
+        if hash && here.is_file() {
             let sha = crate::record::rows::sha256_prefix(&here)?;
             if sha != r.sha256 {
                 bail!(

@@ -57,7 +57,9 @@ impl ReportOptions {
 /// Read `dir/results.csv` (and `dir/caveats.md` when there is one); write `dir/report.md` and the
 /// plots under `dir/plots/`. Returns the report's path.
 pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<PathBuf> {
-    let results = read_study(dir, &opts.device_rows, true)?;
+    let mut results = read_results(&dir.join("results.csv"))?;
+    let loaded = super::devices::load_device_rows(dir, &results, &opts.device_rows)?;
+    super::devices::fold_into(&mut results, &loaded);
     let mut opts = opts.clone();
     let mut caveats = read_caveats(&dir.join(CAVEATS_FILE))?;
     caveats.append(&mut opts.caveats);
@@ -75,17 +77,16 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<PathBuf> {
     let md = render_markdown_paired(&results, &paired, opts, &plots);
     let out = dir.join("report.md");
     crate::util::atomic::write_file(&out, md.as_bytes())?;
+    // Kept once the report that shows them is written.
+    super::devices::store_device_rows(dir, &loaded)?;
     Ok(out)
 }
 
 /// `dir/results.csv` with the rows measured on devices folded in: those stored in the study and
-/// `device_rows` (checked against the study first; kept in it when `store`).
-pub fn read_study(dir: &Path, device_rows: &[PathBuf], store: bool) -> Result<Results> {
+/// `device_rows` (checked against the study), without writing anything.
+pub fn read_study(dir: &Path, device_rows: &[PathBuf]) -> Result<Results> {
     let mut results = read_results(&dir.join("results.csv"))?;
     let loaded = super::devices::load_device_rows(dir, &results, device_rows)?;
-    if store {
-        super::devices::store_device_rows(dir, &loaded)?;
-    }
     super::devices::fold_into(&mut results, &loaded);
     Ok(results)
 }
@@ -290,13 +291,13 @@ fn caveats(md: &mut String, r: &Results, paired: &Paired, opts: &ReportOptions) 
 
 /// Why profiles emulated on an x86-64 host cannot stand in for an ARM device's speeds.
 pub const REPACK_CAVEAT: &str =
-    "Profiles emulated on this host cap its threads and memory, not its CPU: llama.cpp repacks \
-     Q4_0, IQ4_NL and Q4_K weights into interleaved layouts at load where the CPU has the instructions for them \
-     (AVX2 on x86-64; dotprod and i8mm on ARM, as on a Pi 5 or a Jetson Orin, not on a Pi 4's Cortex-A72), which \
-     makes those types faster there than their size alone says. An emulated profile repacks as this host does, not \
-     as the device would, so which file is fastest on a device shows only in rows measured on it (`repacked` \
-     column; `microscale bench DIR --profile native --out rows.csv` on the device, `report DIR --device-rows \
-     rows.csv` here).";
+    "Profiles emulated on this host cap its threads and memory, not its CPU. llama.cpp repacks \
+     some weight types into interleaved layouts at load, by CPU: with AVX2 (x86-64) Q4_0, Q4_K, IQ4_NL and MXFP4 \
+     (and Q2_K with AVX-512); with ARM's dotprod or i8mm (a Pi 5, a Jetson Orin; not a Pi 4's Cortex-A72) also \
+     Q5_K, Q6_K and Q8_0. Repacked types run faster there than their size alone says. An emulated profile repacks \
+     as this host does, not as the device would, so which file is fastest on a device shows only in rows measured \
+     on it (`repacked` column; `microscale bench DIR --profile native --out rows.csv` on the device, `report DIR \
+     --device-rows rows.csv` here).";
 
 /// How the verdicts are judged: on paired 95% intervals, or on the point estimates alone.
 fn statistics_caveat(paired: &Paired) -> String {

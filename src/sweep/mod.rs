@@ -111,10 +111,36 @@ fn recorded_rows(path: &Path, header: &[String]) -> Result<Vec<BTreeMap<String, 
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let records = crate::record::results::parse_csv(&text, path)?;
     let Some(((_, h), rows)) = records.split_first() else { return Ok(vec![]) };
+    let rows: Vec<BTreeMap<String, String>> =
+        rows.iter().map(|(_, r)| h.iter().cloned().zip(r.iter().cloned()).collect()).collect();
     if h != header {
-        bail!("{}: written by a grid with other columns (profiles); use another --out", path.display());
+        if !only_lacks_optional_columns(h, header) {
+            bail!("{}: written by a grid with other columns (profiles); use another --out", path.display());
+        }
+        // Written by an earlier microscale, before a column readers do without (`P:repacked`,
+        // `gpu_layers`): rewritten whole with the current header, those fields empty, so that
+        // the rows appended next line up.
+        let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
+        w.write_record(header)?;
+        for row in &rows {
+            w.write_record(fields(header, row))?;
+        }
+        let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.error()))?;
+        crate::util::atomic::write_file(path, &bytes)?;
     }
-    Ok(rows.iter().map(|(_, r)| header.iter().cloned().zip(r.iter().cloned()).collect()).collect())
+    Ok(rows)
+}
+
+/// `old` is `new` without some of the columns an earlier microscale did not write, in the same order.
+fn only_lacks_optional_columns(old: &[String], new: &[String]) -> bool {
+    let optional = |c: &str| {
+        columns::OPTIONAL.contains(&c)
+            || c.rsplit_once(':').is_some_and(|(_, m)| columns::PROFILE_OPTIONAL.contains(&m))
+    };
+    let kept: Vec<&String> = new.iter().filter(|c| old.contains(c)).collect();
+    old.len() == kept.len()
+        && old.iter().zip(&kept).all(|(a, b)| a == *b)
+        && new.iter().all(|c| old.contains(c) || optional(c))
 }
 
 /// A row's fields in the header's order (empty where the row has no value).
@@ -610,10 +636,14 @@ fn measure_file(
         let c = |k: &str| profile_column(name, k);
         row.insert(c("status"), b.status.as_str().to_string());
         row.insert(c("peak_rss_mib"), format!("{:.1}", b.peak_rss as f64 / (1 << 20) as f64));
+        // The cap the run had: the device's own memory where the profile's could not be enforced.
         row.insert(
             c("mem_cap_mib"),
-            p.memory.map(|m| format!("{:.0}", m as f64 / (1 << 20) as f64)).unwrap_or_default(),
+            b.memory_cap.map(|m| format!("{:.0}", m as f64 / (1 << 20) as f64)).unwrap_or_default(),
         );
+        for w in &b.warnings {
+            eprintln!("warning: {}: {w}", v.name);
+        }
         if let Some(pp) = b.pp {
             row.insert(c("pp_tps"), format!("{:.2}", pp.mean));
             row.insert(c("pp_tps_sd"), format!("{:.2}", pp.sd));
@@ -633,4 +663,35 @@ fn measure_file(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A study written before `P:repacked` resumes: its rows are rewritten under the current header,
+    /// their values where they were, the new column empty. Other differences are still refused.
+    #[test]
+    fn an_older_results_csv_gains_the_new_columns_and_resumes() {
+        let new = columns::results_header(&["pi4-4gb".to_string()]);
+        let old: Vec<String> = new.iter().filter(|c| *c != "pi4-4gb:repacked").cloned().collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.csv");
+        let row: Vec<String> =
+            old.iter().map(|c| if c == "variant" { "q8_0".into() } else { format!("v-{c}") }).collect();
+        std::fs::write(&path, format!("{}\n{}\n", old.join(","), row.join(","))).unwrap();
+        let rows = recorded_rows(&path, &new).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0]["variant"], "q8_0");
+        assert_eq!(rows[0]["pi4-4gb:tg_tps"], "v-pi4-4gb:tg_tps");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().next().unwrap(), new.join(","), "rewritten under the current header");
+        let fields = crate::record::results::parse_csv(&text, &path).unwrap()[1].1.clone();
+        let at = |c: &str| fields[new.iter().position(|h| h == c).unwrap()].clone();
+        assert_eq!((at("pi4-4gb:repacked"), at("pi4-4gb:ttft_s")), (String::new(), "v-pi4-4gb:ttft_s".to_string()));
+
+        let other: Vec<String> = new.iter().filter(|c| *c != "pi4-4gb:tg_tps").cloned().collect();
+        std::fs::write(&path, format!("{}\n", other.join(","))).unwrap();
+        assert!(recorded_rows(&path, &new).unwrap_err().to_string().contains("other columns"));
+    }
 }
