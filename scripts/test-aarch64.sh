@@ -3,8 +3,8 @@
 # tests and the quantizer oracle (every ggml type, microscale's bytes against the aarch64-built ggml's own
 # quantizers). The end-to-end part (the aarch64 binary's files byte for byte against x86-64's, perplexity,
 # bench, generate, rows measured "on the device" folded into a report) is tests/aarch64.rs, which runs with
-# the x86-64 tests. scripts/test.sh runs this after them; about 5 minutes once built (the cross-build of
-# llama.cpp and microscale takes about 10 more, once).
+# the x86-64 tests. scripts/test.sh runs this after them: about 3 minutes (1.5 to build these test binaries
+# once the cross-built llama.cpp is there, 1.5 to run them); bench-results/aarch64/ has the numbers.
 #
 # Needs what scripts/build-aarch64.sh installs (it installs it when run as root). Arguments go to the
 # test binaries (e.g. a test name filter).
