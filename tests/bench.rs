@@ -72,6 +72,30 @@ fn a_memory_cap_above_the_model_fits_and_holds_the_peak() {
     assert!(row.pp.unwrap().mean > 0.0 && row.tg.unwrap().mean > 0.0);
     assert!(row.load_s.unwrap() > 0.0 && row.ttft_s.unwrap() > 0.0);
     assert!(row.enforcement.cgroups.iter().all(|d| !d.exists()));
+    // No CPU's backend repacks Q8_0 but ARM's (dotprod, i8mm): llama.cpp's load log says so.
+    assert_eq!(row.repacked_mib, Some(0.0), "{row:?}");
+    let metrics = microscale::bench::run::metric_rows(&row);
+    assert!(metrics.iter().any(|m| m.metric == "host:repacked_mib" && m.value == 0.0), "{metrics:?}");
+}
+
+/// llama.cpp repacks Q4_0 into its interleaved 8x8 layout at load on AVX2 CPUs (and on ARM with
+/// dotprod or i8mm): the row reads it from the child's load log.
+#[test]
+fn a_repacked_model_says_so() {
+    let (dir, _) = model();
+    let q4 = dir.path().join("q4_0.gguf");
+    if !q4.exists() {
+        convert(&common::default_model::hf_dir(), &q4, &ConvertOptions::new(Scheme::Q4_0)).unwrap();
+    }
+    let row = bench_model(&q4, &host_with(None, 1), &quick()).unwrap();
+    assert_eq!(row.status, Status::Fits, "{row:?}");
+    let repacks = cfg!(target_arch = "x86_64") && std::arch::is_x86_feature_detected!("avx2");
+    if cfg!(target_arch = "x86_64") {
+        // Most of the model's Q4_0 weights (llama.cpp keeps the token embeddings in its plain CPU buffer).
+        assert_eq!(row.repacked_mib.unwrap() > 40.0, repacks, "{row:?}");
+    } else {
+        assert!(row.repacked_mib.is_some(), "{row:?}");
+    }
 }
 
 #[test]

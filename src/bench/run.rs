@@ -242,5 +242,8 @@ pub fn metric_rows(r: &BenchRow) -> Vec<crate::record::rows::MetricRow> {
     if let Some(x) = r.ttft_s {
         rows.push(m("ttft_s", x, 0.0, 0));
     }
+    if let Some(x) = r.repacked_mib {
+        rows.push(m("repacked_mib", x, 0.0, 0));
+    }
     rows
 }
