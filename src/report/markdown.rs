@@ -7,6 +7,7 @@
 use super::paired::{load_paired, Comparison, Paired};
 use super::plots::{scatters, write_png, Scatter};
 use super::sweet_spot::{confidence, interval_check, sweet_spots_paired, AccBudget, Criteria, Objective, SweetSpot};
+use crate::record::device_rows::DeviceRows;
 use crate::record::results::{read_results, Kind, Results, Variant};
 use crate::util::stats::Bootstrap;
 use anyhow::{Context, Result};
@@ -57,9 +58,7 @@ impl ReportOptions {
 /// Read `dir/results.csv` (and `dir/caveats.md` when there is one); write `dir/report.md` and the
 /// plots under `dir/plots/`. Returns the report's path.
 pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<PathBuf> {
-    let mut results = read_results(&dir.join("results.csv"))?;
-    let loaded = super::devices::load_device_rows(dir, &results, &opts.device_rows)?;
-    super::devices::fold_into(&mut results, &loaded);
+    let (results, loaded) = load_study(dir, &opts.device_rows)?;
     let mut opts = opts.clone();
     let mut caveats = read_caveats(&dir.join(CAVEATS_FILE))?;
     caveats.append(&mut opts.caveats);
@@ -85,10 +84,15 @@ pub fn write_report(dir: &Path, opts: &ReportOptions) -> Result<PathBuf> {
 /// `dir/results.csv` with the rows measured on devices folded in: those stored in the study and
 /// `device_rows` (checked against the study), without writing anything.
 pub fn read_study(dir: &Path, device_rows: &[PathBuf]) -> Result<Results> {
+    Ok(load_study(dir, device_rows)?.0)
+}
+
+/// [`read_study`], with the device rows it folded in (what `write_report` keeps in the study).
+fn load_study(dir: &Path, device_rows: &[PathBuf]) -> Result<(Results, Vec<(PathBuf, DeviceRows)>)> {
     let mut results = read_results(&dir.join("results.csv"))?;
     let loaded = super::devices::load_device_rows(dir, &results, device_rows)?;
     super::devices::fold_into(&mut results, &loaded);
-    Ok(results)
+    Ok((results, loaded))
 }
 
 /// The file beside results.csv whose paragraphs the report lists under "Caveats" (before any

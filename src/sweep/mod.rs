@@ -120,13 +120,7 @@ fn recorded_rows(path: &Path, header: &[String]) -> Result<Vec<BTreeMap<String, 
         // Written by an earlier microscale, before a column readers do without (`P:repacked`,
         // `gpu_layers`): rewritten whole with the current header, those fields empty, so that
         // the rows appended next line up.
-        let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
-        w.write_record(header)?;
-        for row in &rows {
-            w.write_record(fields(header, row))?;
-        }
-        let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.error()))?;
-        crate::util::atomic::write_file(path, &bytes)?;
+        rewrite_results(path, header, &rows)?;
     }
     Ok(rows)
 }
@@ -154,7 +148,7 @@ fn append_row(path: &Path, header: &[String], row: &BTreeMap<String, String>) ->
     out.finish()
 }
 
-/// Rewrite results.csv with only `rows` (atomically), for `--retry-failed`.
+/// Rewrite results.csv with only `rows` (atomically): for `--retry-failed`, and under a newer header.
 fn rewrite_results(path: &Path, header: &[String], rows: &[BTreeMap<String, String>]) -> Result<()> {
     let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
     w.write_record(header)?;
