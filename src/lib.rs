@@ -19,6 +19,8 @@
 //! - [`convert`]: the streaming conversion pipeline (`convert`, `import`).
 //! - [`record`]: the record schema every measurement is written in: metric rows, model identity,
 //!   statuses, results.csv columns.
+//! - [`sandbox`]: child processes under a device's caps, and how they ended (fits, oom, crash,
+//!   error, timeout).
 //! - [`eval`]: evaluation through the engine (perplexity, KL divergence, tasks).
 //! - [`bench`]: benchmarks under edge-device caps, and quantizer throughput.
 //! - [`sweep`]: the experiment grid, crash-isolated, one row per variant.
@@ -46,6 +48,8 @@ pub mod convert;
 
 pub mod record;
 
+pub mod sandbox;
+
 pub mod bench;
 pub mod eval;
 
@@ -67,6 +71,7 @@ pub const LAYERS: &[&[&str]] = &[
     &["prune"],
     &["convert"],
     &["record"],
+    &["sandbox"],
     &["eval", "bench"],
     &["sweep"],
     &["report"],

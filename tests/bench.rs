@@ -104,7 +104,7 @@ fn the_thread_count_reaches_the_child() {
     let one = bench_model(q8, &host_with(None, 1), &quick()).unwrap();
     assert_eq!(one.child_threads, Some(1));
     assert_eq!(one.child_affinity.as_ref().map(Vec::len), Some(1));
-    let cpus = microscale::bench::caps::available_cpus().len();
+    let cpus = microscale::sandbox::caps::available_cpus().len();
     if cpus >= 2 {
         let two = bench_model(q8, &host_with(None, 2), &quick()).unwrap();
         assert_eq!(two.child_threads, Some(2));

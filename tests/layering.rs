@@ -74,3 +74,21 @@ fn the_cli_only_parses_dispatches_and_prints() {
     let main = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/main.rs")).unwrap();
     assert!(main.lines().count() < 15, "src/main.rs only hands over to src/cli/");
 }
+
+#[test]
+fn the_library_does_not_depend_on_the_command_line_parser() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let clap = Regex::new(r"\bclap::|use clap\b|ValueEnum").unwrap();
+    let mut found = Vec::new();
+    for f in files.iter().filter(|f| !f.starts_with(src.join("cli")) && !f.ends_with("main.rs")) {
+        let text = std::fs::read_to_string(f).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            if clap.is_match(line) {
+                found.push(format!("{}:{}: {}", f.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "the library names clap (its parsers belong in src/cli/):\n{}", found.join("\n"));
+}

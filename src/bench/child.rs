@@ -125,7 +125,7 @@ pub fn run_child(model_path: &Path, a: &ChildArgs) -> Result<ChildReport> {
     Ok(ChildReport {
         n_threads: a.threads,
         os_threads: std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0),
-        affinity: super::caps::available_cpus(),
+        affinity: crate::sandbox::caps::available_cpus(),
         load_s,
         ttft_s,
         pp_tps,

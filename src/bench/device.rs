@@ -20,7 +20,7 @@ pub fn this_device(name: Option<&str>) -> Device {
         cpu: cpu_model(),
         arch: std::env::consts::ARCH.to_string(),
         cpu_features: info.cpu_features.join(" "),
-        cpus: super::caps::available_cpus().len(),
+        cpus: crate::sandbox::caps::available_cpus().len(),
         memory_mib: crate::util::mem::total_memory().map_or(0.0, |b| b as f64 / (1u64 << 20) as f64),
     }
 }

@@ -5,12 +5,13 @@
 //! on stderr, [`STATS_PREFIX`] and a [`GenerationReport`] as JSON; a child that does not get there
 //! ended for a reason [`classify`] names — only the memory cap's kill is "does not fit".
 
-use super::caps::{run_capped_with, Enforcement, Passthrough};
-use super::failure::classify;
-use super::profiles::{format_bytes, Profile};
+use super::profiles::Profile;
 use super::run::caps_for;
 use crate::engine::generate::{Reply, Sampling, Stop};
 use crate::record::status::Status;
+use crate::sandbox::caps::{run_capped_with, Enforcement, Passthrough};
+use crate::sandbox::failure::classify;
+use crate::util::mem::format_size_short;
 use anyhow::{Context, Result};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -163,7 +164,7 @@ pub fn generate_capped(
         // A chat that ended normally has no single reply to report.
         None if talk == Talk::Chat && outcome.exit_code == Some(0) => {}
         _ => {
-            let cap = profile.memory.filter(|_| outcome.enforcement.memory_unenforced.is_none()).map(format_bytes);
+            let cap = profile.memory.filter(|_| outcome.enforcement.memory_unenforced.is_none()).map(format_size_short);
             let failure = classify(&outcome, cap.as_deref(), timeout);
             run.status = failure.status;
             run.reason = Some(failure.reason);

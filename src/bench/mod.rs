@@ -1,13 +1,11 @@
 //! Benchmarks that are features of the tool: edge-device benchmarking under caps (`bench`), and
-//! quantizer throughput against ggml's own (`bench-quant`). How a measuring child ended is named
-//! by [`failure`] with `record`'s statuses.
+//! quantizer throughput against ggml's own (`bench-quant`). The measuring child runs in
+//! [`crate::sandbox`], which caps it and names how it ended.
 //!
-//! Uses `engine`, `record`, `source` (a model's summary), `quant`, `util`.
+//! Uses `sandbox`, `engine`, `record`, `source` (a model's summary), `quant`, `util`.
 
-pub mod caps;
 pub mod child;
 pub mod device;
-pub mod failure;
 pub mod generate;
 pub mod profiles;
 pub mod quant;

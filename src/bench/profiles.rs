@@ -103,15 +103,6 @@ pub fn parse_memory(s: &str) -> Result<Option<u64>> {
     crate::util::mem::parse_size(s).map(Some).map_err(|e| anyhow!("memory size: {e}"))
 }
 
-pub fn format_bytes(b: u64) -> String {
-    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
-    if b as f64 >= GIB {
-        format!("{:.1} GiB", b as f64 / GIB)
-    } else {
-        format!("{:.0} MiB", b as f64 / (1024.0 * 1024.0))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,12 +3,13 @@
 //! the memory cap killed, or whose allocations failed under the cap, "does not fit"; a crash, a
 //! model llama.cpp cannot load or a timeout are rows of their own, and the run goes on.
 
-use super::caps::{available_cpus, run_capped, Caps, Enforcement};
 use super::child::ChildReport;
-use super::failure::classify;
-use super::profiles::{format_bytes, Profile};
+use super::profiles::Profile;
 use crate::record::status::Status;
+use crate::sandbox::caps::{available_cpus, run_capped, Caps, Enforcement};
+use crate::sandbox::failure::classify;
 use crate::source::inspect::inspect;
+use crate::util::mem::format_size_short;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -204,7 +205,7 @@ pub fn bench_model(model: &Path, profile: &Profile, opts: &BenchOptions) -> Resu
         }
         _ => {
             // Only a cap that was enforced can have killed it.
-            let cap = profile.memory.filter(|_| outcome.enforcement.memory_unenforced.is_none()).map(format_bytes);
+            let cap = profile.memory.filter(|_| outcome.enforcement.memory_unenforced.is_none()).map(format_size_short);
             let failure = classify(&outcome, cap.as_deref(), opts.timeout);
             row.status = failure.status;
             row.reason = Some(failure.reason);

@@ -111,7 +111,7 @@ impl Args {
             .output_opt("--csv", self.csv.as_ref(), OutputKind::Append)
             .output_opt("--out", self.out.as_ref(), OutputKind::File)
             .check()?;
-        microscale::bench::caps::remove_stale_cgroups();
+        microscale::sandbox::caps::remove_stale_cgroups();
         let names = if self.profiles.is_empty() { vec!["host".to_string()] } else { self.profiles };
         let overrides = Overrides {
             threads: self.threads,

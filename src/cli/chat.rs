@@ -2,9 +2,9 @@ use super::generate::{CapArgs, ContextArgs, SamplingArgs};
 use super::{output, tokens_arg, Global};
 use anyhow::Result;
 use microscale::bench::generate::Talk;
-use microscale::bench::profiles::format_bytes;
 use microscale::engine::generate::{tokenize_chat, Generator, Reply, Stop};
 use microscale::engine::Model;
+use microscale::util::mem::format_size_short;
 use microscale::util::paths::IoPaths;
 use std::ffi::OsString;
 use std::io::{BufRead, Write};
@@ -65,7 +65,7 @@ impl Args {
             let banner = format!(
                 "chatting with {} ({}), context {} tokens, {} threads. /help for commands, Ctrl-D to leave.",
                 self.model.display(),
-                format_bytes(size),
+                format_size_short(size),
                 opts.ctx_size,
                 opts.threads
             );
@@ -113,7 +113,7 @@ impl Args {
                     println!(
                         "context {used} of {size} tokens, {} turn(s), peak memory {}",
                         conversation.turns(),
-                        format_bytes(microscale::util::mem::peak_rss())
+                        format_size_short(microscale::util::mem::peak_rss())
                     );
                     continue;
                 }

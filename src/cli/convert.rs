@@ -4,6 +4,7 @@ use super::{output, Global};
 use anyhow::Result;
 use microscale::convert::{convert, ConvertOptions};
 use microscale::gguf::imatrix::Imatrix;
+use microscale::quant::gptq::QuantMethod;
 use microscale::quant::mix::Scheme;
 use microscale::util::paths::{IoPaths, OutputKind};
 use std::path::PathBuf;
@@ -37,7 +38,7 @@ pub struct Args {
     #[arg(short, long)]
     output: PathBuf,
     /// Output type, spelled as llama.cpp spells it.
-    #[arg(long, value_enum, default_value = "f16")]
+    #[arg(long, value_parser = super::choice::<Scheme>(), default_value = "f16")]
     outtype: Scheme,
     #[command(flatten)]
     mix: MixArgs,
@@ -51,8 +52,8 @@ pub struct Args {
     /// column by column, compensating each column's error through the inverse Hessian of the
     /// layer's inputs (GPTQ, Frantar et al. 2022) — calibrates (--calib-text, --calib-chunks) and
     /// writes a standard GGUF. Applies to the blocks' linear weights in Q4_0..Q8_0 and K-quants.
-    #[arg(long, value_enum, default_value = "rtn")]
-    quant_method: microscale::quant::gptq::QuantMethod,
+    #[arg(long, value_parser = super::choice::<QuantMethod>(), default_value = "rtn")]
+    quant_method: QuantMethod,
     /// Re-quantize tensors of a GGUF that are already quantized (refused by default, as by
     /// llama-quantize: the rounding errors compound). Dequantizing to f32/f16/bf16 is always allowed.
     #[arg(long)]

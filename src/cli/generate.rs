@@ -244,7 +244,7 @@ impl CapArgs {
         child_args: &[OsString],
         talk: Talk,
     ) -> Result<CappedGeneration> {
-        microscale::bench::caps::remove_stale_cgroups();
+        microscale::sandbox::caps::remove_stale_cgroups();
         let overrides = Overrides {
             threads,
             memory: self.mem_limit.as_deref().map(parse_memory).transpose()?,

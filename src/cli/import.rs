@@ -20,7 +20,7 @@ pub struct Args {
     #[arg(short, long)]
     output: PathBuf,
     /// dtype of the safetensors weights.
-    #[arg(long, value_enum, default_value = "f32")]
+    #[arg(long, value_parser = super::choice::<OutType>(), default_value = "f32")]
     dtype: OutType,
 }
 

@@ -23,8 +23,10 @@ mod stock_quantize;
 mod sweep;
 
 use anyhow::Result;
+use clap::builder::TypedValueParser;
 use clap::{Parser, Subcommand};
 use microscale::engine;
+use microscale::util::choice::Choice;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -102,6 +104,20 @@ impl Command {
             Command::Chat(a) => a.run(g),
         }
     }
+}
+
+/// A flag taking one of a library type's named values ([`Choice`]): its names are clap's possible
+/// values, listed in `--help` with their helps.
+pub fn choice<T: Choice>() -> impl TypedValueParser<Value = T> {
+    let values = T::all().iter().map(|v| {
+        let value = clap::builder::PossibleValue::new(v.name());
+        match v.help() {
+            Some(help) => value.help(help),
+            None => value,
+        }
+    });
+    // clap has checked the name against the same list.
+    clap::builder::PossibleValuesParser::new(values).map(|name: String| T::from_name(&name).expect("one of T::all()"))
 }
 
 /// Counts that must be at least `MIN` (repetitions, windows, items, seconds).

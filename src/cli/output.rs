@@ -3,9 +3,8 @@
 //! errors. The library returns data; this module turns it into text.
 
 use anyhow::Result;
-use microscale::bench::caps::Enforcement;
 use microscale::bench::generate::{CappedGeneration, GenerationReport};
-use microscale::bench::profiles::{format_bytes, Profile};
+use microscale::bench::profiles::Profile;
 use microscale::bench::quant::QuantBenchRow;
 use microscale::bench::run::BenchRow;
 use microscale::convert::pruning::SparsityStat;
@@ -16,7 +15,9 @@ use microscale::prune::PruneSpec;
 use microscale::quant::mix::Scheme;
 use microscale::record::rows::ModelId;
 use microscale::record::Status;
+use microscale::sandbox::caps::Enforcement;
 use microscale::source::inspect::Summary;
+use microscale::util::mem::format_size_short;
 use serde_json::{json, Value};
 use std::fmt::Write;
 use std::path::Path;
@@ -343,7 +344,7 @@ pub fn profile_list<'a>(profiles: impl Iterator<Item = &'a Profile>) -> String {
             "{:<22} threads {:<3} memory {:<9} {}",
             p.name,
             if p.threads == 0 { "all".to_string() } else { p.threads.to_string() },
-            p.memory.map(format_bytes).unwrap_or_else(|| "none".into()),
+            p.memory.map(format_size_short).unwrap_or_else(|| "none".into()),
             p.note
         );
     }
@@ -361,18 +362,18 @@ pub fn bench_table(rows: &[BenchRow]) -> String {
         let name = Path::new(&r.model).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
         let common = format!(
             "| {name} | {} | {:.2} M | {} | {} | {} |",
-            format_bytes(r.size_bytes),
+            format_size_short(r.size_bytes),
             r.n_params as f64 / 1e6,
             r.profile,
             r.threads,
-            r.memory_cap.map(format_bytes).unwrap_or_else(|| "none".into())
+            r.memory_cap.map(format_size_short).unwrap_or_else(|| "none".into())
         );
         let tail = |load: Option<f64>, ttft: Option<f64>| {
             format!(
                 " {} | {} | {} | {} | {} |",
                 load.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into()),
                 ttft.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into()),
-                format_bytes(r.peak_rss),
+                format_size_short(r.peak_rss),
                 repacked_cell(r.repacked_mib),
                 match &r.reason {
                     None => r.status.to_string(),
@@ -415,7 +416,7 @@ pub fn generation_stats(r: &GenerationReport) -> String {
     let _ = writeln!(
         s,
         "{name} ({}), {} threads, context {}, {sampling}",
-        format_bytes(r.size_bytes),
+        format_size_short(r.size_bytes),
         r.threads,
         r.ctx_size
     );
@@ -428,7 +429,7 @@ pub fn generation_stats(r: &GenerationReport) -> String {
         s,
         "load {:.2} s | peak memory {} | stop: {}",
         r.load_s,
-        format_bytes(r.peak_rss),
+        format_size_short(r.peak_rss),
         r.stop.map(|x| x.as_str()).unwrap_or("-")
     );
     s
@@ -447,7 +448,7 @@ pub fn capped_generation_stats(run: &CappedGeneration) -> String {
         "profile {}: {} threads, memory cap {}, CPU quota {}: {}\n",
         run.profile,
         run.threads,
-        run.memory_cap.map(format_bytes).unwrap_or_else(|| "none".into()),
+        run.memory_cap.map(format_size_short).unwrap_or_else(|| "none".into()),
         run.cpu_quota.map(|q| format!("{q} CPUs")).unwrap_or_else(|| "none".into()),
         match &run.reason {
             None => run.status.to_string(),

@@ -15,7 +15,7 @@ pub struct PruneArgs {
     sparsity: Option<f64>,
     /// magnitude: |W|; wanda: |W|·‖X‖; sparsegpt: OBS saliency w²/[H⁻¹]², and the kept weights
     /// updated to compensate (Frantar & Alistarh 2023). Wanda and SparseGPT calibrate.
-    #[arg(long, value_enum, default_value = "magnitude", help_heading = "Pruning")]
+    #[arg(long, value_parser = super::choice::<SparsityMethod>(), default_value = "magnitude", help_heading = "Pruning")]
     sparsity_method: SparsityMethod,
     /// Semi-structured N:M: keep N of every M consecutive weights (e.g. 2:4).
     #[arg(long, value_name = "N:M", help_heading = "Pruning")]
@@ -37,12 +37,12 @@ pub struct PruneArgs {
     #[arg(long, value_name = "R", help_heading = "Pruning")]
     prune_heads: Option<f64>,
     /// With GQA: remove query heads evenly from every KV group, or whole KV groups.
-    #[arg(long, value_enum, default_value = "per-group", help_heading = "Pruning")]
+    #[arg(long, value_parser = super::choice::<HeadsMode>(), default_value = "per-group", help_heading = "Pruning")]
     heads_mode: HeadsMode,
     /// uniform: same width in every layer (keeps llama/gpt2); global: by score across layers;
     /// standardized: by each layer's standardized scores across layers (FLAP's adaptive
     /// structure). Unequal widths are written as llama.cpp's `deci` architecture.
-    #[arg(long, value_enum, default_value = "uniform", help_heading = "Pruning")]
+    #[arg(long, value_parser = super::choice::<Allocation>(), default_value = "uniform", help_heading = "Pruning")]
     width_allocation: Allocation,
     /// Round kept widths to multiples of N (256 lets K-quants apply).
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = at_least::<1>(), help_heading = "Pruning")]

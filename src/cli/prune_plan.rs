@@ -23,7 +23,7 @@ pub struct Args {
     /// A Hugging Face model directory or a .gguf file.
     src: PathBuf,
     /// Output type (for the size estimate).
-    #[arg(long, value_enum, default_value = "f16")]
+    #[arg(long, value_parser = super::choice::<Scheme>(), default_value = "f16")]
     outtype: Scheme,
     #[command(flatten)]
     prune: PruneArgs,

@@ -21,7 +21,7 @@ pub struct Args {
     /// The GGUF to write.
     output: PathBuf,
     /// Target type.
-    #[arg(value_enum)]
+    #[arg(value_parser = super::choice::<Scheme>())]
     scheme: Scheme,
     /// Importance matrix (llama.cpp imatrix GGUF or legacy .dat).
     #[arg(long)]

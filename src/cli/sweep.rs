@@ -187,7 +187,7 @@ impl Args {
         if self.slurm {
             return self.submit(&grid, &opts, threads, g);
         }
-        microscale::bench::caps::remove_stale_cgroups();
+        microscale::sandbox::caps::remove_stale_cgroups();
         let results = run_sweep(&grid, &opts)?;
         if !g.quiet {
             eprintln!(

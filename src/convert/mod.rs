@@ -38,12 +38,13 @@ use rayon::prelude::*;
 use std::path::Path;
 
 /// A float type for `import --dtype` (safetensors holds F32, F16 and BF16).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutType {
     F32,
     F16,
     Bf16,
 }
+crate::impl_choice!(OutType { F32 => "f32", F16 => "f16", Bf16 => "bf16" });
 
 impl OutType {
     pub fn weight_type(self) -> GgmlType {

@@ -40,26 +40,32 @@ impl std::str::FromStr for DropLayers {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+/// `--heads-mode`: which attention heads go when a model has grouped-query attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum HeadsMode {
-    /// The same number of query heads removed from every KV group (KV heads kept).
     PerGroup,
-    /// Whole KV groups (a KV head with its query heads) removed.
     KvGroups,
 }
+crate::impl_choice!(HeadsMode {
+    PerGroup => "per-group": "The same number of query heads removed from every KV group (KV heads kept)",
+    KvGroups => "kv-groups": "Whole KV groups (a KV head with its query heads) removed",
+});
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+/// `--width-allocation`: how the kept widths are spread over the layers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Allocation {
-    /// The same width in every layer (keeps the llama / gpt2 architecture).
     #[default]
     Uniform,
-    /// Widths allocated across layers by score (unequal: written as `deci`).
     Global,
-    /// FLAP's adaptive structure: each layer's scores standardized (minus their mean, over their
-    /// standard deviation), then ranked across layers (unequal: written as `deci`).
     Standardized,
 }
+crate::impl_choice!(Allocation {
+    Uniform => "uniform": "The same width in every layer (keeps the llama / gpt2 architecture)",
+    Global => "global": "Widths allocated across layers by score (unequal: written as `deci`)",
+    Standardized => "standardized": "FLAP's adaptive structure: each layer's scores standardized (minus their mean, \
+        over their standard deviation), then ranked across layers (unequal: written as `deci`)",
+});
 
 /// Everything the pruning flags ask for.
 #[derive(Clone, Debug)]

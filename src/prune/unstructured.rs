@@ -7,13 +7,18 @@
 
 use anyhow::{bail, Result};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+/// `--sparsity-method`: how the weights to zero are chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum SparsityMethod {
     Magnitude,
     Wanda,
-    /// SparseGPT: OBS saliency and a compensating update of the kept weights (`sparsegpt`).
     Sparsegpt,
 }
+crate::impl_choice!(SparsityMethod {
+    Magnitude => "magnitude",
+    Wanda => "wanda",
+    Sparsegpt => "sparsegpt": "SparseGPT: OBS saliency and a compensating update of the kept weights (`sparsegpt`)",
+});
 
 /// `--nm N:M`: keep N of every M consecutive weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

@@ -396,12 +396,14 @@ pub fn relative_output_error(w: &[f32], w_hat: &[f32], rows: usize, cols: usize,
 }
 
 /// `--quant-method`: how the levels of a quantized weight are chosen.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub enum QuantMethod {
-    /// Round to nearest on ggml's grid (ggml's own quantizers; llama-quantize's result).
     #[default]
     Rtn,
-    /// GPTQ: the same grids, levels chosen column by column with the error compensated
-    /// through the inverse Hessian of the layer's inputs (needs calibration).
     Gptq,
 }
+crate::impl_choice!(QuantMethod {
+    Rtn => "rtn": "Round to nearest on ggml's grid (ggml's own quantizers; llama-quantize's result)",
+    Gptq => "gptq": "GPTQ: the same grids, levels chosen column by column with the error compensated through the \
+        inverse Hessian of the layer's inputs (needs calibration)",
+});

@@ -116,13 +116,13 @@ impl std::str::FromStr for Scheme {
 }
 
 /// The names on the command line are the table's (`--outtype q4_k_m`).
-impl clap::ValueEnum for Scheme {
-    fn value_variants<'a>() -> &'a [Self] {
+impl crate::util::choice::Choice for Scheme {
+    fn all() -> &'static [Self] {
         Scheme::ALL
     }
 
-    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-        Some(clap::builder::PossibleValue::new(self.name()))
+    fn name(self) -> &'static str {
+        Scheme::name(self)
     }
 }
 

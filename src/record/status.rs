@@ -1,7 +1,7 @@
 //! How a measured child process ended, named for what it was: it ran (`fits`), the memory cap
 //! killed it or its allocations failed under the cap (`oom`: only this one means "does not fit"),
 //! it died on a signal (`crash`), it reported an error (`error`), or it ran out of time
-//! (`timeout`). `bench::failure` tells which from how the process ended.
+//! (`timeout`). `sandbox::failure` tells which from how the process ended.
 
 use serde::{Deserialize, Serialize};
 

@@ -24,8 +24,6 @@
 pub mod grid;
 pub mod slurm;
 
-use crate::bench::caps::{run_capped, Caps};
-use crate::bench::failure::classify;
 use crate::bench::run::{bench_model, BenchOptions};
 use crate::convert::{convert, ConvertOptions};
 use crate::engine::quantize::{stock_quantize, StockOptions};
@@ -37,6 +35,8 @@ use crate::record::columns::{self, profile_column};
 use crate::record::items::items_path;
 use crate::record::rows::{utc_now, CsvAppender, ModelId};
 use crate::record::status::Status;
+use crate::sandbox::caps::{run_capped, Caps};
+use crate::sandbox::failure::classify;
 use crate::util::atomic::write_file;
 use crate::util::progress::Progress;
 use anyhow::{bail, Context, Result};

@@ -58,6 +58,18 @@ pub fn parse_size(s: &str) -> anyhow::Result<u64> {
     Ok((n * mult).round() as u64)
 }
 
+/// `3.0 GiB`, `512 MiB`: a memory cap, a device's memory, a peak resident set, as the bench
+/// tables and the failure reasons recorded in results.csv print them (caps are round numbers; a
+/// file's size, where two decimals tell variants apart, is [`format_size`]).
+pub fn format_size_short(b: u64) -> String {
+    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+    if b as f64 >= GIB {
+        format!("{:.1} GiB", b as f64 / GIB)
+    } else {
+        format!("{:.0} MiB", b as f64 / (1024.0 * 1024.0))
+    }
+}
+
 /// `1.23 GiB`, `93.51 MiB`, `12.0 KiB`.
 pub fn format_size(bytes: u64) -> String {
     let b = bytes as f64;

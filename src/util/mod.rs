@@ -1,8 +1,9 @@
-//! Small shared pieces, the lowest stage: atomic outputs, progress bars, memory maps that release
+//! Small shared pieces, the lowest stage: atomic outputs, named choices (flags' values), progress bars, memory maps that release
 //! their pages, the output policy (paths), the data folder, a seeded RNG, dense f64 linear algebra, paired bootstrap
 //! intervals, test-only fault injection.
 
 pub mod atomic;
+pub mod choice;
 pub mod data;
 pub mod direct;
 pub mod fault;

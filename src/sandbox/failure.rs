@@ -95,7 +95,7 @@ pub fn classify(o: &Outcome, cap: Option<&str>, timeout: Duration) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::caps::Enforcement;
+    use crate::sandbox::caps::Enforcement;
 
     fn outcome(exit_code: Option<i32>, signal: Option<i32>, stderr: &str) -> Outcome {
         Outcome {

@@ -5,6 +5,7 @@
 //! it is capped from its first instruction; the cgroup is removed when the child is gone, also when
 //! it was killed.
 
+use crate::util::mem::format_size_short;
 use anyhow::{bail, Context, Result};
 use std::ffi::CString;
 use std::fs;
@@ -50,12 +51,11 @@ pub struct Unenforced {
 
 impl Unenforced {
     pub fn warning(&self, profile: &str) -> String {
-        use super::profiles::format_bytes;
         format!(
             "{profile}'s memory cap of {} cannot be enforced: {}; the run had the device's own memory ({}) as its cap",
-            format_bytes(self.requested),
+            format_size_short(self.requested),
             self.reason,
-            self.device_memory.map_or_else(|| "unknown".into(), format_bytes)
+            self.device_memory.map_or_else(|| "unknown".into(), format_size_short)
         )
     }
 }
