@@ -17,10 +17,6 @@ fn the_flag_reaches_llama_cpp_model_params() {
             assert_eq!(p.use_mmap(), mmap);
         }
     }
-    // eval's and the sweep's loading path: the spec's gpu_layers become the load options.
-    let mut spec = microscale::eval::run::EvalSpec::new(1);
-    spec.gpu_layers = 7;
-    assert_eq!(spec.load_options().model_params().n_gpu_layers(), 7);
     // A model loads with layers asked on the GPU: a CPU build keeps them on the CPU.
     let m = microscale::engine::Model::load_with(
         &common::default_model::gguf(),

@@ -4,10 +4,10 @@
 //! repeated `reps` times. Prints one JSON line on stdout.
 
 use crate::engine::{init, SessionOptions};
+use crate::sandbox::child::BenchChild;
 use anyhow::Result;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
-use std::path::Path;
 use std::time::Instant;
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -29,17 +29,6 @@ pub struct ChildReport {
     pub vm_hwm: u64,
 }
 
-#[derive(Clone, Debug)]
-pub struct ChildArgs {
-    pub threads: usize,
-    pub n_prompt: usize,
-    pub n_gen: usize,
-    pub reps: usize,
-    pub mmap: bool,
-    /// Layers offloaded to the GPU.
-    pub gpu_layers: u32,
-}
-
 /// llama-bench draws its tokens with `std::rand() % n_vocab`; any fixed pseudo-random stream does.
 struct Tokens(crate::util::rng::XorShift64);
 
@@ -49,14 +38,13 @@ impl Tokens {
     }
 }
 
-pub fn run_child(model_path: &Path, a: &ChildArgs) -> Result<ChildReport> {
+pub fn run_child(a: &BenchChild) -> Result<ChildReport> {
     // llama.cpp's log goes to stderr line by line: if this process crashes, the parent quotes
     // its last line.
     crate::engine::log::set_mode(crate::engine::log::LogMode::Child);
     init(false);
     let t = Instant::now();
-    let load = crate::engine::LoadOptions { mmap: a.mmap, gpu_layers: a.gpu_layers };
-    let wrapped = crate::engine::Model::load_with(model_path, &load)?;
+    let wrapped = crate::engine::Model::load_with(&a.model, &a.load)?;
     let load_s = t.elapsed().as_secs_f64();
     crate::util::fault::at("bench-child");
     let n_ctx = a.n_prompt + a.n_gen + 1;

@@ -8,14 +8,15 @@
 use super::profiles::Profile;
 use super::run::caps_for;
 use crate::engine::generate::{Reply, Sampling, Stop};
+use crate::engine::LoadOptions;
 use crate::record::status::Status;
 use crate::sandbox::caps::{run_capped_with, Enforcement, Passthrough};
+use crate::sandbox::child::{child_exe, ChildSpec, GenerateChild};
 use crate::sandbox::failure::classify;
 use crate::util::mem::format_size_short;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 /// The line a generating child ends with on stderr, before its JSON report.
@@ -113,27 +114,34 @@ pub enum Talk {
     Chat,
 }
 
-/// Run `microscale generate|chat MODEL ARGS…` as a child under `profile`'s caps.
-pub fn generate_capped(
-    model: &Path,
-    profile: &Profile,
-    child_args: &[OsString],
-    talk: Talk,
-    timeout: Duration,
-    child_exe: Option<PathBuf>,
-) -> Result<CappedGeneration> {
+/// What a capped generation runs: `generate` or `chat` on `model`, loaded as `load`, with the
+/// user's other `flags`.
+pub struct Capped<'a> {
+    pub talk: Talk,
+    pub model: &'a Path,
+    pub load: LoadOptions,
+    pub flags: Vec<OsString>,
+    pub timeout: Duration,
+    /// The microscale binary to run as the child (default: this executable).
+    pub child_exe: Option<PathBuf>,
+}
+
+/// Run `microscale generate|chat MODEL FLAGS…` as a child under `profile`'s caps.
+pub fn generate_capped(c: Capped, profile: &Profile) -> Result<CappedGeneration> {
     let (threads, caps, warnings) = caps_for(profile);
-    let exe = match child_exe {
-        Some(p) => p,
-        None => std::env::current_exe().context("cannot find the microscale executable")?,
+    let (talk, timeout) = (c.talk, c.timeout);
+    let io = match talk {
+        Talk::Generate { stream } => Passthrough { stdin: false, stdout: stream },
+        Talk::Chat => Passthrough { stdin: true, stdout: true },
     };
-    let mut cmd = Command::new(exe);
-    let (subcommand, io) = match talk {
-        Talk::Generate { stream } => ("generate", Passthrough { stdin: false, stdout: stream }),
-        Talk::Chat => ("chat", Passthrough { stdin: true, stdout: true }),
-    };
-    cmd.arg(subcommand).arg(model).args(child_args).args(["--threads", &threads.to_string(), "--capped-child"]);
-    let outcome = run_capped_with(cmd, &caps, timeout, io)?;
+    let spec = ChildSpec::Generate(GenerateChild {
+        chat: talk == Talk::Chat,
+        model: c.model.to_path_buf(),
+        threads,
+        load: c.load,
+        flags: c.flags,
+    });
+    let outcome = run_capped_with(spec.command(&child_exe(c.child_exe.as_deref())?), &caps, timeout, io)?;
     let report = outcome
         .stderr
         .lines()

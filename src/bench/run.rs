@@ -5,14 +5,15 @@
 
 use super::child::ChildReport;
 use super::profiles::Profile;
+use crate::engine::LoadOptions;
 use crate::record::status::Status;
 use crate::sandbox::caps::{available_cpus, run_capped, Caps, Enforcement};
+use crate::sandbox::child::{child_exe, BenchChild, ChildSpec};
 use crate::sandbox::failure::classify;
 use crate::source::inspect::inspect;
 use crate::util::mem::format_size_short;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 #[derive(Clone, Debug)]
@@ -20,15 +21,13 @@ pub struct BenchOptions {
     pub n_prompt: usize,
     pub n_gen: usize,
     pub reps: usize,
-    /// Memory-map the model (llama.cpp's default) instead of reading it into RAM. Off by default:
+    /// How the child loads the model. Read into RAM by default (`mmap: false`, unlike llama.cpp):
     /// with mmap a memory cap reclaims weight pages and the model thrashes instead of failing,
     /// which hides whether it really fits.
-    pub mmap: bool,
+    pub load: LoadOptions,
     pub timeout: Duration,
     /// The microscale binary to run as the child (default: this executable).
     pub child_exe: Option<PathBuf>,
-    /// Layers offloaded to the GPU (`--gpu-layers`; 0: CPU only).
-    pub gpu_layers: u32,
 }
 
 impl Default for BenchOptions {
@@ -37,10 +36,9 @@ impl Default for BenchOptions {
             n_prompt: 512,
             n_gen: 128,
             reps: 3,
-            mmap: false,
+            load: LoadOptions { mmap: false, gpu_layers: 0 },
             timeout: Duration::from_secs(900),
             child_exe: None,
-            gpu_layers: 0,
         }
     }
 }
@@ -143,7 +141,7 @@ pub fn bench_model(model: &Path, profile: &Profile, opts: &BenchOptions) -> Resu
         tg: None,
         n_prompt: opts.n_prompt,
         n_gen: opts.n_gen,
-        gpu_layers: opts.gpu_layers,
+        gpu_layers: opts.load.gpu_layers,
         peak_rss: 0,
         repacked_mib: None,
         child_threads: None,
@@ -165,22 +163,15 @@ pub fn bench_model(model: &Path, profile: &Profile, opts: &BenchOptions) -> Resu
             return Ok(row);
         }
     }
-    let exe = match &opts.child_exe {
-        Some(p) => p.clone(),
-        None => std::env::current_exe().context("cannot find the microscale executable")?,
-    };
-    let mut cmd = Command::new(exe);
-    cmd.arg("__bench-child")
-        .arg(model)
-        .args(["--threads", &threads.to_string()])
-        .args(["--pp", &opts.n_prompt.to_string()])
-        .args(["--tg", &opts.n_gen.to_string()])
-        .args(["--reps", &opts.reps.to_string()])
-        .args(["--gpu-layers", &opts.gpu_layers.to_string()]);
-    if opts.mmap {
-        cmd.arg("--mmap");
-    }
-    let outcome = run_capped(cmd, &caps, opts.timeout)?;
+    let spec = ChildSpec::Bench(BenchChild {
+        model: model.to_path_buf(),
+        threads,
+        n_prompt: opts.n_prompt,
+        n_gen: opts.n_gen,
+        reps: opts.reps,
+        load: opts.load,
+    });
+    let outcome = run_capped(spec.command(&child_exe(opts.child_exe.as_deref())?), &caps, opts.timeout)?;
     row.enforcement = outcome.enforcement.clone();
     if let Some(cap) = outcome.enforcement.memory_unenforced.as_ref() {
         row.memory_cap = cap.device_memory;

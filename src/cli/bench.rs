@@ -1,4 +1,5 @@
-use super::{at_least, output, threads_arg, Global};
+use super::load_args::LoadArgs;
+use super::{at_least, output, Global};
 use anyhow::{bail, Context, Result};
 use microscale::bench::device::{device_row, this_device};
 use microscale::bench::profiles::{parse_memory, profile, profiles, Overrides};
@@ -36,7 +37,7 @@ use std::time::Duration;
 ///   microscale bench model-q4_k_m.gguf model-q8_0.gguf --profile pi4-4gb --reps 3
 ///   microscale bench model.gguf --profile host --mem-limit 300MiB --csv bench.csv
 #[derive(clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(verbatim_doc_comment, mut_arg("threads", |a| a.help("Override the profile's thread count")))]
 pub struct Args {
     /// GGUF models, or folders of them (a sweep's output folder: its variants/).
     models: Vec<PathBuf>,
@@ -46,9 +47,6 @@ pub struct Args {
     /// List the profiles and exit.
     #[arg(long)]
     list_profiles: bool,
-    /// Override the profile's thread count.
-    #[arg(short, long, value_parser = threads_arg())]
-    threads: Option<usize>,
     /// Override the profile's memory cap (e.g. 3GiB, 512MiB, none).
     #[arg(long)]
     mem_limit: Option<String>,
@@ -85,9 +83,8 @@ pub struct Args {
     /// profile (pi4-4gb) to see the emulated profile's speeds beside the measured ones.
     #[arg(long, value_name = "NAME", value_parser = device_name_arg)]
     device: Option<String>,
-    /// Offload N layers to the GPU (llama.cpp's -ngl; needs a build with --features cuda; 0: CPU only).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    gpu_layers: u32,
+    #[command(flatten)]
+    load: LoadArgs,
 }
 
 impl Args {
@@ -114,7 +111,7 @@ impl Args {
         microscale::sandbox::caps::remove_stale_cgroups();
         let names = if self.profiles.is_empty() { vec!["host".to_string()] } else { self.profiles };
         let overrides = Overrides {
-            threads: self.threads,
+            threads: self.load.threads,
             memory: self.mem_limit.as_deref().map(parse_memory).transpose()?,
             cpu_quota: self.cpu_quota,
         };
@@ -123,10 +120,9 @@ impl Args {
             n_prompt: self.pp,
             n_gen: self.tg,
             reps: self.reps,
-            mmap: self.mmap,
+            load: self.load.load_options(self.mmap),
             timeout: Duration::from_secs(self.timeout),
             child_exe: None,
-            gpu_layers: self.gpu_layers,
         };
         let mut device_rows =
             self.out.as_ref().map(|_| DeviceRows { device: this_device(self.device.as_deref()), rows: vec![] });
@@ -142,7 +138,7 @@ impl Args {
                         path,
                         &ModelId::of(m).unwrap_or_else(|_| ModelId::unreadable(m)),
                         &metric_rows(&row),
-                        self.gpu_layers,
+                        self.load.gpu_layers,
                     )?;
                 }
                 if let (Some(path), Some(d)) = (&self.out, device_rows.as_mut()) {

@@ -56,7 +56,7 @@ impl Args {
             return self.run_capped(g);
         }
         self.caps.enter_child_mode();
-        let model = Model::load_with(&self.model, &self.context.load_options(self.caps.mmap()))?;
+        let model = Model::load_with(&self.model, &self.context.load.load_options(self.caps.mmap()))?;
         let opts = self.context.options(sampling);
         let mut generator = Generator::new(&model, &opts)?;
         let mut conversation = self.context.conversation(&model)?;
@@ -140,15 +140,46 @@ impl Args {
         }
     }
 
-    /// The conversation in a child under the profile's caps, on this terminal.
-    fn run_capped(&self, g: Global) -> Result<()> {
+    #[cfg(test)]
+    pub fn model_path(&self) -> &std::path::Path {
+        &self.model
+    }
+
+    #[cfg(test)]
+    pub fn load_args(&self) -> &super::load_args::LoadArgs {
+        &self.context.load
+    }
+
+    /// The capped child's command line as the parent described it (None: this is not the child):
+    /// the child runs from these flags themselves; the round-trip test compares.
+    #[cfg(test)]
+    pub fn child_spec(&self, g: Global) -> Option<microscale::sandbox::child::GenerateChild> {
+        if !self.caps.capped_child {
+            return None;
+        }
+        Some(microscale::sandbox::child::GenerateChild {
+            chat: true,
+            model: self.model.clone(),
+            threads: self.context.load.threads?,
+            load: self.context.load.load_options(self.caps.mmap_flag()),
+            flags: self.child_args(g),
+        })
+    }
+
+    /// The flags the capped child gets (as `generate`'s: nothing about caps nor loading).
+    pub fn child_args(&self, g: Global) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![format!("--max-tokens={}", self.max_tokens).into()];
         args.extend(self.context.to_args());
         args.extend(self.sampling.to_args());
         if g.quiet {
             args.push("-q".into());
         }
-        let run = self.caps.run_child(&self.model, self.context.threads(), &args, Talk::Chat)?;
+        args
+    }
+
+    /// The conversation in a child under the profile's caps, on this terminal.
+    fn run_capped(&self, g: Global) -> Result<()> {
+        let run = self.caps.run_child(&self.model, &self.context.load, self.child_args(g), Talk::Chat)?;
         if !g.quiet || run.reason.is_some() {
             eprint!("{}", output::capped_generation_stats(&run));
         }

@@ -1,4 +1,5 @@
-use super::{at_least, output, threads_arg, tokens_arg, Global};
+use super::load_args::LoadArgs;
+use super::{at_least, output, tokens_arg, Global};
 use anyhow::Result;
 use microscale::eval::data::Task;
 use microscale::eval::run::{run, EvalSpec};
@@ -61,9 +62,8 @@ pub struct Args {
     /// Seed for SST-2 demonstrations and --limit samples.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Threads (default: all cores).
-    #[arg(short, long, value_parser = threads_arg())]
-    threads: Option<usize>,
+    #[command(flatten)]
+    load: LoadArgs,
     /// The data folder holding wikitext-2/, sst2/ and arc/ (default: $MICROSCALE_DATA, else
     /// the one shipped with microscale).
     #[arg(long, value_name = "DIR")]
@@ -74,9 +74,6 @@ pub struct Args {
     /// Append one row per metric to this CSV file.
     #[arg(long, value_name = "FILE")]
     csv: Option<PathBuf>,
-    /// Offload N layers to the GPU (llama.cpp's -ngl; needs a build with --features cuda; 0: CPU only).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    gpu_layers: u32,
 }
 
 impl Args {
@@ -102,8 +99,9 @@ impl Args {
             limit: self.limit,
             seed: self.seed,
             data,
-            gpu_layers: self.gpu_layers,
-            ..EvalSpec::new(self.threads.unwrap_or_else(microscale::engine::default_threads))
+            // Evaluation maps the file, as llama-perplexity does.
+            load: self.load.load_options(true),
+            ..EvalSpec::new(self.load.threads_or_all())
         })
     }
 
@@ -125,7 +123,7 @@ impl Args {
 
     pub fn run(self, g: Global) -> Result<()> {
         self.io().check()?;
-        let (model, csv, json, gpu_layers) = (self.model.clone(), self.csv.clone(), self.json, self.gpu_layers);
+        let (model, csv, json, gpu_layers) = (self.model.clone(), self.csv.clone(), self.json, self.load.gpu_layers);
         let out = run(&model, &self.spec()?, g.quiet)?;
         let id = ModelId::of(&model)?;
         if let Some(path) = &csv {

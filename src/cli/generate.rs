@@ -1,10 +1,11 @@
-use super::{output, threads_arg, tokens_arg, Global};
+use super::load_args::LoadArgs;
+use super::{output, tokens_arg, Global};
 use anyhow::{bail, Context, Result};
-use microscale::bench::generate::{generate_capped, CappedGeneration, GenerationReport, Talk, STATS_PREFIX};
+use microscale::bench::generate::{generate_capped, Capped, CappedGeneration, GenerationReport, Talk, STATS_PREFIX};
 use microscale::bench::profiles::{parse_memory, profile, Overrides};
 use microscale::engine::generate::{tokenize_chat, Conversation, GenerateOptions, Generator, Sampling, RANDOM_SEED};
 use microscale::engine::log::{set_mode, LogMode};
-use microscale::engine::{LoadOptions, Model};
+use microscale::engine::Model;
 use microscale::util::paths::IoPaths;
 use std::ffi::OsString;
 use std::io::Write;
@@ -72,8 +73,9 @@ impl SamplingArgs {
     }
 }
 
-/// Context and thread flags (shared by `generate` and `chat`).
+/// Context, thread and offload flags (shared by `generate` and `chat`).
 #[derive(clap::Args, Clone, Debug)]
+#[command(mut_arg("threads", |a| a.help("Threads (default: all cores; under --profile: the profile's)")))]
 pub struct ContextArgs {
     /// Context size in tokens: the prompt, the conversation so far and the reply must fit.
     #[arg(short = 'c', long, default_value_t = 4096, value_parser = tokens_arg::<2>())]
@@ -81,9 +83,8 @@ pub struct ContextArgs {
     /// Prompt tokens decoded per batch.
     #[arg(short = 'b', long, default_value_t = 2048, value_parser = tokens_arg::<1>())]
     batch_size: usize,
-    /// Threads (default: all cores; under --profile: the profile's).
-    #[arg(short, long, value_parser = threads_arg())]
-    threads: Option<usize>,
+    #[command(flatten)]
+    pub load: LoadArgs,
     /// The chat template: a name llama.cpp knows (chatml, llama2, llama3, phi3, gemma, …) or a
     /// template's text (default: the model's own, tokenizer.chat_template).
     #[arg(long, value_name = "NAME")]
@@ -91,19 +92,14 @@ pub struct ContextArgs {
     /// A system message at the start of the conversation (with --chat).
     #[arg(long = "system", visible_alias = "sys", value_name = "TEXT")]
     system: Option<String>,
-    /// Offload N layers to the GPU (llama.cpp's -ngl; needs a build with --features cuda; 0: CPU only).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    gpu_layers: u32,
 }
 
 impl ContextArgs {
-    /// The same flags for a capped child, but the thread count (the profile's is given).
+    /// The same flags for a capped child, but the loading ones (the child's spec carries them:
+    /// the profile's thread count, the offload, mmap).
     pub fn to_args(&self) -> Vec<OsString> {
-        let mut a: Vec<OsString> = vec![
-            format!("--ctx-size={}", self.ctx_size).into(),
-            format!("--batch-size={}", self.batch_size).into(),
-            format!("--gpu-layers={}", self.gpu_layers).into(),
-        ];
+        let mut a: Vec<OsString> =
+            vec![format!("--ctx-size={}", self.ctx_size).into(), format!("--batch-size={}", self.batch_size).into()];
         if let Some(s) = &self.system {
             a.extend(["--system".into(), s.into()]);
         }
@@ -113,21 +109,11 @@ impl ContextArgs {
         a
     }
 
-    /// `--threads`, when given.
-    pub fn threads(&self) -> Option<usize> {
-        self.threads
-    }
-
-    /// How to load the model: memory-mapped unless `mmap` is false, with `--gpu-layers`.
-    pub fn load_options(&self, mmap: bool) -> LoadOptions {
-        LoadOptions { mmap, gpu_layers: self.gpu_layers }
-    }
-
     pub fn options(&self, sampling: Sampling) -> GenerateOptions {
         GenerateOptions {
             ctx_size: self.ctx_size,
             batch_size: self.batch_size,
-            threads: self.threads.unwrap_or_else(microscale::engine::default_threads),
+            threads: self.load.threads_or_all(),
             sampling,
         }
     }
@@ -228,6 +214,12 @@ impl CapArgs {
         !self.capped_child || self.mmap
     }
 
+    /// `--mmap` as given.
+    #[cfg(test)]
+    pub fn mmap_flag(&self) -> bool {
+        self.mmap
+    }
+
     /// In the capped child, llama.cpp's log goes to stderr line by line: if the process dies, the
     /// parent quotes its last line.
     pub fn enter_child_mode(&self) {
@@ -240,13 +232,13 @@ impl CapArgs {
     pub fn run_child(
         &self,
         model: &Path,
-        threads: Option<usize>,
-        child_args: &[OsString],
+        load: &LoadArgs,
+        flags: Vec<OsString>,
         talk: Talk,
     ) -> Result<CappedGeneration> {
         microscale::sandbox::caps::remove_stale_cgroups();
         let overrides = Overrides {
-            threads,
+            threads: load.threads,
             memory: self.mem_limit.as_deref().map(parse_memory).transpose()?,
             cpu_quota: self.cpu_quota,
         };
@@ -255,12 +247,15 @@ impl CapArgs {
             Talk::Generate { .. } => 900,
             Talk::Chat => 365 * 24 * 3600, // a conversation lasts as long as the user talks
         };
-        let mut args = child_args.to_vec();
-        if self.mmap {
-            args.push("--mmap".into());
-        }
-        let timeout = Duration::from_secs(self.timeout.unwrap_or(default_timeout));
-        generate_capped(model, &p, &args, talk, timeout, None)
+        let capped = Capped {
+            talk,
+            model,
+            load: load.load_options(self.mmap),
+            flags,
+            timeout: Duration::from_secs(self.timeout.unwrap_or(default_timeout)),
+            child_exe: None,
+        };
+        generate_capped(capped, &p)
     }
 }
 
@@ -274,7 +269,7 @@ impl Args {
         let sampling = self.sampling.sampling()?;
         self.caps.enter_child_mode();
         let start = Instant::now();
-        let model = Model::load_with(&self.model, &self.context.load_options(self.caps.mmap()))?;
+        let model = Model::load_with(&self.model, &self.context.load.load_options(self.caps.mmap()))?;
         let load_s = start.elapsed().as_secs_f64();
         let opts = self.context.options(sampling.clone());
         let mut generator = Generator::new(&model, &opts)?;
@@ -301,7 +296,7 @@ impl Args {
             GenerationReport::new(&self.model, opts.threads, opts.ctx_size, &sampling, generator.seed(), load_s)
                 .with_reply(&reply);
         report.chat = self.chat;
-        report.gpu_layers = self.context.gpu_layers;
+        report.gpu_layers = self.context.load.gpu_layers;
         if self.caps.capped_child {
             eprintln!("{STATS_PREFIX}{}", serde_json::to_string(&report)?);
             return Ok(());
@@ -325,6 +320,32 @@ impl Args {
         }
     }
 
+    #[cfg(test)]
+    pub fn model_path(&self) -> &std::path::Path {
+        &self.model
+    }
+
+    #[cfg(test)]
+    pub fn load_args(&self) -> &LoadArgs {
+        &self.context.load
+    }
+
+    /// The capped child's command line as the parent described it (None: this is not the child):
+    /// the child runs from these flags themselves; the round-trip test compares.
+    #[cfg(test)]
+    pub fn child_spec(&self) -> Option<microscale::sandbox::child::GenerateChild> {
+        if !self.caps.capped_child {
+            return None;
+        }
+        Some(microscale::sandbox::child::GenerateChild {
+            chat: false,
+            model: self.model.clone(),
+            threads: self.context.load.threads?,
+            load: self.context.load.load_options(self.caps.mmap_flag()),
+            flags: self.child_args(),
+        })
+    }
+
     /// Run this generation again as a child under the profile's caps, streaming its text.
     fn run_capped(&self, g: Global) -> Result<()> {
         self.sampling.sampling()?; // refuse nonsense before starting a child
@@ -333,8 +354,8 @@ impl Args {
         }
         let run = self.caps.run_child(
             &self.model,
-            self.context.threads,
-            &self.child_args(),
+            &self.context.load,
+            self.child_args(),
             Talk::Generate { stream: !self.json },
         )?;
         if self.json {
@@ -349,8 +370,9 @@ impl Args {
     }
 
     /// The flags the capped child gets: everything about the generation, nothing about caps
-    /// (it is capped from outside) and not the thread count (the profile's is added).
-    fn child_args(&self) -> Vec<OsString> {
+    /// (it is capped from outside) nor about loading (the child's spec carries the profile's
+    /// thread count, the offload and mmap).
+    pub fn child_args(&self) -> Vec<OsString> {
         let mut a: Vec<OsString> = Vec::new();
         match (&self.prompt, &self.file) {
             (Some(p), _) => a.extend(["--prompt".into(), p.into()]),

@@ -7,6 +7,8 @@ mod bench;
 mod bench_child;
 mod bench_quant;
 mod chat;
+#[cfg(test)]
+mod child;
 mod convert;
 mod eval;
 mod generate;
@@ -14,6 +16,7 @@ mod imatrix;
 mod import;
 mod info;
 mod inspect;
+mod load_args;
 mod mix_args;
 mod output;
 mod prune_args;

@@ -1,6 +1,8 @@
+use super::load_args::LoadArgs;
 use super::{at_least, output, threads_arg, Global};
 use anyhow::{bail, Result};
 use microscale::engine::log::{set_mode, LogMode};
+use microscale::sandbox::child::SweepJob;
 use microscale::sweep::grid::load_grid;
 use microscale::sweep::slurm::{self, SlurmOptions, Submitted};
 use microscale::sweep::{
@@ -34,7 +36,14 @@ use std::time::Duration;
 ///       --time 4:00:00 --slurm-parallel 8 --slurm-setup 'module load cuda/12.4'
 ///   microscale sweep --status /blue/me/seed
 #[derive(clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(
+    verbatim_doc_comment,
+    mut_arg("threads", |a| a.help("Threads (default: all cores; with --slurm: --cpus-per-task, else 4)")),
+    mut_arg("gpu_layers", |a| a.help(
+        "Offload N layers to the GPU when evaluating and benchmarking (llama.cpp's -ngl; needs a build with \
+         --features cuda; 0: CPU only). Recorded in every row (gpu_layers)"
+    ))
+)]
 pub struct Args {
     /// The source model (Hugging Face directory or GGUF).
     #[arg(long, required_unless_present = "status")]
@@ -65,13 +74,8 @@ pub struct Args {
     /// The microscale binary the children run (default: this one).
     #[arg(long, hide = true)]
     child_exe: Option<PathBuf>,
-    /// Threads (default: all cores; with --slurm: --cpus-per-task, else 4).
-    #[arg(short, long, value_parser = threads_arg())]
-    threads: Option<usize>,
-    /// Offload N layers to the GPU when evaluating and benchmarking (llama.cpp's -ngl; needs a
-    /// build with --features cuda; 0: CPU only). Recorded in every row (gpu_layers).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    gpu_layers: u32,
+    #[command(flatten)]
+    load: LoadArgs,
     /// The data folder holding wikitext-2/, sst2/ and arc/ (default: $MICROSCALE_DATA, else
     /// the one shipped with microscale).
     #[arg(long, value_name = "DIR")]
@@ -124,6 +128,34 @@ pub struct Args {
 }
 
 impl Args {
+    /// The worker's job these flags name (None: the whole sweep, or its SLURM submission).
+    fn job(&self) -> Option<SweepJob> {
+        match (&self.variant, &self.slurm_task, self.slurm_prepare) {
+            (Some(name), None, false) => Some(SweepJob::Variant(name.clone())),
+            (None, Some(name), false) => Some(SweepJob::SlurmTask(name.clone())),
+            (None, None, true) => Some(SweepJob::SlurmPrepare),
+            _ => None,
+        }
+    }
+
+    /// A worker's command line as the parent described it (None: this is not a worker).
+    #[cfg(test)]
+    pub fn child_spec(&self) -> Option<microscale::sandbox::child::SweepChild> {
+        let job = self.job()?;
+        Some(microscale::sandbox::child::SweepChild {
+            model: self.model.clone()?,
+            grid: self.grid.clone()?,
+            out: self.out.clone()?,
+            data_dir: self.data_dir.clone()?,
+            threads: self.load.threads?,
+            gpu_layers: self.load.gpu_layers,
+            keep: self.keep,
+            child_exe: self.child_exe.clone(),
+            variant_timeout: self.variant_timeout,
+            job,
+        })
+    }
+
     pub fn run(self, g: Global) -> Result<()> {
         if let Some(out) = &self.status {
             IoPaths::new().input("--status", out).check()?;
@@ -148,7 +180,7 @@ impl Args {
             .input_opt("--child-exe", self.child_exe.as_ref())
             .output("--out", &out, OutputKind::Filled(microscale::sweep::OUT_ENTRIES))
             .check()?;
-        let threads = match (self.threads, self.cpus_per_task) {
+        let threads = match (self.load.threads, self.cpus_per_task) {
             (Some(t), _) => t,
             (None, Some(c)) if self.slurm => c,
             (None, _) if self.slurm => 4,
@@ -162,42 +194,39 @@ impl Args {
             child_exe: self.child_exe.clone(),
             retry_failed: self.retry_failed,
             variant_timeout: Duration::from_secs(self.variant_timeout),
-            gpu_layers: self.gpu_layers,
+            load: self.load.load_options(true),
             ..SweepOptions::new(&model, &grid_path, &out)
         };
         microscale::sweep::check_before_work(&grid, &opts, !self.build_only)?;
-        if let (true, Some(name)) = (self.build_only, &self.variant) {
-            println!("{}", build_variant(&grid, name, &opts)?.display());
-            return Ok(());
-        }
-        if let Some(name) = &self.variant {
-            // A variant's child: llama.cpp's log goes to stderr (OUT/logs/NAME.log), so that a
-            // crash can be traced to what llama.cpp was doing.
-            set_mode(LogMode::Child);
-            let row = run_one_variant(&grid, name, &opts)?;
-            return check_row(&row);
-        }
-        if self.slurm_prepare {
-            return prepare_shared(&grid, &opts);
-        }
-        if let Some(name) = &self.slurm_task {
+        match self.job() {
+            Some(SweepJob::Variant(name)) if self.build_only => {
+                println!("{}", build_variant(&grid, &name, &opts)?.display());
+                Ok(())
+            }
+            Some(SweepJob::Variant(name)) => {
+                // A variant's child: llama.cpp's log goes to stderr (OUT/logs/NAME.log), so that a
+                // crash can be traced to what llama.cpp was doing.
+                set_mode(LogMode::Child);
+                check_row(&run_one_variant(&grid, &name, &opts)?)
+            }
+            Some(SweepJob::SlurmPrepare) => prepare_shared(&grid, &opts),
             // A non-zero exit marks the task FAILED in SLURM (and fails `sweep --slurm --wait`).
-            return check_row(&run_variant_task(&grid, name, &opts)?);
+            Some(SweepJob::SlurmTask(name)) => check_row(&run_variant_task(&grid, &name, &opts)?),
+            None if self.slurm => self.submit(&grid, &opts, threads, g),
+            None => {
+                microscale::sandbox::caps::remove_stale_cgroups();
+                let results = run_sweep(&grid, &opts)?;
+                if !g.quiet {
+                    eprintln!(
+                        "wrote {} ({} variants); next: microscale report {}",
+                        results.display(),
+                        grid.variants.len(),
+                        opts.out.display()
+                    );
+                }
+                Ok(())
+            }
         }
-        if self.slurm {
-            return self.submit(&grid, &opts, threads, g);
-        }
-        microscale::sandbox::caps::remove_stale_cgroups();
-        let results = run_sweep(&grid, &opts)?;
-        if !g.quiet {
-            eprintln!(
-                "wrote {} ({} variants); next: microscale report {}",
-                results.display(),
-                grid.variants.len(),
-                opts.out.display()
-            );
-        }
-        Ok(())
     }
 
     fn submit(

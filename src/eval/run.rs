@@ -37,8 +37,8 @@ pub struct EvalSpec {
     pub seed: u64,
     /// Where the tasks' files (and the default perplexity text) are.
     pub data: DataDir,
-    /// Layers offloaded to the GPU (`--gpu-layers`; 0: CPU only), for the model and a base model.
-    pub gpu_layers: u32,
+    /// How the model and a base model are loaded (memory-mapped; `gpu_layers` offloaded).
+    pub load: LoadOptions,
 }
 
 impl EvalSpec {
@@ -57,13 +57,8 @@ impl EvalSpec {
             limit: None,
             seed: 42,
             data: DataDir::resolve(None),
-            gpu_layers: 0,
+            load: LoadOptions::default(),
         }
-    }
-
-    /// How the evaluated models are loaded (memory-mapped, `gpu_layers` offloaded).
-    pub fn load_options(&self) -> LoadOptions {
-        LoadOptions { gpu_layers: self.gpu_layers, ..LoadOptions::default() }
     }
 }
 
@@ -129,7 +124,7 @@ pub fn run(model_path: &Path, spec: &EvalSpec, quiet: bool) -> Result<EvalOutput
     // Every task file is read and checked before the model runs: a malformed one is not found
     // after the perplexity pass.
     let task_items = spec.tasks.iter().map(|t| load_task(t, spec)).collect::<Result<Vec<_>>>()?;
-    let model = Model::load_with(model_path, &spec.load_options())?;
+    let model = Model::load_with(model_path, &spec.load)?;
     let mut out = EvalOutput::default();
     let ppl_opts =
         PerplexityOptions { n_ctx: spec.n_ctx, n_batch: spec.n_batch, threads: spec.threads, chunks: spec.chunks };
@@ -159,7 +154,7 @@ pub fn run(model_path: &Path, spec: &EvalSpec, quiet: bool) -> Result<EvalOutput
         let k = match (&base_file, &text) {
             (Some(file), _) => kl_divergence_from_file(&model, file, &kld_opts, quiet)?,
             (None, Some(text)) => {
-                let base = Model::load_with(base_path, &spec.load_options())?;
+                let base = Model::load_with(base_path, &spec.load)?;
                 let tokens = base.tokenize(text, true);
                 kl_divergence(&model, &base, &tokens, &kld_opts, quiet)?
             }

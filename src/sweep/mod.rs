@@ -19,7 +19,7 @@
 //! into results.csv in grid order.
 //!
 //! [`grid`] reads the grid files. Uses `convert`, `engine` (stock quants), `eval`, `bench`,
-//! `record`, `util`.
+//! `sandbox` (each variant's child), `record`, `util`.
 
 pub mod grid;
 pub mod slurm;
@@ -27,6 +27,7 @@ pub mod slurm;
 use crate::bench::run::{bench_model, BenchOptions};
 use crate::convert::{convert, ConvertOptions};
 use crate::engine::quantize::{stock_quantize, StockOptions};
+use crate::engine::LoadOptions;
 use crate::eval::run::{run as run_eval, EvalSpec};
 use crate::gguf::imatrix::Imatrix;
 use crate::prune::PruneSpec;
@@ -36,6 +37,7 @@ use crate::record::items::items_path;
 use crate::record::rows::{utc_now, CsvAppender, ModelId};
 use crate::record::status::Status;
 use crate::sandbox::caps::{run_capped, Caps};
+use crate::sandbox::child::{child_exe, ChildSpec, SweepChild, SweepJob};
 use crate::sandbox::failure::classify;
 use crate::util::atomic::write_file;
 use crate::util::progress::Progress;
@@ -43,7 +45,6 @@ use anyhow::{bail, Context, Result};
 use grid::{Grid, Kind, Variant};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 #[derive(Clone, Debug)]
@@ -64,9 +65,9 @@ pub struct SweepOptions {
     pub retry_failed: bool,
     /// A variant's child is killed after this long (its row says `timeout`).
     pub variant_timeout: Duration,
-    /// Layers offloaded to the GPU for evaluation and benchmarks (`--gpu-layers`; 0: CPU only).
-    /// Building and calibrating stay on the CPU.
-    pub gpu_layers: u32,
+    /// How evaluation loads each model (memory-mapped, as `eval`); the benchmarks read it into RAM
+    /// as `bench` does, with the same offload. Building and calibrating stay on the CPU.
+    pub load: LoadOptions,
 }
 
 impl SweepOptions {
@@ -82,14 +83,23 @@ impl SweepOptions {
             child_exe: None,
             retry_failed: false,
             variant_timeout: Duration::from_secs(12 * 3600),
-            gpu_layers: 0,
+            load: LoadOptions::default(),
         }
     }
 
-    fn exe(&self) -> Result<PathBuf> {
-        match &self.child_exe {
-            Some(p) => Ok(p.clone()),
-            None => std::env::current_exe().context("cannot find the microscale executable"),
+    /// The worker that does `job` for this sweep, as its command line says.
+    pub fn child(&self, job: SweepJob) -> SweepChild {
+        SweepChild {
+            model: self.src.clone(),
+            grid: self.grid_path.clone(),
+            out: self.out.clone(),
+            data_dir: self.data.root.clone(),
+            threads: self.threads,
+            gpu_layers: self.load.gpu_layers,
+            keep: self.keep,
+            child_exe: self.child_exe.clone(),
+            variant_timeout: self.variant_timeout.as_secs(),
+            job,
         }
     }
 }
@@ -284,25 +294,8 @@ fn put_in_grid_order(results: &Path, header: &[String], grid: &Grid) -> Result<(
 fn run_variant_child(v: &Variant, opts: &SweepOptions, dirs: &Dirs) -> Result<BTreeMap<String, String>> {
     let row_file = dirs.row_file(v);
     let _ = std::fs::remove_file(&row_file);
-    let mut cmd = Command::new(opts.exe()?);
-    cmd.arg("sweep")
-        .arg("-q")
-        .arg("--model")
-        .arg(&opts.src)
-        .arg("--grid")
-        .arg(&opts.grid_path)
-        .arg("--out")
-        .arg(&opts.out)
-        .arg("--data-dir")
-        .arg(&opts.data.root)
-        .args(["--threads", &opts.threads.to_string(), "--gpu-layers", &opts.gpu_layers.to_string()])
-        .args(["--variant", &v.name]);
-    if opts.keep {
-        cmd.arg("--keep");
-    }
-    if let Some(exe) = &opts.child_exe {
-        cmd.arg("--child-exe").arg(exe);
-    }
+    let spec = ChildSpec::Sweep(opts.child(SweepJob::Variant(v.name.clone())));
+    let cmd = spec.command(&child_exe(opts.child_exe.as_deref())?);
     let outcome = run_capped(cmd, &Caps::default(), opts.variant_timeout)?;
     let log = dirs.logs.join(format!("{}.log", v.name));
     write_file(&log, outcome.stderr.as_bytes())?;
@@ -451,7 +444,7 @@ pub fn prepare_shared(grid: &Grid, opts: &SweepOptions) -> Result<()> {
         // As the baseline variant saves them (`measure_file`): the same windows and threads.
         let mut spec = EvalSpec::new(opts.threads);
         spec.data = opts.data.clone();
-        spec.gpu_layers = opts.gpu_layers;
+        spec.load = opts.load;
         spec.chunks = Some(grid.eval.ppl_chunks);
         spec.kld_chunks = Some(grid.eval.kld_chunks);
         spec.save_kld_base = Some(saved);
@@ -462,7 +455,7 @@ pub fn prepare_shared(grid: &Grid, opts: &SweepOptions) -> Result<()> {
 
 fn identity(v: &Variant, opts: &SweepOptions) -> BTreeMap<String, String> {
     let mut row = BTreeMap::new();
-    row.insert("gpu_layers".into(), opts.gpu_layers.to_string());
+    row.insert("gpu_layers".into(), opts.load.gpu_layers.to_string());
     row.insert("variant".into(), v.name.clone());
     row.insert("kind".into(), v.kind.as_str().into());
     row.insert("recipe".into(), v.recipe());
@@ -578,7 +571,7 @@ fn measure_file(
     // Perplexity, KL divergence against the baseline and tasks, in one pass over one loaded model.
     let mut spec = EvalSpec::new(opts.threads);
     spec.data = opts.data.clone();
-    spec.gpu_layers = opts.gpu_layers;
+    spec.load = opts.load;
     spec.limit = grid.eval.limit;
     spec.shots = grid.eval.shots;
     spec.ppl = Some(opts.data.file(crate::util::data::WIKITEXT_TEST)?);
@@ -621,7 +614,7 @@ fn measure_file(
         n_gen: grid.bench.tg,
         reps: grid.bench.reps,
         child_exe: opts.child_exe.clone(),
-        gpu_layers: opts.gpu_layers,
+        load: LoadOptions { gpu_layers: opts.load.gpu_layers, ..BenchOptions::default().load },
         ..Default::default()
     };
     for name in &grid.bench.profiles {

@@ -22,6 +22,7 @@
 use super::grid::{load_grid, Grid};
 use super::{forget_failed_rows, merge_rows, variants_without_rows, SweepOptions, STATUS_OK};
 use crate::record::rows::utc_now;
+use crate::sandbox::child::{child_exe, SweepChild, SweepJob};
 use crate::util::atomic::write_file;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -127,49 +128,37 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     std::path::absolute(p).with_context(|| format!("{}: cannot make the path absolute", p.display()))
 }
 
-/// The jobs run elsewhere and in another directory: every path they are given is absolute.
-struct Paths {
-    exe: PathBuf,
-    model: PathBuf,
-    grid: PathBuf,
-    out: PathBuf,
-    data: PathBuf,
-    child_exe: Option<PathBuf>,
+/// The worker every job runs, up to its job: every path absolute (the jobs run elsewhere and in
+/// another directory), the threads explicit (llama.cpp's results are deterministic for a given
+/// thread count, so the rows equal a local sweep's with the same --threads).
+fn job_child(opts: &SweepOptions) -> Result<SweepChild> {
+    Ok(SweepChild {
+        model: absolute(&opts.src)?,
+        grid: absolute(&opts.grid_path)?,
+        out: absolute(&opts.out)?,
+        data_dir: absolute(&opts.data.root)?,
+        child_exe: opts.child_exe.as_deref().map(absolute).transpose()?,
+        ..opts.child(SweepJob::SlurmPrepare)
+    })
 }
 
-impl Paths {
-    fn of(opts: &SweepOptions) -> Result<Paths> {
-        Ok(Paths {
-            exe: absolute(&opts.exe()?)?,
-            model: absolute(&opts.src)?,
-            grid: absolute(&opts.grid_path)?,
-            out: absolute(&opts.out)?,
-            data: absolute(&opts.data.root)?,
-            child_exe: opts.child_exe.as_deref().map(absolute).transpose()?,
-        })
-    }
-}
-
-/// `microscale sweep …` as every job runs it, up to the job's own flag (one flag per line).
-fn sweep_command(opts: &SweepOptions, p: &Paths) -> String {
-    let mut lines = vec![format!("{} sweep -q", sh_quote(&p.exe.to_string_lossy()))];
-    let mut flag = |name: &str, value: &Path| lines.push(format!("{name} {}", sh_quote(&value.to_string_lossy())));
-    flag("--model", &p.model);
-    flag("--grid", &p.grid);
-    flag("--out", &p.out);
-    flag("--data-dir", &p.data);
-    if let Some(exe) = &p.child_exe {
-        flag("--child-exe", exe);
-    }
-    // Threads explicit: llama.cpp's results are deterministic for a given thread count, so the
-    // rows equal a local sweep's with the same --threads.
-    lines.push(format!("--threads {} --gpu-layers {}", opts.threads, opts.gpu_layers));
-    lines.push(format!(
-        "--variant-timeout {}{}",
-        opts.variant_timeout.as_secs(),
-        if opts.keep { " --keep" } else { "" }
-    ));
+/// `microscale sweep …` as every job runs it, up to the job's own flag: one flag per line.
+fn sweep_command(exe: &Path, child: &SweepChild) -> String {
+    let quoted = |words: &[std::ffi::OsString]| -> Vec<String> {
+        words.iter().map(|w| sh_quote_if_needed(&w.to_string_lossy())).collect()
+    };
+    let mut lines = vec![sh_quote(&exe.to_string_lossy())];
+    lines.extend(child.flag_groups().iter().map(|group| quoted(group).join(" ")));
     lines.join(" \\\n    ")
+}
+
+/// A flag or a number stays as it is; anything else (paths) is quoted.
+fn sh_quote_if_needed(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        s.to_string()
+    } else {
+        sh_quote(s)
+    }
 }
 
 /// A batch script: `#SBATCH` lines (the job's name, its log, then the pass-through options),
@@ -238,9 +227,10 @@ pub struct Scripts {
 
 /// The batch scripts a submission writes, for `names` (the variants without a row, grid order).
 pub fn scripts(opts: &SweepOptions, s: &SlurmOptions, names: &[String]) -> Result<Scripts> {
-    let p = Paths::of(opts)?;
-    let logs = p.out.join("logs");
-    let cmd = sweep_command(opts, &p);
+    let exe = absolute(&child_exe(opts.child_exe.as_deref())?)?;
+    let child = job_child(opts)?;
+    let logs = child.out.join("logs");
+    let cmd = sweep_command(&exe, &child);
     let last = names.len().saturating_sub(1);
     let array = match s.parallel {
         Some(n) => format!("0-{last}%{n}"),
@@ -280,8 +270,8 @@ pub fn scripts(opts: &SweepOptions, s: &SlurmOptions, names: &[String]) -> Resul
             "gather the variants' rows into results.csv, in grid order",
             &format!(
                 "exec {} sweep -q --status {}",
-                sh_quote(&p.exe.to_string_lossy()),
-                sh_quote(&p.out.to_string_lossy())
+                sh_quote(&exe.to_string_lossy()),
+                sh_quote(&child.out.to_string_lossy())
             ),
         ),
     })
