@@ -9,7 +9,7 @@
 # With --every, instead: every mix llama-quantize offers, from llama.cpp's own quantizer, without
 # and with the importance matrix (the mixes that need one are refused without it, as llama-quantize
 # refuses them). microscale's `convert --outtype TYPE` writes the same tensor bytes
-# (tests/quant_whole_file.rs), so these rows are both tools' numbers.
+# (tests/it/quant_whole_file.rs), so these rows are both tools' numbers.
 #
 # Usage: scripts/bench-mixes.sh [TYPE...]   (default: q4_k_m q3_k_m iq3_m)
 #        scripts/bench-mixes.sh --every

@@ -2,7 +2,7 @@
 # microscale's own tests built for aarch64 and run on this x86-64 machine under qemu: the library's unit
 # tests and the quantizer oracle (every ggml type, microscale's bytes against the aarch64-built ggml's own
 # quantizers). The end-to-end part (the aarch64 binary's files byte for byte against x86-64's, perplexity,
-# bench, generate, rows measured "on the device" folded into a report) is tests/aarch64.rs, which runs with
+# bench, generate, rows measured "on the device" folded into a report) is tests/it/aarch64.rs, which runs with
 # the x86-64 tests. scripts/test.sh runs this after them: about 3 minutes (1.5 to build these test binaries
 # once the cross-built llama.cpp is there, 1.5 to run them); bench-results/aarch64/ has the numbers.
 #

@@ -6,10 +6,11 @@
 # `sweep --slurm` tests (scripts/slurm-local.sh: installs slurmctld/slurmd/slurm-client with
 # apt-get if missing, stopped again when the tests end), then run every test against the real engine.
 # Then the aarch64 part (scripts/test-aarch64.sh): the unit tests and the quantizer oracle cross-built for
-# aarch64 and run under qemu; tests/aarch64.rs, among the x86-64 tests, runs the aarch64 binary end to end.
+# aarch64 and run under qemu; tests/it/aarch64.rs, among the x86-64 tests, runs the aarch64 binary end to end.
 #
 #   scripts/test.sh                 # everything
-#   scripts/test.sh --test bench    # arguments go to `cargo test --release` (the aarch64 part is skipped)
+#   scripts/test.sh --test it bench::   # arguments go to `cargo test --release` (the aarch64 part is skipped):
+#                                       # the integration tests are one binary, `it`, a module per area
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

@@ -2,7 +2,7 @@
 //!
 //! The library follows the data flow, one folder per stage; the `microscale` binary is a thin CLI
 //! over it (`src/cli/`). Each stage uses only the stages listed above it here (a test,
-//! `tests/layering.rs`, keeps it so):
+//! `tests/it/layering.rs`, keeps it so):
 //!
 //! - [`util`]: atomic outputs, progress bars, memory maps, the data folder, a seeded RNG.
 //! - [`quant`]: ggml's tensor types (one table), their formats bit-exact with ggml, and

@@ -4,6 +4,7 @@
 //! our dequantization must equal ggml's `to_float` bit for bit; and the round trip must stay
 //! within a per-format error bound.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use llama_cpp_sys_2 as sys;

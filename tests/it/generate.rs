@@ -1,7 +1,7 @@
 //! `generate` and `chat` on the default model through the real engine, with llama.cpp's own
 //! `llama-completion` as the oracle for what a greedy chat answer is.
 
-mod common;
+use crate::common;
 
 use common::{default_model, llama_tools};
 use serde_json::Value;

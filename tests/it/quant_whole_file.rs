@@ -2,7 +2,7 @@
 //! by tensor, the same types and the same bytes as llama.cpp's own quantizer (`stock-quantize`)
 //! applied to our F32 GGUF of the same model — with and without an importance matrix.
 
-mod common;
+use crate::common;
 
 use common::synth::{self, SynthSpec};
 use microscale::convert::{convert, ConvertOptions};

@@ -5,7 +5,7 @@
 //! multiple-choice batches must fit GPT-2's 1024 positions), pruning with calibration,
 //! quantization, llama.cpp's own quant of the baseline, and the benchmark.
 
-mod common;
+use crate::common;
 
 use common::synth::{self, SynthDtype, SynthSpec};
 use microscale::record::results::{read_results, Status};

@@ -1,7 +1,7 @@
 //! Evaluation through llama.cpp on the default model: perplexity against an independent NLL
 //! computation, KL divergence, multiple-choice scoring, and data errors.
 
-mod common;
+use crate::common;
 
 use microscale::convert::{convert, ConvertOptions};
 use microscale::engine::quantize::{stock_quantize, StockOptions};

@@ -1,6 +1,6 @@
 //! Self-checks for the test support code in `tests/common/`.
 
-mod common;
+use crate::common;
 
 use common::reference::{gpt2_forward, llama_forward, load_tensors, softmax_rows};
 use common::synth::*;

@@ -2,7 +2,7 @@
 //! multiplication segfaults on Intel Sapphire Rapids, llama.cpp issue 20824), and eval runs from
 //! anywhere, not only inside the checkout.
 
-mod common;
+use crate::common;
 
 use llama_cpp_sys_2 as sys;
 use std::path::{Path, PathBuf};

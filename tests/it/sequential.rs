@@ -6,7 +6,7 @@
 //! the bit, those of block 0 to equal the one-shot calibration's, and the output to be converted
 //! with them.
 
-mod common;
+use crate::common;
 
 use common::synth::{self, SynthSpec};
 use microscale::calib::moments::layer_of;

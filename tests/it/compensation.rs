@@ -9,7 +9,7 @@
 //! SparseGPT against magnitude and Wanda masks, GPTQ against round to nearest, healing against
 //! the plain selection.
 
-mod common;
+use crate::common;
 
 use common::ggml;
 use microscale::calib::gaps::{Gap, GapMoments};

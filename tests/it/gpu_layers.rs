@@ -1,7 +1,7 @@
 //! `--gpu-layers N`: llama.cpp's model parameters get N (the C struct llama.cpp's loader reads),
 //! and eval's and bench's rows record it. No GPU here: offloading itself is untested (README).
 
-mod common;
+use crate::common;
 
 use microscale::engine::LoadOptions;
 use microscale::record::rows::CSV_HEADER;

@@ -3,7 +3,7 @@
 //! KL divergence against the F32 baseline is lower than stock's. An impossible budget is one
 //! clear error and no file; `prune-plan` shows the chosen types first.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

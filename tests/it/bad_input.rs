@@ -1,7 +1,7 @@
 //! Bad input gets one clear error line naming the problem and the file, a non-zero exit, no panic,
 //! and leaves no output behind.
 
-mod common;
+use crate::common;
 
 use common::synth::{self, SynthSpec};
 use std::path::Path;

@@ -425,7 +425,7 @@ fn caveats_beside_results_are_listed_before_the_command_lines_ones() {
 }
 
 // Rows measured on a device (`bench --out`), folded in by `report --device-rows`. The flow with a real
-// aarch64 build under qemu is tests/aarch64.rs; these run on any CPU.
+// aarch64 build under qemu is tests/it/aarch64.rs; these run on any CPU.
 
 use microscale::record::device_rows::{read_device_rows, write_device_rows, Device, DeviceRow, DeviceRows};
 use microscale::record::Status;

@@ -4,7 +4,7 @@
 //! Needs the model fetched by `scripts/fetch-default-model.sh` (the README's test command runs it);
 //! without it these tests fail, never skip.
 
-mod common;
+use crate::common;
 
 use microscale::convert::{convert, import::import, ConvertOptions, OutType};
 use microscale::engine::Model;

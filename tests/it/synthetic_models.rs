@@ -2,7 +2,7 @@
 //! run in llama.cpp; the logits must match an independent forward pass in Hugging Face semantics.
 //! This is what proves transposes, Q/K permutations, biases, GQA and tied embeddings right.
 
-mod common;
+use crate::common;
 
 use common::reference::{gpt2_forward, llama_forward};
 use common::synth::{self, SynthDtype, SynthSpec};

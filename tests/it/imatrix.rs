@@ -4,7 +4,7 @@
 //! accepted by llama-quantize, which records it in the quantize.imatrix.* keys exactly as our
 //! conversion does; merging adds up; `convert --calib` without pruning makes and uses one.
 
-mod common;
+use crate::common;
 
 use microscale::gguf::imatrix::Imatrix;
 use microscale::gguf::GgufFile;

@@ -12,7 +12,7 @@
 //!   tokenizes the cases into the file's ids with it, and llama.cpp does too on the model
 //!   converted from it.
 
-mod common;
+use crate::common;
 
 use common::synth::{self, SynthSpec};
 use microscale::convert::{convert, import::import, ConvertOptions, OutType};

@@ -186,7 +186,7 @@ fn the_report_refuses_a_variant_within_budget_on_its_point_estimate_only() {
     let name = |i: usize| r.variants[i].name.as_str();
     for profile in ["pi4-4gb", "pi5-8gb"] {
         let s = sweet_spot_paired(&r, &paired, profile, &c);
-        // Without item files q4_k_s is the pick (tests/report.rs); at 95% it is q4_k_m.
+        // Without item files q4_k_s is the pick (tests/it/report.rs); at 95% it is q4_k_m.
         assert_eq!(name(s.pick.clone().unwrap()), "q4_k_m", "{profile}");
         assert!(s.point_only.iter().any(|(i, why)| name(*i) == "q4_k_s" && why.contains("upper end")), "{profile}");
     }

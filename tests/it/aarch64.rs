@@ -9,7 +9,7 @@
 //! from the README's test command).
 #![cfg(target_arch = "x86_64")]
 
-mod common;
+use crate::common;
 
 use common::digests::{convert, expected, sha256_file};
 use serde_json::Value;

@@ -2,7 +2,7 @@
 //! pruned weights (sliced here, in Hugging Face layout, from the plan's kept indices); unstructured
 //! sparsity is exact per row; 0% is byte-identical; impossible requests write nothing.
 
-mod common;
+use crate::common;
 
 use common::reference::{gpt2_forward, llama_forward, load_tensors};
 use common::synth::{self, SynthSpec};

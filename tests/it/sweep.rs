@@ -1,7 +1,7 @@
 //! The sweep end to end on the quick grid: every variant exactly once, resumable after a kill,
 //! and a report rendered from what it wrote.
 
-mod common;
+use crate::common;
 
 use microscale::record::results::{read_results, Status};
 use microscale::report::markdown::{write_report, ReportOptions};

@@ -5,7 +5,7 @@
 //! or in exactly one `error:` line with exit 1 or 2: never a panic, a signal, a hang, or an
 //! output left behind.
 
-mod common;
+use crate::common;
 
 use common::synth::{self, SynthSpec};
 use microscale::gguf::imatrix::{Imatrix, ImatrixEntry};

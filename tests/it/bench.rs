@@ -1,6 +1,6 @@
 //! Edge benchmarking: caps are enforced on a real child process running the real engine.
 
-mod common;
+use crate::common;
 
 use microscale::bench::profiles::{profile, Profile};
 use microscale::bench::run::{bench_model, BenchOptions};

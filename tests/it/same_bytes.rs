@@ -1,9 +1,9 @@
 //! The same GGUF bytes on every CPU: the default model converted by this build (x86-64 here, aarch64
 //! when the tests run on a Pi) matches the digests checked in (tests/fixtures/default-model.sha256).
 //! llama.cpp's C is built with -ffp-contract=off and microscale's float-to-int conversions follow the
-//! engine's CPU, so no CPU rounds differently; tests/aarch64.rs checks the aarch64 build under qemu.
+//! engine's CPU, so no CPU rounds differently; tests/it/aarch64.rs checks the aarch64 build under qemu.
 
-mod common;
+use crate::common;
 
 use common::digests::{convert, expected, sha256_file};
 

@@ -7,7 +7,7 @@
 //! the same command again with `--retry-failed --wait` completes the grid with each variant exactly
 //! once, and every quality column equals a local sweep's of the same grid on the same threads.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
