@@ -130,7 +130,7 @@ fn llama_like(meta: &Metadata, arch: &str, vocab: Option<u64>) -> Result<Expecte
         put(&mut e, "rope_freqs.weight".into(), vec![head_k / 2], Need::Optional);
     }
     for l in 0..n_layer {
-        let b = |s: &str| format!("blk.{l}.{s}");
+        let b = |s: &str| crate::util::tensor_name::name(l, s);
         let (h, hkv, ff) = (n_head[l], n_head_kv[l], n_ff[l]);
         if h > 0 {
             if hkv == 0 || h % hkv != 0 {
@@ -182,7 +182,7 @@ fn gpt2(meta: &Metadata, vocab: Option<u64>) -> Result<Expected> {
     put(&mut e, "output_norm.weight".into(), vec![n_embd], Need::Required);
     put(&mut e, "output_norm.bias".into(), vec![n_embd], Need::Required);
     for l in 0..n_layer {
-        let b = |s: &str| format!("blk.{l}.{s}");
+        let b = |s: &str| crate::util::tensor_name::name(l, s);
         for (t, ne) in [
             ("attn_norm", vec![n_embd]),
             ("ffn_norm", vec![n_embd]),

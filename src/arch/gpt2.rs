@@ -11,6 +11,7 @@ use super::{
 };
 use crate::gguf::{GgufValue, Metadata};
 use crate::source::{HfCheckpoint, TensorSource};
+use crate::util::tensor_name;
 use anyhow::{bail, Result};
 
 #[derive(Clone, Debug)]
@@ -93,7 +94,7 @@ pub fn gguf_name(hf: &str) -> Option<(String, bool)> {
         let (layer, part) = rest.split_once('.')?;
         let layer: usize = layer.parse().ok()?;
         let (_, g, transpose) = LAYER_TENSORS.iter().find(|(h, _, _)| *h == part)?;
-        return Some((format!("blk.{layer}.{g}"), *transpose));
+        return Some((tensor_name::name(layer, g), *transpose));
     }
     let (_, g) = GLOBAL_TENSORS.iter().find(|(h, _)| *h == name)?;
     Some((g.to_string(), false))
@@ -101,9 +102,7 @@ pub fn gguf_name(hf: &str) -> Option<(String, bool)> {
 
 /// Map a llama.cpp GPT-2 tensor name back to Hugging Face's (`transformer.` prefix).
 pub fn hf_name(gguf: &str) -> Option<(String, bool)> {
-    if let Some(rest) = gguf.strip_prefix("blk.") {
-        let (layer, part) = rest.split_once('.')?;
-        let layer: usize = layer.parse().ok()?;
+    if let Some((layer, part)) = tensor_name::split(gguf) {
         let (h, _, transpose) = LAYER_TENSORS.iter().find(|(_, g, _)| *g == part)?;
         return Some((format!("transformer.h.{layer}.{h}"), *transpose));
     }

@@ -15,6 +15,7 @@ use super::{
 use crate::gguf::{GgufValue, Metadata};
 use crate::source::{HfCheckpoint, TensorSource};
 use crate::tokenizer::hf::VocabStyle;
+use crate::util::tensor_name;
 use anyhow::{bail, Result};
 use serde_json::Value;
 
@@ -263,7 +264,7 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         let (layer, part) = rest.split_once('.')?;
         let layer: usize = layer.parse().ok()?;
         let (_, g) = LAYER_TENSORS.iter().find(|(h, _)| *h == part)?;
-        return Some(format!("blk.{layer}.{g}.{kind}"));
+        return Some(tensor_name::name(layer, &format!("{g}.{kind}")));
     }
     let (_, g) = GLOBAL_TENSORS.iter().find(|(h, _)| *h == stem)?;
     Some(format!("{g}.{kind}"))
@@ -272,9 +273,7 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 /// Map a llama.cpp tensor name back to the Hugging Face one.
 pub fn hf_name(gguf: &str) -> Option<String> {
     let (stem, kind) = gguf.rsplit_once('.')?;
-    if let Some(rest) = stem.strip_prefix("blk.") {
-        let (layer, part) = rest.split_once('.')?;
-        let layer: usize = layer.parse().ok()?;
+    if let Some((layer, part)) = tensor_name::split(stem) {
         let (h, _) = LAYER_TENSORS.iter().find(|(_, g)| *g == part)?;
         return Some(format!("model.layers.{layer}.{h}.{kind}"));
     }

@@ -75,7 +75,9 @@ impl TensorObserver for Collector {
         if t.op == sys::GGML_OP_MUL_MAT {
             let w = src_name(t, 0).unwrap_or("");
             let x = t.src[1];
-            return w.starts_with("blk.") && !x.is_null() && unsafe { (*x).type_ } == sys::GGML_TYPE_F32;
+            return crate::util::tensor_name::in_block(w)
+                && !x.is_null()
+                && unsafe { (*x).type_ } == sys::GGML_TYPE_F32;
         }
         residual_node(tensor_name(t)).is_some()
     }

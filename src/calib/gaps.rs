@@ -127,7 +127,7 @@ impl GapMoments {
 
 /// `blk.N.ffn_down.weight` → N.
 pub(super) fn down_layer(weight: &str) -> Option<usize> {
-    weight.strip_prefix("blk.")?.strip_suffix(".ffn_down.weight")?.parse().ok()
+    crate::util::tensor_name::split(weight).filter(|(_, rest)| *rest == "ffn_down.weight").map(|(layer, _)| layer)
 }
 
 pub(super) fn weight_of(t: &sys::ggml_tensor) -> &str {

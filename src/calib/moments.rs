@@ -46,11 +46,6 @@ pub struct MomentCollector {
     rows: Vec<f32>,
 }
 
-/// `blk.N.…` → N.
-pub fn layer_of(weight: &str) -> Option<usize> {
-    weight.strip_prefix("blk.")?.split('.').next()?.parse().ok()
-}
-
 impl MomentCollector {
     pub fn new(layers: Range<usize>) -> MomentCollector {
         MomentCollector {
@@ -64,7 +59,7 @@ impl MomentCollector {
 
     /// A matrix multiplication of `weight` by `input` was computed.
     pub fn seen(&mut self, weight: &str, input: &sys::ggml_tensor) {
-        if !layer_of(weight).is_some_and(|l| self.layers.contains(&l)) {
+        if !crate::util::tensor_name::block_of(weight).is_some_and(|l| self.layers.contains(&l)) {
             return;
         }
         let key = match tensor_name(input) {

@@ -4,7 +4,8 @@
 //! [`crate::quant::budget`] choose the types. Everything else (embeddings, output head, norms)
 //! keeps the mix's type and counts as fixed bytes.
 
-use super::{job_f32, Job};
+use super::stream::job_f32;
+use super::Job;
 use crate::gguf::writer::encode_header;
 use crate::gguf::{Metadata, TensorInfo};
 use crate::prune::unstructured::prune_row;
@@ -72,7 +73,7 @@ fn headers(jobs: &[Job]) -> Result<Vec<TensorInfo>> {
 
 /// The blocks' weight matrices that the mix quantizes.
 fn is_allocatable(job: &Job) -> bool {
-    job.ty.is_quantized() && job.planned.name.starts_with("blk.") && job.planned.shape.len() == 2
+    job.ty.is_quantized() && crate::util::tensor_name::in_block(&job.planned.name) && job.planned.shape.len() == 2
 }
 
 /// Every ladder type that fits the rows, with its bytes and its importance-weighted loss.

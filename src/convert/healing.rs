@@ -54,7 +54,7 @@ pub enum HealingPlan {
 
 /// The gap moments whose kept block owns `p` (an unpruned `blk.N.ffn_down.weight`).
 fn gap_of<'g>(p: &PlannedTensor, gaps: &'g [Arc<GapMoments>]) -> Option<&'g Arc<GapMoments>> {
-    gaps.iter().find(|g| p.stats_name == format!("blk.{}.ffn_down.weight", g.gap.kept))
+    gaps.iter().find(|g| p.stats_name == crate::util::tensor_name::name(g.gap.kept, "ffn_down.weight"))
 }
 
 fn is_healed(p: &PlannedTensor, gaps: &[Arc<GapMoments>]) -> bool {

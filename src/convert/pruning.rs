@@ -2,6 +2,7 @@
 //! structured part, and attach to every tensor its selection, new name and row sparsity — all
 //! before the output file is created, so an impossible request writes nothing.
 
+use super::request::{self, needs_moments, sparsity_applies};
 use super::ConvertOptions;
 use crate::arch::{apply_transform, PlannedTensor, Selection};
 use crate::calib::gaps::GapMoments;
@@ -52,19 +53,6 @@ pub struct Pruned {
     pub healing: HashMap<String, super::healing::HealingPlan>,
 }
 
-/// Tensors unstructured pruning applies to: the blocks' linear weights (and, on request, the
-/// embeddings and output head).
-fn sparsity_applies(name: &str, all: bool) -> bool {
-    const LINEAR: [&str; 8] =
-        ["attn_q", "attn_k", "attn_v", "attn_output", "attn_qkv", "ffn_gate", "ffn_up", "ffn_down"];
-    if all && (name == "token_embd.weight" || name == "output.weight") {
-        return true;
-    }
-    name.starts_with("blk.")
-        && name.ends_with(".weight")
-        && LINEAR.iter().any(|l| name.contains(&format!(".{l}.weight")))
-}
-
 pub fn plan(
     input: &Path,
     src: &dyn TensorSource,
@@ -73,16 +61,7 @@ pub fn plan(
     opts: &ConvertOptions,
 ) -> Result<Pruned> {
     let spec = &opts.prune;
-    spec.validate()?;
-    if spec.sequential > 1 {
-        super::sequential::check(opts, &Dims::from_metadata(meta)?)?;
-    }
-    if opts.quant_method == QuantMethod::Gptq && opts.scheme.is_float() {
-        bail!(
-            "--quant-method gptq rounds onto a quantized type's grid: give a quantized --outtype, not {}",
-            opts.scheme.name()
-        );
-    }
+    request::check(opts, meta, &planned)?;
     if spec.is_noop() {
         // `convert --calib FILE` without pruning: calibrate (or load FILE) for the quantizers;
         // GPTQ calibrates for its second moments.
@@ -98,20 +77,6 @@ pub fn plan(
         return Ok(Pruned { planned, calibration, sparsity: HashMap::new(), structure: None, healing: HashMap::new() });
     }
     let dims = Dims::from_metadata(meta)?;
-    if let Some(nm) = spec.nm {
-        if let Some(p) = planned.iter().find(|p| {
-            sparsity_applies(&p.name, spec.sparsity_all) && p.shape.last().is_some_and(|&n| n % nm.group != 0)
-        }) {
-            bail!(
-                "--nm {}:{}: rows of {} have {} weights, not a multiple of {}",
-                nm.keep,
-                nm.group,
-                p.name,
-                p.shape.last().unwrap(),
-                nm.group
-            );
-        }
-    }
     let calib = if spec.needs_calibration() || needs_moments(opts) {
         Some(calibration(input, src, meta, &dims, &planned, opts)?)
     } else {
@@ -127,14 +92,14 @@ pub fn plan(
             apply_transform(p.transform, data, &info.shape.clone())
         };
         let mut plan = structured::plan(spec, &dims, calib.as_ref(), &read)?;
-        if let Some(first) = opts.open_from {
+        if let Some(first) = opts.stage.open_from {
             plan = plan.opened_from(first);
         }
         if spec.heal {
-            gap_moments = match &opts.heal_targets {
+            gap_moments = match &opts.stage.heal_targets {
                 // A stage's model heals only the blocks before its open ones.
                 Some(targets) => {
-                    targets.iter().filter(|t| opts.open_from.is_none_or(|f| t.gap.kept < f)).cloned().collect()
+                    targets.iter().filter(|t| opts.stage.open_from.is_none_or(|f| t.gap.kept < f)).cloned().collect()
                 }
                 None => {
                     let model = Unpruned { input, src, meta, planned: &planned };
@@ -166,7 +131,9 @@ pub fn plan(
         for p in planned.iter().filter(|p| sparsity_applies(&p.name, spec.sparsity_all)) {
             let norms = match (spec.method, &calib) {
                 // SparseGPT's own mask comes from the sweep; Wanda's is its uncompensated baseline.
-                (SparsityMethod::Wanda | SparsityMethod::Sparsegpt, Some(c)) if p.name.starts_with("blk.") => {
+                (SparsityMethod::Wanda | SparsityMethod::Sparsegpt, Some(c))
+                    if crate::util::tensor_name::in_block(&p.name) =>
+                {
                     let n = c
                         .input_norms(&p.stats_name)
                         .ok_or_else(|| anyhow!("calibration has no statistics for {}", p.stats_name))?;
@@ -209,7 +176,7 @@ pub(super) fn calibration(
     let spec = &opts.prune;
     let list: Vec<(String, Vec<u64>)> = planned.iter().map(|p| (p.name.clone(), p.ne())).collect();
     let fp = fingerprint(&dims.arch, &list);
-    if let Some(c) = &opts.calibration {
+    if let Some(c) = &opts.stage.calibration {
         if c.fingerprint != fp {
             bail!("the calibration given is for another model (fingerprint {:?}, this model is {fp:?})", c.fingerprint);
         }
@@ -385,17 +352,12 @@ fn fill(
     Ok(())
 }
 
-/// Does the conversion need the second moments of the layers' inputs (GPTQ, SparseGPT)?
-pub(super) fn needs_moments(opts: &ConvertOptions) -> bool {
-    opts.prune.needs_moments() || (opts.quant_method == QuantMethod::Gptq && !opts.scheme.is_float())
-}
-
 /// Where the moments go (the calibration file, or a temporary one), and the memory one pass may
 /// hold: a quarter of what is available.
 pub(super) fn moments_request(calib: Option<&Path>, planned: &[PlannedTensor], n_layer: usize) -> MomentsRequest {
     let mut per_layer: Vec<Vec<(String, u64)>> = vec![vec![]; n_layer];
     for p in planned.iter().filter(|p| sparsity_applies(&p.name, false)) {
-        if let (Some(l), Some(&n)) = (moments::layer_of(&p.name), p.shape.last()) {
+        if let (Some(l), Some(&n)) = (crate::util::tensor_name::block_of(&p.name), p.shape.last()) {
             if l < n_layer {
                 per_layer[l].push((p.name.clone(), n as u64));
             }

@@ -20,14 +20,14 @@
 //! refit on the student's own inputs, and the stage's first block against the teacher's residual
 //! stream (`calib::paired`), so that it takes the error the pruned blocks before it left.
 
-use super::{pruning, ConvertOptions};
+use super::request::{check_sequential, needs_moments};
+use super::{pruning, ConvertOptions, StageState};
 use crate::calib::gaps::{Gap, GapMoments};
 use crate::calib::paired::PairTarget;
-use crate::calib::{calibrate, measure_gaps, measure_paired, moments::layer_of, CalibModel, CalibOptions, Calibration};
-use crate::prune::structured::Dims;
-use crate::quant::gptq::QuantMethod;
+use crate::calib::{calibrate, measure_gaps, measure_paired, CalibModel, CalibOptions, Calibration};
 use crate::util::atomic::TempDir;
-use anyhow::{bail, Result};
+use crate::util::tensor_name::{block_of as layer_of, renumbered};
+use anyhow::Result;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,42 +47,11 @@ pub fn groups(n_layer: usize, stages: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
-/// Check a `--sequential` request against the model: a calibrated unstructured method or GPTQ,
-/// or healing after structured pruning; no more stages than blocks.
-pub fn check(opts: &ConvertOptions, dims: &Dims) -> Result<()> {
-    let spec = &opts.prune;
-    let k = spec.sequential;
-    if spec.heal {
-        if spec.wants_unstructured() || opts.quant_method == QuantMethod::Gptq {
-            bail!("--sequential {k} with --heal heals stage by stage; it does not combine with --sparsity or --quant-method gptq (give those in another conversion)");
-        }
-        let narrows = spec.prune_ffn.is_some_and(|r| r > 0.0) || spec.prune_heads.is_some_and(|r| r > 0.0);
-        if narrows && dims.arch != "llama" {
-            bail!(
-                "--sequential {k} --heal: a stage's model has narrowed blocks before whole ones, unequal widths llama.cpp's {} cannot hold (only llama has the per-layer form); heal {} in one shot",
-                dims.arch,
-                dims.arch
-            );
-        }
-    } else if spec.wants_structured() {
-        bail!("--sequential {k} applies to unstructured pruning, GPTQ and --heal, not to removing blocks, channels or heads alone");
-    }
-    if !pruning::needs_moments(opts) && !spec.needs_calibration() {
-        bail!(
-            "--sequential {k} re-calibrates for a calibrated method: give --sparsity-method wanda or sparsegpt, --quant-method gptq, or --heal"
-        );
-    }
-    if k > dims.n_layer {
-        bail!("--sequential {k}: the model has only {} blocks (at most one stage per block)", dims.n_layer);
-    }
-    Ok(())
-}
-
 /// The sequential calibration for converting `input` to `output` with `opts` (whose
 /// `prune.sequential` gives the stages). Scratch files go beside `output` and are removed.
 pub fn calibration(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Calibration> {
-    let (mut merged, dims, planned) = super::one_shot(input, opts, |dims| check(opts, dims))?;
-    if !pruning::needs_moments(opts) {
+    let (mut merged, dims, planned) = super::one_shot(input, opts, |dims| check_sequential(opts, dims))?;
+    if !needs_moments(opts) {
         merged.moments = None; // Wanda reads the imatrix only: the stages need not collect moments
     }
     let groups = groups(dims.n_layer, opts.prune.sequential);
@@ -141,13 +110,8 @@ fn write_stage(
     opts: &ConvertOptions,
 ) -> Result<PathBuf> {
     let model = scratch.join(format!("stage-{s}.gguf"));
-    let stage_opts = ConvertOptions {
-        calibration: Some(calibration.clone()),
-        heal_targets,
-        open_from: Some(first),
-        quiet: true,
-        ..opts.clone()
-    };
+    let stage = StageState { calibration: Some(calibration.clone()), heal_targets, open_from: Some(first) };
+    let stage_opts = ConvertOptions { stage, quiet: true, ..opts.clone() };
     super::write(input, &model, &stage_opts)?;
     Ok(model)
 }
@@ -194,12 +158,6 @@ pub fn stage_targets(layers: &Range<usize>, gaps: &[Gap], shift: usize) -> Vec<P
     std::iter::once(first).chain(others).collect()
 }
 
-/// `blk.N.rest` renumbered `blk.{to}.rest`.
-fn renumbered(name: &str, to: usize) -> Option<String> {
-    let rest = name.strip_prefix("blk.")?.split_once('.')?.1;
-    Some(format!("blk.{to}.{rest}"))
-}
-
 /// Sequential healing (`--heal --sequential K`): the calibration whose second moments, for the
 /// blocks from the second stage on, are the student's, and every healed block's target.
 ///
@@ -215,9 +173,9 @@ fn renumbered(name: &str, to: usize) -> Option<String> {
 /// Cost: K − 1 more conversions and 3(K − 1) passes over the calibration text (the student's
 /// moments, then teacher and student side by side).
 pub fn healing(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<(Calibration, Vec<Arc<GapMoments>>)> {
-    let (mut merged, dims, planned) = super::one_shot(input, opts, |dims| check(opts, dims))?;
-    let plan_opts =
-        ConvertOptions { calibration: Some(merged.clone()), heal_targets: Some(vec![]), quiet: true, ..opts.clone() };
+    let (mut merged, dims, planned) = super::one_shot(input, opts, |dims| check_sequential(opts, dims))?;
+    let stage = StageState { calibration: Some(merged.clone()), heal_targets: Some(vec![]), open_from: None };
+    let plan_opts = ConvertOptions { stage, quiet: true, ..opts.clone() };
     let dropped = super::plan_only(input, &plan_opts)?.structure.map_or(vec![], |s| s.dropped);
     let gaps = crate::calib::gaps::gaps(&dropped, dims.n_layer);
     let groups = healing_groups(dims.n_layer, opts.prune.sequential, &dropped);

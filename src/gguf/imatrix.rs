@@ -224,9 +224,9 @@ impl Imatrix {
         let by_name: BTreeMap<String, Vec<f32>> =
             self.entries.iter().filter_map(|(n, e)| mean_squares(e).map(|a| (n.clone(), a))).collect();
         for s in &mut stats {
-            if let Some(prev) =
-                s.layer.checked_sub(1).map(|l| s.tensor.replacen(&format!("blk.{}.", s.layer), &format!("blk.{l}."), 1))
-            {
+            // Outside the blocks (layer usize::MAX) the "previous" tensor is the tensor itself.
+            let renumbered = |l| crate::util::tensor_name::renumbered(&s.tensor, l).unwrap_or_else(|| s.tensor.clone());
+            if let Some(prev) = s.layer.checked_sub(1).map(renumbered) {
                 if let (Some(a), Some(b)) = (by_name.get(&s.tensor), by_name.get(&prev)) {
                     s.cos_sim = Some(cosine(a, b));
                 }
@@ -342,10 +342,7 @@ fn tensor_stats(name: &str, e: &ImatrixEntry) -> Option<TensorStats> {
         if total > 0.0 { act.iter().map(|a| a / total).filter(|p| *p > 0.0).map(|p| -p * p.log2()).sum() } else { 0.0 };
     let zd = if stddev > 0.0 { act.iter().filter(|a| (*a - mean) / stddev > 1.0).count() as f32 / n } else { 0.0 };
     let parts: Vec<&str> = name.split('.').collect();
-    let layer = match parts.as_slice() {
-        ["blk", l, ..] => l.parse().unwrap_or(usize::MAX),
-        _ => usize::MAX,
-    };
+    let layer = crate::util::tensor_name::block_of(name).unwrap_or(usize::MAX);
     let kind = parts.iter().position(|p| *p == "weight").filter(|&i| i > 0).map_or(name, |i| parts[i - 1]).to_string();
     Some(TensorStats {
         tensor: name.to_string(),

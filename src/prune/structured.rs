@@ -12,6 +12,7 @@
 use super::{Allocation, DropLayers, HeadsMode, PruneSpec};
 use crate::calib::Calibration;
 use crate::gguf::{meta_get, meta_set, GgufValue, Metadata};
+use crate::util::tensor_name;
 use anyhow::{anyhow, bail, Result};
 
 /// The shape of a model, from its metadata.
@@ -150,11 +151,10 @@ impl StructuredPlan {
 
     /// The operation on tensor `name` (GGUF name and row-major shape), or None when it is dropped.
     pub fn tensor_op(&self, name: &str) -> Option<TensorOp> {
-        let Some(rest) = name.strip_prefix("blk.") else {
+        if !tensor_name::in_block(name) {
             return Some(TensorOp { new_name: name.to_string(), rows: None, cols: None });
-        };
-        let (layer, suffix) = rest.split_once('.')?;
-        let src: usize = layer.parse().ok()?;
+        }
+        let (src, suffix) = tensor_name::split(name)?;
         let (new_index, l) = self.layers.iter().enumerate().find(|(_, l)| l.source == src)?;
         let hd = self.dims.head_dim;
         let full = |v: &Vec<usize>, n: usize| if v.len() == n { None } else { Some(v.clone()) };
@@ -169,7 +169,7 @@ impl StructuredPlan {
             "ffn_down.weight" => (None, ffn),
             _ => (None, None),
         };
-        Some(TensorOp { new_name: format!("blk.{new_index}.{suffix}"), rows, cols })
+        Some(TensorOp { new_name: tensor_name::name(new_index, suffix), rows, cols })
     }
 
     /// Rewrite the metadata for the kept blocks and widths.
@@ -288,7 +288,7 @@ pub fn plan(spec: &PruneSpec, dims: &Dims, calib: Option<&Calibration>, read: &T
             .layers
             .iter()
             .map(|l| {
-                let name = format!("blk.{}.ffn_down.weight", l.source);
+                let name = tensor_name::name(l.source, "ffn_down.weight");
                 let ms = calib
                     .input_mean_squares(&name)
                     .ok_or_else(|| anyhow!("calibration has no statistics for {name}"))?;
@@ -409,7 +409,7 @@ fn plan_heads(
         .layers
         .iter()
         .map(|l| {
-            let name = format!("blk.{}.attn_output.weight", l.source);
+            let name = tensor_name::name(l.source, "attn_output.weight");
             let ms =
                 calib.input_mean_squares(&name).ok_or_else(|| anyhow!("calibration has no statistics for {name}"))?;
             let energy = column_energy(&read(&name)?, d.n_head * d.head_dim);

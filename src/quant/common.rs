@@ -41,32 +41,19 @@ pub fn c_float_to_int(f: f32) -> i32 {
     }
 }
 
-/// [`c_float_to_int`] on eight values at once: x86-64's packed `cvttps2dq` has exactly the C
-/// semantics (truncation, `INT_MIN` for NaN and out-of-range values).
+/// [`c_float_to_int`] on eight values at once (on x86-64 the packed `cvttps2dq`, which has exactly
+/// the C semantics).
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub fn c_float_to_int_x8(v: &[f32; 8]) -> [i32; 8] {
-    let mut out = [0i32; 8];
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
-    // SAFETY: AVX is enabled at compile time; loads and stores are unaligned and in bounds.
-    unsafe {
-        use std::arch::x86_64::*;
-        let r = _mm256_cvttps_epi32(_mm256_loadu_ps(v.as_ptr()));
-        _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, r);
-    }
-    #[cfg(all(target_arch = "x86_64", not(target_feature = "avx")))]
-    // SAFETY: SSE2 is part of x86-64; loads and stores are unaligned and in bounds.
-    unsafe {
-        use std::arch::x86_64::*;
-        for h in 0..2 {
-            let r = _mm_cvttps_epi32(_mm_loadu_ps(v.as_ptr().add(4 * h)));
-            _mm_storeu_si128(out.as_mut_ptr().add(4 * h) as *mut __m128i, r);
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    for k in 0..8 {
-        out[k] = c_float_to_int(v[k]);
-    }
-    out
+    super::simd::x86_64::cvtt_ps_x8(v)
+}
+
+/// [`c_float_to_int`] on eight values at once.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+pub fn c_float_to_int_x8(v: &[f32; 8]) -> [i32; 8] {
+    v.map(c_float_to_int)
 }
 
 /// C's `MIN(a, b)` macro on floats: `a < b ? a : b`.
@@ -553,7 +540,7 @@ fn qkx_search<const X3: bool, const MAD: bool>(
 pub const QKX_SUBBLOCKS: usize = 8;
 
 /// Eight lanes of `f32`, one per sub-block.
-type Lanes = [f32; QKX_SUBBLOCKS];
+pub(crate) type Lanes = [f32; QKX_SUBBLOCKS];
 
 /// `make_qkx2_quants` (`X3 = false`) or `make_qkx3_quants` (`X3 = true`) on eight sub-blocks of
 /// `N` values at once, stored one after another in `x`, `weights` and `l_out` (a K-quant super-block
@@ -564,7 +551,7 @@ type Lanes = [f32; QKX_SUBBLOCKS];
 /// so every lane is bit-identical to the scalar functions above (`make_qkx2_quants` stays as the
 /// reference the tests hold this to; `make_qkx3_quants` also serves the single-block Q4_1/Q5_1).
 /// Unlike [`qkx_search`], which evaluates the candidates of one sub-block speculatively, no work
-/// is thrown away. The search runs in AVX2 where the build targets it ([`qkx_steps_avx2`], the
+/// is thrown away. The search runs in AVX2 where the build targets it (`simd::x86_64::qkx_steps_avx2`, the
 /// default native build on such hosts), elsewhere as plain array loops over the lanes
 /// ([`qkx_steps`]).
 #[allow(clippy::too_many_arguments)]
@@ -647,7 +634,7 @@ fn qkx_quants_x8<const X3: bool, const MAD: bool, const N: usize, const PORTABLE
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
         if !PORTABLE {
             // SAFETY: AVX2 is enabled at compile time.
-            unsafe { qkx_steps_avx2::<X3, MAD, N>(&xt, &wt, lanes, nmax, rmin, rdelta, nstep) };
+            unsafe { super::simd::x86_64::qkx_steps_avx2::<X3, MAD, N>(&xt, &wt, lanes, nmax, rmin, rdelta, nstep) };
             return finish_lanes(scale, min, &lbest, flat, l_out);
         }
         qkx_steps::<X3, MAD, N>(&xt, &wt, lanes, nmax, rmin, rdelta, nstep);
@@ -676,19 +663,19 @@ fn finish_lanes<const N: usize>(
 }
 
 /// The lanes' running state in [`make_qkx_quants_x8`]'s search.
-struct LaneState<'a, const N: usize> {
-    min: &'a mut Lanes,
-    max: Lanes,
-    sum_w: Lanes,
-    sum_x: Lanes,
-    best: &'a mut Lanes,
-    scale: &'a mut Lanes,
-    lbest: &'a mut [Lanes; N],
-    flat: [bool; QKX_SUBBLOCKS],
+pub(crate) struct LaneState<'a, const N: usize> {
+    pub(crate) min: &'a mut Lanes,
+    pub(crate) max: Lanes,
+    pub(crate) sum_w: Lanes,
+    pub(crate) sum_x: Lanes,
+    pub(crate) best: &'a mut Lanes,
+    pub(crate) scale: &'a mut Lanes,
+    pub(crate) lbest: &'a mut [Lanes; N],
+    pub(crate) flat: [bool; QKX_SUBBLOCKS],
 }
 
 /// The `nstep + 1` candidate scales of [`make_qkx_quants_x8`], portable: plain array loops over
-/// the lanes, the reference for [`qkx_steps_avx2`].
+/// the lanes, the reference for `simd::x86_64::qkx_steps_avx2`.
 #[inline(always)]
 fn qkx_steps<const X3: bool, const MAD: bool, const N: usize>(
     xt: &[Lanes; N],
@@ -755,96 +742,6 @@ fn qkx_steps<const X3: bool, const MAD: bool, const N: usize>(
                 lbest[i][k] = if take[k] { laux[i][k] } else { lbest[i][k] };
             }
         }
-    }
-}
-
-/// [`qkx_steps`] in AVX2, one `__m256` per eight lanes: the same operations in the same order,
-/// each a single IEEE rounding (no FMA), so every lane is bit-identical to the portable loop.
-/// (Left to itself the compiler vectorises the portable loop along the elements and keeps the
-/// sums as ordered scalar reductions, which is barely faster than scalar code.)
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[inline(always)]
-unsafe fn qkx_steps_avx2<const X3: bool, const MAD: bool, const N: usize>(
-    xt: &[Lanes; N],
-    wt: &[Lanes; N],
-    st: LaneState<'_, N>,
-    nmax: i32,
-    rmin: f32,
-    rdelta: f32,
-    nstep: i32,
-) {
-    use std::arch::x86_64::*;
-    let LaneState { min, max, sum_w, sum_x, best, scale, lbest, flat } = st;
-    let load = |a: &Lanes| _mm256_loadu_ps(a.as_ptr());
-    let (x, w): ([__m256; N], [__m256; N]) =
-        (std::array::from_fn(|i| load(&xt[i])), std::array::from_fn(|i| load(&wt[i])));
-    let (vmax, vsum_w, vsum_x) = (load(&max), load(&sum_w), load(&sum_x));
-    let (mut vmin, mut vbest, mut vscale) = (load(min), load(best), load(scale));
-    let mut vlbest: [__m256; N] = std::array::from_fn(|i| load(&lbest[i]));
-    let flat_mask: [i32; 8] = std::array::from_fn(|k| -(flat[k] as i32));
-    let live = _mm256_castsi256_ps(_mm256_cmpeq_epi32(
-        _mm256_loadu_si256(flat_mask.as_ptr() as *const __m256i),
-        _mm256_setzero_si256(),
-    ));
-    let (zero, nmaxf) = (_mm256_setzero_ps(), _mm256_set1_ps(nmax as f32));
-    let (magic, mantissa, half) =
-        (_mm256_set1_ps(12_582_912.0), _mm256_set1_epi32(0x007f_ffff), _mm256_set1_epi32(0x0040_0000));
-    let (izero, inmax) = (_mm256_setzero_si256(), _mm256_set1_epi32(nmax));
-    let sign = _mm256_set1_ps(-0.0);
-    // ggml's nearest_int: add 1.5·2^23, keep the mantissa, subtract 2^22.
-    let nearest =
-        |v: __m256| _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(_mm256_add_ps(v, magic)), mantissa), half);
-    let mut laux = [zero; N];
-    for is in 0..=nstep {
-        let step = _mm256_set1_ps(rmin + rdelta * is as f32 + nmax as f32);
-        let iscale = _mm256_div_ps(step, _mm256_sub_ps(vmax, vmin));
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (zero, zero, zero);
-        for i in 0..N {
-            let v = _mm256_mul_ps(iscale, _mm256_sub_ps(x[i], vmin));
-            let l = if X3 {
-                // c_min(v, nmax) is minps(v, nmax) exactly (the second operand on NaN and ties);
-                // then zero where !(v > 0).
-                let positive = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(v, zero));
-                _mm256_and_si256(nearest(_mm256_min_ps(v, nmaxf)), positive)
-            } else {
-                _mm256_max_epi32(izero, _mm256_min_epi32(inmax, nearest(v)))
-            };
-            let lf = _mm256_cvtepi32_ps(l);
-            laux[i] = lf;
-            let wl = _mm256_mul_ps(w[i], lf);
-            sum_l = _mm256_add_ps(sum_l, wl);
-            sum_l2 = _mm256_add_ps(sum_l2, _mm256_mul_ps(wl, lf));
-            sum_xl = _mm256_add_ps(sum_xl, _mm256_mul_ps(wl, x[i]));
-        }
-        let d = _mm256_sub_ps(_mm256_mul_ps(vsum_w, sum_l2), _mm256_mul_ps(sum_l, sum_l));
-        let sc = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(vsum_w, sum_xl), _mm256_mul_ps(vsum_x, sum_l)), d);
-        let mn = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_l2, vsum_x), _mm256_mul_ps(sum_l, sum_xl)), d);
-        let clamp = _mm256_cmp_ps::<_CMP_GT_OQ>(mn, zero);
-        let this_min = _mm256_blendv_ps(mn, zero, clamp);
-        let this_scale = _mm256_blendv_ps(sc, _mm256_div_ps(sum_xl, sum_l2), clamp);
-        let mut err = zero;
-        for i in 0..N {
-            let diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(this_scale, laux[i]), this_min), x[i]);
-            let diff = if MAD { _mm256_andnot_ps(sign, diff) } else { _mm256_mul_ps(diff, diff) };
-            err = _mm256_add_ps(err, _mm256_mul_ps(w[i], diff));
-        }
-        let take = _mm256_and_ps(
-            live,
-            _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(d, zero), _mm256_cmp_ps::<_CMP_LT_OQ>(err, vbest)),
-        );
-        vbest = _mm256_blendv_ps(vbest, err, take);
-        vscale = _mm256_blendv_ps(vscale, this_scale, take);
-        vmin = _mm256_blendv_ps(vmin, this_min, take);
-        for i in 0..N {
-            vlbest[i] = _mm256_blendv_ps(vlbest[i], laux[i], take);
-        }
-    }
-    let store = |a: &mut Lanes, v: __m256| _mm256_storeu_ps(a.as_mut_ptr(), v);
-    store(min, vmin);
-    store(best, vbest);
-    store(scale, vscale);
-    for i in 0..N {
-        store(&mut lbest[i], vlbest[i]);
     }
 }
 
@@ -944,66 +841,82 @@ pub fn get_scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     }
 }
 
-/// Sequential little-endian reader of a block's bytes, for `read_from` of the block structs.
-pub(crate) struct ByteReader<'a> {
-    b: &'a [u8],
-    at: usize,
+/// A ggml block as plain old data: its bytes are the C struct's, copied as ggml copies them
+/// (`memcpy`, in the host's byte order, little-endian on every CPU microscale builds for). Every
+/// `#[repr(C)]` block struct derives `bytemuck::Pod`, which refuses padding at compile time.
+pub(crate) trait Block: bytemuck::Pod {
+    /// The block at the start of `bytes` (at any alignment).
+    fn read_from(bytes: &[u8]) -> Self {
+        bytemuck::pod_read_unaligned(&bytes[..std::mem::size_of::<Self>()])
+    }
+
+    /// Its bytes, at the start of `out`.
+    fn write_to(&self, out: &mut [u8]) {
+        out[..std::mem::size_of::<Self>()].copy_from_slice(bytemuck::bytes_of(self));
+    }
 }
 
-impl<'a> ByteReader<'a> {
-    pub(crate) fn new(b: &'a [u8]) -> Self {
-        ByteReader { b, at: 0 }
-    }
+impl<T: bytemuck::Pod> Block for T {}
 
-    pub(crate) fn u16(&mut self) -> u16 {
-        let v = u16::from_le_bytes([self.b[self.at], self.b[self.at + 1]]);
-        self.at += 2;
-        v
-    }
+// GGUF's blocks are little-endian, and the copies above are the host's order.
+#[cfg(target_endian = "big")]
+compile_error!("microscale copies ggml blocks in the host's byte order: big-endian hosts are not supported");
 
-    pub(crate) fn bytes<const N: usize>(&mut self) -> [u8; N] {
-        let v: [u8; N] = self.b[self.at..self.at + N].try_into().unwrap();
-        self.at += N;
-        v
-    }
+/// Checks a row and its output buffer and returns the number of blocks of `block_len` values.
+pub(crate) fn check_row(x: &[f32], y: &[u8], block_len: usize, type_size: usize) -> usize {
+    assert!(
+        x.len().is_multiple_of(block_len),
+        "row of {} values is not a whole number of {block_len}-value blocks",
+        x.len()
+    );
+    let nb = x.len() / block_len;
+    assert_eq!(y.len(), nb * type_size, "output is not {nb} blocks");
+    nb
+}
 
-    /// `N` little-endian `uint16_t`s (the C's `uint16_t qs[N]`).
-    pub(crate) fn u16s<const N: usize>(&mut self) -> [u16; N] {
-        let mut v = [0u16; N];
-        for x in &mut v {
-            *x = self.u16();
+/// Sum of squares in `float`, left to right (as ggml's loops add them).
+#[inline(always)]
+pub(crate) fn sum_squares(x: &[f32]) -> f32 {
+    let mut s = 0f32;
+    for &v in x {
+        s += v * v;
+    }
+    s
+}
+
+/// The magnitudes of a group of 8 and its sign bits; with `even`, the sign of the element with
+/// the smallest `w·x²` is flipped when the count of negatives is odd (IQ2_XXS, IQ2_XS, IQ3_XXS: 7
+/// stored sign bits, the eighth implied by parity). Returns the sign byte (`& 127` when `even`).
+#[inline(always)]
+pub(crate) fn group_signs(xb: &[f32], weight: &[f32], xval: &mut [f32], even: bool) -> u8 {
+    let mut nflip = 0;
+    let mut s = 0u8;
+    for i in 0..8 {
+        if xb[i] >= 0.0 {
+            xval[i] = xb[i];
+        } else {
+            xval[i] = -xb[i];
+            nflip += 1;
+            s |= 1 << i;
         }
-        v
     }
-}
-
-/// Sequential little-endian writer of a block's bytes, for `write_to` of the block structs.
-pub(crate) struct ByteWriter<'a> {
-    b: &'a mut [u8],
-    at: usize,
-}
-
-impl<'a> ByteWriter<'a> {
-    pub(crate) fn new(b: &'a mut [u8]) -> Self {
-        ByteWriter { b, at: 0 }
+    if !even {
+        return s;
     }
-
-    pub(crate) fn u16(&mut self, v: u16) {
-        self.b[self.at..self.at + 2].copy_from_slice(&v.to_le_bytes());
-        self.at += 2;
-    }
-
-    pub(crate) fn bytes(&mut self, v: &[u8]) {
-        self.b[self.at..self.at + v.len()].copy_from_slice(v);
-        self.at += v.len();
-    }
-
-    /// Little-endian `uint16_t`s.
-    pub(crate) fn u16s(&mut self, v: &[u16]) {
-        for &x in v {
-            self.u16(x);
+    if nflip % 2 != 0 {
+        let mut imin = 0;
+        let mut min = weight[imin] * xb[imin] * xb[imin];
+        for i in 1..8 {
+            let ax = weight[i] * xb[i] * xb[i];
+            if ax < min {
+                min = ax;
+                imin = i;
+            }
         }
+        xval[imin] = -xval[imin];
+        s ^= 1 << imin;
     }
+    s & 127
 }
 
 #[cfg(test)]

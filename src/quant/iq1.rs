@@ -15,7 +15,7 @@
 // Index loops are kept where ggml has them, so the port reads side by side with the C.
 #![allow(clippy::needless_range_loop)]
 
-use super::common::{c_max, fp16, fp32, nearest_int, ByteReader, ByteWriter};
+use super::common::{c_max, check_row, fp16, fp32, nearest_int, sum_squares, Block};
 use super::grids::{iq2_tables, GridTables, Iq2Grid, IQ1S_GRID, NGRID_IQ1S};
 use super::kquants::QK_K;
 
@@ -34,7 +34,7 @@ const X_M: [f32; 3] = [-1.0 - IQ1S_DELTA, -IQ1S_DELTA, 1.0 - IQ1S_DELTA];
 /// ggml: `block_iq1_s`: per 8 values an 11-bit grid index (low 8 bits in `qs`, high 3 in
 /// `qh`); per 32 a `qh` word with the 3-bit scale (bits 12..15) and the delta sign (bit 15).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BlockIq1S {
     pub d: u16,
     pub qs: [u8; QK_K / 8],
@@ -46,59 +46,13 @@ const _: () = assert!(std::mem::size_of::<BlockIq1S>() == 50);
 /// nibble of `qh`); 3-bit scales per 16 and the f16 super-block scale spread over the top nibbles
 /// of the four `uint16_t`s of `scales`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BlockIq1M {
     pub qs: [u8; QK_K / 8],
     pub qh: [u8; QK_K / 16],
     pub scales: [u8; QK_K / 32],
 }
 const _: () = assert!(std::mem::size_of::<BlockIq1M>() == 56);
-
-impl BlockIq1S {
-    pub fn read_from(b: &[u8]) -> Self {
-        let mut r = ByteReader::new(b);
-        BlockIq1S { d: r.u16(), qs: r.bytes(), qh: r.u16s() }
-    }
-
-    pub fn write_to(&self, out: &mut [u8]) {
-        let mut w = ByteWriter::new(out);
-        w.u16(self.d);
-        w.bytes(&self.qs);
-        w.u16s(&self.qh);
-    }
-}
-
-impl BlockIq1M {
-    pub fn read_from(b: &[u8]) -> Self {
-        let mut r = ByteReader::new(b);
-        BlockIq1M { qs: r.bytes(), qh: r.bytes(), scales: r.bytes() }
-    }
-
-    pub fn write_to(&self, out: &mut [u8]) {
-        let mut w = ByteWriter::new(out);
-        w.bytes(&self.qs);
-        w.bytes(&self.qh);
-        w.bytes(&self.scales);
-    }
-}
-
-/// Checks a row and its output buffer and returns the number of super-blocks.
-fn check_row(x: &[f32], y: &[u8], type_size: usize) -> usize {
-    assert!(x.len().is_multiple_of(QK_K), "row of {} values is not a whole number of super-blocks", x.len());
-    let nb = x.len() / QK_K;
-    assert_eq!(y.len(), nb * type_size, "output is not {nb} super-blocks");
-    nb
-}
-
-/// Sum of squares in `float`, left to right.
-#[inline(always)]
-fn sum_squares(x: &[f32]) -> f32 {
-    let mut s = 0f32;
-    for &v in x {
-        s += v * v;
-    }
-    s
-}
 
 /// `MAX(max, fabsf(x))` over a sub-block, from `fabsf(x[0])`.
 #[inline(always)]
@@ -282,7 +236,7 @@ fn group_to_grid(
 pub fn quantize_row_iq1_s_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
     const TS: usize = std::mem::size_of::<BlockIq1S>();
     const BS: usize = 32;
-    check_row(x, y, TS);
+    check_row(x, y, QK_K, TS);
     let t = iq2_tables(Iq2Grid::Iq1);
     let mut scales = [0f32; QK_K / BS];
     let mut weight = [0f32; BS];
@@ -468,7 +422,7 @@ pub fn quantize_row_iq1_m(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>
     const TS: usize = std::mem::size_of::<BlockIq1M>();
     const BS: usize = 16;
     const MASKS: [u8; 4] = [0x00, 0x80, 0x08, 0x88];
-    check_row(x, y, TS);
+    check_row(x, y, QK_K, TS);
     let t = iq2_tables(Iq2Grid::Iq1);
     let mut scales = [0f32; QK_K / BS];
     let mut weight = [0f32; BS];

@@ -13,7 +13,9 @@
 // Index loops are kept where ggml has them, so the port reads side by side with the C.
 #![allow(clippy::needless_range_loop)]
 
-use super::common::{c_max, fp16, fp32, make_qp_quants, nearest_int, ByteReader, ByteWriter, GROUP_MAX_EPS};
+use super::common::{
+    c_max, check_row, fp16, fp32, group_signs, make_qp_quants, nearest_int, sum_squares, Block, GROUP_MAX_EPS,
+};
 use super::grids::{iq2_tables, GridTables, Iq2Grid, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, KMASK_IQ2XS, KSIGNS_IQ2XS};
 use super::kquants::QK_K;
 
@@ -23,7 +25,7 @@ const GROUP_MAX_EPS_IQ2_S: f32 = 1e-8;
 /// ggml: `block_iq2_xxs`: per 32 values, four 8-bit grid indices and a `uint32_t` of four 7-bit
 /// sign groups plus a 4-bit scale (`x = d * (0.5 + s) / 4 * grid * sign`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BlockIq2Xxs {
     pub d: u16,
     pub qs: [u16; QK_K / 8],
@@ -32,7 +34,7 @@ const _: () = assert!(std::mem::size_of::<BlockIq2Xxs>() == 66);
 
 /// ggml: `block_iq2_xs`: per 8 values a 9-bit grid index and 7 sign bits; 4-bit scales per 16.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BlockIq2Xs {
     pub d: u16,
     pub qs: [u16; QK_K / 8],
@@ -43,7 +45,7 @@ const _: () = assert!(std::mem::size_of::<BlockIq2Xs>() == 74);
 /// ggml: `block_iq2_s`: per 8 values a 10-bit grid index (low 8 bits in `qs[0..32]`, high 2 in
 /// `qh`) and 8 sign bits (`qs[32..64]`); 4-bit scales per 16.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BlockIq2S {
     pub d: u16,
     pub qs: [u8; QK_K / 4],
@@ -52,68 +54,8 @@ pub struct BlockIq2S {
 }
 const _: () = assert!(std::mem::size_of::<BlockIq2S>() == 82);
 
-impl BlockIq2Xxs {
-    pub fn read_from(b: &[u8]) -> Self {
-        let mut r = ByteReader::new(b);
-        BlockIq2Xxs { d: r.u16(), qs: r.u16s() }
-    }
-
-    pub fn write_to(&self, out: &mut [u8]) {
-        let mut w = ByteWriter::new(out);
-        w.u16(self.d);
-        w.u16s(&self.qs);
-    }
-}
-
-impl BlockIq2Xs {
-    pub fn read_from(b: &[u8]) -> Self {
-        let mut r = ByteReader::new(b);
-        BlockIq2Xs { d: r.u16(), qs: r.u16s(), scales: r.bytes() }
-    }
-
-    pub fn write_to(&self, out: &mut [u8]) {
-        let mut w = ByteWriter::new(out);
-        w.u16(self.d);
-        w.u16s(&self.qs);
-        w.bytes(&self.scales);
-    }
-}
-
-impl BlockIq2S {
-    pub fn read_from(b: &[u8]) -> Self {
-        let mut r = ByteReader::new(b);
-        BlockIq2S { d: r.u16(), qs: r.bytes(), qh: r.bytes(), scales: r.bytes() }
-    }
-
-    pub fn write_to(&self, out: &mut [u8]) {
-        let mut w = ByteWriter::new(out);
-        w.u16(self.d);
-        w.bytes(&self.qs);
-        w.bytes(&self.qh);
-        w.bytes(&self.scales);
-    }
-}
-
 /// ggml's `kMaxQ` of the 2-bit formats: quants `l in 0..3`, values `2l+1`.
 const KMAXQ: i32 = 3;
-
-/// Checks a row and its output buffer and returns the number of super-blocks.
-fn check_row(x: &[f32], y: &[u8], type_size: usize) -> usize {
-    assert!(x.len().is_multiple_of(QK_K), "row of {} values is not a whole number of super-blocks", x.len());
-    let nb = x.len() / QK_K;
-    assert_eq!(y.len(), nb * type_size, "output is not {nb} super-blocks");
-    nb
-}
-
-/// Sum of squares in `float`, left to right.
-#[inline(always)]
-fn sum_squares(x: &[f32]) -> f32 {
-    let mut s = 0f32;
-    for &v in x {
-        s += v * v;
-    }
-    s
-}
 
 /// `weight[i] = qw[i] * sqrtf(sigma2 + xb[i]*xb[i])`.
 #[inline(always)]
@@ -121,41 +63,6 @@ fn imatrix_weights(xb: &[f32], qw: &[f32], sigma2: f32, weight: &mut [f32]) {
     for i in 0..weight.len() {
         weight[i] = qw[i] * (sigma2 + xb[i] * xb[i]).sqrt();
     }
-}
-
-/// The magnitudes of a group of 8 and its sign bits; with `even`, the sign of the element with
-/// the smallest `w·x²` is flipped when the count of negatives is odd (IQ2_XXS, IQ2_XS: 7 stored
-/// sign bits, the eighth implied by parity). Returns the sign byte (`& 127` when `even`).
-#[inline(always)]
-fn group_signs(xb: &[f32], weight: &[f32], xval: &mut [f32], even: bool) -> u8 {
-    let mut nflip = 0;
-    let mut s = 0u8;
-    for i in 0..8 {
-        if xb[i] >= 0.0 {
-            xval[i] = xb[i];
-        } else {
-            xval[i] = -xb[i];
-            nflip += 1;
-            s |= 1 << i;
-        }
-    }
-    if !even {
-        return s;
-    }
-    if nflip % 2 != 0 {
-        let mut imin = 0;
-        let mut min = weight[imin] * xb[imin] * xb[imin];
-        for i in 1..8 {
-            let ax = weight[i] * xb[i] * xb[i];
-            if ax < min {
-                min = ax;
-                imin = i;
-            }
-        }
-        xval[imin] = -xval[imin];
-        s ^= 1 << imin;
-    }
-    s & 127
 }
 
 /// `max = xval[0]; max = MAX(max, xval[i])`.
@@ -245,7 +152,7 @@ fn scale_code(id: f32, s: f32) -> u8 {
 /// ggml: `quantize_row_iq2_xxs_impl` (one row; ggml requires importance weights).
 pub fn quantize_row_iq2_xxs_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
     const TS: usize = std::mem::size_of::<BlockIq2Xxs>();
-    check_row(x, y, TS);
+    check_row(x, y, QK_K, TS);
     let t = iq2_tables(Iq2Grid::Xxs);
     let mut scales = [0f32; QK_K / 32];
     let mut weight = [0f32; 32];
@@ -427,7 +334,7 @@ fn search_16(
 /// ggml: `quantize_row_iq2_xs_impl` (one row; ggml requires importance weights).
 pub fn quantize_row_iq2_xs_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
     const TS: usize = std::mem::size_of::<BlockIq2Xs>();
-    check_row(x, y, TS);
+    check_row(x, y, QK_K, TS);
     let t = iq2_tables(Iq2Grid::Xs);
     let mut scales = [0f32; QK_K / 16];
     let mut weight = [0f32; 16];
@@ -518,7 +425,7 @@ pub fn dequantize_iq2_xs(b: &[u8], y: &mut [f32]) {
 /// weights, `sigma2/4 + x²` without).
 pub fn quantize_row_iq2_s(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>) {
     const TS: usize = std::mem::size_of::<BlockIq2S>();
-    check_row(x, y, TS);
+    check_row(x, y, QK_K, TS);
     let t = iq2_tables(Iq2Grid::S);
     let mut scales = [0f32; QK_K / 16];
     let mut weight = [0f32; 16];

@@ -10,7 +10,7 @@
 // Index loops are kept where ggml has them, so the port reads side by side with the C.
 #![allow(clippy::needless_range_loop)]
 
-use super::common::{c_max, fp16, fp32, nearest_int, ByteReader, ByteWriter};
+use super::common::{c_max, check_row, fp16, fp32, group_signs, nearest_int, sum_squares, Block};
 use super::grids::{iq3_tables, GridTables, IQ3S_GRID, IQ3XXS_GRID, KMASK_IQ2XS, KSIGNS_IQ2XS};
 use super::kquants::QK_K;
 
@@ -23,7 +23,7 @@ const KMAXQ: i32 = 8;
 /// ggml: `block_iq3_xxs`: `qs[0..64]` the 8-bit grid indices (8 per 32 values), `qs[64..96]`
 /// per 32 values a `uint32_t` of four 7-bit sign groups and a 4-bit scale.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BlockIq3Xxs {
     pub d: u16,
     pub qs: [u8; 3 * QK_K / 8],
@@ -33,7 +33,7 @@ const _: () = assert!(std::mem::size_of::<BlockIq3Xxs>() == 98);
 /// ggml: `block_iq3_s`: 9-bit grid indices (low 8 bits in `qs`, the ninth in `qh`), 8 sign bits
 /// per 8 values, 4-bit scales per 32 (`x = d * (1 + 2s) * grid * sign`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BlockIq3S {
     pub d: u16,
     pub qs: [u8; QK_K / 4],
@@ -42,43 +42,6 @@ pub struct BlockIq3S {
     pub scales: [u8; QK_K / 64],
 }
 const _: () = assert!(std::mem::size_of::<BlockIq3S>() == 110);
-
-impl BlockIq3Xxs {
-    pub fn read_from(b: &[u8]) -> Self {
-        let mut r = ByteReader::new(b);
-        BlockIq3Xxs { d: r.u16(), qs: r.bytes() }
-    }
-
-    pub fn write_to(&self, out: &mut [u8]) {
-        let mut w = ByteWriter::new(out);
-        w.u16(self.d);
-        w.bytes(&self.qs);
-    }
-}
-
-impl BlockIq3S {
-    pub fn read_from(b: &[u8]) -> Self {
-        let mut r = ByteReader::new(b);
-        BlockIq3S { d: r.u16(), qs: r.bytes(), qh: r.bytes(), signs: r.bytes(), scales: r.bytes() }
-    }
-
-    pub fn write_to(&self, out: &mut [u8]) {
-        let mut w = ByteWriter::new(out);
-        w.u16(self.d);
-        w.bytes(&self.qs);
-        w.bytes(&self.qh);
-        w.bytes(&self.signs);
-        w.bytes(&self.scales);
-    }
-}
-
-/// Checks a row and its output buffer and returns the number of super-blocks.
-fn check_row(x: &[f32], y: &[u8], type_size: usize) -> usize {
-    assert!(x.len().is_multiple_of(QK_K), "row of {} values is not a whole number of super-blocks", x.len());
-    let nb = x.len() / QK_K;
-    assert_eq!(y.len(), nb * type_size, "output is not {nb} super-blocks");
-    nb
-}
 
 /// The weights of a sub-block of 32 (`qw*sqrt(sigma2 + x²)`, or `x²` without importance
 /// weights) and their square roots.
@@ -99,40 +62,6 @@ fn weights_32(xb: &[f32], qw: Option<&[f32]>, sigma2: f32, weight: &mut [f32; 32
     for i in 0..32 {
         waux[i] = weight[i].sqrt();
     }
-}
-
-/// Magnitudes and sign bits of a group of 8; with `even` the parity flip of IQ3_XXS (see
-/// `iq2::group_signs`), returning the low 7 bits.
-#[inline(always)]
-fn group_signs(xb: &[f32], weight: &[f32], xval: &mut [f32], even: bool) -> u8 {
-    let mut nflip = 0;
-    let mut s = 0u8;
-    for i in 0..8 {
-        if xb[i] >= 0.0 {
-            xval[i] = xb[i];
-        } else {
-            xval[i] = -xb[i];
-            nflip += 1;
-            s |= 1 << i;
-        }
-    }
-    if !even {
-        return s;
-    }
-    if nflip % 2 != 0 {
-        let mut imin = 0;
-        let mut min = weight[imin] * xb[imin] * xb[imin];
-        for i in 1..8 {
-            let ax = weight[i] * xb[i] * xb[i];
-            if ax < min {
-                min = ax;
-                imin = i;
-            }
-        }
-        xval[imin] = -xval[imin];
-        s ^= 1 << imin;
-    }
-    s & 127
 }
 
 /// Rounds a group of 4 to quants `MAX(0, MIN(7, nearest_int(0.5*(id*x-1))))` then to the grid
@@ -245,20 +174,10 @@ fn scale_code(id: f32, s: f32) -> u32 {
     0.max(15.min(l)) as u32
 }
 
-/// Sum of squares in `float`, left to right.
-#[inline(always)]
-fn sum_squares(x: &[f32]) -> f32 {
-    let mut s = 0f32;
-    for &v in x {
-        s += v * v;
-    }
-    s
-}
-
 /// ggml: `quantize_row_iq3_xxs_impl(256, ..)` (one row), as `quantize_iq3_xxs` runs it.
 pub fn quantize_row_iq3_xxs(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>) {
     const TS: usize = std::mem::size_of::<BlockIq3Xxs>();
-    check_row(x, y, TS);
+    check_row(x, y, QK_K, TS);
     let t = iq3_tables(256);
     let mut scales = [0f32; QK_K / 32];
     let mut weight = [0f32; 32];
@@ -349,7 +268,7 @@ pub fn dequantize_iq3_xxs(b: &[u8], y: &mut [f32]) {
 pub fn quantize_row_iq3_s(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>) {
     const TS: usize = std::mem::size_of::<BlockIq3S>();
     const BS: usize = 32;
-    check_row(x, y, TS);
+    check_row(x, y, QK_K, TS);
     let t = iq3_tables(512);
     let mut scales = [0f32; QK_K / BS];
     let mut weight = [0f32; BS];

@@ -9,7 +9,7 @@
 // Index loops are kept where ggml has them, so the port reads side by side with the C.
 #![allow(clippy::needless_range_loop)]
 
-use super::common::{fp16, fp32, nearest_int, ByteReader, ByteWriter, GROUP_MAX_EPS};
+use super::common::{fp16, fp32, nearest_int, Block, GROUP_MAX_EPS};
 use super::grids::KVALUES_IQ4NL;
 use super::kquants::QK_K;
 
@@ -18,7 +18,7 @@ pub const QK4_NL: usize = 32;
 
 /// ggml: `block_iq4_nl`: `x = d * kvalues_iq4nl[q]`, 4-bit `q`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BlockIq4Nl {
     pub d: u16,
     pub qs: [u8; QK4_NL / 2],
@@ -28,7 +28,7 @@ const _: () = assert!(std::mem::size_of::<BlockIq4Nl>() == 18);
 /// ggml: `block_iq4_xs`: 8 sub-blocks of 32, `x = d * (ls - 32) * kvalues_iq4nl[q]` with 6-bit
 /// `ls` (low four bits in `scales_l`, high two in `scales_h`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BlockIq4Xs {
     pub d: u16,
     pub scales_h: u16,
@@ -36,34 +36,6 @@ pub struct BlockIq4Xs {
     pub qs: [u8; QK_K / 2],
 }
 const _: () = assert!(std::mem::size_of::<BlockIq4Xs>() == 136);
-
-impl BlockIq4Nl {
-    pub fn read_from(b: &[u8]) -> Self {
-        let mut r = ByteReader::new(b);
-        BlockIq4Nl { d: r.u16(), qs: r.bytes() }
-    }
-
-    pub fn write_to(&self, out: &mut [u8]) {
-        let mut w = ByteWriter::new(out);
-        w.u16(self.d);
-        w.bytes(&self.qs);
-    }
-}
-
-impl BlockIq4Xs {
-    pub fn read_from(b: &[u8]) -> Self {
-        let mut r = ByteReader::new(b);
-        BlockIq4Xs { d: r.u16(), scales_h: r.u16(), scales_l: r.bytes(), qs: r.bytes() }
-    }
-
-    pub fn write_to(&self, out: &mut [u8]) {
-        let mut w = ByteWriter::new(out);
-        w.u16(self.d);
-        w.u16(self.scales_h);
-        w.bytes(&self.scales_l);
-        w.bytes(&self.qs);
-    }
-}
 
 /// ggml: `best_index_int8(16, kvalues_iq4nl, x)`: the nearest of the 16 levels, by bisection;
 /// on a tie the upper one, NaN to the last. The reference for [`best_index_iq4`].

@@ -10,8 +10,8 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::common::{
-    fp16, fp32, get_scale_min_k4, make_q3_quants, make_qkx_quants_x8, make_qp_quants, make_qx_quants, nearest_int,
-    ByteReader, ByteWriter, GROUP_MAX_EPS,
+    check_row, fp16, fp32, get_scale_min_k4, make_q3_quants, make_qkx_quants_x8, make_qp_quants, make_qx_quants,
+    nearest_int, sum_squares, Block, GROUP_MAX_EPS,
 };
 
 /// ggml: `QK_K`, elements per super-block.
@@ -21,7 +21,7 @@ pub const K_SCALE_SIZE: usize = 12;
 
 /// ggml: `block_q2_K`: 16 sub-blocks of 16, `x = d*sc*q - dmin*m` with 4-bit `sc`/`m`, 2-bit `q`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BlockQ2K {
     pub scales: [u8; QK_K / 16],
     pub qs: [u8; QK_K / 4],
@@ -33,7 +33,7 @@ const _: () = assert!(std::mem::size_of::<BlockQ2K>() == 84);
 /// ggml: `block_q3_K`: 16 sub-blocks of 16, `x = d*(sc-32)*(q-4)` with 6-bit `sc`, 3-bit `q`
 /// (low two bits in `qs`, the high bit in `hmask`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BlockQ3K {
     pub hmask: [u8; QK_K / 8],
     pub qs: [u8; QK_K / 4],
@@ -44,7 +44,7 @@ const _: () = assert!(std::mem::size_of::<BlockQ3K>() == 110);
 
 /// ggml: `block_q4_K`: 8 sub-blocks of 32, `x = d*sc*q - dmin*m` with 6-bit `sc`/`m`, 4-bit `q`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BlockQ4K {
     pub d: u16,
     pub dmin: u16,
@@ -55,7 +55,7 @@ const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144);
 
 /// ggml: `block_q5_K`: as Q4_K with a fifth bit per quant in `qh`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BlockQ5K {
     pub d: u16,
     pub dmin: u16,
@@ -68,7 +68,7 @@ const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
 /// ggml: `block_q6_K`: 16 sub-blocks of 16, `x = d*sc*(q-32)` with 8-bit signed `sc`, 6-bit `q`
 /// (low four bits in `ql`, high two in `qh`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BlockQ6K {
     pub ql: [u8; QK_K / 2],
     pub qh: [u8; QK_K / 4],
@@ -79,107 +79,23 @@ const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
 
 impl BlockQ2K {
     pub const ZERO: BlockQ2K = BlockQ2K { scales: [0; QK_K / 16], qs: [0; QK_K / 4], d: 0, dmin: 0 };
-
-    pub fn read_from(b: &[u8]) -> Self {
-        let mut r = ByteReader::new(b);
-        BlockQ2K { scales: r.bytes(), qs: r.bytes(), d: r.u16(), dmin: r.u16() }
-    }
-
-    pub fn write_to(&self, out: &mut [u8]) {
-        let mut w = ByteWriter::new(out);
-        w.bytes(&self.scales);
-        w.bytes(&self.qs);
-        w.u16(self.d);
-        w.u16(self.dmin);
-    }
 }
 
 impl BlockQ3K {
     pub const ZERO: BlockQ3K = BlockQ3K { hmask: [0; QK_K / 8], qs: [0; QK_K / 4], scales: [0; 12], d: 0 };
-
-    pub fn read_from(b: &[u8]) -> Self {
-        let mut r = ByteReader::new(b);
-        BlockQ3K { hmask: r.bytes(), qs: r.bytes(), scales: r.bytes(), d: r.u16() }
-    }
-
-    pub fn write_to(&self, out: &mut [u8]) {
-        let mut w = ByteWriter::new(out);
-        w.bytes(&self.hmask);
-        w.bytes(&self.qs);
-        w.bytes(&self.scales);
-        w.u16(self.d);
-    }
 }
 
 impl BlockQ4K {
     pub const ZERO: BlockQ4K = BlockQ4K { d: 0, dmin: 0, scales: [0; K_SCALE_SIZE], qs: [0; QK_K / 2] };
-
-    pub fn read_from(b: &[u8]) -> Self {
-        let mut r = ByteReader::new(b);
-        BlockQ4K { d: r.u16(), dmin: r.u16(), scales: r.bytes(), qs: r.bytes() }
-    }
-
-    pub fn write_to(&self, out: &mut [u8]) {
-        let mut w = ByteWriter::new(out);
-        w.u16(self.d);
-        w.u16(self.dmin);
-        w.bytes(&self.scales);
-        w.bytes(&self.qs);
-    }
 }
 
 impl BlockQ5K {
     pub const ZERO: BlockQ5K =
         BlockQ5K { d: 0, dmin: 0, scales: [0; K_SCALE_SIZE], qh: [0; QK_K / 8], qs: [0; QK_K / 2] };
-
-    pub fn read_from(b: &[u8]) -> Self {
-        let mut r = ByteReader::new(b);
-        BlockQ5K { d: r.u16(), dmin: r.u16(), scales: r.bytes(), qh: r.bytes(), qs: r.bytes() }
-    }
-
-    pub fn write_to(&self, out: &mut [u8]) {
-        let mut w = ByteWriter::new(out);
-        w.u16(self.d);
-        w.u16(self.dmin);
-        w.bytes(&self.scales);
-        w.bytes(&self.qh);
-        w.bytes(&self.qs);
-    }
 }
 
 impl BlockQ6K {
     pub const ZERO: BlockQ6K = BlockQ6K { ql: [0; QK_K / 2], qh: [0; QK_K / 4], scales: [0; QK_K / 16], d: 0 };
-
-    pub fn read_from(b: &[u8]) -> Self {
-        let mut r = ByteReader::new(b);
-        BlockQ6K { ql: r.bytes(), qh: r.bytes(), scales: r.bytes::<16>().map(|s| s as i8), d: r.u16() }
-    }
-
-    pub fn write_to(&self, out: &mut [u8]) {
-        let mut w = ByteWriter::new(out);
-        w.bytes(&self.ql);
-        w.bytes(&self.qh);
-        w.bytes(&self.scales.map(|s| s as u8));
-        w.u16(self.d);
-    }
-}
-
-/// Checks a row and its output buffer and returns the number of super-blocks.
-fn check_row(x: &[f32], y: &[u8], type_size: usize) -> usize {
-    assert!(x.len().is_multiple_of(QK_K), "row of {} values is not a whole number of super-blocks", x.len());
-    let nb = x.len() / QK_K;
-    assert_eq!(y.len(), nb * type_size, "output is not {nb} super-blocks");
-    nb
-}
-
-/// Sum of squares in `float`, left to right.
-#[inline(always)]
-fn sum_squares(x: &[f32]) -> f32 {
-    let mut s = 0f32;
-    for &v in x {
-        s += v * v;
-    }
-    s
 }
 
 /// Packs 2-bit quants: byte `l` of each 32-byte group holds four values 32 apart (Q2_K, Q3_K).
@@ -434,7 +350,7 @@ fn finish_q6k(x: &[f32], scales: &[f32; QK_K / 16], l: &mut [i8; QK_K]) -> Block
 /// ggml: `quantize_row_q2_K_ref`
 pub fn quantize_row_q2_k_ref(x: &[f32], y: &mut [u8]) {
     const TS: usize = std::mem::size_of::<BlockQ2K>();
-    check_row(x, y, TS);
+    check_row(x, y, QK_K, TS);
     const Q4SCALE: f32 = 15.0;
     let mut l = [0u8; QK_K];
     for (x, yb) in x.chunks_exact(QK_K).zip(y.chunks_exact_mut(TS)) {
@@ -513,7 +429,7 @@ fn requantize_q2k(x: &[f32], block: &BlockQ2K, dm: f32, mm: f32, l: &mut [u8; QK
 /// ggml: `quantize_row_q2_K_impl`
 pub fn quantize_row_q2_k_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
     const TS: usize = std::mem::size_of::<BlockQ2K>();
-    check_row(x, y, TS);
+    check_row(x, y, QK_K, TS);
     let mut l = [0u8; QK_K];
     for ((x, yb), qw) in x.chunks_exact(QK_K).zip(y.chunks_exact_mut(TS)).zip(quant_weights.chunks_exact(QK_K)) {
         let mut sw = [0f32; QK_K / 16];
@@ -580,7 +496,7 @@ pub fn dequantize_q2_k(b: &[u8], y: &mut [f32]) {
 /// ggml: `quantize_row_q3_K_ref`
 pub fn quantize_row_q3_k_ref(x: &[f32], y: &mut [u8]) {
     const TS: usize = std::mem::size_of::<BlockQ3K>();
-    check_row(x, y, TS);
+    check_row(x, y, QK_K, TS);
     let mut l = [0i8; QK_K];
     for (x, yb) in x.chunks_exact(QK_K).zip(y.chunks_exact_mut(TS)) {
         let mut scales = [0f32; QK_K / 16];
@@ -616,7 +532,7 @@ pub fn quantize_row_q3_k_ref(x: &[f32], y: &mut [u8]) {
 /// it without them).
 pub fn quantize_row_q3_k_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
     const TS: usize = std::mem::size_of::<BlockQ3K>();
-    check_row(x, y, TS);
+    check_row(x, y, QK_K, TS);
     let mut l = [0i8; QK_K];
     for ((x, yb), qw) in x.chunks_exact(QK_K).zip(y.chunks_exact_mut(TS)).zip(quant_weights.chunks_exact(QK_K)) {
         let mut scales = [0f32; QK_K / 16];
@@ -684,7 +600,7 @@ pub fn dequantize_q3_k(b: &[u8], y: &mut [f32]) {
 /// ggml: `quantize_row_q4_K_ref`
 pub fn quantize_row_q4_k_ref(x: &[f32], y: &mut [u8]) {
     const TS: usize = std::mem::size_of::<BlockQ4K>();
-    check_row(x, y, TS);
+    check_row(x, y, QK_K, TS);
     let mut l = [0u8; QK_K];
     for (x, yb) in x.chunks_exact(QK_K).zip(y.chunks_exact_mut(TS)) {
         let weights = k4_ref_weights(x);
@@ -701,7 +617,7 @@ pub fn quantize_row_q4_k_ref(x: &[f32], y: &mut [u8]) {
 /// it without them).
 pub fn quantize_row_q4_k_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
     const TS: usize = std::mem::size_of::<BlockQ4K>();
-    check_row(x, y, TS);
+    check_row(x, y, QK_K, TS);
     let mut l = [0u8; QK_K];
     for ((x, yb), qw) in x.chunks_exact(QK_K).zip(y.chunks_exact_mut(TS)).zip(quant_weights.chunks_exact(QK_K)) {
         let (ls, lm, d_block, m_block) = k4_impl_scales(x, qw, 15, &mut l);
@@ -749,7 +665,7 @@ pub fn dequantize_q4_k(b: &[u8], y: &mut [f32]) {
 /// ggml: `quantize_row_q5_K_ref`
 pub fn quantize_row_q5_k_ref(x: &[f32], y: &mut [u8]) {
     const TS: usize = std::mem::size_of::<BlockQ5K>();
-    check_row(x, y, TS);
+    check_row(x, y, QK_K, TS);
     let mut l = [0u8; QK_K];
     for (x, yb) in x.chunks_exact(QK_K).zip(y.chunks_exact_mut(TS)) {
         let weights = k4_ref_weights(x);
@@ -766,7 +682,7 @@ pub fn quantize_row_q5_k_ref(x: &[f32], y: &mut [u8]) {
 /// it without them).
 pub fn quantize_row_q5_k_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
     const TS: usize = std::mem::size_of::<BlockQ5K>();
-    check_row(x, y, TS);
+    check_row(x, y, QK_K, TS);
     let mut l = [0u8; QK_K];
     for ((x, yb), qw) in x.chunks_exact(QK_K).zip(y.chunks_exact_mut(TS)).zip(quant_weights.chunks_exact(QK_K)) {
         let (ls, lm, d_block, m_block) = k4_impl_scales(x, qw, 31, &mut l);
@@ -820,7 +736,7 @@ pub fn dequantize_q5_k(b: &[u8], y: &mut [f32]) {
 /// ggml: `quantize_row_q6_K_ref`
 pub fn quantize_row_q6_k_ref(x: &[f32], y: &mut [u8]) {
     const TS: usize = std::mem::size_of::<BlockQ6K>();
-    check_row(x, y, TS);
+    check_row(x, y, QK_K, TS);
     let mut l = [0i8; QK_K];
     for (x, yb) in x.chunks_exact(QK_K).zip(y.chunks_exact_mut(TS)) {
         let mut scales = [0f32; QK_K / 16];
@@ -836,7 +752,7 @@ pub fn quantize_row_q6_k_ref(x: &[f32], y: &mut [u8]) {
 /// `sqrt(sigma2 + x²)` factor the other formats apply.
 pub fn quantize_row_q6_k_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
     const TS: usize = std::mem::size_of::<BlockQ6K>();
-    check_row(x, y, TS);
+    check_row(x, y, QK_K, TS);
     let mut l = [0i8; QK_K];
     for ((x, yb), qw) in x.chunks_exact(QK_K).zip(y.chunks_exact_mut(TS)).zip(quant_weights.chunks_exact(QK_K)) {
         let mut scales = [0f32; QK_K / 16];

@@ -8,13 +8,13 @@
 // Index loops are kept where ggml has them, so the port reads side by side with the C.
 #![allow(clippy::needless_range_loop)]
 
-use super::common::{c_float_to_int_x8, c_max, fp16, make_qkx3_quants, make_qx_quants, ByteWriter};
+use super::common::{c_float_to_int_x8, c_max, check_row, fp16, make_qkx3_quants, make_qx_quants, Block};
 use super::float::f16_bits_to_f32;
 
 pub const QK: usize = 32;
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BlockQ4_0 {
     pub d: u16,
     pub qs: [u8; QK / 2],
@@ -22,7 +22,7 @@ pub struct BlockQ4_0 {
 const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BlockQ4_1 {
     pub d: u16,
     pub m: u16,
@@ -31,7 +31,7 @@ pub struct BlockQ4_1 {
 const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BlockQ5_0 {
     pub d: u16,
     pub qh: [u8; 4],
@@ -40,7 +40,7 @@ pub struct BlockQ5_0 {
 const _: () = assert!(std::mem::size_of::<BlockQ5_0>() == 22);
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BlockQ5_1 {
     pub d: u16,
     pub m: u16,
@@ -50,56 +50,12 @@ pub struct BlockQ5_1 {
 const _: () = assert!(std::mem::size_of::<BlockQ5_1>() == 24);
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BlockQ8_0 {
     pub d: u16,
     pub qs: [i8; QK],
 }
 const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
-
-impl BlockQ4_0 {
-    pub fn write_to(&self, out: &mut [u8]) {
-        let mut w = ByteWriter::new(out);
-        w.u16(self.d);
-        w.bytes(&self.qs);
-    }
-}
-
-impl BlockQ4_1 {
-    pub fn write_to(&self, out: &mut [u8]) {
-        let mut w = ByteWriter::new(out);
-        w.u16(self.d);
-        w.u16(self.m);
-        w.bytes(&self.qs);
-    }
-}
-
-impl BlockQ5_0 {
-    pub fn write_to(&self, out: &mut [u8]) {
-        let mut w = ByteWriter::new(out);
-        w.u16(self.d);
-        w.bytes(&self.qh);
-        w.bytes(&self.qs);
-    }
-}
-
-impl BlockQ5_1 {
-    pub fn write_to(&self, out: &mut [u8]) {
-        let mut w = ByteWriter::new(out);
-        w.u16(self.d);
-        w.u16(self.m);
-        w.bytes(&self.qh);
-        w.bytes(&self.qs);
-    }
-}
-
-impl BlockQ8_0 {
-    pub fn write_to(&self, out: &mut [u8]) {
-        let mut w = ByteWriter::new(out);
-        w.u16(self.d);
-        w.bytes(&self.qs.map(|q| q as u8));
-    }
-}
 
 fn f16_at(b: &[u8], at: usize) -> f32 {
     f16_bits_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
@@ -193,19 +149,8 @@ fn signed_absmax(x: &[f32; QK]) -> f32 {
 #[inline(always)]
 fn absmax_value(x: &[f32; QK]) -> f32 {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
-    // SAFETY: AVX is enabled at compile time; the loads are unaligned and in bounds.
-    unsafe {
-        use std::arch::x86_64::*;
-        let sign = _mm256_set1_ps(-0.0);
-        // `_mm256_max_ps(v, m)` is `v > m ? v : m`: a NaN `v` keeps `m`, as the C comparison does.
-        let mut m = _mm256_setzero_ps();
-        for k in 0..4 {
-            m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x.as_ptr().add(8 * k))), m);
-        }
-        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
-        _mm_cvtss_f32(m)
+    {
+        super::simd::x86_64::absmax_32(x)
     }
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx")))]
     x.iter().fold(0f32, |m, v| if m < v.abs() { v.abs() } else { m })
@@ -215,17 +160,8 @@ fn absmax_value(x: &[f32; QK]) -> f32 {
 #[inline(always)]
 fn first_abs_equal(x: &[f32; QK], a: f32) -> usize {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
-    // SAFETY: AVX is enabled at compile time; the loads are unaligned and in bounds.
-    unsafe {
-        use std::arch::x86_64::*;
-        let sign = _mm256_set1_ps(-0.0);
-        let av = _mm256_set1_ps(a);
-        let mut mask = 0u32;
-        for k in 0..4 {
-            let v = _mm256_andnot_ps(sign, _mm256_loadu_ps(x.as_ptr().add(8 * k)));
-            mask |= (_mm256_movemask_ps(_mm256_cmp_ps(v, av, _CMP_EQ_OQ)) as u32) << (8 * k);
-        }
-        mask.trailing_zeros() as usize
+    {
+        super::simd::x86_64::first_abs_equal_32(x, a)
     }
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx")))]
     x.iter().position(|v| v.abs() == a).unwrap()
@@ -239,25 +175,7 @@ fn first_abs_equal(x: &[f32; QK], a: f32) -> usize {
 #[inline(always)]
 fn min_max(x: &[f32; QK]) -> (f32, f32) {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
-    // SAFETY: AVX is enabled at compile time; the loads are unaligned and in bounds.
-    let (mut min, mut max) = unsafe {
-        use std::arch::x86_64::*;
-        // `_mm256_min_ps(v, m)` is `v < m ? v : m` (NaN `v` keeps `m`); likewise for max.
-        let mut mn = _mm256_set1_ps(f32::MAX);
-        let mut mx = _mm256_set1_ps(-f32::MAX);
-        for k in 0..4 {
-            let v = _mm256_loadu_ps(x.as_ptr().add(8 * k));
-            mn = _mm256_min_ps(v, mn);
-            mx = _mm256_max_ps(v, mx);
-        }
-        let mn = _mm_min_ps(_mm256_castps256_ps128(mn), _mm256_extractf128_ps(mn, 1));
-        let mn = _mm_min_ps(mn, _mm_movehl_ps(mn, mn));
-        let mn = _mm_min_ss(mn, _mm_shuffle_ps(mn, mn, 1));
-        let mx = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
-        let mx = _mm_max_ps(mx, _mm_movehl_ps(mx, mx));
-        let mx = _mm_max_ss(mx, _mm_shuffle_ps(mx, mx, 1));
-        (_mm_cvtss_f32(mn), _mm_cvtss_f32(mx))
-    };
+    let (mut min, mut max) = super::simd::x86_64::min_max_32(x);
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx")))]
     let (mut min, mut max) =
         x.iter().fold((f32::MAX, -f32::MAX), |(mn, mx), &v| (if v < mn { v } else { mn }, if v > mx { v } else { mx }));
@@ -317,19 +235,10 @@ fn pack_q5_block(q: &[u8; QK]) -> ([u8; QK / 2], [u8; 4]) {
     for j in 0..QK / 2 {
         qs[j] = (q[j] & 0x0F) | ((q[j + QK / 2] & 0x0F) << 4);
     }
-    let qh: u32;
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    // SAFETY: AVX2 is enabled at compile time; the load is unaligned and in bounds. Shifting the
-    // 16-bit lanes left by 3 moves bit 4 of every byte to its bit 7, which `movemask` collects.
-    unsafe {
-        use std::arch::x86_64::*;
-        let v = _mm256_loadu_si256(q.as_ptr() as *const __m256i);
-        qh = _mm256_movemask_epi8(_mm256_slli_epi16(v, 3)) as u32;
-    }
+    let qh = super::simd::x86_64::bit4_mask_32(q);
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-    {
-        qh = (0..QK).fold(0u32, |h, j| h | (((q[j] as u32 & 0x10) >> 4) << j));
-    }
+    let qh = (0..QK).fold(0u32, |h, j| h | (((q[j] as u32 & 0x10) >> 4) << j));
     (qs, qh.to_le_bytes())
 }
 
@@ -363,17 +272,10 @@ fn block_weights(xb: &[f32], qw: &[f32], sigma2: f32) -> [f32; QK] {
     weight
 }
 
-fn check_row(x: &[f32], y: &[u8], type_size: usize) -> usize {
-    assert!(x.len().is_multiple_of(QK), "row of {} values is not a whole number of blocks", x.len());
-    let nb = x.len() / QK;
-    assert_eq!(y.len(), nb * type_size, "output is not {nb} blocks");
-    nb
-}
-
 /// ggml: `quantize_row_q4_0_ref`
 pub fn quantize_row_q4_0_ref(x: &[f32], y: &mut [u8]) {
     const TS: usize = std::mem::size_of::<BlockQ4_0>();
-    check_row(x, y, TS);
+    check_row(x, y, QK, TS);
     for (xb, yb) in x.chunks_exact(QK).zip(y.chunks_exact_mut(TS)) {
         let xb: &[f32; QK] = xb.try_into().unwrap();
         let d = signed_absmax(xb) / -8.0;
@@ -393,7 +295,7 @@ pub fn quantize_row_q4_0_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
 /// quantizer chooses one block at a time, from a row still being updated).
 pub fn quantize_blocks_q4_0_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32], sigma2: f32) {
     const TS: usize = std::mem::size_of::<BlockQ4_0>();
-    check_row(x, y, TS);
+    check_row(x, y, QK, TS);
     let mut l = [0i8; QK];
     for ((xb, yb), qw) in x.chunks_exact(QK).zip(y.chunks_exact_mut(TS)).zip(quant_weights.chunks_exact(QK)) {
         let weight = block_weights(xb, qw, sigma2);
@@ -418,7 +320,7 @@ pub fn quantize_row_q4_0(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>)
 /// ggml: `quantize_row_q4_1_ref`
 pub fn quantize_row_q4_1_ref(x: &[f32], y: &mut [u8]) {
     const TS: usize = std::mem::size_of::<BlockQ4_1>();
-    check_row(x, y, TS);
+    check_row(x, y, QK, TS);
     for (xb, yb) in x.chunks_exact(QK).zip(y.chunks_exact_mut(TS)) {
         let xb: &[f32; QK] = xb.try_into().unwrap();
         let (min, max) = min_max(xb);
@@ -438,7 +340,7 @@ pub fn quantize_row_q4_1_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
 /// quantizer chooses one block at a time, from a row still being updated).
 pub fn quantize_blocks_q4_1_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32], sigma2: f32) {
     const TS: usize = std::mem::size_of::<BlockQ4_1>();
-    check_row(x, y, TS);
+    check_row(x, y, QK, TS);
     let (mut l, mut laux) = ([0u8; QK], [0u8; QK]);
     for ((xb, yb), qw) in x.chunks_exact(QK).zip(y.chunks_exact_mut(TS)).zip(quant_weights.chunks_exact(QK)) {
         let weight = block_weights(xb, qw, sigma2);
@@ -463,7 +365,7 @@ pub fn quantize_row_q4_1(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>)
 /// ggml: `quantize_row_q5_0_ref`
 pub fn quantize_row_q5_0_ref(x: &[f32], y: &mut [u8]) {
     const TS: usize = std::mem::size_of::<BlockQ5_0>();
-    check_row(x, y, TS);
+    check_row(x, y, QK, TS);
     for (xb, yb) in x.chunks_exact(QK).zip(y.chunks_exact_mut(TS)) {
         let xb: &[f32; QK] = xb.try_into().unwrap();
         let d = signed_absmax(xb) / -16.0;
@@ -483,7 +385,7 @@ pub fn quantize_row_q5_0_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
 /// quantizer chooses one block at a time, from a row still being updated).
 pub fn quantize_blocks_q5_0_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32], sigma2: f32) {
     const TS: usize = std::mem::size_of::<BlockQ5_0>();
-    check_row(x, y, TS);
+    check_row(x, y, QK, TS);
     let mut l = [0i8; QK];
     for ((xb, yb), qw) in x.chunks_exact(QK).zip(y.chunks_exact_mut(TS)).zip(quant_weights.chunks_exact(QK)) {
         let weight = block_weights(xb, qw, sigma2);
@@ -504,7 +406,7 @@ pub fn quantize_row_q5_0(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>)
 /// ggml: `quantize_row_q5_1_ref`
 pub fn quantize_row_q5_1_ref(x: &[f32], y: &mut [u8]) {
     const TS: usize = std::mem::size_of::<BlockQ5_1>();
-    check_row(x, y, TS);
+    check_row(x, y, QK, TS);
     for (xb, yb) in x.chunks_exact(QK).zip(y.chunks_exact_mut(TS)) {
         let xb: &[f32; QK] = xb.try_into().unwrap();
         let (min, max) = min_max(xb);
@@ -530,7 +432,7 @@ pub fn quantize_row_q5_1_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32]) {
 /// quantizer chooses one block at a time, from a row still being updated).
 pub fn quantize_blocks_q5_1_impl(x: &[f32], y: &mut [u8], quant_weights: &[f32], sigma2: f32) {
     const TS: usize = std::mem::size_of::<BlockQ5_1>();
-    check_row(x, y, TS);
+    check_row(x, y, QK, TS);
     let (mut l, mut laux) = ([0u8; QK], [0u8; QK]);
     for ((xb, yb), qw) in x.chunks_exact(QK).zip(y.chunks_exact_mut(TS)).zip(quant_weights.chunks_exact(QK)) {
         let weight = block_weights(xb, qw, sigma2);
@@ -552,7 +454,7 @@ pub fn quantize_row_q5_1(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32]>)
 /// ggml: `quantize_row_q8_0_ref`
 pub fn quantize_row_q8_0_ref(x: &[f32], y: &mut [u8]) {
     const TS: usize = std::mem::size_of::<BlockQ8_0>();
-    check_row(x, y, TS);
+    check_row(x, y, QK, TS);
     for (xb, yb) in x.chunks_exact(QK).zip(y.chunks_exact_mut(TS)) {
         let mut amax = 0f32;
         for &v in xb {

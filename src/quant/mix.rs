@@ -286,7 +286,7 @@ pub fn requires_imatrix(name: &str, ty: GgmlType, scheme: Scheme) -> bool {
 
 /// sscanf("blk.%d.") as llama.cpp's comparer uses it: -1 for non-block tensors.
 fn layer_of(name: &str) -> i64 {
-    name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|l| l.parse().ok()).unwrap_or(-1)
+    crate::util::tensor_name::block_of(name).map_or(-1, |l| l as i64)
 }
 
 #[derive(Default)]

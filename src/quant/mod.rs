@@ -27,6 +27,7 @@ pub mod kquants;
 pub mod legacy;
 pub mod levels;
 pub mod mix;
+mod simd;
 pub mod ternary;
 pub mod types;
 

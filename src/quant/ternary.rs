@@ -8,12 +8,12 @@
 // Index loops are kept where ggml has them, so the port reads side by side with the C.
 #![allow(clippy::needless_range_loop)]
 
-use super::common::{c_max, fp16, fp32, ByteReader, ByteWriter};
+use super::common::{c_max, fp16, fp32, Block};
 use super::kquants::QK_K;
 
 /// ggml: `block_tq1_0`: 240 trits five to a byte in `qs`, 16 four to a byte in `qh`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BlockTq1_0 {
     pub qs: [u8; (QK_K - 4 * QK_K / 64) / 5],
     pub qh: [u8; QK_K / 64],
@@ -23,39 +23,12 @@ const _: () = assert!(std::mem::size_of::<BlockTq1_0>() == 54);
 
 /// ggml: `block_tq2_0`: 2 bits per trit (0, 1, 2 for -1, 0, 1).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BlockTq2_0 {
     pub qs: [u8; QK_K / 4],
     pub d: u16,
 }
 const _: () = assert!(std::mem::size_of::<BlockTq2_0>() == 66);
-
-impl BlockTq1_0 {
-    pub fn read_from(b: &[u8]) -> Self {
-        let mut r = ByteReader::new(b);
-        BlockTq1_0 { qs: r.bytes(), qh: r.bytes(), d: r.u16() }
-    }
-
-    pub fn write_to(&self, out: &mut [u8]) {
-        let mut w = ByteWriter::new(out);
-        w.bytes(&self.qs);
-        w.bytes(&self.qh);
-        w.u16(self.d);
-    }
-}
-
-impl BlockTq2_0 {
-    pub fn read_from(b: &[u8]) -> Self {
-        let mut r = ByteReader::new(b);
-        BlockTq2_0 { qs: r.bytes(), d: r.u16() }
-    }
-
-    pub fn write_to(&self, out: &mut [u8]) {
-        let mut w = ByteWriter::new(out);
-        w.bytes(&self.qs);
-        w.u16(self.d);
-    }
-}
 
 /// C's `int xi = lroundf(v)` with glibc: round half away from zero, the `long` truncated to `int`.
 /// On x86-64, NaN, infinities and magnitudes from 2^63 up give `(long)v`, the "integer indefinite"

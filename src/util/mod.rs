@@ -1,5 +1,5 @@
 //! Small shared pieces, the lowest stage: atomic outputs, named choices (flags' values), progress bars, memory maps that release
-//! their pages, the output policy (paths), the data folder, a seeded RNG, dense f64 linear algebra, paired bootstrap
+//! their pages, the output policy (paths), the data folder, a seeded RNG, block tensor names (`blk.N.*`), dense f64 linear algebra, paired bootstrap
 //! intervals, test-only fault injection.
 
 pub mod atomic;
@@ -15,3 +15,4 @@ pub mod paths;
 pub mod progress;
 pub mod rng;
 pub mod stats;
+pub mod tensor_name;

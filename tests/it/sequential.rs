@@ -9,7 +9,6 @@
 use crate::common;
 
 use common::synth::{self, SynthSpec};
-use microscale::calib::moments::layer_of;
 use microscale::calib::{calibrate, CalibModel, CalibOptions, Calibration, MomentsRequest};
 use microscale::convert::{convert, ConvertOptions};
 use microscale::gguf::{GgufFile, GgufWriter};
@@ -17,6 +16,7 @@ use microscale::prune::unstructured::SparsityMethod;
 use microscale::prune::PruneSpec;
 use microscale::quant::gptq::QuantMethod;
 use microscale::quant::mix::Scheme;
+use microscale::util::tensor_name::block_of as layer_of;
 use std::path::Path;
 
 const N_LAYER: usize = 3;
@@ -124,7 +124,8 @@ fn each_stage_is_calibrated_on_the_blocks_before_it_as_the_output_compresses_the
         let one_shot = Calibration::load(&one_shot_path, &seq.fingerprint).unwrap();
         // The output is the conversion with the sequential calibration.
         let again = tmp.path().join(format!("{tag}-again.gguf"));
-        convert(&dir, &again, &ConvertOptions { calibration: Some(seq.clone()), ..opts.clone() }).unwrap();
+        let stage = microscale::convert::StageState { calibration: Some(seq.clone()), ..Default::default() };
+        convert(&dir, &again, &ConvertOptions { stage, ..opts.clone() }).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap(), "{tag}: output");
         let compressed = GgufFile::open(&out).unwrap();
 
