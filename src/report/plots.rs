@@ -7,6 +7,7 @@ use super::pareto::{pareto_min_max, pareto_min_min};
 use super::sweet_spot::Criteria;
 use crate::record::results::{Kind, Results, Variant};
 use anyhow::{anyhow, Context, Result};
+use plotters::coord::combinators::WithKeyPoints;
 use plotters::coord::ranged1d::ValueFormatter;
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
@@ -375,8 +376,12 @@ fn tick(v: f64) -> String {
     }
 }
 
+/// The chart of a scatter: file size on a log scale against `Y`.
+type Chart<'a, DB, Y> = ChartContext<'a, DB, Cartesian2d<WithKeyPoints<LogCoord<f64>>, Y>>;
+
 /// Draw `s` (the scatter as shown: [`clipped`]); `original` says which points are off scale and
-/// which are on the frontier.
+/// which are on the frontier. Layer by layer, bottom up: axes, guide lines, the frontier, the
+/// points, their labels, the legend.
 fn draw_in<DB: DrawingBackend, Y>(
     root: &DrawingArea<DB, Shift>,
     original: &Scatter,
@@ -384,6 +389,33 @@ fn draw_in<DB: DrawingBackend, Y>(
     (xlo, xhi): (f64, f64),
     y: Y,
 ) -> DrawResult<(), DB>
+where
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let mut chart = axes(root, s, (xlo, xhi), y)?;
+    let off: Vec<bool> = (0..s.points.len()).map(|i| original.off_scale(i)).collect();
+    draw_guides(&mut chart, original, s, (xlo, xhi), &off)?;
+    let frontier = draw_frontier(&mut chart, original, s, &off)?;
+    draw_points(&mut chart, s, &off)?;
+    // Recipe labels: frontier points first, each placed right or left of its point where it does
+    // not overlap a label already placed, else left out.
+    let marks: Vec<(i32, i32)> = s.points.iter().map(|p| chart.backend_coord(&(p.size_mib, p.y))).collect();
+    let (px, py) = chart.plotting_area().get_pixel_range();
+    let labels = if s.points.len() <= MAX_LABELS {
+        draw_labels(root, s, &frontier, &marks, (px.clone(), py.clone()))?
+    } else {
+        vec![]
+    };
+    draw_legend(root, &mut chart, original, s, &marks, &labels, (px, py))
+}
+
+/// The caption, the log-scale size axis and `y`, and the mesh.
+fn axes<'a, DB: DrawingBackend, Y>(
+    root: &'a DrawingArea<DB, Shift>,
+    s: &Scatter,
+    (xlo, xhi): (f64, f64),
+    y: Y,
+) -> DrawResult<Chart<'a, DB, Y>, DB>
 where
     Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
 {
@@ -406,23 +438,46 @@ where
         .light_line_style(RGBColor(240, 240, 240))
         .bold_line_style(RGBColor(215, 215, 215))
         .draw()?;
+    Ok(chart)
+}
 
+/// The budget's reference line, and the line off-scale points stand on (when there are any).
+fn draw_guides<'a, DB: DrawingBackend + 'a, Y>(
+    chart: &mut Chart<'a, DB, Y>,
+    original: &Scatter,
+    s: &Scatter,
+    (xlo, xhi): (f64, f64),
+    off: &[bool],
+) -> DrawResult<(), DB>
+where
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
     if let Some((yref, legend)) = &s.reference {
         chart
             .draw_series(DashedLineSeries::new([(xlo, *yref), (xhi, *yref)], 8, 6, BUDGET.stroke_width(1)))?
             .label(legend.as_str())
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BUDGET.stroke_width(1)));
     }
-
-    let off: Vec<bool> = (0..s.points.len()).map(|i| original.off_scale(i)).collect();
     if let Some((cap, what)) = original.y_cap.as_ref().filter(|_| off.iter().any(|&o| o)) {
         chart
             .draw_series(DashedLineSeries::new([(xlo, *cap), (xhi, *cap)], 3, 4, GREY.stroke_width(1)))?
             .label(format!("off scale ({what}): ↑ on this line"))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREY.stroke_width(1)));
     }
+    Ok(())
+}
 
-    // The frontier is the real one; its off-scale points are not drawn as part of the line.
+/// The Pareto frontier's line and rings; returns its points (indices into `s.points`). The
+/// frontier is the real one; its off-scale points are not drawn as part of the line.
+fn draw_frontier<'a, DB: DrawingBackend + 'a, Y>(
+    chart: &mut Chart<'a, DB, Y>,
+    original: &Scatter,
+    s: &Scatter,
+    off: &[bool],
+) -> DrawResult<Vec<usize>, DB>
+where
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
     let frontier: Vec<usize> = original.frontier().into_iter().filter(|&i| !off[i]).collect();
     let fpts: Vec<(f64, f64)> = frontier.iter().map(|&i| (s.points[i].size_mib, s.points[i].y)).collect();
     if !fpts.is_empty() {
@@ -436,7 +491,18 @@ where
         // A ring around each frontier point, so that a one-point frontier shows too.
         chart.draw_series(fpts.iter().map(|&p| Circle::new(p, 9, FRONTIER.stroke_width(2))))?;
     }
+    Ok(frontier)
+}
 
+/// Error bars, then off-scale arrows, then each kind's markers with their legend entries.
+fn draw_points<'a, DB: DrawingBackend + 'a, Y>(
+    chart: &mut Chart<'a, DB, Y>,
+    s: &Scatter,
+    off: &[bool],
+) -> DrawResult<(), DB>
+where
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
     // Error bars under the markers.
     for p in &s.points {
         if let Some(e) = p.err.filter(|e| *e > 0.0) {
@@ -447,7 +513,7 @@ where
     }
 
     // Off-scale points: an arrow up, in their kind's colour.
-    for (p, _) in s.points.iter().zip(&off).filter(|(_, &o)| o) {
+    for (p, _) in s.points.iter().zip(off).filter(|(_, &o)| o) {
         let c = colour(p.kind);
         chart.draw_series(std::iter::once(
             EmptyElement::at((p.size_mib, p.y))
@@ -458,7 +524,7 @@ where
 
     for kind in [Kind::Microscale, Kind::Stock, Kind::Baseline] {
         let pts: Vec<&Point> =
-            s.points.iter().zip(&off).filter(|(p, &o)| p.kind == kind && !o).map(|(p, _)| p).collect();
+            s.points.iter().zip(off).filter(|(p, &o)| p.kind == kind && !o).map(|(p, _)| p).collect();
         if pts.is_empty() {
             continue;
         }
@@ -486,18 +552,22 @@ where
         };
         chart.draw_series(pts.iter().map(|p| mark!((p.size_mib, p.y))))?.label(legend).legend(move |c| mark!(c));
     }
+    Ok(())
+}
 
-    // Recipe labels: frontier points first, each placed right or left of its point where it does
-    // not overlap a label already placed, else left out.
-    let marks: Vec<(i32, i32)> = s.points.iter().map(|p| chart.backend_coord(&(p.size_mib, p.y))).collect();
-    let (px, py) = chart.plotting_area().get_pixel_range();
-    let labels = if s.points.len() <= MAX_LABELS {
-        draw_labels(root, s, &frontier, &marks, (px.clone(), py.clone()))?
-    } else {
-        vec![]
-    };
-
-    // The legend goes where it hides the fewest points, then the fewest labels.
+/// The legend, where it hides the fewest points, then the fewest labels.
+fn draw_legend<'a, DB: DrawingBackend + 'a, Y>(
+    root: &DrawingArea<DB, Shift>,
+    chart: &mut Chart<'a, DB, Y>,
+    original: &Scatter,
+    s: &Scatter,
+    marks: &[(i32, i32)],
+    labels: &[(i32, i32, i32, i32)],
+    (px, py): (std::ops::Range<i32>, std::ops::Range<i32>),
+) -> DrawResult<(), DB>
+where
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
     let mut texts: Vec<String> = vec!["llama.cpp stock".into(), "Pareto frontier".into()];
     texts.extend(s.reference.iter().map(|r| r.1.clone()));
     texts.extend(original.y_cap.iter().map(|(_, what)| format!("off scale ({what}): ↑ on this line")));
@@ -509,7 +579,7 @@ where
     let legend = (w + 50, 22 * (texts.len() as i32 + 1) + 20);
     chart
         .configure_series_labels()
-        .position(legend_position(&marks, &labels, (px, py), legend, s.maximize_y))
+        .position(legend_position(marks, labels, (px, py), legend, s.maximize_y))
         .label_font(("sans-serif", 15))
         .background_style(WHITE.mix(0.9))
         .border_style(GREY)
