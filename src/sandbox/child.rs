@@ -156,7 +156,7 @@ impl SweepChild {
     }
 
     /// The job's own flag.
-    pub fn job_args(&self) -> Vec<OsString> {
+    fn job_args(&self) -> Vec<OsString> {
         match &self.job {
             SweepJob::Variant(name) => vec!["--variant".into(), name.into()],
             SweepJob::SlurmTask(name) => vec!["--slurm-task".into(), name.into()],
