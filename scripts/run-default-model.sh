@@ -21,7 +21,8 @@ scripts/fetch-default-model.sh
 M=${CARGO_TARGET_DIR:-target}/release/microscale
 
 $M inspect models/smollm2-135m | head -16
-$M sweep --model models/smollm2-135m --grid "$GRID" --out "$OUT"
+# The file the model came as is a row of its own (`as-shipped`): every size is also stated against it.
+$M sweep --model models/smollm2-135m --as-shipped models/SmolLM2-135M-Instruct.Q4_1.gguf --grid "$GRID" --out "$OUT"
 # The report's caveats live beside results.csv (OUT/caveats.md), so the report can be regenerated
 # from the directory alone; a new output directory gets the default model's.
 if [ ! -e "$OUT/caveats.md" ]; then

@@ -25,6 +25,8 @@
 //! - [`bench`]: benchmarks under edge-device caps, and quantizer throughput.
 //! - [`sweep`]: the experiment grid, crash-isolated, one row per variant.
 //! - [`report`]: report.md and plots from results.csv.
+//! - [`shrink`]: the smallest GGUF within a quality budget on a device, found by search (a study
+//!   run through `sweep`, judged as `report` judges).
 
 pub mod util;
 
@@ -57,6 +59,8 @@ pub mod sweep;
 
 pub mod report;
 
+pub mod shrink;
+
 /// The stages in the order above: a stage may use the stages before it, never one after it
 /// (`eval` and `bench` share a level and do not use each other).
 pub const LAYERS: &[&[&str]] = &[
@@ -75,4 +79,5 @@ pub const LAYERS: &[&[&str]] = &[
     &["eval", "bench"],
     &["sweep"],
     &["report"],
+    &["shrink"],
 ];

@@ -62,6 +62,7 @@ mod tests {
             keep: false,
             child_exe: None,
             variant_timeout: 43200,
+            as_shipped: None,
             job: SweepJob::Variant("q4_k_m".into()),
         };
         for job in [SweepJob::Variant("3".into()), SweepJob::SlurmTask("sparse50-q8_0".into()), SweepJob::SlurmPrepare]
@@ -73,6 +74,7 @@ mod tests {
             gpu_layers: 12,
             child_exe: Some("/opt/microscale".into()),
             variant_timeout: 60,
+            as_shipped: Some("/models/the model.Q4_1.gguf".into()),
             ..base
         }));
     }

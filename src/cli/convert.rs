@@ -76,6 +76,7 @@ impl Args {
             prune: self.prune.spec(),
             allow_requantize: self.allow_requantize,
             budget: self.budget.budget(),
+            loss_scales: self.budget.loss_scale.clone(),
             quant_method: self.quant_method,
             quiet: g.quiet,
             ..ConvertOptions::new(self.outtype)

@@ -37,15 +37,30 @@ impl MixArgs {
 /// A size budget for the blocks' weight types (convert and prune-plan share it).
 #[derive(clap::Args, Clone, Debug)]
 pub struct BudgetArgs {
-    /// Fit the whole file in SIZE (100MiB, 1.5GB, ...): each block weight's type is chosen from
-    /// the ladder of types to minimise the importance-weighted quantization error for the budget
-    /// (use --imatrix or --calib: without one every channel counts alike). Embeddings and the
-    /// output head keep the --outtype mix's type. Stock llama.cpp runs the file.
+    /// Fit the whole file in SIZE (100MiB, 1.5GB, ...): each weight matrix's type (the blocks',
+    /// the token embedding's and the output head's) is chosen from the ladder of types to
+    /// minimise the importance-weighted quantization error for the budget (use --imatrix or
+    /// --calib: without one every channel counts alike). With --quant-method gptq the error is
+    /// GPTQ's, measured against the inputs' full second moment. Stock llama.cpp runs the file.
     #[arg(long, value_name = "SIZE", value_parser = microscale::util::mem::parse_size, conflicts_with = "target_bpw")]
     pub target_size: Option<u64>,
     /// As --target-size, for an average of BPW bits per weight over all tensors' data.
     #[arg(long, value_name = "BPW", value_parser = positive_bpw)]
     pub target_bpw: Option<f64>,
+    /// With a budget: weigh the error of every tensor of ROLE (attn_q, ffn_down, token_embd,
+    /// output, ...) by F, e.g. a sensitivity measured as KL divergence per unit of error
+    /// (`microscale shrink` measures them and writes them into the command that rebuilds its
+    /// file); repeatable.
+    #[arg(long, value_name = "ROLE=F", value_parser = role_scale)]
+    pub loss_scale: Vec<(String, f64)>,
+}
+
+fn role_scale(s: &str) -> Result<(String, f64), String> {
+    let (role, f) = s.split_once('=').ok_or_else(|| format!("{s:?} is not ROLE=F"))?;
+    match f.parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 0.0 && !role.is_empty() => Ok((role.to_string(), f)),
+        _ => Err(format!("{s:?}: F must be a positive number and ROLE a tensor role (attn_q, token_embd, ...)")),
+    }
 }
 
 fn positive_bpw(s: &str) -> Result<f64, String> {

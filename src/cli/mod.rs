@@ -22,6 +22,7 @@ mod output;
 mod prune_args;
 mod prune_plan;
 mod report;
+mod shrink;
 mod stock_quantize;
 mod sweep;
 
@@ -48,7 +49,8 @@ use std::process::ExitCode;
         \x20 microscale generate q4.gguf --chat -p \"What is the capital of France?\" --profile pi4-4gb\n\
         \x20 microscale chat q4.gguf\n\
         \x20 microscale sweep --model models/smollm2-135m --grid grids/quick.toml --out /tmp/quick\n\
-        \x20 microscale report /tmp/quick"
+        \x20 microscale report /tmp/quick\n\
+        \x20 microscale shrink models/smollm2-135m --profile phone-6gb --max-ppl 5% -o small.gguf"
 )]
 struct Cli {
     /// Print nothing but results and errors (no progress bars).
@@ -75,6 +77,7 @@ enum Command {
     PrunePlan(prune_plan::Args),
     Sweep(sweep::Args),
     Report(report::Args),
+    Shrink(shrink::Args),
     Bench(bench::Args),
     #[command(name = "__bench-child", hide = true)]
     BenchChild(bench_child::Args),
@@ -96,6 +99,7 @@ impl Command {
             Command::PrunePlan(a) => a.run(g),
             Command::Sweep(a) => a.run(g),
             Command::Report(a) => a.run(g),
+            Command::Shrink(a) => a.run(g),
             Command::Bench(a) => a.run(g),
             Command::BenchChild(a) => a.run(g),
             Command::BenchQuant(a) => a.run(g),

@@ -49,6 +49,7 @@ impl Args {
             tensor_types: self.mix.tensor_types.clone(),
             mix_flags: self.mix.flags(),
             budget: self.budget.budget(),
+            loss_scales: self.budget.loss_scale.clone(),
             quiet: g.quiet,
             ..ConvertOptions::new(self.outtype)
         };

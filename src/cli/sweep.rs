@@ -54,6 +54,11 @@ pub struct Args {
     /// Output directory (results.csv, variants/, rows/, logs/, calib.imatrix.gguf; slurm/).
     #[arg(long, required_unless_present = "status")]
     out: Option<PathBuf>,
+    /// The GGUF the model came as (the file `microscale import` read), measured as a row of its
+    /// own, `as-shipped`, and every size also stated against it. Default: --model itself when it
+    /// is a GGUF file.
+    #[arg(long, value_name = "FILE")]
+    as_shipped: Option<PathBuf>,
     /// Keep every variant's GGUF.
     #[arg(long)]
     keep: bool,
@@ -152,6 +157,7 @@ impl Args {
             keep: self.keep,
             child_exe: self.child_exe.clone(),
             variant_timeout: self.variant_timeout,
+            as_shipped: self.as_shipped.clone(),
             job,
         })
     }
@@ -168,8 +174,12 @@ impl Args {
         else {
             bail!("--model, --grid and --out are required");
         };
-        IoPaths::new().input("--grid", &grid_path).check()?;
-        let grid = load_grid(&grid_path)?;
+        IoPaths::new().input("--grid", &grid_path).input_opt("--as-shipped", self.as_shipped.as_ref()).check()?;
+        let mut grid = load_grid(&grid_path)?;
+        let as_shipped = self.as_shipped.clone().or_else(|| model.is_file().then(|| model.clone()));
+        if let Some(file) = &as_shipped {
+            grid.add_as_shipped(file)?;
+        }
         let data = DataDir::resolve(self.data_dir.as_deref());
         // The data folder as resolved, not only as given: every child is handed it explicitly.
         IoPaths::new()
@@ -195,6 +205,7 @@ impl Args {
             retry_failed: self.retry_failed,
             variant_timeout: Duration::from_secs(self.variant_timeout),
             load: self.load.load_options(true),
+            as_shipped,
             ..SweepOptions::new(&model, &grid_path, &out)
         };
         microscale::sweep::check_before_work(&grid, &opts, !self.build_only)?;

@@ -57,7 +57,7 @@ pub struct HessianCache {
 const CACHE_ENTRIES: usize = 3;
 
 impl HessianCache {
-    fn get(&mut self, job: &Job, c: &Compensation) -> Result<Arc<(InputMoments, InverseHessian)>> {
+    pub(super) fn get(&mut self, job: &Job, c: &Compensation) -> Result<Arc<(InputMoments, InverseHessian)>> {
         let p = &job.planned;
         let cols = p.select.as_ref().and_then(|s| s.cols.clone());
         let key = format!("{}|{:?}", c.moments.owner(&p.stats_name).unwrap_or(&p.stats_name), cols);

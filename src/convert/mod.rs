@@ -75,6 +75,12 @@ pub struct ConvertOptions {
     pub use_calib_imatrix: bool,
     /// `--target-size` / `--target-bpw`: the blocks' weight types are chosen to fit this budget.
     pub budget: Option<budget::Budget>,
+    /// `--loss-scale ROLE=F`: the budget weighs the loss of every tensor of this role (`attn_q`,
+    /// `ffn_down`, `token_embd`, …) by F (measured sensitivities, as `shrink` finds them).
+    pub loss_scales: Vec<(String, f64)>,
+    /// The budget's loss table measured before (`loss_table` with the same request): reused
+    /// instead of measured again, as `shrink` does for each candidate size.
+    pub loss_table: Option<std::sync::Arc<Vec<crate::quant::budget::TensorOptions>>>,
     /// `--quant-method`: round to nearest (ggml's) or GPTQ onto the same grids.
     pub quant_method: crate::quant::gptq::QuantMethod,
     /// What `--sequential` hands a stage's conversion (empty for the user's own request).
@@ -109,6 +115,8 @@ impl ConvertOptions {
             allow_requantize: false,
             use_calib_imatrix: true,
             budget: None,
+            loss_scales: vec![],
+            loss_table: None,
             quant_method: Default::default(),
             stage: StageState::default(),
             threads: crate::engine::default_threads(),
@@ -245,7 +253,7 @@ fn write_planned(
     tensors: &dyn TensorSource,
 ) -> Result<ConvertReport> {
     // Pruning, types and budget are planned (and checked) completely before the output exists.
-    let Plan { metadata, mut jobs, structure } = plan_jobs(input, tensors, metadata, planned, opts)?;
+    let Plan { metadata, mut jobs, structure, .. } = plan_jobs(input, tensors, metadata, planned, opts)?;
     if let Some(first) = opts.stage.open_from {
         // Named by the output's block numbers: blocks dropped before `first` shift the rest down.
         let first = first - structure.as_ref().map_or(0, |s| s.dropped.len());
@@ -279,6 +287,8 @@ pub struct Plan {
     pub metadata: Metadata,
     pub jobs: Vec<Job>,
     pub structure: Option<crate::prune::structured::StructuredPlan>,
+    /// The importance of a tied output head's inputs (the budget weighs the token embedding by it).
+    pub tied_output: Option<Vec<f32>>,
 }
 
 /// Plan a conversion without writing: metadata and every tensor's name, shape and type (for
@@ -320,10 +330,40 @@ fn plan_jobs(
         pruning::attach_compensation(&mut jobs, c, opts)?;
     }
     add_imatrix_keys(&mut metadata, imatrix);
+    let tied_output = tied_output_weights(imatrix, &jobs);
     if let Some(b) = opts.budget {
-        budget::apply(tensors, &metadata, &mut jobs, b, opts.quiet)?;
+        let weighing = budget::Weighing {
+            tied_output: tied_output.as_deref(),
+            scales: &opts.loss_scales,
+            table: opts.loss_table.as_deref().map(Vec::as_slice),
+        };
+        budget::apply(tensors, &metadata, &mut jobs, b, &weighing, opts.quiet)?;
     }
-    Ok(Plan { metadata, jobs, structure })
+    Ok(Plan { metadata, jobs, structure, tied_output })
+}
+
+/// What `--target-size` would choose from, without choosing: every weight matrix's candidate
+/// types with their bytes and losses (as `opts` would encode them, before `--loss-scale`).
+pub fn loss_table(input: &Path, opts: &ConvertOptions) -> Result<Vec<crate::quant::budget::TensorOptions>> {
+    let unbudgeted = ConvertOptions { budget: None, ..opts.clone() };
+    with_planned_source(input, opts, |plan, tensors| {
+        let Plan { jobs, tied_output, .. } = plan_jobs(input, tensors, plan.metadata, plan.planned, &unbudgeted)?;
+        let weighing = budget::Weighing { tied_output: tied_output.as_deref(), scales: &[], table: None };
+        budget::measure_all(tensors, &jobs, &weighing, opts.quiet)
+    })
+}
+
+/// The importance of a tied output head's inputs (the imatrix's `output.weight` entry).
+fn tied_output_weights(imatrix: Option<&Imatrix>, jobs: &[Job]) -> Option<Vec<f32>> {
+    imatrix.and_then(|m| m.weights("output.weight", tied_output_width(jobs)))
+}
+
+/// The row width of the token embedding (what a tied output head's inputs are).
+fn tied_output_width(jobs: &[Job]) -> usize {
+    jobs.iter()
+        .find(|j| j.planned.name == "token_embd.weight")
+        .and_then(|j| j.planned.shape.last().copied())
+        .unwrap_or(0)
 }
 
 /// Calibrate a model as it converts (no pruning): a GGUF file is run as it is, a checkpoint is

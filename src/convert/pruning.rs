@@ -411,7 +411,9 @@ pub fn attach_compensation(jobs: &mut [super::Job], calib: &Calibration, opts: &
     let spec = &opts.prune;
     let sparsegpt = spec.needs_moments();
     for job in jobs.iter_mut().filter(|j| sparsity_applies(&j.planned.name, false)) {
-        let gptq = opts.quant_method == QuantMethod::Gptq && level_range(job.ty).is_some();
+        // Under a size budget the type is chosen later, with GPTQ's error: `budget::apply` drops
+        // the rounding where it picks a type GPTQ cannot round onto.
+        let gptq = opts.quant_method == QuantMethod::Gptq && (opts.budget.is_some() || level_range(job.ty).is_some());
         let mask = (sparsegpt && job.sparsity.is_some()).then(|| (spec.effective_sparsity(), spec.nm));
         if !gptq && mask.is_none() {
             continue;

@@ -18,6 +18,9 @@ pub enum Kind {
     Microscale,
     /// A llama.cpp quantization made by `llama-quantize` from the same input.
     Stock,
+    /// The file the user started from, as given ("as shipped"): the GGUF the model was imported
+    /// from, or the GGUF swept. Its savings are what a user gains over what they already have.
+    Source,
 }
 
 impl Kind {
@@ -26,6 +29,7 @@ impl Kind {
             Kind::Baseline => "baseline",
             Kind::Microscale => "microscale",
             Kind::Stock => "stock",
+            Kind::Source => "source",
         }
     }
 }
@@ -248,7 +252,11 @@ fn parse_variant(row: &Row, acc_metrics: &[String], profiles: &[String]) -> Resu
         "baseline" => Kind::Baseline,
         "microscale" => Kind::Microscale,
         "stock" => Kind::Stock,
-        other => bail!("{}:{line}: column `kind`: `{other}` is not one of baseline, microscale, stock", path.display()),
+        "source" => Kind::Source,
+        other => bail!(
+            "{}:{line}: column `kind`: `{other}` is not one of baseline, microscale, stock, source",
+            path.display()
+        ),
     };
     let mut acc = BTreeMap::new();
     for m in acc_metrics {

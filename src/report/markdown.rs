@@ -150,6 +150,7 @@ fn kind_label(k: Kind) -> &'static str {
         Kind::Baseline => "baseline",
         Kind::Microscale => "microscale",
         Kind::Stock => "llama.cpp stock",
+        Kind::Source => "as shipped",
     }
 }
 
@@ -216,12 +217,16 @@ fn summary(md: &mut String, r: &Results) {
     let _ = writeln!(md, "# microscale report\n");
     let _ = writeln!(
         md,
-        "From `{}`: {} variants ({} baseline, {} microscale, {} llama.cpp stock; {} failed), {} device profile(s){}.\n",
+        "From `{}`: {} variants ({} baseline, {} microscale, {} llama.cpp stock{}; {} failed), {} device profile(s){}.\n",
         r.path.file_name().map_or("results.csv".into(), |f| f.to_string_lossy().into_owned()),
         r.variants.len(),
         n(Kind::Baseline),
         n(Kind::Microscale),
         n(Kind::Stock),
+        match n(Kind::Source) {
+            0 => String::new(),
+            k => format!(", {k} as shipped"),
+        },
         r.failed().count(),
         r.profiles.len(),
         if r.profiles.is_empty() { String::new() } else { format!(": {}", list_or(&r.profiles, "")) }
@@ -396,10 +401,18 @@ fn sweet_spot_section(md: &mut String, r: &Results, paired: &Paired, opts: &Repo
     let _ = writeln!(
         md,
         "Among the variants that fit the profile (status `fits`) and stay within the quality budget ({}), \
-         the pick is the {}. Every kind competes — the baseline, microscale's variants and llama.cpp's stock quants — \
+         the pick is the {}. Every kind competes — the baseline, microscale's variants and llama.cpp's stock quants{} — \
          and the winner's kind is named. {}\n",
         budget_text(r, &c),
         c.objective.describe(),
+        match as_shipped(r) {
+            Some(s) => format!(
+                ", and `{}`, the file the model came as ({} MiB), against which every size is also stated",
+                s.name,
+                fmt_mib(s)
+            ),
+            None => String::new(),
+        },
         if paired.any() {
             "Within the budget means at 95% confidence: the worse end of each paired 95% interval (see Caveats) \
              is within it; variants within it on the point estimate only are named, not chosen."
@@ -481,6 +494,9 @@ fn glance_cell(r: &Results, paired: &Paired, s: &SweetSpot, objective: Objective
     let Ok(i) = s.pick else { return "none".into() };
     let v = &r.variants[i];
     let mut parts = vec![format!("{} MiB", fmt_mib(v))];
+    if let Some(saving) = vs_as_shipped(r, v) {
+        parts.push(saving);
+    }
     let base_ppl = usable_baseline(r).and_then(|b| b.ppl).map(|m| m.value);
     match (paired.vs_baseline[i].as_ref().and_then(|c| c.nll.as_ref()), v.ppl, base_ppl) {
         (Some(n), _, _) => parts.push(format!("PPL {}", fmt_interval(n, fmt_ratio_pct))),
@@ -687,7 +703,12 @@ fn best_unpruned_no_larger(r: &Results, v: &Variant) -> Option<usize> {
     (0..r.variants.len())
         .filter(|&u| {
             let x = &r.variants[u];
-            x.kind != Kind::Baseline && x.method == "none" && !x.failed() && x.size_bytes.is_some_and(|s| s <= size)
+            // The file as shipped is not a way of quantizing (and, imported, holds the baseline's
+            // own values): pruning is judged against the quantizations a study makes.
+            !matches!(x.kind, Kind::Baseline | Kind::Source)
+                && x.method == "none"
+                && !x.failed()
+                && x.size_bytes.is_some_and(|s| s <= size)
         })
         .filter_map(|u| Some((u, r.variants[u].kld?.value)))
         .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
@@ -1010,6 +1031,22 @@ fn table_row(md: &mut String, row: &[String]) {
     let _ = writeln!(md, "| {} |", row.join(" | "));
 }
 
+/// The file as shipped (a `source` row), when the study has one.
+fn as_shipped(r: &Results) -> Option<&crate::record::results::Variant> {
+    r.variants.iter().find(|v| v.kind == Kind::Source && v.size_bytes.is_some())
+}
+
+/// `v`'s size against the file the user started from, e.g. `−9.3% vs as shipped` (None without a
+/// `source` row, or for that row itself).
+fn vs_as_shipped(r: &Results, v: &crate::record::results::Variant) -> Option<String> {
+    let s = as_shipped(r)?;
+    if s.name == v.name {
+        return Some("the file as shipped".into());
+    }
+    let (a, b) = (v.size_bytes? as f64, s.size_bytes? as f64);
+    Some(format!("{:+.1}% vs as shipped", 100.0 * (a / b - 1.0)).replace('-', "−"))
+}
+
 /// `- **P**: `name` (kind) — S MiB, B bpw, PPL x (+d% vs baseline y), acc..., tg t/s, peak RSS; k of n within budget`
 fn sweet_spot_line(r: &Results, s: &SweetSpot) -> String {
     let i = match &s.pick {
@@ -1019,6 +1056,9 @@ fn sweet_spot_line(r: &Results, s: &SweetSpot) -> String {
     let v = &r.variants[i];
     let base = r.baseline();
     let mut parts = vec![format!("{} MiB", fmt_mib(v))];
+    if let Some(saving) = vs_as_shipped(r, v) {
+        parts.push(saving);
+    }
     if let Some(b) = v.bpw {
         parts.push(format!("{b:.2} bpw"));
     }

@@ -23,6 +23,7 @@ const MAX_LABELS: usize = 40;
 const MICROSCALE: RGBColor = RGBColor(31, 119, 180);
 const STOCK: RGBColor = RGBColor(230, 110, 0);
 const BASELINE: RGBColor = RGBColor(0, 0, 0);
+const SOURCE: RGBColor = RGBColor(148, 103, 189);
 const FRONTIER: RGBColor = RGBColor(44, 160, 44);
 const BUDGET: RGBColor = RGBColor(200, 40, 40);
 const GREY: RGBColor = RGBColor(120, 120, 120);
@@ -522,7 +523,7 @@ where
         ))?;
     }
 
-    for kind in [Kind::Microscale, Kind::Stock, Kind::Baseline] {
+    for kind in [Kind::Microscale, Kind::Stock, Kind::Source, Kind::Baseline] {
         let pts: Vec<&Point> =
             s.points.iter().zip(off).filter(|(p, &o)| p.kind == kind && !o).map(|(p, _)| p).collect();
         if pts.is_empty() {
@@ -542,12 +543,22 @@ where
                     Kind::Baseline => {
                         EmptyElement::at($at) + Cross::new((0, 0), 7, BASELINE.stroke_width(3)).into_dyn()
                     }
+                    Kind::Source => {
+                        // A hollow square: the file the user already has.
+                        EmptyElement::at($at)
+                            + PathElement::new(
+                                vec![(-6, -6), (6, -6), (6, 6), (-6, 6), (-6, -6)],
+                                SOURCE.stroke_width(3),
+                            )
+                            .into_dyn()
+                    }
                 }
             };
         }
         let legend = match kind {
             Kind::Microscale => "microscale",
             Kind::Stock => "llama.cpp stock",
+            Kind::Source => "as shipped",
             Kind::Baseline => "baseline",
         };
         chart.draw_series(pts.iter().map(|p| mark!((p.size_mib, p.y))))?.label(legend).legend(move |c| mark!(c));
@@ -607,8 +618,13 @@ fn draw_labels<DB: DrawingBackend>(
         let (cx, cy) = marks[i];
         let (w, h) = root.estimate_text_size(&p.label, &font)?;
         let (w, h) = (w as i32, h as i32);
-        let candidates = [(cx + 11, cy - h - 1), (cx - 11 - w, cy - h - 1), (cx + 11, cy + 4), (cx - 11 - w, cy + 4)];
-        let spot = candidates.into_iter().find(|&(x, y)| {
+        // Right of the point, at its height first and then a row or two further up or down, before
+        // the left (where a long label reaches across other points). Any spot but the first gets a
+        // leader line from the point, so that a label pushed away still says whose it is.
+        let rows = [-h - 1, 4, -2 * h - 8, h + 11, -3 * h - 15, 2 * h + 18];
+        let candidates: Vec<(i32, i32)> =
+            rows.iter().map(|&dy| (cx + 11, cy + dy)).chain(rows.iter().map(|&dy| (cx - 11 - w, cy + dy))).collect();
+        let spot = candidates.into_iter().enumerate().find(|&(_, (x, y))| {
             let r = (x, y, x + w, y + h);
             x >= px.start
                 && x + w <= px.end
@@ -617,8 +633,12 @@ fn draw_labels<DB: DrawingBackend>(
                 && !placed.iter().any(|q| overlap(r, *q))
                 && !marks.iter().any(|&(mx, my)| overlap(r, (mx - 4, my - 4, mx + 4, my + 4)))
         });
-        if let Some((x, y)) = spot {
+        if let Some((k, (x, y))) = spot {
             root.draw(&Text::new(p.label.clone(), (x, y), font.clone()))?;
+            if k > 0 {
+                let end = (cx.clamp(x, x + w), cy.clamp(y, y + h));
+                root.draw(&PathElement::new(vec![(cx, cy), end], GREY.stroke_width(1)))?;
+            }
             placed.push((x, y, x + w, y + h));
         }
     }
@@ -670,6 +690,7 @@ fn colour(kind: Kind) -> RGBColor {
         Kind::Microscale => MICROSCALE,
         Kind::Stock => STOCK,
         Kind::Baseline => BASELINE,
+        Kind::Source => SOURCE,
     }
 }
 

@@ -44,6 +44,8 @@ pub struct SweepChild {
     pub child_exe: Option<PathBuf>,
     /// Seconds before a variant's child is killed (a SLURM task runs that child itself).
     pub variant_timeout: u64,
+    /// The file the model came as, measured as the `as-shipped` row.
+    pub as_shipped: Option<PathBuf>,
     pub job: SweepJob,
 }
 
@@ -142,6 +144,9 @@ impl SweepChild {
         if let Some(exe) = &self.child_exe {
             path("--child-exe", exe);
         }
+        if let Some(file) = &self.as_shipped {
+            path("--as-shipped", file);
+        }
         groups.push(vec!["--threads".into(), self.threads.to_string().into()]);
         groups.push(vec!["--gpu-layers".into(), self.gpu_layers.to_string().into()]);
         groups.push(vec!["--variant-timeout".into(), self.variant_timeout.to_string().into()]);
@@ -194,6 +199,7 @@ mod tests {
             keep: true,
             child_exe: None,
             variant_timeout: 60,
+            as_shipped: None,
             job: SweepJob::Variant("q8_0".into()),
         };
         let args: Vec<String> = s.args().iter().map(|a| a.to_string_lossy().into_owned()).collect();

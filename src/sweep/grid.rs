@@ -223,6 +223,23 @@ pub struct Variant {
 }
 
 impl Variant {
+    /// A file made as it is, not by a recipe of ours: the baseline, the file as shipped, a stock
+    /// quant (no pruning, rounding to nearest, no budget).
+    pub fn made_elsewhere(name: &str, kind: Kind, quant: Scheme, imatrix: bool) -> Variant {
+        Variant {
+            name: name.into(),
+            kind,
+            quant,
+            method: "none".into(),
+            ratio: 0.0,
+            quant_method: QuantMethod::Rtn,
+            imatrix,
+            budget: None,
+            sequential: 0,
+            allocation: Allocation::Uniform,
+        }
+    }
+
     /// A readable description of how it is made.
     pub fn recipe(&self) -> String {
         let imatrix = if self.imatrix { " + imatrix" } else { "" };
@@ -241,6 +258,7 @@ impl Variant {
         match (self.kind, self.method.as_str()) {
             (Kind::Baseline, _) => "f32 (uncompressed baseline)".into(),
             (Kind::Stock, _) => format!("llama-quantize {}{imatrix}", self.quant.name()),
+            (Kind::Source, _) => format!("the file as given ({})", self.quant.name()),
             (_, "none") => format!("{}{gptq}{budget}{imatrix}", self.quant.name()),
             (_, m) => format!("{m} {:.0}% + {}{gptq}{budget}{imatrix}", 100.0 * self.ratio, self.quant.name()),
         }
@@ -291,7 +309,26 @@ pub struct Grid {
     pub profiles: std::collections::BTreeMap<String, Profile>,
 }
 
+/// The row name of the file the model came as.
+pub const AS_SHIPPED: &str = "as-shipped";
+
 impl Grid {
+    /// Measure `file`, the GGUF the model came as, as a row of its own (`as-shipped`, kind
+    /// `source`), right after the baseline: every size is then also stated against what the user
+    /// already has. Its `quant` is the file's `general.file_type`.
+    pub fn add_as_shipped(&mut self, file: &Path) -> Result<()> {
+        if self.variants.iter().any(|v| v.name == AS_SHIPPED) {
+            bail!("the grid already has a variant named {AS_SHIPPED:?}, the row of the file as shipped");
+        }
+        let gguf = crate::gguf::GgufFile::open(file)?;
+        let ftype = gguf.get("general.file_type").and_then(|v| v.as_u64());
+        let quant = ftype.and_then(|t| Scheme::ALL.iter().copied().find(|s| s.file_type() as u64 == t));
+        let quant = quant.unwrap_or(Scheme::F32);
+        let v = Variant::made_elsewhere(AS_SHIPPED, Kind::Source, quant, false);
+        self.variants.insert(1.min(self.variants.len()), v);
+        Ok(())
+    }
+
     /// A profile by name: the grid's own first, then the shipped ones.
     pub fn profile(&self, name: &str) -> Result<Profile> {
         match self.profiles.get(name) {
@@ -415,18 +452,7 @@ fn check_variant_name(name: &str) -> Result<()> {
 pub fn parse_grid(text: &str) -> Result<Grid> {
     let raw: RawGrid = toml::from_str(text)?;
     let with_imatrix = raw.calib.as_ref().is_none_or(|c| c.imatrix);
-    let mut variants = vec![Variant {
-        name: "baseline-f32".into(),
-        kind: Kind::Baseline,
-        quant: Scheme::F32,
-        method: "none".into(),
-        ratio: 0.0,
-        quant_method: QuantMethod::Rtn,
-        imatrix: false,
-        budget: None,
-        sequential: 0,
-        allocation: Allocation::Uniform,
-    }];
+    let mut variants = vec![Variant::made_elsewhere("baseline-f32", Kind::Baseline, Scheme::F32, false)];
     check_settings(&raw)?;
     let mut names: std::collections::HashSet<String> = ["baseline-f32".to_string()].into();
     let mut push = |v: Variant| -> Result<()> {
@@ -503,18 +529,7 @@ pub fn parse_grid(text: &str) -> Result<Grid> {
             let quant = Scheme::parse(q)?;
             let imatrix = imatrix && !quant.is_float();
             let suffix = if !imatrix && with_imatrix && !quant.is_float() { "-noimatrix" } else { "" };
-            push(Variant {
-                name: format!("stock-{}{suffix}", quant.name()),
-                kind: Kind::Stock,
-                quant,
-                method: "none".into(),
-                ratio: 0.0,
-                quant_method: QuantMethod::Rtn,
-                imatrix,
-                budget: None,
-                sequential: 0,
-                allocation: Allocation::Uniform,
-            })?;
+            push(Variant::made_elsewhere(&format!("stock-{}{suffix}", quant.name()), Kind::Stock, quant, imatrix))?;
         }
     }
     for t in &raw.eval.tasks {

@@ -68,6 +68,9 @@ pub struct SweepOptions {
     /// How evaluation loads each model (memory-mapped, as `eval`); the benchmarks read it into RAM
     /// as `bench` does, with the same offload. Building and calibrating stay on the CPU.
     pub load: LoadOptions,
+    /// The file the model came as (a GGUF it was imported from, or the GGUF swept): measured as
+    /// the `as-shipped` row ([`grid::Grid::add_as_shipped`]), never deleted.
+    pub as_shipped: Option<PathBuf>,
 }
 
 impl SweepOptions {
@@ -84,6 +87,7 @@ impl SweepOptions {
             retry_failed: false,
             variant_timeout: Duration::from_secs(12 * 3600),
             load: LoadOptions::default(),
+            as_shipped: None,
         }
     }
 
@@ -99,6 +103,7 @@ impl SweepOptions {
             keep: self.keep,
             child_exe: self.child_exe.clone(),
             variant_timeout: self.variant_timeout.as_secs(),
+            as_shipped: self.as_shipped.clone(),
             job,
         }
     }
@@ -356,6 +361,28 @@ pub fn run_variant_task(grid: &Grid, name: &str, opts: &SweepOptions) -> Result<
     Ok(row)
 }
 
+/// Measure a GGUF made outside the grid's recipes (`shrink`'s candidates) exactly as a variant is
+/// measured (same windows, items and profiles), in this process, and record it: its item file, and
+/// its row appended to results.csv. Returns the row. A failure is an error and leaves no row, so
+/// that a resumed search measures it again rather than reading a failure as a verdict.
+pub fn measure_extra(v: &Variant, grid: &Grid, opts: &SweepOptions, path: &Path) -> Result<BTreeMap<String, String>> {
+    let dirs = Dirs::create(&opts.out, true)?;
+    let results = opts.out.join("results.csv");
+    let header = header(grid);
+    recorded_rows(&results, &header)?;
+    let baseline = dirs.variants.join("baseline-f32.gguf");
+    let _ = std::fs::remove_file(items_path(&opts.out, &v.name));
+    let mut row = identity(v, opts);
+    measure_file(v, grid, opts, path, &baseline, &mut row).with_context(|| format!("measuring {}", v.name))?;
+    append_row(&results, &header, &row)?;
+    Ok(row)
+}
+
+/// The rows results.csv holds (its header checked against the grid's).
+pub fn recorded(grid: &Grid, out: &Path) -> Result<Vec<BTreeMap<String, String>>> {
+    recorded_rows(&out.join("results.csv"), &header(grid))
+}
+
 /// The variants of the grid that have no row yet (in results.csv or as a row file), in grid order.
 pub fn variants_without_rows<'g>(grid: &'g Grid, out: &Path) -> Result<Vec<&'g Variant>> {
     let recorded = recorded_rows(&out.join("results.csv"), &header(grid))?;
@@ -483,6 +510,9 @@ fn build(v: &Variant, opts: &SweepOptions, grid: &Grid, dir: &Path, baseline: &P
     if v.kind == Kind::Baseline {
         return Ok(baseline.to_path_buf());
     }
+    if v.kind == Kind::Source {
+        return opts.as_shipped.clone().ok_or_else(|| anyhow::anyhow!("{}: no --as-shipped file given", v.name));
+    }
     let path = dir.join(format!("{}.gguf", v.name));
     if path.exists() {
         return Ok(path); // kept from an earlier run
@@ -546,7 +576,8 @@ fn measure(
     let mut row = identity(v, opts);
     let path = build(v, opts, grid, dir, baseline, calib)?;
     let result = measure_file(v, grid, opts, &path, baseline, &mut row);
-    if !opts.keep && v.kind != Kind::Baseline {
+    // The baseline serves every KL divergence; the file as shipped is the user's own.
+    if !opts.keep && !matches!(v.kind, Kind::Baseline | Kind::Source) {
         let _ = std::fs::remove_file(&path);
     }
     result?;

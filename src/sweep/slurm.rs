@@ -138,6 +138,7 @@ fn job_child(opts: &SweepOptions) -> Result<SweepChild> {
         out: absolute(&opts.out)?,
         data_dir: absolute(&opts.data.root)?,
         child_exe: opts.child_exe.as_deref().map(absolute).transpose()?,
+        as_shipped: opts.as_shipped.as_deref().map(absolute).transpose()?,
         ..opts.child(SweepJob::SlurmPrepare)
     })
 }

@@ -988,6 +988,8 @@ fn writing_commands() -> Vec<(&'static str, bool, Vec<A>)> {
                 O("--out", Out::Filled),
                 L("--data-dir"),
                 I("--data-dir", "", "data"),
+                L("--as-shipped"),
+                I("--as-shipped", "", "gguf"),
                 L("--variant"),
                 L("baseline-f32"),
                 L("--build-only"),
@@ -1019,6 +1021,15 @@ const NOT_PATHS: &[&str] = &[
     "--token-embedding-type",
     "--target-size",
     "--target-bpw",
+    "--loss-scale",
+    "--max-ppl",
+    "--max-acc-drop",
+    "--proxy-windows",
+    "--proxy-kld",
+    "--steps",
+    "--confirms",
+    "--floor",
+    "--base-model",
     "--quant-method",
     "--sparsity",
     "--sparsity-method",
@@ -1336,12 +1347,18 @@ fn unclassified_flags() -> Vec<String> {
     // Paths the tables do not walk, and why: `sweep --status DIR` reads and merges a sweep's own
     // directory; `--in-file` alone with --show-statistics only reads; info and bench-quant take none.
     known.entry("sweep").or_default().push("--status".into());
+    // `shrink` runs a whole search on valid input (minutes): its paths are refused in
+    // tests/it/shrink.rs (an output that is an input, a missing model) and checked here as named.
+    for f in ["MODEL", "--output", "--as-shipped", "--data-dir", "--study"] {
+        known.entry("shrink").or_default().push(f.into());
+    }
     let mut missing = Vec::new();
     for cmd in [
         "convert",
         "imatrix",
         "prune-plan",
         "sweep",
+        "shrink",
         "report",
         "bench",
         "bench-quant",

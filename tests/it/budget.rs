@@ -78,7 +78,7 @@ fn target_size_fits_the_budget_and_beats_the_stock_mix_of_that_size() {
     let (ours, stock) = (kld(&p("ours.gguf"), &p("f32.gguf")), kld(&p("stock.gguf"), &p("f32.gguf")));
     assert!(ours < stock, "KLD {ours} at {size} bytes, stock q3_k_m {stock} at {budget}");
 
-    // A budget below what the embeddings alone take: one line, nothing written.
+    // A budget below what the smallest type of every matrix takes: one line, nothing written.
     let out = microscale(&[
         "-q",
         "convert",

@@ -27,6 +27,7 @@ mod reference_selfcheck;
 mod report;
 mod same_bytes;
 mod sequential;
+mod shrink;
 mod slurm;
 mod sweep;
 mod synthetic_models;

@@ -176,7 +176,9 @@ fn the_committed_results_are_the_seed_grid_and_regenerate_the_committed_report()
     // results.csv is the committed grid: the current header (so the sweep can resume it), and every
     // variant exactly once, in the grid's order, measured with the grid's evaluation settings.
     let committed = Path::new("bench-results/smollm2-135m");
-    let grid = load_grid(Path::new("grids/seed.toml")).unwrap();
+    // As scripts/run-default-model.sh sweeps it: with the file the model came as.
+    let mut grid = load_grid(Path::new("grids/seed.toml")).unwrap();
+    grid.add_as_shipped(&common::default_model::gguf()).unwrap();
     let text = std::fs::read_to_string(committed.join("results.csv")).unwrap();
     assert_eq!(text.lines().next().unwrap(), microscale::sweep::header(&grid).join(","));
     let names: Vec<String> = grid.variants.iter().map(|v| v.name.clone()).collect();
@@ -307,4 +309,41 @@ fn a_crashed_variant_is_a_crash_row_and_the_sweep_goes_on_and_retries_on_request
     assert_eq!(v["q8_0"].bench["tiny"].status, Some(Status::Oom));
     assert_eq!(v["heads90-q8_0"].status, "error");
     assert_eq!(v["q4_0"].date, by_name()["q4_0"].date, "a good row is not measured again");
+}
+
+/// `--as-shipped`: the file the model came as is a row of its own (kind `source`), measured like
+/// the others, never deleted, and the report states sizes against it.
+#[test]
+fn the_file_as_shipped_is_a_row_and_the_report_states_sizes_against_it() {
+    let hf = common::default_model::hf_dir();
+    let shipped = common::default_model::gguf();
+    let before = common::digests::sha256_file(&shipped);
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = tmp.path().join("grid.toml");
+    std::fs::write(
+        &grid,
+        "[eval]\nppl_chunks = 2\nkld_chunks = 2\ntasks = [\"arc-easy\"]\nlimit = 10\n\
+         [bench]\nprofiles = [\"host\"]\nreps = 1\npp = 8\ntg = 4\n[calib]\nchunks = 2\nimatrix = false\n\
+         [[variant]]\nquant = \"q4_0\"\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    sweep_cli(&hf, &grid, &out, &["--as-shipped", shipped.to_str().unwrap()], &[]);
+    let r = read_results(&out.join("results.csv")).unwrap();
+    let names: Vec<&str> = r.variants.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["baseline-f32", "as-shipped", "q4_0"]);
+    let s = &r.variants[1];
+    assert_eq!(s.kind.as_str(), "source");
+    assert_eq!(s.size_bytes, Some(std::fs::metadata(&shipped).unwrap().len()));
+    assert_eq!(s.quant, "q4_1", "its quant is the file's general.file_type");
+    assert!(s.kld.is_some_and(|k| k.value < 0.01), "the shipped Q4_1 holds the baseline's weights: {:?}", s.kld);
+    assert_eq!(common::digests::sha256_file(&shipped), before, "the file as shipped was changed");
+    let md = write_report(&out, &ReportOptions::default()).unwrap();
+    let md = std::fs::read_to_string(md).unwrap();
+    assert!(md.contains("1 as shipped"), "{md}");
+    assert!(md.contains("`as-shipped`, the file the model came as (93.81 MiB)"), "{md}");
+    // Every sweet spot's size is stated against it (the pick may be the file itself).
+    let spots: Vec<&str> = md.lines().filter(|l| l.starts_with("- **host**: `")).collect();
+    assert!(!spots.is_empty(), "{md}");
+    assert!(spots.iter().all(|l| l.contains("vs as shipped") || l.contains("the file as shipped")), "{spots:?}");
 }
