@@ -29,7 +29,6 @@ pub mod proxy;
 pub mod search;
 pub mod trace;
 
-use crate::bench::profiles::Profile;
 use crate::convert::budget::Budget;
 use crate::convert::{convert, loss_table, ConvertOptions};
 use crate::engine::LoadOptions;
@@ -532,7 +531,7 @@ impl Searcher<'_> {
         passing.dedup_by_key(|c| c.file_bytes);
         for c in passing.into_iter().take(self.opts.confirms) {
             progress.set_message(&format!("confirming {} ({})", c.name, format_size(c.file_bytes)));
-            let v = candidate_variant(&c, self.opts);
+            let v = candidate_variant(&c);
             let done = recorded(&study.grid, &study.sweep.out)?.iter().any(|r| r.get("variant") == Some(&c.name));
             if !done {
                 measure_extra(&v, &study.grid, &study.sweep, Path::new(&c.path))?;
@@ -565,8 +564,7 @@ fn rebuild_command(opts: &ShrinkOptions, c: &ConvertOptions, work: &Path, bytes:
 }
 
 /// How the sweep's row names a candidate.
-fn candidate_variant(c: &Candidate, opts: &ShrinkOptions) -> Variant {
-    let _ = opts;
+fn candidate_variant(c: &Candidate) -> Variant {
     Variant {
         name: c.name.clone(),
         kind: Kind::Microscale,
@@ -632,11 +630,4 @@ fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
     let tmp = crate::util::atomic::TempOutput::create(to)?;
     std::fs::copy(from, tmp.path()).with_context(|| format!("{}: cannot write", tmp.path().display()))?;
     tmp.commit_written()
-}
-
-pub use trace::Trace as SearchTrace;
-
-/// Profiles as named (for the card's caps line).
-pub fn profile_caps(name: &str) -> Result<Profile> {
-    crate::bench::profiles::profile(name)
 }
