@@ -52,16 +52,8 @@ pub struct MeanSd {
 
 impl MeanSd {
     pub fn of(v: &[f64]) -> MeanSd {
-        if v.is_empty() {
-            return MeanSd::default();
-        }
-        let mean = v.iter().sum::<f64>() / v.len() as f64;
-        let sd = if v.len() > 1 {
-            (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
-        } else {
-            0.0
-        };
-        MeanSd { mean, sd }
+        use crate::util::stats::{mean, sample_sd};
+        MeanSd { mean: mean(v), sd: sample_sd(v) }
     }
 }
 

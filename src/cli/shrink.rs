@@ -77,6 +77,11 @@ pub struct Args {
     /// The bottom of the size bracket, as a fraction of the reference's size.
     #[arg(long, value_name = "F", default_value_t = 0.6)]
     floor: f64,
+    /// Structured pruning to try at the largest size the bisection found failing, as METHOD:RATIO
+    /// (layers, ffn or heads, each with or without -heal): a pruned file built to that size joins
+    /// the candidates only if it passes the proxy there. Repeatable; none to try none.
+    #[arg(long, value_name = "METHOD:RATIO", default_value = "ffn-heal:0.1")]
+    prune_trial: Vec<String>,
     #[command(flatten)]
     load: LoadArgs,
     /// The data folder (default: $MICROSCALE_DATA, else the one shipped with microscale).
@@ -139,6 +144,12 @@ impl Args {
         opts.steps = self.steps;
         opts.confirms = self.confirms;
         opts.floor = self.floor;
+        opts.prune_trials = self
+            .prune_trial
+            .iter()
+            .filter(|t| t.as_str() != "none")
+            .map(|t| microscale::shrink::PruneTrial::parse(t))
+            .collect::<Result<_>>()?;
         opts.threads = self.load.threads_or_all();
         opts.load = self.load.load_options(true);
         opts.quiet = g.quiet;

@@ -35,6 +35,8 @@ use std::time::Duration;
 ///       --slurm --partition gpu --gres gpu:1 --gpu-layers 99 --cpus-per-task 4 --mem 16G \
 ///       --time 4:00:00 --slurm-parallel 8 --slurm-setup 'module load cuda/12.4'
 ///   microscale sweep --status /blue/me/seed
+///   microscale sweep --model models/smollm2-135m --grid grids/seed.toml --out bench-results/smollm2-135m \
+///       --as-shipped models/SmolLM2-135M-Instruct.Q4_1.gguf --rebench --rounds 3
 #[derive(clap::Args)]
 #[command(
     verbatim_doc_comment,
@@ -56,7 +58,8 @@ pub struct Args {
     out: Option<PathBuf>,
     /// The GGUF the model came as (the file `microscale import` read), measured as a row of its
     /// own, `as-shipped`, and every size also stated against it. Default: --model itself when it
-    /// is a GGUF file.
+    /// is a GGUF file, or the GGUF a directory was imported from (`microscale import` records it)
+    /// when that file is still there unchanged.
     #[arg(long, value_name = "FILE")]
     as_shipped: Option<PathBuf>,
     /// Keep every variant's GGUF.
@@ -73,6 +76,16 @@ pub struct Args {
     /// the sweep makes it, and print its path; nothing is measured.
     #[arg(long, requires = "variant")]
     build_only: bool,
+    /// Take the study's speeds again, side by side: every file with an ok row benchmarked per
+    /// profile in one interleaved pass (A B C … repeated --rounds times), the files the sweep
+    /// deleted rebuilt from their recipes (and kept). Replaces the speed columns of
+    /// OUT/results.csv with the rounds' means and sds and keeps every round in OUT/speeds.json,
+    /// which the report reads to say how the speeds were taken and how much they spread.
+    #[arg(long, conflicts_with_all = ["variant", "slurm", "retry_failed"])]
+    rebench: bool,
+    /// With --rebench: rounds per profile.
+    #[arg(long, value_name = "N", default_value_t = 3, requires = "rebench", value_parser = at_least::<1>())]
+    rounds: usize,
     /// Kill a variant's child after this many seconds (its row says timeout).
     #[arg(long, value_name = "SECS", default_value_t = 12 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
     variant_timeout: u64,
@@ -176,7 +189,7 @@ impl Args {
         };
         IoPaths::new().input("--grid", &grid_path).input_opt("--as-shipped", self.as_shipped.as_ref()).check()?;
         let mut grid = load_grid(&grid_path)?;
-        let as_shipped = self.as_shipped.clone().or_else(|| model.is_file().then(|| model.clone()));
+        let as_shipped = self.as_shipped.clone().or_else(|| microscale::convert::import::as_shipped_default(&model));
         if let Some(file) = &as_shipped {
             grid.add_as_shipped(file)?;
         }
@@ -208,7 +221,7 @@ impl Args {
             as_shipped,
             ..SweepOptions::new(&model, &grid_path, &out)
         };
-        microscale::sweep::check_before_work(&grid, &opts, !self.build_only)?;
+        microscale::sweep::check_before_work(&grid, &opts, !self.build_only && !self.rebench)?;
         match self.job() {
             Some(SweepJob::Variant(name)) if self.build_only => {
                 println!("{}", build_variant(&grid, &name, &opts)?.display());
@@ -224,6 +237,22 @@ impl Args {
             // A non-zero exit marks the task FAILED in SLURM (and fails `sweep --slurm --wait`).
             Some(SweepJob::SlurmTask(name)) => check_row(&run_variant_task(&grid, &name, &opts)?),
             None if self.slurm => self.submit(&grid, &opts, threads, g),
+            None if self.rebench => {
+                microscale::sandbox::caps::remove_stale_cgroups();
+                let pass = microscale::sweep::rebench::rebench(&grid, &opts, self.rounds)?;
+                if !g.quiet {
+                    eprintln!(
+                        "re-measured {} files × {} profiles × {} rounds: {} and {}; next: microscale report {}",
+                        pass.files.len(),
+                        pass.profiles.len(),
+                        pass.rounds,
+                        opts.out.join("results.csv").display(),
+                        opts.out.join(microscale::record::speeds::SPEEDS_FILE).display(),
+                        opts.out.display()
+                    );
+                }
+                Ok(())
+            }
             None => {
                 microscale::sandbox::caps::remove_stale_cgroups();
                 let results = run_sweep(&grid, &opts)?;

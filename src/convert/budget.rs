@@ -101,9 +101,11 @@ pub fn apply(
         Some(t) => reuse(t, jobs, &allocatable)?,
         None => measure_all(src, jobs, weighing, quiet)?,
     };
-    if let Some((r, _)) = weighing.scales.iter().find(|(r, _)| !options.iter().any(|o| role(&o.name) == r)) {
-        let mut roles: Vec<&str> = options.iter().map(|o| role(&o.name)).collect();
-        roles.dedup();
+    // A role whose matrices cannot change type (a pruned width no block divides) is still a role.
+    let roles: std::collections::BTreeSet<&str> =
+        jobs.iter().filter(|j| j.planned.shape.len() == 2).map(|j| role(&j.planned.name)).collect();
+    if let Some((r, _)) = weighing.scales.iter().find(|(r, _)| !roles.contains(r.as_str())) {
+        let roles: Vec<&str> = roles.into_iter().collect();
         bail!("--loss-scale {r}: no weight matrix of this model has that role (roles: {})", roles.join(", "));
     }
     for o in &mut options {

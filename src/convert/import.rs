@@ -81,7 +81,43 @@ pub fn import(gguf_path: &Path, out_dir: &Path, dtype: OutType, quiet: bool) -> 
         write_file(&dir.join("generation_config.json"), serde_json::to_string_pretty(&Value::Object(gen))?.as_bytes())?;
     }
     write_file(&dir.join("config.json"), serde_json::to_string_pretty(&Value::Object(config))?.as_bytes())?;
+    write_provenance(gguf_path, dir)?;
     staging.commit()
+}
+
+/// The file beside config.json that names the GGUF a directory was imported from, so that a
+/// study of the directory measures that file as shipped without being told (`sweep`, `shrink`).
+pub const PROVENANCE_FILE: &str = "microscale_import.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Provenance {
+    /// The GGUF as given, made absolute.
+    source: std::path::PathBuf,
+    size_bytes: u64,
+    sha256: String,
+}
+
+fn write_provenance(gguf_path: &Path, dir: &Path) -> Result<()> {
+    let source = std::path::absolute(gguf_path)?;
+    let p = Provenance {
+        size_bytes: std::fs::metadata(gguf_path)?.len(),
+        sha256: crate::util::digest::sha256_file(gguf_path)?,
+        source,
+    };
+    write_file(&dir.join(PROVENANCE_FILE), serde_json::to_string_pretty(&p)?.as_bytes())
+}
+
+/// The GGUF `dir` was imported from, when `microscale import` recorded it and the file is still
+/// there unchanged (at the recorded path, or beside the directory under its name, as after moving
+/// both). None for any other directory, or when the file is gone or differs.
+pub fn imported_from(dir: &Path) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string(dir.join(PROVENANCE_FILE)).ok()?;
+    let p: Provenance = serde_json::from_str(&text).ok()?;
+    let beside = dir.parent().zip(p.source.file_name()).map(|(parent, name)| parent.join(name));
+    std::iter::once(p.source.clone()).chain(beside).find(|path| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == p.size_bytes)
+            && crate::util::digest::sha256_file(path).is_ok_and(|h| h == p.sha256)
+    })
 }
 
 fn need_u64(file: &GgufFile, key: &str) -> Result<u64> {
@@ -270,4 +306,13 @@ fn plan_gpt2(file: &GgufFile) -> Result<(Vec<Item>, Map<String, Value>)> {
     c.insert("layer_norm_epsilon".into(), f32_json(file.get_f64("gpt2.attention.layer_norm_epsilon").unwrap_or(1e-5)));
     c.insert("vocab_size".into(), json!(vocab_size));
     Ok((items, c))
+}
+
+/// The file a study measures as shipped when not told: the model itself when it is a GGUF, else
+/// the GGUF its directory was imported from ([`imported_from`]).
+pub fn as_shipped_default(model: &Path) -> Option<std::path::PathBuf> {
+    if model.is_file() {
+        return Some(model.to_path_buf());
+    }
+    imported_from(model)
 }

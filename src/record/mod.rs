@@ -8,6 +8,7 @@
 //! - [`device_rows`]: rows measured on the device itself (`bench --out`), read by `report --device-rows`.
 //! - [`items`]: per-variant item files (`OUT/items/NAME.json`): what each window and item scored,
 //!   for paired comparisons.
+//! - [`speeds`]: how `sweep --rebench` re-took a study's speeds (`OUT/speeds.json`), every round kept.
 //!
 //! Uses `source` (a model's identity), `util`.
 
@@ -16,6 +17,7 @@ pub mod device_rows;
 pub mod items;
 pub mod results;
 pub mod rows;
+pub mod speeds;
 pub mod status;
 
 pub use status::Status;

@@ -136,6 +136,9 @@ pub struct Results {
     /// Profiles measured on a device itself (`report --device-rows`), by profile name: the
     /// device and its rows. Empty as read from results.csv.
     pub measured: BTreeMap<String, super::device_rows::DeviceRows>,
+    /// How `sweep --rebench` took the speeds again (`speeds.json` beside results.csv); None as
+    /// read from results.csv alone, or when each row's speeds are from when it was measured.
+    pub speeds: Option<super::speeds::SpeedPass>,
 }
 
 impl Results {
@@ -224,7 +227,7 @@ pub fn parse_results(text: &str, path: &Path) -> Result<Results> {
         }
         variants.push(v);
     }
-    Ok(Results { path: path.to_path_buf(), profiles, acc_metrics, variants, measured: BTreeMap::new() })
+    Ok(Results { path: path.to_path_buf(), profiles, acc_metrics, variants, measured: BTreeMap::new(), speeds: None })
 }
 
 /// Column name → index, checking no name repeats and every required column is there.

@@ -4,8 +4,6 @@
 
 use crate::source::inspect::inspect;
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
-use std::io::Read;
 use std::path::Path;
 
 /// Who a row is about.
@@ -45,18 +43,11 @@ impl ModelId {
     }
 }
 
+/// The first 12 hex digits of the file's SHA-256: a file's identity in rows.
 pub fn sha256_prefix(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect())
+    let mut hex = crate::util::digest::sha256_file(path)?;
+    hex.truncate(12);
+    Ok(hex)
 }
 
 /// One measured number.

@@ -90,6 +90,7 @@ pub fn read_study(dir: &Path, device_rows: &[PathBuf]) -> Result<Results> {
 /// [`read_study`], with the device rows it folded in (what `write_report` keeps in the study).
 fn load_study(dir: &Path, device_rows: &[PathBuf]) -> Result<(Results, Vec<(PathBuf, DeviceRows)>)> {
     let mut results = read_results(&dir.join("results.csv"))?;
+    results.speeds = crate::record::speeds::SpeedPass::read(dir)?;
     let loaded = super::devices::load_device_rows(dir, &results, device_rows)?;
     super::devices::fold_into(&mut results, &loaded);
     Ok((results, loaded))
@@ -291,6 +292,7 @@ fn caveats(md: &mut String, r: &Results, paired: &Paired, opts: &ReportOptions) 
     }
     if !r.profiles.is_empty() {
         let _ = writeln!(md, "- {}", REPACK_CAVEAT);
+        let _ = writeln!(md, "- {}", super::speeds::speed_caveat(r));
     }
     for cav in &opts.caveats {
         let _ = writeln!(md, "- {}", cav.replace('\n', " "));
@@ -506,6 +508,11 @@ fn glance_cell(r: &Results, paired: &Paired, s: &SweetSpot, objective: Objective
     if objective == Objective::Speed {
         if let Some(t) = v.tg_tps(&s.profile) {
             parts.push(format!("tg {} t/s", fmt_tps(t)));
+        }
+        let ties = super::speeds::as_fast_as(r, &s.profile, i, &s.qualifying);
+        if !ties.is_empty() {
+            let names: Vec<String> = ties.iter().map(|n| format!("`{}`", cell(n))).collect();
+            parts.push(format!("as fast within the rounds' spread: {}", names.join(", ")));
         }
     }
     format!("`{}` ({}, {}): {}", cell(&v.name), cell(&v.method), cell(&v.quant), parts.join(", "))

@@ -11,4 +11,5 @@ pub mod markdown;
 pub mod paired;
 pub mod pareto;
 pub mod plots;
+pub mod speeds;
 pub mod sweet_spot;

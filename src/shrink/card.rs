@@ -201,6 +201,21 @@ fn search(md: &mut String, t: &Trace) {
         );
     }
     let _ = writeln!(md);
+    for c in &t.prune_trials {
+        let label = c.prune.as_ref().map_or_else(String::new, |p| p.label());
+        let verdict = match (&c.proxy, &c.error) {
+            (Some(p), _) if c.passes => format!("proxy KLD {:.4}: pruning pays here, a candidate", p.kld),
+            (Some(p), _) => format!("proxy KLD {:.4}: pruning does not pay here", p.kld),
+            (None, Some(e)) => format!("not built: {e}"),
+            (None, None) => "not built".into(),
+        };
+        let _ = writeln!(
+            md,
+            "- pruning trial `{}` ({label}, built to {}, the largest size that failed unpruned): {verdict}",
+            c.name,
+            format_size(c.target_bytes)
+        );
+    }
     for c in &t.confirms {
         let _ = writeln!(
             md,

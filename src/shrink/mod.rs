@@ -48,6 +48,7 @@ use proxy::ProxySpec;
 use search::Bracket;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+pub use trace::PruneTrial;
 use trace::{Candidate, Confirm, Trace};
 
 /// What the study directory holds: a sweep's entries and the search's own.
@@ -97,6 +98,9 @@ pub struct ShrinkOptions {
     pub confirms: usize,
     /// The bottom of the bracket, as a fraction of the reference's size.
     pub floor: f64,
+    /// Structured pruning tried at the largest size the bisection found failing (method, ratio):
+    /// kept only where it pays, a pruned file passing where the unpruned one did not.
+    pub prune_trials: Vec<PruneTrial>,
     pub threads: usize,
     pub quiet: bool,
     pub data: DataDir,
@@ -126,6 +130,7 @@ impl ShrinkOptions {
             steps: 5,
             confirms: 3,
             floor: 0.6,
+            prune_trials: vec![PruneTrial { method: "ffn-heal".into(), ratio: 0.1 }],
             threads: crate::engine::default_threads(),
             quiet: true,
             data: DataDir::resolve(None),
@@ -182,6 +187,9 @@ impl ShrinkOptions {
         if self.out.extension().is_none_or(|e| e != "gguf") {
             bail!("-o {}: the output is a .gguf file (its card and trace go beside it)", self.out.display());
         }
+        for t in &self.prune_trials {
+            t.validate()?;
+        }
         crate::bench::profiles::profile(&self.profile)?;
         for p in std::iter::once(&self.model).chain(&self.as_shipped) {
             if !p.exists() {
@@ -207,9 +215,10 @@ pub fn shrink(opts: &ShrinkOptions) -> Result<Outcome> {
     let started = Instant::now();
     let work = opts.work_dir();
     std::fs::create_dir_all(&work).with_context(|| format!("{}: cannot create", work.display()))?;
-    let as_shipped = opts.as_shipped.clone().or_else(|| opts.model.is_file().then(|| opts.model.clone()));
+    let as_shipped = opts.as_shipped.clone().or_else(|| crate::convert::import::as_shipped_default(&opts.model));
     let mut study = Study::open(opts, &work, as_shipped.as_deref(), &["q4_k_m"])?;
-    let progress = Progress::new(6 + opts.steps as u64 + opts.confirms as u64, "shrink", opts.quiet);
+    let stages = 6 + opts.steps + opts.prune_trials.len() + opts.confirms;
+    let progress = Progress::new(stages as u64, "shrink", opts.quiet);
 
     progress.set_message("calibrating (importance matrix and second moments, once)");
     let moments = calibrate_once(opts, &study.sweep)?;
@@ -242,17 +251,15 @@ pub fn shrink(opts: &ShrinkOptions) -> Result<Outcome> {
     let baseline_bytes = study.results()?.baseline().and_then(|b| b.size_bytes).unwrap_or(reference.bytes);
     let mut search = Searcher { opts, work: &work, base: &base, spec: &spec, convert: &candidate_opts, trace: &mut t };
     search.bracket(reference.clone(), baseline_bytes, &progress)?;
+    search.prune_trials(&progress)?;
     let pick = search.confirm(&mut study, &progress)?;
     progress.set_message("the stock mix nearest in size");
     study.add_nearest_stock(opts, pick.as_ref().map_or(reference.bytes, |c| c.file_bytes))?;
     run_sweep(&study.grid, &study.sweep)?;
     progress.inc(1);
     t.references = trace::references(&study.results()?, &study.paired()?, &opts.criteria, &opts.profile)?;
-    let best = pick
-        .as_ref()
-        .map(|c| c.target_bytes)
-        .or_else(|| t.steps.iter().rev().find(|s| s.candidate.passes).map(|s| s.candidate.target_bytes));
-    t.rebuild = best.map(|b| rebuild_command(opts, &candidate_opts, &work, b));
+    let best = pick.clone().or_else(|| t.steps.iter().rev().find(|s| s.candidate.passes).map(|s| s.candidate.clone()));
+    t.rebuild = best.map(|c| rebuild_command(opts, &candidate_opts, &work, &c));
     t.elapsed_s = started.elapsed().as_secs_f64();
     progress.finish();
     finish(opts, t, pick)
@@ -522,11 +529,65 @@ impl Searcher<'_> {
         Ok(())
     }
 
+    /// Structured pruning where it pays, judged as the study judges pruning (against the unpruned
+    /// file of the same size): at the largest size the bisection measured failing, a pruned model
+    /// (fewer weights, so more bits for each) is built to the same size; if it passes the proxy
+    /// the unpruned one failed, it joins the candidates to confirm. A trial that cannot be built
+    /// (a ratio that removes nothing, a size below its smallest types) is recorded, not fatal.
+    fn prune_trials(&mut self, progress: &Progress) -> Result<()> {
+        let failing = self.trace.steps.iter().filter(|s| s.candidate.proxy.is_some() && !s.candidate.passes);
+        let Some(size) = failing.map(|s| s.candidate.target_bytes).max() else { return Ok(()) };
+        for trial in &self.opts.prune_trials {
+            progress.set_message(&format!("pruning trial: {} at {}", trial.label(), format_size(size)));
+            let c = self.pruned_candidate(trial, size)?;
+            self.trace.prune_trials.push(c);
+            progress.inc(1);
+        }
+        Ok(())
+    }
+
+    fn pruned_candidate(&mut self, trial: &PruneTrial, target: u64) -> Result<Candidate> {
+        let name = format!("shrink-{}{}-{target}", trial.method, (100.0 * trial.ratio).round());
+        let path = self.work.join("variants").join(format!("{name}.gguf"));
+        if !path.exists() {
+            let mut v = candidate_variant(&Candidate::failed(&name, target, ""));
+            v.method = trial.method.clone();
+            v.ratio = trial.ratio;
+            let prune = PruneSpec {
+                calib: self.convert.prune.calib.clone(),
+                data: self.opts.data.clone(),
+                align: PruneTrial::ALIGN,
+                ..v.prune_spec(self.opts.calib_chunks)?
+            };
+            // The loss table was measured on the unpruned model: the pruned one measures its own.
+            let copts =
+                ConvertOptions { prune, budget: Some(Budget::Size(target)), loss_table: None, ..self.convert.clone() };
+            if let Err(e) = convert(&self.opts.model, &path, &copts) {
+                let mut c = Candidate::failed(&name, target, &format!("{e:#}").replace('\n', " "));
+                c.prune = Some(trial.clone());
+                return Ok(c);
+            }
+        }
+        let cache = self.work.join("proxy").join(format!("{name}.json"));
+        let p = proxy::cached(&cache, || proxy::measure(&path, self.base, self.spec))?;
+        let file_bytes = std::fs::metadata(&path).with_context(|| format!("{}: cannot read", path.display()))?.len();
+        let mut c = Candidate::measured(&name, target, file_bytes, p, self.trace.proxy_kld_limit, &path);
+        c.prune = Some(trial.clone());
+        Ok(c)
+    }
+
     /// Confirm the passing candidates, smallest first, on the budget's metrics and the profile;
     /// the first confirmed is the pick.
     fn confirm(&mut self, study: &mut Study, progress: &Progress) -> Result<Option<Candidate>> {
-        let mut passing: Vec<Candidate> =
-            self.trace.steps.iter().map(|s| s.candidate.clone()).filter(|c| c.passes).collect();
+        let mut passing: Vec<Candidate> = self
+            .trace
+            .steps
+            .iter()
+            .map(|s| &s.candidate)
+            .chain(&self.trace.prune_trials)
+            .filter(|c| c.passes)
+            .cloned()
+            .collect();
         passing.sort_by_key(|c| c.file_bytes);
         passing.dedup_by_key(|c| c.file_bytes);
         for c in passing.into_iter().take(self.opts.confirms) {
@@ -549,14 +610,19 @@ impl Searcher<'_> {
 }
 
 /// The `convert` command that makes the candidate of `bytes` from the study's calibration.
-fn rebuild_command(opts: &ShrinkOptions, c: &ConvertOptions, work: &Path, bytes: u64) -> String {
+fn rebuild_command(opts: &ShrinkOptions, c: &ConvertOptions, work: &Path, pick: &Candidate) -> String {
     let mut cmd = format!(
-        "microscale convert {} -o {} --outtype q4_k_m --quant-method gptq --calib {} --calib-chunks {} --target-size {bytes}",
+        "microscale convert {} -o {} --outtype q4_k_m --quant-method gptq --calib {} --calib-chunks {} --target-size {}",
         opts.model.display(),
         opts.out.display(),
         work.join("calib.imatrix.moments.gguf").display(),
-        opts.calib_chunks
+        opts.calib_chunks,
+        pick.target_bytes
     );
+    if let Some(t) = &pick.prune {
+        cmd.push(' ');
+        cmd.push_str(&t.convert_flags());
+    }
     for (role, f) in &c.loss_scales {
         cmd.push_str(&format!(" --loss-scale {role}={f}"));
     }
@@ -569,8 +635,8 @@ fn candidate_variant(c: &Candidate) -> Variant {
         name: c.name.clone(),
         kind: Kind::Microscale,
         quant: Scheme::Q4KM,
-        method: "none".into(),
-        ratio: 0.0,
+        method: c.prune.as_ref().map_or("none".into(), |t| t.method.clone()),
+        ratio: c.prune.as_ref().map_or(0.0, |t| t.ratio),
         quant_method: QuantMethod::Gptq,
         imatrix: true,
         budget: Some(Budget::Size(c.target_bytes)),

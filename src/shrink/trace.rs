@@ -65,6 +65,72 @@ pub struct Candidate {
     pub path: String,
     /// What it is made of: (type, tensors, bytes), most bytes first.
     pub composition: Vec<(String, usize, u64)>,
+    /// The structured pruning it was made with (None: none).
+    #[serde(default)]
+    pub prune: Option<PruneTrial>,
+}
+
+/// Structured pruning a search tries (`--prune-trial ffn-heal:0.1`): only methods that remove
+/// whole rows and columns make a GGUF smaller (zeroed weights are stored all the same).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PruneTrial {
+    /// layers, ffn, heads, each with or without -heal (sweep grids' names).
+    pub method: String,
+    pub ratio: f64,
+}
+
+impl PruneTrial {
+    pub const METHODS: &'static [&'static str] = &["layers", "layers-heal", "ffn", "ffn-heal", "heads", "heads-heal"];
+
+    /// Kept widths are multiples of 32, so that every 32-block type can still hold a pruned
+    /// down projection's rows (1536 × 0.9 = 1382 fits none, and would stay F16).
+    pub const ALIGN: usize = 32;
+
+    /// `ffn-heal:0.1`.
+    pub fn parse(s: &str) -> Result<PruneTrial> {
+        let Some((method, ratio)) = s.split_once(':') else {
+            anyhow::bail!("--prune-trial {s:?}: write METHOD:RATIO, e.g. ffn-heal:0.1");
+        };
+        let ratio = ratio
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| anyhow::anyhow!("--prune-trial {s:?}: {ratio:?} is not a ratio"))?;
+        let t = PruneTrial { method: method.trim().to_string(), ratio };
+        t.validate()?;
+        Ok(t)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !Self::METHODS.contains(&self.method.as_str()) {
+            anyhow::bail!(
+                "--prune-trial {}: only structured pruning makes a GGUF smaller ({}); sparsity stores its zeros",
+                self.method,
+                Self::METHODS.join(", ")
+            );
+        }
+        if !(self.ratio > 0.0 && self.ratio < 1.0) {
+            anyhow::bail!("--prune-trial {}:{}: the ratio is a fraction between 0 and 1", self.method, self.ratio);
+        }
+        Ok(())
+    }
+
+    /// `ffn-heal 10%`.
+    pub fn label(&self) -> String {
+        format!("{} {}%", self.method, (100.0 * self.ratio).round())
+    }
+
+    /// The `convert` flags that prune the same way.
+    pub fn convert_flags(&self) -> String {
+        let base = self.method.trim_end_matches("-heal");
+        let flag = match base {
+            "layers" => "--drop-layers",
+            "ffn" => "--prune-ffn",
+            _ => "--prune-heads",
+        };
+        let heal = if self.method.ends_with("-heal") { " --heal" } else { "" };
+        let align = if base == "layers" { String::new() } else { format!(" --align {}", Self::ALIGN) };
+        format!("{flag} {}{align}{heal}", self.ratio)
+    }
 }
 
 impl Candidate {
@@ -78,6 +144,7 @@ impl Candidate {
             error: None,
             path: path.display().to_string(),
             composition: composition(path).unwrap_or_default(),
+            prune: None,
         }
     }
 
@@ -91,6 +158,7 @@ impl Candidate {
             error: Some(error.into()),
             path: String::new(),
             composition: vec![],
+            prune: None,
         }
     }
 }
@@ -236,6 +304,9 @@ pub struct Trace {
     pub reference: Reference,
     pub sensitivities: Vec<Sensitivity>,
     pub steps: Vec<Step>,
+    /// Structured pruning tried at the largest failing size (`ShrinkOptions::prune_trials`).
+    #[serde(default)]
+    pub prune_trials: Vec<Candidate>,
     pub confirms: Vec<Confirm>,
     pub references: Vec<Row>,
     pub pick: Option<String>,
@@ -274,6 +345,7 @@ impl Trace {
             reference,
             sensitivities,
             steps: vec![],
+            prune_trials: vec![],
             confirms: vec![],
             references: vec![],
             pick: None,
@@ -330,6 +402,23 @@ impl Trace {
                     None => "no candidate could be built".into(),
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PruneTrial;
+
+    #[test]
+    fn a_prune_trial_parses_and_rebuilds_with_convert_s_flags() {
+        let t = PruneTrial::parse("ffn-heal:0.1").unwrap();
+        assert_eq!((t.method.as_str(), t.ratio, t.label()), ("ffn-heal", 0.1, "ffn-heal 10%".to_string()));
+        assert_eq!(t.convert_flags(), "--prune-ffn 0.1 --align 32 --heal");
+        assert_eq!(PruneTrial::parse("layers:0.2").unwrap().convert_flags(), "--drop-layers 0.2");
+        assert_eq!(PruneTrial::parse("heads:0.34").unwrap().convert_flags(), "--prune-heads 0.34 --align 32");
+        for bad in ["ffn-heal", "sparsegpt:0.5", "ffn:0", "ffn:1", "ffn:x"] {
+            assert!(PruneTrial::parse(bad).is_err(), "{bad}");
         }
     }
 }

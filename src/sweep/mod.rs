@@ -22,9 +22,10 @@
 //! `sandbox` (each variant's child), `record`, `util`.
 
 pub mod grid;
+pub mod rebench;
 pub mod slurm;
 
-use crate::bench::run::{bench_model, BenchOptions};
+use crate::bench::run::{bench_model, BenchOptions, BenchRow};
 use crate::convert::{convert, ConvertOptions};
 use crate::engine::quantize::{stock_quantize, StockOptions};
 use crate::engine::LoadOptions;
@@ -225,8 +226,17 @@ impl Dirs {
 
 /// What a sweep writes in its output directory, and nothing else (the report adds `report.md`
 /// and `plots/`): an input elsewhere in that directory is safe.
-pub const OUT_ENTRIES: &[&str] =
-    &["results.csv", "variants", "rows", "logs", "items", "calib.imatrix.gguf", "calib.imatrix.moments.gguf", "slurm"];
+pub const OUT_ENTRIES: &[&str] = &[
+    "results.csv",
+    "variants",
+    "rows",
+    "logs",
+    "items",
+    "calib.imatrix.gguf",
+    "calib.imatrix.moments.gguf",
+    "slurm",
+    "speeds.json",
+];
 
 /// Everything the grid's variants will read, checked before any work: the calibration text and,
 /// when the variants are to be evaluated, the evaluation text and every task's items (parsed as
@@ -640,47 +650,60 @@ fn measure_file(
         row.insert("same_top".into(), fmt(k.same_top));
     }
     // Edge profiles.
-    let bopts = BenchOptions {
+    let bopts = bench_options(grid, opts);
+    for name in &grid.bench.profiles {
+        let p = grid.profile(name)?;
+        let b = bench_model(path, &p, &bopts)?;
+        for w in &b.warnings {
+            eprintln!("warning: {}: {w}", v.name);
+        }
+        put_bench_columns(row, name, &b);
+    }
+    Ok(())
+}
+
+/// How every variant is benchmarked: the grid's tokens and repetitions, the weights read into RAM.
+fn bench_options(grid: &Grid, opts: &SweepOptions) -> BenchOptions {
+    BenchOptions {
         n_prompt: grid.bench.pp,
         n_gen: grid.bench.tg,
         reps: grid.bench.reps,
         child_exe: opts.child_exe.clone(),
         load: LoadOptions { gpu_layers: opts.load.gpu_layers, ..BenchOptions::default().load },
         ..Default::default()
-    };
-    for name in &grid.bench.profiles {
-        let p = grid.profile(name)?;
-        let b = bench_model(path, &p, &bopts)?;
-        let c = |k: &str| profile_column(name, k);
-        row.insert(c("status"), b.status.as_str().to_string());
-        row.insert(c("peak_rss_mib"), format!("{:.1}", b.peak_rss as f64 / (1 << 20) as f64));
-        // The cap the run had: the device's own memory where the profile's could not be enforced.
-        row.insert(
-            c("mem_cap_mib"),
-            b.memory_cap.map(|m| format!("{:.0}", m as f64 / (1 << 20) as f64)).unwrap_or_default(),
-        );
-        for w in &b.warnings {
-            eprintln!("warning: {}: {w}", v.name);
-        }
-        if let Some(pp) = b.pp {
-            row.insert(c("pp_tps"), format!("{:.2}", pp.mean));
-            row.insert(c("pp_tps_sd"), format!("{:.2}", pp.sd));
-        }
-        if let Some(tg) = b.tg {
-            row.insert(c("tg_tps"), format!("{:.2}", tg.mean));
-            row.insert(c("tg_tps_sd"), format!("{:.2}", tg.sd));
-        }
-        if let Some(l) = b.load_s {
-            row.insert(c("load_s"), format!("{l:.3}"));
-        }
-        if let Some(t) = b.ttft_s {
-            row.insert(c("ttft_s"), format!("{t:.3}"));
-        }
-        if let Some(m) = b.repacked_mib {
-            row.insert(c("repacked"), if m > 0.0 { "yes" } else { "no" }.to_string());
-        }
     }
-    Ok(())
+}
+
+/// A benchmark's measurements as the row's `PROFILE:*` columns (those it lacks are emptied).
+fn put_bench_columns(row: &mut BTreeMap<String, String>, profile: &str, b: &BenchRow) {
+    let c = |k: &str| profile_column(profile, k);
+    for k in ["pp_tps", "pp_tps_sd", "tg_tps", "tg_tps_sd", "load_s", "ttft_s", "repacked"] {
+        row.remove(&c(k));
+    }
+    row.insert(c("status"), b.status.as_str().to_string());
+    row.insert(c("peak_rss_mib"), format!("{:.1}", b.peak_rss as f64 / (1 << 20) as f64));
+    // The cap the run had: the device's own memory where the profile's could not be enforced.
+    row.insert(
+        c("mem_cap_mib"),
+        b.memory_cap.map(|m| format!("{:.0}", m as f64 / (1 << 20) as f64)).unwrap_or_default(),
+    );
+    if let Some(pp) = b.pp {
+        row.insert(c("pp_tps"), format!("{:.2}", pp.mean));
+        row.insert(c("pp_tps_sd"), format!("{:.2}", pp.sd));
+    }
+    if let Some(tg) = b.tg {
+        row.insert(c("tg_tps"), format!("{:.2}", tg.mean));
+        row.insert(c("tg_tps_sd"), format!("{:.2}", tg.sd));
+    }
+    if let Some(l) = b.load_s {
+        row.insert(c("load_s"), format!("{l:.3}"));
+    }
+    if let Some(t) = b.ttft_s {
+        row.insert(c("ttft_s"), format!("{t:.3}"));
+    }
+    if let Some(m) = b.repacked_mib {
+        row.insert(c("repacked"), if m > 0.0 { "yes" } else { "no" }.to_string());
+    }
 }
 
 #[cfg(test)]

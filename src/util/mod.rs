@@ -5,6 +5,7 @@
 pub mod atomic;
 pub mod choice;
 pub mod data;
+pub mod digest;
 pub mod direct;
 pub mod fault;
 pub mod linalg;

@@ -21,6 +21,24 @@ pub const RESAMPLES: usize = 2000;
 /// The seed of every interval (each bootstrap starts the stream afresh from it).
 pub const SEED: u64 = 0x5EED_0015;
 
+/// The arithmetic mean (0 for no values).
+pub fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// The sample standard deviation (n − 1 in the denominator; 0 for fewer than two values), as
+/// llama-bench reports its t/s.
+pub fn sample_sd(v: &[f64]) -> f64 {
+    if v.len() < 2 {
+        return 0.0;
+    }
+    let m = mean(v);
+    (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+}
+
 /// A bootstrap distribution of a pooled mean.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Bootstrap {

@@ -1027,6 +1027,8 @@ const NOT_PATHS: &[&str] = &[
     "--proxy-windows",
     "--proxy-kld",
     "--steps",
+    "--rounds",
+    "--prune-trial",
     "--confirms",
     "--floor",
     "--base-model",

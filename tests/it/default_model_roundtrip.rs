@@ -119,3 +119,34 @@ fn import_refuses_a_non_empty_directory() {
     let err = import(&source_gguf(), hf, OutType::F32, true).unwrap_err();
     assert!(format!("{err:#}").contains("not empty"), "{err:#}");
 }
+
+/// The directory names the GGUF it came from, so that a study of it measures that file as
+/// shipped unasked; a file moved beside the directory is still found, a changed one is not.
+#[test]
+fn an_imported_directory_names_the_file_it_came_from_while_that_file_is_unchanged() {
+    use microscale::convert::import::{as_shipped_default, imported_from};
+    let (_, hf, _) = converted();
+    let source = std::path::absolute(source_gguf()).unwrap();
+    assert_eq!(imported_from(hf), Some(source.clone()));
+    assert_eq!(as_shipped_default(hf), Some(source.clone()));
+    assert_eq!(as_shipped_default(&source), Some(source.clone()), "a GGUF is its own");
+    assert_eq!(imported_from(&common::default_model::hf_dir().join("no-such")), None);
+
+    // Both moved elsewhere together (the recorded path no longer exists): found beside the directory.
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    std::fs::create_dir(&a).unwrap();
+    std::fs::copy(&source, a.join("model.gguf")).unwrap();
+    import(&a.join("model.gguf"), &a.join("imported"), OutType::F32, true).unwrap();
+    assert_eq!(imported_from(&a.join("imported")), Some(a.join("model.gguf")));
+    std::fs::rename(&a, &b).unwrap();
+    let copy = b.join("model.gguf");
+    assert_eq!(imported_from(&b.join("imported")), Some(copy.clone()), "not found beside the directory");
+    let dir = b.join("imported");
+    // A changed file is not the one imported.
+    let mut bytes = std::fs::read(&copy).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&copy, bytes).unwrap();
+    assert_eq!(imported_from(&dir), None, "a changed file was taken for the one imported");
+}

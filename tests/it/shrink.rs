@@ -208,6 +208,32 @@ fn shrink_picks_a_file_within_budget_resumes_after_a_kill_and_names_an_impossibl
     // The same tensors, byte for byte (the metadata names each study's own calibration file).
     assert_eq!(tensors(&p("a.gguf")), tensors(&p("b.gguf")), "the resumed search wrote other tensors");
 
+    // Structured pruning was tried at the largest size that failed unpruned, judged by the same
+    // proxy, the same in both searches.
+    let trial = |t: &Value| -> Value {
+        let failing = t["steps"].as_array().unwrap().iter().map(|s| &s["candidate"]);
+        let failing = failing.filter(|c| c["passes"] == false && c["proxy"].is_object());
+        let largest = failing.map(|c| c["target_bytes"].as_u64().unwrap()).max().expect("a failing step");
+        let trials = t["prune_trials"].as_array().unwrap();
+        assert_eq!(trials.len(), 1, "{trials:?}");
+        let c = trials[0].clone();
+        assert_eq!((&c["prune"]["method"], c["prune"]["ratio"].as_f64()), (&Value::from("ffn-heal"), Some(0.1)));
+        assert_eq!(c["target_bytes"].as_u64(), Some(largest), "{c}");
+        assert!(c["file_bytes"].as_u64().unwrap() <= largest, "{c}");
+        let kld = c["proxy"]["kld"].as_f64().expect("the trial's proxy");
+        assert_eq!(c["passes"].as_bool(), Some(kld <= t["proxy_kld_limit"].as_f64().unwrap()), "{c}");
+        c
+    };
+    let (ta, tb) = (trial(&a), trial(&b));
+    assert_eq!(ta["proxy"]["kld"], tb["proxy"]["kld"], "the resumed search's trial differs");
+    // Its file has a tenth fewer FFN channels than the pick.
+    let channels = |path: &Path| {
+        let f = microscale::gguf::GgufFile::open(path).unwrap();
+        f.tensor("blk.0.ffn_gate.weight").unwrap().ne[1]
+    };
+    let (pruned, full) = (channels(Path::new(ta["path"].as_str().unwrap())), channels(&p("a.gguf")));
+    assert!(pruned < full && pruned as f64 >= 0.85 * full as f64, "{pruned} of {full} channels");
+
     // The bracket only narrows (after the top of the search first passed).
     let steps = a["steps"].as_array().unwrap();
     let first_pass = steps.iter().position(|s| s["candidate"]["passes"] == true).expect("a passing top");
@@ -257,6 +283,7 @@ fn shrink_picks_a_file_within_budget_resumes_after_a_kill_and_names_an_impossibl
     for r in ["as-shipped", "stock-q4_k_m", "baseline-f32"] {
         assert!(card.contains(&format!("`{r}`")), "the card lacks the reference {r}");
     }
+    assert!(card.contains(&format!("- pruning trial `{}` (ffn-heal 10%", ta["name"].as_str().unwrap())), "{card}");
 
     // The command the card gives rebuilds the file byte for byte.
     let rebuild = a["rebuild"].as_str().unwrap().to_string();
@@ -296,6 +323,25 @@ fn shrink_refuses_bad_requests_before_any_work() {
         (vec!["shrink", "/no/such/model", "-o", &out, "--profile", "phone-6gb", "--max-ppl", "5%"], "/no/such/model"),
         (vec!["shrink", &hf, "-o", &out, "--profile", "phone-6gb", "--max-ppl", "5%", "--floor", "1.5"], "--floor"),
         (vec!["shrink", &hf, "-o", &out, "--profile", "phone-6gb", "--max-ppl", "5"], "5%"),
+        (
+            vec!["shrink", &hf, "-o", &out, "--profile", "phone-6gb", "--max-ppl", "5%", "--prune-trial", "wanda:0.5"],
+            "sparsity stores its zeros",
+        ),
+        (
+            vec![
+                "shrink",
+                &hf,
+                "-o",
+                &out,
+                "--profile",
+                "phone-6gb",
+                "--max-ppl",
+                "5%",
+                "--prune-trial",
+                "ffn-heal:1.5",
+            ],
+            "between 0 and 1",
+        ),
     ];
     for (args, names) in cases {
         let o = run(&strings(&args));

@@ -347,3 +347,105 @@ fn the_file_as_shipped_is_a_row_and_the_report_states_sizes_against_it() {
     assert!(!spots.is_empty(), "{md}");
     assert!(spots.iter().all(|l| l.contains("vs as shipped") || l.contains("the file as shipped")), "{spots:?}");
 }
+
+/// `--rebench`: every file of a finished study benchmarked again per profile, in interleaved
+/// rounds; the deleted variants rebuilt and checked against their rows; only the speed columns
+/// change, to the rounds' mean and sd, every round kept in speeds.json; the report says how the
+/// speeds were taken. A row whose rebuilt file holds other weights is refused, nothing written.
+#[test]
+fn rebench_takes_a_study_s_speeds_again_in_interleaved_rounds() {
+    let hf = common::default_model::hf_dir();
+    let shipped = common::default_model::gguf();
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = tmp.path().join("grid.toml");
+    std::fs::write(
+        &grid,
+        "[eval]\nppl_chunks = 1\nkld_chunks = 1\ntasks = []\n\
+         [bench]\nprofiles = [\"host\", \"tiny\"]\nreps = 1\npp = 8\ntg = 4\n[calib]\nchunks = 1\nimatrix = false\n\
+         [profiles.tiny]\nthreads = 1\nmemory = \"40MiB\"\nnote = \"too small\"\n\
+         [[variant]]\nquant = \"q8_0\"\n[stock]\nquants = [\"q8_0\"]\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let shipped_arg = ["--as-shipped", shipped.to_str().unwrap()];
+    sweep_cli(&hf, &grid, &out, &shipped_arg, &[]);
+    let results = out.join("results.csv");
+    let table = |p: &Path| -> Vec<std::collections::BTreeMap<String, String>> {
+        csv::Reader::from_path(p).unwrap().deserialize().map(|r| r.unwrap()).collect()
+    };
+    let before = table(&results);
+    let names: Vec<&str> = before.iter().map(|r| r["variant"].as_str()).collect();
+    assert_eq!(names, ["baseline-f32", "as-shipped", "q8_0", "stock-q8_0"]);
+    assert!(!out.join("variants/q8_0.gguf").exists(), "the sweep deleted its variants");
+
+    let rebench = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_microscale"))
+            .args(["sweep", "-q", "--threads", "2", "--rebench", "--model"])
+            .arg(&hf)
+            .arg("--grid")
+            .arg(&grid)
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let mut args = shipped_arg.to_vec();
+    args.extend(["--rounds", "3"]);
+    let st = rebench(&args);
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let after = table(&results);
+    let pass: microscale::record::speeds::SpeedPass =
+        serde_json::from_str(&std::fs::read_to_string(out.join("speeds.json")).unwrap()).unwrap();
+    let files: Vec<&str> = pass.files.iter().map(|f| f.variant.as_str()).collect();
+    assert_eq!(files, names, "every ok row, in results.csv's order");
+    assert_eq!(pass.rounds, 3);
+    assert!(out.join("variants/q8_0.gguf").exists() && out.join("variants/stock-q8_0.gguf").exists(), "rebuilt, kept");
+    // Our Q8_0 and llama-quantize's hold the same bytes of weights (the metadata differs).
+    assert_eq!(pass.identical_groups(), vec![vec![2, 3]], "{:?}", pass.files);
+    for (f, (b, a)) in before.iter().zip(&after).enumerate() {
+        for (col, value) in b {
+            if !col.contains(':') {
+                assert_eq!(&a[col], value, "{}: {col} changed", b["variant"]);
+            }
+        }
+        // host: the mean and sd of the three rounds, each round's run being a fresh child.
+        let runs = pass.tg_runs("host", f);
+        assert_eq!(runs.len(), 3, "{}", b["variant"]);
+        let mean = runs.iter().sum::<f64>() / 3.0;
+        let sd = (runs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 2.0).sqrt();
+        assert_eq!(a["host:tg_tps"], format!("{mean:.2}"), "{}", b["variant"]);
+        assert_eq!(a["host:tg_tps_sd"], format!("{sd:.2}"), "{}", b["variant"]);
+        assert_eq!(a["host:status"], "fits");
+        // tiny: no room in any round, as in the sweep.
+        assert_eq!((a["tiny:status"].as_str(), a["tiny:tg_tps"].as_str()), ("oom", ""), "{}", b["variant"]);
+        assert!(pass.profiles[1].rounds.iter().all(|r| r[f].status == "oom" && r[f].tg_tps.is_none()));
+    }
+    let md = write_report(&out, &ReportOptions::default()).unwrap();
+    let md = std::fs::read_to_string(md).unwrap();
+    assert!(md.contains("Speeds were taken side by side by `sweep --rebench`"), "{md}");
+    assert!(md.contains("3 rounds over the 4 files in turn"), "{md}");
+    assert!(md.contains("Files with byte-identical weights (`q8_0` = `stock-q8_0`)"), "{md}");
+
+    // A rebuilt file that is not what its row measured: refused in one line, nothing changed.
+    let lying = std::fs::read_to_string(&results).unwrap().replace(&before[2]["bits_per_weight"], "4.5000");
+    std::fs::write(&results, &lying).unwrap();
+    let speeds = std::fs::read(out.join("speeds.json")).unwrap();
+    std::fs::remove_file(out.join("variants/q8_0.gguf")).unwrap();
+    let st = rebench(&shipped_arg);
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert_eq!(st.status.code(), Some(1), "{err}");
+    assert!(err.contains("q8_0.gguf") && err.contains("but the row of q8_0 measured"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(std::fs::read_to_string(&results).unwrap(), lying);
+    assert_eq!(std::fs::read(out.join("speeds.json")).unwrap(), speeds);
+    // Without the file as shipped, the study's row of it cannot be benchmarked: said before any work.
+    std::fs::write(
+        &results,
+        std::fs::read_to_string(&results).unwrap().replace("4.5000", &before[2]["bits_per_weight"]),
+    )
+    .unwrap();
+    let st = rebench(&[]);
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(!st.status.success() && err.contains("--as-shipped"), "{err}");
+}
