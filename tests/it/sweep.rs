@@ -192,12 +192,27 @@ fn the_committed_results_are_the_seed_grid_and_regenerate_the_committed_report()
         }
     }
 
+    // Its speeds are one interleaved pass (`sweep --rebench`) over every row: each is the mean of
+    // the rounds speeds.json keeps.
+    let pass = microscale::record::speeds::SpeedPass::read(committed).unwrap().expect("speeds.json");
+    let files: Vec<&str> = pass.files.iter().map(|f| f.variant.as_str()).collect();
+    assert_eq!(files, names.iter().map(String::as_str).collect::<Vec<_>>());
+    for (f, v) in parsed.variants.iter().enumerate() {
+        for p in &grid.bench.profiles {
+            let runs = pass.tg_runs(p, f);
+            assert_eq!(runs.len(), pass.rounds, "{} on {p}", v.name);
+            let mean = runs.iter().sum::<f64>() / runs.len() as f64;
+            assert_eq!(format!("{:.2}", v.bench[p].tg_tps.unwrap()), format!("{mean:.2}"), "{} on {p}", v.name);
+        }
+    }
+
     // report.md is what `microscale report` writes from the directory alone (results.csv, items/,
-    // caveats.md), byte for byte.
+    // caveats.md, speeds.json), byte for byte.
     let tmp = tempfile::tempdir().unwrap();
     let copy = tmp.path();
     std::fs::copy(committed.join("results.csv"), copy.join("results.csv")).unwrap();
     std::fs::copy(committed.join("caveats.md"), copy.join("caveats.md")).unwrap();
+    std::fs::copy(committed.join("speeds.json"), copy.join("speeds.json")).unwrap();
     std::fs::create_dir(copy.join("items")).unwrap();
     for e in std::fs::read_dir(committed.join("items")).unwrap() {
         let e = e.unwrap();
