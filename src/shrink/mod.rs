@@ -51,22 +51,13 @@ use std::time::Instant;
 pub use trace::PruneTrial;
 use trace::{Candidate, Confirm, Trace};
 
+/// What the study directory holds besides a sweep's entries.
+const OWN_ENTRIES: &[&str] = &["grid.toml", "proxy.base.kld", "proxy", "probes", "loss-table.json", "study.json"];
+
 /// What the study directory holds: a sweep's entries and the search's own.
-pub const WORK_ENTRIES: &[&str] = &[
-    "results.csv",
-    "variants",
-    "rows",
-    "logs",
-    "items",
-    "calib.imatrix.gguf",
-    "calib.imatrix.moments.gguf",
-    "grid.toml",
-    "proxy.base.kld",
-    "proxy",
-    "probes",
-    "loss-table.json",
-    "study.json",
-];
+pub const WORK_ENTRIES: &[&str] = &crate::util::paths::concat_entries::<
+    { crate::sweep::OUT_ENTRIES.len() + OWN_ENTRIES.len() },
+>(crate::sweep::OUT_ENTRIES, OWN_ENTRIES);
 
 #[derive(Clone, Debug)]
 pub struct ShrinkOptions {

@@ -31,6 +31,23 @@ pub enum OutputKind {
     Filled(&'static [&'static str]),
 }
 
+/// Two lists of [`OutputKind::Filled`] entries as one (a command that fills a directory as
+/// another command does, and more).
+pub const fn concat_entries<const N: usize>(a: &[&'static str], b: &[&'static str]) -> [&'static str; N] {
+    assert!(a.len() + b.len() == N, "N is the lists' total length");
+    let mut out = [""; N];
+    let mut i = 0;
+    while i < a.len() {
+        out[i] = a[i];
+        i += 1;
+    }
+    while i < N {
+        out[i] = b[i - a.len()];
+        i += 1;
+    }
+    out
+}
+
 #[derive(Clone, Debug)]
 struct Named {
     flag: String,
