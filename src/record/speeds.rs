@@ -33,9 +33,7 @@ pub struct SpeedPass {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PassFile {
     pub variant: String,
-    /// The first 12 hex digits of its SHA-256: equal for byte-identical files.
-    pub sha256: String,
-    /// The same of its tensors alone (names, types, shapes, data): equal for files whose weights
+    /// The first 12 hex digits of the SHA-256 of its tensors alone (names, types, shapes, data): equal for files whose weights
     /// are byte-identical, whatever their metadata (the importance matrix's path, the tool).
     pub weights_sha256: String,
     pub size_bytes: u64,
@@ -167,12 +165,7 @@ mod tests {
     }
 
     fn pass() -> SpeedPass {
-        let file = |v: &str, sha: &str| PassFile {
-            variant: v.into(),
-            sha256: v.into(),
-            weights_sha256: sha.into(),
-            size_bytes: 1,
-        };
+        let file = |v: &str, sha: &str| PassFile { variant: v.into(), weights_sha256: sha.into(), size_bytes: 1 };
         SpeedPass {
             started: "a".into(),
             ended: "b".into(),

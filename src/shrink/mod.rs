@@ -541,9 +541,9 @@ impl Searcher<'_> {
         let name = format!("shrink-{}{}-{target}", trial.method, (100.0 * trial.ratio).round());
         let path = self.work.join("variants").join(format!("{name}.gguf"));
         if !path.exists() {
-            let mut v = candidate_variant(&Candidate::failed(&name, target, ""));
-            v.method = trial.method.clone();
-            v.ratio = trial.ratio;
+            let mut unbuilt = Candidate::failed(&name, target, "");
+            unbuilt.prune = Some(trial.clone());
+            let v = candidate_variant(&unbuilt);
             let prune = PruneSpec {
                 calib: self.convert.prune.calib.clone(),
                 data: self.opts.data.clone(),

@@ -5,7 +5,7 @@
 //! alike; each speed becomes the mean of the rounds and its sd the rounds' spread.
 //!
 //! The files are rebuilt from their recipes where the sweep deleted them (and kept), checked
-//! against the size their row recorded; only the speed columns of results.csv change (and
+//! against the weights and bits per weight their row recorded; only the speed columns of results.csv change (and
 //! peak memory, status, load time and time to first token with them). Every round's numbers go
 //! to `speeds.json` ([`crate::record::speeds`]), which the report reads to say how the speeds
 //! were taken and how much they spread.
@@ -14,9 +14,10 @@ use super::grid::{Grid, Kind};
 use super::{bench_options, build_variant, header, put_bench_columns, recorded_rows, rewrite_results, SweepOptions};
 use crate::bench::run::{bench_model, BenchRow, MeanSd};
 use crate::gguf::reader::GgufFile;
-use crate::record::rows::{utc_now, ModelId};
+use crate::record::rows::utc_now;
 use crate::record::speeds::{PassFile, ProfilePass, RoundRun, SpeedPass, SPEEDS_FILE};
 use crate::record::status::Status;
+use crate::source::inspect::{inspect, Summary};
 use crate::util::atomic::write_file;
 use crate::util::progress::Progress;
 use anyhow::{bail, Context, Result};
@@ -25,7 +26,6 @@ use std::path::{Path, PathBuf};
 
 /// The files a pass benchmarks: the grid's variants whose row is `ok`, in results.csv's order.
 struct Subject {
-    variant: String,
     path: PathBuf,
     file: PassFile,
 }
@@ -54,7 +54,7 @@ pub fn rebench(grid: &Grid, opts: &SweepOptions, rounds: usize) -> Result<SpeedP
         for round in 0..rounds {
             let mut this_round = vec![];
             for s in &subjects {
-                progress.set_message(&format!("{name} round {}/{rounds}: {}", round + 1, s.variant));
+                progress.set_message(&format!("{name} round {}/{rounds}: {}", round + 1, s.file.variant));
                 this_round.push(bench_model(&s.path, &profile, &bopts)?);
                 progress.inc(1);
             }
@@ -62,7 +62,7 @@ pub fn rebench(grid: &Grid, opts: &SweepOptions, rounds: usize) -> Result<SpeedP
         }
         for (f, s) in subjects.iter().enumerate() {
             let merged = merge_rounds(runs.iter().map(|r| &r[f]).collect());
-            let row = rows.iter_mut().find(|r| r.get("variant") == Some(&s.variant)).expect("a subject has a row");
+            let row = rows.iter_mut().find(|r| r.get("variant") == Some(&s.file.variant)).expect("a subject has a row");
             put_bench_columns(row, name, &merged);
         }
         profiles.push(ProfilePass {
@@ -107,16 +107,11 @@ fn subjects(grid: &Grid, opts: &SweepOptions, rows: &[BTreeMap<String, String>])
     for name in ok {
         progress.set_message(name);
         let path = build_variant(grid, name, opts).with_context(|| format!("rebuilding {name}"))?;
-        let id = ModelId::of(&path)?;
         let row = rows.iter().find(|r| r.get("variant") == Some(name)).expect("an ok row");
-        check_same_weights(&path, name, &id, row)?;
-        let file = PassFile {
-            variant: name.clone(),
-            sha256: id.sha256.clone(),
-            weights_sha256: weights_sha256(&path)?,
-            size_bytes: id.size_bytes,
-        };
-        subjects.push(Subject { variant: name.clone(), path, file });
+        check_same_weights(&path, name, &inspect(&path)?, row)?;
+        let size_bytes = std::fs::metadata(&path).with_context(|| format!("{}: cannot read", path.display()))?.len();
+        let file = PassFile { variant: name.clone(), weights_sha256: weights_sha256(&path)?, size_bytes };
+        subjects.push(Subject { path, file });
         progress.inc(1);
     }
     progress.finish();
@@ -126,16 +121,17 @@ fn subjects(grid: &Grid, opts: &SweepOptions, rows: &[BTreeMap<String, String>])
 /// The rebuilt file holds what the row measured: as many weights, as many bits per weight. Its
 /// size may differ by a few bytes of metadata (the importance matrix's path is recorded in the
 /// file), not its tensors.
-fn check_same_weights(path: &Path, name: &str, id: &ModelId, row: &BTreeMap<String, String>) -> Result<()> {
-    let bpw = format!("{:.4}", id.bits_per_weight);
+fn check_same_weights(path: &Path, name: &str, file: &Summary, row: &BTreeMap<String, String>) -> Result<()> {
+    // As the row wrote them (`record::rows::ModelId`).
+    let (n_params, bpw) = (file.n_params(), format!("{:.4}", file.bits_per_weight()));
     let recorded = (row.get("n_params").map(String::as_str), row.get("bits_per_weight").map(String::as_str));
-    if recorded != (Some(id.n_params.to_string().as_str()), Some(bpw.as_str())) {
+    if recorded != (Some(n_params.to_string().as_str()), Some(bpw.as_str())) {
         bail!(
             "{}: {} weights at {bpw} bits per weight, but the row of {name} measured {} at {} (made by another \
              build or from another model?): its speeds would not be its row's; remove the file to rebuild it, or \
              re-run the variant",
             path.display(),
-            id.n_params,
+            n_params,
             recorded.0.unwrap_or("none"),
             recorded.1.unwrap_or("none")
         );
