@@ -3,7 +3,7 @@ use super::{at_least, output, threads_arg, Global};
 use anyhow::{bail, Result};
 use microscale::engine::log::{set_mode, LogMode};
 use microscale::sandbox::child::SweepJob;
-use microscale::sweep::grid::load_grid;
+use microscale::sweep::grid::load_study_grid;
 use microscale::sweep::slurm::{self, SlurmOptions, Submitted};
 use microscale::sweep::{
     build_variant, prepare_shared, run_one_variant, run_sweep, run_variant_task, SweepOptions, STATUS_OK,
@@ -62,6 +62,9 @@ pub struct Args {
     /// when that file is still there unchanged.
     #[arg(long, value_name = "FILE")]
     as_shipped: Option<PathBuf>,
+    /// No `as-shipped` row, even where the file the model came as can be found.
+    #[arg(long, conflicts_with = "as_shipped")]
+    no_as_shipped: bool,
     /// Keep every variant's GGUF.
     #[arg(long)]
     keep: bool,
@@ -188,11 +191,11 @@ impl Args {
             bail!("--model, --grid and --out are required");
         };
         IoPaths::new().input("--grid", &grid_path).input_opt("--as-shipped", self.as_shipped.as_ref()).check()?;
-        let mut grid = load_grid(&grid_path)?;
-        let as_shipped = self.as_shipped.clone().or_else(|| microscale::convert::import::as_shipped_default(&model));
-        if let Some(file) = &as_shipped {
-            grid.add_as_shipped(file)?;
-        }
+        let as_shipped = match self.no_as_shipped {
+            true => None,
+            false => self.as_shipped.clone().or_else(|| microscale::convert::import::as_shipped_default(&model)),
+        };
+        let grid = load_study_grid(&grid_path, as_shipped.as_deref())?;
         let data = DataDir::resolve(self.data_dir.as_deref());
         // The data folder as resolved, not only as given: every child is handed it explicitly.
         IoPaths::new()

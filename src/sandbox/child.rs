@@ -144,8 +144,11 @@ impl SweepChild {
         if let Some(exe) = &self.child_exe {
             path("--child-exe", exe);
         }
-        if let Some(file) = &self.as_shipped {
-            path("--as-shipped", file);
+        // Said either way: a worker left to look for the file itself could find one its parent
+        // was told not to measure.
+        match &self.as_shipped {
+            Some(file) => path("--as-shipped", file),
+            None => groups.push(vec!["--no-as-shipped".into()]),
         }
         groups.push(vec!["--threads".into(), self.threads.to_string().into()]);
         groups.push(vec!["--gpu-layers".into(), self.gpu_layers.to_string().into()]);
@@ -205,7 +208,7 @@ mod tests {
         let args: Vec<String> = s.args().iter().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(
             args.join(" "),
-            "sweep -q --model m --grid g.toml --out o --data-dir d --threads 2 --gpu-layers 0 --variant-timeout 60 --keep \
+            "sweep -q --model m --grid g.toml --out o --data-dir d --no-as-shipped --threads 2 --gpu-layers 0 --variant-timeout 60 --keep \
              --variant q8_0"
         );
     }

@@ -407,6 +407,17 @@ pub fn load_grid(path: &Path) -> Result<Grid> {
     parse_grid(&text).with_context(|| format!("{}", path.display()))
 }
 
+/// The grid a study runs: the file's, with the `as-shipped` row when the study measures the file
+/// the model came as. Every process of a sweep (and `sweep --status`) builds it the same way, so
+/// that they agree on its rows.
+pub fn load_study_grid(path: &Path, as_shipped: Option<&Path>) -> Result<Grid> {
+    let mut grid = load_grid(path)?;
+    if let Some(file) = as_shipped {
+        grid.add_as_shipped(file)?;
+    }
+    Ok(grid)
+}
+
 /// The most variants a grid may hold: far more than anyone measures (each takes minutes), few
 /// enough that a mistyped matrix is refused at once rather than expanded.
 pub const MAX_VARIANTS: usize = 10_000;

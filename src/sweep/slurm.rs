@@ -19,7 +19,7 @@
 //! stops a second submission while the first still has tasks queued or running). SLURM's own
 //! output goes to `OUT/logs/slurm-*.log`, each variant's child's log to `OUT/logs/NAME.log`.
 
-use super::grid::{load_grid, Grid};
+use super::grid::{load_study_grid, Grid};
 use super::{forget_failed_rows, merge_rows, variants_without_rows, SweepOptions, STATUS_OK};
 use crate::record::rows::utc_now;
 use crate::sandbox::child::{child_exe, SweepChild, SweepJob};
@@ -66,6 +66,9 @@ pub struct JobRecord {
     /// The variant each array index runs.
     pub variants: Vec<String>,
     pub submitted: String,
+    /// The file measured as the `as-shipped` row (none in records from before it existed).
+    #[serde(default)]
+    pub as_shipped: Option<PathBuf>,
 }
 
 /// How a submission ended.
@@ -405,6 +408,7 @@ pub fn submit(grid: &Grid, opts: &SweepOptions, s: &SlurmOptions) -> Result<Subm
         merge: None,
         variants: names,
         submitted: utc_now(),
+        as_shipped: opts.as_shipped.as_deref().map(absolute).transpose()?,
     };
     // A failed preparation cancels the array instead of leaving it pending for ever.
     let after_prepare = vec![format!("--dependency=afterok:{prepare}"), "--kill-on-invalid-dep=yes".to_string()];
@@ -472,7 +476,7 @@ pub fn status(out: &Path) -> Result<SweepStatus> {
             record_path(out).display()
         )
     })?;
-    let grid = load_grid(&jobs.grid)?;
+    let grid = load_study_grid(&jobs.grid, jobs.as_shipped.as_deref())?;
     let rows = merge_rows(&grid, out)?;
     let (states, scheduler) = match task_states(&jobs) {
         Ok(s) => (s, "squeue".to_string()),

@@ -176,9 +176,23 @@ fn a_grid_as_a_job_array_survives_a_cancel_and_a_crash_and_equals_a_local_sweep(
     let out = tmp.path().join("slurm-out");
     let (hf_s, grid_s, out_s) = (hf.to_str().unwrap(), grid.to_str().unwrap(), out.to_str().unwrap());
     // One thread per variant and one CPU per task: two tasks side by side on a two-core node.
-    // --gpu-layers 1 does nothing on a CPU build; it must reach every row.
-    let sweep =
-        ["sweep", "-q", "--model", hf_s, "--grid", grid_s, "--out", out_s, "--threads", "1", "--gpu-layers", "1"];
+    // --gpu-layers 1 does nothing on a CPU build; it must reach every row. No row for the file
+    // as shipped (the other test has it), and the jobs must be told so.
+    let sweep = [
+        "sweep",
+        "-q",
+        "--model",
+        hf_s,
+        "--grid",
+        grid_s,
+        "--out",
+        out_s,
+        "--threads",
+        "1",
+        "--gpu-layers",
+        "1",
+        "--no-as-shipped",
+    ];
     let slurm = ["--slurm", "--cpus-per-task", "1", "--slurm-parallel", "2", "--time", "30:00"];
 
     // Submitted without --wait: job ids printed, scripts written, nothing measured yet.
@@ -193,6 +207,7 @@ fn a_grid_as_a_job_array_survives_a_cancel_and_a_crash_and_equals_a_local_sweep(
     let script = std::fs::read_to_string(out.join("slurm/array.sbatch")).unwrap();
     assert!(script.contains("#SBATCH --array=0-4%2") && script.contains("#SBATCH --time=30:00"), "{script}");
     assert!(script.contains("--threads 1") && script.contains("--slurm-task"), "{script}");
+    assert!(script.contains("--no-as-shipped") && !script.contains("--as-shipped "), "{script}");
 
     let st = text(&microscale(&conf, &["sweep", "--status", out_s], &[]));
     let c = counts(&st);
@@ -230,6 +245,7 @@ fn a_grid_as_a_job_array_survives_a_cancel_and_a_crash_and_equals_a_local_sweep(
             "1",
             "--gpu-layers",
             "1",
+            "--no-as-shipped",
         ],
         &[],
     );
@@ -325,7 +341,10 @@ fn the_quick_grid_through_slurm_wait_equals_a_local_run() {
     assert!(o.status.success(), "{}", text(&o));
     let (got, want) = (results(&slurm_out.join("results.csv")), results(&local_out.join("results.csv")));
     let grid_names: Vec<String> = names(&want);
-    assert!(grid_names.len() >= 5, "{grid_names:?}");
+    assert!(grid_names.len() >= 6, "{grid_names:?}");
+    // The directory was imported: the file it came from is measured unasked, right after the
+    // baseline, by the jobs as by the local run (and counted by --status below).
+    assert_eq!(grid_names[1], "as-shipped", "{grid_names:?}");
     assert_eq!(names(&got), grid_names, "every variant exactly once, in grid order");
     for (g, w) in got.iter().zip(&want) {
         assert_eq!(g["status"], "ok", "{g:?}");

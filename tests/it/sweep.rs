@@ -5,7 +5,7 @@ use crate::common;
 
 use microscale::record::results::{read_results, Status};
 use microscale::report::markdown::{write_report, ReportOptions};
-use microscale::sweep::grid::load_grid;
+use microscale::sweep::grid::{load_grid, load_study_grid};
 use microscale::sweep::{run_sweep, SweepOptions};
 use std::path::Path;
 use std::process::Command;
@@ -20,8 +20,14 @@ fn rows(results: &Path) -> Vec<String> {
 #[test]
 fn quick_grid_runs_resumes_after_a_kill_and_reports() {
     let hf = common::default_model::hf_dir();
-    let grid = load_grid(Path::new("grids/quick.toml")).unwrap();
+    // The directory was imported: the CLI measures the file it came from unasked, and the library
+    // sweep that resumes it below must be told the same.
+    let shipped = microscale::convert::import::as_shipped_default(&hf);
+    let wheel_file = common::default_model::gguf();
+    assert!(shipped.as_deref().is_some_and(|p| p.ends_with(&wheel_file)), "{shipped:?}");
+    let grid = load_study_grid(Path::new("grids/quick.toml"), shipped.as_deref()).unwrap();
     let names: Vec<String> = grid.variants.iter().map(|v| v.name.clone()).collect();
+    assert_eq!(names[1], "as-shipped");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let results = out.join("results.csv");
@@ -47,6 +53,7 @@ fn quick_grid_runs_resumes_after_a_kill_and_reports() {
     let opts = SweepOptions {
         threads: 2,
         child_exe: Some(env!("CARGO_BIN_EXE_microscale").into()),
+        as_shipped: shipped.clone(),
         ..SweepOptions::new(&hf, Path::new("grids/quick.toml"), &out)
     };
     run_sweep(&grid, &opts).unwrap();
@@ -290,7 +297,9 @@ fn a_crashed_variant_is_a_crash_row_and_the_sweep_goes_on_and_retries_on_request
     };
     let names = ["baseline-f32", "q8_0", "q4_0", "heads90-q8_0"];
 
-    sweep_cli(&hf, &grid, &out, &[], &[("MICROSCALE_FAULT", "variant:q8_0=segv")]);
+    // (No row for the file as shipped: not what this test is about.)
+    let no_shipped = ["--no-as-shipped"];
+    sweep_cli(&hf, &grid, &out, &no_shipped, &[("MICROSCALE_FAULT", "variant:q8_0=segv")]);
     assert_eq!(rows(&results), names, "every variant once, in grid order");
     let v = by_name();
     assert_eq!(v["q8_0"].status, "crash");
@@ -313,11 +322,11 @@ fn a_crashed_variant_is_a_crash_row_and_the_sweep_goes_on_and_retries_on_request
     assert!(!has_items("q8_0") && !has_items("heads90-q8_0"));
 
     // Resuming does not retry what is recorded ...
-    sweep_cli(&hf, &grid, &out, &[], &[]);
+    sweep_cli(&hf, &grid, &out, &no_shipped, &[]);
     assert_eq!(rows(&results), names);
     assert_eq!(by_name()["q8_0"].status, "crash");
     // ... unless asked: the crashed variant now runs (no fault), the impossible one fails again.
-    sweep_cli(&hf, &grid, &out, &["--retry-failed"], &[]);
+    sweep_cli(&hf, &grid, &out, &["--retry-failed", "--no-as-shipped"], &[]);
     assert_eq!(rows(&results), names, "still every variant once, in grid order");
     let v = by_name();
     assert_eq!(v["q8_0"].status, "ok", "{:?}", v["q8_0"].error);
@@ -326,8 +335,9 @@ fn a_crashed_variant_is_a_crash_row_and_the_sweep_goes_on_and_retries_on_request
     assert_eq!(v["q4_0"].date, by_name()["q4_0"].date, "a good row is not measured again");
 }
 
-/// `--as-shipped`: the file the model came as is a row of its own (kind `source`), measured like
-/// the others, never deleted, and the report states sizes against it.
+/// The file the model came as is a row of its own (kind `source`), measured like the others,
+/// never deleted, and the report states sizes against it. Not named here: the imported directory
+/// records it, and the sweep finds it.
 #[test]
 fn the_file_as_shipped_is_a_row_and_the_report_states_sizes_against_it() {
     let hf = common::default_model::hf_dir();
@@ -343,7 +353,7 @@ fn the_file_as_shipped_is_a_row_and_the_report_states_sizes_against_it() {
     )
     .unwrap();
     let out = tmp.path().join("out");
-    sweep_cli(&hf, &grid, &out, &["--as-shipped", shipped.to_str().unwrap()], &[]);
+    sweep_cli(&hf, &grid, &out, &[], &[]);
     let r = read_results(&out.join("results.csv")).unwrap();
     let names: Vec<&str> = r.variants.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(names, ["baseline-f32", "as-shipped", "q4_0"]);
@@ -455,12 +465,13 @@ fn rebench_takes_a_study_s_speeds_again_in_interleaved_rounds() {
     assert_eq!(std::fs::read_to_string(&results).unwrap(), lying);
     assert_eq!(std::fs::read(out.join("speeds.json")).unwrap(), speeds);
     // Without the file as shipped, the study's row of it cannot be benchmarked: said before any work.
+    // (The imported directory names the file; --no-as-shipped is how it goes missing here.)
     std::fs::write(
         &results,
         std::fs::read_to_string(&results).unwrap().replace("4.5000", &before[2]["bits_per_weight"]),
     )
     .unwrap();
-    let st = rebench(&[]);
+    let st = rebench(&["--no-as-shipped"]);
     let err = String::from_utf8_lossy(&st.stderr);
     assert!(!st.status.success() && err.contains("--as-shipped"), "{err}");
 }
