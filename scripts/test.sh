@@ -2,7 +2,8 @@
 # The project's tests, from a fresh clone: install what the build needs (scripts/setup.sh), fetch
 # the default model (scripts/fetch-default-model.sh) and llama.cpp's reference vocabularies
 # (scripts/fetch-vocabs.sh), build llama.cpp's own llama-imatrix and llama-quantize as oracles
-# (scripts/build-llama-tools.sh, once), start a one-node SLURM cluster on this machine for the
+# (scripts/build-llama-tools.sh, once), make the Python environment LiteRT's converter and
+# interpreter run in (scripts/export-env.sh, once), start a one-node SLURM cluster on this machine for the
 # `sweep --slurm` tests (scripts/slurm-local.sh: installs slurmctld/slurmd/slurm-client with
 # apt-get if missing, stopped again when the tests end), then run every test against the real engine.
 # Then the aarch64 part (scripts/test-aarch64.sh): the unit tests and the quantizer oracle cross-built for
@@ -17,6 +18,8 @@ scripts/setup.sh
 scripts/fetch-default-model.sh
 scripts/fetch-vocabs.sh
 scripts/build-llama-tools.sh >/dev/null
+# LiteRT's converter and interpreter for the export tests (pinned; about 8 GB, once).
+scripts/export-env.sh
 # A cluster that cannot start stops here with the reason (the SLURM tests would fail without it).
 SLURM_CONF=$(scripts/slurm-local.sh start)
 export SLURM_CONF

@@ -55,6 +55,8 @@ pub mod sandbox;
 pub mod bench;
 pub mod eval;
 
+pub mod export;
+
 pub mod sweep;
 
 pub mod report;
@@ -77,6 +79,7 @@ pub const LAYERS: &[&[&str]] = &[
     &["record"],
     &["sandbox"],
     &["eval", "bench"],
+    &["export"],
     &["sweep"],
     &["report"],
     &["shrink"],

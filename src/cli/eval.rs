@@ -17,6 +17,10 @@ use std::path::PathBuf;
 ///
 /// With no --ppl, --kld-base or --task, perplexity on WikiText-2 test is computed.
 ///
+/// A LiteRT file (MODEL.tflite, from `microscale export --format litert`) is run through LiteRT's
+/// own interpreter on the same windows, tokenized by the GGUF it came from (--tokenizer); its
+/// prefill signature must be --ctx-size tokens long. Perplexity only.
+///
 /// Examples:
 ///   microscale eval model.gguf --chunks 40
 ///   microscale eval model-q4_k_m.gguf --kld-base model-f32.gguf --chunks 40
@@ -24,11 +28,15 @@ use std::path::PathBuf;
 ///   microscale eval model-q4_k_m.gguf --kld-base f32.kld
 ///   microscale eval model.gguf --task sst2 --task arc-easy --task arc-challenge --csv results.csv
 ///   microscale eval model.gguf --task mc:my-questions.jsonl --limit 200 --json
+///   microscale eval model.tflite --tokenizer model.gguf --chunks 8
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// The GGUF model.
+    /// The GGUF model (or a LiteRT .tflite, with --tokenizer).
     model: PathBuf,
+    /// The GGUF whose vocabulary tokenizes for a LiteRT MODEL (the file it was exported from).
+    #[arg(long, value_name = "GGUF")]
+    tokenizer: Option<PathBuf>,
     /// Perplexity on this text (bare flag: the data folder's WikiText-2 test split).
     #[arg(long, value_name = "FILE", num_args = 0..=1)]
     ppl: Option<Option<PathBuf>>,
@@ -101,6 +109,7 @@ impl Args {
             data,
             // Evaluation maps the file, as llama-perplexity does.
             load: self.load.load_options(true),
+            tokenizer: self.tokenizer,
             ..EvalSpec::new(self.load.threads_or_all())
         })
     }
@@ -113,6 +122,7 @@ impl Args {
         });
         IoPaths::new()
             .input("MODEL", &self.model)
+            .input_opt("--tokenizer", self.tokenizer.as_ref())
             .input_opt("--ppl", self.ppl.as_ref().and_then(|p| p.as_ref()))
             .input_opt("--kld-base", self.kld_base.as_ref())
             .inputs("--task", task_files)
@@ -124,8 +134,12 @@ impl Args {
     pub fn run(self, g: Global) -> Result<()> {
         self.io().check()?;
         let (model, csv, json, gpu_layers) = (self.model.clone(), self.csv.clone(), self.json, self.load.gpu_layers);
+        let tokenizer = self.tokenizer.clone();
         let out = run(&model, &self.spec()?, g.quiet)?;
-        let id = ModelId::of(&model)?;
+        let id = match &tokenizer {
+            Some(gguf) if microscale::engine::litert::is_litert(&model) => ModelId::litert(&model, gguf)?,
+            _ => ModelId::of(&model)?,
+        };
         if let Some(path) = &csv {
             append_csv(path, &id, &out.rows, gpu_layers)?;
         }

@@ -152,8 +152,11 @@ impl ContextArgs {
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// The GGUF model.
+    /// The GGUF model (or a LiteRT .tflite, with --tokenizer: run greedily by LiteRT's interpreter).
     model: PathBuf,
+    /// The GGUF whose vocabulary and chat template serve a LiteRT MODEL (the file it came from).
+    #[arg(long, value_name = "GGUF")]
+    tokenizer: Option<PathBuf>,
     /// The prompt (with --chat: the user's message).
     #[arg(short, long, required_unless_present = "file", conflicts_with = "file")]
     prompt: Option<String>,
@@ -261,7 +264,14 @@ impl CapArgs {
 
 impl Args {
     pub fn run(self, g: Global) -> Result<()> {
-        IoPaths::new().input("MODEL", &self.model).input_opt("--file", self.file.as_ref()).check()?;
+        IoPaths::new()
+            .input("MODEL", &self.model)
+            .input_opt("--file", self.file.as_ref())
+            .input_opt("--tokenizer", self.tokenizer.as_ref())
+            .check()?;
+        if microscale::engine::litert::is_litert(&self.model) {
+            return self.run_litert();
+        }
         if self.caps.wanted() {
             return self.run_capped(g);
         }
@@ -347,6 +357,33 @@ impl Args {
     }
 
     /// Run this generation again as a child under the profile's caps, streaming its text.
+    /// A LiteRT file: the greedy reply through LiteRT's interpreter, tokenized and formatted by
+    /// the GGUF it came from.
+    fn run_litert(&self) -> Result<()> {
+        let shown = self.model.display();
+        let Some(tokenizer) = &self.tokenizer else {
+            bail!("{shown}: a LiteRT file holds no tokenizer; give the GGUF it was exported from with --tokenizer");
+        };
+        if !self.sampling.sampling()?.is_greedy() || self.caps.wanted() {
+            bail!("{shown}: a LiteRT file is run greedily and uncapped here: add --temp 0, and no --profile or caps");
+        }
+        let prompt = self.prompt_text()?;
+        let threads = self.context.load.threads_or_all();
+        let reply = microscale::engine::litert::reply_greedy(
+            &self.model,
+            tokenizer,
+            &prompt,
+            self.chat,
+            self.max_tokens,
+            threads,
+        )?;
+        if self.json {
+            return output::print_json(&serde_json::json!({"model": self.model, "runtime": "litert", "reply": reply}));
+        }
+        println!("{reply}");
+        Ok(())
+    }
+
     fn run_capped(&self, g: Global) -> Result<()> {
         self.sampling.sampling()?; // refuse nonsense before starting a child
         if let Some(f) = &self.file {

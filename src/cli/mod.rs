@@ -11,6 +11,7 @@ mod chat;
 mod child;
 mod convert;
 mod eval;
+mod export;
 mod generate;
 mod imatrix;
 mod import;
@@ -84,6 +85,7 @@ enum Command {
     BenchQuant(bench_quant::Args),
     StockQuantize(stock_quantize::Args),
     Import(import::Args),
+    Export(export::Args),
     Inspect(inspect::Args),
     Eval(eval::Args),
     Generate(generate::Args),
@@ -105,6 +107,7 @@ impl Command {
             Command::BenchQuant(a) => a.run(g),
             Command::StockQuantize(a) => a.run(g),
             Command::Import(a) => a.run(g),
+            Command::Export(a) => a.run(g),
             Command::Inspect(a) => a.run(g),
             Command::Eval(a) => a.run(g),
             Command::Generate(a) => a.run(g),

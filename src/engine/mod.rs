@@ -12,7 +12,9 @@
 
 pub mod generate;
 pub mod info;
+pub mod litert;
 pub mod log;
+pub mod python_env;
 pub mod quantize;
 pub mod raw;
 pub mod user_model;

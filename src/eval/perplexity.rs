@@ -182,9 +182,8 @@ pub fn perplexity_of_tokens(
     let n_vocab = engine.n_vocab();
     let first = opts.n_ctx / 2;
     let progress = Progress::new(windows.len() as u64, "perplexity", quiet);
-    let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
-    let mut running = Vec::with_capacity(windows.len());
-    let mut window_nll = Vec::with_capacity(windows.len());
+    let mut scored_windows = Vec::with_capacity(windows.len());
+    let (mut nll, mut count) = (0f64, 0usize);
     for group in windows.chunks(engine.windows_per_decode()) {
         // Position first+j predicts w[first+j+1]; the window's last position predicts nothing.
         let scored = engine.scores(group, |w, j, l| match group[w].get(first + j + 1) {
@@ -193,28 +192,43 @@ pub fn perplexity_of_tokens(
         })?;
         for mut v in scored {
             v.truncate(opts.n_ctx - 1 - first);
-            window_nll.push(v.iter().sum::<f64>());
             nll += v.iter().sum::<f64>();
-            nll2 += v.iter().map(|x| x * x).sum::<f64>();
             count += v.len();
-            running.push((nll / count as f64).exp());
-            progress.set_message(&format!("PPL {:.4}", running.last().unwrap()));
+            progress.set_message(&format!("PPL {:.4}", (nll / count as f64).exp()));
             progress.inc(1);
+            scored_windows.push(v);
         }
     }
     progress.finish();
-    let mean = nll / count as f64;
-    let var = nll2 / count as f64 - mean * mean;
+    Ok(from_scores(&windows, opts.n_ctx, &scored_windows))
+}
+
+/// llama-perplexity's statistics of `windows` (of `n_ctx` tokens) already scored: for each, the
+/// negative log-likelihoods of its tokens after the first half, each predicted from the positions
+/// before it. Any runtime's scores give numbers comparable with llama.cpp's.
+pub fn from_scores(windows: &[Vec<i32>], n_ctx: usize, scored: &[Vec<f64>]) -> PerplexityResult {
+    let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
+    let mut running = Vec::with_capacity(scored.len());
+    let mut window_nll = Vec::with_capacity(scored.len());
+    for v in scored {
+        window_nll.push(v.iter().sum::<f64>());
+        nll += v.iter().sum::<f64>();
+        nll2 += v.iter().map(|x| x * x).sum::<f64>();
+        count += v.len();
+        running.push((nll / count.max(1) as f64).exp());
+    }
+    let mean = nll / count.max(1) as f64;
+    let var = nll2 / count.max(1) as f64 - mean * mean;
     let ppl = mean.exp();
-    let ppl_stderr = if var > 0.0 { (var / (count - 1) as f64).sqrt() * ppl } else { 0.0 };
-    Ok(PerplexityResult {
+    let ppl_stderr = if var > 0.0 && count > 1 { (var / (count - 1) as f64).sqrt() * ppl } else { 0.0 };
+    PerplexityResult {
         ppl,
         ppl_stderr,
         chunks: windows.len(),
         scored_tokens: count,
         running,
         window_nll,
-        tokens_per_window: opts.n_ctx - 1 - first,
+        tokens_per_window: n_ctx - 1 - n_ctx / 2,
         tokens_sha256: crate::record::items::tokens_sha256(windows.iter().map(Vec::as_slice)),
-    })
+    }
 }

@@ -39,6 +39,8 @@ pub struct EvalSpec {
     pub data: DataDir,
     /// How the model and a base model are loaded (memory-mapped; `gpu_layers` offloaded).
     pub load: LoadOptions,
+    /// The GGUF whose vocabulary tokenizes for a model that holds none (a LiteRT file).
+    pub tokenizer: Option<PathBuf>,
 }
 
 impl EvalSpec {
@@ -58,6 +60,7 @@ impl EvalSpec {
             seed: 42,
             data: DataDir::resolve(None),
             load: LoadOptions::default(),
+            tokenizer: None,
         }
     }
 }
@@ -121,6 +124,9 @@ fn row(metric: &str, value: f64, stderr: f64, items: usize, wall_s: f64) -> Metr
 
 pub fn run(model_path: &Path, spec: &EvalSpec, quiet: bool) -> Result<EvalOutput> {
     spec.validate()?;
+    if crate::engine::litert::is_litert(model_path) {
+        return run_litert(model_path, spec, quiet);
+    }
     // Every task file is read and checked before the model runs: a malformed one is not found
     // after the perplexity pass.
     let task_items = spec.tasks.iter().map(|t| load_task(t, spec)).collect::<Result<Vec<_>>>()?;
@@ -188,6 +194,47 @@ pub fn run(model_path: &Path, spec: &EvalSpec, quiet: bool) -> Result<EvalOutput
         }
         out.tasks.push((name, r));
     }
+    Ok(out)
+}
+
+/// A LiteRT file's perplexity, on the windows llama-perplexity would score, tokenized by the GGUF
+/// it came from (`--tokenizer`) and run through the LiteRT interpreter: the number beside the
+/// GGUF's. KL divergence and tasks are not run on LiteRT files.
+fn run_litert(model_path: &Path, spec: &EvalSpec, quiet: bool) -> Result<EvalOutput> {
+    let shown = model_path.display();
+    if spec.kld_base.is_some() || spec.save_kld_base.is_some() || !spec.tasks.is_empty() {
+        bail!("{shown}: a LiteRT file is evaluated on perplexity only (no --kld-base, --save-kld-base or --task)");
+    }
+    crate::engine::litert::check_file(model_path)?;
+    let Some(tokenizer) = &spec.tokenizer else {
+        bail!("{shown}: a LiteRT file holds no tokenizer; give the GGUF it was exported from with --tokenizer");
+    };
+    let text_path = match &spec.ppl {
+        Some(p) => p.clone(),
+        None => spec.data.file(WIKITEXT_TEST)?,
+    };
+    let text =
+        std::fs::read_to_string(&text_path).map_err(|e| anyhow!("{}: cannot read ({e})", text_path.display()))?;
+    let vocab = Model::load_vocab_only(tokenizer)?;
+    let tokens = vocab.tokenize(&text, true);
+    let windows = super::perplexity::windows(&vocab, &tokens, spec.n_ctx, spec.chunks)?;
+    if !quiet {
+        eprintln!("perplexity: {} windows of {} tokens through the LiteRT interpreter", windows.len(), spec.n_ctx);
+    }
+    let t = Instant::now();
+    let scored = crate::engine::litert::score_windows(model_path, &windows, spec.n_ctx / 2, spec.threads)?;
+    let expected = spec.n_ctx - 1 - spec.n_ctx / 2;
+    if scored.len() != windows.len() || scored.iter().any(|v| v.len() != expected) {
+        bail!(
+            "{shown}: the LiteRT runtime scored {} windows, not {} of {expected} tokens",
+            scored.len(),
+            windows.len()
+        );
+    }
+    let p = super::perplexity::from_scores(&windows, spec.n_ctx, &scored);
+    let mut out = EvalOutput::default();
+    out.rows.push(row("ppl", p.ppl, p.ppl_stderr, p.scored_tokens, t.elapsed().as_secs_f64()));
+    out.perplexity = Some(p);
     Ok(out)
 }
 

@@ -31,6 +31,20 @@ impl ModelId {
 }
 
 impl ModelId {
+    /// A LiteRT file's identity: its weights counted in the GGUF it was exported from, its bits
+    /// per weight from its own size (signatures and all).
+    pub fn litert(path: &Path, exported_from: &Path) -> Result<ModelId> {
+        let n_params = inspect(exported_from)?.n_params();
+        let size_bytes = std::fs::metadata(path)?.len();
+        Ok(ModelId {
+            file: path.display().to_string(),
+            sha256: sha256_prefix(path)?,
+            size_bytes,
+            n_params,
+            bits_per_weight: if n_params > 0 { 8.0 * size_bytes as f64 / n_params as f64 } else { 0.0 },
+        })
+    }
+
     /// The identity of a file microscale cannot read (its rows still say which file).
     pub fn unreadable(path: &Path) -> ModelId {
         ModelId {

@@ -23,6 +23,21 @@ impl Progress {
         Progress { bar }
     }
 
+    /// A spinner with a message, for work whose length is unknown (another program's).
+    pub fn spinner(what: &str, quiet: bool) -> Progress {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        if quiet {
+            bar.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>12.cyan.bold} {spinner} {elapsed_precise} {wide_msg}")
+                .expect("valid template"),
+        );
+        bar.set_prefix(what.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        Progress { bar }
+    }
+
     pub fn set_message(&self, msg: &str) {
         self.bar.set_message(msg.to_string());
     }

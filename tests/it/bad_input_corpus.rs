@@ -1029,6 +1029,10 @@ const NOT_PATHS: &[&str] = &[
     "--steps",
     "--rounds",
     "--prune-trial",
+    "--format",
+    "--quantize",
+    "--prefill",
+    "--ctx",
     "--confirms",
     "--floor",
     "--base-model",
@@ -1354,8 +1358,17 @@ fn unclassified_flags() -> Vec<String> {
     for f in ["MODEL", "--output", "--as-shipped", "--data-dir", "--study"] {
         known.entry("shrink").or_default().push(f.into());
     }
+    // A LiteRT file's paths (`export -o`, `--tokenizer`) need the export environment: refused in
+    // tests/it/export.rs (a GGUF of another architecture, a file that is no flatbuffer).
+    for f in ["MODEL", "--output"] {
+        known.entry("export").or_default().push(f.into());
+    }
+    for cmd in ["eval", "generate"] {
+        known.entry(cmd).or_default().push("--tokenizer".into());
+    }
     let mut missing = Vec::new();
     for cmd in [
+        "export",
         "convert",
         "imatrix",
         "prune-plan",

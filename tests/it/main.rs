@@ -14,6 +14,7 @@ mod compensation;
 mod default_model_roundtrip;
 mod engine_build;
 mod eval;
+mod export;
 mod generate;
 mod ggml_oracle;
 mod gpt2_medium;

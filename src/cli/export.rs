@@ -1,0 +1,78 @@
+use super::Global;
+use anyhow::Result;
+use microscale::export::litert::{export, ExportOptions, LiteRtQuant};
+use microscale::util::mem::format_size;
+use microscale::util::paths::{IoPaths, OutputKind};
+use std::path::PathBuf;
+
+/// Export a model to a phone's own runtime with the vendor's converter: LiteRT (Android).
+///
+/// MODEL is a GGUF microscale wrote (or any LLaMA-family GGUF) or a Hugging Face directory. A GGUF
+/// is dequantized to a checkpoint first, then litert-torch builds the model with its generative
+/// API and converts it: a `prefill_N` signature (its logits kept, so `microscale eval` can score
+/// the file) and a `decode` signature over an external KV cache of --ctx tokens. The weights are
+/// quantized by litert-torch's recipe: --quantize, by default from the type holding most of the
+/// GGUF's weights: F32 none, F16/BF16 fp16, any quantized type weight_only_int8 (LiteRT's int4
+/// blocks are symmetric, with no offset: they cannot hold Q4_1 or K-quant values; on the default
+/// model they cost 61% perplexity, int8 weights 0.3%).
+///
+/// The converters run in a Python environment made by scripts/export-env.sh (pinned versions,
+/// about 6.6 GB), made the first time it is needed. A failed conversion leaves no OUT.
+///
+/// Examples:
+///   microscale export models/SmolLM2-135M-Instruct.Q4_1.gguf --format litert -o smollm2.tflite
+///   microscale eval smollm2.tflite --tokenizer models/SmolLM2-135M-Instruct.Q4_1.gguf --chunks 8
+///   microscale export q8.gguf --format litert --quantize fp16 --prefill 256 --ctx 1280 -o q8.tflite
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// The model: a GGUF file or a Hugging Face directory (LLaMA family).
+    model: PathBuf,
+    /// The runtime to export for.
+    #[arg(long, value_enum)]
+    format: Format,
+    /// The file to write (.tflite).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// litert-torch's weight quantization (default: from the GGUF's main type; see above).
+    #[arg(long, value_parser = super::choice::<LiteRtQuant>())]
+    quantize: Option<LiteRtQuant>,
+    /// Tokens of the prefill signature (one `eval` window: match --ctx-size there).
+    #[arg(long, default_value_t = 512, value_parser = super::tokens_arg::<2>())]
+    prefill: usize,
+    /// Tokens of the KV cache (prompt and answer).
+    #[arg(long, default_value_t = 1024, value_parser = super::tokens_arg::<2>())]
+    ctx: usize,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Format {
+    /// LiteRT (.tflite), for Android's on-device stack (LiteRT, MediaPipe, LiteRT-LM).
+    Litert,
+}
+
+impl Args {
+    pub fn run(self, g: Global) -> Result<()> {
+        IoPaths::new().input("MODEL", &self.model).output("--output", &self.output, OutputKind::File).check()?;
+        let Format::Litert = self.format;
+        let opts = ExportOptions { quantize: self.quantize, prefill: self.prefill, ctx: self.ctx, quiet: g.quiet };
+        let e = export(&self.model, &self.output, &opts)?;
+        if self.json {
+            return super::output::print_json(&serde_json::to_value(&e)?);
+        }
+        println!(
+            "wrote {} (LiteRT, {} weights: {}; prefill {} tokens, KV cache {}; {}) in {:.0} s",
+            e.file.display(),
+            e.quantize.name(),
+            e.quantize_reason,
+            e.prefill,
+            e.ctx,
+            format_size(e.bytes),
+            e.seconds
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,96 @@
+//! LiteRT (the former TensorFlow Lite), the runtime of Android's on-device stack, run here
+//! through its own interpreter (`ai-edge-litert`) in the export environment
+//! ([`super::python_env`]). microscale tokenizes (with the GGUF the file came from, through
+//! llama.cpp) and scores; the interpreter only runs the file's signatures: `prefill_N` (whose
+//! logits the export keeps) and `decode`, over an external KV cache.
+
+use super::python_env::PythonEnv;
+use anyhow::{anyhow, Context, Result};
+use std::path::Path;
+
+const RUNTIME: &str = include_str!("litert_runtime.py");
+
+/// Whether `path` names a LiteRT model.
+pub fn is_litert(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "tflite")
+}
+
+/// Refuse, in one line, what is not a LiteRT flatbuffer (its identifier `TFL3` at byte 4).
+pub fn check_file(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    let mut f = std::fs::File::open(path).map_err(|e| anyhow!("{}: cannot read ({e})", path.display()))?;
+    if f.read_exact(&mut head).is_err() || &head[4..8] != b"TFL3" {
+        anyhow::bail!("{}: not a LiteRT (.tflite) file: no TFL3 identifier", path.display());
+    }
+    Ok(())
+}
+
+/// The negative log-likelihood of tokens `first+1 ..` of each window, each predicted from the
+/// positions before it (a fresh KV cache per window): what llama-perplexity scores.
+pub fn score_windows(model: &Path, windows: &[Vec<i32>], first: usize, threads: usize) -> Result<Vec<Vec<f64>>> {
+    check_file(model)?;
+    let env = PythonEnv::ready(true)?;
+    let req = serde_json::json!({"windows": windows, "first": first, "threads": threads});
+    let out = env.run(
+        &format!("{}: LiteRT", model.display()),
+        RUNTIME,
+        &[model.as_os_str(), "score".as_ref()],
+        req.to_string().as_bytes(),
+        None,
+    )?;
+    let v: serde_json::Value = serde_json::from_slice(&out).context("the LiteRT runtime's answer")?;
+    let nll = v["nll"].as_array().ok_or_else(|| anyhow!("the LiteRT runtime returned no scores"))?;
+    nll.iter()
+        .map(|w| w.as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()))
+        .collect::<Option<Vec<Vec<f64>>>>()
+        .ok_or_else(|| anyhow!("the LiteRT runtime returned malformed scores"))
+}
+
+/// Greedy continuation of `prompt`: up to `n` tokens, stopping after any of `stop`.
+pub fn generate_greedy(model: &Path, prompt: &[i32], n: usize, stop: &[i32], threads: usize) -> Result<Vec<i32>> {
+    check_file(model)?;
+    let env = PythonEnv::ready(true)?;
+    let req = serde_json::json!({"prompt": prompt, "n": n, "stop": stop, "threads": threads});
+    let out = env.run(
+        &format!("{}: LiteRT", model.display()),
+        RUNTIME,
+        &[model.as_os_str(), "generate".as_ref()],
+        req.to_string().as_bytes(),
+        None,
+    )?;
+    let v: serde_json::Value = serde_json::from_slice(&out).context("the LiteRT runtime's answer")?;
+    v["tokens"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|t| t.as_i64().map(|t| t as i32)).collect())
+        .ok_or_else(|| anyhow!("the LiteRT runtime returned no tokens"))
+}
+
+/// The greedy reply of a LiteRT file to `prompt` (with `chat`, a user message in the chat
+/// template of the GGUF `tokenizer`, as `generate --chat` formats it for llama.cpp): its text, up
+/// to the first end-of-generation token or `max_tokens`.
+pub fn reply_greedy(
+    model: &Path,
+    tokenizer: &Path,
+    prompt: &str,
+    chat: bool,
+    max_tokens: usize,
+    threads: usize,
+) -> Result<String> {
+    use super::generate::{tokenize_chat, Conversation};
+    let vocab_model = super::Model::load_vocab_only(tokenizer)?;
+    let text = match chat {
+        true => Conversation::new(&vocab_model, None)?.add_user(&vocab_model, prompt)?,
+        false => prompt.to_string(),
+    };
+    let tokens = tokenize_chat(&vocab_model, &text, true);
+    let vocab = vocab_model.inner.vocab();
+    let eog = |t: i32| vocab.is_eog(llama_cpp_2::token::LlamaToken(t));
+    let stop: Vec<i32> = (0..vocab_model.n_vocab() as i32).filter(|&t| eog(t)).collect();
+    let out = generate_greedy(model, &tokens, max_tokens, &stop, threads)?;
+    let mut bytes = Vec::new();
+    for t in out.into_iter().take_while(|&t| !eog(t)) {
+        bytes.extend(vocab.token_to_piece(llama_cpp_2::token::LlamaToken(t), false, None));
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}

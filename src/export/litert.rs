@@ -1,0 +1,186 @@
+//! `microscale export --format litert`: a LLaMA-family model to a `.tflite` with litert-torch's
+//! generative API (the layers of its SmolLM/LLaMA builders, configured from config.json): a
+//! prefill signature whose logits are kept (so perplexity can be measured on it) and a decode
+//! signature, over an external KV cache; weights quantized by litert-torch's recipes.
+
+use crate::engine::python_env::PythonEnv;
+use crate::gguf::GgufFile;
+use crate::quant::GgmlType;
+use crate::util::progress::Progress;
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const CONVERTER: &str = include_str!("litert_convert.py");
+
+/// litert-torch's weight quantization recipes, named as its converter names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LiteRtQuant {
+    None,
+    Fp16,
+    DynamicInt8,
+    WeightOnlyInt8,
+    DynamicInt4Block32,
+    DynamicInt4Block128,
+}
+
+crate::impl_choice!(LiteRtQuant {
+    None => "none": "float32 weights",
+    Fp16 => "fp16": "float16 weights",
+    DynamicInt8 => "dynamic_int8": "int8 weights, a scale per output channel; activations quantized on the fly",
+    WeightOnlyInt8 => "weight_only_int8": "int8 weights, a scale per output channel; float activations",
+    DynamicInt4Block32 => "dynamic_int4_block32": "int4 weights, a scale per block of 32 (no offset); activations quantized on the fly",
+    DynamicInt4Block128 => "dynamic_int4_block128": "int4 weights, a scale per block of 128",
+});
+
+impl LiteRtQuant {
+    pub fn name(self) -> &'static str {
+        crate::util::choice::Choice::name(self)
+    }
+
+    /// The default recipe for a GGUF whose weights are mostly `ty`: float files keep their
+    /// precision; quantized ones take 8-bit weights with float activations. LiteRT's 4-bit blocks
+    /// are symmetric (one scale per 32, no offset), so they cannot hold Q4_1/K-quant values: on
+    /// the default model (Q4_1) they cost 61% perplexity, int8 weights 0.3% (bench-results/export.md).
+    pub fn default_for(ty: GgmlType) -> LiteRtQuant {
+        match ty {
+            GgmlType::F32 => LiteRtQuant::None,
+            GgmlType::F16 | GgmlType::BF16 => LiteRtQuant::Fp16,
+            _ => LiteRtQuant::WeightOnlyInt8,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    /// None: chosen from the source's bits per weight ([`LiteRtQuant::for_bits_per_weight`]).
+    pub quantize: Option<LiteRtQuant>,
+    /// Tokens of the prefill signature (what `eval` scores as one window).
+    pub prefill: usize,
+    /// Tokens of the KV cache (prompt and answer).
+    pub ctx: usize,
+    pub quiet: bool,
+}
+
+/// What an export wrote.
+#[derive(Debug, serde::Serialize)]
+pub struct Exported {
+    pub file: PathBuf,
+    pub bytes: u64,
+    pub quantize: LiteRtQuant,
+    /// Why that quantization (the source's bits per weight, or the request).
+    pub quantize_reason: String,
+    pub prefill: usize,
+    pub ctx: usize,
+    pub seconds: f64,
+}
+
+/// Export `model` (a GGUF or a Hugging Face directory of the LLaMA family) to `out`.
+pub fn export(model: &Path, out: &Path, opts: &ExportOptions) -> Result<Exported> {
+    if opts.prefill < 2 || opts.ctx < opts.prefill {
+        bail!(
+            "--prefill {} and --ctx {}: the prefill needs at least 2 tokens and fits in the KV cache",
+            opts.prefill,
+            opts.ctx
+        );
+    }
+    let started = Instant::now();
+    check_architecture(model)?;
+    let env = PythonEnv::ready(opts.quiet)?;
+    let (quantize, quantize_reason) = choose_quant(model, opts.quantize)?;
+    let work = tempfile_dir(out)?;
+    let progress = Progress::spinner("export", opts.quiet);
+    let checkpoint = if model.is_file() {
+        progress.set_message("writing the weights as a Hugging Face checkpoint (dequantized)");
+        let dir = work.0.join("checkpoint");
+        crate::convert::import::import(model, &dir, crate::convert::OutType::F32, true)?;
+        dir
+    } else {
+        model.to_path_buf()
+    };
+    progress.set_message(&format!("converting with litert-torch ({})", quantize.name()));
+    let part = work.0.join("model.tflite");
+    let log = work.0.join("converter.log");
+    let args: Vec<std::ffi::OsString> = vec![
+        "--checkpoint".into(),
+        checkpoint.into(),
+        "--out".into(),
+        part.clone().into(),
+        "--quantize".into(),
+        quantize.name().into(),
+        "--prefill".into(),
+        opts.prefill.to_string().into(),
+        "--ctx".into(),
+        opts.ctx.to_string().into(),
+    ];
+    let arg_refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    env.run(&format!("{}: the LiteRT conversion", model.display()), CONVERTER, &arg_refs, b"", Some(&log))?;
+    progress.finish();
+    std::fs::rename(&part, out).with_context(|| format!("{}: cannot write", out.display()))?;
+    let bytes = std::fs::metadata(out)?.len();
+    Ok(Exported {
+        file: out.to_path_buf(),
+        bytes,
+        quantize,
+        quantize_reason,
+        prefill: opts.prefill,
+        ctx: opts.ctx,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn choose_quant(model: &Path, asked: Option<LiteRtQuant>) -> Result<(LiteRtQuant, String)> {
+    if let Some(q) = asked {
+        return Ok((q, "as asked".into()));
+    }
+    if !model.is_file() {
+        return Ok((LiteRtQuant::WeightOnlyInt8, "a checkpoint's weights: 8 bits".into()));
+    }
+    // The type holding most of the weights decides.
+    let file = GgufFile::open(model)?;
+    let mut by_type: std::collections::BTreeMap<&'static str, (u64, GgmlType)> = Default::default();
+    for t in &file.tensors {
+        by_type.entry(t.ggml_type.name()).or_insert((0, t.ggml_type)).0 += t.n_elements();
+    }
+    let (_, (_, ty)) =
+        by_type.into_iter().max_by_key(|(_, (n, _))| *n).ok_or_else(|| anyhow!("{}: no tensors", model.display()))?;
+    Ok((LiteRtQuant::default_for(ty), format!("the GGUF's weights are mostly {}", ty.name())))
+}
+
+/// Refuse, before any work, what litert-torch's LLaMA layers cannot express.
+fn check_architecture(model: &Path) -> Result<()> {
+    let arch = if model.is_file() {
+        GgufFile::open(model)?.architecture()?.to_string()
+    } else {
+        let config = model.join("config.json");
+        let text = std::fs::read_to_string(&config).map_err(|e| anyhow!("{}: cannot read ({e})", config.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", config.display()))?;
+        v["model_type"].as_str().unwrap_or("").to_string()
+    };
+    if arch != "llama" {
+        bail!(
+            "{}: architecture {arch:?}: the LiteRT export builds the LLaMA family only (litert-torch's LLaMA layers)",
+            model.display()
+        );
+    }
+    Ok(())
+}
+
+/// A scratch directory beside `out` (the same file system, so the result is renamed into place),
+/// removed when dropped.
+struct ScratchDir(PathBuf);
+
+fn tempfile_dir(out: &Path) -> Result<ScratchDir> {
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = parent.join(format!(".{name}.{}.tmp", crate::util::atomic::unique_suffix()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    Ok(ScratchDir(dir))
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
