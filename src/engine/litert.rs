@@ -26,20 +26,24 @@ pub fn check_file(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The negative log-likelihood of tokens `first+1 ..` of each window, each predicted from the
-/// positions before it (a fresh KV cache per window): what llama-perplexity scores.
-pub fn score_windows(model: &Path, windows: &[Vec<i32>], first: usize, threads: usize) -> Result<Vec<Vec<f64>>> {
+/// One request to the runtime script (`mode`: score or generate), its JSON answer.
+fn run_runtime(model: &Path, mode: &str, request: serde_json::Value) -> Result<serde_json::Value> {
     check_file(model)?;
     let env = PythonEnv::ready(true)?;
-    let req = serde_json::json!({"windows": windows, "first": first, "threads": threads});
     let out = env.run(
         &format!("{}: LiteRT", model.display()),
         RUNTIME,
-        &[model.as_os_str(), "score".as_ref()],
-        req.to_string().as_bytes(),
+        &[model.as_os_str(), mode.as_ref()],
+        request.to_string().as_bytes(),
         None,
     )?;
-    let v: serde_json::Value = serde_json::from_slice(&out).context("the LiteRT runtime's answer")?;
+    serde_json::from_slice(&out).context("the LiteRT runtime's answer")
+}
+
+/// The negative log-likelihood of tokens `first+1 ..` of each window, each predicted from the
+/// positions before it (a fresh KV cache per window): what llama-perplexity scores.
+pub fn score_windows(model: &Path, windows: &[Vec<i32>], first: usize, threads: usize) -> Result<Vec<Vec<f64>>> {
+    let v = run_runtime(model, "score", serde_json::json!({"windows": windows, "first": first, "threads": threads}))?;
     let nll = v["nll"].as_array().ok_or_else(|| anyhow!("the LiteRT runtime returned no scores"))?;
     nll.iter()
         .map(|w| w.as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()))
@@ -49,17 +53,11 @@ pub fn score_windows(model: &Path, windows: &[Vec<i32>], first: usize, threads: 
 
 /// Greedy continuation of `prompt`: up to `n` tokens, stopping after any of `stop`.
 pub fn generate_greedy(model: &Path, prompt: &[i32], n: usize, stop: &[i32], threads: usize) -> Result<Vec<i32>> {
-    check_file(model)?;
-    let env = PythonEnv::ready(true)?;
-    let req = serde_json::json!({"prompt": prompt, "n": n, "stop": stop, "threads": threads});
-    let out = env.run(
-        &format!("{}: LiteRT", model.display()),
-        RUNTIME,
-        &[model.as_os_str(), "generate".as_ref()],
-        req.to_string().as_bytes(),
-        None,
+    let v = run_runtime(
+        model,
+        "generate",
+        serde_json::json!({"prompt": prompt, "n": n, "stop": stop, "threads": threads}),
     )?;
-    let v: serde_json::Value = serde_json::from_slice(&out).context("the LiteRT runtime's answer")?;
     v["tokens"]
         .as_array()
         .map(|a| a.iter().filter_map(|t| t.as_i64().map(|t| t as i32)).collect())

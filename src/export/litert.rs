@@ -86,19 +86,12 @@ pub fn export(model: &Path, out: &Path, opts: &ExportOptions) -> Result<Exported
         );
     }
     let started = Instant::now();
-    check_architecture(model)?;
+    super::check_architecture(model)?;
     let env = PythonEnv::ready(opts.quiet)?;
     let (quantize, quantize_reason) = choose_quant(model, opts.quantize)?;
-    let work = tempfile_dir(out)?;
+    let work = super::ScratchDir::beside(out)?;
     let progress = Progress::spinner("export", opts.quiet);
-    let checkpoint = if model.is_file() {
-        progress.set_message("writing the weights as a Hugging Face checkpoint (dequantized)");
-        let dir = work.0.join("checkpoint");
-        crate::convert::import::import(model, &dir, crate::convert::OutType::F32, true)?;
-        dir
-    } else {
-        model.to_path_buf()
-    };
+    let checkpoint = super::checkpoint_of(model, &work, &progress)?;
     progress.set_message(&format!("converting with litert-torch ({})", quantize.name()));
     let part = work.0.join("model.tflite");
     let log = work.0.join("converter.log");
@@ -146,41 +139,4 @@ fn choose_quant(model: &Path, asked: Option<LiteRtQuant>) -> Result<(LiteRtQuant
     let (_, (_, ty)) =
         by_type.into_iter().max_by_key(|(_, (n, _))| *n).ok_or_else(|| anyhow!("{}: no tensors", model.display()))?;
     Ok((LiteRtQuant::default_for(ty), format!("the GGUF's weights are mostly {}", ty.name())))
-}
-
-/// Refuse, before any work, what litert-torch's LLaMA layers cannot express.
-fn check_architecture(model: &Path) -> Result<()> {
-    let arch = if model.is_file() {
-        GgufFile::open(model)?.architecture()?.to_string()
-    } else {
-        let config = model.join("config.json");
-        let text = std::fs::read_to_string(&config).map_err(|e| anyhow!("{}: cannot read ({e})", config.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", config.display()))?;
-        v["model_type"].as_str().unwrap_or("").to_string()
-    };
-    if arch != "llama" {
-        bail!(
-            "{}: architecture {arch:?}: the LiteRT export builds the LLaMA family only (litert-torch's LLaMA layers)",
-            model.display()
-        );
-    }
-    Ok(())
-}
-
-/// A scratch directory beside `out` (the same file system, so the result is renamed into place),
-/// removed when dropped.
-struct ScratchDir(PathBuf);
-
-fn tempfile_dir(out: &Path) -> Result<ScratchDir> {
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let dir = parent.join(format!(".{name}.{}.tmp", crate::util::atomic::unique_suffix()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    Ok(ScratchDir(dir))
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

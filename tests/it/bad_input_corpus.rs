@@ -1033,6 +1033,8 @@ const NOT_PATHS: &[&str] = &[
     "--quantize",
     "--prefill",
     "--ctx",
+    "--weights",
+    "--seq",
     "--confirms",
     "--floor",
     "--base-model",

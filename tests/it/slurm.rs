@@ -230,25 +230,9 @@ fn a_grid_as_a_job_array_survives_a_cancel_and_a_crash_and_equals_a_local_sweep(
 
     // Meanwhile, the same grid run here, for the comparison (same threads, same gpu_layers).
     let local = tmp.path().join("local-out");
-    let o = microscale(
-        &conf,
-        &[
-            "sweep",
-            "-q",
-            "--model",
-            hf_s,
-            "--grid",
-            grid_s,
-            "--out",
-            local.to_str().unwrap(),
-            "--threads",
-            "1",
-            "--gpu-layers",
-            "1",
-            "--no-as-shipped",
-        ],
-        &[],
-    );
+    let mut local_sweep = sweep;
+    local_sweep[7] = local.to_str().unwrap();
+    let o = microscale(&conf, &local_sweep, &[]);
     assert!(o.status.success(), "local sweep: {}", text(&o));
 
     wait_for("the jobs to end", Duration::from_secs(900), || {
