@@ -2,6 +2,7 @@ use super::Global;
 use anyhow::Result;
 use microscale::export::coreml::{self, CoreMlWeights};
 use microscale::export::litert::{export, ExportOptions, LiteRtQuant};
+use microscale::util::choice::Choice;
 use microscale::util::mem::format_size;
 use microscale::util::paths::{IoPaths, OutputKind};
 use std::path::PathBuf;

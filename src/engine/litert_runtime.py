@@ -17,12 +17,11 @@ from ai_edge_litert.interpreter import Interpreter
 
 def prefill_runner(it: Interpreter, length: int):
     sigs = it.get_signature_list()
-    name = next((k for k in sigs if k == f"prefill_{length}" or (k == "prefill" and length)), None)
-    runner = it.get_signature_runner(name) if name else None
-    if runner is None or runner.get_input_details()["tokens"]["shape"][1] != length:
+    name = f"prefill_{length}"
+    if name not in sigs:
         have = sorted(k for k in sigs if k.startswith("prefill"))
         sys.exit(f"litert eval: no prefill signature of {length} tokens (the file has {', '.join(have)})")
-    return runner
+    return it.get_signature_runner(name)
 
 
 def zero_cache(runner) -> dict:
@@ -40,10 +39,11 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def score(it: Interpreter, req: dict) -> dict:
-    first = req["first"]
+    first, windows = req["first"], req["windows"]
     out = []
-    for w in req["windows"]:
-        runner = prefill_runner(it, len(w))
+    # Every window has the same length (eval's --ctx-size): one signature serves them all.
+    runner = prefill_runner(it, len(windows[0])) if windows else None
+    for w in windows:
         tokens = np.array([w], dtype=np.int32)
         pos = np.arange(len(w), dtype=np.int32)
         res = runner(tokens=tokens, input_pos=pos, **zero_cache(runner))

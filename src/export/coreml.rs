@@ -6,6 +6,7 @@
 //! validated here, never run.
 
 use crate::engine::python_env::PythonEnv;
+use crate::util::choice::Choice;
 use crate::util::progress::Progress;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -62,28 +63,20 @@ pub fn export(model: &Path, out: &Path, weights: CoreMlWeights, seq: usize, quie
     let work = super::ScratchDir::beside(out)?;
     let progress = Progress::spinner("export", quiet);
     let checkpoint = super::checkpoint_of(model, &work, &progress)?;
-    progress.set_message(&format!("converting with coremltools ({})", weights_name(weights)));
+    progress.set_message(&format!("converting with coremltools ({})", weights.name()));
     let part = work.0.join("model.mlpackage");
-    let args: Vec<std::ffi::OsString> = vec![
-        "--checkpoint".into(),
-        checkpoint.into(),
-        "--out".into(),
-        part.clone().into(),
-        "--weights".into(),
-        weights_name(weights).into(),
-        "--seq".into(),
-        seq.to_string().into(),
-    ];
-    let arg_refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    let log = work.0.join("converter.log");
+    let flags = [("--weights", weights.name().to_string()), ("--seq", seq.to_string())];
     let check = check_window(model, seq)?;
     let request = serde_json::json!({"windows": check.iter().map(|(w, _)| w).collect::<Vec<_>>()});
-    let stdout = env.run(
-        &format!("{}: the Core ML conversion", model.display()),
+    let what = format!("{}: the Core ML conversion", model.display());
+    let stdout = super::run_converter(
+        &env,
+        &what,
         CONVERTER,
-        &arg_refs,
+        (&checkpoint, &part),
+        &flags,
         request.to_string().as_bytes(),
-        Some(&log),
+        &work,
     )?;
     progress.finish();
     let line = String::from_utf8_lossy(&stdout);
@@ -127,8 +120,4 @@ fn check_window(model: &Path, seq: usize) -> Result<Vec<(Vec<i32>, f64)>> {
     let windows = crate::eval::perplexity::windows(&engine, &tokens, seq, Some(1))?;
     let p = crate::eval::perplexity::perplexity_of_tokens(&engine, &tokens, &opts, true)?;
     Ok(windows.into_iter().map(|w| (w, p.ppl)).collect())
-}
-
-fn weights_name(w: CoreMlWeights) -> &'static str {
-    crate::util::choice::Choice::name(w)
 }

@@ -6,8 +6,9 @@
 use crate::engine::python_env::PythonEnv;
 use crate::gguf::GgufFile;
 use crate::quant::GgmlType;
+use crate::util::choice::Choice;
 use crate::util::progress::Progress;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -35,10 +36,6 @@ crate::impl_choice!(LiteRtQuant {
 });
 
 impl LiteRtQuant {
-    pub fn name(self) -> &'static str {
-        crate::util::choice::Choice::name(self)
-    }
-
     /// The default recipe for a GGUF whose weights are mostly `ty`: float files keep their
     /// precision; quantized ones take 8-bit weights with float activations. LiteRT's 4-bit blocks
     /// are symmetric (one scale per 32, no offset), so they cannot hold Q4_1/K-quant values: on
@@ -86,29 +83,21 @@ pub fn export(model: &Path, out: &Path, opts: &ExportOptions) -> Result<Exported
         );
     }
     let started = Instant::now();
-    super::check_architecture(model)?;
+    let gguf = super::check_architecture(model)?;
     let env = PythonEnv::ready(opts.quiet)?;
-    let (quantize, quantize_reason) = choose_quant(model, opts.quantize)?;
+    let (quantize, quantize_reason) = choose_quant(gguf.as_ref(), opts.quantize);
     let work = super::ScratchDir::beside(out)?;
     let progress = Progress::spinner("export", opts.quiet);
     let checkpoint = super::checkpoint_of(model, &work, &progress)?;
     progress.set_message(&format!("converting with litert-torch ({})", quantize.name()));
     let part = work.0.join("model.tflite");
-    let log = work.0.join("converter.log");
-    let args: Vec<std::ffi::OsString> = vec![
-        "--checkpoint".into(),
-        checkpoint.into(),
-        "--out".into(),
-        part.clone().into(),
-        "--quantize".into(),
-        quantize.name().into(),
-        "--prefill".into(),
-        opts.prefill.to_string().into(),
-        "--ctx".into(),
-        opts.ctx.to_string().into(),
+    let flags = [
+        ("--quantize", quantize.name().to_string()),
+        ("--prefill", opts.prefill.to_string()),
+        ("--ctx", opts.ctx.to_string()),
     ];
-    let arg_refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    env.run(&format!("{}: the LiteRT conversion", model.display()), CONVERTER, &arg_refs, b"", Some(&log))?;
+    let what = format!("{}: the LiteRT conversion", model.display());
+    super::run_converter(&env, &what, CONVERTER, (&checkpoint, &part), &flags, b"", &work)?;
     progress.finish();
     std::fs::rename(&part, out).with_context(|| format!("{}: cannot write", out.display()))?;
     let bytes = std::fs::metadata(out)?.len();
@@ -123,20 +112,20 @@ pub fn export(model: &Path, out: &Path, opts: &ExportOptions) -> Result<Exported
     })
 }
 
-fn choose_quant(model: &Path, asked: Option<LiteRtQuant>) -> Result<(LiteRtQuant, String)> {
+fn choose_quant(gguf: Option<&GgufFile>, asked: Option<LiteRtQuant>) -> (LiteRtQuant, String) {
     if let Some(q) = asked {
-        return Ok((q, "as asked".into()));
+        return (q, "as asked".into());
     }
-    if !model.is_file() {
-        return Ok((LiteRtQuant::WeightOnlyInt8, "a checkpoint's weights: 8 bits".into()));
-    }
+    let Some(file) = gguf else {
+        return (LiteRtQuant::WeightOnlyInt8, "a checkpoint's weights: 8 bits".into());
+    };
     // The type holding most of the weights decides.
-    let file = GgufFile::open(model)?;
     let mut by_type: std::collections::BTreeMap<&'static str, (u64, GgmlType)> = Default::default();
     for t in &file.tensors {
         by_type.entry(t.ggml_type.name()).or_insert((0, t.ggml_type)).0 += t.n_elements();
     }
-    let (_, (_, ty)) =
-        by_type.into_iter().max_by_key(|(_, (n, _))| *n).ok_or_else(|| anyhow!("{}: no tensors", model.display()))?;
-    Ok((LiteRtQuant::default_for(ty), format!("the GGUF's weights are mostly {}", ty.name())))
+    match by_type.into_values().max_by_key(|(n, _)| *n) {
+        Some((_, ty)) => (LiteRtQuant::default_for(ty), format!("the GGUF's weights are mostly {}", ty.name())),
+        None => (LiteRtQuant::WeightOnlyInt8, "a GGUF without tensors: 8 bits".into()),
+    }
 }

@@ -12,10 +12,12 @@ use crate::util::progress::Progress;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 
-/// Refuse, before any work, what the exports build (the LLaMA family).
-fn check_architecture(model: &Path) -> Result<()> {
-    let arch = if model.is_file() {
-        GgufFile::open(model)?.architecture()?.to_string()
+/// Refuse, before any work, what the exports do not build (all but the LLaMA family); the GGUF,
+/// opened, when `model` is one.
+fn check_architecture(model: &Path) -> Result<Option<GgufFile>> {
+    let gguf = if model.is_file() { Some(GgufFile::open(model)?) } else { None };
+    let arch = if let Some(file) = &gguf {
+        file.architecture()?.to_string()
     } else {
         let config = model.join("config.json");
         let text = std::fs::read_to_string(&config).map_err(|e| anyhow!("{}: cannot read ({e})", config.display()))?;
@@ -25,7 +27,26 @@ fn check_architecture(model: &Path) -> Result<()> {
     if arch != "llama" {
         bail!("{}: architecture {arch:?}: the export builds the LLaMA family only", model.display());
     }
-    Ok(())
+    Ok(gguf)
+}
+
+/// Run a converter script on `checkpoint`, writing `part`, with its own `flags`; its stderr is
+/// kept in the scratch directory, its last line the error when it fails. Its stdout.
+fn run_converter(
+    env: &crate::engine::python_env::PythonEnv,
+    what: &str,
+    script: &str,
+    (checkpoint, part): (&Path, &Path),
+    flags: &[(&str, String)],
+    stdin: &[u8],
+    work: &ScratchDir,
+) -> Result<Vec<u8>> {
+    let mut args: Vec<std::ffi::OsString> = vec!["--checkpoint".into(), checkpoint.into(), "--out".into(), part.into()];
+    for (flag, value) in flags {
+        args.extend([(*flag).into(), value.into()]);
+    }
+    let arg_refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    env.run(what, script, &arg_refs, stdin, Some(&work.0.join("converter.log")))
 }
 
 /// The Hugging Face directory the converters read: `model` itself, or a GGUF dequantized into
