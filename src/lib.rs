@@ -27,6 +27,8 @@
 //! - [`report`]: report.md and plots from results.csv.
 //! - [`shrink`]: the smallest GGUF within a quality budget on a device, found by search (a study
 //!   run through `sweep`, judged as `report` judges).
+//! - [`mobile`]: a study's baseline and sweet spots exported to LiteRT (Android's runtime) and
+//!   measured beside their GGUF twins (`sweep --litert`).
 
 pub mod util;
 
@@ -63,6 +65,8 @@ pub mod report;
 
 pub mod shrink;
 
+pub mod mobile;
+
 /// The stages in the order above: a stage may use the stages before it, never one after it
 /// (`eval` and `bench` share a level and do not use each other).
 pub const LAYERS: &[&[&str]] = &[
@@ -82,5 +86,5 @@ pub const LAYERS: &[&[&str]] = &[
     &["export"],
     &["sweep"],
     &["report"],
-    &["shrink"],
+    &["shrink", "mobile"],
 ];

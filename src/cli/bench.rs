@@ -88,11 +88,12 @@ pub struct Args {
 }
 
 impl Args {
-    pub fn run(self, g: Global) -> Result<()> {
+    pub fn run(mut self, g: Global) -> Result<()> {
         if self.list_profiles {
             print!("{}", output::profile_list(profiles()?.values()));
             return Ok(());
         }
+        self.load.resolve_offload();
         if self.models.is_empty() {
             bail!("no model given (usage: microscale bench MODEL.gguf|DIR... --profile NAME)");
         }

@@ -49,8 +49,9 @@ const HELP: &str = "/reset  forget the conversation (the system message stays)\n
                     Ctrl-D  leave";
 
 impl Args {
-    pub fn run(self, g: Global) -> Result<()> {
+    pub fn run(mut self, g: Global) -> Result<()> {
         IoPaths::new().input("MODEL", &self.model).check()?;
+        self.context.load.resolve_offload();
         let sampling = self.sampling.sampling()?;
         if self.caps.wanted() {
             return self.run_capped(g);

@@ -18,8 +18,10 @@ use std::path::PathBuf;
 /// With no --ppl, --kld-base or --task, perplexity on WikiText-2 test is computed.
 ///
 /// A LiteRT file (MODEL.tflite, from `microscale export --format litert`) is run through LiteRT's
-/// own interpreter on the same windows, tokenized by the GGUF it came from (--tokenizer); its
-/// prefill signature must be --ctx-size tokens long. Perplexity only.
+/// own interpreter on the same windows, tokenized by the GGUF it came from (--tokenizer), and its
+/// logits scored by the same code as llama.cpp's; it needs a prefill signature of --ctx-size
+/// tokens. Perplexity, and KL divergence against a base saved by --save-kld-base (both then on
+/// the base's windows); no tasks.
 ///
 /// Examples:
 ///   microscale eval model.gguf --chunks 40
@@ -29,6 +31,7 @@ use std::path::PathBuf;
 ///   microscale eval model.gguf --task sst2 --task arc-easy --task arc-challenge --csv results.csv
 ///   microscale eval model.gguf --task mc:my-questions.jsonl --limit 200 --json
 ///   microscale eval model.tflite --tokenizer model.gguf --chunks 8
+///   microscale eval model.tflite --tokenizer model.gguf --kld-base f32.kld
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -131,8 +134,9 @@ impl Args {
             .output_opt("--csv", self.csv.as_ref(), OutputKind::Append)
     }
 
-    pub fn run(self, g: Global) -> Result<()> {
+    pub fn run(mut self, g: Global) -> Result<()> {
         self.io().check()?;
+        self.load.resolve_offload();
         let (model, csv, json, gpu_layers) = (self.model.clone(), self.csv.clone(), self.json, self.load.gpu_layers);
         let tokenizer = self.tokenizer.clone();
         let out = run(&model, &self.spec()?, g.quiet)?;

@@ -53,9 +53,10 @@ pub struct Args {
     /// Core ML: the tokens of the one sequence the package takes.
     #[arg(long, default_value_t = 512, value_parser = super::tokens_arg::<2>())]
     seq: usize,
-    /// Tokens of the prefill signature (one `eval` window: match --ctx-size there).
-    #[arg(long, default_value_t = 512, value_parser = super::tokens_arg::<2>())]
-    prefill: usize,
+    /// Tokens of a prefill signature (one `eval` window: match --ctx-size there); repeatable, a
+    /// `prefill_N` signature each (a benchmark's prompt length, say).
+    #[arg(long, default_values_t = [512], value_parser = super::tokens_arg::<2>())]
+    prefill: Vec<usize>,
     /// Tokens of the KV cache (prompt and answer).
     #[arg(long, default_value_t = 1024, value_parser = super::tokens_arg::<2>())]
     ctx: usize,
@@ -82,13 +83,14 @@ impl Args {
         if let Format::Coreml = self.format {
             return self.run_coreml(g);
         }
-        let opts = ExportOptions { quantize: self.quantize, prefill: self.prefill, ctx: self.ctx, quiet: g.quiet };
+        let opts =
+            ExportOptions { quantize: self.quantize, prefill: self.prefill.clone(), ctx: self.ctx, quiet: g.quiet };
         let e = export(&self.model, &self.output, &opts)?;
         if self.json {
             return super::output::print_json(&serde_json::to_value(&e)?);
         }
         println!(
-            "wrote {} (LiteRT, {} weights: {}; prefill {} tokens, KV cache {}; {}) in {:.0} s",
+            "wrote {} (LiteRT, {} weights: {}; prefill {:?} tokens, KV cache {}; {}) in {:.0} s",
             e.file.display(),
             e.quantize.name(),
             e.quantize_reason,

@@ -263,12 +263,13 @@ impl CapArgs {
 }
 
 impl Args {
-    pub fn run(self, g: Global) -> Result<()> {
+    pub fn run(mut self, g: Global) -> Result<()> {
         IoPaths::new()
             .input("MODEL", &self.model)
             .input_opt("--file", self.file.as_ref())
             .input_opt("--tokenizer", self.tokenizer.as_ref())
             .check()?;
+        self.context.load.resolve_offload();
         if microscale::engine::litert::is_litert(&self.model) {
             return self.run_litert();
         }

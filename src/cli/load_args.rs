@@ -23,6 +23,17 @@ impl LoadArgs {
         LoadOptions { mmap, gpu_layers: self.gpu_layers }
     }
 
+    /// Where the model runs (not where a SLURM job is submitted from): --gpu-layers becomes the
+    /// layers that will really be offloaded here, 0 when there is no GPU, said in one line, so
+    /// that every row records what ran.
+    pub fn resolve_offload(&mut self) {
+        let (layers, why) = microscale::engine::info::layers_to_offload(self.gpu_layers);
+        if let Some(why) = why {
+            eprintln!("warning: {why}");
+        }
+        self.gpu_layers = layers;
+    }
+
     /// `--threads`, else every core.
     pub fn threads_or_all(&self) -> usize {
         self.threads.unwrap_or_else(default_threads)

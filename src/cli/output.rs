@@ -84,12 +84,17 @@ pub fn engine_info(info: &EngineInfo) -> String {
     };
     format!(
         "microscale {}\nengine: llama.cpp via llama-cpp-2 {} / llama-cpp-sys-2 {} (pinned)\n\
-         CPU features compiled in: {}\nAMX: {amx}\nGPU offload: {}\ndevices: {}\nllama.cpp system info: {}\n",
+         CPU features compiled in: {}\nAMX: {amx}\nbackends compiled in: {}\nGPU offload: {}\ndevices: {}\nllama.cpp system info: {}\n",
         info.microscale,
         info.llama_cpp_2,
         info.llama_cpp_sys_2,
         info.cpu_features.join(" "),
-        if info.gpu_offload { "available" } else { "no (CPU build)" },
+        info.backends.join(", "),
+        match (info.gpu_devices.is_empty(), info.backends.len() > 1) {
+            (false, _) => format!("available: {}", info.gpu_devices.join("; ")),
+            (true, true) => "none: no GPU device found (--gpu-layers runs on the CPU)".to_string(),
+            (true, false) => "no (CPU build)".to_string(),
+        },
         info.devices.join("; "),
         info.system_info
     )

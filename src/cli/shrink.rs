@@ -117,7 +117,8 @@ fn percent(s: &str) -> Result<f64, String> {
 }
 
 impl Args {
-    pub fn run(self, g: Global) -> Result<()> {
+    pub fn run(mut self, g: Global) -> Result<()> {
+        self.load.resolve_offload();
         let data = DataDir::resolve(self.data_dir.as_deref());
         let mut opts = ShrinkOptions::new(&self.model, &self.profile, &self.output);
         opts.study = self.study.clone();

@@ -37,6 +37,8 @@ use std::time::Duration;
 ///   microscale sweep --status /blue/me/seed
 ///   microscale sweep --model models/smollm2-135m --grid grids/seed.toml --out bench-results/smollm2-135m \
 ///       --as-shipped models/SmolLM2-135M-Instruct.Q4_1.gguf --rebench --rounds 3
+///   microscale sweep --model models/smollm2-135m --grid grids/seed.toml --out bench-results/smollm2-135m \
+///       --as-shipped models/SmolLM2-135M-Instruct.Q4_1.gguf --litert
 #[derive(clap::Args)]
 #[command(
     verbatim_doc_comment,
@@ -86,6 +88,15 @@ pub struct Args {
     /// which the report reads to say how the speeds were taken and how much they spread.
     #[arg(long, conflicts_with_all = ["variant", "slurm", "retry_failed"])]
     rebench: bool,
+    /// The study on Android's stack: export the baseline and each profile's sweet spot (judged
+    /// as `report` judges, default budget) to LiteRT with litert-torch, and measure each LiteRT
+    /// file beside its GGUF twin — size, perplexity and KL divergence on the same windows (against
+    /// the baseline GGUF's saved log-probabilities), prompt and generation t/s on this host (the
+    /// grid's pp, tg and reps, the host profile's threads). Files the sweep deleted are rebuilt.
+    /// Writes OUT/litert/ (the .tflite files and results.csv), which the report reads. Needs every
+    /// variant's row; makes the export environment (scripts/export-env.sh) the first time.
+    #[arg(long, conflicts_with_all = ["variant", "slurm", "retry_failed", "rebench"])]
+    litert: bool,
     /// With --rebench: rounds per profile.
     #[arg(long, value_name = "N", default_value_t = 3, requires = "rebench", value_parser = at_least::<1>())]
     rounds: usize,
@@ -178,7 +189,7 @@ impl Args {
         })
     }
 
-    pub fn run(self, g: Global) -> Result<()> {
+    pub fn run(mut self, g: Global) -> Result<()> {
         if let Some(out) = &self.status {
             IoPaths::new().input("--status", out).check()?;
             let st = slurm::status(out)?;
@@ -191,6 +202,10 @@ impl Args {
             bail!("--model, --grid and --out are required");
         };
         IoPaths::new().input("--grid", &grid_path).input_opt("--as-shipped", self.as_shipped.as_ref()).check()?;
+        // The GPU is looked for where the variants run: here, or on the nodes SLURM runs the jobs on.
+        if !self.slurm {
+            self.load.resolve_offload();
+        }
         let as_shipped = match self.no_as_shipped {
             true => None,
             false => self.as_shipped.clone().or_else(|| microscale::convert::import::as_shipped_default(&model)),
@@ -224,7 +239,7 @@ impl Args {
             as_shipped,
             ..SweepOptions::new(&model, &grid_path, &out)
         };
-        microscale::sweep::check_before_work(&grid, &opts, !self.build_only && !self.rebench)?;
+        microscale::sweep::check_before_work(&grid, &opts, !self.build_only && !self.rebench && !self.litert)?;
         match self.job() {
             Some(SweepJob::Variant(name)) if self.build_only => {
                 println!("{}", build_variant(&grid, &name, &opts)?.display());
@@ -240,6 +255,19 @@ impl Args {
             // A non-zero exit marks the task FAILED in SLURM (and fails `sweep --slurm --wait`).
             Some(SweepJob::SlurmTask(name)) => check_row(&run_variant_task(&grid, &name, &opts)?),
             None if self.slurm => self.submit(&grid, &opts, threads, g),
+            None if self.litert => {
+                microscale::sandbox::caps::remove_stale_cgroups();
+                let rows = microscale::mobile::litert_study(&grid, &opts, &Default::default())?;
+                if !g.quiet {
+                    eprintln!(
+                        "measured {} files on llama.cpp and LiteRT: {}; next: microscale report {}",
+                        rows.len(),
+                        microscale::record::twins::twins_csv(&opts.out).display(),
+                        opts.out.display()
+                    );
+                }
+                Ok(())
+            }
             None if self.rebench => {
                 microscale::sandbox::caps::remove_stale_cgroups();
                 let pass = microscale::sweep::rebench::rebench(&grid, &opts, self.rounds)?;

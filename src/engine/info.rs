@@ -20,8 +20,12 @@ pub struct EngineInfo {
     /// This CPU has AMX (from /proc/cpuinfo): where the AMX backend would have crashed.
     pub host_has_amx: bool,
     pub gpu_offload: bool,
+    /// The backends compiled in (ggml's registries: `CPU`, `CUDA`, …).
+    pub backends: Vec<String>,
     /// ggml backends and their devices: "backend: device (description)".
     pub devices: Vec<String>,
+    /// The GPU devices among them (none on a CPU build, or a GPU build on a machine without one).
+    pub gpu_devices: Vec<String>,
     /// llama.cpp's own system line (`llama_print_system_info`).
     pub system_info: String,
 }
@@ -78,18 +82,13 @@ pub fn engine_info() -> EngineInfo {
             cpu_features.push(name.to_string());
         }
     }
-    let mut devices = Vec::new();
+    let devices = device_names(false);
     // SAFETY: the registry is initialised by llama_backend_init; indices are in range.
-    unsafe {
-        for i in 0..sys::ggml_backend_dev_count() {
-            let dev = sys::ggml_backend_dev_get(i);
-            devices.push(format!(
-                "{} ({})",
-                c_str(sys::ggml_backend_dev_name(dev)),
-                c_str(sys::ggml_backend_dev_description(dev))
-            ));
-        }
-    }
+    let backends = unsafe {
+        (0..sys::ggml_backend_reg_count())
+            .map(|i| c_str(sys::ggml_backend_reg_name(sys::ggml_backend_reg_get(i))))
+            .collect()
+    };
     EngineInfo {
         microscale: env!("CARGO_PKG_VERSION").to_string(),
         llama_cpp_sys_2: super::LLAMA_CPP_SYS_VERSION.to_string(),
@@ -99,7 +98,48 @@ pub fn engine_info() -> EngineInfo {
         host_has_amx: host_has_amx(),
         gpu_offload: unsafe { sys::llama_supports_gpu_offload() },
         cpu_features,
+        backends,
         devices,
+        gpu_devices: device_names(true),
         system_info: c_str(unsafe { sys::llama_print_system_info() }).trim().to_string(),
     }
+}
+
+/// ggml's devices as "name (description)": all of them, or the GPUs only (discrete or integrated).
+fn device_names(gpus_only: bool) -> Vec<String> {
+    super::init(false);
+    let mut names = Vec::new();
+    // SAFETY: the registry is initialised by llama_backend_init; indices are in range.
+    unsafe {
+        for i in 0..sys::ggml_backend_dev_count() {
+            let dev = sys::ggml_backend_dev_get(i);
+            let ty = sys::ggml_backend_dev_type(dev);
+            let gpu = ty == sys::GGML_BACKEND_DEVICE_TYPE_GPU || ty == sys::GGML_BACKEND_DEVICE_TYPE_IGPU;
+            if gpu || !gpus_only {
+                let (name, what) = (sys::ggml_backend_dev_name(dev), sys::ggml_backend_dev_description(dev));
+                names.push(format!("{} ({})", c_str(name), c_str(what)));
+            }
+        }
+    }
+    names
+}
+
+/// The GPU devices llama.cpp can offload to on this machine.
+pub fn gpu_devices() -> Vec<String> {
+    device_names(true)
+}
+
+/// The layers that will really be offloaded here: `requested`, or 0 when there is no GPU to take
+/// them, with the one line that says so. llama.cpp itself would keep the layers on the CPU
+/// without a word, and a row would then record GPU layers for a CPU run.
+pub fn layers_to_offload(requested: u32) -> (u32, Option<String>) {
+    if requested == 0 || !gpu_devices().is_empty() {
+        return (requested, None);
+    }
+    let why = if cfg!(feature = "cuda") {
+        "this build has llama.cpp's CUDA backend, and it finds no CUDA device (no GPU, or no NVIDIA driver)"
+    } else {
+        "this build has no GPU backend (build with --features cuda, or scripts/build-cuda.sh)"
+    };
+    (0, Some(format!("--gpu-layers {requested}: no GPU here: {why}; running on the CPU, recorded as gpu_layers 0")))
 }

@@ -26,7 +26,7 @@ pub fn check_file(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// One request to the runtime script (`mode`: score or generate), its JSON answer.
+/// One request to the runtime script (`mode`: generate or bench), its JSON answer.
 fn run_runtime(model: &Path, mode: &str, request: serde_json::Value) -> Result<serde_json::Value> {
     check_file(model)?;
     let env = PythonEnv::ready(true)?;
@@ -40,15 +40,60 @@ fn run_runtime(model: &Path, mode: &str, request: serde_json::Value) -> Result<s
     serde_json::from_slice(&out).context("the LiteRT runtime's answer")
 }
 
-/// The negative log-likelihood of tokens `first+1 ..` of each window, each predicted from the
-/// positions before it (a fresh KV cache per window): what llama-perplexity scores.
-pub fn score_windows(model: &Path, windows: &[Vec<i32>], first: usize, threads: usize) -> Result<Vec<Vec<f64>>> {
-    let v = run_runtime(model, "score", serde_json::json!({"windows": windows, "first": first, "threads": threads}))?;
-    let nll = v["nll"].as_array().ok_or_else(|| anyhow!("the LiteRT runtime returned no scores"))?;
-    nll.iter()
-        .map(|w| w.as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()))
-        .collect::<Option<Vec<Vec<f64>>>>()
-        .ok_or_else(|| anyhow!("the LiteRT runtime returned malformed scores"))
+/// Run each window through the file's prefill signature of its length (a fresh KV cache per
+/// window) and hand `on_window(index, logits)` the logits of positions `first ..` (each predicting
+/// the next token; `n_vocab` floats per position), window by window as they come: what llama.cpp's
+/// perplexity and KL divergence score, so the LiteRT file is scored by the same code.
+pub fn window_logits(
+    model: &Path,
+    windows: &[Vec<i32>],
+    first: usize,
+    n_vocab: usize,
+    threads: usize,
+    on_window: &mut dyn FnMut(usize, &[f32]) -> Result<()>,
+) -> Result<()> {
+    check_file(model)?;
+    let env = PythonEnv::ready(true)?;
+    let request = serde_json::json!({"windows": windows, "first": first, "threads": threads});
+    let mut read = |stdout: &mut dyn std::io::Read| -> Result<()> {
+        let mut bytes = Vec::new();
+        for (i, w) in windows.iter().enumerate() {
+            bytes.resize(4 * n_vocab * (w.len() - 1 - first), 0);
+            stdout.read_exact(&mut bytes).map_err(|e| {
+                anyhow!("window {i}: fewer logits than {} positions of {n_vocab} ({e})", w.len() - 1 - first)
+            })?;
+            let logits: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+            on_window(i, &logits)?;
+        }
+        Ok(())
+    };
+    env.run_streaming(
+        &format!("{}: LiteRT", model.display()),
+        RUNTIME,
+        &[model.as_os_str(), "logits".as_ref()],
+        request.to_string().as_bytes(),
+        None,
+        &mut read,
+    )
+}
+
+/// Prompt processing and generation speeds of a LiteRT file through the interpreter, measured as
+/// llama-bench measures llama.cpp's: `n_prompt` random tokens through `prefill_{n_prompt}`, then
+/// `n_gen` tokens one at a time through `decode`, `reps` times after a warm-up.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+pub struct LiteRtSpeed {
+    /// Seconds to load the file and prepare its signatures.
+    pub load_s: f64,
+    pub pp_tps: Vec<f64>,
+    pub tg_tps: Vec<f64>,
+    /// Peak resident set of the Python process running the interpreter, KiB.
+    pub peak_rss_kib: u64,
+}
+
+pub fn bench(model: &Path, n_prompt: usize, n_gen: usize, reps: usize, threads: usize) -> Result<LiteRtSpeed> {
+    let request = serde_json::json!({"n_prompt": n_prompt, "n_gen": n_gen, "reps": reps, "threads": threads});
+    let v = run_runtime(model, "bench", request)?;
+    serde_json::from_value(v).context("the LiteRT runtime's benchmark")
 }
 
 /// Greedy continuation of `prompt`: up to `n` tokens, stopping after any of `stop`.

@@ -5,7 +5,7 @@
 //! needed, when the script is at hand.
 
 use anyhow::{bail, Context, Result};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -75,6 +75,26 @@ impl PythonEnv {
         input: &[u8],
         log: Option<&Path>,
     ) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.run_streaming(what, script, args, input, log, &mut |stdout| {
+            stdout.read_to_end(&mut out)?;
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// As [`PythonEnv::run`], with the script's stdout handed to `read` while it runs (for
+    /// answers too large to hold whole: a window's logits at a time). When the script fails, its
+    /// own message is the error, whatever `read` made of the stream's end.
+    pub fn run_streaming(
+        &self,
+        what: &str,
+        script: &str,
+        args: &[&std::ffi::OsStr],
+        input: &[u8],
+        log: Option<&Path>,
+        read: &mut dyn FnMut(&mut dyn Read) -> Result<()>,
+    ) -> Result<()> {
         let file = ScriptFile::write(script)?;
         let mut child = Command::new(&self.python)
             .arg(&file.0)
@@ -90,17 +110,28 @@ impl PythonEnv {
         let mut stdin = child.stdin.take().expect("piped");
         let input = input.to_vec();
         let writer = std::thread::spawn(move || stdin.write_all(&input));
-        let out = child.wait_with_output()?;
+        let mut stderr_pipe = child.stderr.take().expect("piped");
+        let stderr_reader = std::thread::spawn(move || {
+            let mut err = Vec::new();
+            let _ = stderr_pipe.read_to_end(&mut err);
+            err
+        });
+        let mut stdout = child.stdout.take().expect("piped");
+        let read_result = read(&mut stdout);
+        // Whatever was not read is drained, so the script is never blocked on a full pipe.
+        let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+        let status = child.wait()?;
         let _ = writer.join();
+        let stderr = stderr_reader.join().unwrap_or_default();
         if let Some(log) = log {
-            std::fs::write(log, &out.stderr).with_context(|| format!("{}: cannot write", log.display()))?;
+            std::fs::write(log, &stderr).with_context(|| format!("{}: cannot write", log.display()))?;
         }
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
+        if !status.success() {
+            let stderr = String::from_utf8_lossy(&stderr);
             let last = stderr.lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or("no message");
-            bail!("{what} failed ({}): {last}", describe(&out.status));
+            bail!("{what} failed ({}): {last}", describe(&status));
         }
-        Ok(out.stdout)
+        read_result.with_context(|| format!("{what}: reading its answer"))
     }
 }
 

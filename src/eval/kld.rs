@@ -217,18 +217,7 @@ pub fn kl_divergence_from_file(
     opts: &PerplexityOptions,
     quiet: bool,
 ) -> Result<KldResult> {
-    let shown = base.path.display();
-    if model.n_vocab() != base.n_vocab {
-        bail!(
-            "{shown}: saved for a vocabulary of {} tokens, {} has {}",
-            base.n_vocab,
-            model.path.display(),
-            model.n_vocab()
-        );
-    }
-    if opts.n_ctx != base.n_ctx {
-        bail!("{shown}: saved with windows of {} tokens, not {} (--ctx-size)", base.n_ctx, opts.n_ctx);
-    }
+    check_base_fits(base, model, opts.n_ctx)?;
     // At most the windows saved, as a text gives at most the windows it holds.
     let chunks = opts.chunks.map_or(base.n_chunk, |c| c.min(base.n_chunk));
     // The file holds whole windows, however few (llama-perplexity's two-window minimum is for texts).
@@ -246,15 +235,39 @@ fn kld_over_windows(
     quiet: bool,
 ) -> Result<KldResult> {
     let mut test_eval = WindowLogits::new(model, opts.n_ctx, opts.n_ctx, opts.threads)?;
-    let n_vocab = model.n_vocab();
-    let first = opts.n_ctx / 2;
-    let mut sums = Sums::default();
-    let mut klds = Vec::new();
-    let mut window_kld = Vec::with_capacity(wins.len());
-    let progress = Progress::new(wins.len() as u64, "kl-divergence", quiet);
+    let mut acc = KldWindows::new(model.n_vocab(), opts.n_ctx, wins.len(), quiet);
     for (i, w) in wins.iter().enumerate() {
         let base = base_rows(i)?;
-        let test_logits = test_eval.eval(std::slice::from_ref(w))?.remove(0);
+        acc.add(w, &test_eval.eval(std::slice::from_ref(w))?.remove(0), &base);
+    }
+    Ok(acc.finish(wins))
+}
+
+/// The running statistics of a KL divergence, a window at a time.
+struct KldWindows {
+    n_vocab: usize,
+    first: usize,
+    sums: Sums,
+    klds: Vec<f32>,
+    window_kld: Vec<f64>,
+    progress: Progress,
+}
+
+impl KldWindows {
+    fn new(n_vocab: usize, n_ctx: usize, windows: usize, quiet: bool) -> KldWindows {
+        KldWindows {
+            n_vocab,
+            first: n_ctx / 2,
+            sums: Sums::default(),
+            klds: Vec::new(),
+            window_kld: Vec::with_capacity(windows),
+            progress: Progress::new(windows as u64, "kl-divergence", quiet),
+        }
+    }
+
+    /// Window `w`: the tested model's logits of its scored positions against the base's rows.
+    fn add(&mut self, w: &[i32], test_logits: &[f32], base: &[BaseLogProbs]) {
+        let (n_vocab, first) = (self.n_vocab, self.first);
         let stats: Vec<(Sums, f32)> = base
             .par_iter()
             .enumerate()
@@ -263,20 +276,77 @@ fn kld_over_windows(
         let mut in_window = 0f64;
         for (s, k) in stats {
             in_window += s.kld;
-            sums.add(&s);
-            klds.push(k);
+            self.sums.add(&s);
+            self.klds.push(k);
         }
-        window_kld.push(in_window);
-        progress.set_message(&format!("KLD {:.5}", sums.kld / sums.count as f64));
-        progress.inc(1);
+        self.window_kld.push(in_window);
+        self.progress.set_message(&format!("KLD {:.5}", self.sums.kld / self.sums.count as f64));
+        self.progress.inc(1);
     }
-    progress.finish();
-    Ok(KldResult {
-        window_kld,
-        tokens_per_window: opts.n_ctx - 1 - first,
-        tokens_sha256: crate::record::items::tokens_sha256(wins.iter().map(Vec::as_slice)),
-        ..finish(sums, klds, wins.len())
-    })
+
+    fn finish(self, wins: &[Vec<i32>]) -> KldResult {
+        self.progress.finish();
+        let tokens_per_window = wins.first().map_or(0, |w| w.len() - 1 - self.first);
+        KldResult {
+            window_kld: self.window_kld,
+            tokens_per_window,
+            tokens_sha256: crate::record::items::tokens_sha256(wins.iter().map(Vec::as_slice)),
+            ..finish(self.sums, self.klds, wins.len())
+        }
+    }
+}
+
+/// KL divergence against a saved base of logits that another runtime computes (a LiteRT file):
+/// the windows to run come from the base file; each window's logits, handed to
+/// [`KldOfLogits::add`] in order, are scored exactly as llama.cpp's are.
+pub struct KldOfLogits<'b> {
+    base: &'b BaseLogProbsFile,
+    pub windows: Vec<Vec<i32>>,
+    acc: KldWindows,
+}
+
+impl<'b> KldOfLogits<'b> {
+    /// `vocab` lays the windows out (BOS) as llama-perplexity does; `chunks` at most.
+    pub fn new(
+        vocab: &Model,
+        base: &'b BaseLogProbsFile,
+        n_ctx: usize,
+        chunks: Option<usize>,
+        quiet: bool,
+    ) -> Result<Self> {
+        check_base_fits(base, vocab, n_ctx)?;
+        let chunks = chunks.map_or(base.n_chunk, |c| c.min(base.n_chunk));
+        let windows = split_windows(vocab, &base.tokens, base.n_ctx, chunks);
+        let acc = KldWindows::new(base.n_vocab, n_ctx, windows.len(), quiet);
+        Ok(KldOfLogits { base, windows, acc })
+    }
+
+    /// Window `i`'s logits of positions `n_ctx/2 ..` (`n_vocab` each).
+    pub fn add(&mut self, i: usize, logits: &[f32]) {
+        let base = self.base.window(i);
+        self.acc.add(&self.windows[i], logits, &base);
+    }
+
+    pub fn finish(self) -> KldResult {
+        self.acc.finish(&self.windows)
+    }
+}
+
+/// A saved base is compared only with a model of its vocabulary, on windows of its length.
+fn check_base_fits(base: &BaseLogProbsFile, model: &Model, n_ctx: usize) -> Result<()> {
+    let shown = base.path.display();
+    if model.n_vocab() != base.n_vocab {
+        bail!(
+            "{shown}: saved for a vocabulary of {} tokens, {} has {}",
+            base.n_vocab,
+            model.path.display(),
+            model.n_vocab()
+        );
+    }
+    if n_ctx != base.n_ctx {
+        bail!("{shown}: saved with windows of {} tokens, not {n_ctx} (--ctx-size)", base.n_ctx);
+    }
+    Ok(())
 }
 
 /// A window's base log-probabilities for the tokens it scores (each position predicts the next, so

@@ -3,8 +3,10 @@
 
 use super::choice::{score_items, ChoiceOptions, ChoiceResult};
 use super::data::{self, McItem, Task};
-use super::kld::{kl_divergence, kl_divergence_from_file, save_base_log_probs, BaseLogProbsFile, KldResult};
-use super::perplexity::{perplexity_of_tokens, PerplexityOptions, PerplexityResult};
+use super::kld::{
+    kl_divergence, kl_divergence_from_file, save_base_log_probs, BaseLogProbsFile, KldOfLogits, KldResult,
+};
+use super::perplexity::{perplexity_of_tokens, token_logprob, PerplexityOptions, PerplexityResult};
 use crate::engine::{LoadOptions, Model};
 use crate::record::items::{ItemRecord, Items, Windows};
 use crate::record::rows::MetricRow;
@@ -166,13 +168,7 @@ pub fn run(model_path: &Path, spec: &EvalSpec, quiet: bool) -> Result<EvalOutput
             }
             (None, None) => bail!("KL divergence against a model needs a text"),
         };
-        let s = t.elapsed().as_secs_f64();
-        out.rows.push(row("kld", k.kld_mean, k.kld_stderr, k.tokens, s));
-        out.rows.push(row("kld_p99", k.kld_p99, 0.0, k.tokens, s));
-        out.rows.push(row("kld_p999", k.kld_p999, 0.0, k.tokens, s));
-        out.rows.push(row("same_top", k.same_top, k.same_top_stderr, k.tokens, s));
-        out.rows.push(row("ppl_ratio", k.ppl_ratio, k.ppl_ratio_stderr, k.tokens, s));
-        out.kld = Some(k);
+        push_kld_rows(&mut out, k, t.elapsed().as_secs_f64());
     }
     if let Some(text) = &text {
         if spec.ppl.is_some() {
@@ -197,45 +193,82 @@ pub fn run(model_path: &Path, spec: &EvalSpec, quiet: bool) -> Result<EvalOutput
     Ok(out)
 }
 
-/// A LiteRT file's perplexity, on the windows llama-perplexity would score, tokenized by the GGUF
-/// it came from (`--tokenizer`) and run through the LiteRT interpreter: the number beside the
-/// GGUF's. KL divergence and tasks are not run on LiteRT files.
+/// A LiteRT file's perplexity (and KL divergence against a saved base), on the windows
+/// llama-perplexity would score, tokenized by the GGUF it came from (`--tokenizer`) and run
+/// through the LiteRT interpreter: the numbers beside the GGUF's. With `--kld-base` (a file saved
+/// by `--save-kld-base`) both come from one pass over the base's own windows. Tasks are not run on
+/// LiteRT files.
 fn run_litert(model_path: &Path, spec: &EvalSpec, quiet: bool) -> Result<EvalOutput> {
     let shown = model_path.display();
-    if spec.kld_base.is_some() || spec.save_kld_base.is_some() || !spec.tasks.is_empty() {
-        bail!("{shown}: a LiteRT file is evaluated on perplexity only (no --kld-base, --save-kld-base or --task)");
+    if spec.save_kld_base.is_some() || !spec.tasks.is_empty() {
+        bail!(
+            "{shown}: a LiteRT file is evaluated on perplexity and KL divergence only (no --save-kld-base or --task)"
+        );
     }
+    let base = match &spec.kld_base {
+        Some(path) if BaseLogProbsFile::is_one(path) => Some(BaseLogProbsFile::open(path)?),
+        Some(path) => bail!(
+            "{}: a LiteRT file is compared with a saved base only (make one with `microscale eval BASE.gguf --save-kld-base FILE`)",
+            path.display()
+        ),
+        None => None,
+    };
     crate::engine::litert::check_file(model_path)?;
     let Some(tokenizer) = &spec.tokenizer else {
         bail!("{shown}: a LiteRT file holds no tokenizer; give the GGUF it was exported from with --tokenizer");
     };
-    let text_path = match &spec.ppl {
-        Some(p) => p.clone(),
-        None => spec.data.file(WIKITEXT_TEST)?,
-    };
-    let text =
-        std::fs::read_to_string(&text_path).map_err(|e| anyhow!("{}: cannot read ({e})", text_path.display()))?;
     let vocab = Model::load_vocab_only(tokenizer)?;
-    let tokens = vocab.tokenize(&text, true);
-    let windows = super::perplexity::windows(&vocab, &tokens, spec.n_ctx, spec.chunks)?;
+    let mut kld = match &base {
+        Some(b) => Some(KldOfLogits::new(&vocab, b, spec.n_ctx, spec.kld_chunks.or(spec.chunks), quiet)?),
+        None => None,
+    };
+    let windows = match &kld {
+        Some(k) => k.windows.clone(),
+        None => {
+            let text_path = match &spec.ppl {
+                Some(p) => p.clone(),
+                None => spec.data.file(WIKITEXT_TEST)?,
+            };
+            let text = std::fs::read_to_string(&text_path)
+                .map_err(|e| anyhow!("{}: cannot read ({e})", text_path.display()))?;
+            super::perplexity::windows(&vocab, &vocab.tokenize(&text, true), spec.n_ctx, spec.chunks)?
+        }
+    };
     if !quiet {
-        eprintln!("perplexity: {} windows of {} tokens through the LiteRT interpreter", windows.len(), spec.n_ctx);
+        eprintln!("{} windows of {} tokens through the LiteRT interpreter", windows.len(), spec.n_ctx);
     }
     let t = Instant::now();
-    let scored = crate::engine::litert::score_windows(model_path, &windows, spec.n_ctx / 2, spec.threads)?;
-    let expected = spec.n_ctx - 1 - spec.n_ctx / 2;
-    if scored.len() != windows.len() || scored.iter().any(|v| v.len() != expected) {
-        bail!(
-            "{shown}: the LiteRT runtime scored {} windows, not {} of {expected} tokens",
-            scored.len(),
-            windows.len()
-        );
+    let (first, n_vocab) = (spec.n_ctx / 2, vocab.n_vocab());
+    let mut scored = Vec::with_capacity(windows.len());
+    let mut on_window = |i: usize, logits: &[f32]| -> Result<()> {
+        let w = &windows[i];
+        let nll = logits.chunks_exact(n_vocab).zip(&w[first + 1..]).map(|(l, &tok)| -token_logprob(l, tok as usize));
+        scored.push(nll.collect::<Vec<f64>>());
+        if let Some(k) = kld.as_mut() {
+            k.add(i, logits);
+        }
+        Ok(())
+    };
+    crate::engine::litert::window_logits(model_path, &windows, first, n_vocab, spec.threads, &mut on_window)?;
+    let s = t.elapsed().as_secs_f64();
+    let mut out = EvalOutput::default();
+    if let Some(k) = kld {
+        push_kld_rows(&mut out, k.finish(), s);
     }
     let p = super::perplexity::from_scores(&windows, spec.n_ctx, &scored);
-    let mut out = EvalOutput::default();
-    out.rows.push(row("ppl", p.ppl, p.ppl_stderr, p.scored_tokens, t.elapsed().as_secs_f64()));
+    out.rows.push(row("ppl", p.ppl, p.ppl_stderr, p.scored_tokens, s));
     out.perplexity = Some(p);
     Ok(out)
+}
+
+/// The KL divergence's rows (and the result itself) in an evaluation's output.
+fn push_kld_rows(out: &mut EvalOutput, k: KldResult, s: f64) {
+    out.rows.push(row("kld", k.kld_mean, k.kld_stderr, k.tokens, s));
+    out.rows.push(row("kld_p99", k.kld_p99, 0.0, k.tokens, s));
+    out.rows.push(row("kld_p999", k.kld_p999, 0.0, k.tokens, s));
+    out.rows.push(row("same_top", k.same_top, k.same_top_stderr, k.tokens, s));
+    out.rows.push(row("ppl_ratio", k.ppl_ratio, k.ppl_ratio_stderr, k.tokens, s));
+    out.kld = Some(k);
 }
 
 pub fn task_metric_name(task: &Task, shots: usize) -> String {

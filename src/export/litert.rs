@@ -53,8 +53,9 @@ impl LiteRtQuant {
 pub struct ExportOptions {
     /// None: chosen from the source's bits per weight ([`LiteRtQuant::for_bits_per_weight`]).
     pub quantize: Option<LiteRtQuant>,
-    /// Tokens of the prefill signature (what `eval` scores as one window).
-    pub prefill: usize,
+    /// Tokens of each prefill signature (`prefill_N`): what `eval` scores as one window (its
+    /// --ctx-size), and the prompt lengths a benchmark runs.
+    pub prefill: Vec<usize>,
     /// Tokens of the KV cache (prompt and answer).
     pub ctx: usize,
     pub quiet: bool,
@@ -68,19 +69,24 @@ pub struct Exported {
     pub quantize: LiteRtQuant,
     /// Why that quantization (the source's bits per weight, or the request).
     pub quantize_reason: String,
-    pub prefill: usize,
+    pub prefill: Vec<usize>,
     pub ctx: usize,
     pub seconds: f64,
+    /// Peak resident set of the converter's process.
+    pub peak_rss_bytes: u64,
 }
 
 /// Export `model` (a GGUF or a Hugging Face directory of the LLaMA family) to `out`.
 pub fn export(model: &Path, out: &Path, opts: &ExportOptions) -> Result<Exported> {
-    if opts.prefill < 2 || opts.ctx < opts.prefill {
-        bail!(
-            "--prefill {} and --ctx {}: the prefill needs at least 2 tokens and fits in the KV cache",
-            opts.prefill,
+    let mut prefill = opts.prefill.clone();
+    prefill.sort_unstable();
+    prefill.dedup();
+    match (prefill.first(), prefill.last()) {
+        (Some(&shortest), Some(&longest)) if shortest >= 2 && longest <= opts.ctx => {}
+        _ => bail!(
+            "--prefill {prefill:?} and --ctx {}: each prefill needs at least 2 tokens and fits in the KV cache",
             opts.ctx
-        );
+        ),
     }
     let started = Instant::now();
     let gguf = super::check_architecture(model)?;
@@ -93,11 +99,15 @@ pub fn export(model: &Path, out: &Path, opts: &ExportOptions) -> Result<Exported
     let part = work.0.join("model.tflite");
     let flags = [
         ("--quantize", quantize.name().to_string()),
-        ("--prefill", opts.prefill.to_string()),
+        ("--prefill", prefill.iter().map(usize::to_string).collect::<Vec<_>>().join(",")),
         ("--ctx", opts.ctx.to_string()),
     ];
     let what = format!("{}: the LiteRT conversion", model.display());
-    super::run_converter(&env, &what, CONVERTER, (&checkpoint, &part), &flags, b"", &work)?;
+    let answer = super::run_converter(&env, &what, CONVERTER, (&checkpoint, &part), &flags, b"", &work)?;
+    // The converter's own last line (litert-torch prints on stdout too).
+    let last = String::from_utf8_lossy(&answer).lines().rev().find(|l| !l.trim().is_empty()).map(str::to_owned);
+    let said = last.and_then(|l| serde_json::from_str::<serde_json::Value>(&l).ok());
+    let peak_rss_kib = said.and_then(|v| v["peak_rss_kib"].as_u64());
     progress.finish();
     std::fs::rename(&part, out).with_context(|| format!("{}: cannot write", out.display()))?;
     let bytes = std::fs::metadata(out)?.len();
@@ -106,9 +116,10 @@ pub fn export(model: &Path, out: &Path, opts: &ExportOptions) -> Result<Exported
         bytes,
         quantize,
         quantize_reason,
-        prefill: opts.prefill,
+        prefill,
         ctx: opts.ctx,
         seconds: started.elapsed().as_secs_f64(),
+        peak_rss_bytes: peak_rss_kib.unwrap_or(0) << 10,
     })
 }
 
@@ -119,13 +130,17 @@ fn choose_quant(gguf: Option<&GgufFile>, asked: Option<LiteRtQuant>) -> (LiteRtQ
     let Some(file) = gguf else {
         return (LiteRtQuant::WeightOnlyInt8, "a checkpoint's weights: 8 bits".into());
     };
-    // The type holding most of the weights decides.
+    match main_type(file) {
+        Some(ty) => (LiteRtQuant::default_for(ty), format!("the GGUF's weights are mostly {}", ty.name())),
+        None => (LiteRtQuant::WeightOnlyInt8, "a GGUF without tensors: 8 bits".into()),
+    }
+}
+
+/// The type holding most of a GGUF's weights (None: no tensors).
+pub fn main_type(file: &GgufFile) -> Option<GgmlType> {
     let mut by_type: std::collections::BTreeMap<&'static str, (u64, GgmlType)> = Default::default();
     for t in &file.tensors {
         by_type.entry(t.ggml_type.name()).or_insert((0, t.ggml_type)).0 += t.n_elements();
     }
-    match by_type.into_values().max_by_key(|(n, _)| *n) {
-        Some((_, ty)) => (LiteRtQuant::default_for(ty), format!("the GGUF's weights are mostly {}", ty.name())),
-        None => (LiteRtQuant::WeightOnlyInt8, "a GGUF without tensors: 8 bits".into()),
-    }
+    by_type.into_values().max_by_key(|(n, _)| *n).map(|(_, ty)| ty)
 }

@@ -3,7 +3,7 @@
 Run by `microscale export --format litert` in the export environment (scripts/export-env.sh).
 The model is built with litert-torch's generative API (the layers its SmolLM, LLaMA and
 TinyLlama builders use), its configuration read from config.json; the converter adds a
-prefill signature of --prefill tokens (its logits kept, so perplexity can be measured) and a
+prefill signature per --prefill length (its logits kept, so perplexity can be measured) and a
 decode signature, over an external KV cache of --ctx tokens, and quantizes the weights as
 --quantize names (litert-torch's recipes). Prints one JSON line: what was written.
 """
@@ -11,6 +11,7 @@ decode signature, over an external KV cache of --ctx tokens, and quantizes the w
 import argparse
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -58,13 +59,14 @@ def main() -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--quantize", required=True)
-    p.add_argument("--prefill", type=int, required=True)
+    p.add_argument("--prefill", required=True, help="comma-separated lengths")
     p.add_argument("--ctx", type=int, required=True)
     a = p.parse_args()
     with open(os.path.join(a.checkpoint, "config.json")) as f:
         hf = json.load(f)
     started = time.time()
-    config = model_config(hf, max(a.ctx, a.prefill))
+    prefill = [int(n) for n in a.prefill.split(",")]
+    config = model_config(hf, max([a.ctx] + prefill))
     model = model_builder.build_decoder_only_model(
         checkpoint_path=a.checkpoint,
         config=config,
@@ -78,7 +80,7 @@ def main() -> None:
             model,
             output_path=work,
             output_name_prefix="model",
-            prefill_seq_len=a.prefill,
+            prefill_seq_len=prefill,
             kv_cache_max_len=a.ctx,
             quantize=a.quantize,
             export_config=export_config.ExportConfig(output_logits_on_prefill=True),
@@ -86,7 +88,8 @@ def main() -> None:
         shutil.move(written, a.out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"file": a.out, "seconds": time.time() - started, "quantize": a.quantize}))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"file": a.out, "seconds": time.time() - started, "quantize": a.quantize, "peak_rss_kib": peak}))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@
 //! - [`items`]: per-variant item files (`OUT/items/NAME.json`): what each window and item scored,
 //!   for paired comparisons.
 //! - [`speeds`]: how `sweep --rebench` re-took a study's speeds (`OUT/speeds.json`), every round kept.
+//! - [`twins`]: the study's picks on LiteRT beside their GGUF twins (`export --study`,
+//!   `OUT/litert/results.csv`).
 //!
 //! Uses `source` (a model's identity), `util`.
 
@@ -19,5 +21,6 @@ pub mod results;
 pub mod rows;
 pub mod speeds;
 pub mod status;
+pub mod twins;
 
 pub use status::Status;

@@ -139,6 +139,9 @@ pub struct Results {
     /// How `sweep --rebench` took the speeds again (`speeds.json` beside results.csv); None as
     /// read from results.csv alone, or when each row's speeds are from when it was measured.
     pub speeds: Option<super::speeds::SpeedPass>,
+    /// The baseline and sweet spots on LiteRT beside their GGUF twins (`sweep --litert`,
+    /// `litert/results.csv` beside results.csv); None as read from results.csv alone.
+    pub twins: Option<Vec<super::twins::TwinRow>>,
 }
 
 impl Results {
@@ -227,7 +230,15 @@ pub fn parse_results(text: &str, path: &Path) -> Result<Results> {
         }
         variants.push(v);
     }
-    Ok(Results { path: path.to_path_buf(), profiles, acc_metrics, variants, measured: BTreeMap::new(), speeds: None })
+    Ok(Results {
+        path: path.to_path_buf(),
+        profiles,
+        acc_metrics,
+        variants,
+        measured: BTreeMap::new(),
+        speeds: None,
+        twins: None,
+    })
 }
 
 /// Column name → index, checking no name repeats and every required column is there.

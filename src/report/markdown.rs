@@ -91,6 +91,7 @@ pub fn read_study(dir: &Path, device_rows: &[PathBuf]) -> Result<Results> {
 fn load_study(dir: &Path, device_rows: &[PathBuf]) -> Result<(Results, Vec<(PathBuf, DeviceRows)>)> {
     let mut results = read_results(&dir.join("results.csv"))?;
     results.speeds = crate::record::speeds::SpeedPass::read(dir)?;
+    results.twins = crate::record::twins::read_twins(&crate::record::twins::twins_csv(dir))?;
     let loaded = super::devices::load_device_rows(dir, &results, device_rows)?;
     super::devices::fold_into(&mut results, &loaded);
     Ok((results, loaded))
@@ -194,6 +195,7 @@ pub fn render_markdown_paired(
     provenance(&mut md, r);
     caveats(&mut md, r, paired, opts);
     sweet_spot_section(&mut md, r, paired, opts);
+    super::litert::litert_section(&mut md, r);
     measured_section(&mut md, r);
     glance_section(&mut md, r, paired, opts);
     paired_section(&mut md, r, paired, &opts.criteria());

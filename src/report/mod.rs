@@ -7,6 +7,7 @@
 //! its `items/`).
 
 pub mod devices;
+pub mod litert;
 pub mod markdown;
 pub mod paired;
 pub mod pareto;

@@ -309,6 +309,9 @@ pub struct Grid {
     pub profiles: std::collections::BTreeMap<String, Profile>,
 }
 
+/// The row name of the uncompressed baseline (its GGUF: `OUT/variants/baseline-f32.gguf`).
+pub const BASELINE: &str = "baseline-f32";
+
 /// The row name of the file the model came as.
 pub const AS_SHIPPED: &str = "as-shipped";
 
@@ -463,9 +466,9 @@ fn check_variant_name(name: &str) -> Result<()> {
 pub fn parse_grid(text: &str) -> Result<Grid> {
     let raw: RawGrid = toml::from_str(text)?;
     let with_imatrix = raw.calib.as_ref().is_none_or(|c| c.imatrix);
-    let mut variants = vec![Variant::made_elsewhere("baseline-f32", Kind::Baseline, Scheme::F32, false)];
+    let mut variants = vec![Variant::made_elsewhere(BASELINE, Kind::Baseline, Scheme::F32, false)];
     check_settings(&raw)?;
-    let mut names: std::collections::HashSet<String> = ["baseline-f32".to_string()].into();
+    let mut names: std::collections::HashSet<String> = [BASELINE.to_string()].into();
     let mut push = |v: Variant| -> Result<()> {
         check_variant_name(&v.name)?;
         if !names.insert(v.name.clone()) {

@@ -236,6 +236,8 @@ pub const OUT_ENTRIES: &[&str] = &[
     "calib.imatrix.moments.gguf",
     "slurm",
     "speeds.json",
+    // `sweep --litert` ([`crate::record::twins`]).
+    "litert",
 ];
 
 /// Everything the grid's variants will read, checked before any work: the calibration text and,

@@ -46,40 +46,77 @@ fn export(model: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
     serde_json::from_str(&ok(&args)).unwrap()
 }
 
-/// The shipped Q4_1 file to LiteRT twice: with float32 weights its perplexity equals the F32
-/// GGUF's (the same weights; only the order of float sums differs between XNNPACK and ggml:
-/// 0.01% measured, 0.1% allowed); with int8 weights (the default for a quantized GGUF:
-/// per-channel scales) within 1%: +0.28% measured over these 4 windows (+1.05% over the first 2
-/// alone), against +61% for LiteRT's symmetric int4, which a broken scale would resemble. Both
-/// give llama.cpp's greedy answer.
+/// The study on Android's stack (`sweep --litert`): a sweep of the default model (its F32
+/// baseline and the Q4_1 file it shipped as, which is the sweet spot), then both exported to
+/// LiteRT and measured beside their GGUFs.
+///
+/// With float32 weights the LiteRT baseline scores as the F32 GGUF (the same weights; only the
+/// order of float sums differs between XNNPACK and ggml: 0.01% measured, 0.1% allowed) and its KL
+/// divergence from the GGUF's log-probabilities is float noise (4e-7 measured). The shipped
+/// Q4_1 file, quantized GGUF, becomes int8 weights (per-channel scales): within 1% of the F32
+/// GGUF (+0.28% measured over these 4 windows) with a KL divergence of the Q4_1 GGUF's order
+/// (0.003–0.004), against +61% for LiteRT's symmetric int4, which a broken scale would resemble.
+/// Both LiteRT files give llama.cpp's greedy answer, and the report sets each beside its twin.
 #[test]
-fn the_default_model_exported_to_litert_scores_and_answers_as_its_gguf() {
+fn a_study_s_baseline_and_sweet_spot_run_on_litert_beside_their_ggufs() {
     let shipped = common::default_model::gguf();
     let tmp = tempfile::tempdir().unwrap();
-    let f32_gguf = tmp.path().join("f32.gguf");
-    ok(&["convert", s(&shipped), "-o", s(&f32_gguf), "--outtype", "f32", "-q"]);
-    let (gguf_ppl, gguf_tokens) = ppl(&f32_gguf, None);
+    let grid = tmp.path().join("grid.toml");
+    let grid_text =
+        "[eval]\nppl_chunks = 4\nkld_chunks = 4\n[bench]\nprofiles = [\"host\"]\nreps = 1\npp = 32\ntg = 8\n";
+    std::fs::write(&grid, grid_text).unwrap();
+    let out = tmp.path().join("study");
+    let sweep = ["sweep", "--model", s(&shipped), "--grid", s(&grid), "--out", s(&out), "-q"];
+    ok(&sweep);
+    ok(&[&sweep[..], &["--litert"]].concat());
+
+    let mut rows: Vec<serde_json::Map<String, serde_json::Value>> = vec![];
+    for r in csv::Reader::from_path(out.join("litert/results.csv")).unwrap().deserialize() {
+        rows.push(r.unwrap());
+    }
+    let row = |variant: &str, runtime: &str| {
+        let found = rows.iter().find(|r| r["variant"] == variant && r["runtime"] == runtime);
+        found.unwrap_or_else(|| panic!("no {variant} on {runtime}: {rows:?}")).clone()
+    };
+    let num = |r: &serde_json::Map<String, serde_json::Value>, k: &str| -> f64 {
+        r[k].as_str().and_then(|v| v.parse().ok()).or_else(|| r[k].as_f64()).unwrap_or_else(|| panic!("{k}: {r:?}"))
+    };
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    let (base_gguf, base_lite) = (row("baseline-f32", "llama.cpp"), row("baseline-f32", "litert"));
+    let (q4_gguf, q4_lite) = (row("as-shipped", "llama.cpp"), row("as-shipped", "litert"));
+    assert_eq!((base_lite["weights"].as_str(), q4_lite["weights"].as_str()), (Some("none"), Some("weight_only_int8")));
+    assert!(q4_lite["role"].as_str().unwrap().contains("sweet spot: host"), "{q4_lite:?}");
+    let f32_ppl = num(&base_gguf, "ppl");
+    assert!((num(&base_lite, "ppl") / f32_ppl - 1.0).abs() < 1e-3, "{base_lite:?} vs {base_gguf:?}");
+    assert!(num(&base_lite, "kld").abs() < 1e-4 && num(&base_lite, "same_top") > 0.99, "{base_lite:?}");
+    let int8_ppl = num(&q4_lite, "ppl");
+    assert!((int8_ppl / f32_ppl - 1.0).abs() < 1e-2 && int8_ppl != num(&base_lite, "ppl"), "{q4_lite:?}");
+    assert!((1e-3..2e-2).contains(&num(&q4_lite, "kld")), "{q4_lite:?}");
+    assert!((1e-3..2e-2).contains(&num(&q4_gguf, "kld")), "{q4_gguf:?}");
+    assert!(num(&q4_lite, "size_bytes") < num(&base_lite, "size_bytes") / 3.0, "int8 weights: {q4_lite:?}");
+    for r in &rows {
+        assert!(num(r, "pp_tps") > 0.0 && num(r, "tg_tps") > 0.0 && num(r, "threads") >= 1.0, "{r:?}");
+        assert_eq!(num(r, "eval_chunks"), 4.0, "{r:?}");
+    }
+    assert!(num(&q4_lite, "export_s") > 0.0 && num(&q4_lite, "export_peak_rss_mib") > 100.0, "{q4_lite:?}");
+    let mut kept: Vec<String> = std::fs::read_dir(out.join("litert"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().into_string().unwrap())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["as-shipped.tflite", "baseline-f32.tflite", "baseline.4w.kld", "results.csv"], "no scratch left");
+
+    ok(&["report", s(&out), "-q"]);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let section = report.split("## On Android's stack (LiteRT)").nth(1).expect("the LiteRT section");
+    assert!(section.contains("| `as-shipped` | sweet spot: host | litert | weight_only_int8 |"), "{section}");
+
     let gguf_answer = answer(&shipped, None);
     assert!(gguf_answer.contains("Paris"), "{gguf_answer}");
-
-    let float = tmp.path().join("f32.tflite");
-    let e = export(&shipped, &float, &["--quantize", "none"]);
-    assert_eq!(e["quantize"], "none");
-    assert_eq!(std::fs::read(&float).unwrap()[4..8], *b"TFL3", "a LiteRT flatbuffer");
-    let (p, tokens) = ppl(&float, Some(&shipped));
-    assert_eq!(tokens, gguf_tokens, "the same windows scored");
-    assert!((p / gguf_ppl - 1.0).abs() < 1e-3, "LiteRT f32 {p} vs GGUF f32 {gguf_ppl}");
-    assert_eq!(answer(&float, Some(&shipped)), gguf_answer);
-
-    let int8 = tmp.path().join("int8.tflite");
-    let e = export(&shipped, &int8, &[]);
-    assert_eq!(e["quantize"], "weight_only_int8", "the default for a quantized GGUF: {e}");
-    assert!(e["bytes"].as_u64().unwrap() < std::fs::metadata(&float).unwrap().len() / 3, "{e}");
-    let (p8, _) = ppl(&int8, Some(&shipped));
-    assert!((p8 / gguf_ppl - 1.0).abs() < 1e-2 && p8 != p, "LiteRT int8 {p8} vs GGUF f32 {gguf_ppl}");
-    assert_eq!(answer(&int8, Some(&shipped)), gguf_answer);
-    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert_eq!(left.len(), 3, "no scratch left beside the outputs: {left:?}");
+    for file in ["baseline-f32.tflite", "as-shipped.tflite"] {
+        assert_eq!(answer(&out.join("litert").join(file), Some(&shipped)), gguf_answer, "{file}");
+    }
 }
 
 /// A pruned model (4 of 30 blocks dropped, every FFN narrowed by a quarter) exports as a model of
@@ -107,11 +144,18 @@ fn litert_refusals_are_one_line_errors() {
     let out = tmp.path().join("x.tflite");
     let fake = tmp.path().join("fake.tflite");
     std::fs::write(&fake, b"GGUF not a flatbuffer").unwrap();
+    let quick = Path::new(env!("CARGO_MANIFEST_DIR")).join("grids/quick.toml");
+    let study = tmp.path().join("study");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["export", s(&gpt2), "--format", "litert", "-o", s(&out)], "the LLaMA family only"),
         (vec!["export", s(&shipped), "--format", "litert", "-o", s(&out), "--prefill", "512", "--ctx", "256"], "--ctx"),
         (vec!["eval", s(&fake), "--tokenizer", s(&shipped)], "no TFL3 identifier"),
         (vec!["eval", s(&fake)], "no TFL3 identifier"),
+        (vec!["eval", s(&fake), "--tokenizer", s(&shipped), "--kld-base", s(&shipped)], "a saved base only"),
+        (
+            vec!["sweep", "--model", s(&shipped), "--grid", s(&quick), "--out", s(&study), "--litert"],
+            "finish the sweep first",
+        ),
         (vec!["generate", s(&fake), "-p", "hi", "--tokenizer", s(&shipped)], "--temp 0"),
     ];
     for (args, why) in cases {

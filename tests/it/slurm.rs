@@ -176,7 +176,8 @@ fn a_grid_as_a_job_array_survives_a_cancel_and_a_crash_and_equals_a_local_sweep(
     let out = tmp.path().join("slurm-out");
     let (hf_s, grid_s, out_s) = (hf.to_str().unwrap(), grid.to_str().unwrap(), out.to_str().unwrap());
     // One thread per variant and one CPU per task: two tasks side by side on a two-core node.
-    // --gpu-layers 1 does nothing on a CPU build; it must reach every row. No row for the file
+    // --gpu-layers 1 must reach every job, and every row must record the layers that really ran on a
+    // GPU (0 on this machine, which has none). No row for the file
     // as shipped (the other test has it), and the jobs must be told so.
     let sweep = [
         "sweep",
@@ -207,6 +208,7 @@ fn a_grid_as_a_job_array_survives_a_cancel_and_a_crash_and_equals_a_local_sweep(
     let script = std::fs::read_to_string(out.join("slurm/array.sbatch")).unwrap();
     assert!(script.contains("#SBATCH --array=0-4%2") && script.contains("#SBATCH --time=30:00"), "{script}");
     assert!(script.contains("--threads 1") && script.contains("--slurm-task"), "{script}");
+    assert!(script.contains("--gpu-layers 1"), "the jobs look for the GPU on their node: {script}");
     assert!(script.contains("--no-as-shipped") && !script.contains("--as-shipped "), "{script}");
 
     let st = text(&microscale(&conf, &["sweep", "--status", out_s], &[]));
@@ -274,7 +276,9 @@ fn a_grid_as_a_job_array_survives_a_cancel_and_a_crash_and_equals_a_local_sweep(
         for c in QUALITY {
             assert_eq!(g[*c], w[*c], "{}: column {c} differs between SLURM and the local sweep", g["variant"]);
         }
-        assert_eq!(g["gpu_layers"], "1");
+        // Each job looks for the GPU on its node: a node without one runs on the CPU and says so.
+        let ran = if microscale::engine::info::gpu_devices().is_empty() { "0" } else { "1" };
+        assert_eq!((g["gpu_layers"].as_str(), w["gpu_layers"].as_str()), (ran, ran));
     }
     let by: BTreeMap<_, _> = got.iter().map(|r| (r["variant"].as_str(), r)).collect();
     // (The error texts name paths, absolute in the jobs: compared by their cause.)
