@@ -5,6 +5,7 @@
 #   scripts/build-cuda.sh                         # H100/H200 (sm_90): prints target-cuda/sm_90/release/microscale
 #   CUDA_ARCH=sm_89 scripts/build-cuda.sh         # NVIDIA L4 (Ada); sm_100: B200 (Blackwell); "89,90": both
 #   $(scripts/build-cuda.sh) info                 # runs here too, GPU or not: lists the CUDA devices it finds
+#   scripts/build-cuda.sh test                    # then the --gpu-layers tests with this build (others: name them)
 #
 # The toolkit comes from PyPI, NVIDIA's own wheels, pip-installed once into .cuda-toolkit/ (git-ignored,
 # about 850 MB, most of it cuBLAS): nvcc with ptxas, cicc (nvvm) and the crt headers, the runtime (cudart),
@@ -30,9 +31,12 @@
 #   another machine. CPU=native builds for this machine's CPU (on the GPU node itself, say).
 # - llama.cpp's CUDA kernels are compiled for one architecture (CMAKE_CUDA_ARCHITECTURES, passed through
 #   by llama-cpp-sys-2): device code for it plus its PTX, which newer GPUs compile at first use (slowly).
-#   FlashAttention is built for the usual K/V types only (GGML_CUDA_FA_ALL_QUANTS off). One build takes
-#   an hour or more on 2 cores; each architecture (and CPU setting) builds in its own folder
-#   target-cuda/sm_XX[-CPU], so the CPU build in target/ and other architectures' builds stay as they are.
+#   FlashAttention is built for the usual K/V types only (GGML_CUDA_FA_ALL_QUANTS off). One build took
+#   47 minutes on 2 cores (sm_90; 144 CUDA files); later runs rebuild only what changed. Each architecture
+#   (and CPU setting) builds in its own folder target-cuda/sm_XX[-CPU], since llama-cpp-sys-2 configures
+#   CMake once per folder: the CPU build in target/ and other architectures' builds stay as they are.
+#   The binary (15 MB) and the llama.cpp libraries beside it weigh about 96 MB (libggml-cuda.so 67 MB;
+#   84 MB all stripped), plus cudart and cuBLAS (600 MB) from the toolkit or the GPU machine's CUDA 13.
 #
 # Variables: CUDA_ARCH (default sm_90), CPU (default x86-64-v3), CUDA_TOOLKIT_PREFIX (default
 # .cuda-toolkit), CUDA_TARGET_DIR (default target-cuda). Arguments go to cargo.
@@ -106,6 +110,16 @@ export CUDA_PATH=$CUDA_HOME CUDAToolkit_ROOT=$CUDA_HOME
 export CMAKE_CUDA_COMPILER=$CUDA_HOME/bin/nvcc CMAKE_CUDA_ARCHITECTURES=$ARCHS
 export LLAMA_BUILD_SHARED_LIBS=1
 unset GGML_CUDA_FA_ALL_QUANTS CUDAARCHS
+
+# `scripts/build-cuda.sh test [TEST...]`: the tests with the CUDA build (the ones only it enables among
+# them), in the same folder and environment, so nothing is rebuilt but the test crate. The test
+# executables live in deps/, where the rpath's relative toolkit path does not lead: LD_LIBRARY_PATH does.
+if [ "${1:-}" = test ]; then
+  shift
+  CARGO_TARGET_DIR=$TARGET_DIR LD_LIBRARY_PATH=$CUDA_HOME/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
+    cargo test --release --features cuda-no-vmm --test it -- "${@:-gpu_layers}"
+  exit
+fi
 
 # cargo's JSON messages name llama-cpp-sys-2's build folder (llama.cpp's libraries) and the binary.
 MESSAGES=$(mktemp)

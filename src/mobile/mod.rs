@@ -4,23 +4,24 @@
 //!
 //! For each pick (the baseline, then every distinct sweet spot, judged as `report` judges):
 //! 1. its GGUF, rebuilt from its recipe where the sweep deleted it ([`sweep::build_variant`]);
-//! 2. the LiteRT file (`OUT/litert/NAME.tflite`; litert-torch, the quantization chosen from the
-//!    GGUF's type as `export` chooses it), with a prefill signature for the evaluation's windows
-//!    and one for the benchmark's prompt; reused when already there;
-//! 3. perplexity and KL divergence of both files on the same windows, against one saved base (the
-//!    baseline GGUF's log-probabilities, `OUT/litert/baseline.NwKLD`): the GGUF through llama.cpp,
-//!    the LiteRT file through LiteRT's interpreter, scored by the same code;
+//! 2. its LiteRT files (`OUT/litert/NAME.RECIPE.tflite`; litert-torch), with the recipe `export`
+//!    chooses from the GGUF's type and, for a quantized GGUF, also `dynamic_int8` ([`recipes`]);
+//!    a prefill signature for the evaluation's windows and one for the benchmark's prompt; reused
+//!    when already there;
+//! 3. perplexity and KL divergence of every file on the same windows, against one saved base (the
+//!    baseline GGUF's log-probabilities, `OUT/litert/baseline.Nw.kld`): the GGUF through llama.cpp,
+//!    the LiteRT files through LiteRT's interpreter, scored by the same code;
 //! 4. prompt and generation speeds of both on this host (the grid's pp, tg and reps, the `host`
 //!    profile's threads), one right after the other.
 //!
 //! The rows go to `OUT/litert/results.csv` ([`crate::record::twins`]) after each pick.
 
 use crate::bench::run::{bench_model, caps_for, BenchOptions, MeanSd};
-use crate::eval::run::{run as evaluate, EvalOutput, EvalSpec};
-use crate::export::litert::{export, ExportOptions};
+use crate::eval::run::{run as evaluate, EvalSpec};
+use crate::export::litert::{export, ExportOptions, LiteRtQuant};
 use crate::record::results::Results;
 use crate::record::rows::utc_now;
-use crate::record::twins::{read_twins, twins_csv, twins_dir, write_twins, TwinRow};
+use crate::record::twins::{read_twins, twins_csv, twins_dir, write_twins, TwinRow, RUNTIME_LITERT, RUNTIME_LLAMA_CPP};
 use crate::report::markdown::read_study;
 use crate::report::paired::load_paired;
 use crate::report::sweet_spot::{sweet_spot_paired, Criteria};
@@ -94,8 +95,8 @@ pub fn litert_study(grid: &Grid, opts: &SweepOptions, criteria: &Criteria) -> Re
             eprintln!("litert: {} ({})", pick.variant, pick.role);
         }
         let gguf = build_variant(grid, &pick.variant, opts).with_context(|| format!("rebuilding {}", pick.variant))?;
-        let twin = Twin { pick, gguf: &gguf };
-        rows.extend(twin.measure(grid, opts, &dir, &base, windows, &earlier)?);
+        let at = Setting { grid, opts, dir: &dir, base: &base, windows, earlier: &earlier };
+        rows.extend(Twin { pick, gguf: &gguf }.measure(&at)?);
         write_twins(&twins_csv(&opts.out), &rows)?;
     }
     Ok(rows)
@@ -126,67 +127,69 @@ fn saved_base(grid: &Grid, opts: &SweepOptions, dir: &Path, windows: usize) -> R
     Ok(path)
 }
 
-/// One pick: its GGUF and the LiteRT file made from it.
+/// One pick: its GGUF and the LiteRT files made from it.
 struct Twin<'a> {
     pick: &'a Pick,
     gguf: &'a Path,
 }
 
+/// What every measurement of a study shares.
+struct Setting<'a> {
+    grid: &'a Grid,
+    opts: &'a SweepOptions,
+    /// `OUT/litert/`.
+    dir: &'a Path,
+    /// The baseline's saved log-probabilities.
+    base: &'a Path,
+    windows: usize,
+    /// The rows of an earlier run (its files and numbers are reused).
+    earlier: &'a [TwinRow],
+}
+
+/// The LiteRT recipes a GGUF is exported with: the one `export` chooses from its type and, for a
+/// quantized GGUF, also `dynamic_int8`. Both store int8 weights, but LiteRT dequantizes
+/// weight-only int8 to float32 as it prepares each signature (3.7 GB resident for the default
+/// model's 140 MiB file), while dynamic int8 stays int8 and computes in int8 (0.8 GB, faster) at
+/// a few times the KL divergence: which one a phone can afford is the study's question.
+fn recipes(gguf: &Path) -> Result<Vec<LiteRtQuant>> {
+    let file = crate::gguf::GgufFile::open(gguf)?;
+    let chosen = crate::export::litert::main_type(&file).map_or(LiteRtQuant::WeightOnlyInt8, LiteRtQuant::default_for);
+    Ok(match chosen {
+        LiteRtQuant::WeightOnlyInt8 => vec![chosen, LiteRtQuant::DynamicInt8],
+        _ => vec![chosen],
+    })
+}
+
 impl Twin<'_> {
-    fn measure(
-        &self,
-        grid: &Grid,
-        opts: &SweepOptions,
-        dir: &Path,
-        base: &Path,
-        windows: usize,
-        earlier: &[TwinRow],
-    ) -> Result<Vec<TwinRow>> {
-        let name = &self.pick.variant;
-        let tflite = dir.join(format!("{name}.tflite"));
-        let made = self.litert_file(&tflite, grid, opts, earlier)?;
-        // KL divergence only: its pass gives the perplexity too (llama-perplexity's), on the
-        // base's windows, for both files alike.
-        let spec = |tokenizer: Option<PathBuf>| EvalSpec {
-            ppl: None,
-            kld_base: Some(base.to_path_buf()),
-            chunks: Some(windows),
-            n_ctx: WINDOW,
-            data: opts.data.clone(),
-            tokenizer,
-            load: crate::engine::LoadOptions { mmap: true, gpu_layers: 0 },
-            ..EvalSpec::new(opts.threads)
-        };
-        let gguf_eval = evaluate(self.gguf, &spec(None), opts.quiet)?;
-        let litert_eval = evaluate(&tflite, &spec(Some(self.gguf.to_path_buf())), opts.quiet)?;
-        let host = grid.profile("host")?;
+    /// The GGUF's row, then one per LiteRT recipe; the speeds one right after the other, so that
+    /// the host's slow spells fall on them alike.
+    fn measure(&self, at: &Setting) -> Result<Vec<TwinRow>> {
+        let tflites = recipes(self.gguf)?
+            .into_iter()
+            .map(|q| self.litert_file(at, q))
+            .collect::<Result<Vec<(PathBuf, Made)>>>()?;
+        let host = at.grid.profile("host")?;
         let threads = caps_for(&host).0;
         let bopts = BenchOptions {
-            n_prompt: grid.bench.pp,
-            n_gen: grid.bench.tg,
-            reps: grid.bench.reps,
-            child_exe: opts.child_exe.clone(),
+            n_prompt: at.grid.bench.pp,
+            n_gen: at.grid.bench.tg,
+            reps: at.grid.bench.reps,
+            child_exe: at.opts.child_exe.clone(),
             ..Default::default()
         };
-        let gguf_speed = bench_model(self.gguf, &host, &bopts)?;
-        if gguf_speed.status != crate::record::Status::Fits {
-            let why = gguf_speed.reason.clone().unwrap_or_default();
-            bail!("{}: the benchmark on host ended `{}`: {why}", self.gguf.display(), gguf_speed.status.as_str());
-        }
-        let litert_speed = crate::engine::litert::bench(&tflite, bopts.n_prompt, bopts.n_gen, bopts.reps, threads)?;
-        let row = |runtime: &str, file: &Path, weights: String, eval: &EvalOutput| -> Result<TwinRow> {
+        let blank = |runtime: &str, file: &Path, weights: String| -> Result<TwinRow> {
             Ok(TwinRow {
-                variant: name.clone(),
+                variant: self.pick.variant.clone(),
                 role: self.pick.role.clone(),
                 runtime: runtime.into(),
                 file: file.display().to_string(),
                 weights,
                 size_bytes: std::fs::metadata(file).with_context(|| format!("{}: cannot read", file.display()))?.len(),
-                ppl: eval.kld.as_ref().map(|k| k.ppl),
-                ppl_stderr: eval.kld.as_ref().map(|k| k.ppl_stderr),
-                kld: eval.kld.as_ref().map(|k| k.kld_mean),
-                kld_stderr: eval.kld.as_ref().map(|k| k.kld_stderr),
-                same_top: eval.kld.as_ref().map(|k| k.same_top),
+                ppl: None,
+                ppl_stderr: None,
+                kld: None,
+                kld_stderr: None,
+                same_top: None,
                 pp_tps: None,
                 pp_tps_sd: None,
                 tg_tps: None,
@@ -196,53 +199,99 @@ impl Twin<'_> {
                 threads,
                 n_prompt: bopts.n_prompt,
                 n_gen: bopts.n_gen,
-                eval_chunks: windows,
+                eval_chunks: at.windows,
                 export_s: None,
                 export_peak_rss_mib: None,
                 date: utc_now(),
             })
         };
+        let mut rows = vec![blank(RUNTIME_LLAMA_CPP, self.gguf, gguf_type(self.gguf)?)?];
+        for (file, made) in &tflites {
+            let row = blank(RUNTIME_LITERT, file, made.quantize.clone())?;
+            rows.push(TwinRow { export_s: Some(made.seconds), export_peak_rss_mib: made.peak_rss_mib, ..row });
+        }
+        for (i, row) in rows.iter_mut().enumerate() {
+            let fresh = i > 0 && !tflites[i - 1].1.reused;
+            self.quality(at, row, fresh)?;
+        }
+        let gguf_speed = bench_model(self.gguf, &host, &bopts)?;
+        if gguf_speed.status != crate::record::Status::Fits {
+            let why = gguf_speed.reason.clone().unwrap_or_default();
+            bail!("{}: the benchmark on host ended `{}`: {why}", self.gguf.display(), gguf_speed.status.as_str());
+        }
         let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
-        let gguf_row = TwinRow {
-            pp_tps: gguf_speed.pp.map(|m| m.mean),
-            pp_tps_sd: gguf_speed.pp.map(|m| m.sd),
-            tg_tps: gguf_speed.tg.map(|m| m.mean),
-            tg_tps_sd: gguf_speed.tg.map(|m| m.sd),
-            load_s: gguf_speed.load_s,
-            peak_rss_mib: Some(mib(gguf_speed.peak_rss)),
-            ..row("llama.cpp", self.gguf, gguf_type(self.gguf)?, &gguf_eval)?
-        };
-        let (pp, tg) = (MeanSd::of(&litert_speed.pp_tps), MeanSd::of(&litert_speed.tg_tps));
-        let litert_row = TwinRow {
-            pp_tps: Some(pp.mean),
-            pp_tps_sd: Some(pp.sd),
-            tg_tps: Some(tg.mean),
-            tg_tps_sd: Some(tg.sd),
-            load_s: Some(litert_speed.load_s),
-            peak_rss_mib: Some(mib(litert_speed.peak_rss_kib << 10)),
-            export_s: Some(made.seconds),
-            export_peak_rss_mib: made.peak_rss_mib,
-            ..row("litert", &tflite, made.quantize.clone(), &litert_eval)?
-        };
-        Ok(vec![gguf_row, litert_row])
+        let g = &mut rows[0];
+        (g.pp_tps, g.pp_tps_sd) = (gguf_speed.pp.map(|m| m.mean), gguf_speed.pp.map(|m| m.sd));
+        (g.tg_tps, g.tg_tps_sd) = (gguf_speed.tg.map(|m| m.mean), gguf_speed.tg.map(|m| m.sd));
+        (g.load_s, g.peak_rss_mib) = (gguf_speed.load_s, Some(mib(gguf_speed.peak_rss)));
+        for (row, (file, _)) in rows[1..].iter_mut().zip(&tflites) {
+            let speed = crate::engine::litert::bench(file, bopts.n_prompt, bopts.n_gen, bopts.reps, threads)?;
+            let (pp, tg) = (MeanSd::of(&speed.pp_tps), MeanSd::of(&speed.tg_tps));
+            (row.pp_tps, row.pp_tps_sd, row.tg_tps, row.tg_tps_sd) =
+                (Some(pp.mean), Some(pp.sd), Some(tg.mean), Some(tg.sd));
+            (row.load_s, row.peak_rss_mib) = (Some(speed.load_s), Some(mib(speed.peak_rss_kib << 10)));
+        }
+        Ok(rows)
     }
 
-    /// The LiteRT file: exported now, or reused (with the conversion's numbers recorded then).
-    fn litert_file(&self, tflite: &Path, grid: &Grid, opts: &SweepOptions, earlier: &[TwinRow]) -> Result<Made> {
-        let before = earlier.iter().find(|r| r.runtime == "litert" && Path::new(&r.file) == tflite);
-        if let (true, Some(r)) = (tflite.exists(), before) {
-            let (quantize, seconds, peak_rss_mib) =
-                (r.weights.clone(), r.export_s.unwrap_or(0.0), r.export_peak_rss_mib);
-            return Ok(Made { quantize, seconds, peak_rss_mib });
+    /// A file's perplexity and KL divergence on the study's windows: KL divergence only, whose
+    /// pass gives the perplexity too (llama-perplexity's), on the base's windows, for every file
+    /// alike. What an earlier run measured on the same file and windows is kept (unless the file
+    /// is `fresh`ly exported): running `sweep --litert` again re-takes only the speeds; remove
+    /// OUT/litert/ to start over.
+    fn quality(&self, at: &Setting, row: &mut TwinRow, fresh: bool) -> Result<()> {
+        let same = |r: &&TwinRow| r.file == row.file && r.runtime == row.runtime && r.eval_chunks == at.windows;
+        if let Some(r) = at.earlier.iter().find(same).filter(|r| r.ppl.is_some() && !fresh) {
+            (row.ppl, row.ppl_stderr, row.kld, row.kld_stderr) = (r.ppl, r.ppl_stderr, r.kld, r.kld_stderr);
+            row.same_top = r.same_top;
+            return Ok(());
         }
-        let prefill = vec![WINDOW, grid.bench.pp];
-        let ctx = WINDOW.max(grid.bench.pp + grid.bench.tg);
-        let e = export(self.gguf, tflite, &ExportOptions { quantize: None, prefill, ctx, quiet: opts.quiet })?;
-        Ok(Made {
+        let spec = EvalSpec {
+            ppl: None,
+            kld_base: Some(at.base.to_path_buf()),
+            chunks: Some(at.windows),
+            n_ctx: WINDOW,
+            data: at.opts.data.clone(),
+            tokenizer: (row.runtime == RUNTIME_LITERT).then(|| self.gguf.to_path_buf()),
+            load: crate::engine::LoadOptions { mmap: true, gpu_layers: 0 },
+            ..EvalSpec::new(at.opts.threads)
+        };
+        let eval = evaluate(Path::new(&row.file), &spec, at.opts.quiet)?;
+        let k = eval.kld.as_ref().context("no KL divergence measured")?;
+        (row.ppl, row.ppl_stderr, row.kld, row.kld_stderr) =
+            (Some(k.ppl), Some(k.ppl_stderr), Some(k.kld_mean), Some(k.kld_stderr));
+        row.same_top = Some(k.same_top);
+        Ok(())
+    }
+
+    /// The LiteRT file of one recipe (`OUT/litert/NAME.RECIPE.tflite`): exported now, or reused
+    /// with the conversion's numbers recorded then.
+    fn litert_file(&self, at: &Setting, quantize: LiteRtQuant) -> Result<(PathBuf, Made)> {
+        let tflite = at.dir.join(format!("{}.{}.tflite", self.pick.variant, quantize.name()));
+        let before = at.earlier.iter().find(|r| r.runtime == RUNTIME_LITERT && Path::new(&r.file) == tflite);
+        if let (true, Some(r)) = (tflite.exists(), before) {
+            let made = Made {
+                quantize: r.weights.clone(),
+                seconds: r.export_s.unwrap_or(0.0),
+                peak_rss_mib: r.export_peak_rss_mib,
+                reused: true,
+            };
+            return Ok((tflite, made));
+        }
+        let prefill = vec![WINDOW, at.grid.bench.pp];
+        let ctx = WINDOW.max(at.grid.bench.pp + at.grid.bench.tg);
+        let e = export(
+            self.gguf,
+            &tflite,
+            &ExportOptions { quantize: Some(quantize), prefill, ctx, quiet: at.opts.quiet },
+        )?;
+        let made = Made {
             quantize: e.quantize.name().to_string(),
             seconds: e.seconds,
             peak_rss_mib: (e.peak_rss_bytes > 0).then(|| e.peak_rss_bytes as f64 / (1 << 20) as f64),
-        })
+            reused: false,
+        };
+        Ok((tflite, made))
     }
 }
 
@@ -251,6 +300,8 @@ struct Made {
     quantize: String,
     seconds: f64,
     peak_rss_mib: Option<f64>,
+    /// Made by an earlier run.
+    reused: bool,
 }
 
 /// The type holding most of a GGUF's weights, as llama.cpp names it (`q4_1`).

@@ -15,6 +15,10 @@ pub fn twins_csv(study: &Path) -> PathBuf {
     twins_dir(study).join("results.csv")
 }
 
+/// The runtimes a row names: the GGUF through llama.cpp, the `.tflite` through LiteRT.
+pub const RUNTIME_LLAMA_CPP: &str = "llama.cpp";
+pub const RUNTIME_LITERT: &str = "litert";
+
 /// One file on one runtime.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TwinRow {

@@ -3,11 +3,8 @@
 //! costs or saves in size, quality and speed on this host.
 
 use crate::record::results::Results;
-use crate::record::twins::TwinRow;
+use crate::record::twins::{TwinRow, RUNTIME_LITERT as LITERT, RUNTIME_LLAMA_CPP as LLAMA_CPP};
 use std::fmt::Write as _;
-
-const LLAMA_CPP: &str = "llama.cpp";
-const LITERT: &str = "litert";
 
 fn opt(x: Option<f64>, digits: usize) -> String {
     x.map_or("—".into(), |x| format!("{x:.digits$}"))
@@ -32,10 +29,12 @@ fn kld(x: Option<f64>) -> String {
     x.map_or("—".into(), |x| format!("{:.4}", if x.abs() < 5e-5 { 0.0 } else { x }))
 }
 
-/// The GGUF row and the LiteRT row of each pick, in the order measured.
+/// Each LiteRT row with the GGUF row of its pick, in the order measured.
 fn twins(rows: &[TwinRow]) -> Vec<(&TwinRow, &TwinRow)> {
-    let gguf = rows.iter().filter(|r| r.runtime == LLAMA_CPP);
-    gguf.filter_map(|g| rows.iter().find(|l| l.runtime == LITERT && l.variant == g.variant).map(|l| (g, l))).collect()
+    let litert = rows.iter().filter(|r| r.runtime == LITERT);
+    litert
+        .filter_map(|l| rows.iter().find(|g| g.runtime == LLAMA_CPP && g.variant == l.variant).map(|g| (g, l)))
+        .collect()
 }
 
 /// `a` against `b` as a ratio, or "—".
@@ -122,9 +121,12 @@ pub fn litert_section(md: &mut String, r: &Results) {
         md,
         "- How LiteRT ran here: through its Python interpreter binding, which copies the whole KV cache into and \
          out of every decode call (LiteRT-LM on a phone keeps it in place), so its generation speed is a lower \
-         bound; its peak RSS is that of the Python process holding the interpreter. The weights' format is \
-         chosen from the GGUF's: float32 from F32, 8-bit per-channel weights from a quantized GGUF (LiteRT's \
-         4-bit blocks are symmetric and cannot hold Q4_1 or K-quant values).\n"
+         bound; its peak RSS is that of the Python process holding the interpreter. The weights' format follows \
+         the GGUF's: float32 from F32; from a quantized GGUF, 8-bit per-channel weights two ways — \
+         `weight_only_int8`, which LiteRT dequantizes to float32 as it prepares each signature (the GGUF's \
+         quality, several times its memory), and `dynamic_int8`, which stays int8 and computes in int8 \
+         (activations quantized on the fly: less memory, more error). LiteRT's 4-bit blocks are symmetric and \
+         cannot hold Q4_1 or K-quant values.\n"
     );
 }
 
