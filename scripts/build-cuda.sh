@@ -80,6 +80,11 @@ CUDA_HOME=$PREFIX/nvidia/cu13
 STAMP=$PREFIX/.installed
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "${PACKAGES[*]}" ]; then
   echo "build-cuda: installing CUDA 13.0 from PyPI into $PREFIX (about 1 GB to download)" >&2
+  # Only a prefix this script made (its stamp) or an empty one is replaced: never a toolkit of another's.
+  if [ -d "$PREFIX" ] && [ ! -f "$STAMP" ] && [ -n "$(ls -A "$PREFIX")" ]; then
+    echo "error: $PREFIX exists and is not a toolkit this script installed; choose another CUDA_TOOLKIT_PREFIX" >&2
+    exit 1
+  fi
   rm -rf "$PREFIX" "$PREFIX.tmp"
   PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-deps \
     --only-binary=:all: --target "$PREFIX.tmp" "${PACKAGES[@]}" >&2
@@ -111,14 +116,13 @@ export CMAKE_CUDA_COMPILER=$CUDA_HOME/bin/nvcc CMAKE_CUDA_ARCHITECTURES=$ARCHS
 export LLAMA_BUILD_SHARED_LIBS=1
 unset GGML_CUDA_FA_ALL_QUANTS CUDAARCHS
 
-# `scripts/build-cuda.sh test [TEST...]`: the tests with the CUDA build (the ones only it enables among
-# them), in the same folder and environment, so nothing is rebuilt but the test crate. The test
-# executables live in deps/, where the rpath's relative toolkit path does not lead: LD_LIBRARY_PATH does.
+# `scripts/build-cuda.sh test [TEST...]`: build as below, then the tests with the CUDA build (the ones only
+# it enables among them), in the same folder and environment, so nothing is rebuilt but the test crate.
+TEST=
 if [ "${1:-}" = test ]; then
   shift
-  CARGO_TARGET_DIR=$TARGET_DIR LD_LIBRARY_PATH=$CUDA_HOME/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
-    cargo test --release --features cuda-no-vmm --test it -- "${@:-gpu_layers}"
-  exit
+  TEST=("${@:-gpu_layers}")
+  set --
 fi
 
 # cargo's JSON messages name llama-cpp-sys-2's build folder (llama.cpp's libraries) and the binary.
@@ -148,7 +152,17 @@ EOF
 
 # llama-cpp-sys-2 hard-links only the unversioned lib*.so symlinks next to the binary (dangling there); the
 # binary asks for the versioned names (libllama.so.0, ...). Copy those, with the files they point to.
+# CMake installs to lib64 on some distributions (RHEL, SUSE).
+LIBS=$OUT_DIR/lib
+[ -d "$LIBS" ] || LIBS=$OUT_DIR/lib64
 for dir in "$(dirname "$BINARY")" "$(dirname "$BINARY")/deps"; do
-  cp -a --remove-destination "$OUT_DIR"/lib/lib*.so.* "$dir/"
+  cp -a --remove-destination "$LIBS"/lib*.so.* "$dir/"
 done
+if [ -n "$TEST" ]; then
+  # The test executables live in deps/ (beside the copies), where the rpath's relative toolkit path does
+  # not lead: LD_LIBRARY_PATH does.
+  CARGO_TARGET_DIR=$TARGET_DIR LD_LIBRARY_PATH=$CUDA_HOME/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
+    cargo test --release --features cuda-no-vmm --test it -- "${TEST[@]}"
+  exit
+fi
 echo "$BINARY"

@@ -54,7 +54,7 @@ pub fn window_logits(
 ) -> Result<()> {
     check_file(model)?;
     let env = PythonEnv::ready(true)?;
-    let request = serde_json::json!({"windows": windows, "first": first, "threads": threads});
+    let request = serde_json::json!({"windows": windows, "first": first, "n_vocab": n_vocab, "threads": threads});
     let mut read = |stdout: &mut dyn std::io::Read| -> Result<()> {
         let mut bytes = Vec::new();
         for (i, w) in windows.iter().enumerate() {
@@ -64,6 +64,10 @@ pub fn window_logits(
             })?;
             let logits: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
             on_window(i, &logits)?;
+        }
+        // Anything more would mean the rows were not the ones read.
+        if stdout.read(&mut [0u8; 1])? != 0 {
+            anyhow::bail!("more logits than {} windows", windows.len());
         }
         Ok(())
     };

@@ -1,7 +1,7 @@
 """Run a LiteRT model through the LiteRT interpreter (ai-edge-litert), for microscale.
 
 `python litert_runtime.py MODEL MODE` with a JSON request on stdin:
-- logits: {"windows": [[token, ...], ...], "first": F, "threads": T}. Each window runs through the
+- logits: {"windows": [[token, ...], ...], "first": F, "n_vocab": V, "threads": T}. Each window runs through the
   prefill signature of its length (a fresh, zeroed KV cache each time); for each window the logits
   of positions F .. end-1 (each predicting the next token) are written to stdout as float32,
   little-endian, row after row: microscale scores them as it scores llama.cpp's (perplexity, KL
@@ -59,6 +59,9 @@ def logits(it: Interpreter, req: dict) -> None:
     # Every window has the same length (eval's --ctx-size): one signature serves them all.
     runner = prefill_runner(it, len(windows[0])) if windows else None
     out = sys.stdout.buffer
+    width = runner.get_output_details()["logits"]["shape"][-1] if runner else req["n_vocab"]
+    if width != req["n_vocab"]:
+        sys.exit(f"litert: the file's logits are {width} wide, the tokenizer's vocabulary has {req['n_vocab']} tokens")
     for w in windows:
         res = prefill(runner, w, zero_cache(runner))
         out.write(np.ascontiguousarray(res["logits"][0][first:-1], dtype="<f4").tobytes())
@@ -115,7 +118,7 @@ def bench(model: str, req: dict) -> dict:
         if rep > 0:  # the first round warms up
             pp.append(n_prompt / pp_s)
             tg.append(n_gen / tg_s)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1024 if sys.platform == "darwin" else 1)
     return {"load_s": load_s, "pp_tps": pp, "tg_tps": tg, "peak_rss_kib": peak}
 
 

@@ -118,6 +118,12 @@ impl PythonEnv {
         });
         let mut stdout = child.stdout.take().expect("piped");
         let read_result = read(&mut stdout);
+        if read_result.is_err() && !exits_soon(&mut child) {
+            // The answer was wrong while the script went on: stop it, and say what was wrong.
+            let _ = child.kill();
+            let _ = child.wait();
+            return read_result.with_context(|| format!("{what}: reading its answer"));
+        }
         // Whatever was not read is drained, so the script is never blocked on a full pipe.
         let _ = std::io::copy(&mut stdout, &mut std::io::sink());
         let status = child.wait()?;
@@ -133,6 +139,18 @@ impl PythonEnv {
         }
         read_result.with_context(|| format!("{what}: reading its answer"))
     }
+}
+
+/// Whether the child ends within a few seconds of its output ending (it failed on its own, and
+/// its message says why) rather than running on.
+fn exits_soon(child: &mut std::process::Child) -> bool {
+    for _ in 0..50 {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
 }
 
 /// A script written for one run, removed after it.

@@ -88,7 +88,7 @@ def main() -> None:
         shutil.move(written, a.out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1024 if sys.platform == "darwin" else 1)
     print(json.dumps({"file": a.out, "seconds": time.time() - started, "quantize": a.quantize, "peak_rss_kib": peak}))
 
 

@@ -81,6 +81,15 @@ pub fn litert_study(grid: &Grid, opts: &SweepOptions, criteria: &Criteria) -> Re
             names.join(", ")
         );
     }
+    if grid.bench.pp < 2 || grid.bench.tg < 1 {
+        bail!(
+            "{}: --litert benchmarks a prompt of [bench] pp tokens and tg generated ones: pp is {} and tg {}, \
+             and each needs at least 2 and 1",
+            opts.grid_path.display(),
+            grid.bench.pp,
+            grid.bench.tg
+        );
+    }
     let results = read_study(&opts.out, &[])?;
     let paired = load_paired(&opts.out, &results)?;
     let picks = picks(&results, &paired, criteria)?;
@@ -97,7 +106,10 @@ pub fn litert_study(grid: &Grid, opts: &SweepOptions, criteria: &Criteria) -> Re
         let gguf = build_variant(grid, &pick.variant, opts).with_context(|| format!("rebuilding {}", pick.variant))?;
         let at = Setting { grid, opts, dir: &dir, base: &base, windows, earlier: &earlier };
         rows.extend(Twin { pick, gguf: &gguf }.measure(&at)?);
-        write_twins(&twins_csv(&opts.out), &rows)?;
+        // The earlier rows of picks not measured yet stay, so that a run stopped halfway loses nothing.
+        let pending = earlier.iter().filter(|r| !rows.iter().any(|n| n.variant == r.variant));
+        let kept: Vec<TwinRow> = rows.iter().cloned().chain(pending.cloned()).collect();
+        write_twins(&twins_csv(&opts.out), &kept)?;
     }
     Ok(rows)
 }
@@ -240,7 +252,9 @@ impl Twin<'_> {
     /// is `fresh`ly exported): running `sweep --litert` again re-takes only the speeds; remove
     /// OUT/litert/ to start over.
     fn quality(&self, at: &Setting, row: &mut TwinRow, fresh: bool) -> Result<()> {
-        let same = |r: &&TwinRow| r.file == row.file && r.runtime == row.runtime && r.eval_chunks == at.windows;
+        let same = |r: &&TwinRow| {
+            (&r.file, &r.runtime, r.eval_chunks, r.size_bytes) == (&row.file, &row.runtime, at.windows, row.size_bytes)
+        };
         if let Some(r) = at.earlier.iter().find(same).filter(|r| r.ppl.is_some() && !fresh) {
             (row.ppl, row.ppl_stderr, row.kld, row.kld_stderr) = (r.ppl, r.ppl_stderr, r.kld, r.kld_stderr);
             row.same_top = r.same_top;
@@ -268,7 +282,10 @@ impl Twin<'_> {
     /// with the conversion's numbers recorded then.
     fn litert_file(&self, at: &Setting, quantize: LiteRtQuant) -> Result<(PathBuf, Made)> {
         let tflite = at.dir.join(format!("{}.{}.tflite", self.pick.variant, quantize.name()));
-        let before = at.earlier.iter().find(|r| r.runtime == RUNTIME_LITERT && Path::new(&r.file) == tflite);
+        // Made for the same benchmark: its prefill signature is the prompt's, its KV cache holds the generation.
+        let (pp, tg) = (at.grid.bench.pp, at.grid.bench.tg);
+        let fits = |r: &TwinRow| r.n_prompt == pp && pp + tg <= WINDOW.max(r.n_prompt + r.n_gen);
+        let before = at.earlier.iter().find(|r| r.runtime == RUNTIME_LITERT && Path::new(&r.file) == tflite && fits(r));
         if let (true, Some(r)) = (tflite.exists(), before) {
             let made = Made {
                 quantize: r.weights.clone(),

@@ -214,12 +214,14 @@ fn the_committed_results_are_the_seed_grid_and_regenerate_the_committed_report()
     }
 
     // report.md is what `microscale report` writes from the directory alone (results.csv, items/,
-    // caveats.md, speeds.json), byte for byte.
+    // caveats.md, speeds.json, litert/results.csv), byte for byte.
     let tmp = tempfile::tempdir().unwrap();
     let copy = tmp.path();
     std::fs::copy(committed.join("results.csv"), copy.join("results.csv")).unwrap();
     std::fs::copy(committed.join("caveats.md"), copy.join("caveats.md")).unwrap();
     std::fs::copy(committed.join("speeds.json"), copy.join("speeds.json")).unwrap();
+    std::fs::create_dir(copy.join("litert")).unwrap();
+    std::fs::copy(committed.join("litert/results.csv"), copy.join("litert/results.csv")).unwrap();
     std::fs::create_dir(copy.join("items")).unwrap();
     for e in std::fs::read_dir(committed.join("items")).unwrap() {
         let e = e.unwrap();
