@@ -6,7 +6,7 @@
 # and write the report with its plots.
 #
 #   scripts/run-default-model.sh                      # the seed grid (about 2 hours on 2 cores)
-#   GRID=grids/quick.toml OUT=/tmp/quick scripts/run-default-model.sh   # about 12 minutes
+#   GRID=grids/quick.toml OUT=/tmp/quick scripts/run-default-model.sh   # about 10 minutes
 #   LITERT=0 ...                                      # without the LiteRT step (and its 8 GB environment)
 #
 # Resumable: run it again after an interruption and it carries on where it stopped.

@@ -57,9 +57,10 @@ pub fn export(model: &Path, out: &Path, weights: CoreMlWeights, seq: usize, quie
     if seq < 2 {
         bail!("--seq {seq}: a Core ML model of at least 2 tokens");
     }
-    let started = Instant::now();
     super::check_architecture(model)?;
     let env = PythonEnv::ready(quiet)?;
+    // The conversion's time, not the environment's making (once, minutes).
+    let started = Instant::now();
     let work = super::ScratchDir::beside(out)?;
     let progress = Progress::spinner("export", quiet);
     let checkpoint = super::checkpoint_of(model, &work, &progress)?;

@@ -88,9 +88,10 @@ pub fn export(model: &Path, out: &Path, opts: &ExportOptions) -> Result<Exported
             opts.ctx
         ),
     }
-    let started = Instant::now();
     let gguf = super::check_architecture(model)?;
     let env = PythonEnv::ready(opts.quiet)?;
+    // The conversion's time, not the environment's making (once, minutes).
+    let started = Instant::now();
     let (quantize, quantize_reason) = choose_quant(gguf.as_ref(), opts.quantize);
     let work = super::ScratchDir::beside(out)?;
     let progress = Progress::spinner("export", opts.quiet);
