@@ -217,11 +217,7 @@ pub fn kl_divergence_from_file(
     opts: &PerplexityOptions,
     quiet: bool,
 ) -> Result<KldResult> {
-    check_base_fits(base, model, opts.n_ctx)?;
-    // At most the windows saved, as a text gives at most the windows it holds.
-    let chunks = opts.chunks.map_or(base.n_chunk, |c| c.min(base.n_chunk));
-    // The file holds whole windows, however few (llama-perplexity's two-window minimum is for texts).
-    let wins = split_windows(model, &base.tokens, base.n_ctx, chunks);
+    let wins = base_windows(model, base, opts.n_ctx, opts.chunks)?;
     let mut base_rows = |w: usize| Ok(base.window(w));
     kld_over_windows(model, &wins, opts, &mut base_rows, quiet)
 }
@@ -314,9 +310,7 @@ impl<'b> KldOfLogits<'b> {
         chunks: Option<usize>,
         quiet: bool,
     ) -> Result<Self> {
-        check_base_fits(base, vocab, n_ctx)?;
-        let chunks = chunks.map_or(base.n_chunk, |c| c.min(base.n_chunk));
-        let windows = split_windows(vocab, &base.tokens, base.n_ctx, chunks);
+        let windows = base_windows(vocab, base, n_ctx, chunks)?;
         let acc = KldWindows::new(base.n_vocab, n_ctx, windows.len(), quiet);
         Ok(KldOfLogits { base, windows, acc })
     }
@@ -330,6 +324,15 @@ impl<'b> KldOfLogits<'b> {
     pub fn finish(self) -> KldResult {
         self.acc.finish(&self.windows)
     }
+}
+
+/// The windows a saved base holds, at most `chunks` of them (as a text gives at most the windows it
+/// holds), laid out for `model`: whole windows however few (llama-perplexity's two-window minimum
+/// is for texts). Refused for a model of another vocabulary or windows of another length.
+fn base_windows(model: &Model, base: &BaseLogProbsFile, n_ctx: usize, chunks: Option<usize>) -> Result<Vec<Vec<i32>>> {
+    check_base_fits(base, model, n_ctx)?;
+    let chunks = chunks.map_or(base.n_chunk, |c| c.min(base.n_chunk));
+    Ok(split_windows(model, &base.tokens, base.n_ctx, chunks))
 }
 
 /// A saved base is compared only with a model of its vocabulary, on windows of its length.

@@ -16,9 +16,10 @@
 //!
 //! The rows go to `OUT/litert/results.csv` ([`crate::record::twins`]) after each pick.
 
-use crate::bench::run::{bench_model, caps_for, BenchOptions, MeanSd};
+use crate::bench::run::{bench_model, caps_for, MeanSd};
 use crate::eval::run::{run as evaluate, EvalSpec};
 use crate::export::litert::{export, ExportOptions, LiteRtQuant};
+use crate::quant::GgmlType;
 use crate::record::results::Results;
 use crate::record::rows::utc_now;
 use crate::record::twins::{read_twins, twins_csv, twins_dir, write_twins, TwinRow, RUNTIME_LITERT, RUNTIME_LLAMA_CPP};
@@ -26,7 +27,7 @@ use crate::report::markdown::read_study;
 use crate::report::paired::load_paired;
 use crate::report::sweet_spot::{sweet_spot_paired, Criteria};
 use crate::sweep::grid::{Grid, BASELINE};
-use crate::sweep::{build_variant, variants_without_rows, SweepOptions};
+use crate::sweep::{bench_options, build_variant, variants_without_rows, SweepOptions};
 use crate::util::choice::Choice;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -163,32 +164,27 @@ struct Setting<'a> {
 /// weight-only int8 to float32 as it prepares each signature (3.7 GB resident for the default
 /// model's 140 MiB file), while dynamic int8 stays int8 and computes in int8 (0.8 GB, faster) at
 /// a few times the KL divergence: which one a phone can afford is the study's question.
-fn recipes(gguf: &Path) -> Result<Vec<LiteRtQuant>> {
-    let file = crate::gguf::GgufFile::open(gguf)?;
-    let chosen = crate::export::litert::main_type(&file).map_or(LiteRtQuant::WeightOnlyInt8, LiteRtQuant::default_for);
-    Ok(match chosen {
+fn recipes(main_type: Option<GgmlType>) -> Vec<LiteRtQuant> {
+    let chosen = main_type.map_or(LiteRtQuant::WeightOnlyInt8, LiteRtQuant::default_for);
+    match chosen {
         LiteRtQuant::WeightOnlyInt8 => vec![chosen, LiteRtQuant::DynamicInt8],
         _ => vec![chosen],
-    })
+    }
 }
 
 impl Twin<'_> {
     /// The GGUF's row, then one per LiteRT recipe; the speeds one right after the other, so that
     /// the host's slow spells fall on them alike.
     fn measure(&self, at: &Setting) -> Result<Vec<TwinRow>> {
-        let tflites = recipes(self.gguf)?
+        // The type holding most of the GGUF's weights decides the recipes and names its row.
+        let main_type = crate::export::litert::main_type(&crate::gguf::GgufFile::open(self.gguf)?);
+        let tflites = recipes(main_type)
             .into_iter()
             .map(|q| self.litert_file(at, q))
             .collect::<Result<Vec<(PathBuf, Made)>>>()?;
         let host = at.grid.profile("host")?;
         let threads = caps_for(&host).0;
-        let bopts = BenchOptions {
-            n_prompt: at.grid.bench.pp,
-            n_gen: at.grid.bench.tg,
-            reps: at.grid.bench.reps,
-            child_exe: at.opts.child_exe.clone(),
-            ..Default::default()
-        };
+        let bopts = bench_options(at.grid, at.opts);
         let blank = |runtime: &str, file: &Path, weights: String| -> Result<TwinRow> {
             Ok(TwinRow {
                 variant: self.pick.variant.clone(),
@@ -217,7 +213,8 @@ impl Twin<'_> {
                 date: utc_now(),
             })
         };
-        let mut rows = vec![blank(RUNTIME_LLAMA_CPP, self.gguf, gguf_type(self.gguf)?)?];
+        let gguf_type = main_type.map_or("none".into(), |t| t.name().to_ascii_lowercase());
+        let mut rows = vec![blank(RUNTIME_LLAMA_CPP, self.gguf, gguf_type)?];
         for (file, made) in &tflites {
             let row = blank(RUNTIME_LITERT, file, made.quantize.clone())?;
             rows.push(TwinRow { export_s: Some(made.seconds), export_peak_rss_mib: made.peak_rss_mib, ..row });
@@ -319,10 +316,4 @@ struct Made {
     peak_rss_mib: Option<f64>,
     /// Made by an earlier run.
     reused: bool,
-}
-
-/// The type holding most of a GGUF's weights, as llama.cpp names it (`q4_1`).
-fn gguf_type(path: &Path) -> Result<String> {
-    let file = crate::gguf::GgufFile::open(path)?;
-    Ok(crate::export::litert::main_type(&file).map_or("none".into(), |t| t.name().to_ascii_lowercase()))
 }

@@ -665,7 +665,7 @@ fn measure_file(
 }
 
 /// How every variant is benchmarked: the grid's tokens and repetitions, the weights read into RAM.
-fn bench_options(grid: &Grid, opts: &SweepOptions) -> BenchOptions {
+pub fn bench_options(grid: &Grid, opts: &SweepOptions) -> BenchOptions {
     BenchOptions {
         n_prompt: grid.bench.pp,
         n_gen: grid.bench.tg,
